@@ -1,0 +1,81 @@
+/**
+ * The driver interface. A driver opens one node's worth of state and returns
+ * the operations it implements. Anything it leaves out is handled by the
+ * generic layer in BlockNode: a filter's missing operation passes to its
+ * primary child, write-zeroes and FUA are emulated, block-status defaults to
+ * "all data".
+ */
+import type { Extent, Limits } from './request.ts';
+import type { BlockNode } from './node.ts';
+import type { ObjectType } from '../qmp/types.ts';
+
+export type DriverKind = 'protocol' | 'format' | 'filter';
+
+/** Roles a child can have under its parent (QEMU's names). */
+export type ChildRole = 'file' | 'backing' | 'data-file' | 'target';
+
+export interface Perm { read: boolean; write: boolean; resize: boolean }
+
+/** Options every blockdev has (QEMU's BlockdevOptionsBase), already validated. */
+export interface CommonOptions {
+  driver: string;
+  'node-name'?: string;
+  discard?: 'ignore' | 'unmap';
+  cache?: { direct?: boolean; 'no-flush'?: boolean };
+  'read-only'?: boolean;
+  'auto-read-only'?: boolean;
+  'force-share'?: boolean;
+  'detect-zeroes'?: 'off' | 'on' | 'unmap';
+}
+
+/** A reference to a child: the node-name of an existing node, or the options of a new (implicit) one. */
+export type ChildRef = string | Record<string, unknown>;
+
+export interface OpenChildOptions {
+  /** Permissions the parent needs on the child. Defaults derive from the parent's read-only flag. */
+  perm?: Partial<Perm>;
+  /** What the parent lets other users of the child do. Defaults: everything but write and resize for formats. */
+  shared?: Partial<Perm>;
+}
+
+/** What a driver gets while opening. */
+export interface DriverContext {
+  readonly nodeName: string;
+  readonly readOnly: boolean;
+  readonly options: CommonOptions;
+  /** Opens (inline options) or references (node-name) a child and creates the edge. */
+  openChild(role: ChildRole, ref: ChildRef, opts?: OpenChildOptions): Promise<BlockNode>;
+}
+
+/**
+ * Operations a driver implements. Offsets and lengths reaching these are
+ * within the node, aligned to `limits.alignment` and no larger than
+ * `limits.maxTransfer`; the caller owns every buffer.
+ */
+export interface DriverOps {
+  /** Current size in bytes (cached by the driver; sync). Filters may omit it. */
+  length?(): number;
+  read?(offset: number, buf: Buffer): Promise<void>;
+  write?(offset: number, buf: Buffer, flags: number): Promise<void>;
+  writeZeroes?(offset: number, length: number, flags: number): Promise<void>;
+  discard?(offset: number, length: number): Promise<void>;
+  flush?(): Promise<void>;
+  /** Extents covering a prefix (at least one byte) of [offset, offset+length). */
+  blockStatus?(offset: number, length: number, flags: number): Promise<Extent[]>;
+  truncate?(size: number): Promise<void>;
+  close?(): Promise<void>;
+  /** Per-driver limits; unset fields are derived from the primary child. */
+  limits?: Partial<Limits>;
+  /** Driver-specific information for query-named-block-nodes (QEMU's image info). */
+  info?(): Record<string, unknown>;
+  /** Filename as QEMU reports it in query-named-block-nodes ("file" member). */
+  filename?(): string;
+}
+
+export interface Driver {
+  readonly name: string;
+  readonly kind: DriverKind;
+  /** The driver-specific members of its blockdev-add options (QEMU's BlockdevOptions<Driver>). */
+  readonly options: ObjectType;
+  open(options: Record<string, unknown>, ctx: DriverContext): Promise<DriverOps>;
+}

@@ -1,0 +1,157 @@
+/**
+ * BlockGraph: every named node, the driver registry, and the only place that
+ * creates, deletes and rewires nodes. Options reaching add() have already
+ * been validated against the blockdev schema (src/blockdev/options.ts).
+ */
+import { BlockError } from './errors.ts';
+import { BlockNode } from './node.ts';
+import { attachEdge, detachEdge, type ChildEdge, type Parent } from './edge.ts';
+import type { ChildRef, ChildRole, CommonOptions, Driver, DriverContext, OpenChildOptions, Perm } from './driver.ts';
+
+/** QEMU's rule for user-chosen node names (and ids): a letter, then letters, digits, '-', '.', '_'. */
+export const VALID_ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+
+export class BlockGraph {
+  readonly nodes = new Map<string, BlockNode>();
+  private readonly drivers = new Map<string, Driver>();
+  private autoName = 0;
+
+  register(driver: Driver): void {
+    this.drivers.set(driver.name, driver);
+  }
+
+  driver(name: string): Driver | undefined { return this.drivers.get(name); }
+  driverNames(): string[] { return [...this.drivers.keys()].sort(); }
+
+  /** QEMU's error for a node reference that names nothing. */
+  find(name: string): BlockNode {
+    const n = this.nodes.get(name);
+    if (!n) throw new BlockError('ENOENT', `Cannot find device='' nor node-name='${name}'`);
+    return n;
+  }
+
+  /** Opens a node (and any inline children) from validated blockdev options. */
+  async add(options: Record<string, unknown>, implicit = false): Promise<BlockNode> {
+    const common = options as unknown as CommonOptions;
+    const driver = this.drivers.get(common.driver);
+    if (!driver) throw new BlockError('EINVAL', `Parameter 'driver' does not accept value '${common.driver}'`);
+    let name = common['node-name'];
+    if (name !== undefined) {
+      if (!VALID_ID.test(name)) throw new BlockError('EINVAL', `Invalid node-name: '${name}'`);
+      if (this.nodes.has(name)) throw new BlockError('EINVAL', `Duplicate nodes with node-name='${name}'`);
+    } else {
+      name = `#block${String(this.autoName++ * 2 + 100).padStart(3, '0')}`;
+    }
+    const readOnly = common['read-only'] === true;
+    const node = new BlockNode(name, driver, { ...options, 'node-name': name } as never, readOnly, implicit);
+    const opened: ChildEdge[] = [];
+    const ctx: DriverContext = {
+      nodeName: name,
+      readOnly,
+      options: common,
+      openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
+        const child = typeof ref === 'string' ? this.find(ref) : await this.add(inheritOptions(ref, common), true);
+        try {
+          const edge = this.link(node, child, role, childPerm(driver, readOnly, role, opts));
+          opened.push(edge);
+          return child;
+        } catch (e) {
+          if (typeof ref !== 'string') await this.closeImplicit(child);
+          throw e;
+        }
+      },
+    };
+    try {
+      node.setOps(await driver.open(options, ctx));
+    } catch (e) {
+      for (const edge of opened.reverse()) await this.unlink(node, edge);
+      throw e;
+    }
+    this.nodes.set(name, node);
+    return node;
+  }
+
+  /** blockdev-del: refused while anything uses the node. */
+  async del(name: string): Promise<void> {
+    const node = this.nodes.get(name);
+    if (!node) throw new BlockError('ENOENT', `Failed to find node with node-name='${name}'`);
+    if (node.implicit) throw new BlockError('EINVAL', `Node ${name} is not owned by the monitor`);
+    if (node.parents.length > 0) throw new BlockError('EBUSY', `Node '${name}' is busy: ${describeUse(node.parents[0])}`);
+    await this.closeNode(node);
+  }
+
+  /** Creates an edge parent → child after checking permissions. */
+  link(parent: Parent, child: BlockNode, role: string, p: { perm: Perm; shared: Perm }): ChildEdge {
+    const edge: ChildEdge = { parent, child, role, perm: p.perm, shared: p.shared };
+    attachEdge(edge);
+    if (parent instanceof BlockNode) parent.children.push(edge);
+    return edge;
+  }
+
+  /** Removes an edge; an implicit child left without users is closed with it. */
+  async unlink(parent: Parent, edge: ChildEdge): Promise<void> {
+    detachEdge(edge);
+    if (parent instanceof BlockNode) {
+      const i = parent.children.indexOf(edge);
+      if (i >= 0) parent.children.splice(i, 1);
+    }
+    if (edge.child.implicit && edge.child.parents.length === 0) await this.closeImplicit(edge.child);
+  }
+
+  private async closeImplicit(node: BlockNode): Promise<void> {
+    await this.closeNode(node);
+  }
+
+  private async closeNode(node: BlockNode): Promise<void> {
+    this.nodes.delete(node.nodeName);
+    await node.close();
+    for (const edge of [...node.children]) await this.unlink(node, edge);
+  }
+
+  /** Flushes every writable node (shutdown, quit). Errors are collected, not thrown early. */
+  async flushAll(): Promise<Error[]> {
+    const errors: Error[] = [];
+    for (const n of this.nodes.values()) {
+      if (n.readOnly || n.isClosed) continue;
+      try { await n.flush(); } catch (e) { errors.push(e as Error); }
+    }
+    return errors;
+  }
+
+  /** Closes every node, users first. */
+  async closeAll(): Promise<void> {
+    let progress = true;
+    while (this.nodes.size > 0 && progress) {
+      progress = false;
+      for (const n of [...this.nodes.values()]) {
+        if (n.parents.length === 0) { await this.closeNode(n); progress = true; }
+      }
+    }
+  }
+}
+
+function describeUse(edge: ChildEdge): string {
+  return `node is used as ${edge.role === 'root' ? 'the root of' : `'${edge.role}' child of`} ${edge.parent.describe()}`;
+}
+
+/** Inline children inherit read-only and cache settings from their parent, as in QEMU. */
+function inheritOptions(ref: Record<string, unknown>, parent: CommonOptions): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...ref };
+  if (out['read-only'] === undefined && parent['read-only'] !== undefined) out['read-only'] = parent['read-only'];
+  if (out.cache === undefined && parent.cache !== undefined) out.cache = parent.cache;
+  if (out.discard === undefined && parent.discard !== undefined) out.discard = parent.discard;
+  return out;
+}
+
+/**
+ * Default permissions of an edge. Filters pass their parents' needs through and
+ * share everything; format drivers own their file's metadata, so while
+ * writable they share neither write nor resize with other users.
+ */
+function childPerm(driver: Driver, readOnly: boolean, role: ChildRole, opts?: OpenChildOptions): { perm: Perm; shared: Perm } {
+  const writes = !readOnly && role !== 'backing';
+  const owns = driver.kind === 'format' && driver.name !== 'raw';
+  const perm: Perm = { read: true, write: writes, resize: writes && owns, ...opts?.perm };
+  const shared: Perm = { read: true, write: !(owns && writes), resize: !(owns && writes), ...opts?.shared };
+  return { perm, shared };
+}

@@ -1,0 +1,430 @@
+/**
+ * BlockNode: the generic layer every request passes through. Drivers only see
+ * in-range, aligned, size-limited requests; this layer splits, aligns
+ * (read-modify-write), emulates write-zeroes and FUA, counts in-flight
+ * requests for drain, tells write observers (dirty bitmaps) and keeps stats.
+ */
+import { BlockError, toBlockError } from './errors.ts';
+import { ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
+import { RangeLock } from './range-lock.ts';
+import type { ChildEdge, Parent } from './edge.ts';
+import type { CommonOptions, Driver, DriverOps } from './driver.ts';
+
+export interface NodeStats {
+  rdBytes: number; wrBytes: number; rdOps: number; wrOps: number;
+  zeroOps: number; discardOps: number; flushOps: number; failedOps: number;
+}
+
+/** Called after a write, write-zeroes or discard has changed [offset, offset+length). */
+export type WriteObserver = (offset: number, length: number) => void;
+
+const ZERO_CHUNK = 1024 * 1024;
+let zeroBuffer: Buffer | undefined;
+function zeroes(len: number): Buffer {
+  zeroBuffer ??= Buffer.alloc(ZERO_CHUNK);
+  return zeroBuffer.subarray(0, len);
+}
+
+const roundDown = (x: number, a: number) => x - (x % a);
+const roundUp = (x: number, a: number) => roundDown(x + a - 1, a);
+
+export class BlockNode implements Parent {
+  readonly children: ChildEdge[] = [];
+  readonly parents: ChildEdge[] = [];
+  readonly writeObservers = new Set<WriteObserver>();
+  readonly stats: NodeStats = { rdBytes: 0, wrBytes: 0, rdOps: 0, wrOps: 0, zeroOps: 0, discardOps: 0, flushOps: 0, failedOps: 0 };
+  ops: DriverOps = {};
+  limits: Limits = { alignment: 1, maxTransfer: DEFAULT_MAX_TRANSFER, canFua: false, canZero: false, canTrim: false };
+  private inflight = 0;
+  private quiesceDepth = 0;
+  private idleWaiters: (() => void)[] = [];
+  private resumeWaiters: (() => void)[] = [];
+  private readonly rmwLock = new RangeLock();
+  private closed = false;
+
+  constructor(
+    readonly nodeName: string,
+    readonly driver: Driver,
+    /** Every option it was opened with (common and driver-specific), for queries and reopen. */
+    readonly options: CommonOptions & Record<string, unknown>,
+    public readOnly: boolean,
+    /** Created inline by a parent's options rather than by blockdev-add. */
+    readonly implicit: boolean,
+  ) {}
+
+  describe(): string { return this.nodeName; }
+
+  /** Finishes opening: called by the graph once the driver returned its ops. */
+  setOps(ops: DriverOps): void {
+    this.ops = ops;
+    const child = this.primaryChild;
+    const own = ops.limits ?? {};
+    const passes = this.driver.kind === 'filter';
+    this.limits = {
+      alignment: own.alignment ?? child?.limits.alignment ?? 1,
+      maxTransfer: Math.min(own.maxTransfer ?? child?.limits.maxTransfer ?? DEFAULT_MAX_TRANSFER, DEFAULT_MAX_TRANSFER),
+      canFua: own.canFua ?? (passes && !ops.write ? !!child?.limits.canFua : false),
+      canZero: own.canZero ?? (!!ops.writeZeroes || (passes && !ops.writeZeroes && !!child?.limits.canZero)),
+      canTrim: own.canTrim ?? (!!ops.discard || (passes && !ops.discard && !!child?.limits.canTrim)),
+    };
+  }
+
+  child(role: string): BlockNode | undefined {
+    return this.children.find((e) => e.role === role)?.child;
+  }
+
+  /** The child a filter forwards to and whose limits are inherited: 'file', else 'backing'. */
+  get primaryChild(): BlockNode | undefined {
+    return this.child('file') ?? (this.driver.kind === 'filter' ? this.child('backing') : undefined);
+  }
+
+  get isFilter(): boolean { return this.driver.kind === 'filter'; }
+
+  length(): number {
+    if (this.ops.length) return this.ops.length();
+    const c = this.primaryChild;
+    if (!c) throw new BlockError('ENOTSUP', `Node '${this.nodeName}' has no length`);
+    return c.length();
+  }
+
+  // ---- requests ----
+
+  async read(offset: number, buf: Buffer, flags = 0): Promise<void> {
+    this.checkRange(offset, buf.length);
+    await this.enter();
+    try {
+      await this.alignedRead(offset, buf, flags);
+      this.stats.rdOps++;
+      this.stats.rdBytes += buf.length;
+    } catch (e) {
+      throw this.fail(e, 'read');
+    } finally {
+      this.leave();
+    }
+  }
+
+  async write(offset: number, buf: Buffer, flags = 0): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, buf.length);
+    await this.enter();
+    try {
+      await this.withAlignedSpan(offset, buf.length, async (head, tail) => {
+        if (head === 0 && tail === 0) await this.splitWrite(offset, buf, flags);
+        else await this.readModifyWrite(offset, buf, flags);
+      });
+      if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
+      this.stats.wrOps++;
+      this.stats.wrBytes += buf.length;
+      this.notify(offset, buf.length);
+    } catch (e) {
+      throw this.fail(e, 'write');
+    } finally {
+      this.leave();
+    }
+  }
+
+  async writeZeroes(offset: number, length: number, flags = 0): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, length);
+    await this.enter();
+    try {
+      const a = this.limits.alignment;
+      const start = roundUp(offset, a);
+      const end = Math.max(start, roundDown(offset + length, a));
+      // Unaligned head and tail become ordinary (read-modify-write) zero writes.
+      if (start > offset) await this.zeroWrite(offset, Math.min(start, offset + length) - offset, flags);
+      if (end > start) await this.zeroAligned(start, end - start, flags);
+      if (offset + length > end && end >= start) await this.zeroWrite(end, offset + length - end, flags);
+      if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
+      this.stats.zeroOps++;
+      this.notify(offset, length);
+    } catch (e) {
+      throw this.fail(e, 'write-zeroes');
+    } finally {
+      this.leave();
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, length);
+    await this.enter();
+    try {
+      const a = this.limits.alignment;
+      const start = roundUp(offset, a);
+      const end = roundDown(offset + length, a);
+      // Discard is advisory: the unaligned edges are simply left alone.
+      if (end > start) {
+        if (this.ops.discard) await this.splitRange(start, end - start, (o, l) => this.ops.discard!(o, l));
+        else if (this.isFilter && this.primaryChild) await this.primaryChild.discard(start, end - start);
+      }
+      this.stats.discardOps++;
+      this.notify(offset, length);
+    } catch (e) {
+      throw this.fail(e, 'discard');
+    } finally {
+      this.leave();
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.enter();
+    try {
+      await this.flushInner();
+      this.stats.flushOps++;
+    } catch (e) {
+      throw this.fail(e, 'flush');
+    } finally {
+      this.leave();
+    }
+  }
+
+  /**
+   * Extents describing [offset, offset+length): at least one, never past the
+   * range; with REQ_ONE exactly one. Adjacent extents with equal status are merged.
+   */
+  async blockStatus(offset: number, length: number, flags = 0): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    if (length === 0) return [];
+    await this.enter();
+    try {
+      let raw: Extent[];
+      if (this.ops.blockStatus) raw = await this.ops.blockStatus(offset, length, flags);
+      else if (this.isFilter && this.primaryChild) raw = await this.primaryChild.blockStatus(offset, length, flags);
+      else raw = [{ offset, length, data: true, zero: false, allocated: true, depth: 1 }];
+      return normaliseExtents(raw, offset, length, (flags & ReqFlag.REQ_ONE) !== 0);
+    } catch (e) {
+      throw this.fail(e, 'block-status');
+    } finally {
+      this.leave();
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    this.checkWritable();
+    if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', 'Invalid size');
+    await this.enter();
+    try {
+      if (this.ops.truncate) await this.ops.truncate(size);
+      else if (this.isFilter && this.primaryChild) await this.primaryChild.truncate(size);
+      else throw new BlockError('ENOTSUP', `Cannot resize node '${this.nodeName}': driver '${this.driver.name}' does not support resizing`);
+    } catch (e) {
+      throw this.fail(e, 'truncate');
+    } finally {
+      this.leave();
+    }
+  }
+
+  // ---- drain ----
+
+  get inFlight(): number { return this.inflight; }
+
+  /**
+   * Runs `fn` while no request is in flight on this node or on any node or
+   * user above it; new requests wait (in order) until it returns. Graph
+   * changes happen only inside such a section.
+   */
+  async drained<T>(fn: () => Promise<T> | T): Promise<T> {
+    const nodes = this.withAncestors();
+    for (const n of nodes) n.quiesceDepth++;
+    try {
+      for (const n of nodes) await n.waitIdle();
+      return await fn();
+    } finally {
+      for (const n of nodes) n.resume();
+    }
+  }
+
+  /** This node and every node above it, topmost first. */
+  private withAncestors(): BlockNode[] {
+    const order: BlockNode[] = [];
+    const seen = new Set<BlockNode>();
+    const visit = (n: BlockNode) => {
+      if (seen.has(n)) return;
+      seen.add(n);
+      for (const e of n.parents) if (e.parent instanceof BlockNode) visit(e.parent);
+      order.push(n);
+    };
+    visit(this);
+    return order;
+  }
+
+  private waitIdle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  private resume(): void {
+    if (--this.quiesceDepth > 0) return;
+    const waiters = this.resumeWaiters;
+    this.resumeWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private async enter(): Promise<void> {
+    if (this.closed) throw new BlockError('ESHUTDOWN', `Node '${this.nodeName}' is closed`);
+    while (this.quiesceDepth > 0) await new Promise<void>((r) => this.resumeWaiters.push(r));
+    this.inflight++;
+  }
+
+  private leave(): void {
+    if (--this.inflight > 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Waits for in-flight requests, then closes the driver. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.waitIdle();
+    this.closed = true;
+    await this.ops.close?.();
+  }
+
+  get isClosed(): boolean { return this.closed; }
+
+  // ---- internals ----
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+        offset + length > this.length()) {
+      throw new BlockError('EINVAL', `Request [${offset}, +${length}) is outside node '${this.nodeName}'`);
+    }
+  }
+
+  private checkWritable(): void {
+    if (this.readOnly) throw new BlockError('EPERM', `Node '${this.nodeName}' is read-only`);
+  }
+
+  private fail(e: unknown, what: string): BlockError {
+    this.stats.failedOps++;
+    return toBlockError(e, `${this.nodeName}: ${what}`);
+  }
+
+  private notify(offset: number, length: number): void {
+    for (const o of this.writeObservers) o(offset, length);
+  }
+
+  private async flushInner(): Promise<void> {
+    if (this.options.cache?.['no-flush']) return;
+    if (this.ops.flush) await this.ops.flush();
+    // Data reaches the disk only when every child that holds our writes is flushed too.
+    for (const e of this.children) {
+      if (e.perm.write && (e.role === 'file' || e.role === 'data-file' || (this.isFilter && e.role === 'backing'))) {
+        await e.child.flush();
+      }
+    }
+  }
+
+  private async alignedRead(offset: number, buf: Buffer, flags: number): Promise<void> {
+    const a = this.limits.alignment;
+    const start = roundDown(offset, a);
+    const end = roundUp(offset + buf.length, a);
+    if (start === offset && end === offset + buf.length) return this.splitRead(offset, buf, flags);
+    const bounce = Buffer.alloc(end - start);
+    await this.splitRead(start, bounce, flags);
+    bounce.copy(buf, 0, offset - start, offset - start + buf.length);
+  }
+
+  private async splitRead(offset: number, buf: Buffer, flags: number): Promise<void> {
+    if (!this.ops.read) {
+      if (this.isFilter && this.primaryChild) return this.primaryChild.read(offset, buf, flags);
+      throw new BlockError('ENOTSUP', `Driver '${this.driver.name}' cannot read`);
+    }
+    const max = this.chunk();
+    for (let done = 0; done < buf.length; done += max) {
+      await this.ops.read(offset + done, buf.subarray(done, Math.min(buf.length, done + max)));
+    }
+  }
+
+  private async splitWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
+    if (!this.ops.write) {
+      if (this.isFilter && this.primaryChild) return this.primaryChild.write(offset, buf, flags);
+      throw new BlockError('ENOTSUP', `Driver '${this.driver.name}' cannot write`);
+    }
+    const driverFlags = this.limits.canFua ? flags & ReqFlag.FUA : 0;
+    const max = this.chunk();
+    for (let done = 0; done < buf.length; done += max) {
+      await this.ops.write(offset + done, buf.subarray(done, Math.min(buf.length, done + max)), driverFlags);
+    }
+  }
+
+  /** Holds the aligned span of an unaligned-capable write so read-modify-write cycles never interleave. */
+  private async withAlignedSpan(offset: number, length: number, fn: (head: number, tail: number) => Promise<void>): Promise<void> {
+    const a = this.limits.alignment;
+    const head = offset % a;
+    const tail = (a - ((offset + length) % a)) % a;
+    if (a === 1) return fn(0, 0);
+    const release = await this.rmwLock.acquire(offset - head, offset + length + tail);
+    try {
+      await fn(head, tail);
+    } finally {
+      release();
+    }
+  }
+
+  private async readModifyWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
+    const a = this.limits.alignment;
+    const start = roundDown(offset, a);
+    const end = roundUp(offset + buf.length, a);
+    const bounce = Buffer.alloc(end - start);
+    // Only the first and last aligned blocks need their old contents.
+    await this.splitRead(start, bounce.subarray(0, a), 0);
+    if (end - a > start) await this.splitRead(end - a, bounce.subarray(end - a - start), 0);
+    buf.copy(bounce, offset - start);
+    await this.splitWrite(start, bounce, flags);
+  }
+
+  private async zeroWrite(offset: number, length: number, flags: number): Promise<void> {
+    await this.withAlignedSpan(offset, length, async (head, tail) => {
+      if (head === 0 && tail === 0) await this.splitWrite(offset, zeroes(length), flags);
+      else await this.readModifyWrite(offset, zeroes(length), flags);
+    });
+  }
+
+  private async zeroAligned(offset: number, length: number, flags: number): Promise<void> {
+    if (this.ops.writeZeroes) {
+      const driverFlags = flags & (ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK | (this.limits.canFua ? ReqFlag.FUA : 0));
+      return this.splitRange(offset, length, (o, l) => this.ops.writeZeroes!(o, l, driverFlags));
+    }
+    if (this.isFilter && this.primaryChild && !this.ops.write) return this.primaryChild.writeZeroes(offset, length, flags);
+    if (flags & ReqFlag.NO_FALLBACK) throw new BlockError('ENOTSUP', `Driver '${this.driver.name}' cannot write zeroes fast`);
+    for (let done = 0; done < length; done += ZERO_CHUNK) {
+      const n = Math.min(ZERO_CHUNK, length - done);
+      await this.zeroWrite(offset + done, n, flags & ~ReqFlag.FUA);
+    }
+  }
+
+  private async splitRange(offset: number, length: number, fn: (o: number, l: number) => Promise<void>): Promise<void> {
+    // Zeroing and discard carry no payload, so they are split at a much larger size than data.
+    const max = Math.max(this.chunk(), roundDown(2 ** 30, this.limits.alignment));
+    for (let done = 0; done < length; done += max) await fn(offset + done, Math.min(max, length - done));
+  }
+
+  private chunk(): number {
+    return Math.max(this.limits.alignment, roundDown(this.limits.maxTransfer, this.limits.alignment));
+  }
+}
+
+/** Clips, merges and (for REQ_ONE) truncates a driver's extent list. */
+export function normaliseExtents(raw: Extent[], offset: number, length: number, one: boolean): Extent[] {
+  const end = offset + length;
+  const out: Extent[] = [];
+  let pos = offset;
+  for (const e of raw) {
+    const s = Math.max(e.offset, pos);
+    const t = Math.min(e.offset + e.length, end);
+    if (t <= s || s !== pos) { if (s > pos) break; else continue; }
+    const last = out[out.length - 1];
+    if (last && last.data === e.data && last.zero === e.zero && last.allocated === e.allocated && last.depth === e.depth) {
+      last.length += t - s;
+    } else {
+      out.push({ offset: s, length: t - s, data: e.data, zero: e.zero, allocated: e.allocated, depth: e.depth });
+    }
+    pos = t;
+    if (pos >= end) break;
+  }
+  if (out.length === 0) throw new BlockError('EIO', 'Driver returned no block status');
+  return one ? out.slice(0, 1) : out;
+}

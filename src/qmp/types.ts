@@ -1,0 +1,55 @@
+/**
+ * A small QAPI-style type system. One schema, written with these, drives
+ * argument validation (JSON from QMP, key=value strings from the command line),
+ * query-qmp-schema introspection and generated help.
+ */
+
+/** Built-in scalar types, named as QAPI names them. */
+export type BuiltinName = 'str' | 'int' | 'uint64' | 'size' | 'bool' | 'number' | 'any' | 'null';
+
+export interface Member {
+  name: string;
+  type: TypeRef;
+  optional?: boolean;
+  doc?: string;
+}
+
+export interface ObjectType {
+  kind: 'object';
+  name: string;
+  members: Member[];
+  /** Flat union: the member named `discriminator` (an enum member above) selects extra members. */
+  union?: { discriminator: string; variants: Record<string, ObjectType> };
+  doc?: string;
+}
+
+export interface EnumType {
+  kind: 'enum';
+  name: string;
+  values: string[];
+  doc?: string;
+}
+
+export interface ArrayType {
+  kind: 'array';
+  element: TypeRef;
+}
+
+/** Either of several types, chosen by the JSON type of the value (QAPI alternate). */
+export interface AlternateType {
+  kind: 'alternate';
+  name: string;
+  choices: TypeRef[];
+  doc?: string;
+}
+
+export type TypeDef = ObjectType | EnumType | ArrayType | AlternateType;
+export type TypeRef = BuiltinName | TypeDef;
+
+export const obj = (name: string, members: Member[], extra: Partial<ObjectType> = {}): ObjectType =>
+  ({ kind: 'object', name, members, ...extra });
+export const enm = (name: string, values: string[], doc?: string): EnumType => ({ kind: 'enum', name, values, doc });
+export const arr = (element: TypeRef): ArrayType => ({ kind: 'array', element });
+export const alt = (name: string, choices: TypeRef[]): AlternateType => ({ kind: 'alternate', name, choices });
+export const req = (name: string, type: TypeRef, doc?: string): Member => ({ name, type, doc });
+export const opt = (name: string, type: TypeRef, doc?: string): Member => ({ name, type, optional: true, doc });
