@@ -1,0 +1,9 @@
+/** Every driver blockd has, registered into a graph at start-up. */
+import type { BlockGraph } from '../graph.ts';
+import { nullDriver } from './null.ts';
+import { rawDriver } from './raw.ts';
+import { fileDriver, hostDeviceDriver } from './file/index.ts';
+
+export function registerDrivers(graph: BlockGraph): void {
+  for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver]) graph.register(d);
+}

@@ -1,0 +1,37 @@
+/**
+ * null-co: a node of a given size that stores nothing. Used for benchmarks
+ * and tests. Reads always fill the caller's buffer with zeroes: QEMU leaves
+ * it untouched unless read-zeroes=on, but blockd never hands out memory a
+ * driver did not fill.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { obj, opt } from '../../qmp/types.ts';
+import type { Driver, DriverOps } from '../driver.ts';
+
+export const nullDriver: Driver = {
+  name: 'null-co',
+  kind: 'protocol',
+  options: obj('BlockdevOptionsNull', [
+    opt('size', 'int', 'size of the device in bytes (default 1 GiB)'),
+    opt('latency-ns', 'uint64', 'emulated latency of each request in nanoseconds (default 0)'),
+    opt('read-zeroes', 'bool', 'reads return zeroes (default off)'),
+  ]),
+  async open(options): Promise<DriverOps> {
+    const size = (options.size as number | undefined) ?? 1 << 30;
+    const latencyMs = Number(options['latency-ns'] ?? 0) / 1e6;
+    const zero = options['read-zeroes'] === true;
+    const wait = latencyMs > 0 ? () => sleep(latencyMs) : () => undefined;
+    return {
+      length: () => size,
+      limits: { canFua: true },
+      async read(_offset, buf) { await wait(); buf.fill(0); },
+      async write() { await wait(); },
+      async writeZeroes() { await wait(); },
+      async flush() { await wait(); },
+      async blockStatus(offset, length) {
+        return [{ offset, length, data: false, zero, allocated: true, depth: 1 }];
+      },
+      filename: () => 'null-co://',
+    };
+  },
+};

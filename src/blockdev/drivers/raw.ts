@@ -1,0 +1,57 @@
+/**
+ * raw: the format driver for images without metadata. It forwards to its
+ * 'file' child, optionally exposing only the window [offset, offset+size).
+ */
+import { BlockError } from '../errors.ts';
+import { obj, opt, req } from '../../qmp/types.ts';
+import { BlockdevRef } from '../options.ts';
+import type { Driver, DriverOps } from '../driver.ts';
+import type { BlockNode } from '../node.ts';
+
+export const rawDriver: Driver = {
+  name: 'raw',
+  kind: 'format',
+  options: obj('BlockdevOptionsRaw', [
+    req('file', BlockdevRef, 'reference to or definition of the data source block device'),
+    opt('offset', 'int', 'position where the block device starts'),
+    opt('size', 'int', 'the assumed size of the device'),
+  ]),
+  async open(options, ctx): Promise<DriverOps> {
+    const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
+    const offset = (options.offset as number | undefined) ?? 0;
+    const fixedSize = options.size as number | undefined;
+    checkWindow(file, offset, fixedSize);
+    const length = () => fixedSize ?? Math.max(0, file.length() - offset);
+    return {
+      length,
+      limits: { canFua: file.limits.canFua, canZero: file.limits.canZero, canTrim: file.limits.canTrim },
+      read: (o, buf) => file.read(o + offset, buf),
+      write: (o, buf, flags) => file.write(o + offset, buf, flags),
+      writeZeroes: (o, l, flags) => file.writeZeroes(o + offset, l, flags),
+      discard: (o, l) => file.discard(o + offset, l),
+      async blockStatus(o, l, flags) {
+        const ext = await file.blockStatus(o + offset, l, flags);
+        return ext.map((e) => ({ ...e, offset: e.offset - offset }));
+      },
+      async truncate(size) {
+        if (offset !== 0 || fixedSize !== undefined) {
+          throw new BlockError('ENOTSUP', 'Cannot resize fixed-size raw disks');
+        }
+        await file.truncate(size);
+      },
+      filename: () => file.ops.filename?.() ?? file.nodeName,
+    };
+  },
+};
+
+function checkWindow(file: BlockNode, offset: number, size: number | undefined): void {
+  const real = file.length();
+  if (offset < 0) throw new BlockError('EINVAL', 'offset cannot be negative');
+  if (size !== undefined && size < 0) throw new BlockError('EINVAL', 'size cannot be negative');
+  if (offset > real) {
+    throw new BlockError('EINVAL', `The sum of offset (${offset}) has to be smaller or equal to the  actual size of the containing file (${real})`);
+  }
+  if (size !== undefined && offset + size > real) {
+    throw new BlockError('EINVAL', `The sum of offset (${offset}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`);
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * The daemon's life: build everything from a StartupConfig in dependency
+ * order, fail as a whole if any piece fails (nothing half-started), and shut
+ * down gracefully on SIGINT/SIGTERM or QMP quit.
+ */
+import { BlockGraph } from '../blockdev/graph.ts';
+import { registerDrivers } from '../blockdev/drivers/index.ts';
+import { blockdevOptionsType } from '../blockdev/options.ts';
+import { parseKeyval } from '../qmp/keyval.ts';
+import { fromJson, fromKeyval } from '../qmp/visit.ts';
+import type { TypeRef } from '../qmp/types.ts';
+import { ExportRegistry } from '../nbd/exports.ts';
+import { NbdServer } from '../nbd/server.ts';
+import { NbdServerOptions, BlockExportOptions } from './cli-schema.ts';
+import type { Item, StartupConfig } from './cli.ts';
+import type { Logger } from './logger.ts';
+
+/** An error from one startup item, printed as "blockd: --option value: message". */
+export class StartupError extends Error {
+  constructor(readonly item: Item | undefined, message: string) { super(message); }
+  line(): string {
+    if (!this.item) return `blockd: ${this.message}`;
+    const v = typeof this.item.value === 'string' ? this.item.value : JSON.stringify(this.item.value);
+    return `blockd: --${this.item.option} ${v}: ${this.message}`;
+  }
+}
+
+/** Validates one item against a schema type, from either its key=value text or its JSON form. */
+export function parseItem<T>(type: TypeRef, item: Item, implicitKey?: string): T {
+  if (typeof item.value !== 'string') return fromJson(type, item.value) as T;
+  const text = item.value.trimStart();
+  if (text.startsWith('{')) return fromJson(type, JSON.parse(text)) as T;
+  return fromKeyval(type, parseKeyval(item.value, implicitKey)) as T;
+}
+
+export class Daemon {
+  readonly graph = new BlockGraph();
+  readonly exports = new ExportRegistry();
+  readonly nbdServers: NbdServer[] = [];
+  private stopping?: Promise<void>;
+
+  constructor(readonly log: Logger) {
+    registerDrivers(this.graph);
+  }
+
+  /** Brings up everything in `config`. On failure, tears down what was started and throws StartupError. */
+  async start(config: StartupConfig): Promise<void> {
+    try {
+      for (const item of config.objects) throw new StartupError(item, `object type is not supported by blockd yet`);
+      for (const item of [...config.chardevs, ...config.monitors]) {
+        throw new StartupError(item, 'QMP monitors are not supported by blockd yet');
+      }
+      for (const item of config.blockdevs) await this.step(item, () => this.addBlockdev(item));
+      for (const item of config.nbdServers) await this.step(item, () => this.startNbdServer(item));
+      for (const item of config.exports) await this.step(item, () => this.addExport(item));
+    } catch (e) {
+      await this.shutdown();
+      throw e;
+    }
+  }
+
+  private async step(item: Item, fn: () => Promise<unknown>): Promise<void> {
+    try {
+      await fn();
+    } catch (e) {
+      if (e instanceof StartupError) throw e;
+      if (e instanceof SyntaxError) throw new StartupError(item, e.message);
+      throw new StartupError(item, (e as Error).message);
+    }
+  }
+
+  async addBlockdev(item: Item): Promise<void> {
+    const opts = parseItem<Record<string, unknown>>(blockdevOptionsType(this.graph), item);
+    const node = await this.graph.add(opts);
+    this.log.info({ node: node.nodeName, driver: node.driver.name }, 'blockdev added');
+  }
+
+  async startNbdServer(item: Item): Promise<void> {
+    const opts = parseItem<NbdServerOptionsValue>(NbdServerOptions, item);
+    const server = new NbdServer(this.exports, {
+      maxConnections: opts['max-connections'] || undefined,
+      handshakeMaxSeconds: opts['handshake-max-seconds'],
+      logger: this.log,
+    });
+    const addr = opts.addr;
+    if (opts['tls-creds'] || opts['tls-authz']) throw new Error('TLS is not supported by blockd yet');
+    if (addr.type === 'inet') await server.listenTcp(addr.host, Number(addr.port));
+    else if (addr.type === 'unix') await server.listenUnix(addr.path);
+    else if (addr.type === 'fd') await server.listenFd(Number(addr.str));
+    else throw new Error(`Parameter 'addr.type' does not accept value '${addr.type}'`);
+    this.nbdServers.push(server);
+    this.log.info({ addr }, 'NBD server listening');
+  }
+
+  async addExport(item: Item): Promise<void> {
+    const opts = parseItem<Record<string, unknown>>(BlockExportOptions, item, 'type');
+    if (this.nbdServers.length === 0) throw new Error('NBD server not running');
+    const bitmaps = (opts.bitmaps as string[] | undefined) ?? (opts.bitmap ? [opts.bitmap as string] : undefined);
+    const exp = this.exports.add(this.graph, {
+      id: opts.id as string,
+      nodeName: opts['node-name'] as string,
+      name: opts.name as string | undefined,
+      description: opts.description as string | undefined,
+      writable: opts.writable as boolean | undefined,
+      writethrough: opts.writethrough as boolean | undefined,
+      bitmaps,
+      allocationDepth: opts['allocation-depth'] as boolean | undefined,
+    });
+    this.log.info({ id: exp.id, name: exp.name, node: exp.node.nodeName }, 'export added');
+  }
+
+  /** Stops accepting, lets in-flight requests finish, flushes and closes every node. Idempotent. */
+  shutdown(): Promise<void> {
+    this.stopping ??= (async () => {
+      await Promise.all(this.nbdServers.map((s) => s.close()));
+      for (const e of this.exports.list()) await this.exports.remove(e.id, 'hard').catch(() => undefined);
+      for (const err of await this.graph.flushAll()) this.log.error({ err }, 'flush at shutdown failed');
+      await this.graph.closeAll();
+    })();
+    return this.stopping;
+  }
+}
+
+interface NbdServerOptionsValue {
+  addr: { type: string; host: string; port: string; path: string; str: string };
+  'tls-creds'?: string;
+  'tls-authz'?: string;
+  'max-connections'?: number;
+  'handshake-max-seconds'?: number;
+}
