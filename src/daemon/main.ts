@@ -5,10 +5,15 @@ import { mergeConfigFile } from './config-file.ts';
 import { embeddedDefault } from './embedded-default.ts';
 import { Daemon, StartupError } from './daemon.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
+import { writePidfile, removePidfile } from './pidfile.ts';
+import { daemonizeParent, isDaemonChild, reportToParent } from './daemonize.ts';
+import { takeInheritedSockets } from './socket-activation.ts';
+import { sdNotify } from './sd-notify.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 function fail(line: string): never {
+  if (isDaemonChild()) reportToParent(line);
   process.stderr.write(`${line}\n`);
   process.exit(1);
 }
@@ -33,6 +38,18 @@ export async function main(argv: string[]): Promise<void> {
     throw e;
   }
 
+  if (config.daemonize && !isDaemonChild()) await daemonizeParent(argv);
+  try {
+    for (const s of takeInheritedSockets()) {
+      const item = { option: s.role === 'nbd' ? 'nbd-server' : 'monitor', value: {} as Record<string, unknown> };
+      if (s.role === 'nbd') item.value = { addr: { type: 'fd', str: String(s.fd) } };
+      else item.value = { chardev: `fd:${s.fd}` };
+      (s.role === 'nbd' ? config.nbdServers : config.monitors).push(item);
+    }
+  } catch (e) {
+    fail(`blockd: ${(e as Error).message}`);
+  }
+
   const log = createLogger(config.logLevel);
   const daemon = new Daemon(log);
   try {
@@ -41,16 +58,29 @@ export async function main(argv: string[]): Promise<void> {
     if (e instanceof StartupError) fail(e.line());
     fail(`blockd: ${(e as Error).message}`);
   }
+  try {
+    if (config.pidfile) writePidfile(config.pidfile);
+  } catch (e) {
+    await daemon.shutdown();
+    fail(`blockd: ${(e as Error).message}`);
+  }
   if (banner) process.stdout.write(banner);
   log.info({ version: pkg.version }, 'blockd started');
+  if (isDaemonChild()) reportToParent('ready');
+  sdNotify(`READY=1\nMAINPID=${process.pid}`);
 
   let signalled = false;
   const stop = (signal: string) => {
     if (signalled) return;
     signalled = true;
     log.info({ signal }, 'shutting down');
+    sdNotify('STOPPING=1');
     daemon.shutdown().then(
-      () => { log.info('bye'); process.exit(0); },
+      () => {
+        if (config.pidfile) removePidfile(config.pidfile);
+        log.info('bye');
+        process.exit(0);
+      },
       (err) => { log.error({ err }, 'shutdown failed'); process.exit(1); },
     );
   };
