@@ -4,8 +4,14 @@
  * query-qmp-schema introspection and generated help.
  */
 
-/** Built-in scalar types, named as QAPI names them. */
-export type BuiltinName = 'str' | 'int' | 'uint64' | 'size' | 'bool' | 'number' | 'any' | 'null';
+/**
+ * Built-in scalar types, named as QAPI names them. 'int' is int64; 'size' is a
+ * uint64 that the command line also accepts with k/M/G/T/P/E suffixes.
+ */
+export type BuiltinName =
+  | 'str' | 'int' | 'int8' | 'int16' | 'int32' | 'int64'
+  | 'uint8' | 'uint16' | 'uint32' | 'uint64' | 'size'
+  | 'bool' | 'number' | 'any' | 'null';
 
 export interface Member {
   name: string;
@@ -43,7 +49,19 @@ export interface AlternateType {
   doc?: string;
 }
 
-export type TypeDef = ObjectType | EnumType | ArrayType | AlternateType;
+/**
+ * A reference to a named type, for recursive schemas (BlockdevRef names
+ * BlockdevOptions, which contains BlockdevRef). `resolve`, when given, wins;
+ * otherwise the visitor resolves the name to the nearest enclosing object type
+ * of that name, then to the `types` it was given.
+ */
+export interface RefType {
+  kind: 'ref';
+  name: string;
+  resolve?: () => TypeDef;
+}
+
+export type TypeDef = ObjectType | EnumType | ArrayType | AlternateType | RefType;
 export type TypeRef = BuiltinName | TypeDef;
 
 export const obj = (name: string, members: Member[], extra: Partial<ObjectType> = {}): ObjectType =>
@@ -51,5 +69,6 @@ export const obj = (name: string, members: Member[], extra: Partial<ObjectType> 
 export const enm = (name: string, values: string[], doc?: string): EnumType => ({ kind: 'enum', name, values, doc });
 export const arr = (element: TypeRef): ArrayType => ({ kind: 'array', element });
 export const alt = (name: string, choices: TypeRef[]): AlternateType => ({ kind: 'alternate', name, choices });
+export const ref = (name: string, resolve?: () => TypeDef): RefType => (resolve ? { kind: 'ref', name, resolve } : { kind: 'ref', name });
 export const req = (name: string, type: TypeRef, doc?: string): Member => ({ name, type, doc });
 export const opt = (name: string, type: TypeRef, doc?: string): Member => ({ name, type, optional: true, doc });
