@@ -1,0 +1,183 @@
+/**
+ * BlockJob: a Job that works on block nodes (stream, commit, mirror, backup).
+ * On top of Job it has a device name (its id), a speed limit (token bucket),
+ * an io-status and an on-error policy, holds edges to the nodes it uses, and
+ * announces its milestones as BLOCK_JOB_READY/PENDING/COMPLETED/CANCELLED and
+ * I/O errors as BLOCK_JOB_ERROR.
+ *
+ * What a subclass adds to Job's extension points (see job.ts):
+ *   - report progress in bytes: `len` is total-progress, `offset` current-progress;
+ *   - after each unit of copying call `await this.throttle(bytes)`: it charges
+ *     the bucket and sleeps as the speed requires (always a pause point);
+ *   - on an I/O error call `this.errorAction(policy, isRead, err)` and act on
+ *     the answer: 'ignore' (carry on), 'report' (fail: rethrow), 'stop' (the
+ *     job is now user-paused; retry the request after `await this.pausePoint()`);
+ *   - take the nodes it works on with `this.useNode(node, role, perm, shared)`
+ *     (permission conflicts name the job: "mirror job 'j0'"); edges still held
+ *     are released when the job concludes, or earlier with releaseNodes().
+ */
+import { Job, type JobMilestone, type JobOptions } from './job.ts';
+import { JobError } from './errors.ts';
+import { TokenBucket } from './token-bucket.ts';
+import type { BlockGraph } from '../graph.ts';
+import type { BlockNode } from '../node.ts';
+import type { ChildEdge, Parent } from '../edge.ts';
+import type { BlockError } from '../errors.ts';
+import type { Perm } from '../driver.ts';
+import type { JobStatus, JobType } from './status.ts';
+
+export type BlockIoStatus = 'ok' | 'failed' | 'nospace';
+/** QAPI BlockdevOnError. */
+export type BlockdevOnError = 'report' | 'ignore' | 'enospc' | 'stop' | 'auto';
+export type BlockErrorAction = 'ignore' | 'report' | 'stop';
+
+export interface BlockJobOptions extends JobOptions {
+  /** The graph the job's nodes live in (edges are created and removed through it). */
+  graph: BlockGraph;
+  /** Bytes per second; 0 (default) is unlimited. */
+  speed?: number;
+  /** A clock for the rate limiter, in milliseconds (tests pass a fake one). */
+  now?: () => number;
+}
+
+/** QAPI BlockJobInfo (7.2). */
+export interface BlockJobInfo {
+  type: JobType;
+  device: string;
+  len: number;
+  offset: number;
+  busy: boolean;
+  paused: boolean;
+  speed: number;
+  'io-status': BlockIoStatus;
+  ready: boolean;
+  status: JobStatus;
+  'auto-finalize': boolean;
+  'auto-dismiss': boolean;
+  error?: string;
+}
+
+export abstract class BlockJob extends Job implements Parent {
+  protected readonly graph: BlockGraph;
+  private speedValue: number;
+  private readonly bucket: TokenBucket;
+  private readonly now: () => number;
+  private ioStatusValue: BlockIoStatus = 'ok';
+  private readonly edges: ChildEdge[] = [];
+
+  constructor(opts: BlockJobOptions) {
+    super(opts);
+    this.graph = opts.graph;
+    this.now = opts.now ?? (() => performance.now());
+    this.speedValue = opts.speed ?? 0;
+    if (this.speedValue < 0) throw new JobError('EINVAL', "Parameter 'speed' expects a non-negative value");
+    this.bucket = new TokenBucket(this.speedValue, this.now());
+  }
+
+  get device(): string { return this.id ?? ''; }
+  get speed(): number { return this.speedValue; }
+  get ioStatus(): BlockIoStatus { return this.ioStatusValue; }
+  get len(): number { return this.totalProgress; }
+  get offset(): number { return this.currentProgress; }
+
+  /** How permission errors name the job, as QEMU does. */
+  describe(): string { return `${this.type} job '${this.device}'`; }
+
+  blockInfo(): BlockJobInfo {
+    const out: BlockJobInfo = {
+      type: this.type,
+      device: this.device,
+      len: this.len,
+      offset: this.offset,
+      busy: this.busy,
+      paused: this.pauseRequested,
+      speed: this.speedValue,
+      'io-status': this.ioStatusValue,
+      ready: this.isReady,
+      status: this.status,
+      'auto-finalize': this.autoFinalize,
+      'auto-dismiss': this.autoDismiss,
+    };
+    if (this.error !== undefined) out.error = this.error;
+    return out;
+  }
+
+  /** block-job-set-speed. */
+  setSpeed(speed: number): void {
+    this.applyVerb('set-speed');
+    if (speed < 0) throw new JobError('EINVAL', "Parameter 'speed' expects a non-negative value");
+    if (speed === this.speedValue) return;
+    this.speedValue = speed;
+    this.bucket.setRate(speed, this.now());
+    // A job sleeping for the old speed recomputes its delay now.
+    if (this.sleepingOnTimer) this.enter();
+  }
+
+  // ---------------------------------------------------------------- for subclasses
+
+  /** Charges `bytes` of work done and sleeps as long as the speed requires (at least once: a pause point). */
+  protected async throttle(bytes: number): Promise<void> {
+    this.bucket.take(bytes, this.now());
+    for (;;) {
+      const delay = this.bucket.delay(this.now());
+      await this.sleep(delay);
+      if (delay === 0 || this.isCancelled) return;
+    }
+  }
+
+  /**
+   * Applies an on-error policy to an I/O error (QEMU block_job_error_action):
+   * announces BLOCK_JOB_ERROR and, for 'stop', pauses the job as if the user
+   * had and records the io-status until job-resume.
+   */
+  protected errorAction(policy: BlockdevOnError, isRead: boolean, err: BlockError): BlockErrorAction {
+    let action: BlockErrorAction;
+    switch (policy) {
+      case 'enospc': action = err.code === 'ENOSPC' ? 'stop' : 'report'; break;
+      case 'stop': action = 'stop'; break;
+      case 'ignore': action = 'ignore'; break;
+      default: action = 'report'; break;
+    }
+    this.emit('BLOCK_JOB_ERROR', { device: this.device, operation: isRead ? 'read' : 'write', action });
+    if (action === 'stop') {
+      if (!this.userPaused) this.pauseAsUser();
+      this.ioStatusValue = err.code === 'ENOSPC' ? 'nospace' : 'failed';
+    }
+    return action;
+  }
+
+  /** Attaches the job to `node` as a user; conflicts are refused here. */
+  protected useNode(node: BlockNode, role: string, perm: Perm, shared: Perm): ChildEdge {
+    const edge = this.graph.link(this, node, role, { perm, shared });
+    this.edges.push(edge);
+    return edge;
+  }
+
+  /** Drops every edge the job still holds. Idempotent. */
+  protected async releaseNodes(): Promise<void> {
+    while (this.edges.length > 0) await this.graph.unlink(this, this.edges.pop()!);
+  }
+
+  // ---------------------------------------------------------------- Job hooks
+
+  protected override userResumeHook(): void {
+    this.ioStatusValue = 'ok';
+  }
+
+  protected override notify(milestone: JobMilestone): void {
+    const base = { device: this.device, len: this.len, offset: this.offset, speed: this.speedValue, type: this.type };
+    switch (milestone) {
+      case 'ready': this.emit('BLOCK_JOB_READY', base); break;
+      case 'pending': this.emit('BLOCK_JOB_PENDING', { type: this.type, id: this.device }); break;
+      case 'cancelled': this.emit('BLOCK_JOB_CANCELLED', base); break;
+      case 'completed':
+        this.emit('BLOCK_JOB_COMPLETED', this.error !== undefined ? { ...base, error: this.error } : base);
+        break;
+    }
+  }
+
+  /** Subclasses that override clean() call super.clean() last. */
+  protected override async clean(): Promise<void> {
+    await this.releaseNodes();
+  }
+}

@@ -1,0 +1,26 @@
+/**
+ * Errors the job layer gives back to the user. They are BlockErrors (the one
+ * internal vocabulary) that also carry the QMP error class QEMU uses, since
+ * block-job-* lookups fail with DeviceNotActive rather than GenericError.
+ */
+import { BlockError, type ErrorCode } from '../errors.ts';
+
+export type QmpErrorClass = 'GenericError' | 'DeviceNotActive' | 'DeviceNotFound' | 'CommandNotFound';
+
+export class JobError extends BlockError {
+  constructor(code: ErrorCode, message: string, readonly qmpClass: QmpErrorClass = 'GenericError') {
+    super(code, message);
+    this.name = 'JobError';
+  }
+}
+
+/** The message QEMU gives a job that was cancelled (strerror(ECANCELED)). */
+export const CANCELED_MESSAGE = 'Operation canceled';
+
+/** Thrown inside a job's run() when its work is cut short by a forced cancel. */
+export class JobCancelledError extends Error {
+  constructor() {
+    super(CANCELED_MESSAGE);
+    this.name = 'JobCancelledError';
+  }
+}
