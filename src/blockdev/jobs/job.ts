@@ -300,7 +300,8 @@ export abstract class Job {
       const before = this.statusValue;
       this.transition(before === 'ready' ? 'standby' : 'paused');
       this.pausedFlag = true;
-      await this.yieldFor();
+      // Only resume (or cancel) ends a pause; other wake-ups (work arriving) wait for it.
+      while (this.pauseCount > 0 && !this.isCancelled) await this.yieldFor();
       this.pausedFlag = false;
       this.transition(before);
     }
