@@ -1,0 +1,300 @@
+/**
+ * One client connection: negotiation (with a time limit), then the
+ * transmission phase, where many requests run at once and each reply goes
+ * out, header corked with its data, as soon as its request completes.
+ *
+ * Backpressure: the socket is paused while the requests in flight exceed a
+ * count or byte limit, or while the socket's write buffer is over its
+ * high-water mark (write() returned false) until 'drain'. What a connection
+ * holds is therefore bounded: the in-flight limits, one payload being
+ * assembled, one socket chunk.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { Cmd, cmdName } from './constants.ts';
+import { errorReply, execute, type CommandContext } from './commands.ts';
+import { RequestFramer, type Frame, type RequestHeader } from './framer.ts';
+import { Handshake } from './handshake.ts';
+import type { ExportClient, NbdExport } from './exports.ts';
+import type { Negotiated, NegotiationEnv } from './options.ts';
+import { checkRequest, type ValidationContext } from './validate.ts';
+
+export interface ConnectionOptions {
+  env: NegotiationEnv;
+  log: Logger;
+  /** Seconds a client may take to finish negotiation; 0 = no limit. */
+  handshakeMaxSeconds: number;
+  /** Stop reading requests while this many are in flight. */
+  maxInflightRequests?: number;
+  /** Stop reading requests while their buffers (read and write data) exceed this many bytes. */
+  maxInflightBytes?: number;
+  specErrnos?: boolean;
+}
+
+export const DEFAULT_MAX_INFLIGHT_REQUESTS = 64;
+export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/** How long a closing connection waits for the client to take its last replies. */
+const END_GRACE_MS = 10_000;
+
+type Phase = 'handshake' | 'transmission' | 'closing' | 'closed';
+
+export class NbdConnection implements ExportClient {
+  private phase: Phase = 'handshake';
+  private readonly handshake: Handshake;
+  private framer?: RequestFramer;
+  private negotiated?: Negotiated;
+  private cmdCtx?: CommandContext;
+  private valCtx?: ValidationContext;
+  private exp?: NbdExport;
+  private timer?: NodeJS.Timeout;
+  private inflight = 0;
+  private inflightBytes = 0;
+  private writeBlocked = false;
+  private socketClosed = false;
+  private done = false;
+  private readonly maxRequests: number;
+  private readonly maxBytes: number;
+  private finishedResolve!: () => void;
+  /** Resolves once the socket is closed and no request of this connection is in flight. */
+  readonly finished: Promise<void>;
+  log: Logger;
+
+  constructor(private readonly socket: Socket, private readonly opts: ConnectionOptions) {
+    this.log = opts.log;
+    this.handshake = new Handshake(opts.env);
+    this.maxRequests = opts.maxInflightRequests ?? DEFAULT_MAX_INFLIGHT_REQUESTS;
+    this.maxBytes = opts.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT_BYTES;
+    this.finished = new Promise((r) => (this.finishedResolve = r));
+  }
+
+  /** The export being served, once negotiation chose one. */
+  get export(): NbdExport | undefined { return this.exp; }
+  get state(): Phase { return this.phase; }
+  get requestsInFlight(): number { return this.inflight; }
+
+  start(): void {
+    const s = this.socket;
+    s.setNoDelay?.(true);
+    s.on('data', (chunk: Buffer) => this.onData(chunk));
+    s.on('end', () => this.onEnd());
+    s.on('error', (err) => this.log.debug({ err }, 'NBD connection error'));
+    s.on('close', () => this.onClose());
+    s.on('drain', () => {
+      this.writeBlocked = false;
+      this.pump();
+    });
+    if (this.opts.handshakeMaxSeconds > 0) {
+      this.timer = setTimeout(() => {
+        if (this.phase === 'transmission' || this.socketClosed) return;
+        this.log.warn({ seconds: this.opts.handshakeMaxSeconds }, 'NBD client did not finish negotiation in time; disconnecting');
+        this.abort();
+      }, this.opts.handshakeMaxSeconds * 1000);
+      this.timer.unref();
+    }
+    this.send([this.handshake.greeting()]);
+    this.updateReading();
+  }
+
+  /** Graceful: take no more requests, let those in flight reply, then close. */
+  close(): Promise<void> {
+    if (this.phase === 'handshake') this.abort();
+    else if (this.phase === 'transmission') this.finish('server closing');
+    return this.finished;
+  }
+
+  /** Forced: close the socket now; resolves once the requests still running in the block layer are done. */
+  destroy(): Promise<void> {
+    this.abort();
+    return this.finished;
+  }
+
+  // ---- input ----
+
+  private onData(chunk: Buffer): void {
+    if (this.phase === 'handshake') return this.onHandshakeData(chunk);
+    if (this.phase !== 'transmission') return;
+    this.framer!.push(chunk);
+    this.pump();
+  }
+
+  private onHandshakeData(chunk: Buffer): void {
+    let step;
+    try {
+      step = this.handshake.push(chunk);
+    } catch (err) {
+      this.log.error({ err }, 'NBD negotiation failed');
+      return this.abort();
+    }
+    this.send(step.send);
+    const done = step.done;
+    if (!done) return this.updateReading();
+    if (done.kind === 'close') {
+      // The handshake timer stays armed: a client that never reads our last reply is still cut off.
+      if (done.clean) this.log.debug(done.reason);
+      else this.log.warn({ reason: done.reason }, 'NBD option negotiation failed');
+      this.phase = 'closing';
+      this.updateReading();
+      this.endSocket();
+      return;
+    }
+    clearTimeout(this.timer);
+    this.beginTransmission(done.negotiated, done.rest);
+  }
+
+  private beginTransmission(n: Negotiated, rest: Buffer): void {
+    if (!n.exp.attach(this)) {
+      this.log.warn({ export: n.exp.name }, 'export went away during negotiation');
+      return this.abort();
+    }
+    this.exp = n.exp;
+    this.negotiated = n;
+    this.phase = 'transmission';
+    this.log = this.log.child({ export: n.exp.name });
+    this.cmdCtx = { exp: n.exp, structured: n.structured, contexts: n.contexts, log: this.log };
+    this.valCtx = {
+      size: n.exp.size,
+      readOnly: !n.exp.writable,
+      structured: n.structured,
+      metaContexts: n.contexts.length,
+      specErrnos: this.opts.specErrnos,
+    };
+    this.log.debug({ structured: n.structured, contexts: n.contexts.map((c) => c.name) }, 'NBD negotiation done');
+    this.framer = new RequestFramer();
+    this.framer.push(rest);
+    this.pump();
+  }
+
+  /**
+   * While closing, input is read and dropped (never blocked) so the client's
+   * hang-up is noticed; otherwise reading stops under backpressure.
+   */
+  private readingBlocked(): boolean {
+    if (this.phase === 'closing') return false;
+    return this.writeBlocked || this.inflight >= this.maxRequests || this.inflightBytes >= this.maxBytes;
+  }
+
+  /** Takes frames while backpressure allows, then pauses or resumes the socket to match. */
+  private pump(): void {
+    if (this.phase === 'transmission') {
+      while (!this.readingBlocked()) {
+        const f = this.framer!.next();
+        if (!f) break;
+        this.dispatch(f);
+      }
+    }
+    this.updateReading();
+  }
+
+  private updateReading(): void {
+    if (this.socketClosed) return;
+    if (this.readingBlocked()) this.socket.pause();
+    else this.socket.resume();
+  }
+
+  private dispatch(f: Frame): void {
+    if (f.kind === 'bad-magic') {
+      this.log.warn({ magic: `0x${(f.magic >>> 0).toString(16)}` }, 'NBD protocol violation: invalid request magic; disconnecting');
+      return this.finish('invalid magic');
+    }
+    const req = f.req;
+    if (req.type === Cmd.DISC) {
+      this.log.debug('client sent NBD_CMD_DISC');
+      return this.finish('client disconnect');
+    }
+    const rejected = checkRequest(req, this.valCtx!);
+    if (rejected) {
+      this.log.info({ cmd: cmdName(req.type), offset: req.offset, length: req.length, reason: rejected.reason }, 'NBD request rejected');
+      this.send(errorReply(this.cmdCtx!, req, rejected.errno, rejected.reason));
+      return;
+    }
+    this.runRequest(req, f.payload);
+  }
+
+  private runRequest(req: RequestHeader, payload?: Buffer): void {
+    const bytes = req.type === Cmd.READ || req.type === Cmd.WRITE ? req.length : 0;
+    this.inflight++;
+    this.inflightBytes += bytes;
+    void execute(this.cmdCtx!, req, payload).then((reply) => {
+      this.send(reply);
+      this.inflight--;
+      this.inflightBytes -= bytes;
+      if (this.inflight === 0) this.onIdle();
+      this.pump();
+    });
+  }
+
+  // ---- output ----
+
+  /** Writes one reply (or negotiation message) corked, so header and data leave in one writev. */
+  private send(bufs: Buffer[]): void {
+    if (bufs.length === 0 || this.socketClosed || this.socket.destroyed || this.socket.writableEnded) return;
+    const s = this.socket;
+    let ok = true;
+    if (bufs.length > 1) s.cork();
+    for (const b of bufs) if (b.length > 0) ok = s.write(b);
+    if (bufs.length > 1) s.uncork();
+    if (!ok || s.writableNeedDrain) this.writeBlocked = true;
+  }
+
+  // ---- ending ----
+
+  /** Stops taking requests; once those in flight have replied, closes the socket. */
+  private finish(why: string): void {
+    if (this.phase === 'closing' || this.phase === 'closed') return;
+    this.log.debug({ why }, 'NBD connection finishing');
+    this.phase = 'closing';
+    this.updateReading();
+    if (this.inflight === 0) this.onIdle();
+  }
+
+  /** Closes the socket now; replies of requests still running are dropped. */
+  private abort(): void {
+    clearTimeout(this.timer);
+    if (this.phase !== 'closed') this.phase = 'closing';
+    this.socket.destroy();
+  }
+
+  private onIdle(): void {
+    if (this.phase === 'closing') this.endSocket();
+    this.maybeFinished();
+  }
+
+  /** Ends our side once queued replies are written; a client that never reads them is cut off after a grace period. */
+  private endSocket(): void {
+    if (this.socket.destroyed) return;
+    if (!this.socket.writableEnded) this.socket.end();
+    const t = setTimeout(() => this.socket.destroy(), END_GRACE_MS);
+    t.unref();
+    this.socket.once('close', () => clearTimeout(t));
+  }
+
+  private onEnd(): void {
+    // The client half-closed: nothing more will come. Finish what is in flight, then close.
+    if (this.phase === 'handshake') {
+      this.log.debug('client hung up during negotiation');
+      return this.abort();
+    }
+    if (this.phase === 'transmission' && this.framer!.midFrame) {
+      this.log.info('client disconnected in the middle of a request');
+    }
+    this.finish('client closed its end');
+  }
+
+  private onClose(): void {
+    this.socketClosed = true;
+    clearTimeout(this.timer);
+    if (this.phase === 'transmission' && this.framer!.midFrame) {
+      this.log.info('client disconnected in the middle of a request');
+    }
+    if (this.phase !== 'closed') this.phase = 'closing';
+    this.maybeFinished();
+  }
+
+  private maybeFinished(): void {
+    if (this.done || !this.socketClosed || this.inflight > 0) return;
+    this.done = true;
+    this.phase = 'closed';
+    this.exp?.detach(this);
+    this.finishedResolve();
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * Transmission-phase framer: bytes in, (header, payload) frames out.
+ *
+ * Only NBD_CMD_WRITE carries a payload. A payload that arrived inside one
+ * socket chunk is handed out as a view of that chunk (no copy); one split
+ * over several chunks is assembled into a single buffer as it arrives (one
+ * copy). The payload of a WRITE longer than `maxPayload` is skipped as it
+ * arrives, without buffering, and the request is then yielded without a
+ * payload: the stream stays in sync and the reply (an error) comes after the
+ * whole request, as clients expect. A bad magic ends framing: the stream cannot be
+ * resynchronised.
+ *
+ * Pull-based so the connection can stop taking frames (backpressure) and
+ * resume later without losing what was already read.
+ */
+import { Cmd, MAX_PAYLOAD, REQUEST_MAGIC, REQUEST_SIZE } from './constants.ts';
+
+export interface RequestHeader {
+  flags: number;
+  type: number;
+  cookie: bigint;
+  /** May be imprecise above 2^53; such offsets are past the end of any export anyway. */
+  offset: number;
+  length: number;
+}
+
+export type Frame =
+  | { kind: 'request'; req: RequestHeader; payload?: Buffer; discarded?: boolean }
+  | { kind: 'bad-magic'; magic: number };
+
+type State = 'header' | 'payload' | 'discard' | 'dead';
+
+export class RequestFramer {
+  private chunks: Buffer[] = [];
+  private first = 0; // index of the first unconsumed chunk
+  private pos = 0; // offset into chunks[first]
+  private available = 0;
+  private state: State = 'header';
+  private pending?: RequestHeader;
+  private assembling?: Buffer;
+  private filled = 0;
+  private skip = 0;
+  private readonly scratch = Buffer.alloc(REQUEST_SIZE);
+  private readonly maxPayload: number;
+
+  constructor(opts: { maxPayload?: number } = {}) {
+    this.maxPayload = opts.maxPayload ?? MAX_PAYLOAD;
+  }
+
+  /** Bytes received but not yet handed out in a frame (excluding a payload being assembled). */
+  get buffered(): number { return this.available; }
+
+  /** True while a frame is partly received (a client that vanishes now did so mid-request). */
+  get midFrame(): boolean { return this.state === 'payload' || this.state === 'discard' || this.available > 0; }
+
+  push(chunk: Buffer): void {
+    if (this.state === 'dead' || chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.available += chunk.length;
+  }
+
+  /** The next complete frame, or undefined until more bytes arrive. */
+  next(): Frame | undefined {
+    for (;;) {
+      switch (this.state) {
+        case 'dead':
+          return undefined;
+        case 'header': {
+          if (this.available < REQUEST_SIZE) return undefined;
+          const h = this.take(REQUEST_SIZE);
+          const magic = h.readUInt32BE(0);
+          if (magic !== REQUEST_MAGIC) {
+            this.state = 'dead';
+            this.chunks = [];
+            this.available = 0;
+            return { kind: 'bad-magic', magic };
+          }
+          const req: RequestHeader = {
+            flags: h.readUInt16BE(4),
+            type: h.readUInt16BE(6),
+            cookie: h.readBigUInt64BE(8),
+            offset: h.readUInt32BE(16) * 2 ** 32 + h.readUInt32BE(20),
+            length: h.readUInt32BE(24),
+          };
+          if (req.type !== Cmd.WRITE) return { kind: 'request', req };
+          if (req.length > this.maxPayload) {
+            this.state = 'discard';
+            this.pending = req;
+            this.skip = req.length;
+            continue;
+          }
+          if (req.length === 0) return { kind: 'request', req, payload: Buffer.alloc(0) };
+          this.pending = req;
+          this.state = 'payload';
+          continue;
+        }
+        case 'payload': {
+          const req = this.pending!;
+          if (!this.assembling) {
+            const head = this.chunks[this.first];
+            if (head && head.length - this.pos >= req.length) {
+              const payload = head.subarray(this.pos, this.pos + req.length);
+              this.advance(req.length);
+              return this.finishPayload(req, payload);
+            }
+            if (this.available === 0) return undefined;
+            // Split over chunks: every byte of this buffer is overwritten below before it is used.
+            this.assembling = Buffer.allocUnsafe(req.length);
+            this.filled = 0;
+          }
+          this.filled += this.copyOut(this.assembling, this.filled);
+          if (this.filled < req.length) return undefined;
+          const payload = this.assembling;
+          this.assembling = undefined;
+          return this.finishPayload(req, payload);
+        }
+        case 'discard': {
+          while (this.skip > 0 && this.available > 0) {
+            const head = this.chunks[this.first];
+            const n = Math.min(this.skip, head.length - this.pos);
+            this.advance(n);
+            this.skip -= n;
+          }
+          if (this.skip > 0) return undefined;
+          const req = this.pending!;
+          this.pending = undefined;
+          this.state = 'header';
+          return { kind: 'request', req, discarded: true };
+        }
+      }
+    }
+  }
+
+  private finishPayload(req: RequestHeader, payload: Buffer): Frame {
+    this.pending = undefined;
+    this.state = 'header';
+    return { kind: 'request', req, payload };
+  }
+
+  /** `n` contiguous bytes: a view when they lie in one chunk, else copied into the scratch header. */
+  private take(n: number): Buffer {
+    const head = this.chunks[this.first];
+    if (head.length - this.pos >= n) {
+      const v = head.subarray(this.pos, this.pos + n);
+      this.advance(n);
+      return v;
+    }
+    const out = this.scratch.subarray(0, n);
+    let got = 0;
+    while (got < n) got += this.copyOut(out, got, n - got);
+    return out;
+  }
+
+  /** Copies up to `max` available bytes into dst at `at`; returns how many. */
+  private copyOut(dst: Buffer, at: number, max = dst.length - at): number {
+    let copied = 0;
+    while (copied < max && this.available > 0) {
+      const head = this.chunks[this.first];
+      const n = Math.min(max - copied, head.length - this.pos);
+      head.copy(dst, at + copied, this.pos, this.pos + n);
+      this.advance(n);
+      copied += n;
+    }
+    return copied;
+  }
+
+  private advance(n: number): void {
+    this.pos += n;
+    this.available -= n;
+    const head = this.chunks[this.first];
+    if (this.pos === head.length) {
+      this.chunks[this.first] = undefined as unknown as Buffer; // drop the reference
+      this.first++;
+      this.pos = 0;
+      if (this.first === this.chunks.length) {
+        this.chunks = [];
+        this.first = 0;
+      } else if (this.first > 64) {
+        this.chunks = this.chunks.slice(this.first);
+        this.first = 0;
+      }
+    }
+  }
+}

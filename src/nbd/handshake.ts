@@ -1,0 +1,159 @@
+/**
+ * Fixed newstyle negotiation as an explicit state machine. The states, what
+ * each waits for and where each may go are data (HANDSHAKE_STATES); the
+ * Handshake class only moves between them and refuses, naming the current
+ * state, any move the table does not allow.
+ *
+ * It is pure: bytes in, (bytes to send, outcome) out. The connection owns
+ * the socket and the timer.
+ */
+import {
+  CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, IHAVEOPT, MAX_PAYLOAD, MAX_STRING, Opt, Rep, optName,
+} from './constants.ts';
+import { OPTIONS_WITH_DATA, handleOption, type Negotiated, type NegotiationEnv, type Session } from './options.ts';
+import { greeting, optionError } from './wire.ts';
+
+export type HandshakeState =
+  | 'client-flags' | 'option-header' | 'option-data' | 'option-skip' | 'transmission' | 'closed';
+
+export const HANDSHAKE_STATES: Readonly<Record<HandshakeState, { waitsFor: string; next: readonly HandshakeState[] }>> = {
+  'client-flags': { waitsFor: '4 bytes of client flags after the greeting', next: ['option-header', 'closed'] },
+  'option-header': {
+    waitsFor: '16 bytes: IHAVEOPT, option, data length',
+    next: ['option-data', 'option-skip', 'option-header', 'transmission', 'closed'],
+  },
+  'option-data': { waitsFor: "the option's data, to be handled", next: ['option-header', 'transmission', 'closed'] },
+  'option-skip': { waitsFor: "the option's data, to be skipped unread", next: ['option-header', 'closed'] },
+  transmission: { waitsFor: 'nothing: negotiation is over', next: ['closed'] },
+  closed: { waitsFor: 'nothing: the connection is to be closed', next: [] },
+};
+
+/** Largest option data buffered for a handler; larger is skipped and answered NBD_REP_ERR_TOO_BIG. */
+export const OPTION_BUFFER_LIMIT = 1024 * 1024;
+
+export interface HandshakeStep {
+  /** Bytes to send, in order. */
+  send: Buffer[];
+  /** Set once negotiation ended: either transmission starts, or the connection closes. */
+  done?:
+    | { kind: 'transmission'; negotiated: Negotiated; rest: Buffer }
+    | { kind: 'close'; reason: string; clean: boolean };
+}
+
+export class Handshake {
+  private current: HandshakeState = 'client-flags';
+  private input: Buffer = Buffer.alloc(0);
+  private option = 0;
+  private length = 0;
+  private skipLeft = 0;
+  private tooBig = false;
+  readonly session: Session = { fixedNewstyle: false, clientFlags: 0, structured: false };
+
+  constructor(private readonly env: NegotiationEnv) {}
+
+  get state(): HandshakeState { return this.current; }
+
+  /** The server's opening message; send it before any push(). */
+  greeting(): Buffer { return greeting(); }
+
+  private go(to: HandshakeState): void {
+    if (!HANDSHAKE_STATES[this.current].next.includes(to)) {
+      throw new Error(`handshake: cannot go from state '${this.current}' to '${to}'`);
+    }
+    this.current = to;
+  }
+
+  /** Feeds client bytes; returns what to send and, once decided, how negotiation ended. */
+  push(chunk: Buffer): HandshakeStep {
+    const step: HandshakeStep = { send: [] };
+    if (this.current === 'transmission' || this.current === 'closed') {
+      throw new Error(`handshake: input in state '${this.current}'`);
+    }
+    this.input = this.input.length ? Buffer.concat([this.input, chunk]) : chunk;
+    while (!step.done && this.advance(step));
+    return step;
+  }
+
+  private close(step: HandshakeStep, reason: string, clean = false): false {
+    this.go('closed');
+    step.done = { kind: 'close', reason, clean };
+    this.input = Buffer.alloc(0);
+    return false;
+  }
+
+  private consume(n: number): Buffer {
+    const b = this.input.subarray(0, n);
+    this.input = this.input.subarray(n);
+    return b;
+  }
+
+  /** Acts on buffered input if the current state has what it waits for; false when it needs more. */
+  private advance(step: HandshakeStep): boolean {
+    switch (this.current) {
+      case 'client-flags': {
+        if (this.input.length < 4) return false;
+        let flags = this.consume(4).readUInt32BE(0);
+        this.session.clientFlags = flags;
+        this.session.fixedNewstyle = (flags & CLIENT_FIXED_NEWSTYLE) !== 0;
+        flags &= ~(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES);
+        if (flags !== 0) return this.close(step, `Unknown client flags 0x${(flags >>> 0).toString(16)} received`);
+        this.go('option-header');
+        return true;
+      }
+      case 'option-header': {
+        if (this.input.length < 16) return false;
+        const h = this.consume(16);
+        if (h.readBigUInt64BE(0) !== IHAVEOPT) return this.close(step, 'Bad magic received');
+        this.option = h.readUInt32BE(8);
+        this.length = h.readUInt32BE(12);
+        if (this.length > MAX_PAYLOAD) return this.close(step, `len (${this.length}) is larger than max len (${MAX_PAYLOAD})`);
+        if (!this.session.fixedNewstyle && this.option !== Opt.EXPORT_NAME) {
+          return this.close(step, `Unsupported option ${this.option} (${optName(this.option)})`);
+        }
+        if (this.option === Opt.EXPORT_NAME && this.length > MAX_STRING) return this.close(step, 'Bad length received');
+        if (this.option === Opt.ABORT) return this.handle(step, Buffer.alloc(0));
+        this.tooBig = OPTIONS_WITH_DATA.has(this.option) && this.length > OPTION_BUFFER_LIMIT;
+        if (!OPTIONS_WITH_DATA.has(this.option) || this.tooBig) {
+          this.skipLeft = this.length;
+          this.go('option-skip');
+          return true;
+        }
+        if (this.length === 0) return this.handle(step, Buffer.alloc(0));
+        this.go('option-data');
+        return true;
+      }
+      case 'option-data': {
+        if (this.input.length < this.length) return false;
+        return this.handle(step, this.consume(this.length));
+      }
+      case 'option-skip': {
+        const n = Math.min(this.skipLeft, this.input.length);
+        this.consume(n);
+        this.skipLeft -= n;
+        if (this.skipLeft > 0) return false;
+        if (this.tooBig) {
+          step.send.push(optionError(this.option, Rep.ERR_TOO_BIG, `option '${optName(this.option)}' too big`));
+          this.go('option-header');
+          return true;
+        }
+        return this.handle(step, Buffer.alloc(0));
+      }
+      default:
+        return false;
+    }
+  }
+
+  private handle(step: HandshakeStep, data: Buffer): boolean {
+    const out = handleOption(this.env, this.session, this.option, data, this.length);
+    step.send.push(...out.replies);
+    if (out.next === 'options') {
+      this.go('option-header');
+      return true;
+    }
+    if (out.next === 'close') return this.close(step, out.reason, out.clean === true);
+    this.go('transmission');
+    step.done = { kind: 'transmission', negotiated: out.negotiated, rest: this.input };
+    this.input = Buffer.alloc(0);
+    return false;
+  }
+}

@@ -1,0 +1,243 @@
+/**
+ * Option handlers of fixed newstyle negotiation, one per NBD_OPT_*. Each is a
+ * function of the session so far and the option's data; it returns the
+ * replies to send and what happens next. Replies and error texts are qsd's.
+ */
+import {
+  CLIENT_NO_ZEROES, Info, MAX_STRING, Opt, Rep, TxFlag, optName,
+} from './constants.ts';
+import type { NbdExport } from './exports.ts';
+import { selectContexts, type MetaContext } from './meta.ts';
+import { lenString, optionError, optionReply } from './wire.ts';
+
+/** What negotiation needs from the server. */
+export interface NegotiationEnv {
+  findExport(name: string): NbdExport | undefined;
+  listExports(): NbdExport[];
+  /** Advertise NBD_FLAG_CAN_MULTI_CONN (qsd: unless max-connections is 1). */
+  multiConn: boolean;
+}
+
+export interface Session {
+  fixedNewstyle: boolean;
+  clientFlags: number;
+  structured: boolean;
+  /** Contexts chosen by the last successful NBD_OPT_SET_META_CONTEXT, and for which export. */
+  meta?: { exp: NbdExport; contexts: MetaContext[] };
+}
+
+/** The outcome of negotiation: the export and what the transmission phase may use. */
+export interface Negotiated {
+  exp: NbdExport;
+  structured: boolean;
+  contexts: MetaContext[];
+  /** The client asked for NBD_INFO_BLOCK_SIZE (it will honour the minimum). */
+  honoursBlockSize: boolean;
+  transmissionFlags: number;
+}
+
+export type OptionOutcome =
+  | { replies: Buffer[]; next: 'options' }
+  | { replies: Buffer[]; next: 'transmission'; negotiated: Negotiated }
+  | { replies: Buffer[]; next: 'close'; reason: string; clean?: boolean };
+
+export type OptionHandler = (env: NegotiationEnv, s: Session, option: number, data: Buffer, length: number) => OptionOutcome;
+
+/** Thrown inside a handler: answer NBD_REP_ERR_INVALID with this message and carry on. */
+class Invalid extends Error {}
+
+/** Reads an option's data the way qsd's nbd_opt_read*() do, with its error texts. */
+class OptReader {
+  private pos = 0;
+  constructor(private readonly data: Buffer, private readonly option: number) {}
+  get left(): number { return this.data.length - this.pos; }
+  bytes(n: number): Buffer {
+    if (n > this.left) throw new Invalid(`Inconsistent lengths in option ${optName(this.option)}`);
+    const b = this.data.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return b;
+  }
+  u16(): number { return this.bytes(2).readUInt16BE(0); }
+  u32(): number { return this.bytes(4).readUInt32BE(0); }
+  /** A string with no NUL bytes. */
+  str(n: number): string {
+    const b = this.bytes(n);
+    if (b.includes(0)) throw new Invalid(`Unexpected embedded NUL in option ${optName(this.option)}`);
+    return b.toString('utf8');
+  }
+  /** uint32 length (at most 4096) and the name. */
+  name(): string {
+    const len = this.u32();
+    if (len > MAX_STRING) throw new Invalid(`Invalid name length: ${len}`);
+    return this.str(len);
+  }
+  skip(n: number): void { this.bytes(n); }
+  end(): void {
+    if (this.left > 0) throw new Invalid(`option '${optName(this.option)}' has unexpected length`);
+  }
+}
+
+const cont = (...replies: Buffer[]): OptionOutcome => ({ replies, next: 'options' });
+
+/** qsd shortens names in error replies to 80 characters. */
+const sanitize = (name: string) => (name.length < 80 ? name : `${name.slice(0, 80)}...`);
+
+function noDataAllowed(option: number, length: number): OptionOutcome | undefined {
+  if (length === 0) return undefined;
+  return cont(optionError(option, Rep.ERR_INVALID, `option '${optName(option)}' has unexpected length`));
+}
+
+function exportFlags(env: NegotiationEnv, s: Session, exp: NbdExport): number {
+  return exp.transmissionFlags(env.multiConn) | (s.structured ? TxFlag.SEND_DF : 0);
+}
+
+/** Contexts carried into transmission: only those chosen for this very export (qsd's nbd_check_meta_export). */
+function contextsFor(s: Session, exp: NbdExport): MetaContext[] {
+  return s.meta && s.meta.exp === exp ? s.meta.contexts : [];
+}
+
+const exportName: OptionHandler = (env, s, option, data) => {
+  if (data.length > MAX_STRING) return { replies: [], next: 'close', reason: 'Bad length received' };
+  const exp = env.findExport(data.toString('utf8'));
+  if (!exp) return { replies: [], next: 'close', reason: 'export not found' };
+  const noZeroes = (s.clientFlags & CLIENT_NO_ZEROES) !== 0;
+  const reply = Buffer.alloc(noZeroes ? 10 : 134);
+  reply.writeBigUInt64BE(BigInt(exp.size), 0);
+  const flags = exportFlags(env, s, exp);
+  reply.writeUInt16BE(flags, 8);
+  return {
+    replies: [reply],
+    next: 'transmission',
+    negotiated: { exp, structured: s.structured, contexts: contextsFor(s, exp), honoursBlockSize: false, transmissionFlags: flags },
+  };
+};
+
+const infoOrGo: OptionHandler = (env, s, option, data) => {
+  const r = new OptReader(data, option);
+  const name = r.name();
+  let sendName = false;
+  let blockSize = false;
+  for (let n = r.u16(); n > 0; n--) {
+    const req = r.u16();
+    if (req === Info.NAME) sendName = true;
+    else if (req === Info.BLOCK_SIZE) blockSize = true;
+  }
+  r.end();
+  const exp = env.findExport(name);
+  if (!exp) return cont(optionError(option, Rep.ERR_UNKNOWN, `export '${sanitize(name)}' not present`));
+
+  const info = (type: number, payload: Buffer) => {
+    const b = Buffer.alloc(2 + payload.length);
+    b.writeUInt16BE(type, 0);
+    payload.copy(b, 2);
+    return optionReply(option, Rep.INFO, b);
+  };
+  const replies: Buffer[] = [];
+  if (sendName) replies.push(info(Info.NAME, Buffer.from(name, 'utf8')));
+  if (exp.description !== undefined) replies.push(info(Info.DESCRIPTION, Buffer.from(exp.description, 'utf8')));
+  const honours = option === Opt.INFO || blockSize;
+  const sizes = Buffer.alloc(12);
+  exp.blockSizes(honours).forEach((v, i) => sizes.writeUInt32BE(v, 4 * i));
+  replies.push(info(Info.BLOCK_SIZE, sizes));
+  const flags = exportFlags(env, s, exp);
+  const ex = Buffer.alloc(10);
+  ex.writeBigUInt64BE(BigInt(exp.size), 0);
+  ex.writeUInt16BE(flags, 8);
+  replies.push(info(Info.EXPORT, ex));
+  if (option === Opt.INFO && !blockSize && exp.node.limits.alignment > 1) {
+    replies.push(optionError(option, Rep.ERR_BLOCK_SIZE_REQD, 'request NBD_INFO_BLOCK_SIZE to use this export'));
+    return cont(...replies);
+  }
+  replies.push(optionReply(option, Rep.ACK));
+  if (option === Opt.INFO) return cont(...replies);
+  return {
+    replies,
+    next: 'transmission',
+    negotiated: { exp, structured: s.structured, contexts: contextsFor(s, exp), honoursBlockSize: blockSize, transmissionFlags: flags },
+  };
+};
+
+const list: OptionHandler = (env, s, option, _data, length) => {
+  const bad = noDataAllowed(option, length);
+  if (bad) return bad;
+  const replies = env.listExports().map((e) =>
+    optionReply(option, Rep.SERVER, Buffer.concat([lenString(e.name), Buffer.from(e.description ?? '', 'utf8')])));
+  replies.push(optionReply(option, Rep.ACK));
+  return cont(...replies);
+};
+
+const abort: OptionHandler = (_env, _s, option) =>
+  ({ replies: [optionReply(option, Rep.ACK)], next: 'close', reason: 'client sent NBD_OPT_ABORT', clean: true });
+
+const starttls: OptionHandler = (_env, _s, option, _data, length) =>
+  noDataAllowed(option, length) ?? cont(optionError(option, Rep.ERR_POLICY, 'TLS not configured'));
+
+const structuredReply: OptionHandler = (_env, s, option, _data, length) => {
+  const bad = noDataAllowed(option, length);
+  if (bad) return bad;
+  if (s.structured) return cont(optionError(option, Rep.ERR_INVALID, 'structured reply already negotiated'));
+  s.structured = true;
+  return cont(optionReply(option, Rep.ACK));
+};
+
+const metaContext: OptionHandler = (env, s, option, data) => {
+  const isList = option === Opt.LIST_META_CONTEXT;
+  if (!isList && !s.structured) {
+    return cont(optionError(option, Rep.ERR_INVALID, `request option '${optName(option)}' when structured reply is not negotiated`));
+  }
+  // SET forgets the previous selection even if it then fails, as qsd does.
+  if (!isList) s.meta = undefined;
+  const r = new OptReader(data, option);
+  const name = r.name();
+  const exp = env.findExport(name);
+  if (!exp) return cont(optionError(option, Rep.ERR_UNKNOWN, `export '${sanitize(name)}' not present`));
+  const queries: string[] = [];
+  for (let n = r.u32(); n > 0; n--) {
+    const len = r.u32();
+    if (len > MAX_STRING) { r.skip(len); continue; }
+    queries.push(r.str(len));
+  }
+  r.end();
+  const chosen = selectContexts(exp.metaContexts, queries, isList);
+  const replies = chosen.map((c) => {
+    const b = Buffer.alloc(4 + Buffer.byteLength(c.name));
+    b.writeUInt32BE(isList ? 0 : c.id, 0);
+    b.write(c.name, 4, 'utf8');
+    return optionReply(option, Rep.META_CONTEXT, b);
+  });
+  replies.push(optionReply(option, Rep.ACK));
+  if (!isList) s.meta = { exp, contexts: chosen };
+  return cont(...replies);
+};
+
+const unsupported: OptionHandler = (_env, _s, option) =>
+  cont(optionError(option, Rep.ERR_UNSUP, `Unsupported option ${option} (${optName(option)})`));
+
+/** Handlers by option; anything else is answered NBD_REP_ERR_UNSUP. */
+export const OPTION_HANDLERS: Readonly<Record<number, OptionHandler>> = {
+  [Opt.EXPORT_NAME]: exportName,
+  [Opt.ABORT]: abort,
+  [Opt.LIST]: list,
+  [Opt.STARTTLS]: starttls,
+  [Opt.INFO]: infoOrGo,
+  [Opt.GO]: infoOrGo,
+  [Opt.STRUCTURED_REPLY]: structuredReply,
+  [Opt.LIST_META_CONTEXT]: metaContext,
+  [Opt.SET_META_CONTEXT]: metaContext,
+};
+
+/** Options whose data the handler reads; the data of any other option is skipped unread. */
+export const OPTIONS_WITH_DATA: ReadonlySet<number> = new Set([
+  Opt.EXPORT_NAME, Opt.INFO, Opt.GO, Opt.LIST_META_CONTEXT, Opt.SET_META_CONTEXT,
+]);
+
+/** Runs the handler for `option`; malformed data becomes NBD_REP_ERR_INVALID with qsd's text. */
+export function handleOption(env: NegotiationEnv, s: Session, option: number, data: Buffer, length: number): OptionOutcome {
+  const handler = OPTION_HANDLERS[option] ?? unsupported;
+  try {
+    return handler(env, s, option, data, length);
+  } catch (e) {
+    if (e instanceof Invalid) return cont(optionError(option, Rep.ERR_INVALID, e.message));
+    throw e;
+  }
+}

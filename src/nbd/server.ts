@@ -1,0 +1,169 @@
+/**
+ * The NBD server: listeners (TCP, Unix, an inherited fd) feeding connections
+ * that serve the exports of a shared ExportRegistry.
+ *
+ * max-connections as qsd: once the limit is reached the server stops taking
+ * new clients; they wait (connected, not greeted) until a slot frees, as
+ * they would in qsd's listen backlog. Waiting sockets are capped.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { lstatSync, unlinkSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { NbdConnection } from './connection.ts';
+import type { ExportRegistry } from './exports.ts';
+import type { NegotiationEnv } from './options.ts';
+
+export interface NbdServerOptions {
+  /** Most clients served at once; 0 or unset = unlimited (qsd 7.2's default). */
+  maxConnections?: number;
+  /** Seconds a client may take to negotiate; 0 = no limit. Default 10. */
+  handshakeMaxSeconds?: number;
+  logger: Logger;
+  /** Answer rejected requests with the spec's preferred errnos instead of qsd's EINVAL (see validate.ts). */
+  specErrnos?: boolean;
+  maxInflightRequests?: number;
+  maxInflightBytes?: number;
+}
+
+export const DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
+/** Clients kept waiting for a slot beyond max-connections; more are turned away. */
+const MAX_WAITING = 1024;
+
+interface Listener { server: Server; unixPath?: string; describe: string }
+
+export class NbdServer {
+  private readonly listeners: Listener[] = [];
+  private readonly active = new Set<NbdConnection>();
+  private readonly waiting: Socket[] = [];
+  private readonly log: Logger;
+  private readonly env: NegotiationEnv;
+  private nextId = 1;
+  private closing?: Promise<void>;
+
+  constructor(readonly registry: ExportRegistry, private readonly opts: NbdServerOptions) {
+    this.log = opts.logger.child({ component: 'nbd' });
+    const multiConn = (opts.maxConnections ?? 0) !== 1;
+    this.env = {
+      findExport: (name) => registry.byName(name),
+      listExports: () => registry.list().filter((e) => !e.shuttingDown),
+      multiConn,
+    };
+  }
+
+  /** Clients being served (negotiating or in transmission), not counting those waiting for a slot. */
+  get connections(): number { return this.active.size; }
+
+  /** Bound addresses, e.g. to find the port chosen for port 0. */
+  addresses(): (ReturnType<Server['address']>)[] {
+    return this.listeners.map((l) => l.server.address());
+  }
+
+  listenTcp(host: string, port: number): Promise<void> {
+    return this.listen({ host: host || undefined, port }, `tcp ${host}:${port}`);
+  }
+
+  listenUnix(path: string): Promise<void> {
+    // Like qsd, a stale socket file at the path is replaced.
+    try {
+      if (lstatSync(path).isSocket()) unlinkSync(path);
+    } catch { /* absent */ }
+    return this.listen({ path }, `unix ${path}`, path);
+  }
+
+  /** A listening socket inherited from the parent (systemd socket activation). */
+  listenFd(fd: number): Promise<void> {
+    return this.listen({ fd }, `fd ${fd}`);
+  }
+
+  private listen(where: { host?: string; port?: number; path?: string; fd?: number }, describe: string, unixPath?: string): Promise<void> {
+    if (this.closing) return Promise.reject(new Error('NBD server is shut down'));
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.accept(s));
+    return new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const ready = () => {
+        server.off('error', reject);
+        server.on('error', (err) => this.log.error({ err, listener: describe }, 'NBD listener error'));
+        this.listeners.push({ server, unixPath, describe });
+        resolve();
+      };
+      if (where.fd !== undefined) server.listen({ fd: where.fd }, ready);
+      else if (where.path !== undefined) server.listen(where.path, ready);
+      else server.listen({ host: where.host, port: where.port }, ready);
+    });
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing) return void socket.destroy();
+    const max = this.opts.maxConnections ?? 0;
+    if (max > 0 && this.active.size >= max) {
+      if (this.waiting.length >= MAX_WAITING) {
+        this.log.warn('too many NBD clients waiting for a connection slot; turning one away');
+        return void socket.destroy();
+      }
+      socket.on('error', () => undefined);
+      socket.once('close', () => {
+        const i = this.waiting.indexOf(socket);
+        if (i >= 0) this.waiting.splice(i, 1);
+      });
+      this.waiting.push(socket);
+      return;
+    }
+    this.startConnection(socket);
+  }
+
+  private startConnection(socket: Socket): void {
+    const id = this.nextId++;
+    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
+    const conn = new NbdConnection(socket, {
+      env: this.env,
+      log: this.log.child({ conn: id, peer }),
+      handshakeMaxSeconds: this.opts.handshakeMaxSeconds ?? DEFAULT_HANDSHAKE_MAX_SECONDS,
+      maxInflightRequests: this.opts.maxInflightRequests,
+      maxInflightBytes: this.opts.maxInflightBytes,
+      specErrnos: this.opts.specErrnos,
+    });
+    this.active.add(conn);
+    void conn.finished.then(() => {
+      this.active.delete(conn);
+      this.admitWaiting();
+    });
+    conn.start();
+  }
+
+  private admitWaiting(): void {
+    const max = this.opts.maxConnections ?? 0;
+    while (!this.closing && this.waiting.length > 0 && (max === 0 || this.active.size < max)) {
+      const s = this.waiting.shift()!;
+      if (s.destroyed) continue;
+      s.removeAllListeners('error');
+      s.removeAllListeners('close');
+      this.startConnection(s);
+    }
+  }
+
+  /** Stops accepting; connections finish their in-flight requests, then close. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown((c) => c.close());
+    return this.closing;
+  }
+
+  /** Stops accepting and drops every connection now. Idempotent; also finishes a close() in progress. */
+  async destroy(): Promise<void> {
+    const pending = this.closing;
+    this.closing ??= this.shutdown((c) => c.destroy());
+    if (pending) await Promise.all([...this.active].map((c) => c.destroy()));
+    return this.closing;
+  }
+
+  private async shutdown(end: (c: NbdConnection) => Promise<void>): Promise<void> {
+    const closed = this.listeners.map((l) => new Promise<void>((r) => l.server.close(() => r())));
+    for (const s of this.waiting.splice(0)) s.destroy();
+    await Promise.all([...this.active].map(end));
+    await Promise.all(closed);
+    for (const l of this.listeners) {
+      if (!l.unixPath) continue;
+      try { unlinkSync(l.unixPath); } catch { /* already gone */ }
+    }
+    this.log.debug('NBD server stopped');
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * Encoders for what the server sends: option replies during negotiation,
+ * simple replies and structured reply chunks during transmission. Headers
+ * are small fresh buffers; payloads are passed through untouched so the
+ * caller can write header and data corked together without copying data.
+ */
+import {
+  CHUNK_HEADER_SIZE, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, REPLY_MAGIC, ReplyFlag, ReplyType,
+  SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE, STRUCTURED_REPLY_MAGIC,
+} from './constants.ts';
+
+/** The 18-byte newstyle greeting: NBDMAGIC, IHAVEOPT, handshake flags. */
+export function greeting(): Buffer {
+  const b = Buffer.alloc(18);
+  NBDMAGIC.copy(b, 0);
+  b.writeBigUInt64BE(IHAVEOPT, 8);
+  b.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
+  return b;
+}
+
+/** One option reply: header and payload in one buffer (negotiation is not the data path). */
+export function optionReply(option: number, type: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const b = Buffer.alloc(20 + payload.length);
+  b.writeBigUInt64BE(REPLY_MAGIC, 0);
+  b.writeUInt32BE(option, 8);
+  b.writeUInt32BE(type, 12);
+  b.writeUInt32BE(payload.length, 16);
+  payload.copy(b, 20);
+  return b;
+}
+
+/** An error option reply with qsd's human-readable message as payload. */
+export function optionError(option: number, type: number, message: string): Buffer {
+  return optionReply(option, type, Buffer.from(message, 'utf8'));
+}
+
+/** A 32-bit length-prefixed string. */
+export function lenString(s: string | Buffer): Buffer {
+  const body = typeof s === 'string' ? Buffer.from(s, 'utf8') : s;
+  const b = Buffer.alloc(4 + body.length);
+  b.writeUInt32BE(body.length, 0);
+  body.copy(b, 4);
+  return b;
+}
+
+export function simpleReply(cookie: bigint, error: number): Buffer {
+  const b = Buffer.alloc(SIMPLE_REPLY_SIZE);
+  b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+  b.writeUInt32BE(error, 4);
+  b.writeBigUInt64BE(cookie, 8);
+  return b;
+}
+
+/** A structured chunk header followed by `extra` bytes of fixed fields the caller fills. */
+function chunk(cookie: bigint, type: number, done: boolean, length: number, extra: number): Buffer {
+  const b = Buffer.alloc(CHUNK_HEADER_SIZE + extra);
+  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+  b.writeUInt16BE(done ? ReplyFlag.DONE : 0, 4);
+  b.writeUInt16BE(type, 6);
+  b.writeBigUInt64BE(cookie, 8);
+  b.writeUInt32BE(length, 16);
+  return b;
+}
+
+export function chunkNone(cookie: bigint): Buffer {
+  return chunk(cookie, ReplyType.NONE, true, 0, 0);
+}
+
+/** Header (with the offset field) of an OFFSET_DATA chunk; the data follows it on the wire. */
+export function chunkDataHeader(cookie: bigint, done: boolean, offset: number, dataLength: number): Buffer {
+  const b = chunk(cookie, ReplyType.OFFSET_DATA, done, 8 + dataLength, 8);
+  b.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER_SIZE);
+  return b;
+}
+
+export function chunkHole(cookie: bigint, done: boolean, offset: number, length: number): Buffer {
+  const b = chunk(cookie, ReplyType.OFFSET_HOLE, done, 12, 12);
+  b.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER_SIZE);
+  b.writeUInt32BE(length, CHUNK_HEADER_SIZE + 8);
+  return b;
+}
+
+export function chunkError(cookie: bigint, error: number, message: string): Buffer {
+  let msg = Buffer.from(message, 'utf8');
+  if (msg.length > 4096) msg = msg.subarray(0, 4096);
+  const b = chunk(cookie, ReplyType.ERROR, true, 6 + msg.length, 6 + msg.length);
+  b.writeUInt32BE(error, CHUNK_HEADER_SIZE);
+  b.writeUInt16BE(msg.length, CHUNK_HEADER_SIZE + 4);
+  msg.copy(b, CHUNK_HEADER_SIZE + 6);
+  return b;
+}
+
+export interface WireExtent { length: number; flags: number }
+
+export function chunkBlockStatus(cookie: bigint, done: boolean, contextId: number, extents: WireExtent[]): Buffer {
+  const n = extents.length;
+  const b = chunk(cookie, ReplyType.BLOCK_STATUS, done, 4 + 8 * n, 4 + 8 * n);
+  b.writeUInt32BE(contextId, CHUNK_HEADER_SIZE);
+  let p = CHUNK_HEADER_SIZE + 4;
+  for (const e of extents) {
+    b.writeUInt32BE(e.length, p);
+    b.writeUInt32BE(e.flags >>> 0, p + 4);
+    p += 8;
+  }
+  return b;
+}
