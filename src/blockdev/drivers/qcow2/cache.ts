@@ -1,0 +1,174 @@
+/**
+ * Write-back cache of metadata tables (L2 slices, refcount blocks), LRU with
+ * pinning. Ordering between caches is by dependency, as QEMU does it: before
+ * a cache writes any dirty entry, the cache it depends on is written and the
+ * file flushed (a barrier), so e.g. an L2 entry never reaches the disk before
+ * the refcount that makes its cluster allocated.
+ */
+export interface CacheIo {
+  read(offset: number, buf: Buffer): Promise<void>;
+  write(offset: number, buf: Buffer): Promise<void>;
+  /** Makes everything written so far stable. */
+  barrier(): Promise<void>;
+}
+
+export interface CacheEntry {
+  readonly offset: number;
+  readonly buf: Buffer;
+  dirty: boolean;
+  pins: number;
+  used: boolean;
+}
+
+export class MetaCache {
+  private readonly entries = new Map<number, CacheEntry>();
+  private readonly loading = new Map<number, Promise<CacheEntry>>();
+  /** Flushed (with a barrier) before this cache writes a dirty entry. */
+  dependsOn?: MetaCache;
+  /** Set when something other than a cache (guest data) must be stable before this cache writes. */
+  needsBarrier = false;
+  private writing: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly name: string,
+    readonly entrySize: number,
+    /** Capacity in entries (at least 2). */
+    public capacity: number,
+    private readonly io: CacheIo,
+    /** Called to validate freshly loaded content (throws to refuse it). */
+    private readonly onLoad?: (offset: number, buf: Buffer) => void,
+  ) {}
+
+  get size(): number { return this.entries.size; }
+
+  /** The entry at `offset` (loaded if needed), pinned until release(). */
+  async get(offset: number): Promise<CacheEntry> {
+    const e = this.entries.get(offset);
+    if (e) return this.touch(e);
+    let p = this.loading.get(offset);
+    if (!p) {
+      p = this.load(offset);
+      this.loading.set(offset, p);
+      p.finally(() => this.loading.delete(offset)).catch(() => undefined);
+    }
+    const loaded = await p;
+    // It may have been evicted between loading and now; reinsert the same object.
+    if (!this.entries.has(offset)) this.entries.set(offset, loaded);
+    return this.touch(loaded);
+  }
+
+  /** A new entry with the given contents (a freshly allocated table), pinned and dirty. */
+  async create(offset: number, buf: Buffer): Promise<CacheEntry> {
+    await this.makeRoom();
+    const old = this.entries.get(offset);
+    if (old) { buf.copy(old.buf); old.dirty = true; return this.touch(old); }
+    const e: CacheEntry = { offset, buf, dirty: true, pins: 0, used: true };
+    this.entries.set(offset, e);
+    return this.touch(e);
+  }
+
+  release(e: CacheEntry): void { e.pins--; }
+
+  markDirty(e: CacheEntry): void { e.dirty = true; }
+
+  /** Drops an entry whose cluster was freed (its contents no longer matter). */
+  forget(offset: number): void {
+    const e = this.entries.get(offset);
+    if (e && e.pins === 0) this.entries.delete(offset);
+    else if (e) e.dirty = false;
+  }
+
+  /** Makes `this` depend on `dep` (QEMU's qcow2_cache_set_dependency), flushing to break cycles. */
+  async setDependency(dep: MetaCache): Promise<void> {
+    if (dep.dependsOn) await dep.flushDependency();
+    if (this.dependsOn && this.dependsOn !== dep) await this.flushDependency();
+    this.dependsOn = dep;
+  }
+
+  async flushDependency(): Promise<void> {
+    const dep = this.dependsOn;
+    if (!dep) return;
+    await dep.flush();
+    this.dependsOn = undefined;
+  }
+
+  /** Writes every dirty entry (after dependencies) and issues a barrier. */
+  async flush(): Promise<void> {
+    await this.writeDirty([...this.entries.values()].filter((e) => e.dirty));
+    await this.io.barrier();
+  }
+
+  /** Drops clean, unpinned entries not used since the last call (cache-clean-interval). */
+  clean(): void {
+    for (const e of [...this.entries.values()]) {
+      if (!e.dirty && e.pins === 0 && !e.used) this.entries.delete(e.offset);
+      e.used = false;
+    }
+  }
+
+  /** Drops every clean entry (after an error, or to re-read). */
+  dropClean(): void {
+    for (const e of [...this.entries.values()]) if (!e.dirty && e.pins === 0) this.entries.delete(e.offset);
+  }
+
+  hasDirty(): boolean {
+    for (const e of this.entries.values()) if (e.dirty) return true;
+    return false;
+  }
+
+  /** Offsets currently cached (for overlap checks). */
+  offsets(): IterableIterator<number> { return this.entries.keys(); }
+
+  private touch(e: CacheEntry): CacheEntry {
+    e.pins++;
+    e.used = true;
+    this.entries.delete(e.offset);
+    this.entries.set(e.offset, e);
+    return e;
+  }
+
+  private async load(offset: number): Promise<CacheEntry> {
+    await this.makeRoom();
+    const buf = Buffer.alloc(this.entrySize);
+    await this.io.read(offset, buf);
+    this.onLoad?.(offset, buf);
+    return { offset, buf, dirty: false, pins: 0, used: true };
+  }
+
+  private async makeRoom(): Promise<void> {
+    while (this.entries.size >= this.capacity) {
+      let victim: CacheEntry | undefined;
+      for (const e of this.entries.values()) if (e.pins === 0 && !e.dirty) { victim = e; break; }
+      if (victim) { this.entries.delete(victim.offset); continue; }
+      let dirty: CacheEntry | undefined;
+      for (const e of this.entries.values()) if (e.pins === 0) { dirty = e; break; }
+      if (!dirty) return; // everything pinned: grow past capacity for now
+      await this.writeDirty([dirty]);
+      if (!dirty.dirty && dirty.pins === 0) this.entries.delete(dirty.offset);
+    }
+  }
+
+  private writeDirty(list: CacheEntry[]): Promise<void> {
+    // Serialised so that two writers never interleave dependency flushes.
+    const run = this.writing.then(async () => {
+      const todo = list.filter((e) => e.dirty);
+      if (todo.length === 0) return;
+      await this.flushDependency();
+      if (this.needsBarrier) { this.needsBarrier = false; await this.io.barrier(); }
+      todo.sort((a, b) => a.offset - b.offset);
+      for (const e of todo) {
+        if (!e.dirty) continue;
+        e.dirty = false;
+        const copy = Buffer.from(e.buf);
+        try {
+          await this.io.write(e.offset, copy);
+        } catch (err) {
+          e.dirty = true;
+          throw err;
+        }
+      }
+    });
+    this.writing = run.catch(() => undefined);
+    return run;
+  }
+}
