@@ -6,8 +6,7 @@
 import { BlockGraph } from '../blockdev/graph.ts';
 import { registerDrivers } from '../blockdev/drivers/index.ts';
 import { blockdevOptionsType } from '../blockdev/options.ts';
-import { parseKeyval } from '../qmp/keyval.ts';
-import { fromJson, fromKeyval } from '../qmp/visit.ts';
+import { fromJson, fromOptionText } from '../qmp/visit.ts';
 import type { TypeRef } from '../qmp/types.ts';
 import { ExportRegistry } from '../nbd/exports.ts';
 import { NbdServer } from '../nbd/server.ts';
@@ -28,9 +27,7 @@ export class StartupError extends Error {
 /** Validates one item against a schema type, from either its key=value text or its JSON form. */
 export function parseItem<T>(type: TypeRef, item: Item, implicitKey?: string): T {
   if (typeof item.value !== 'string') return fromJson(type, item.value) as T;
-  const text = item.value.trimStart();
-  if (text.startsWith('{')) return fromJson(type, JSON.parse(text)) as T;
-  return fromKeyval(type, parseKeyval(item.value, implicitKey)) as T;
+  return fromOptionText(type, item.value, implicitKey) as T;
 }
 
 export class Daemon {
@@ -64,13 +61,12 @@ export class Daemon {
       await fn();
     } catch (e) {
       if (e instanceof StartupError) throw e;
-      if (e instanceof SyntaxError) throw new StartupError(item, e.message);
       throw new StartupError(item, (e as Error).message);
     }
   }
 
   async addBlockdev(item: Item): Promise<void> {
-    const opts = parseItem<Record<string, unknown>>(blockdevOptionsType(this.graph), item);
+    const opts = parseItem<Record<string, unknown>>(blockdevOptionsType(this.graph), item, 'driver');
     const node = await this.graph.add(opts);
     this.log.info({ node: node.nodeName, driver: node.driver.name }, 'blockdev added');
   }
@@ -95,7 +91,8 @@ export class Daemon {
   async addExport(item: Item): Promise<void> {
     const opts = parseItem<Record<string, unknown>>(BlockExportOptions, item, 'type');
     if (this.nbdServers.length === 0) throw new Error('NBD server not running');
-    const bitmaps = (opts.bitmaps as string[] | undefined) ?? (opts.bitmap ? [opts.bitmap as string] : undefined);
+    // 7.2's bitmaps list takes a name or {node, name}; blockd looks bitmaps up on the exported node.
+    const bitmaps = (opts.bitmaps as (string | { name: string })[] | undefined)?.map((b) => (typeof b === 'string' ? b : b.name));
     const exp = this.exports.add(this.graph, {
       id: opts.id as string,
       nodeName: opts['node-name'] as string,
