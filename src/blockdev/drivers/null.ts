@@ -5,6 +5,7 @@
  * driver did not fill.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import { BlockError } from '../errors.ts';
 import { obj, opt } from '../../qmp/types.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 
@@ -18,7 +19,11 @@ export const nullDriver: Driver = {
   ]),
   async open(options): Promise<DriverOps> {
     const size = (options.size as number | undefined) ?? 1 << 30;
-    const latencyMs = Number(options['latency-ns'] ?? 0) / 1e6;
+    // qsd 7.2 aborts on a negative size; blockd refuses it.
+    if (size < 0) throw new BlockError('EINVAL', "Parameter 'size' expects a non-negative value");
+    const latencyNs = Number(options['latency-ns'] ?? 0);
+    if (latencyNs > Number.MAX_SAFE_INTEGER) throw new BlockError('EINVAL', 'latency-ns is invalid');
+    const latencyMs = latencyNs / 1e6;
     const zero = options['read-zeroes'] === true;
     const wait = latencyMs > 0 ? () => sleep(latencyMs) : () => undefined;
     return {
