@@ -24,13 +24,22 @@ export function findCreator(driver: string): ImageCreator | undefined {
   return CREATORS.find((c) => c.driver === driver);
 }
 
+/** qemu-storage-daemon 7.2's BlockdevDriver enum, the discriminator values blockdev-create accepts. */
+export const QSD_BLOCKDEV_DRIVERS: readonly string[] = [
+  'blkdebug', 'blklogwrites', 'blkreplay', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
+  'copy-on-read', 'dmg', 'file', 'snapshot-access', 'ftp', 'ftps', 'gluster', 'host_cdrom', 'host_device',
+  'http', 'https', 'iscsi', 'luks', 'nbd', 'nfs', 'null-aio', 'null-co', 'nvme', 'parallels', 'preallocate',
+  'qcow', 'qcow2', 'qed', 'quorum', 'raw', 'rbd', 'replication', 'ssh', 'throttle', 'vdi', 'vhdx', 'vmdk',
+  'vpc', 'vvfat',
+];
+
 /**
- * BlockdevCreateOptions. The driver enum is every driver blockd knows (so a
- * driver without image creation is accepted by the schema and refused by the
- * command, as qsd does for raw or null-co); only creators have members.
+ * BlockdevCreateOptions. The driver enum is qsd's full list, so a driver
+ * without image creation passes the schema and is refused by the command
+ * with qsd's words; only drivers with a creator have members.
  */
-export function blockdevCreateOptionsType(driverNames: readonly string[]): ObjectType {
-  const names = [...new Set([...driverNames, ...CREATORS.map((c) => c.driver)])].sort();
+export function blockdevCreateOptionsType(): ObjectType {
+  const names = [...QSD_BLOCKDEV_DRIVERS, ...CREATORS.map((c) => c.driver).filter((d) => !QSD_BLOCKDEV_DRIVERS.includes(d))];
   const variants: Record<string, ObjectType> = {};
   for (const c of CREATORS) variants[c.driver] = c.options;
   return obj('BlockdevCreateOptions', [
@@ -59,11 +68,17 @@ export class CreateJob extends Job {
 
 /**
  * Validated blockdev-create arguments → a started create job. The driver is
- * checked before the job id, as in qsd.
+ * checked before the job id, as in qsd: a driver blockd has but cannot
+ * create images for is refused with qsd's words; one blockd lacks entirely
+ * with QEMU's words for a driver that is not built in.
  */
 export function startCreateJob(jobs: JobManager, graph: BlockGraph, jobId: string, options: Record<string, unknown>): CreateJob {
-  const creator = findCreator(String(options.driver));
-  if (!creator) throw new JobError('ENOTSUP', 'Driver does not support blockdev-create');
+  const driver = String(options.driver);
+  const creator = findCreator(driver);
+  if (!creator) {
+    if (!graph.driver(driver)) throw new JobError('ENOTSUP', `Block driver '${driver}' not found or not supported`);
+    throw new JobError('ENOTSUP', 'Driver does not support blockdev-create');
+  }
   const job = jobs.add(new CreateJob(jobId, creator, options, graph));
   job.start();
   return job;
