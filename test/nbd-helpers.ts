@@ -4,6 +4,7 @@
  * socket and TCP, and a raw-socket client for byte-level tests.
  */
 import { connect, type Socket } from 'node:net';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +19,13 @@ import { NbdServer, type NbdServerOptions } from '../src/nbd/server.ts';
 
 export const BLOCK = 4096;
 
-export interface MemState { data: Buffer; allocated: Uint8Array; flushes: number; writes: number; delayMs: number; failReads: boolean }
+export interface MemState {
+  data: Buffer; allocated: Uint8Array; flushes: number; writes: number; delayMs: number; failReads: boolean;
+  /** Extra delay for a read at this offset (for out-of-order tests). */
+  readDelay?: (offset: number) => number;
+  /** Flags the driver saw on each write. */
+  writeFlags: number[];
+}
 
 /** 'mem': size, optional alignment; reads of unallocated blocks return zeroes. */
 export function memDriver(): Driver & { states: Map<string, MemState> } {
@@ -31,7 +38,7 @@ export function memDriver(): Driver & { states: Map<string, MemState> } {
     async open(options, ctx): Promise<DriverOps> {
       const size = (options.size as number | undefined) ?? 1 << 20;
       const st: MemState = {
-        data: Buffer.alloc(size), allocated: new Uint8Array(Math.ceil(size / BLOCK)), flushes: 0, writes: 0, delayMs: 0, failReads: false,
+        data: Buffer.alloc(size), allocated: new Uint8Array(Math.ceil(size / BLOCK)), flushes: 0, writes: 0, delayMs: 0, failReads: false, writeFlags: [],
       };
       states.set(ctx.nodeName, st);
       const delay = () => (st.delayMs ? new Promise((r) => setTimeout(r, st.delayMs)) : undefined);
@@ -47,10 +54,12 @@ export function memDriver(): Driver & { states: Map<string, MemState> } {
         limits: { alignment: (options.align as number | undefined) ?? 1, canFua: true },
         async read(o, buf) {
           await delay();
+          const extra = st.readDelay?.(o) ?? 0;
+          if (extra) await new Promise((r) => setTimeout(r, extra));
           if (st.failReads) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
           st.data.copy(buf, 0, o, o + buf.length);
         },
-        async write(o, buf) { await delay(); st.writes++; buf.copy(st.data, o); mark(o, buf.length, 1); },
+        async write(o, buf, flags) { await delay(); st.writes++; st.writeFlags.push(flags); buf.copy(st.data, o); mark(o, buf.length, 1); },
         async writeZeroes(o, l, flags) {
           await delay();
           st.data.fill(0, o, o + l);
@@ -160,4 +169,41 @@ export class RawClient {
   pending(): number { return this.buf.length; }
 
   destroy(): void { this.socket.destroy(); }
+}
+
+/** Fails (never skips) when a tool the test needs is missing. */
+export function requireTool(name: string): void {
+  const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
+  if (r.status !== 0 || !r.stdout.trim()) throw new Error(`required tool '${name}' is not installed`);
+}
+
+/**
+ * Runs a tool without blocking the event loop (the server under test lives
+ * in this process); resolves with stdout, rejects with stderr on failure.
+ */
+export function runTool(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<string> {
+  requireTool(cmd);
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    p.on('close', (code, signal) => {
+      clearTimeout(t);
+      if (code === 0) resolve(out);
+      else reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${err}${out}`));
+    });
+    p.stdin.end(opts.input ?? '');
+  });
+}
+
+/** The libnbd Python binding imports under Debian's own python3 only. */
+export const SYSTEM_PYTHON = '/usr/bin/python3';
+
+/** Runs a Python script with `import nbd, json, sys` done and `uri` set; returns its stdout. */
+export async function nbdsh(uri: string, script: string, timeoutMs = 60_000): Promise<string> {
+  const prelude = `import nbd, json, sys, errno\nuri = ${JSON.stringify(uri)}\n`;
+  return runTool(SYSTEM_PYTHON, ['-c', prelude + script], { timeoutMs });
 }
