@@ -9,6 +9,8 @@
  *                                           description holds a conflicting lock
  *   blockDeviceSize(fd), blockDeviceSectorSize(fd) -> number  (BLKGETSIZE64, BLKSSZGET)
  *   allocAligned(size, alignment)        -> Buffer over posix_memalign'd memory
+ *   isAligned(buf, alignment)            -> boolean: buf's memory starts on the boundary
+ *   strerror(errno)                      -> glibc's text (node:fs only has libuv's)
  *
  * Errors are JS Errors whose message is strerror()'s text, with `code` (the
  * errno name), `errno` and `syscall` set, so callers can build QEMU-style
@@ -358,6 +360,33 @@ static napi_value js_alloc_aligned(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static napi_value js_is_aligned(napi_env env, napi_callback_info info) {
+  napi_value argv[2], result;
+  void *data = NULL;
+  size_t len = 0;
+  int64_t alignment;
+  bool is_buffer = false;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  if (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "The \"buf\" argument must be a Buffer");
+    return NULL;
+  }
+  if (!get_i64(env, argv[1], "alignment", 1, &alignment)) return NULL;
+  CHECK(env, napi_get_buffer_info(env, argv[0], &data, &len));
+  CHECK(env, napi_get_boolean(env, ((uintptr_t)data % (uint64_t)alignment) == 0, &result));
+  return result;
+}
+
+static napi_value js_strerror(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  int64_t err;
+  char buf[256];
+  if (!get_args(env, info, 1, argv) || !get_i64(env, argv[0], "errno", -4096, &err)) return NULL;
+  if (err < 0) err = -err; /* node:fs reports errno negated */
+  CHECK(env, napi_create_string_utf8(env, strerror_r((int)err, buf, sizeof buf), NAPI_AUTO_LENGTH, &result));
+  return result;
+}
+
 /* ---- module ---- */
 
 static bool set_int(napi_env env, napi_value exports, const char *name, int64_t v) {
@@ -375,6 +404,8 @@ static napi_value init(napi_env env, napi_value exports) {
     { "blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_enumerable, NULL },
     { "blockDeviceSectorSize", NULL, js_block_device_sector_size, NULL, NULL, NULL, napi_enumerable, NULL },
     { "allocAligned", NULL, js_alloc_aligned, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "isAligned", NULL, js_is_aligned, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "strerror", NULL, js_strerror, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   CHECK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||
