@@ -7,7 +7,8 @@
  *   2. open O_RDWR|O_CREAT, mode 0644;
  *   3. take QEMU's lock bytes for write+resize, sharing everything but resize,
  *      and refuse if another user (qsd, qemu, blockd) conflicts;
- *   4. truncate to 0, then grow to `size`: off = ftruncate, falloc =
+ *   4. truncate to 0, then grow to `size`: off = ftruncate (plus the first
+ *      4 KiB written, as QEMU does to help alignment probing), falloc =
  *      fallocate, full = ftruncate and write zeroes, then fsync; 'metadata'
  *      is refused here (after step 4's truncate, as QEMU does); a failed
  *      preallocation restores the length.
@@ -46,6 +47,8 @@ const UINT32_MAX = 0xffffffff;
 /** A JS number at or above this is past off_t's range: ftruncate says EINVAL. */
 const OFF_T_LIMIT = 2 ** 63;
 const ZERO_CHUNK = MiB;
+/** QEMU allocates this much at the start of a new file (MAX_BLOCKSIZE, the page size on x86). */
+const FIRST_BLOCK = 4096;
 
 // QEMU's lock bytes: one byte per permission at 100 + bit ("I use it") and 200 + bit ("I don't share it").
 const LOCK_PERM_BASE = 100;
@@ -133,7 +136,12 @@ async function truncate(fh: fsp.FileHandle, size: number): Promise<void> {
 /** Grows the (empty) file to `size` with the preallocation mode; on failure the old length is restored. */
 async function grow(fh: fsp.FileHandle, size: number, mode: string, signal?: AbortSignal): Promise<void> {
   const current = (await fh.stat()).size;
-  if (mode === 'off') return truncate(fh, size);
+  if (mode === 'off') {
+    await truncate(fh, size);
+    // Like QEMU, write the first block so later alignment probing finds allocated data; failures do not matter.
+    if (current === 0 && size > 0) await fh.write(Buffer.alloc(Math.min(size, FIRST_BLOCK)), 0, Math.min(size, FIRST_BLOCK), 0).catch(() => undefined);
+    return;
+  }
   if (mode !== 'falloc' && mode !== 'full') throw new BlockError('EINVAL', `Unsupported preallocation mode: ${mode}`);
   if (current > size) throw new BlockError('ENOTSUP', 'Cannot use preallocation for shrinking files');
   try {
