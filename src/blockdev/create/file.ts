@@ -18,10 +18,10 @@
  * not applied (QEMU treats both as best effort too).
  */
 import { constants, promises as fsp } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { BlockError, type ErrorCode } from '../errors.ts';
 import { enm, obj, opt, req, type EnumType, type ObjectType } from '../../qmp/types.ts';
-import { fallocate, ofdLock, ofdTest } from '../drivers/file/native.ts';
-import { strerror } from './strerror.ts';
+import { errorText, fallocate, native, ofdLock, ofdTest } from '../drivers/file/native.ts';
 import type { ImageCreator, CreateContext } from './types.ts';
 
 export const PreallocMode: EnumType = enm('PreallocMode', ['off', 'metadata', 'falloc', 'full']);
@@ -185,8 +185,9 @@ const CODES: Record<string, ErrorCode> = {
   EOPNOTSUPP: 'ENOTSUP', ENOTSUP: 'ENOTSUP', EFBIG: 'EOVERFLOW', ENOENT: 'ENOENT', EBUSY: 'EBUSY', EAGAIN: 'EBUSY',
 };
 
-/** "<context>: <strerror>", as QEMU's error_setg_errno prints it. */
+/** "<context>: <strerror>", as QEMU's error_setg_errno prints it; `e` is a thrown error or an errno name. */
 function sysError(e: unknown, context: string): BlockError {
   const code = typeof e === 'string' ? e : (e as NodeJS.ErrnoException | undefined)?.code ?? '';
-  return new BlockError(CODES[code] ?? 'EIO', `${context}: ${strerror(e)}`, { cause: e });
+  const text = typeof e === 'string' ? native().strerror(osConstants.errno[e as keyof typeof osConstants.errno]) : errorText(e);
+  return new BlockError(CODES[code] ?? 'EIO', `${context}: ${text}`, { cause: e });
 }
