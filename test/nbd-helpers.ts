@@ -195,6 +195,7 @@ export function runTool(cmd: string, args: string[], opts: { timeoutMs?: number;
       if (code === 0) resolve(out);
       else reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${err}${out}`));
     });
+    p.stdin.on('error', () => undefined); // a tool that does not read stdin may exit first
     p.stdin.end(opts.input ?? '');
   });
 }
@@ -206,4 +207,38 @@ export const SYSTEM_PYTHON = '/usr/bin/python3';
 export async function nbdsh(uri: string, script: string, timeoutMs = 60_000): Promise<string> {
   const prelude = `import nbd, json, sys, errno\nuri = ${JSON.stringify(uri)}\n`;
   return runTool(SYSTEM_PYTHON, ['-c', prelude + script], { timeoutMs });
+}
+
+/** Negotiates with EXPORT_NAME (fixed newstyle, no zeroes, simple replies); resolves with the export size. */
+export async function rawNegotiate(c: RawClient, name: string): Promise<number> {
+  const g = await c.read(18);
+  if (g.subarray(0, 8).toString() !== 'NBDMAGIC') throw new Error('bad greeting');
+  const opt = Buffer.alloc(20 + Buffer.byteLength(name));
+  opt.writeUInt32BE(3, 0); // fixed newstyle | no zeroes
+  opt.writeBigUInt64BE(0x49484156454f5054n, 4);
+  opt.writeUInt32BE(1, 12); // NBD_OPT_EXPORT_NAME
+  opt.writeUInt32BE(Buffer.byteLength(name), 16);
+  opt.write(name, 20);
+  c.write(opt);
+  const r = await c.read(10);
+  return Number(r.readBigUInt64BE(0));
+}
+
+/** A transmission request header. */
+export function request(type: number, offset: number, length: number, cookie: bigint, flags = 0, magic = 0x25609513): Buffer {
+  const b = Buffer.alloc(28);
+  b.writeUInt32BE(magic, 0);
+  b.writeUInt16BE(flags, 4);
+  b.writeUInt16BE(type, 6);
+  b.writeBigUInt64BE(cookie, 8);
+  b.writeBigUInt64BE(BigInt(offset), 16);
+  b.writeUInt32BE(length, 24);
+  return b;
+}
+
+/** Reads one simple reply: [error, cookie]. */
+export async function simpleReplyOf(c: RawClient, timeoutMs = 5000): Promise<[number, bigint]> {
+  const r = await c.read(16, timeoutMs);
+  if (r.readUInt32BE(0) !== 0x67446698) throw new Error(`not a simple reply: ${r.toString('hex')}`);
+  return [r.readUInt32BE(4), r.readBigUInt64BE(8)];
 }
