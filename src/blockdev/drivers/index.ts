@@ -3,7 +3,8 @@ import type { BlockGraph } from '../graph.ts';
 import { nullDriver } from './null.ts';
 import { rawDriver } from './raw.ts';
 import { fileDriver, hostDeviceDriver } from './file/index.ts';
+import { qcow2Driver } from './qcow2/index.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
-  for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver]) graph.register(d);
+  for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver, qcow2Driver]) graph.register(d);
 }

@@ -1,0 +1,266 @@
+/**
+ * qcow2: the format driver. Opens the image (header, snapshot table, L1 and
+ * refcount tables), its backing file (named in the header unless the options
+ * say otherwise) and external data file, and exposes the block-layer
+ * operations of Qcow2Image.
+ */
+import path from 'node:path';
+import { BlockError } from '../../errors.ts';
+import { alt, enm, obj, opt, req } from '../../../qmp/types.ts';
+import { BlockdevRef, BlockdevRefOrNull } from '../../options.ts';
+import type { Driver, DriverContext, DriverOps } from '../../driver.ts';
+import type { BlockNode } from '../../node.ts';
+import { Compat, Incompat, Limit, QCOW2_MAGIC, parseHeader, type Qcow2Header } from './header.ts';
+import { Qcow2Image, type ImageSettings, type OverlapName } from './image.ts';
+import { parseSnapshotTable, snapshotInfo, snapshotTableReadSize } from './snapshots.ts';
+import { repairRefcounts } from './check.ts';
+
+const MiB = 1024 * 1024;
+/** QEMU's default caps the L2 cache at 32 MiB (256 GiB of 64k clusters); blockd covers 1 TiB. */
+export const DEFAULT_L2_CACHE_MAX = 128 * MiB;
+const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
+const DEFAULT_CACHE_CLEAN_INTERVAL = 600;
+
+const OverlapMode = enm('Qcow2OverlapCheckMode', ['none', 'constant', 'cached', 'all']);
+const OverlapFlags = obj('Qcow2OverlapCheckFlags', [
+  opt('template', OverlapMode), opt('main-header', 'bool'), opt('active-l1', 'bool'), opt('active-l2', 'bool'),
+  opt('refcount-table', 'bool'), opt('refcount-block', 'bool'), opt('snapshot-table', 'bool'),
+  opt('inactive-l1', 'bool'), opt('inactive-l2', 'bool'), opt('bitmap-directory', 'bool'),
+]);
+
+export const qcow2Options = obj('BlockdevOptionsQcow2', [
+  req('file', BlockdevRef, 'reference to or definition of the data source block device'),
+  opt('backing', BlockdevRefOrNull, 'reference to or definition of the backing file block device, null disables the backing file entirely'),
+  opt('lazy-refcounts', 'bool', 'whether to enable the lazy refcounts feature (default is taken from the image file)'),
+  opt('pass-discard-request', 'bool', 'whether discard requests to the qcow2 device should be forwarded to the data source'),
+  opt('pass-discard-snapshot', 'bool', 'whether discard requests for the data source should be issued when a snapshot operation (e.g. deleting a snapshot) frees clusters in the qcow2 file'),
+  opt('pass-discard-other', 'bool', 'whether discard requests for the data source should be issued on other occasions where a cluster gets freed'),
+  opt('overlap-check', alt('Qcow2OverlapChecks', [OverlapFlags, OverlapMode]), 'which overlap checks to perform for writes to the image, defaults to \'cached\''),
+  opt('cache-size', 'int', 'the maximum total size of the L2 table and refcount block caches in bytes'),
+  opt('l2-cache-size', 'int', 'the maximum size of the L2 table cache in bytes'),
+  opt('l2-cache-entry-size', 'int', 'the size of each entry in the L2 cache in bytes'),
+  opt('refcount-cache-size', 'int', 'the maximum size of the refcount block cache in bytes'),
+  opt('cache-clean-interval', 'int', 'clean unused entries in the L2 and refcount caches. The interval is in seconds. The default value is 600 on supporting platforms, and 0 on other platforms. 0 disables this feature.'),
+  opt('data-file', BlockdevRef, 'reference to or definition of the external data file'),
+]);
+
+const MODE_FLAGS: Record<string, OverlapName[]> = {
+  none: [],
+  constant: ['main-header', 'active-l1', 'refcount-table', 'snapshot-table', 'bitmap-directory'],
+  cached: ['main-header', 'active-l1', 'refcount-table', 'snapshot-table', 'bitmap-directory', 'active-l2', 'refcount-block', 'inactive-l1'],
+  all: ['main-header', 'active-l1', 'refcount-table', 'snapshot-table', 'bitmap-directory', 'active-l2', 'refcount-block', 'inactive-l1', 'inactive-l2'],
+};
+
+function overlapSet(v: unknown): Set<OverlapName> {
+  if (v === undefined) return new Set(MODE_FLAGS.cached);
+  if (typeof v === 'string') return new Set(MODE_FLAGS[v] ?? MODE_FLAGS.cached);
+  const o = v as Record<string, unknown>;
+  const set = new Set(MODE_FLAGS[(o.template as string) ?? 'cached']);
+  for (const k of MODE_FLAGS.all) {
+    if (o[k] === true) set.add(k);
+    if (o[k] === false) set.delete(k);
+  }
+  return set;
+}
+
+const int = (v: unknown): number | undefined => (v === undefined ? undefined : Number(v));
+
+/** QEMU's read_cache_sizes(), with blockd's larger default L2 cap. */
+export function cacheSizes(o: Record<string, unknown>, h: Qcow2Header): { l2: number; slice: number; refcount: number } {
+  const cs = 2 ** h.clusterBits;
+  const entryBytes = (h.incompatible & Incompat.EXTL2) ? 16 : 8;
+  const maxL2 = Math.ceil((Math.ceil(h.size / cs) * entryBytes) / cs) * cs;
+  const minRc = MIN_REFCOUNT_CACHE_CLUSTERS * cs;
+  const combined = int(o['cache-size']);
+  let l2 = int(o['l2-cache-size']);
+  let rc = int(o['refcount-cache-size']);
+  for (const [k, v] of [['cache-size', combined], ['l2-cache-size', l2], ['refcount-cache-size', rc]] as const) {
+    if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new BlockError('EINVAL', `Parameter '${k}' expects a non-negative number below 2^63`);
+  }
+  if (combined !== undefined) {
+    if (l2 !== undefined && rc !== undefined) throw new BlockError('EINVAL', 'cache-size, l2-cache-size and refcount-cache-size may not be set at the same time');
+    if (l2 !== undefined) {
+      if (l2 > combined) throw new BlockError('EINVAL', 'l2-cache-size may not exceed cache-size');
+      rc = combined - l2;
+    } else if (rc !== undefined) {
+      if (rc > combined) throw new BlockError('EINVAL', 'refcount-cache-size may not exceed cache-size');
+      l2 = combined - rc;
+    } else if (combined >= maxL2 + minRc) {
+      l2 = maxL2;
+      rc = combined - l2;
+    } else {
+      rc = Math.min(combined, minRc);
+      l2 = combined - rc;
+    }
+  } else {
+    l2 ??= Math.min(maxL2, DEFAULT_L2_CACHE_MAX);
+    rc ??= minRc;
+  }
+  const slice = int(o['l2-cache-entry-size']) ?? cs;
+  if (slice < 512 || slice > cs || (slice & (slice - 1)) !== 0) {
+    throw new BlockError('EINVAL', `L2 cache entry size must be a power of two between 512 and the cluster size (${cs})`);
+  }
+  if (l2 / slice > 0x7fffffff) throw new BlockError('EINVAL', 'L2 cache size too big');
+  if (rc / cs > 0x7fffffff) throw new BlockError('EINVAL', 'Refcount cache size too big');
+  return { l2: Math.max(l2, 2 * slice), slice, refcount: Math.max(rc, minRc) };
+}
+
+/** Filename of a node as its driver reports it. */
+function nodeFilename(n: BlockNode): string | undefined {
+  return n.ops.filename?.() ?? (n.options.filename as string | undefined);
+}
+
+/** The backing file name resolved against the image's directory, as QEMU does for relative names. */
+function resolveBacking(name: string, image: BlockNode): string {
+  if (path.isAbsolute(name) || /^[a-z0-9+.-]+:/i.test(name) && !name.startsWith('./')) return name;
+  const base = nodeFilename(image);
+  if (!base || base.startsWith('json:')) throw new BlockError('EINVAL', `Cannot use relative backing file names for '${base ?? image.nodeName}'`);
+  return path.join(path.dirname(base), name);
+}
+
+/** QEMU probes backing files without a recorded format; blockd knows qcow2 and raw. */
+async function probeFormat(ctx: DriverContext, filename: string): Promise<string> {
+  const { open } = await import('node:fs/promises');
+  let fh;
+  try {
+    fh = await open(filename, 'r');
+  } catch (e) {
+    throw new BlockError('ENOENT', `Could not open backing file: Could not open '${filename}': ${(e as Error).message}`);
+  }
+  try {
+    const b = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(b, 0, 4, 0);
+    return bytesRead === 4 && b.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+  } finally {
+    await fh.close();
+  }
+  void ctx;
+}
+
+export const qcow2Driver: Driver = {
+  name: 'qcow2',
+  kind: 'format',
+  options: qcow2Options,
+  async open(options, ctx): Promise<DriverOps> {
+    const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
+    const fileLen = file.length();
+    const first = Buffer.alloc(Math.min(fileLen, 2 * MiB));
+    if (first.length) await file.read(0, first);
+    const h = parseHeader(first);
+    const readOnly = ctx.readOnly;
+    if ((h.incompatible & Incompat.CORRUPT) && !readOnly) {
+      throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
+    }
+    if (h.cryptMethod !== 0) throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
+    const lazy = options['lazy-refcounts'] as boolean | undefined ?? (h.compatible & Compat.LAZY_REFCOUNTS) !== 0n;
+    if (lazy && h.version < 3) {
+      throw new BlockError('EINVAL', 'Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level');
+    }
+    const sizes = cacheSizes(options, h);
+    const interval = int(options['cache-clean-interval']) ?? DEFAULT_CACHE_CLEAN_INTERVAL;
+    if (interval < 0 || interval > 0xffffffff) throw new BlockError('EINVAL', 'Cache clean interval too big');
+    const overlap = overlapSet(options['overlap-check']);
+    if (!h.bitmaps) overlap.delete('bitmap-directory');
+    const settings: ImageSettings = {
+      lazyRefcounts: lazy,
+      passDiscard: {
+        request: options['pass-discard-request'] as boolean | undefined ?? ctx.options.discard === 'unmap',
+        snapshot: options['pass-discard-snapshot'] as boolean | undefined ?? true,
+        other: options['pass-discard-other'] as boolean | undefined ?? false,
+      },
+      overlap,
+      l2CacheBytes: sizes.l2,
+      l2SliceSize: sizes.slice,
+      refcountCacheBytes: sizes.refcount,
+    };
+
+    // External data file.
+    let dataFile: BlockNode | undefined;
+    const hasDataBit = (h.incompatible & Incompat.DATA_FILE) !== 0n;
+    if (options['data-file'] !== undefined) {
+      if (!hasDataBit) throw new BlockError('EINVAL', "'data-file' can only be set for images with an external data file");
+      dataFile = await ctx.openChild('data-file', options['data-file'] as string | Record<string, unknown>);
+    } else if (hasDataBit) {
+      if (!h.dataFile) throw new BlockError('EINVAL', "'data-file' is required for this image");
+      dataFile = await ctx.openChild('data-file', { driver: 'file', filename: resolveBacking(h.dataFile, file) });
+    }
+
+    const img = new Qcow2Image(h, file, dataFile, readOnly, settings, (m) => console.error(m));
+    if (h.nbSnapshots) {
+      const want = Math.min(snapshotTableReadSize(h.nbSnapshots), Math.max(0, fileLen - h.snapshotsOffset));
+      const buf = Buffer.alloc(want);
+      await img.readMeta(h.snapshotsOffset, buf);
+      const t = parseSnapshotTable(buf, h.nbSnapshots, img.cs);
+      img.snapshots = t.snapshots;
+      img.snapshotTableSize = t.size;
+    }
+    await img.load();
+
+    // Backing file.
+    const backingOpt = options.backing;
+    if (backingOpt === null) {
+      // Explicitly none.
+    } else if (backingOpt !== undefined) {
+      img.backing = await ctx.openChild('backing', backingOpt as string | Record<string, unknown>);
+    } else if (h.backingFile !== undefined) {
+      const filename = resolveBacking(h.backingFile, file);
+      const fmt = h.backingFormat ?? await probeFormat(ctx, filename);
+      img.backing = await ctx.openChild('backing', { driver: fmt, file: { driver: 'file', filename }, 'read-only': true });
+    }
+
+    if (!readOnly) {
+      if (img.dirty) {
+        await repairRefcounts(img);
+        await img.setIncompat(h.incompatible & ~Incompat.DIRTY);
+        img.dirty = false;
+      }
+      await img.clearUnknownAutoclear();
+    }
+    img.startCleanTimer(interval);
+
+    return {
+      length: () => img.size,
+      limits: { alignment: 1, canFua: false, canZero: true, canTrim: true },
+      read: (o, buf) => img.read(o, buf),
+      write: (o, buf) => img.write(o, buf),
+      writeZeroes: (o, l, flags) => img.writeZeroes(o, l, flags),
+      discard: (o, l) => img.discard(o, l),
+      flush: () => img.flush(),
+      blockStatus: (o, l, flags) => img.blockStatus(o, l, flags),
+      truncate: (size) => img.truncate(size),
+      close: () => img.close(),
+      info: () => imageInfo(img),
+      filename: () => nodeFilename(file) ?? file.nodeName,
+    };
+  },
+};
+
+/** The ImageInfo members a qcow2 node contributes (QEMU's query-named-block-nodes 'image'). */
+export function imageInfo(img: Qcow2Image): Record<string, unknown> {
+  const h = img.h;
+  const data: Record<string, unknown> = { compat: h.version === 2 ? '0.10' : '1.1' };
+  if (h.version === 3) {
+    if (img.hasDataFile || h.dataFile !== undefined) {
+      if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
+      data['data-file-raw'] = (h.autoclear & 2n) !== 0n;
+    }
+    data['compression-type'] = h.compressionType === 1 ? 'zstd' : 'zlib';
+    data['lazy-refcounts'] = img.settings.lazyRefcounts;
+    data['refcount-bits'] = 2 ** h.refcountOrder;
+    data.corrupt = img.corrupt || (h.incompatible & Incompat.CORRUPT) !== 0n;
+    data['extended-l2'] = img.extL2;
+  } else {
+    data['refcount-bits'] = 16;
+  }
+  const info: Record<string, unknown> = {
+    'cluster-size': img.cs,
+    'dirty-flag': img.dirty,
+    'format-specific': { type: 'qcow2', data },
+  };
+  if (h.backingFile !== undefined) info['backing-filename'] = h.backingFile;
+  if (h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
+  if (img.snapshots.length) info.snapshots = img.snapshots.map(snapshotInfo);
+  return info;
+}
+
+export { Limit };
