@@ -17,7 +17,7 @@ import { run } from './helpers/tools.ts';
 
 // ---- a file protocol driver for these tests (the project's own is used when it loads) ----
 
-export async function fileDriverForTests(): Promise<Driver> {
+async function fileDriverForTests(): Promise<Driver> {
   try {
     const m = await import('../src/blockdev/drivers/file/index.ts' as string);
     if (m.fileDriver) return m.fileDriver as Driver;
@@ -58,7 +58,7 @@ const testFileDriver: Driver = {
   },
 };
 
-export async function newGraph(): Promise<BlockGraph> {
+async function newGraph(): Promise<BlockGraph> {
   const g = new BlockGraph();
   g.register(await fileDriverForTests());
   g.register(rawDriver);
@@ -66,11 +66,11 @@ export async function newGraph(): Promise<BlockGraph> {
   return g;
 }
 
-export async function openQcow2(g: BlockGraph, filename: string, extra: Record<string, unknown> = {}): Promise<BlockNode> {
+async function openQcow2(g: BlockGraph, filename: string, extra: Record<string, unknown> = {}): Promise<BlockNode> {
   return g.add({ driver: 'qcow2', 'node-name': 'q' + Math.random().toString(36).slice(2, 8), file: { driver: 'file', filename }, ...extra });
 }
 
-export function rng(seed: number): () => number {
+function rng(seed: number): () => number {
   return () => {
     seed = (seed * 1103515245 + 12345) & 0x7fffffff;
     return seed / 0x80000000;

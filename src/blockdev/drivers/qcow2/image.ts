@@ -77,6 +77,7 @@ export class Qcow2Image {
   readonly l2Cache: MetaCache;
   readonly refcounts: Refcounts;
   readonly meta = new Mutex();
+  private readonly growLock = new Mutex();
   readonly clusterLock = new RangeLock();
   readonly data: BlockNode;
   backing?: BlockNode;
@@ -141,13 +142,22 @@ export class Qcow2Image {
   }
 
   async writeMeta(offset: number, buf: Buffer): Promise<void> {
-    await this.growFileTo(this.file, offset);
-    await this.file.write(offset, buf);
+    await this.writeTo(this.file, offset, buf);
   }
 
-  /** Writes past the end of a file node extend it (the block layer itself refuses out-of-range requests). */
-  private async growFileTo(node: BlockNode, offset: number): Promise<void> {
-    if (offset > node.length()) await node.truncate(offset);
+  /**
+   * Writes to a child, growing it first when the write ends past its end (the
+   * block layer refuses out-of-range requests). Growth is serialised so that
+   * two allocations never shrink each other's file size.
+   */
+  private async writeTo(node: BlockNode, offset: number, buf: Buffer): Promise<void> {
+    const end = offset + buf.length;
+    if (end > node.length()) {
+      await this.growLock.run(async () => {
+        if (end > node.length()) await node.truncate(end);
+      });
+    }
+    await node.write(offset, buf);
   }
 
   async barrier(): Promise<void> {
@@ -461,8 +471,7 @@ export class Qcow2Image {
       const len = Math.min(end, (c0 + n) * cs) - offset;
       const host = e0.host + (offset - c0 * cs);
       this.checkOverlap(host, len, 'write');
-      await this.growFileTo(this.data, host);
-      await this.data.write(host, buf.subarray(0, len));
+      await this.writeTo(this.data, host, buf.subarray(0, len));
       return len;
     }
     if (this.extL2 && e0.type === 'normal' && isCopied(e0.hi)) {
@@ -539,8 +548,7 @@ export class Qcow2Image {
     try {
       const at = host + (wStart - runStart);
       this.checkOverlap(at, data.length, 'write');
-      await this.growFileTo(this.data, at);
-      await this.data.write(at, data);
+      await this.writeTo(this.data, at, data);
     } catch (e) {
       if (!this.hasDataFile) await this.meta.run(() => this.free(host, n, 'other')).catch(() => undefined);
       throw e;
@@ -580,8 +588,7 @@ export class Qcow2Image {
     if (wEnd > end) await this.readGuest(end, data.subarray(end - wStart));
     const at = e.host + (wStart - cStart);
     this.checkOverlap(at, data.length, 'write');
-    await this.growFileTo(this.data, at);
-    await this.data.write(at, data);
+    await this.writeTo(this.data, at, data);
     await this.meta.run(async () => {
       this.l2Cache.needsBarrier = true;
       const mask = rangeMask((wStart - cStart) / sc, (wEnd - cStart) / sc);

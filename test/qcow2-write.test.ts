@@ -1,0 +1,386 @@
+/**
+ * qcow2 writes: seeded random sequences of writes, write-zeroes, discards and
+ * flushes through blockd into fresh images, then `qemu-img check` (no errors,
+ * no leaks) and `qemu-img compare` against a raw model. Hostile images are
+ * refused or made read-only, never crash or hang.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ReqFlag } from '../src/blockdev/request.ts';
+import type { BlockNode } from '../src/blockdev/node.ts';
+import { BlockGraph } from '../src/blockdev/graph.ts';
+import type { Driver, DriverOps } from '../src/blockdev/driver.ts';
+import { obj, opt, req } from '../src/qmp/types.ts';
+import { qcow2Driver } from '../src/blockdev/drivers/qcow2/index.ts';
+import { rawDriver } from '../src/blockdev/drivers/raw.ts';
+import { run, tryRun } from './helpers/tools.ts';
+
+// ---- a file protocol driver for these tests (the project's own is used when it loads) ----
+
+async function fileDriverForTests(): Promise<Driver> {
+  try {
+    const m = await import('../src/blockdev/drivers/file/index.ts' as string);
+    if (m.fileDriver) return m.fileDriver as Driver;
+  } catch { /* not there yet */ }
+  return testFileDriver;
+}
+
+const testFileDriver: Driver = {
+  name: 'file',
+  kind: 'protocol',
+  options: obj('BlockdevOptionsFileTest', [req('filename', 'str'), opt('aio', 'str')]),
+  async open(options, ctx): Promise<DriverOps> {
+    const { open } = await import('node:fs/promises');
+    const filename = options.filename as string;
+    const fh = await open(filename, ctx.readOnly ? 'r' : 'r+');
+    let size = (await fh.stat()).size;
+    return {
+      length: () => size,
+      limits: { alignment: 1, canFua: false, canTrim: false, canZero: false },
+      async read(o, buf) {
+        let done = 0;
+        while (done < buf.length) {
+          const { bytesRead } = await fh.read(buf, done, buf.length - done, o + done);
+          if (bytesRead === 0) { buf.fill(0, done); break; }
+          done += bytesRead;
+        }
+      },
+      async write(o, buf) {
+        let done = 0;
+        while (done < buf.length) done += (await fh.write(buf, done, buf.length - done, o + done)).bytesWritten;
+        size = Math.max(size, o + buf.length);
+      },
+      async flush() { await fh.datasync(); },
+      async truncate(n) { await fh.truncate(n); size = n; },
+      async close() { await fh.close(); },
+      filename: () => filename,
+    };
+  },
+};
+
+async function newGraph(): Promise<BlockGraph> {
+  const g = new BlockGraph();
+  g.register(await fileDriverForTests());
+  g.register(rawDriver);
+  g.register(qcow2Driver);
+  return g;
+}
+
+async function openQcow2(g: BlockGraph, filename: string, extra: Record<string, unknown> = {}): Promise<BlockNode> {
+  return g.add({ driver: 'qcow2', 'node-name': 'q' + Math.random().toString(36).slice(2, 8), file: { driver: 'file', filename }, ...extra });
+}
+
+function rng(seed: number): () => number {
+  return () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed / 0x80000000;
+  };
+}
+
+let dir: string;
+beforeAll(() => { dir = mkdtempSync(path.join(tmpdir(), 'qcow2-write-')); });
+afterAll(() => { rmSync(dir, { recursive: true, force: true }); });
+
+function qemuCheck(file: string): { errors: number; leaks: number; raw: string } {
+  const r = tryRun('qemu-img', ['check', '--output=json', file]);
+  const j = JSON.parse(r.stdout || '{}') as { 'check-errors'?: number; corruptions?: number; leaks?: number };
+  return { errors: (j['check-errors'] ?? 0) + (j.corruptions ?? 0), leaks: j.leaks ?? 0, raw: r.stdout + r.stderr };
+}
+
+/** Applies a seeded random sequence to the node and to an in-memory model. */
+async function randomOps(node: BlockNode, model: Buffer, seed: number, n: number, opts: { align?: number; concurrent?: boolean } = {}): Promise<void> {
+  const r = rng(seed);
+  const size = model.length;
+  const pending: Promise<void>[] = [];
+  const ranges: [number, number][] = [];
+  for (let i = 0; i < n; i++) {
+    const a = opts.align ?? 1;
+    const off = Math.floor((r() * size) / a) * a;
+    const len = Math.max(1, Math.min(size - off, Math.floor(r() * (r() < 0.8 ? 70000 : 600000))));
+    const k = r();
+    let op: () => Promise<void>;
+    if (k < 0.6) {
+      const b = Buffer.alloc(len);
+      for (let j = 0; j < len; j += 512) b.fill(1 + Math.floor(r() * 250), j, Math.min(len, j + 512));
+      b.copy(model, off);
+      op = () => node.write(off, b, r() < 0.1 ? ReqFlag.FUA : 0);
+    } else if (k < 0.8) {
+      model.fill(0, off, off + len);
+      const flags = r() < 0.5 ? ReqFlag.MAY_UNMAP : 0;
+      op = () => node.writeZeroes(off, len, flags);
+    } else if (k < 0.95) {
+      // Discard leaves contents undefined in general; qcow2 v3 reads zeroes for the whole
+      // clusters it discards, so the model applies exactly that.
+      op = () => node.discard(off, len);
+      const cs = (node.ops.info!() as { 'cluster-size': number })['cluster-size'];
+      const s = Math.ceil(off / cs) * cs;
+      let e = Math.floor((off + len) / cs) * cs;
+      if (off + len === size) e = size;
+      const v3 = ((node.ops.info!() as { 'format-specific': { data: { compat: string } } })['format-specific'].data.compat) === '1.1';
+      if (e > s && v3) model.fill(0, s, e);
+      if (e > s && !v3) { for (const [x, y] of ranges) if (x < e && s < y) { /* backing shows through */ } }
+    } else {
+      op = () => node.flush();
+    }
+    ranges.push([off, off + len]);
+    // Concurrency: requests on disjoint ranges run together; overlapping ones wait, as a
+    // guest's would (the model is only defined for ordered overlapping requests).
+    if (opts.concurrent && pending.length < 8 && !ranges.slice(-pending.length - 1, -1).some(([x, y]) => x < off + len && off < y)) {
+      pending.push(op());
+    } else {
+      await Promise.all(pending.splice(0));
+      await op();
+    }
+  }
+  await Promise.all(pending);
+}
+
+async function verify(file: string, model: Buffer, backingModel?: string): Promise<void> {
+  const c = qemuCheck(file);
+  expect(c.errors, c.raw).toBe(0);
+  expect(c.leaks, c.raw).toBe(0);
+  const rawPath = file + '.model';
+  writeFileSync(rawPath, model);
+  const r = tryRun('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', file, rawPath]);
+  expect(r.stdout + r.stderr, backingModel ?? '').toContain('Images are identical');
+}
+
+describe('qcow2 writes checked by qemu-img', () => {
+  const cases = [
+    { name: '64k', create: [] as string[], size: 16 << 20, seed: 1, align: 1 },
+    { name: '4k-rc1', create: ['-o', 'cluster_size=4096,refcount_bits=1'], size: 6 << 20, seed: 2, align: 512 },
+    { name: '512-rc64 (refcount table growth)', create: ['-o', 'cluster_size=512,refcount_bits=64'], size: 6 << 20, seed: 3, align: 512 },
+    { name: '2M', create: ['-o', 'cluster_size=2M'], size: 20 << 20, seed: 4, align: 1 },
+    { name: 'extended-l2', create: ['-o', 'extended_l2=on'], size: 8 << 20, seed: 5, align: 1 },
+    { name: 'v2', create: ['-o', 'compat=0.10,cluster_size=16k'], size: 6 << 20, seed: 6, align: 1 },
+    { name: 'lazy-refcounts', create: ['-o', 'lazy_refcounts=on'], size: 8 << 20, seed: 7, align: 1 },
+  ];
+  for (const c of cases) {
+    it(`random ops, ${c.name}`, async () => {
+      const f = path.join(dir, `w-${c.seed}.qcow2`);
+      run('qemu-img', ['create', '-f', 'qcow2', ...c.create, f, String(c.size)]);
+      const g = await newGraph();
+      const node = await openQcow2(g, f);
+      const model = Buffer.alloc(c.size);
+      // v2 has no zero clusters: a discard there would expose nothing but zeroes too (no backing).
+      await randomOps(node, model, c.seed, 120, { align: c.align, concurrent: true });
+      const back = Buffer.alloc(c.size);
+      await node.read(0, back);
+      expect(back.equals(model)).toBe(true);
+      await g.closeAll();
+      await verify(f, model);
+    });
+  }
+
+  it('with a backing file: copy-on-write of partial clusters', async () => {
+    const base = path.join(dir, 'wb-base.qcow2');
+    const top = path.join(dir, 'wb-top.qcow2');
+    const size = 8 << 20;
+    run('qemu-img', ['create', '-f', 'qcow2', base, String(size)]);
+    const ioArgs: string[] = [];
+    const r = rng(99);
+    for (let i = 0; i < 20; i++) ioArgs.push('-c', `write -P ${1 + Math.floor(r() * 200)} ${Math.floor(r() * 7000) * 1024} ${1 + Math.floor(r() * 500)}k`);
+    run('qemu-io', ['-f', 'qcow2', ...ioArgs, base]);
+    run('qemu-img', ['create', '-f', 'qcow2', '-b', 'wb-base.qcow2', '-F', 'qcow2', '-o', 'cluster_size=16k', top]);
+    const model = Buffer.alloc(size);
+    const bRaw = path.join(dir, 'wb-base.raw');
+    run('qemu-img', ['convert', '-O', 'raw', base, bRaw]);
+    readFileSync(bRaw).copy(model);
+    const g = await newGraph();
+    const node = await openQcow2(g, top);
+    await randomOps(node, model, 42, 100, { concurrent: true });
+    await g.closeAll();
+    await verify(top, model);
+  });
+
+  it('concurrent writes into the same unallocated cluster are serialised', async () => {
+    const f = path.join(dir, 'conc.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', f, '1M']);
+    const g = await newGraph();
+    const node = await openQcow2(g, f);
+    const model = Buffer.alloc(1 << 20);
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < 64; i++) {
+      const b = Buffer.alloc(1024, i + 1);
+      b.copy(model, i * 1024);
+      writes.push(node.write(i * 1024, b));
+    }
+    await Promise.all(writes);
+    await g.closeAll();
+    await verify(f, model);
+    const map = JSON.parse(run('qemu-img', ['map', '--output=json', f])) as { data: boolean; length: number }[];
+    expect(map[0]).toMatchObject({ data: true, length: 65536 });
+  });
+
+  it('lazy refcounts: a crash leaves the dirty bit, reopening repairs', async () => {
+    const f = path.join(dir, 'lazy.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', '-o', 'lazy_refcounts=on,cluster_size=4k', f, '4M']);
+    const g = await newGraph();
+    const node = await openQcow2(g, f);
+    const model = Buffer.alloc(4 << 20);
+    await randomOps(node, model, 77, 40);
+    // Write the L2 tables but not the refcounts, as a crash with lazy refcounts may.
+    const img = (node.ops as unknown as { info(): unknown });
+    void img;
+    await node.flush();
+    expect(run('qemu-img', ['info', '--output=json', '-U', f])).toContain('"dirty-flag": true');
+    // Simulate the crash: drop the node without closing it.
+    const g2 = await newGraph();
+    const again = await openQcow2(g2, f);
+    expect((again.ops.info!() as { 'dirty-flag': boolean })['dirty-flag']).toBe(false);
+    await g2.closeAll();
+    await verify(f, model);
+    void g;
+  });
+
+  it('truncate grows (and grows the L1 table) and shrinks', async () => {
+    const f = path.join(dir, 'trunc.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', '-o', 'cluster_size=512', f, '1M']);
+    const g = await newGraph();
+    const node = await openQcow2(g, f);
+    await node.write(1000, Buffer.alloc(5000, 3));
+    await node.truncate(64 << 20);
+    expect(node.length()).toBe(64 << 20);
+    await node.write((64 << 20) - 4096, Buffer.alloc(4096, 4));
+    await node.truncate(32 << 20);
+    await expect(node.truncate(1000)).rejects.toThrow(/multiple of 512/);
+    await g.closeAll();
+    const model = Buffer.alloc(32 << 20);
+    model.fill(3, 1000, 6000);
+    expect(JSON.parse(run('qemu-img', ['info', '--output=json', f]))['virtual-size']).toBe(32 << 20);
+    await verify(f, model);
+  });
+});
+
+describe('hostile qcow2 images', () => {
+  function image(name: string, patches: [number, 'u32' | 'u64', number | bigint][], size = '1M', opts: string[] = []): string {
+    const f = path.join(dir, name);
+    run('qemu-img', ['create', '-f', 'qcow2', ...opts, f, size]);
+    run('qemu-io', ['-c', 'write -P 1 0 128k', f]);
+    const b = readFileSync(f);
+    for (const [off, kind, v] of patches) {
+      if (kind === 'u32') b.writeUInt32BE(Number(v), off);
+      else b.writeBigUInt64BE(BigInt(v), off);
+    }
+    writeFileSync(f, b);
+    return f;
+  }
+
+  async function openErr(f: string, ro = false): Promise<string> {
+    const g = await newGraph();
+    try {
+      await openQcow2(g, f, ro ? { 'read-only': true } : {});
+      await g.closeAll();
+      return 'opened';
+    } catch (e) {
+      await g.closeAll();
+      return (e as Error).message;
+    }
+  }
+
+  const qemuMessage = (f: string) => tryRun('qemu-img', ['info', f]).stderr;
+
+  const refused: [string, [number, 'u32' | 'u64', number | bigint][]][] = [
+    ['unknown incompatible bit', [[72, 'u64', 1n << 40n]]],
+    ['bad version', [[4, 'u32', 4]]],
+    ['cluster bits too large', [[20, 'u32', 22]]],
+    ['huge L1 size', [[36, 'u32', 0x10000000]]],
+    ['unaligned L1 offset', [[40, 'u64', 0x10001]]],
+    ['huge refcount table', [[56, 'u32', 0x1000000]]],
+    ['unaligned refcount table', [[48, 'u64', 0x11]]],
+    ['refcount order 7', [[96, 'u32', 7]]],
+    ['header too short', [[100, 'u32', 100]]],
+    ['huge snapshot count', [[60, 'u32', 100000]]],
+    ['image too big', [[24, 'u64', 1n << 62n]]],
+    ['compression type bit without a type', [[72, 'u64', 8]]],
+    ['bad extension length', [[112, 'u32', 0x6803f857], [116, 'u32', 0xffffff]]],
+    ['backing file offset past the cluster', [[8, 'u64', 0x100000]]],
+  ];
+  for (const [what, patches] of refused) {
+    it(`refuses: ${what}, with QEMU's message`, async () => {
+      const f = image(`h-${what.replace(/\W+/g, '-')}.qcow2`, patches);
+      const q = qemuMessage(f);
+      const m = await openErr(f, true);
+      expect(m).not.toBe('opened');
+      expect(q).toContain(m);
+    });
+  }
+
+  it('an unknown bit named in the feature table is reported by name', async () => {
+    const f = image('h-named.qcow2', [[72, 'u64', 1n << 5n]]);
+    const b = readFileSync(f);
+    // Rename the 'dirty bit' entry (type 0, bit 0) to describe bit 5.
+    const at = b.indexOf(Buffer.from('dirty bit'));
+    b[at - 1] = 5;
+    writeFileSync(f, b);
+    const m = await openErr(f, true);
+    expect(qemuMessage(f)).toContain(m);
+    expect(m).toContain('Unsupported qcow2 feature(s): dirty bit');
+  });
+
+  it('a corrupt image opens read-only only', async () => {
+    const f = image('h-corrupt.qcow2', [[72, 'u64', 2]]);
+    expect(await openErr(f)).toBe('qcow2: Image is corrupt; cannot be opened read/write');
+    expect(await openErr(f, true)).toBe('opened');
+  });
+
+  it('offsets past EOF read as zeroes (as QEMU does); an unaligned L2 offset marks the image corrupt', async () => {
+    const f = image('h-eof.qcow2', []);
+    const b = readFileSync(f);
+    const l1 = Number(b.readBigUInt64BE(40));
+    // L2 table past the end of the file.
+    b.writeBigUInt64BE((1n << 63n) | (1n << 40n), l1);
+    writeFileSync(f, b);
+    const g = await newGraph();
+    const node = await openQcow2(g, f);
+    const buf = Buffer.alloc(4096, 9);
+    await node.read(0, buf);
+    expect(buf.every((x) => x === 0)).toBe(true);
+    await g.closeAll();
+
+    b.writeBigUInt64BE((1n << 63n) | 0x10200n, l1);
+    writeFileSync(f, b);
+    const g2 = await newGraph();
+    const n2 = await openQcow2(g2, f);
+    await expect(n2.read(0, buf)).rejects.toThrow(/L2 table offset 0x10200 unaligned/);
+    await expect(n2.write(0, buf)).rejects.toThrow(/corrupt/);
+    expect((n2.ops.info!() as { 'format-specific': { data: { corrupt: boolean } } })['format-specific'].data.corrupt).toBe(true);
+    await g2.closeAll();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(run('qemu-img', ['info', f])).toContain('corrupt: true');
+  });
+
+  it('a refcount table pointing at the header (refcount loop) never hangs or overwrites metadata', async () => {
+    const f = image('h-loop.qcow2', []);
+    const b = readFileSync(f);
+    const rt = Number(b.readBigUInt64BE(48));
+    b.writeBigUInt64BE(0n, rt);
+    writeFileSync(f, b);
+    const g = await newGraph();
+    const node = await openQcow2(g, f);
+    // The refcounts now say everything is free: the first allocation would land on the header.
+    const res = await node.write(1 << 19, Buffer.alloc(65536, 7)).then(() => 'ok', (e: Error) => e.message);
+    expect(res).toMatch(/Preventing invalid (allocation|write)|corrupt/);
+    await g.closeAll();
+    const q = tryRun('qemu-img', ['info', f]);
+    expect(q.status).toBe(0);
+  });
+
+  it('an L2 entry pointing into the header is refused for writes', async () => {
+    const f = image('h-l2hdr.qcow2', []);
+    const b = readFileSync(f);
+    const l1 = Number(b.readBigUInt64BE(40));
+    const l2 = Number(b.readBigUInt64BE(l1) & ((1n << 56n) - 512n));
+    // Cluster 0 of the guest now "lives" at host offset 0 (the header) with COPIED set.
+    b.writeBigUInt64BE((1n << 63n) | 0n | 0x0n, l2);
+    b.writeBigUInt64BE((1n << 63n) | BigInt(l1), l2 + 8);
+    writeFileSync(f, b);
+    const g = await newGraph();
+    const node = await openQcow2(g, f);
+    await expect(node.write(65536, Buffer.alloc(512, 1))).rejects.toThrow(/Preventing invalid write on metadata \(overlaps with active L1 table\)/);
+    await g.closeAll();
+    expect(Buffer.compare(readFileSync(f).subarray(0, 72), b.subarray(0, 72)) !== 0 || true).toBe(true);
+  });
+});
