@@ -27,7 +27,7 @@ const stream = Buffer.concat([
 ]);
 
 function summary(frames: Frame[]): unknown[] {
-  return frames.map((f) => f.kind === 'bad-magic' ? { bad: f.magic } : {
+  return frames.map((f) => f.kind === 'bad-magic' ? { bad: f.magic, cookie: f.req.cookie.toString() } : {
     ...f.req, cookie: f.req.cookie.toString(), payload: f.payload?.toString('hex'), discarded: f.discarded,
   });
 }
@@ -129,7 +129,7 @@ describe('RequestFramer', () => {
     for (let i = 0; i <= bad.length; i++) {
       const out = summary(feed([bad.subarray(0, i), bad.subarray(i)]));
       expect(out.length, `split at ${i}`).toBe(2);
-      expect(out[1]).toEqual({ bad: 0xdeadbeef });
+      expect(out[1]).toEqual({ bad: 0xdeadbeef, cookie: '2' });
     }
     const fr = new RequestFramer();
     fr.push(header(Cmd.READ, 0, 1, 2n, 0, 0x12345678));

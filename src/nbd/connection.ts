@@ -11,7 +11,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { Cmd, cmdName } from './constants.ts';
+import { Cmd, NbdErrno, cmdName } from './constants.ts';
 import { errorReply, execute, type CommandContext } from './commands.ts';
 import { RequestFramer, type Frame, type RequestHeader } from './framer.ts';
 import { Handshake } from './handshake.ts';
@@ -193,7 +193,10 @@ export class NbdConnection implements ExportClient {
 
   private dispatch(f: Frame): void {
     if (f.kind === 'bad-magic') {
-      this.log.warn({ magic: `0x${(f.magic >>> 0).toString(16)}` }, 'NBD protocol violation: invalid request magic; disconnecting');
+      // As qsd: the bad request is answered (EINVAL), then the connection is closed.
+      const reason = `invalid magic (got 0x${(f.magic >>> 0).toString(16)})`;
+      this.log.warn({ reason }, 'NBD protocol violation; disconnecting');
+      this.send(errorReply(this.cmdCtx!, f.req, NbdErrno.EINVAL, reason));
       return this.finish('invalid magic');
     }
     const req = f.req;

@@ -26,7 +26,8 @@ export interface RequestHeader {
 
 export type Frame =
   | { kind: 'request'; req: RequestHeader; payload?: Buffer; discarded?: boolean }
-  | { kind: 'bad-magic'; magic: number };
+  /** The header's other fields as read (qsd still answers the bad request, with EINVAL, before closing). */
+  | { kind: 'bad-magic'; magic: number; req: RequestHeader };
 
 type State = 'header' | 'payload' | 'discard' | 'dead';
 
@@ -69,12 +70,6 @@ export class RequestFramer {
           if (this.available < REQUEST_SIZE) return undefined;
           const h = this.take(REQUEST_SIZE);
           const magic = h.readUInt32BE(0);
-          if (magic !== REQUEST_MAGIC) {
-            this.state = 'dead';
-            this.chunks = [];
-            this.available = 0;
-            return { kind: 'bad-magic', magic };
-          }
           const req: RequestHeader = {
             flags: h.readUInt16BE(4),
             type: h.readUInt16BE(6),
@@ -82,6 +77,12 @@ export class RequestFramer {
             offset: h.readUInt32BE(16) * 2 ** 32 + h.readUInt32BE(20),
             length: h.readUInt32BE(24),
           };
+          if (magic !== REQUEST_MAGIC) {
+            this.state = 'dead';
+            this.chunks = [];
+            this.available = 0;
+            return { kind: 'bad-magic', magic, req };
+          }
           if (req.type !== Cmd.WRITE) return { kind: 'request', req };
           if (req.length > this.maxPayload) {
             this.state = 'discard';
