@@ -71,11 +71,13 @@ export class MetaCache {
 
   markDirty(e: CacheEntry): void { e.dirty = true; }
 
-  /** Drops an entry whose cluster was freed (its contents no longer matter). */
-  forget(offset: number): void {
-    const e = this.entries.get(offset);
-    if (e && e.pins === 0) this.entries.delete(offset);
-    else if (e) e.dirty = false;
+  /** Drops the entries inside a freed or reused cluster range (their contents no longer matter). */
+  forget(offset: number, length = this.entrySize): void {
+    for (const e of [...this.entries.values()]) {
+      if (e.offset < offset || e.offset >= offset + length) continue;
+      if (e.pins === 0) this.entries.delete(e.offset);
+      else e.dirty = false;
+    }
   }
 
   /** Makes `this` depend on `dep` (QEMU's qcow2_cache_set_dependency), flushing to break cycles. */

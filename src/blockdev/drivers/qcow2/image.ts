@@ -626,11 +626,15 @@ export class Qcow2Image {
     const cs = this.cs;
     const off = await this.refcounts.alloc(1);
     const table = Buffer.alloc(cs);
-    if (old) await this.readMeta(old, table);
+    if (old) {
+      // Copy-on-write of a shared table: its cached changes first.
+      await this.l2Cache.flush();
+      await this.readMeta(old, table);
+    }
     this.l2Set.add(off);
+    this.l2Cache.forget(off, cs);
     // The new table and its refcount reach the disk before the L1 entry points to it.
     await this.refcounts.cache.flush();
-    await this.l2Cache.flush();
     await this.writeMeta(off, table);
     await this.barrier();
     const ent = makeEntry(off, true);
@@ -696,7 +700,6 @@ export class Qcow2Image {
   }
 
   private async onFreed(offset: number, length: number): Promise<void> {
-    this.l2Cache.forget(offset);
     if (this.settings.passDiscard[this.freeReason]) {
       // The discard must not overtake the metadata update that stopped using the cluster.
       await this.l2Cache.flush();
