@@ -8,8 +8,7 @@ import { BlockGraph } from '../src/blockdev/graph.ts';
 import { BlockError } from '../src/blockdev/errors.ts';
 import { ReqFlag } from '../src/blockdev/request.ts';
 import type { BlockNode } from '../src/blockdev/node.ts';
-import type { Perm } from '../src/blockdev/driver.ts';
-import { fileDriver, hostDeviceDriver } from '../src/blockdev/drivers/file/index.ts';
+import { fileDriver, hostDeviceDriver, type PermissionAware } from '../src/blockdev/drivers/file/index.ts';
 import { ofdTest } from '../src/blockdev/drivers/file/native.ts';
 
 const KiB = 1024;
@@ -111,7 +110,7 @@ async function qemuHolds(file: string, args: string[]): Promise<ChildProcess> {
   return child;
 }
 
-type WithPerms = { setPermissions(perm: Perm, shared: Perm): void };
+type WithPerms = PermissionAware;
 
 describe('file driver: data path', () => {
   it('reads and writes through the block node', async () => {

@@ -25,6 +25,8 @@ import { ImageLock, PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } fr
 import { allocAligned, blockDeviceSectorSize, blockDeviceSize, errorText } from './native.ts';
 import { PosixFile } from './posix-file.ts';
 
+export type { FileOps, PermissionAware } from './posix-file.ts';
+
 export const BlockdevAioOptions = enm('BlockdevAioOptions', ['threads', 'native', 'io_uring']);
 
 /** QEMU's BlockdevOptionsFile, minus pr-manager (no persistent reservation managers in blockd). */

@@ -39,6 +39,13 @@ function isNotSupported(e: unknown): boolean {
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'EINVAL';
 }
 
+/** What the graph calls when the permissions its users need on this node change. */
+export interface PermissionAware {
+  setPermissions(perm: Perm, shared: Perm): void;
+}
+
+export type FileOps = DriverOps & PermissionAware;
+
 export class PosixFile {
   readonly filename: string;
   private readonly fd: number;
@@ -75,8 +82,8 @@ export class PosixFile {
   }
 
   /** The DriverOps of this file; methods are bound so the generic layer can call them detached. */
-  ops(): DriverOps & { setPermissions(perm: Perm, shared: Perm): void } {
-    const ops: DriverOps & { setPermissions(perm: Perm, shared: Perm): void } = {
+  ops(): FileOps {
+    const ops: FileOps = {
       length: () => this.size,
       read: (o, b) => this.read(o, b),
       write: (o, b, f) => this.write(o, b, f),
@@ -146,10 +153,14 @@ export class PosixFile {
 
   /** The O_DSYNC twin of our descriptor, opened on the first FUA write. It holds no locks (those live on `fd`). */
   private dsyncFd(): Promise<number> {
-    this.dsync ??= openFd(`/proc/self/fd/${this.fd}`, this.flags | fs.constants.O_DSYNC).catch((e) => {
-      this.dsync = undefined;
-      throw e;
-    });
+    // Reopening through /proc follows the file even if it was renamed since.
+    const flags = this.flags | fs.constants.O_DSYNC;
+    this.dsync ??= openFd(`/proc/self/fd/${this.fd}`, flags)
+      .catch(() => openFd(this.filename, flags))
+      .catch((e) => {
+        this.dsync = undefined;
+        throw e;
+      });
     return this.dsync;
   }
 
