@@ -1,7 +1,7 @@
 /**
  * Positional reads and writes on a raw fd with node:fs's callback API, which
  * measured about 2.5x the 4 KiB random-read rate of fs.promises.FileHandle
- * (see the file driver's README note in index.ts). One Promise and one
+ * (numbers in index.ts's header). One Promise and one
  * callback closure per request; short transfers continue where they stopped.
  */
 import fs from 'node:fs';
