@@ -11,6 +11,8 @@
  *   allocAligned(size, alignment)        -> Buffer over posix_memalign'd memory
  *   isAligned(buf, alignment)            -> boolean: buf's memory starts on the boundary
  *   strerror(errno)                      -> glibc's text (node:fs only has libuv's)
+ *   sdNotify(socketPath, state)          -> void: one sd_notify(3) datagram (node:net has
+ *                                           no AF_UNIX SOCK_DGRAM)
  *
  * Errors are JS Errors whose message is strerror()'s text, with `code` (the
  * errno name), `errno` and `syscall` set, so callers can build QEMU-style
@@ -27,11 +29,14 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -387,6 +392,38 @@ static napi_value js_strerror(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET. The path
+ * may start with a NUL byte (abstract namespace), so its length is explicit. */
+static napi_value js_sd_notify(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  struct sockaddr_un addr;
+  char state[4096];
+  size_t path_len = 0, state_len = 0;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  CHECK(env, napi_get_value_string_utf8(env, argv[0], addr.sun_path, sizeof addr.sun_path, &path_len));
+  CHECK(env, napi_get_value_string_utf8(env, argv[1], state, sizeof state, &state_len));
+  if (path_len == 0 || path_len >= sizeof addr.sun_path - 1) {
+    throw_errno(env, EINVAL, "sd_notify");
+    return NULL;
+  }
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "socket");
+    return NULL;
+  }
+  socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_len);
+  ssize_t n = sendto(fd, state, state_len, MSG_NOSIGNAL, (struct sockaddr *)&addr, alen);
+  int err = errno;
+  close(fd);
+  if (n < 0) {
+    throw_errno(env, err, "sendto");
+    return NULL;
+  }
+  return NULL;
+}
+
 /* ---- module ---- */
 
 static bool set_int(napi_env env, napi_value exports, const char *name, int64_t v) {
@@ -406,6 +443,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "allocAligned", NULL, js_alloc_aligned, NULL, NULL, NULL, napi_enumerable, NULL },
     { "isAligned", NULL, js_is_aligned, NULL, NULL, NULL, napi_enumerable, NULL },
     { "strerror", NULL, js_strerror, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sdNotify", NULL, js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   CHECK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||

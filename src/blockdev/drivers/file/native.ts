@@ -26,6 +26,8 @@ export interface NativeAddon {
   isAligned(buf: Buffer, alignment: number): boolean;
   /** glibc's strerror() text for an errno value (node:fs's negative values are accepted). */
   strerror(errno: number): string;
+  /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */
+  sdNotify(socketPath: string, state: string): void;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;
