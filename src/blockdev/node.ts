@@ -386,9 +386,14 @@ export class BlockNode implements Parent {
   private async zeroAligned(offset: number, length: number, flags: number): Promise<void> {
     if (this.ops.writeZeroes) {
       const driverFlags = flags & (ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK | (this.limits.canFua ? ReqFlag.FUA : 0));
-      return this.splitRange(offset, length, (o, l) => this.ops.writeZeroes!(o, l, driverFlags));
+      try {
+        return await this.splitRange(offset, length, (o, l) => this.ops.writeZeroes!(o, l, driverFlags));
+      } catch (e) {
+        // A driver may find out only per request that it cannot zero fast (e.g. a filesystem without ZERO_RANGE).
+        if ((e as { code?: string }).code !== 'ENOTSUP' || flags & ReqFlag.NO_FALLBACK) throw e;
+      }
     }
-    if (this.isFilter && this.primaryChild && !this.ops.write) return this.primaryChild.writeZeroes(offset, length, flags);
+    else if (this.isFilter && this.primaryChild && !this.ops.write) return this.primaryChild.writeZeroes(offset, length, flags);
     if (flags & ReqFlag.NO_FALLBACK) throw new BlockError('ENOTSUP', `Driver '${this.driver.name}' cannot write zeroes fast`);
     for (let done = 0; done < length; done += ZERO_CHUNK) {
       const n = Math.min(ZERO_CHUNK, length - done);

@@ -1,10 +1,10 @@
 /** pino, JSON lines to stderr. Logging is off the data path, so writes are synchronous: nothing is lost at exit. */
-import { pino, type Logger } from 'pino';
+import { pino, destination, stdTimeFunctions, type Logger } from 'pino';
 
 export type { Logger };
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 export function createLogger(level: string = 'info'): Logger {
-  return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ fd: 2, sync: true }));
+  return pino({ level, base: { pid: process.pid }, timestamp: stdTimeFunctions.isoTime }, destination({ fd: 2, sync: true }));
 }
