@@ -31,7 +31,6 @@ export const nullDriver: Driver = {
       limits: { canFua: true },
       async read(_offset, buf) { await wait(); buf.fill(0); },
       async write() { await wait(); },
-      async writeZeroes() { await wait(); },
       async flush() { await wait(); },
       async blockStatus(offset, length) {
         return [{ offset, length, data: false, zero, allocated: true, depth: 1 }];
