@@ -21,7 +21,8 @@ import { constants, promises as fsp } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { BlockError, type ErrorCode } from '../errors.ts';
 import { enm, obj, opt, req, type EnumType, type ObjectType } from '../../qmp/types.ts';
-import { errorText, fallocate, native, ofdLock, ofdTest } from '../drivers/file/native.ts';
+import { errorText, fallocate, native } from '../drivers/file/native.ts';
+import { ImageLock, PERM_ALL, PERM_RESIZE, PERM_WRITE } from '../drivers/file/locking.ts';
 import type { ImageCreator, CreateContext } from './types.ts';
 
 export const PreallocMode: EnumType = enm('PreallocMode', ['off', 'metadata', 'falloc', 'full']);
@@ -50,13 +51,6 @@ const ZERO_CHUNK = MiB;
 /** QEMU allocates this much at the start of a new file (MAX_BLOCKSIZE, the page size on x86). */
 const FIRST_BLOCK = 4096;
 
-// QEMU's lock bytes: one byte per permission at 100 + bit ("I use it") and 200 + bit ("I don't share it").
-const LOCK_PERM_BASE = 100;
-const LOCK_SHARED_BASE = 200;
-const PERM_NAMES = ['consistent read', 'write', 'write unchanged', 'resize'] as const;
-const PERM_WRITE = 1;
-const PERM_RESIZE = 3;
-
 export const fileCreator: ImageCreator = {
   driver: 'file',
   options: BlockdevCreateOptionsFile,
@@ -76,50 +70,20 @@ export async function createFile(o: FileCreateOptions, signal?: AbortSignal): Pr
   } catch (e) {
     throw sysError(e, `Could not create '${o.filename}'`);
   }
-  const fd = fh.fd;
   // We take write and resize, and share everything except resize: the file must end up at `size`.
-  const uses = [PERM_WRITE, PERM_RESIZE];
-  const unshared = [PERM_RESIZE];
-  let locked: number[] = [];
+  const lock = new ImageLock(fh.fd, true);
   try {
-    locked = applyLocks(fd, uses, unshared);
-    checkLocks(fd, uses, unshared);
+    lock.set(PERM_WRITE | PERM_RESIZE, PERM_ALL & ~PERM_RESIZE);
     await truncate(fh, 0);
     await grow(fh, o.size, prealloc, signal);
   } finally {
-    for (const byte of locked) {
-      try { ofdLock(fd, 'u', byte, 1); } catch { /* closing drops the locks anyway */ }
-    }
+    lock.set(0, PERM_ALL);
     try {
       await fh.close();
     } catch (e) {
       // eslint-disable-next-line no-unsafe-finally
       throw sysError(e, 'Could not close the new file');
     }
-  }
-}
-
-function applyLocks(fd: number, uses: number[], unshared: number[]): number[] {
-  const taken: number[] = [];
-  for (const byte of [...uses.map((b) => LOCK_PERM_BASE + b), ...unshared.map((b) => LOCK_SHARED_BASE + b)]) {
-    try {
-      ofdLock(fd, 'r', byte, 1);
-    } catch (e) {
-      for (const t of taken) { try { ofdLock(fd, 'u', t, 1); } catch { /* ignore */ } }
-      throw sysError(e, `Failed to lock byte ${byte}`);
-    }
-    taken.push(byte);
-  }
-  return taken;
-}
-
-/** Someone else holding 200+p refuses our use of p; someone holding 100+p refuses our not sharing p. */
-function checkLocks(fd: number, uses: number[], unshared: number[]): void {
-  for (const bit of uses) {
-    if (ofdTest(fd, 'w', LOCK_SHARED_BASE + bit, 1)) throw new BlockError('EBUSY', `Failed to get "${PERM_NAMES[bit]}" lock`);
-  }
-  for (const bit of unshared) {
-    if (ofdTest(fd, 'w', LOCK_PERM_BASE + bit, 1)) throw new BlockError('EBUSY', `Failed to get shared "${PERM_NAMES[bit]}" lock`);
   }
 }
 
