@@ -11,8 +11,7 @@ import { QmpClient, QmpCommandError } from '../src/qmp/client/qmp-client.ts';
 import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
 import { run } from './helpers/tools.ts';
 import { BlockGraph } from '../src/blockdev/graph.ts';
-import { nullDriver } from '../src/blockdev/drivers/null.ts';
-import { rawDriver } from '../src/blockdev/drivers/raw.ts';
+import { registerDrivers } from '../src/blockdev/drivers/index.ts';
 import { JobManager, JobError } from '../src/blockdev/jobs/index.ts';
 import { fromJson } from '../src/qmp/visit.ts';
 import { jobCommands, type JobCommandContext } from '../src/qmp/commands/jobs.ts';
@@ -52,8 +51,7 @@ async function qsdTarget(dir: string): Promise<Target> {
 async function blockdTarget(dir: string): Promise<Target> {
   const events: Ev[] = [];
   const graph = new BlockGraph();
-  graph.register(nullDriver);
-  graph.register(rawDriver);
+  registerDrivers(graph);
   const ctx: JobCommandContext = { graph, jobs: new JobManager((event, data) => events.push({ event, data })) };
   return {
     dir,
