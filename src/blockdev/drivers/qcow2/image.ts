@@ -78,6 +78,7 @@ export class Qcow2Image {
   readonly refcounts: Refcounts;
   readonly meta = new Mutex();
   private readonly growLock = new Mutex();
+  private readonly used = new Map<BlockNode, number>();
   readonly clusterLock = new RangeLock();
   readonly data: BlockNode;
   backing?: BlockNode;
@@ -122,7 +123,7 @@ export class Qcow2Image {
       readMeta: (o, b) => this.readMeta(o, b),
       writeMeta: (o, b) => this.writeMeta(o, b),
       barrier: () => this.barrier(),
-      fileLength: () => this.file.length(),
+      fileLength: () => this.usedEnd(this.file),
       corrupt: (m) => this.signalCorruption(m),
       onFreed: (o, l) => this.onFreed(o, l),
       checkAllocation: (o, l) => this.checkOverlap(o, l, 'allocation'),
@@ -150,14 +151,41 @@ export class Qcow2Image {
    * block layer refuses out-of-range requests). Growth is serialised so that
    * two allocations never shrink each other's file size.
    */
-  private async writeTo(node: BlockNode, offset: number, buf: Buffer): Promise<void> {
-    const end = offset + buf.length;
-    if (end > node.length()) {
-      await this.growLock.run(async () => {
-        if (end > node.length()) await node.truncate(end);
-      });
+  private async writeTo(node: BlockNode, offset: number, buf: Buffer, minEnd = 0): Promise<void> {
+    const end = Math.max(offset + buf.length, minEnd);
+    if (end > this.usedEnd(node)) this.used.set(node, end);
+    await this.growTo(node, end);
+    if (buf.length) await node.write(offset, buf);
+  }
+
+  /** End of everything ever written to a child (past it the file is holes or absent). */
+  usedEnd(node: BlockNode): number {
+    let v = this.used.get(node);
+    if (v === undefined) { v = node.length(); this.used.set(node, v); }
+    return v;
+  }
+
+  /**
+   * Extends a child ahead of need, in steps: a truncate per allocation would
+   * serialise behind in-flight writes. close() trims the excess.
+   */
+  private async growTo(node: BlockNode, end: number): Promise<void> {
+    if (end <= node.length()) return;
+    await this.growLock.run(async () => {
+      const len = node.length();
+      if (end <= len) return;
+      const step = Math.min(64 * 1024 * 1024, Math.max(1024 * 1024, Math.floor(len / 8)));
+      const target = Math.ceil(Math.max(end, len + step) / this.cs) * this.cs;
+      await node.truncate(target);
+    });
+  }
+
+  /** Gives back the space growTo() took ahead of need. */
+  private async trimFiles(): Promise<void> {
+    for (const node of new Set([this.file, this.data])) {
+      const used = this.usedEnd(node);
+      if (node.length() > used && !node.readOnly) await node.truncate(used).catch(() => undefined);
     }
-    await node.write(offset, buf);
   }
 
   async barrier(): Promise<void> {
@@ -540,15 +568,34 @@ export class Qcow2Image {
 
     await this.markDirtyForLazy();
     let host: number;
+    let fresh = false;
     if (this.hasDataFile) {
       host = runStart;
     } else {
-      host = await this.meta.run(() => this.refcounts.alloc(n));
+      host = await this.meta.run(async () => {
+        const h = await this.refcounts.alloc(n);
+        // Clusters past the end of the file have never held anything: they read as zeroes.
+        fresh = h >= this.usedEnd(this.data);
+        return h;
+      });
     }
     try {
-      const at = host + (wStart - runStart);
+      let at = host + (wStart - runStart);
       this.checkOverlap(at, data.length, 'write');
-      await this.writeTo(this.data, at, data);
+      let out = data;
+      if (fresh) {
+        // Zero copy-on-write regions need not be written into never-used clusters (QEMU
+        // writes zeroes efficiently there too); the file is still extended over them.
+        const head = offset - wStart;
+        const tail = wEnd - end;
+        let from = 0;
+        let to = data.length;
+        if (head && isZero(data.subarray(0, head))) from = head;
+        if (tail && isZero(data.subarray(data.length - tail))) to = data.length - tail;
+        out = data.subarray(from, to);
+        at += from;
+      }
+      await this.writeTo(this.data, at, out, fresh ? host + n * cs : 0);
     } catch (e) {
       if (!this.hasDataFile) await this.meta.run(() => this.free(host, n, 'other')).catch(() => undefined);
       throw e;
@@ -845,6 +892,7 @@ export class Qcow2Image {
     if (this.cleanTimer) clearInterval(this.cleanTimer);
     if (this.readOnly || this.corrupt) return;
     await this.flush();
+    await this.trimFiles();
     await this.file.flush();
     if (this.dirty) {
       await this.setIncompat(this.h.incompatible & ~Incompat.DIRTY);
@@ -865,6 +913,15 @@ export class Qcow2Image {
 
   lazyRefcountsInHeader(): boolean { return (this.h.compatible & Compat.LAZY_REFCOUNTS) !== 0n; }
 }
+
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i += 4096) {
+    const part = b.subarray(i, Math.min(b.length, i + 4096));
+    if (!part.equals(ZERO_PAGE.subarray(0, part.length))) return false;
+  }
+  return true;
+}
+const ZERO_PAGE = Buffer.alloc(4096);
 
 /** Bits s0..s1-1 set. */
 function rangeMask(s0: number, s1: number): number {
