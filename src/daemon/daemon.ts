@@ -68,7 +68,7 @@ export class Daemon {
   async addBlockdev(item: Item): Promise<void> {
     const opts = parseItem<Record<string, unknown>>(blockdevOptionsType(this.graph), item, 'driver');
     const node = await this.graph.add(opts);
-    this.log.info({ node: node.nodeName, driver: node.driver.name }, 'blockdev added');
+    this.log.debug({ node: node.nodeName, driver: node.driver.name }, 'blockdev added');
   }
 
   async startNbdServer(item: Item): Promise<void> {
@@ -85,7 +85,7 @@ export class Daemon {
     else if (addr.type === 'fd') await server.listenFd(Number(addr.str));
     else throw new Error(`Parameter 'addr.type' does not accept value '${addr.type}'`);
     this.nbdServers.push(server);
-    this.log.info({ addr }, 'NBD server listening');
+    this.log.debug({ addr }, 'NBD server listening');
   }
 
   async addExport(item: Item): Promise<void> {
@@ -103,7 +103,7 @@ export class Daemon {
       bitmaps,
       allocationDepth: opts['allocation-depth'] as boolean | undefined,
     });
-    this.log.info({ id: exp.id, name: exp.name, node: exp.node.nodeName }, 'export added');
+    this.log.debug({ id: exp.id, name: exp.name, node: exp.node.nodeName }, 'export added');
   }
 
   /** Stops accepting, lets in-flight requests finish, flushes and closes every node. Idempotent. */

@@ -4,7 +4,7 @@
  * "ready" on it — or prints the child's start-up error and exits 1.
  */
 import { spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
 
 const READY_FD_ENV = 'BLOCKD_READY_FD';
 
@@ -38,6 +38,9 @@ export function reportToParent(message: string): void {
   const fd = Number(process.env[READY_FD_ENV]);
   delete process.env[READY_FD_ENV];
   if (!Number.isInteger(fd)) return;
-  const s = createWriteStream('', { fd, autoClose: true });
-  s.end(message.endsWith('\n') ? message : `${message}\n`);
+  // Synchronous: the caller may exit right after (a failed start-up).
+  try {
+    writeSync(fd, message.endsWith('\n') ? message : `${message}\n`);
+    closeSync(fd);
+  } catch { /* the parent is gone; nothing to tell */ }
 }

@@ -1,0 +1,136 @@
+/**
+ * The daemon's life as a process: command-line errors, --pidfile,
+ * --daemonize, SIGTERM, sd_notify readiness and systemd socket activation.
+ */
+import { describe, it, expect } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BLOCKD, startDaemon, tempDir } from './helpers/daemons.ts';
+import { run, requireTool, SYSTEM_PYTHON } from './helpers/tools.ts';
+
+const NULL_NODE = ['--blockdev', 'driver=null-co,node-name=n0,size=1048576'];
+
+function blockdSync(args: string[]) {
+  return spawnSync(BLOCKD, args, { encoding: 'utf8', timeout: 30_000 });
+}
+
+describe('command line', () => {
+  it('prints help and version', () => {
+    expect(blockdSync(['-h']).stdout).toMatch(/--blockdev/);
+    expect(blockdSync(['-V']).stdout).toMatch(/^blockd version/);
+  });
+
+  it('refuses bad options with one line naming the option, exit 1, as qsd', () => {
+    const cases: [string[], string][] = [
+      [['--foo'], "blockd: unrecognized option '--foo'"],
+      [['--blockdev', 'driver=file'], "blockd: --blockdev driver=file: Parameter 'filename' is missing"],
+      [['--blockdev', 'driver=null-co,size=abc'], "blockd: --blockdev driver=null-co,size=abc: Parameter 'size' expects integer"],
+      [[...NULL_NODE, '--export', 'type=nbd,id=e,node-name=n0'], 'blockd: --export type=nbd,id=e,node-name=n0: NBD server not running'],
+      [['--nbd-server', 'addr.type=inet,addr.host=127.0.0.1'], "blockd: --nbd-server addr.type=inet,addr.host=127.0.0.1: Parameter 'addr.port' is missing"],
+    ];
+    for (const [args, line] of cases) {
+      const r = blockdSync(args);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim()).toBe(line);
+    }
+  });
+});
+
+describe('process life', () => {
+  it('writes the pidfile only once started, removes it on SIGTERM, exits 0', async () => {
+    const dir = tempDir();
+    const pid = join(dir, 'blockd.pid');
+    const sock = join(dir, 's.sock');
+    const d = await startDaemon('blockd', [...NULL_NODE, '--nbd-server', `addr.type=unix,addr.path=${sock}`, '--export', 'type=nbd,id=e,node-name=n0', '--pidfile', pid], sock);
+    for (let i = 0; i < 50 && !existsSync(pid); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(Number(readFileSync(pid, 'utf8'))).toBe(d.proc.pid);
+    expect(await d.stop('SIGTERM')).toBe(0);
+    expect(existsSync(pid)).toBe(false);
+  });
+
+  it('does not write the pidfile when start-up fails', () => {
+    const dir = tempDir();
+    const pid = join(dir, 'blockd.pid');
+    const r = blockdSync(['--blockdev', 'driver=file,filename=/nonexistent', '--pidfile', pid]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/Could not open '\/nonexistent'/);
+    expect(existsSync(pid)).toBe(false);
+  });
+
+  it('--daemonize: the parent exits 0 once the child serves, or 1 with the child error', async () => {
+    const dir = tempDir();
+    const pid = join(dir, 'blockd.pid');
+    const sock = join(dir, 's.sock');
+    const ok = blockdSync([...NULL_NODE, '--nbd-server', `addr.type=unix,addr.path=${sock}`, '--export', 'type=nbd,id=e,node-name=n0', '--pidfile', pid, '--daemonize']);
+    expect(ok.status).toBe(0);
+    expect(existsSync(sock)).toBe(true);
+    const child = Number(readFileSync(pid, 'utf8'));
+    expect(run('nbdinfo', ['--size', `nbd+unix:///n0?socket=${sock}`]).trim()).toBe('1048576');
+    process.kill(child, 'SIGTERM');
+    for (let i = 0; i < 100 && existsSync(pid); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(existsSync(pid)).toBe(false);
+    const bad = blockdSync(['--blockdev', 'driver=file,filename=/nonexistent', '--daemonize']);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/Could not open '\/nonexistent'/);
+  });
+
+  it('Type=notify: sends READY=1 once listening and STOPPING=1 on SIGTERM', async () => {
+    const dir = tempDir();
+    const notify = join(dir, 'notify.sock');
+    const sock = join(dir, 's.sock');
+    // A datagram listener in Debian's python (node:net has no AF_UNIX datagrams).
+    const listener = spawn(SYSTEM_PYTHON, ['-c', `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])
+print("bound", flush=True)
+for _ in range(2):
+    print(s.recv(4096).decode().replace("\\n", " "), flush=True)
+`, notify], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    listener.stdout!.on('data', (d) => (out += d));
+    for (let i = 0; i < 100 && !out.includes('bound'); i++) await new Promise((r) => setTimeout(r, 50));
+    const d = spawn(BLOCKD, [...NULL_NODE, '--nbd-server', `addr.type=unix,addr.path=${sock}`, '--export', 'type=nbd,id=e,node-name=n0'], { env: { ...process.env, NOTIFY_SOCKET: notify }, stdio: 'ignore' });
+    for (let i = 0; i < 200 && !out.includes('READY=1'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(out).toMatch(/READY=1/);
+    expect(existsSync(sock)).toBe(true);
+    d.kill('SIGTERM');
+    await new Promise((r) => d.once('exit', r));
+    for (let i = 0; i < 100 && !out.includes('STOPPING=1'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(out).toMatch(/STOPPING=1/);
+    listener.kill();
+  });
+
+  it('socket activation: serves NBD on the socket systemd-socket-activate passes in', async () => {
+    requireTool('systemd-socket-activate');
+    const dir = tempDir();
+    const sock = join(dir, 'act.sock');
+    const act = spawn('systemd-socket-activate', ['-l', sock, '--fdname=nbd', BLOCKD, '--log-level', 'warn', ...NULL_NODE, '--export', 'type=nbd,id=e,node-name=n0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    act.stderr!.on('data', (d) => (err += d));
+    try {
+      for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      // The daemon starts on the first connection; nbdinfo is that connection.
+      const size = run('nbdinfo', ['--size', `nbd+unix:///n0?socket=${sock}`], { timeout: 30_000 }).trim();
+      expect(size).toBe('1048576');
+    } finally {
+      act.kill('SIGTERM');
+    }
+    expect(err).not.toMatch(/error/i);
+  });
+
+  it('systemd units pass systemd-analyze verify', () => {
+    requireTool('systemd-analyze');
+    const dir = tempDir();
+    const unitDir = join(import.meta.dirname, '../systemd');
+    for (const u of ['blockd.service', 'blockd.socket', 'blockd-unix.socket', 'blockd-qmp.socket']) {
+      let text = readFileSync(join(unitDir, u), 'utf8');
+      text = text.replaceAll('/opt/blockd/bin/blockd', BLOCKD);
+      writeFileSync(join(dir, u), text);
+    }
+    const r = spawnSync('systemd-analyze', ['verify', ...['blockd.service', 'blockd.socket', 'blockd-unix.socket', 'blockd-qmp.socket'].map((u) => join(dir, u))], { encoding: 'utf8' });
+    expect(r.stderr.split('\n').filter((l) => l.includes('blockd')).join('\n')).toBe('');
+    expect(r.status).toBe(0);
+    void copyFileSync;
+  });
+});
