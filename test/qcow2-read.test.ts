@@ -14,7 +14,7 @@ import { obj, opt, req } from '../src/qmp/types.ts';
 import { qcow2Driver } from '../src/blockdev/drivers/qcow2/index.ts';
 import { rawDriver } from '../src/blockdev/drivers/raw.ts';
 import { parseHeader, serializeHeader } from '../src/blockdev/drivers/qcow2/header.ts';
-import { run } from './helpers/tools.ts';
+import { run, tryRun } from './helpers/tools.ts';
 
 // ---- a file protocol driver for these tests (the project's own is used when it loads) ----
 
@@ -275,6 +275,37 @@ describe('qcow2 reads match qemu-img', () => {
     expect(info['cluster-size']).toBe(q['cluster-size']);
     expect(node.ops.filename!()).toBe(f);
     await graph.closeAll();
+  });
+
+  it('persistent bitmaps are listed like QEMU lists them and kept intact', async () => {
+    const f = path.join(dir, 'bitmaps.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', f, '4M']);
+    run('qemu-img', ['bitmap', '--add', f, 'b0']);
+    run('qemu-img', ['bitmap', '--add', '-g', '128k', '--disable', f, 'b1']);
+    qemuIo(f, ['write -P 1 0 64k']);
+    graph = await newGraph();
+    const node = await openQcow2(graph, f, { 'read-only': true });
+    const info = node.ops.info!() as Record<string, unknown>;
+    const q = JSON.parse(run('qemu-img', ['info', '--output=json', f])) as Record<string, unknown>;
+    expect(info['format-specific']).toEqual(q['format-specific']);
+    await graph.closeAll();
+    // A read-write open without writes leaves them as they were.
+    graph = await newGraph();
+    await openQcow2(graph, f);
+    await graph.closeAll();
+    expect(JSON.parse(run('qemu-img', ['info', '--output=json', f]))['format-specific']).toEqual(q['format-specific']);
+    // After a write they are flagged in-use (inconsistent: blockd does not update them), and kept.
+    graph = await newGraph();
+    const rw = await openQcow2(graph, f);
+    await rw.write(65536, Buffer.alloc(4096, 2));
+    await graph.closeAll();
+    const after = JSON.parse(run('qemu-img', ['info', '--output=json', f]))['format-specific'].data.bitmaps as { name: string; flags: string[] }[];
+    expect(after.map((b) => b.name)).toEqual(['b0', 'b1']);
+    expect(after.every((b) => b.flags.includes('in-use'))).toBe(true);
+    const c = JSON.parse(tryRun('qemu-img', ['check', '--output=json', f]).stdout) as Record<string, number>;
+    expect(c['check-errors'] ?? 0).toBe(0);
+    expect(c.corruptions ?? 0).toBe(0);
+    expect(c.leaks ?? 0).toBe(0);
   });
 });
 

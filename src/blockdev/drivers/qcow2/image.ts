@@ -79,6 +79,9 @@ export class Qcow2Image {
   readonly meta = new Mutex();
   private readonly growLock = new Mutex();
   private readonly used = new Map<BlockNode, number>();
+  /** Whether anything was written (or zeroed, discarded, resized) since open. */
+  private modified = false;
+  private bitmapRestore?: { offset: number; buf: Buffer };
   readonly clusterLock = new RangeLock();
   readonly data: BlockNode;
   backing?: BlockNode;
@@ -233,6 +236,7 @@ export class Qcow2Image {
   }
 
   private checkWritable(): void {
+    this.modified = true;
     if (this.corrupt) throw new BlockError('EIO', `qcow2: Image is corrupt; cannot be written (${this.corruptMessage})`);
     if (this.readOnly) throw new BlockError('EPERM', 'qcow2: image is read-only');
   }
@@ -249,6 +253,7 @@ export class Qcow2Image {
     else if (ov.has('active-l1') && this.l1Size && hit(this.l1Offset, this.l1Size * 8)) found = 'active-l1';
     else if (ov.has('refcount-table') && hit(this.refcounts.tableOffset, this.refcounts.tableClusters * cs)) found = 'refcount-table';
     else if (ov.has('snapshot-table') && this.snapshotTableSize && hit(this.h.snapshotsOffset, this.snapshotTableSize)) found = 'snapshot-table';
+    else if (ov.has('bitmap-directory') && this.h.bitmaps && hit(this.h.bitmaps.directoryOffset, this.h.bitmaps.directorySize)) found = 'bitmap-directory';
     else if (ov.has('inactive-l1') && this.snapshots.some((s) => s.l1Size && hit(s.l1TableOffset, s.l1Size * 8))) found = 'inactive-l1';
     else {
       for (let c = Math.floor(offset / cs) * cs; c < end; c += cs) {
@@ -792,6 +797,7 @@ export class Qcow2Image {
     const release = await this.clusterLock.acquire(c0 * cs, (c0 + n) * cs);
     try {
       await this.markDirtyForLazy();
+      await this.zeroRawDataFile(c0, n);
       await this.meta.run(async () => {
         const freed: ClusterEntry[] = [];
         for (let c = c0; c < c0 + n; c++) {
@@ -816,6 +822,14 @@ export class Qcow2Image {
     }
   }
 
+  /** A raw external data file must stay a consistent image by itself: zero it there too. */
+  private async zeroRawDataFile(c0: number, n: number): Promise<void> {
+    if (!this.hasDataFile || !(this.h.autoclear & Autoclear.DATA_FILE_RAW)) return;
+    const start = c0 * this.cs;
+    const end = Math.min((c0 + n) * this.cs, this.data.length());
+    if (end > start) await this.data.writeZeroes(start, end - start);
+  }
+
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
     const cs = this.cs;
@@ -832,6 +846,7 @@ export class Qcow2Image {
     const release = await this.clusterLock.acquire(c0 * cs, (c0 + n) * cs);
     try {
       await this.markDirtyForLazy();
+      await this.zeroRawDataFile(c0, n);
       await this.meta.run(async () => {
         const freed: ClusterEntry[] = [];
         for (let c = c0; c < c0 + n; c++) {
@@ -892,6 +907,7 @@ export class Qcow2Image {
     if (this.cleanTimer) clearInterval(this.cleanTimer);
     if (this.readOnly || this.corrupt) return;
     await this.flush();
+    if (this.bitmapRestore && !this.modified) await this.writeMeta(this.bitmapRestore.offset, this.bitmapRestore.buf);
     await this.trimFiles();
     await this.file.flush();
     if (this.dirty) {
@@ -901,8 +917,31 @@ export class Qcow2Image {
   }
 
   /** Clears autoclear bits blockd does not maintain before the first write (qcow2 spec). */
+  /**
+   * Persistent bitmaps stay in the image, but blockd does not update them:
+   * while it may write, every bitmap is flagged in-use (inconsistent), as
+   * QEMU flags them while it has them loaded. If nothing was written by
+   * close(), the original flags are put back.
+   */
+  async markBitmapsInUse(): Promise<void> {
+    const b = this.h.bitmaps;
+    if (!b || !(this.h.autoclear & Autoclear.BITMAPS) || b.directorySize > 64 * 1024 * 1024) return;
+    const dir = Buffer.alloc(b.directorySize);
+    await this.readMeta(b.directoryOffset, dir);
+    const orig = Buffer.from(dir);
+    let pos = 0;
+    for (let i = 0; i < b.nbBitmaps && pos + 24 <= dir.length; i++) {
+      dir.writeUInt32BE((dir.readUInt32BE(pos + 12) | 1) >>> 0, pos + 12);
+      pos = Math.ceil((pos + 24 + dir.readUInt32BE(pos + 20) + dir.readUInt16BE(pos + 18)) / 8) * 8;
+    }
+    if (dir.equals(orig)) return;
+    await this.writeMeta(b.directoryOffset, dir);
+    await this.barrier();
+    this.bitmapRestore = { offset: b.directoryOffset, buf: orig };
+  }
+
   async clearUnknownAutoclear(): Promise<void> {
-    const keep = this.h.autoclear & Autoclear.DATA_FILE_RAW;
+    const keep = this.h.autoclear & (Autoclear.DATA_FILE_RAW | Autoclear.BITMAPS);
     if (keep === this.h.autoclear) return;
     const b = Buffer.alloc(8);
     b.writeBigUInt64BE(keep);

@@ -14,6 +14,7 @@ import { Compat, Incompat, Limit, QCOW2_MAGIC, parseHeader, type Qcow2Header } f
 import { Qcow2Image, type ImageSettings, type OverlapName } from './image.ts';
 import { parseSnapshotTable, snapshotInfo, snapshotTableReadSize } from './snapshots.ts';
 import { repairRefcounts } from './check.ts';
+import { bitmapDirectoryReadSize, parseBitmapDirectory, type BitmapInfo } from './bitmaps.ts';
 
 const MiB = 1024 * 1024;
 /** QEMU's default caps the L2 cache at 32 MiB (256 GiB of 64k clusters); blockd covers 1 TiB. */
@@ -195,6 +196,12 @@ export const qcow2Driver: Driver = {
       img.snapshotTableSize = t.size;
     }
     await img.load();
+    let bitmaps: BitmapInfo[] = [];
+    if (h.bitmaps && (h.autoclear & 1n)) {
+      const dir = Buffer.alloc(bitmapDirectoryReadSize(h.bitmaps.directorySize));
+      await img.readMeta(h.bitmaps.directoryOffset, dir);
+      bitmaps = parseBitmapDirectory(dir, h.bitmaps.nbBitmaps);
+    }
 
     // Backing file.
     const backingOpt = options.backing;
@@ -215,6 +222,7 @@ export const qcow2Driver: Driver = {
         img.dirty = false;
       }
       await img.clearUnknownAutoclear();
+      await img.markBitmapsInUse();
     }
     img.startCleanTimer(interval);
 
@@ -229,14 +237,14 @@ export const qcow2Driver: Driver = {
       blockStatus: (o, l, flags) => img.blockStatus(o, l, flags),
       truncate: (size) => img.truncate(size),
       close: () => img.close(),
-      info: () => imageInfo(img),
+      info: () => imageInfo(img, bitmaps),
       filename: () => nodeFilename(file) ?? file.nodeName,
     };
   },
 };
 
 /** The ImageInfo members a qcow2 node contributes (QEMU's query-named-block-nodes 'image'). */
-export function imageInfo(img: Qcow2Image): Record<string, unknown> {
+export function imageInfo(img: Qcow2Image, bitmaps: BitmapInfo[] = []): Record<string, unknown> {
   const h = img.h;
   const data: Record<string, unknown> = { compat: h.version === 2 ? '0.10' : '1.1' };
   if (h.version === 3) {
@@ -245,6 +253,8 @@ export function imageInfo(img: Qcow2Image): Record<string, unknown> {
       data['data-file-raw'] = (h.autoclear & 2n) !== 0n;
     }
     data['compression-type'] = h.compressionType === 1 ? 'zstd' : 'zlib';
+    // Only while they are consistent (the autoclear bit survives read-only opens).
+    if (bitmaps.length && (h.autoclear & 1n)) data.bitmaps = bitmaps;
     data['lazy-refcounts'] = img.settings.lazyRefcounts;
     data['refcount-bits'] = 2 ** h.refcountOrder;
     data.corrupt = img.corrupt || (h.incompatible & Incompat.CORRUPT) !== 0n;
