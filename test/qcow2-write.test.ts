@@ -155,13 +155,15 @@ describe('qcow2 writes checked by qemu-img', () => {
     { name: 'extended-l2', create: ['-o', 'extended_l2=on'], size: 8 << 20, seed: 5, align: 1 },
     { name: 'v2', create: ['-o', 'compat=0.10,cluster_size=16k'], size: 6 << 20, seed: 6, align: 1 },
     { name: 'lazy-refcounts', create: ['-o', 'lazy_refcounts=on'], size: 8 << 20, seed: 7, align: 1 },
+    { name: 'tiny caches (dirty evictions, 1k L2 slices)', create: ['-o', 'cluster_size=4k'], size: 16 << 20, seed: 8, align: 1,
+      extra: { 'l2-cache-entry-size': 1024, 'l2-cache-size': 2048, 'refcount-cache-size': 0, 'cache-clean-interval': 1 } },
   ];
   for (const c of cases) {
     it(`random ops, ${c.name}`, async () => {
       const f = path.join(dir, `w-${c.seed}.qcow2`);
       run('qemu-img', ['create', '-f', 'qcow2', ...c.create, f, String(c.size)]);
       const g = await newGraph();
-      const node = await openQcow2(g, f);
+      const node = await openQcow2(g, f, (c as { extra?: Record<string, unknown> }).extra ?? {});
       const model = Buffer.alloc(c.size);
       // v2 has no zero clusters: a discard there would expose nothing but zeroes too (no backing).
       await randomOps(node, model, c.seed, 120, { align: c.align, concurrent: true });
@@ -315,6 +317,30 @@ describe('qcow2 writes checked by qemu-img', () => {
     model.fill(3, 1000, 6000);
     expect(JSON.parse(run('qemu-img', ['info', '--output=json', f]))['virtual-size']).toBe(32 << 20);
     await verify(f, model);
+  });
+});
+
+describe('qcow2 options', () => {
+  it('refuses bad cache and lazy-refcounts options with QEMU\'s messages', async () => {
+    const f = path.join(dir, 'opts.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', f, '1M']);
+    const v2 = path.join(dir, 'opts-v2.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', '-o', 'compat=0.10', v2, '1M']);
+    const bad: [string, Record<string, unknown>, string][] = [
+      [f, { 'cache-size': 1048576, 'l2-cache-size': 2097152 }, 'l2-cache-size may not exceed cache-size'],
+      [f, { 'cache-size': 1048576, 'refcount-cache-size': 2097152 }, 'refcount-cache-size may not exceed cache-size'],
+      [f, { 'cache-size': 1048576, 'l2-cache-size': 524288, 'refcount-cache-size': 524288 }, 'cache-size, l2-cache-size and refcount-cache-size may not be set at the same time'],
+      [f, { 'l2-cache-entry-size': 1000 }, 'L2 cache entry size must be a power of two between 512 and the cluster size (65536)'],
+      [f, { 'l2-cache-entry-size': 131072 }, 'L2 cache entry size must be a power of two between 512 and the cluster size (65536)'],
+      [f, { 'cache-clean-interval': -1 }, 'Cache clean interval too big'],
+      [v2, { 'lazy-refcounts': true }, 'Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level'],
+      [f, { 'data-file': { driver: 'file', filename: f } }, "'data-file' can only be set for images with an external data file"],
+    ];
+    for (const [img, opts, msg] of bad) {
+      const g = await newGraph();
+      await expect(openQcow2(g, img, opts)).rejects.toThrow(msg);
+      await g.closeAll();
+    }
   });
 });
 
