@@ -465,6 +465,23 @@ describe('hostile qcow2 images', () => {
     expect(run('qemu-img', ['info', f])).toContain('corrupt: true');
   });
 
+  it('a data cluster far past the end of the file is not written (the file would grow without bound)', async () => {
+    const f = image('h-far.qcow2', []);
+    const b = readFileSync(f);
+    const l1 = Number(b.readBigUInt64BE(40));
+    const l2 = Number(b.readBigUInt64BE(l1) & ((1n << 56n) - 512n));
+    b.writeBigUInt64BE((1n << 63n) | (1n << 50n), l2);
+    writeFileSync(f, b);
+    const g = await newGraph();
+    const node = await openQcow2(g, f);
+    const buf = Buffer.alloc(4096, 1);
+    await node.read(0, buf);
+    expect(buf.every((x) => x === 0)).toBe(true);
+    await expect(node.write(0, buf)).rejects.toThrow(/beyond the end of the image file/);
+    await g.closeAll();
+    expect(statSync(f).size).toBeLessThan(1 << 20);
+  });
+
   it('a refcount table pointing at the header (refcount loop) never hangs or overwrites metadata', async () => {
     const f = image('h-loop.qcow2', []);
     const b = readFileSync(f);

@@ -11,7 +11,7 @@ import { MetaCache } from './cache.ts';
 import { decompressCluster } from './compress.ts';
 import { Autoclear, Compat, HeaderField, Incompat, type Qcow2Header } from './header.ts';
 import {
-  ALL_SUBCLUSTERS, clusterType, compressedDescriptor, entryOffset, isCopied, l1ReservedBits,
+  ALL_SUBCLUSTERS, clusterType, compressedDescriptor, entryOffset, isCopied,
   makeEntry, subclusterType, type ClusterType, type SubclusterType,
 } from './l2.ts';
 import { Mutex } from './mutex.ts';
@@ -280,7 +280,7 @@ export class Qcow2Image {
     const { hi, lo } = this.l1Entry(i);
     const off = entryOffset(hi, lo);
     if (off === 0) return 0;
-    if (off % this.cs !== 0 || l1ReservedBits(hi, lo) && off % this.cs !== 0) {
+    if (off % this.cs !== 0) {
       throw this.signalCorruption(`L2 table offset ${hex(off)} unaligned (L1 index: ${hex(i)})`);
     }
     return off;
@@ -503,6 +503,10 @@ export class Qcow2Image {
       }
       const len = Math.min(end, (c0 + n) * cs) - offset;
       const host = e0.host + (offset - c0 * cs);
+      if (!this.hasDataFile && e0.host >= this.usedEnd(this.file)) {
+        // Never allocated by anyone who wrote the file: writing would grow it without bound.
+        throw this.signalCorruption(`Data cluster offset ${hex(e0.host)} beyond the end of the image file`);
+      }
       this.checkOverlap(host, len, 'write');
       await this.writeTo(this.data, host, buf.subarray(0, len));
       return len;
