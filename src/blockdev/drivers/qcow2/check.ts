@@ -19,7 +19,11 @@ export async function computeRefcounts(img: Qcow2Image): Promise<Uint32Array> {
   const add = (offset: number, length: number) => {
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + Math.max(length, 1) - 1) / cs);
-    if (last >= MAX_CLUSTERS) throw new BlockError('EIO', `qcow2: cluster reference ${offset} is out of range`);
+    // Everything referenced must lie in the file (plus slack for a table straddling its end):
+    // a hostile reference must not make the repair allocate unbounded memory.
+    if (last >= MAX_CLUSTERS || last > fileClusters + 64) {
+      throw new BlockError('EIO', `qcow2: cannot repair refcounts: reference to offset ${offset} beyond the end of the image file`);
+    }
     if (last >= counts.length) {
       const n = new Uint32Array(Math.max(last + 1, counts.length * 2));
       n.set(counts);
