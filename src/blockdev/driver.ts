@@ -70,6 +70,21 @@ export interface DriverOps {
   info?(): Record<string, unknown>;
   /** Filename as QEMU reports it in query-named-block-nodes ("file" member). */
   filename?(): string;
+  /**
+   * blockdev-reopen: get ready to run with `options` (the node's complete new
+   * options, common ones included) and `readOnly`, leaving the current state
+   * untouched; throw to refuse (QEMU's "Cannot change the option 'x'"). The
+   * caller then calls exactly one of commit() or abort(), with the node
+   * drained. Without this hook only read-only (except read-write on a
+   * protocol node), detect-zeroes, discard and cache.no-flush can change.
+   */
+  prepareReopen?(options: Record<string, unknown>, readOnly: boolean): Promise<ReopenTransaction>;
+}
+
+/** A prepared reopen (see DriverOps.prepareReopen). */
+export interface ReopenTransaction {
+  commit(): void;
+  abort(): Promise<void> | void;
 }
 
 export interface Driver {
