@@ -1,0 +1,473 @@
+/**
+ * One open qcow2 image, first half: header, active L1 table, L2 and refcount
+ * caches, metadata I/O, corruption and overlap checks, the guest-to-host
+ * mapping, reads and block status. image.ts adds the write paths.
+ */
+import { BlockError } from '../../errors.ts';
+import { RangeLock } from '../../range-lock.ts';
+import { ReqFlag, type Extent } from '../../request.ts';
+import type { BlockNode } from '../../node.ts';
+import { MetaCache } from './cache.ts';
+import { decompressCluster } from './compress.ts';
+import { HeaderField, Incompat, type Qcow2Header } from './header.ts';
+import {
+  clusterType, compressedDescriptor, entryOffset, subclusterType, type ClusterType, type SubclusterType,
+} from './l2.ts';
+import { Mutex } from './mutex.ts';
+import { Refcounts, hex } from './refcount.ts';
+import type { Qcow2Snapshot } from './snapshots.ts';
+
+export type OverlapName =
+  | 'main-header' | 'active-l1' | 'active-l2' | 'refcount-table' | 'refcount-block'
+  | 'snapshot-table' | 'inactive-l1' | 'inactive-l2' | 'bitmap-directory';
+
+export interface ImageSettings {
+  lazyRefcounts: boolean;
+  passDiscard: { request: boolean; snapshot: boolean; other: boolean };
+  overlap: Set<OverlapName>;
+  l2CacheBytes: number;
+  l2SliceSize: number;
+  refcountCacheBytes: number;
+}
+
+/** How one stretch of guest address space is stored. */
+export interface Run {
+  kind: 'data' | 'zero' | 'unallocated' | 'compressed';
+  length: number;
+  /** data: host byte offset of the run's first byte. */
+  host: number;
+  /** compressed: the L2 entry. */
+  hi: number;
+  lo: number;
+}
+
+/** Decoded L2 entry of one guest cluster. */
+export interface ClusterEntry {
+  hi: number;
+  lo: number;
+  alloc: number;
+  zero: number;
+  type: ClusterType;
+  host: number;
+}
+
+export type FreeReason = 'request' | 'snapshot' | 'other';
+
+const OVERLAP_TEXT: Record<OverlapName, string> = {
+  'main-header': 'qcow2_header', 'active-l1': 'active L1 table', 'active-l2': 'active L2 table',
+  'refcount-table': 'refcount table', 'refcount-block': 'refcount block', 'snapshot-table': 'snapshot table',
+  'inactive-l1': 'inactive L1 table', 'inactive-l2': 'inactive L2 table', 'bitmap-directory': 'bitmap directory',
+};
+
+/** State, metadata I/O, mapping and reads of an open image; Qcow2Image adds the write paths. */
+export abstract class Qcow2Base {
+  readonly cs: number;
+  readonly clusterBits: number;
+  readonly extL2: boolean;
+  /** Bytes per L2 entry (8, or 16 with extended L2). */
+  readonly l2EntryBytes: number;
+  readonly l2Entries: number;
+  readonly subcluster: number;
+  readonly v3: boolean;
+  size: number;
+  l1: Buffer = Buffer.alloc(0);
+  l1Size = 0;
+  l1Offset = 0;
+  readonly l2Set = new Set<number>();
+  readonly l2Cache: MetaCache;
+  readonly refcounts: Refcounts;
+  readonly meta = new Mutex();
+  protected readonly growLock = new Mutex();
+  protected readonly used = new Map<BlockNode, number>();
+  /** Whether anything was written (or zeroed, discarded, resized) since open. */
+  protected modified = false;
+  protected bitmapRestore?: { offset: number; buf: Buffer };
+  readonly clusterLock = new RangeLock();
+  readonly data: BlockNode;
+  backing?: BlockNode;
+  snapshots: Qcow2Snapshot[] = [];
+  snapshotTableSize = 0;
+  corrupt = false;
+  corruptMessage?: string;
+  dirty = false;
+  protected freeReason: FreeReason = 'other';
+  protected lastCompressed?: { key: string; buf: Buffer };
+  protected cleanTimer?: NodeJS.Timeout;
+
+  constructor(
+    readonly h: Qcow2Header,
+    readonly file: BlockNode,
+    dataFile: BlockNode | undefined,
+    public readOnly: boolean,
+    readonly settings: ImageSettings,
+    protected readonly log: (msg: string) => void,
+  ) {
+    this.cs = 2 ** h.clusterBits;
+    this.clusterBits = h.clusterBits;
+    this.extL2 = (h.incompatible & Incompat.EXTL2) !== 0n;
+    this.v3 = h.version === 3;
+    this.l2EntryBytes = this.extL2 ? 16 : 8;
+    this.l2Entries = this.cs / this.l2EntryBytes;
+    this.subcluster = this.extL2 ? this.cs / 32 : this.cs;
+    this.size = h.size;
+    this.data = dataFile ?? file;
+    this.dirty = (h.incompatible & Incompat.DIRTY) !== 0n;
+    const io = {
+      read: (o: number, b: Buffer) => this.readMeta(o, b),
+      write: (o: number, b: Buffer) => this.writeMeta(o, b),
+      barrier: () => this.barrier(),
+    };
+    const slice = settings.l2SliceSize;
+    this.l2Cache = new MetaCache('l2', slice, Math.max(2, Math.floor(settings.l2CacheBytes / slice)), io);
+    const rcCache = new MetaCache('refcount', this.cs, Math.max(4, Math.floor(settings.refcountCacheBytes / this.cs)), io);
+    this.refcounts = new Refcounts({
+      clusterSize: this.cs,
+      clusterBits: this.clusterBits,
+      readMeta: (o, b) => this.readMeta(o, b),
+      writeMeta: (o, b) => this.writeMeta(o, b),
+      barrier: () => this.barrier(),
+      fileLength: () => this.usedEnd(this.file),
+      corrupt: (m) => this.signalCorruption(m),
+      onFreed: (o, l) => this.onFreed(o, l),
+      checkAllocation: (o, l) => this.checkOverlap(o, l, 'allocation'),
+    }, h.refcountOrder, rcCache);
+  }
+
+  /** Called when a cluster's refcount drops to zero. */
+  protected abstract onFreed(offset: number, length: number): Promise<void>;
+
+  get hasDataFile(): boolean { return this.data !== this.file; }
+
+  // ---- metadata I/O ----
+
+  /** Reads metadata from the image file; what lies past its end reads as zeroes (as in QEMU). */
+  async readMeta(offset: number, buf: Buffer): Promise<void> {
+    const len = this.file.length();
+    const n = Math.max(0, Math.min(buf.length, len - offset));
+    if (n > 0) await this.file.read(offset, buf.subarray(0, n));
+    buf.fill(0, n);
+  }
+
+  async writeMeta(offset: number, buf: Buffer): Promise<void> {
+    await this.writeTo(this.file, offset, buf);
+  }
+
+  /**
+   * Writes to a child, growing it first when the write ends past its end (the
+   * block layer refuses out-of-range requests). Growth is serialised so that
+   * two allocations never shrink each other's file size.
+   */
+  protected async writeTo(node: BlockNode, offset: number, buf: Buffer, minEnd = 0): Promise<void> {
+    const end = Math.max(offset + buf.length, minEnd);
+    if (end > this.usedEnd(node)) this.used.set(node, end);
+    await this.growTo(node, end);
+    if (buf.length) await node.write(offset, buf);
+  }
+
+  /** End of everything ever written to a child (past it the file is holes or absent). */
+  usedEnd(node: BlockNode): number {
+    let v = this.used.get(node);
+    if (v === undefined) { v = node.length(); this.used.set(node, v); }
+    return v;
+  }
+
+  /**
+   * Extends a child ahead of need, in steps: a truncate per allocation would
+   * serialise behind in-flight writes. close() trims the excess.
+   */
+  protected async growTo(node: BlockNode, end: number): Promise<void> {
+    if (end <= node.length()) return;
+    await this.growLock.run(async () => {
+      const len = node.length();
+      if (end <= len) return;
+      const step = Math.min(64 * 1024 * 1024, Math.max(1024 * 1024, Math.floor(len / 8)));
+      const target = Math.ceil(Math.max(end, len + step) / this.cs) * this.cs;
+      await node.truncate(target);
+    });
+  }
+
+  /** Gives back the space growTo() took ahead of need. */
+  protected async trimFiles(): Promise<void> {
+    for (const node of new Set([this.file, this.data])) {
+      const used = this.usedEnd(node);
+      if (node.length() > used && !node.readOnly) await node.truncate(used).catch(() => undefined);
+    }
+  }
+
+  async barrier(): Promise<void> {
+    if (this.readOnly) return;
+    await this.file.flush();
+  }
+
+  async load(): Promise<void> {
+    const h = this.h;
+    this.l1Size = h.l1Size;
+    this.l1Offset = h.l1TableOffset;
+    this.l1 = Buffer.alloc(h.l1Size * 8);
+    await this.readMeta(h.l1TableOffset, this.l1);
+    for (let i = 0; i < this.l1Size; i++) {
+      const off = entryOffset(this.l1.readUInt32BE(i * 8), this.l1.readUInt32BE(i * 8 + 4));
+      if (off) this.l2Set.add(off);
+    }
+    await this.refcounts.load(h.refcountTableOffset, h.refcountTableClusters);
+    this.l2Cache.dependsOn = undefined;
+  }
+
+  startCleanTimer(seconds: number): void {
+    if (seconds <= 0) return;
+    this.cleanTimer = setInterval(() => { this.l2Cache.clean(); this.refcounts.cache.clean(); }, seconds * 1000);
+    this.cleanTimer.unref();
+  }
+
+  // ---- corruption ----
+
+  /** QEMU's qcow2_signal_corruption: mark the image corrupt, stop writing, return the error. */
+  signalCorruption(message: string): BlockError {
+    if (!this.corrupt) {
+      this.corrupt = true;
+      this.corruptMessage = message;
+      this.log(`qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`);
+      if (!this.readOnly && this.v3) {
+        const bits = Buffer.alloc(8);
+        bits.writeBigUInt64BE(this.h.incompatible | Incompat.CORRUPT);
+        this.h.incompatible |= Incompat.CORRUPT;
+        // Best effort: the image is already known to be bad.
+        this.file.write(HeaderField.INCOMPAT, bits).then(() => this.file.flush()).catch(() => undefined);
+      }
+    }
+    return new BlockError('EIO', `qcow2: ${message}`);
+  }
+
+  protected checkWritable(): void {
+    this.modified = true;
+    if (this.corrupt) throw new BlockError('EIO', `qcow2: Image is corrupt; cannot be written (${this.corruptMessage})`);
+    if (this.readOnly) throw new BlockError('EPERM', 'qcow2: image is read-only');
+  }
+
+  /** QEMU's overlap check: refuses data writes and allocations that would land on metadata. */
+  checkOverlap(offset: number, length: number, what: 'write' | 'allocation'): void {
+    if (this.hasDataFile && what === 'write') return;
+    const ov = this.settings.overlap;
+    const cs = this.cs;
+    const end = offset + length;
+    const hit = (start: number, len: number) => start < end && offset < start + len;
+    let found: OverlapName | undefined;
+    if (ov.has('main-header') && hit(0, cs)) found = 'main-header';
+    else if (ov.has('active-l1') && this.l1Size && hit(this.l1Offset, this.l1Size * 8)) found = 'active-l1';
+    else if (ov.has('refcount-table') && hit(this.refcounts.tableOffset, this.refcounts.tableClusters * cs)) found = 'refcount-table';
+    else if (ov.has('snapshot-table') && this.snapshotTableSize && hit(this.h.snapshotsOffset, this.snapshotTableSize)) found = 'snapshot-table';
+    else if (ov.has('bitmap-directory') && this.h.bitmaps && hit(this.h.bitmaps.directoryOffset, this.h.bitmaps.directorySize)) found = 'bitmap-directory';
+    else if (ov.has('inactive-l1') && this.snapshots.some((s) => s.l1Size && hit(s.l1TableOffset, s.l1Size * 8))) found = 'inactive-l1';
+    else {
+      for (let c = Math.floor(offset / cs) * cs; c < end; c += cs) {
+        if (ov.has('active-l2') && this.l2Set.has(c)) { found = 'active-l2'; break; }
+        if (ov.has('refcount-block') && this.refcounts.blockSet.has(c)) { found = 'refcount-block'; break; }
+      }
+    }
+    if (found) {
+      throw this.signalCorruption(what === 'write'
+        ? `Preventing invalid write on metadata (overlaps with ${OVERLAP_TEXT[found]})`
+        : `Preventing invalid allocation at offset ${hex(offset)} (overlaps with ${OVERLAP_TEXT[found]})`);
+    }
+  }
+
+  // ---- mapping ----
+
+  protected l1Entry(i: number): { hi: number; lo: number } {
+    return { hi: this.l1.readUInt32BE(i * 8), lo: this.l1.readUInt32BE(i * 8 + 4) };
+  }
+
+  /** Offset of the L2 table for L1 index i (0 if none); validates it. */
+  protected l2TableOffset(i: number): number {
+    if (i >= this.l1Size) return 0;
+    const { hi, lo } = this.l1Entry(i);
+    const off = entryOffset(hi, lo);
+    if (off === 0) return 0;
+    if (off % this.cs !== 0) {
+      throw this.signalCorruption(`L2 table offset ${hex(off)} unaligned (L1 index: ${hex(i)})`);
+    }
+    return off;
+  }
+
+  /** Reads the L2 entry of guest cluster `c`. */
+  async entry(c: number): Promise<ClusterEntry> {
+    const l1i = Math.floor(c / this.l2Entries);
+    const l2i = c % this.l2Entries;
+    const table = this.l2TableOffset(l1i);
+    if (table === 0) return { hi: 0, lo: 0, alloc: 0, zero: 0, type: 'unallocated', host: 0 };
+    const slice = this.settings.l2SliceSize;
+    const byteIdx = l2i * this.l2EntryBytes;
+    const sliceOff = table + Math.floor(byteIdx / slice) * slice;
+    const e = await this.l2Cache.get(sliceOff);
+    try {
+      const p = byteIdx % slice;
+      const hi = e.buf.readUInt32BE(p);
+      const lo = e.buf.readUInt32BE(p + 4);
+      const alloc = this.extL2 ? e.buf.readUInt32BE(p + 12) : 0;
+      const zero = this.extL2 ? e.buf.readUInt32BE(p + 8) : 0;
+      return this.decode(hi, lo, alloc, zero, table, l2i);
+    } finally {
+      this.l2Cache.release(e);
+    }
+  }
+
+  protected decode(hi: number, lo: number, alloc: number, zero: number, table: number, l2i: number): ClusterEntry {
+    const type = clusterType(hi, lo, this.v3, this.extL2, this.hasDataFile);
+    const host = type === 'compressed' ? 0 : entryOffset(hi, lo);
+    if ((type === 'normal' || type === 'zero-alloc') && host % this.cs !== 0) {
+      throw this.signalCorruption(`Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${hex(table)}, L2 index: ${hex(l2i)})`);
+    }
+    if (this.extL2 && type === 'compressed' && (alloc || zero)) {
+      throw this.signalCorruption(`Invalid cluster entry found (L2 offset: ${hex(table)}, L2 index: ${hex(l2i)})`);
+    }
+    if (type === 'compressed' && this.hasDataFile) {
+      throw this.signalCorruption(`Compressed cluster entry found in image with external data file (L2 offset: ${hex(table)}, L2 index: ${hex(l2i)})`);
+    }
+    return { hi, lo, alloc, zero, type, host };
+  }
+
+  /** Status of subcluster `sc` of a decoded entry (the whole cluster when there are no subclusters). */
+  protected subStatus(e: ClusterEntry, sc: number): SubclusterType {
+    if (!this.extL2) {
+      if (e.type === 'zero-plain' || e.type === 'zero-alloc') return 'zero';
+      return e.type;
+    }
+    return subclusterType(e.type, e.alloc, e.zero, sc);
+  }
+
+  /** The first run of uniformly stored bytes at `offset`, at most `length` long. */
+  async mapRun(offset: number, length: number): Promise<Run> {
+    const cs = this.cs;
+    const unit = this.subcluster;
+    let pos = offset;
+    const end = offset + length;
+    let run: Run | undefined;
+    while (pos < end) {
+      const c = Math.floor(pos / cs);
+      const l1i = Math.floor(c / this.l2Entries);
+      if (this.l2TableOffset(l1i) === 0) {
+        // A whole unallocated L2 table.
+        const stop = Math.min(end, (l1i + 1) * this.l2Entries * cs);
+        if (run && run.kind !== 'unallocated') break;
+        run ??= { kind: 'unallocated', length: 0, host: 0, hi: 0, lo: 0 };
+        run.length += stop - pos;
+        pos = stop;
+        continue;
+      }
+      const e = await this.entry(c);
+      const cEnd = Math.min(end, (c + 1) * cs);
+      while (pos < cEnd) {
+        const sc = Math.floor((pos - c * cs) / unit);
+        const st = this.subStatus(e, sc);
+        if (st === 'invalid') {
+          const l1 = this.l2TableOffset(l1i);
+          throw this.signalCorruption(`Invalid cluster entry found (L2 offset: ${hex(l1)}, L2 index: ${hex(c % this.l2Entries)})`);
+        }
+        const stop = Math.min(cEnd, c * cs + (sc + 1) * unit);
+        const kind: Run['kind'] = st === 'normal' ? 'data' : st;
+        const host = kind === 'data' ? e.host + (pos - c * cs) : 0;
+        if (run) {
+          if (run.kind !== kind || kind === 'compressed' || (kind === 'data' && run.host + run.length !== host)) return run;
+          run.length += stop - pos;
+        } else {
+          run = { kind, length: stop - pos, host, hi: e.hi, lo: e.lo };
+          if (kind === 'compressed') {
+            run.length = cEnd - pos;
+            return run;
+          }
+        }
+        pos = stop;
+      }
+    }
+    return run!;
+  }
+
+  // ---- reads ----
+
+  async read(offset: number, buf: Buffer): Promise<void> {
+    let pos = 0;
+    while (pos < buf.length) {
+      const r = await this.mapRun(offset + pos, buf.length - pos);
+      const sub = buf.subarray(pos, pos + r.length);
+      switch (r.kind) {
+        case 'zero': sub.fill(0); break;
+        case 'unallocated': await this.readBacking(offset + pos, sub); break;
+        case 'data': await this.readData(r.host, sub); break;
+        case 'compressed': {
+          const c = await this.compressedCluster(r.hi, r.lo);
+          const inCluster = (offset + pos) % this.cs;
+          c.copy(sub, 0, inCluster, inCluster + sub.length);
+          break;
+        }
+      }
+      pos += r.length;
+    }
+  }
+
+  /** Reads guest data from the host; bytes past the end of the data file read as zeroes. */
+  protected async readData(host: number, buf: Buffer): Promise<void> {
+    const n = Math.max(0, Math.min(buf.length, this.data.length() - host));
+    if (n > 0) await this.data.read(host, buf.subarray(0, n));
+    if (n < buf.length) buf.fill(0, n);
+  }
+
+  async readBacking(offset: number, buf: Buffer): Promise<void> {
+    const b = this.backing;
+    const n = b ? Math.max(0, Math.min(buf.length, b.length() - offset)) : 0;
+    if (n > 0) await b!.read(offset, buf.subarray(0, n));
+    if (n < buf.length) buf.fill(0, n);
+  }
+
+  protected async compressedCluster(hi: number, lo: number): Promise<Buffer> {
+    const key = `${hi}:${lo}`;
+    if (this.lastCompressed?.key === key) return this.lastCompressed.buf;
+    const d = compressedDescriptor(hi, lo, this.clusterBits);
+    // A descriptor can claim at most a little over two clusters of input.
+    const len = Math.min(d.length, 2 * this.cs + 512);
+    const input = Buffer.alloc(len);
+    await this.readMeta(d.offset, input);
+    const out = await decompressCluster(this.h.compressionType, input, this.cs);
+    this.lastCompressed = { key, buf: out };
+    return out;
+  }
+
+  // ---- block status ----
+
+  async blockStatus(offset: number, length: number, flags: number): Promise<Extent[]> {
+    const out: Extent[] = [];
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const r = await this.mapRun(pos, end - pos);
+      if (r.kind === 'unallocated') {
+        out.push(...await this.backingStatus(pos, r.length, flags));
+      } else {
+        out.push({ offset: pos, length: r.length, data: r.kind !== 'zero', zero: r.kind === 'zero', allocated: true, depth: 1 });
+      }
+      pos += r.length;
+      if (flags & ReqFlag.REQ_ONE) break;
+    }
+    return out;
+  }
+
+  protected async backingStatus(offset: number, length: number, flags: number): Promise<Extent[]> {
+    const b = this.backing;
+    const blen = b ? b.length() : 0;
+    const out: Extent[] = [];
+    if (b && offset < blen) {
+      const n = Math.min(length, blen - offset);
+      let pos = offset;
+      while (pos < offset + n) {
+        const ext = await b.blockStatus(pos, offset + n - pos, flags);
+        for (const e of ext) {
+          out.push({ offset: e.offset, length: e.length, data: e.data, zero: e.zero, allocated: false, depth: e.depth ? e.depth + 1 : 0 });
+          pos = e.offset + e.length;
+        }
+        if (flags & ReqFlag.REQ_ONE) return out;
+      }
+    }
+    const from = Math.max(offset, Math.min(offset + length, blen));
+    if (from < offset + length) out.push({ offset: from, length: offset + length - from, data: false, zero: true, allocated: false, depth: 0 });
+    return out;
+  }
+}
