@@ -226,6 +226,7 @@ describe('qcow2 reads match qemu-img', () => {
     const node = await openQcow2(graph, top, { 'read-only': true });
     try {
       await compareData(node, top, dir);
+      await compareMap(node, top);
       expect(graph.nodes.get(node.child('backing')!.nodeName)!.driver.name).toBe('raw');
     } finally {
       await graph.closeAll();
