@@ -14,6 +14,7 @@ import { nbdErrno } from './errors.ts';
 import type { NbdExport } from './exports.ts';
 import type { RequestHeader } from './framer.ts';
 import type { MetaContext } from './meta.ts';
+import type { BufferPool } from './buffer-pool.ts';
 import { chunkBlockStatus, chunkDataHeader, chunkError, chunkHole, chunkNone, simpleReply } from './wire.ts';
 
 export interface CommandContext {
@@ -21,7 +22,11 @@ export interface CommandContext {
   structured: boolean;
   contexts: readonly MetaContext[];
   log: Logger;
+  pool: BufferPool;
 }
+
+/** A reply: buffers to write corked, and a pooled buffer to give back once they are written. */
+export interface Reply { bufs: Buffer[]; release?: Buffer }
 
 /** NBD command flags → block-layer request flags (the one translation point). */
 export function toReqFlags(req: RequestHeader, exp: NbdExport): number {
@@ -58,20 +63,25 @@ const WIRE_MESSAGE: Record<number, string> = {
   [Cmd.BLOCK_STATUS]: "can't get block status",
 };
 
-/** Runs a valid request; never throws (failures become error replies). */
-export async function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Buffer[]> {
+/**
+ * Runs a valid request; never throws (failures become error replies). A
+ * WRITE's payload goes back to the pool once the node is done with it.
+ */
+export async function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
   try {
     return await run(ctx, req, payload);
   } catch (e) {
     const { errno } = nbdErrno(e, ctx.log, { cmd: req.type, offset: req.offset, length: req.length });
-    return errorReply(ctx, req, errno, WIRE_MESSAGE[req.type] ?? 'request failed');
+    return { bufs: errorReply(ctx, req, errno, WIRE_MESSAGE[req.type] ?? 'request failed') };
+  } finally {
+    ctx.pool.release(payload);
   }
 }
 
-async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Buffer[]> {
+async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
   const { exp } = ctx;
   const node = exp.node;
-  const ok = () => [simpleReply(req.cookie, 0)];
+  const ok = (): Reply => ({ bufs: [simpleReply(req.cookie, 0)] });
   switch (req.type) {
     case Cmd.READ:
       return read(ctx, req);
@@ -92,33 +102,32 @@ async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): P
       // Advisory: there is no cache to fill below an export yet.
       return ok();
     case Cmd.BLOCK_STATUS:
-      return blockStatus(ctx, req);
+      return { bufs: await blockStatus(ctx, req) };
     default:
-      return errorReply(ctx, req, NbdErrno.EINVAL, `invalid request type (${req.type}) received`);
+      return { bufs: errorReply(ctx, req, NbdErrno.EINVAL, `invalid request type (${req.type}) received`) };
   }
 }
 
-async function read(ctx: CommandContext, req: RequestHeader): Promise<Buffer[]> {
+async function read(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   const node = ctx.exp.node;
   const { cookie, offset, length } = req;
   // qsd flushes before a read with FUA (the spec documents FUA for writes only).
   if (req.flags & CmdFlag.FUA) await node.flush();
-  if (!ctx.structured) {
-    const buf = Buffer.allocUnsafe(length);
+  if (ctx.structured && length === 0) return { bufs: [chunkNone(cookie)] };
+  if (ctx.structured && !(req.flags & CmdFlag.DF)) return sparseRead(ctx, req);
+  const buf = ctx.pool.acquire(length);
+  try {
     if (length > 0) await node.read(offset, buf);
-    return [simpleReply(cookie, 0), buf];
+  } catch (e) {
+    ctx.pool.release(buf);
+    throw e;
   }
-  if (length === 0) return [chunkNone(cookie)];
-  if (req.flags & CmdFlag.DF) {
-    const buf = Buffer.allocUnsafe(length);
-    await node.read(offset, buf);
-    return [chunkDataHeader(cookie, true, offset, length), buf];
-  }
-  return sparseRead(ctx, req);
+  const head = ctx.structured ? chunkDataHeader(cookie, true, offset, length) : simpleReply(cookie, 0);
+  return { bufs: [head, buf], release: buf };
 }
 
 /** Reads as qsd does: runs that read as zeroes go out as OFFSET_HOLE chunks, the rest as OFFSET_DATA. */
-async function sparseRead(ctx: CommandContext, req: RequestHeader): Promise<Buffer[]> {
+async function sparseRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   const node = ctx.exp.node;
   const { cookie, offset, length } = req;
   const end = offset + length;
@@ -131,20 +140,22 @@ async function sparseRead(ctx: CommandContext, req: RequestHeader): Promise<Buff
       pos = e.offset + e.length;
     }
   }
-  const data = runs.some((r) => !r.hole) ? Buffer.allocUnsafe(length) : undefined;
-  // Only the data runs' bytes are filled (by the driver) and only they are sent.
-  await Promise.all(runs.filter((r) => !r.hole).map((r) =>
-    node.read(r.offset, data!.subarray(r.offset - offset, r.offset - offset + r.length))));
-  const out: Buffer[] = [];
+  const data = runs.some((r) => !r.hole) ? ctx.pool.acquire(length) : undefined;
+  const slice = (r: { offset: number; length: number }) => data!.subarray(r.offset - offset, r.offset - offset + r.length);
+  try {
+    // Only the data runs' bytes are filled (by the driver) and only they are sent.
+    await Promise.all(runs.filter((r) => !r.hole).map((r) => node.read(r.offset, slice(r))));
+  } catch (e) {
+    ctx.pool.release(data);
+    throw e;
+  }
+  const bufs: Buffer[] = [];
   runs.forEach((r, i) => {
     const done = i === runs.length - 1;
-    if (r.hole) {
-      out.push(chunkHole(cookie, done, r.offset, r.length));
-    } else {
-      out.push(chunkDataHeader(cookie, done, r.offset, r.length), data!.subarray(r.offset - offset, r.offset - offset + r.length));
-    }
+    if (r.hole) bufs.push(chunkHole(cookie, done, r.offset, r.length));
+    else bufs.push(chunkDataHeader(cookie, done, r.offset, r.length), slice(r));
   });
-  return out;
+  return { bufs, release: data };
 }
 
 async function blockStatus(ctx: CommandContext, req: RequestHeader): Promise<Buffer[]> {

@@ -4,8 +4,8 @@
  * out, header corked with its data, as soon as its request completes.
  *
  * Backpressure: the socket is paused while the requests in flight exceed a
- * count or byte limit, or while the socket's write buffer is over its
- * high-water mark (write() returned false) until 'drain'. What a connection
+ * count or byte limit, or while more than WRITE_BUFFER_LIMIT bytes of
+ * replies wait to be written, until 'drain'. What a connection
  * holds is therefore bounded: the in-flight limits, one payload being
  * assembled, one socket chunk.
  */
@@ -15,6 +15,7 @@ import { Cmd, NbdErrno, cmdName } from './constants.ts';
 import { errorReply, execute, type CommandContext } from './commands.ts';
 import { RequestFramer, type Frame, type RequestHeader } from './framer.ts';
 import { Handshake } from './handshake.ts';
+import type { BufferPool } from './buffer-pool.ts';
 import type { ExportClient, NbdExport } from './exports.ts';
 import type { Negotiated, NegotiationEnv } from './options.ts';
 import { checkRequest, type ValidationContext } from './validate.ts';
@@ -29,10 +30,16 @@ export interface ConnectionOptions {
   /** Stop reading requests while their buffers (read and write data) exceed this many bytes. */
   maxInflightBytes?: number;
   specErrnos?: boolean;
+  /** Where large data buffers come from and go back to. */
+  pool: BufferPool;
 }
 
 export const DEFAULT_MAX_INFLIGHT_REQUESTS = 64;
 export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/** Replies up to this size are copied into one buffer rather than written in pieces. */
+const SMALL_REPLY = 16 * 1024;
+/** Stop reading requests while more reply bytes than this wait for the socket (more than its high-water mark). */
+const WRITE_BUFFER_LIMIT = 4 * 1024 * 1024;
 /** How long a closing connection waits for the client to take its last replies. */
 const END_GRACE_MS = 10_000;
 
@@ -50,6 +57,7 @@ export class NbdConnection implements ExportClient {
   private inflight = 0;
   private inflightBytes = 0;
   private writeBlocked = false;
+  private corked = false;
   private socketClosed = false;
   private done = false;
   private readonly maxRequests: number;
@@ -59,8 +67,11 @@ export class NbdConnection implements ExportClient {
   readonly finished: Promise<void>;
   log: Logger;
 
+  private readonly pool: BufferPool;
+
   constructor(private readonly socket: Socket, private readonly opts: ConnectionOptions) {
     this.log = opts.log;
+    this.pool = opts.pool;
     this.handshake = new Handshake(opts.env);
     this.maxRequests = opts.maxInflightRequests ?? DEFAULT_MAX_INFLIGHT_REQUESTS;
     this.maxBytes = opts.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT_BYTES;
@@ -150,7 +161,7 @@ export class NbdConnection implements ExportClient {
     this.negotiated = n;
     this.phase = 'transmission';
     this.log = this.log.child({ export: n.exp.name });
-    this.cmdCtx = { exp: n.exp, structured: n.structured, contexts: n.contexts, log: this.log };
+    this.cmdCtx = { exp: n.exp, structured: n.structured, contexts: n.contexts, log: this.log, pool: this.pool };
     this.valCtx = {
       size: n.exp.size,
       readOnly: !n.exp.writable,
@@ -159,7 +170,7 @@ export class NbdConnection implements ExportClient {
       specErrnos: this.opts.specErrnos,
     };
     this.log.debug({ structured: n.structured, contexts: n.contexts.map((c) => c.name) }, 'NBD negotiation done');
-    this.framer = new RequestFramer();
+    this.framer = new RequestFramer({ alloc: (n) => this.pool.acquire(n) });
     this.framer.push(rest);
     this.pump();
   }
@@ -208,6 +219,7 @@ export class NbdConnection implements ExportClient {
     if (rejected) {
       this.log.info({ cmd: cmdName(req.type), offset: req.offset, length: req.length, reason: rejected.reason }, 'NBD request rejected');
       this.send(errorReply(this.cmdCtx!, req, rejected.errno, rejected.reason));
+      this.pool.release(f.payload);
       return;
     }
     this.runRequest(req, f.payload);
@@ -218,7 +230,7 @@ export class NbdConnection implements ExportClient {
     this.inflight++;
     this.inflightBytes += bytes;
     void execute(this.cmdCtx!, req, payload).then((reply) => {
-      this.send(reply);
+      this.send(reply.bufs, reply.release);
       this.inflight--;
       this.inflightBytes -= bytes;
       if (this.inflight === 0) this.onIdle();
@@ -228,16 +240,41 @@ export class NbdConnection implements ExportClient {
 
   // ---- output ----
 
-  /** Writes one reply (or negotiation message) corked, so header and data leave in one writev. */
-  private send(bufs: Buffer[]): void {
-    if (bufs.length === 0 || this.socketClosed || this.socket.destroyed || this.socket.writableEnded) return;
+  /**
+   * Queues one reply (or negotiation message). The socket stays corked until
+   * the current batch of completions is over (next tick), so replies that
+   * complete together leave in one writev; small replies are copied into
+   * one buffer, large data is passed by reference. `release` goes back to
+   * the pool once written. Reading stops while more than
+   * WRITE_BUFFER_LIMIT bytes wait to be written.
+   */
+  private send(bufs: Buffer[], release?: Buffer): void {
     const s = this.socket;
-    let ok = true;
-    if (bufs.length > 1) s.cork();
-    for (const b of bufs) if (b.length > 0) ok = s.write(b);
-    if (bufs.length > 1) s.uncork();
-    if (!ok || s.writableNeedDrain) this.writeBlocked = true;
+    if (bufs.length === 0 || this.socketClosed || s.destroyed || s.writableEnded) return this.pool.release(release);
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(this.uncork);
+    }
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    if (bufs.length > 1 && total <= SMALL_REPLY) {
+      s.write(Buffer.concat(bufs, total));
+      this.pool.release(release);
+    } else {
+      for (let i = 0; i < bufs.length; i++) {
+        if (bufs[i].length === 0) continue;
+        if (i === bufs.length - 1 && release) s.write(bufs[i], () => this.pool.release(release));
+        else s.write(bufs[i]);
+      }
+    }
+    if (s.writableLength > WRITE_BUFFER_LIMIT) this.writeBlocked = true;
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    if (!this.socket.destroyed) this.socket.uncork();
+  };
 
   // ---- ending ----
 

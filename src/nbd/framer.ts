@@ -43,9 +43,12 @@ export class RequestFramer {
   private skip = 0;
   private readonly scratch = Buffer.alloc(REQUEST_SIZE);
   private readonly maxPayload: number;
+  private readonly alloc: (size: number) => Buffer;
 
-  constructor(opts: { maxPayload?: number } = {}) {
+  /** `alloc` provides the buffer a split payload is assembled in (its contents are all overwritten). */
+  constructor(opts: { maxPayload?: number; alloc?: (size: number) => Buffer } = {}) {
     this.maxPayload = opts.maxPayload ?? MAX_PAYLOAD;
+    this.alloc = opts.alloc ?? ((n) => Buffer.allocUnsafe(n));
   }
 
   /** Bytes received but not yet handed out in a frame (excluding a payload being assembled). */
@@ -106,7 +109,7 @@ export class RequestFramer {
             }
             if (this.available === 0) return undefined;
             // Split over chunks: every byte of this buffer is overwritten below before it is used.
-            this.assembling = Buffer.allocUnsafe(req.length);
+            this.assembling = this.alloc(req.length);
             this.filled = 0;
           }
           this.filled += this.copyOut(this.assembling, this.filled);

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { NbdConnection } from './connection.ts';
 import type { ExportRegistry } from './exports.ts';
 import type { NegotiationEnv } from './options.ts';
+import { BufferPool } from './buffer-pool.ts';
 
 export interface NbdServerOptions {
   /** Most clients served at once; 0 or unset = unlimited (qsd 7.2's default). */
@@ -38,6 +39,7 @@ export class NbdServer {
   private readonly log: Logger;
   private readonly env: NegotiationEnv;
   private nextId = 1;
+  private readonly pool = new BufferPool();
   private closing?: Promise<void>;
 
   constructor(readonly registry: ExportRegistry, private readonly opts: NbdServerOptions) {
@@ -121,6 +123,7 @@ export class NbdServer {
       maxInflightRequests: this.opts.maxInflightRequests,
       maxInflightBytes: this.opts.maxInflightBytes,
       specErrnos: this.opts.specErrnos,
+      pool: this.pool,
     });
     this.active.add(conn);
     void conn.finished.then(() => {

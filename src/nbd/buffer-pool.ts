@@ -1,0 +1,55 @@
+/**
+ * Recycles the large buffers of the data path (READ data, assembled WRITE
+ * payloads). Allocating a fresh megabyte per request makes the garbage
+ * collector the bottleneck; a buffer goes back to the pool only when its
+ * request is over (the write reached the node, the reply reached the
+ * socket), so nothing is reused while still in use.
+ *
+ * Buffers come in power-of-two classes from 64 KiB to 32 MiB; smaller
+ * requests use ordinary allocations. At most `maxPooledBytes` are kept idle.
+ * Pooled memory is not zeroed: callers send only bytes a driver filled or
+ * bytes received from the client.
+ */
+const MIN_CLASS = 64 * 1024;
+
+export class BufferPool {
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  private readonly lent = new WeakSet<ArrayBuffer>();
+  private idleBytes = 0;
+
+  constructor(private readonly maxPooledBytes = 64 * 1024 * 1024) {}
+
+  /** A buffer of exactly `size` bytes, contents unspecified. */
+  acquire(size: number): Buffer {
+    if (size < MIN_CLASS) return Buffer.allocUnsafe(size);
+    const cls = classOf(size);
+    const list = this.free.get(cls);
+    let ab = list?.pop();
+    if (ab) this.idleBytes -= cls;
+    else ab = new ArrayBuffer(cls);
+    this.lent.add(ab);
+    return Buffer.from(ab, 0, size);
+  }
+
+  /** Gives back a buffer from acquire(); anything else (or a second release) is ignored. */
+  release(buf: Buffer | undefined): void {
+    if (!buf) return;
+    const ab = buf.buffer as ArrayBuffer;
+    if (!this.lent.has(ab)) return;
+    this.lent.delete(ab);
+    const cls = ab.byteLength;
+    if (this.idleBytes + cls > this.maxPooledBytes) return;
+    let list = this.free.get(cls);
+    if (!list) this.free.set(cls, (list = []));
+    list.push(ab);
+    this.idleBytes += cls;
+  }
+
+  get idle(): number { return this.idleBytes; }
+}
+
+function classOf(size: number): number {
+  let c = MIN_CLASS;
+  while (c < size) c *= 2;
+  return c;
+}
