@@ -324,6 +324,33 @@ describe('qcow2 writes checked by qemu-img', () => {
     await verify(f, Buffer.alloc(8 << 20));
   });
 
+  it('reopen read-only -> read-write -> read-only (prepareReopen)', async () => {
+    const f = path.join(dir, 'reopen.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', '-o', 'lazy_refcounts=on', f, '4M']);
+    run('qemu-img', ['bitmap', '--add', f, 'b0']);
+    const g = await newGraph();
+    await g.add({ driver: 'file', 'node-name': 'f0', filename: f });
+    const node = await g.add({ driver: 'qcow2', 'node-name': 'q0', file: 'f0', 'read-only': true });
+    const opts = { driver: 'qcow2', 'node-name': 'q0', file: 'f0' };
+    await expect(node.ops.prepareReopen!({ ...opts, file: 'other' }, false)).rejects.toThrow("Cannot change the option 'file'");
+    await expect(node.ops.prepareReopen!({ ...opts, 'l2-cache-entry-size': 4096 }, false)).rejects.toThrow("Cannot change the option 'l2-cache-entry-size'");
+    const rw = await node.ops.prepareReopen!({ ...opts, 'cache-clean-interval': 5 }, false);
+    rw.commit();
+    node.readOnly = false;
+    await node.write(0, Buffer.alloc(70000, 6));
+    expect(JSON.parse(run('qemu-img', ['info', '-U', '--output=json', f]))['dirty-flag']).toBe(true);
+    const ro = await node.ops.prepareReopen!({ ...opts }, true);
+    ro.commit();
+    node.readOnly = true;
+    const info = JSON.parse(run('qemu-img', ['info', '-U', '--output=json', f]));
+    expect(info['dirty-flag']).toBe(false);
+    expect(info['format-specific'].data.bitmaps[0].flags).toContain('in-use');
+    await g.closeAll();
+    const model = Buffer.alloc(4 << 20);
+    model.fill(6, 0, 70000);
+    await verify(f, model);
+  });
+
   it('truncate grows (and grows the L1 table) and shrinks', async () => {
     const f = path.join(dir, 'trunc.qcow2');
     run('qemu-img', ['create', '-f', 'qcow2', '-o', 'cluster_size=512', f, '1M']);

@@ -214,6 +214,8 @@ export abstract class Qcow2Base {
   }
 
   startCleanTimer(seconds: number): void {
+    if (this.cleanTimer) clearInterval(this.cleanTimer);
+    this.cleanTimer = undefined;
     if (seconds <= 0) return;
     this.cleanTimer = setInterval(() => { this.l2Cache.clean(); this.refcounts.cache.clean(); }, seconds * 1000);
     this.cleanTimer.unref();

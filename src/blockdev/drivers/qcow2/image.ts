@@ -9,6 +9,7 @@ import { Autoclear, Compat, HeaderField, Incompat } from './header.ts';
 import { ALL_SUBCLUSTERS, compressedDescriptor, isCopied, makeEntry } from './l2.ts';
 import { hex } from './refcount.ts';
 import { Qcow2Base, type ClusterEntry, type FreeReason } from './image-base.ts';
+import { repairRefcounts } from './check.ts';
 
 export type { ClusterEntry, ImageSettings, OverlapName, Run } from './image-base.ts';
 
@@ -20,8 +21,28 @@ export class Qcow2Image extends Qcow2Base {
     return [Math.floor(offset / cs) * cs, Math.ceil((offset + length) / cs) * cs];
   }
 
+  /** A node reopened read-write does its open-time header work before its first change. */
+  pendingActivation = false;
+  private activating?: Promise<void>;
+
+  private async activate(): Promise<void> {
+    if (!this.pendingActivation) return;
+    this.activating ??= (async () => {
+      if (this.dirty) {
+        await repairRefcounts(this);
+        await this.setIncompat(this.h.incompatible & ~Incompat.DIRTY);
+        this.dirty = false;
+      }
+      await this.clearUnknownAutoclear();
+      await this.markBitmapsInUse();
+      this.pendingActivation = false;
+    })().finally(() => { this.activating = undefined; });
+    await this.activating;
+  }
+
   async write(offset: number, buf: Buffer): Promise<void> {
     this.checkWritable();
+    await this.activate();
     const [a, b] = this.clusterSpan(offset, buf.length);
     const release = await this.clusterLock.acquire(a, b);
     try {
@@ -312,6 +333,7 @@ export class Qcow2Image extends Qcow2Base {
 
   async writeZeroes(offset: number, length: number, flags: number): Promise<void> {
     this.checkWritable();
+    await this.activate();
     const cs = this.cs;
     if (!this.v3) return this.zeroFallback(offset, length, flags);
     let start = Math.ceil(offset / cs) * cs;
@@ -381,6 +403,7 @@ export class Qcow2Image extends Qcow2Base {
 
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
+    await this.activate();
     const cs = this.cs;
     const start = Math.ceil(offset / cs) * cs;
     let end = Math.floor((offset + length) / cs) * cs;
@@ -430,6 +453,7 @@ export class Qcow2Image extends Qcow2Base {
 
   async truncate(size: number): Promise<void> {
     this.checkWritable();
+    await this.activate();
     if (size % 512 !== 0) throw new BlockError('EINVAL', 'The new size must be a multiple of 512');
     const cs = this.cs;
     if (size < this.size) {
@@ -454,7 +478,16 @@ export class Qcow2Image extends Qcow2Base {
 
   async close(): Promise<void> {
     if (this.cleanTimer) clearInterval(this.cleanTimer);
-    if (this.readOnly || this.corrupt) return;
+    await this.deactivate();
+  }
+
+  /**
+   * Leaves read-write use (close, or reopen read-only): everything written,
+   * bitmaps put back if untouched, the excess file space trimmed, the dirty
+   * bit cleared.
+   */
+  async deactivate(): Promise<void> {
+    if (this.readOnly || this.corrupt || this.pendingActivation) return;
     await this.flush();
     if (this.bitmapRestore && !this.modified) await this.writeMeta(this.bitmapRestore.offset, this.bitmapRestore.buf);
     await this.trimFiles();

@@ -138,6 +138,39 @@ async function probeFormat(ctx: DriverContext, filename: string): Promise<string
   void ctx;
 }
 
+/** Validated runtime settings from the options (open and reopen). */
+function computeSettings(options: Record<string, unknown>, h: Qcow2Header, discardUnmap: boolean): { settings: ImageSettings; interval: number } {
+  const lazy = options['lazy-refcounts'] as boolean | undefined ?? (h.compatible & Compat.LAZY_REFCOUNTS) !== 0n;
+  if (lazy && h.version < 3) {
+    throw new BlockError('EINVAL', 'Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level');
+  }
+  const sizes = cacheSizes(options, h);
+  const interval = int(options['cache-clean-interval']) ?? DEFAULT_CACHE_CLEAN_INTERVAL;
+  if (interval < 0 || interval > 0xffffffff) throw new BlockError('EINVAL', 'Cache clean interval too big');
+  const overlap = overlapSet(options['overlap-check']);
+  if (!h.bitmaps) overlap.delete('bitmap-directory');
+  const settings: ImageSettings = {
+    lazyRefcounts: lazy,
+    passDiscard: {
+      request: options['pass-discard-request'] as boolean | undefined ?? discardUnmap,
+      snapshot: options['pass-discard-snapshot'] as boolean | undefined ?? true,
+      other: options['pass-discard-other'] as boolean | undefined ?? false,
+    },
+    overlap,
+    l2CacheBytes: sizes.l2,
+    l2SliceSize: sizes.slice,
+    refcountCacheBytes: sizes.refcount,
+  };
+  return { settings, interval };
+}
+
+/** A child reference in reopen options must name the current child (or be left out). */
+function sameChild(ref: unknown, child: BlockNode | undefined, old: unknown): boolean {
+  if (ref === undefined) return true;
+  if (typeof ref === 'string') return child?.nodeName === ref;
+  return JSON.stringify(ref) === JSON.stringify(old);
+}
+
 export const qcow2Driver: Driver = {
   name: 'qcow2',
   kind: 'format',
@@ -153,27 +186,7 @@ export const qcow2Driver: Driver = {
       throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
     }
     if (h.cryptMethod !== 0) throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
-    const lazy = options['lazy-refcounts'] as boolean | undefined ?? (h.compatible & Compat.LAZY_REFCOUNTS) !== 0n;
-    if (lazy && h.version < 3) {
-      throw new BlockError('EINVAL', 'Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level');
-    }
-    const sizes = cacheSizes(options, h);
-    const interval = int(options['cache-clean-interval']) ?? DEFAULT_CACHE_CLEAN_INTERVAL;
-    if (interval < 0 || interval > 0xffffffff) throw new BlockError('EINVAL', 'Cache clean interval too big');
-    const overlap = overlapSet(options['overlap-check']);
-    if (!h.bitmaps) overlap.delete('bitmap-directory');
-    const settings: ImageSettings = {
-      lazyRefcounts: lazy,
-      passDiscard: {
-        request: options['pass-discard-request'] as boolean | undefined ?? ctx.options.discard === 'unmap',
-        snapshot: options['pass-discard-snapshot'] as boolean | undefined ?? true,
-        other: options['pass-discard-other'] as boolean | undefined ?? false,
-      },
-      overlap,
-      l2CacheBytes: sizes.l2,
-      l2SliceSize: sizes.slice,
-      refcountCacheBytes: sizes.refcount,
-    };
+    const { settings, interval } = computeSettings(options, h, ctx.options.discard === 'unmap');
 
     // External data file.
     let dataFile: BlockNode | undefined;
@@ -238,6 +251,32 @@ export const qcow2Driver: Driver = {
       truncate: (size) => img.truncate(size),
       close: () => img.close(),
       info: () => imageInfo(img, bitmaps),
+      async prepareReopen(next, ro) {
+        for (const k of ['file', 'data-file'] as const) {
+          const child = k === 'file' ? file : dataFile;
+          if (!sameChild(next[k], child, options[k])) throw new BlockError('EINVAL', `Cannot change the option '${k}'`);
+        }
+        const n = computeSettings(next, h, (next.discard ?? ctx.options.discard) === 'unmap');
+        if (n.settings.l2SliceSize !== img.settings.l2SliceSize) {
+          throw new BlockError('EINVAL', "Cannot change the option 'l2-cache-entry-size'");
+        }
+        if (!ro && (img.corrupt || (h.incompatible & Incompat.CORRUPT))) {
+          throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
+        }
+        // Going read-only: finish read-write use while the file can still be written.
+        if (ro && !img.readOnly) await img.deactivate();
+        return {
+          commit() {
+            Object.assign(img.settings, n.settings);
+            img.l2Cache.capacity = Math.max(2, Math.floor(n.settings.l2CacheBytes / n.settings.l2SliceSize));
+            img.refcounts.cache.capacity = Math.max(4, Math.floor(n.settings.refcountCacheBytes / img.cs));
+            img.startCleanTimer(n.interval);
+            if (!ro && img.readOnly) img.pendingActivation = true;
+            img.readOnly = ro;
+          },
+          abort() { /* nothing changed */ },
+        };
+      },
       filename: () => nodeFilename(file) ?? file.nodeName,
     };
   },
