@@ -264,7 +264,10 @@ export const qcow2Driver: Driver = {
           throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
         }
         // Going read-only: finish read-write use while the file can still be written.
-        if (ro && !img.readOnly) await img.deactivate();
+        if (ro && !img.readOnly) {
+          await img.deactivate();
+          img.pendingActivation = true;
+        }
         return {
           commit() {
             Object.assign(img.settings, n.settings);
@@ -274,7 +277,8 @@ export const qcow2Driver: Driver = {
             if (!ro && img.readOnly) img.pendingActivation = true;
             img.readOnly = ro;
           },
-          abort() { /* nothing changed */ },
+          // A read-only reopen that does not happen: redo the open-time work before the next write.
+          abort() { if (ro && !img.readOnly) img.pendingActivation = true; },
         };
       },
       filename: () => nodeFilename(file) ?? file.nodeName,
