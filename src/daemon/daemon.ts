@@ -11,6 +11,10 @@ import type { TypeRef } from '../qmp/types.ts';
 import { ExportRegistry } from '../nbd/exports.ts';
 import { NbdServer } from '../nbd/server.ts';
 import { NbdServerOptions, BlockExportOptions } from './cli-schema.ts';
+import { JobManager } from '../blockdev/jobs/manager.ts';
+import { QmpEventBus } from '../qmp/events.ts';
+import { ObjectRegistry, ObjectOptions } from '../qmp/objects.ts';
+import { QmpService } from '../qmp/service.ts';
 import type { Item, StartupConfig } from './cli.ts';
 import type { Logger } from './logger.ts';
 
@@ -34,22 +38,38 @@ export class Daemon {
   readonly graph = new BlockGraph();
   readonly exports = new ExportRegistry();
   readonly nbdServers: NbdServer[] = [];
+  readonly events = new QmpEventBus();
+  readonly jobs = new JobManager((event, data) => this.events.emit(event, data));
+  readonly objects = new ObjectRegistry();
+  readonly qmp: QmpService;
+  /** What QMP quit does (main.ts's SIGTERM path by default; tests replace it). */
+  onQuit: () => void = () => { process.kill(process.pid, 'SIGTERM'); };
   private stopping?: Promise<void>;
 
   constructor(readonly log: Logger) {
     registerDrivers(this.graph);
+    this.exports.on('deleted', (id) => this.events.emit('BLOCK_EXPORT_DELETED', { id }));
+    this.qmp = new QmpService(this);
   }
+
+  requestQuit(): void { this.onQuit(); }
 
   /** Brings up everything in `config`. On failure, tears down what was started and throws StartupError. */
   async start(config: StartupConfig): Promise<void> {
     try {
-      for (const item of config.objects) throw new StartupError(item, `object type is not supported by blockd yet`);
-      for (const item of [...config.chardevs, ...config.monitors]) {
-        throw new StartupError(item, 'QMP monitors are not supported by blockd yet');
+      for (const item of config.objects) {
+        await this.step(item, async () => this.objects.add(parseItem(ObjectOptions, item, 'qom-type')));
       }
+      for (const item of config.chardevs) await this.step(item, async () => this.qmp.addChardev(item.value));
+      for (const item of config.monitors) await this.step(item, async () => this.qmp.addMonitor(item.value));
       for (const item of config.blockdevs) await this.step(item, () => this.addBlockdev(item));
       for (const item of config.nbdServers) await this.step(item, () => this.startNbdServer(item));
       for (const item of config.exports) await this.step(item, () => this.addExport(item));
+      for (const cmd of config.commands) {
+        await this.step({ option: 'config qmp', value: cmd }, () => this.qmp.runStartupCommand(cmd));
+      }
+      // Monitors come up last, so a client that can connect sees everything above.
+      await this.qmp.startMonitors().catch((e: Error) => { throw new StartupError(undefined, e.message); });
     } catch (e) {
       await this.shutdown();
       throw e;
@@ -109,6 +129,7 @@ export class Daemon {
   /** Stops accepting, lets in-flight requests finish, flushes and closes every node. Idempotent. */
   shutdown(): Promise<void> {
     this.stopping ??= (async () => {
+      await this.qmp.close();
       await Promise.all(this.nbdServers.map((s) => s.close()));
       for (const e of this.exports.list()) await this.exports.remove(e.id, 'hard').catch(() => undefined);
       for (const err of await this.graph.flushAll()) this.log.error({ err }, 'flush at shutdown failed');

@@ -1,0 +1,139 @@
+/**
+ * --chardev and --monitor, as qemu-storage-daemon parses them, for the
+ * character devices a QMP monitor can use: socket (Unix path or TCP
+ * host/port, server=on) and stdio.
+ *
+ * --chardev is QemuOpts syntax (not keyval): "socket,id=m,path=/x,server=on,wait=off",
+ * backend first, ",," for a comma, bare "server" meaning server=on and
+ * "nowait" wait=off (deprecated short forms). --monitor is keyval with the
+ * implied key chardev; only mode=control (QMP) exists. A config file may give
+ * either as the text or as a JSON object with the same keys.
+ *
+ * A chardev named "fd:N" is a listening socket inherited at fd N (systemd
+ * socket activation, see src/daemon/socket-activation.ts).
+ */
+import { BlockError } from '../blockdev/errors.ts';
+import { VALID_ID } from '../blockdev/graph.ts';
+import { fromJson, fromOptionText } from './visit.ts';
+import { enm, obj, opt, req } from './types.ts';
+import type { ListenAddress } from './monitor.ts';
+
+export interface ChardevSpec {
+  id: string;
+  addr: ListenAddress;
+  /** Wait for the first client before start-up goes on (server=on without wait=off). */
+  wait: boolean;
+}
+
+export interface MonitorSpec {
+  chardev: string;
+  pretty: boolean;
+  id?: string;
+}
+
+const fail = (msg: string): never => { throw new BlockError('EINVAL', msg); };
+
+const BOOL_KEYS = new Set(['server', 'wait', 'telnet', 'tn3270', 'websocket', 'ipv4', 'ipv6', 'nodelay', 'delay', 'abstract', 'tight', 'mux', 'logappend', 'signal']);
+const STRING_KEYS = new Set(['id', 'backend', 'path', 'host', 'port', 'to', 'fd', 'tls-creds', 'tls-authz', 'reconnect', 'logfile', 'local', 'localaddr', 'localport', 'name', 'size', 'chardev']);
+/** Accepted but meaningless for a listening QMP socket, or only in their default state. */
+const UNSUPPORTED_ON = ['telnet', 'tn3270', 'websocket', 'mux'];
+const KNOWN_BACKENDS = new Set(['socket', 'stdio', 'file', 'pipe', 'pty', 'null', 'udp', 'serial', 'tty', 'parallel', 'parport', 'ringbuf', 'memory', 'msmouse', 'wctablet', 'braille', 'testdev', 'spicevmc', 'spiceport', 'qemu-vdagent', 'dbus', 'vc', 'console']);
+
+/** QemuOpts' text form: backend first, then key=value pairs; ",," stands for a comma. */
+function splitOpts(text: string): string[] {
+  const parts: string[] = [];
+  let cur = '';
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] === ',') {
+      if (text[i + 1] === ',') { cur += ','; i++; continue; }
+      parts.push(cur);
+      cur = '';
+    } else {
+      cur += text[i];
+    }
+  }
+  parts.push(cur);
+  return parts;
+}
+
+function parseBool(key: string, v: string): boolean {
+  if (v === 'on' || v === 'yes' || v === 'true' || v === 'y') return true;
+  if (v === 'off' || v === 'no' || v === 'false' || v === 'n') return false;
+  return fail(`Parameter '${key}' expects 'on' or 'off'`);
+}
+
+/** Parses one --chardev (text or config-file object). */
+export function parseChardev(value: string | Record<string, unknown>): ChardevSpec {
+  const opts = new Map<string, string | boolean>();
+  if (typeof value === 'string') {
+    splitOpts(value).forEach((part, i) => {
+      const eq = part.indexOf('=');
+      if (i === 0 && eq < 0) { opts.set('backend', part); return; }
+      if (eq < 0) {
+        if (BOOL_KEYS.has(part)) opts.set(part, true);
+        else if (part.startsWith('no') && BOOL_KEYS.has(part.slice(2))) opts.set(part.slice(2), false);
+        else fail(`Invalid parameter '${part}'`);
+        return;
+      }
+      const key = part.slice(0, eq);
+      const v = part.slice(eq + 1);
+      if (BOOL_KEYS.has(key)) opts.set(key, parseBool(key, v));
+      else if (STRING_KEYS.has(key)) opts.set(key, v);
+      else fail(`Invalid parameter '${key}'`);
+    });
+  } else {
+    for (const [key, v] of Object.entries(value)) {
+      const k = key === 'type' ? 'backend' : key;
+      if (BOOL_KEYS.has(k)) opts.set(k, typeof v === 'boolean' ? v : parseBool(k, String(v)));
+      else if (STRING_KEYS.has(k)) opts.set(k, String(v));
+      else fail(`Invalid parameter '${key}'`);
+    }
+  }
+  const backend = opts.get('backend') as string | undefined;
+  const id = opts.get('id') as string | undefined;
+  if (id === undefined) fail('chardev: no id specified');
+  if (!VALID_ID.test(id!)) fail("Parameter 'id' expects an identifier");
+  if (backend === undefined) fail(`chardev: "${id}" missing backend`);
+  if (!KNOWN_BACKENDS.has(backend!)) fail(`'${backend}' is not a valid char driver name`);
+  if (backend === 'stdio') return { id: id!, addr: { type: 'stdio' }, wait: false };
+  if (backend !== 'socket') fail(`chardev backend '${backend}' is not supported by blockd (QMP monitors use socket or stdio)`);
+  for (const k of UNSUPPORTED_ON) if (opts.get(k) === true) fail(`chardev: socket: '${k}' is not supported by blockd`);
+  if (opts.get('tls-creds') !== undefined) fail(`No TLS credentials with id '${opts.get('tls-creds')}'`);
+  if (opts.get('reconnect') !== undefined) fail("chardev: socket: 'reconnect' option is incompatible with 'server' option");
+  if (opts.get('logfile') !== undefined) fail('chardev: socket: logfile is not supported by blockd');
+  const path = opts.get('path') as string | undefined;
+  const host = opts.get('host') as string | undefined;
+  const fd = opts.get('fd') as string | undefined;
+  if ([path, host, fd].filter((x) => x !== undefined).length > 1) fail("None or one of 'path', 'fd' or 'host' option required.");
+  const server = opts.get('server') === true;
+  if (!server) fail('chardev: socket: blockd only listens (server=on); connecting out is not supported');
+  const wait = opts.get('wait') !== false;
+  if (path !== undefined) return { id: id!, addr: { type: 'unix', path }, wait };
+  if (fd !== undefined) {
+    if (!/^\d+$/.test(fd)) fail(`File descriptor named '${fd}' has not been found`);
+    return { id: id!, addr: { type: 'fd', fd: Number(fd) }, wait };
+  }
+  if (host !== undefined || opts.get('port') !== undefined) {
+    const port = opts.get('port') as string | undefined;
+    if (port === undefined) fail('chardev: socket: no port given');
+    const p = Number(port);
+    if (!/^\d+$/.test(port!) || p > 65535) fail(`address resolution failed for ${host ?? ''}:${port}: Servname not supported for ai_socktype`);
+    return { id: id!, addr: { type: 'inet', host: host ?? '', port: p }, wait };
+  }
+  return fail("chardev: socket: one of 'path', 'host' or 'fd' is required");
+}
+
+export const MonitorOptions = obj('MonitorOptions', [
+  opt('id', 'str', 'Name of the monitor'),
+  opt('mode', enm('MonitorMode', ['readline', 'control']), 'Selects the monitor mode (default: control; blockd has only control)'),
+  opt('pretty', 'bool', 'Enables pretty printing (QMP only)'),
+  req('chardev', 'str', 'Name of a character device to expose the monitor on'),
+]);
+
+/** Parses one --monitor (text with implied key chardev, or an object). */
+export function parseMonitor(value: string | Record<string, unknown>): MonitorSpec {
+  const o = (typeof value === 'string' ? fromOptionText(MonitorOptions, value, 'chardev') : fromJson(MonitorOptions, value)) as
+    { id?: string; mode?: string; pretty?: boolean; chardev: string };
+  if (o.mode === 'readline') fail('Only QMP is supported');
+  return { chardev: o.chardev, pretty: o.pretty === true, id: o.id };
+}

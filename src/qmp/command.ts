@@ -1,0 +1,90 @@
+/**
+ * The shape of the command table. Each src/qmp/commands/<area>.ts exports a
+ * list of these; src/qmp/commands/index.ts collects them. One entry drives
+ * argument validation, query-commands, query-qmp-schema and help text.
+ */
+import type { Logger } from 'pino';
+import type { BlockGraph } from '../blockdev/graph.ts';
+import type { JobManager } from '../blockdev/jobs/manager.ts';
+import type { ExportRegistry } from '../nbd/exports.ts';
+import type { NbdServer } from '../nbd/server.ts';
+import type { ObjectType, TypeRef } from './types.ts';
+import type { QmpEventBus } from './events.ts';
+import type { ObjectRegistry } from './objects.ts';
+
+/** What commands need from the daemon (src/daemon/daemon.ts's Daemon is one). */
+export interface QmpHost {
+  readonly graph: BlockGraph;
+  readonly jobs: JobManager;
+  readonly exports: ExportRegistry;
+  /** Running NBD servers (--nbd-server and nbd-server-start); nbd-server-stop empties it. */
+  readonly nbdServers: NbdServer[];
+  readonly objects: ObjectRegistry;
+  readonly events: QmpEventBus;
+  readonly log: Logger;
+  /** QMP quit: a graceful shutdown, as on SIGTERM. Called once the reply is on its way. */
+  requestQuit(): void;
+}
+
+/** Per-client protocol state. */
+export interface SessionState {
+  negotiated: boolean;
+  /** Out-of-band execution was enabled by qmp_capabilities. */
+  oob: boolean;
+}
+
+export interface CommandContext {
+  readonly graph: BlockGraph;
+  readonly jobs: JobManager;
+  readonly host: QmpHost;
+  readonly session: SessionState;
+  /** The command table, for the introspection commands. */
+  readonly table: CommandTable;
+}
+
+export interface CommandDef {
+  name: string;
+  /** Argument type (an object type, or a flat union for "boxed" commands). A function when it depends on the graph. */
+  args?: ObjectType | ((ctx: { graph: BlockGraph }) => ObjectType);
+  /** Return type for introspection; absent: the empty object. */
+  returns?: TypeRef;
+  doc: string;
+  /** QAPI features shown by query-qmp-schema ('deprecated', 'unstable'). */
+  features?: string[];
+  /** Usable before qmp_capabilities (only qmp_capabilities itself in QEMU). */
+  allowedBeforeNegotiation?: boolean;
+  /** May be run with exec-oob (none of blockd's commands are). */
+  allowOob?: boolean;
+  /** Gets the validated arguments; what it returns (undefined: {}) becomes "return". */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  handler(args: any, ctx: CommandContext): unknown;
+}
+
+export interface EventDef {
+  name: string;
+  data?: ObjectType;
+  doc: string;
+}
+
+export interface CommandTable {
+  readonly commands: readonly CommandDef[];
+  readonly events: readonly EventDef[];
+  get(name: string): CommandDef | undefined;
+}
+
+export function makeTable(commands: readonly CommandDef[], events: readonly EventDef[]): CommandTable {
+  const byName = new Map<string, CommandDef>();
+  for (const c of commands) {
+    if (byName.has(c.name)) throw new Error(`assertion failed: QMP command '${c.name}' is defined twice`);
+    byName.set(c.name, c);
+  }
+  return { commands, events, get: (name) => byName.get(name) };
+}
+
+/** The argument type of a command (the empty object when it takes none). */
+export function argsType(def: CommandDef, graph: BlockGraph): ObjectType {
+  if (!def.args) return EMPTY;
+  return typeof def.args === 'function' ? def.args({ graph }) : def.args;
+}
+
+export const EMPTY: ObjectType = { kind: 'object', name: 'q_empty', members: [] };

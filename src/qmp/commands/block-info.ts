@@ -1,0 +1,201 @@
+/**
+ * query-named-block-nodes and x-debug-query-block-graph: the graph as qsd
+ * 7.2 describes it (BlockDeviceInfo, ImageInfo, XDbgBlockGraph).
+ *
+ * Filenames follow QEMU's bdrv_refresh_filename: a node has an "exact"
+ * filename when it can be opened from a plain filename (a file's path,
+ * "null-co://" for a null node without options, a format over such a file
+ * when none of its own options matter); otherwise it is shown as
+ * "json:{...}" with the options that matter ("strong" options) and its children.
+ */
+import { BlockNode } from '../../blockdev/node.ts';
+import type { BlockGraph } from '../../blockdev/graph.ts';
+import type { ChildEdge } from '../../blockdev/edge.ts';
+import { toQmpJson } from '../json-writer.ts';
+
+/** Options that change what a node reads, per driver (QEMU's strong_runtime_opts). */
+const STRONG_OPTIONS: Record<string, string[]> = {
+  'null-co': ['size', 'read-zeroes'],
+  'null-aio': ['size', 'read-zeroes'],
+  raw: ['offset', 'size'],
+  file: ['filename'],
+  host_device: ['filename'],
+  host_cdrom: ['filename'],
+  qcow2: [],
+  luks: [],
+};
+
+/** Children that hold a node's data (not its backing chain). */
+const DATA_ROLES = new Set(['file', 'data-file']);
+
+function strongOptions(node: BlockNode): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of STRONG_OPTIONS[node.driver.name] ?? []) if (node.options[k] !== undefined) out[k] = node.options[k];
+  return out;
+}
+
+/** The options that describe a node, children included (QEMU's full_open_options). */
+function fullOptions(node: BlockNode): Record<string, unknown> {
+  const out: Record<string, unknown> = { driver: node.driver.name, ...strongOptions(node) };
+  for (const e of node.children) {
+    if (e.role === 'backing' && node.options.backing === undefined) continue;
+    out[e.role] = fullOptions(e.child);
+  }
+  return out;
+}
+
+function exactFilename(node: BlockNode): string | undefined {
+  const drv = node.driver.name;
+  if (drv === 'null-co' || drv === 'null-aio') {
+    return Object.keys(strongOptions(node)).length === 0 ? `${drv}://` : undefined;
+  }
+  if (node.driver.kind === 'protocol') return node.ops.filename?.();
+  const file = node.child('file');
+  if (node.isFilter) return file ? exactFilename(file) : undefined;
+  if (Object.keys(strongOptions(node)).length > 0 || !file) return undefined;
+  if (node.children.some((e) => e.role === 'data-file' || (e.role === 'backing' && node.options.backing !== undefined))) return undefined;
+  return exactFilename(file);
+}
+
+/** The filename query-named-block-nodes shows for a node. */
+export function nodeFilename(node: BlockNode): string {
+  if (node.isFilter && node.primaryChild) return nodeFilename(node.primaryChild);
+  return exactFilename(node) ?? `json:${toQmpJson(fullOptions(node))}`;
+}
+
+/** Whether QEMU's bdrv_get_info succeeds for the node (it then reports dirty-flag). */
+function hasGetInfo(node: BlockNode, info: Record<string, unknown>): boolean {
+  if (info['dirty-flag'] !== undefined) return true;
+  if (node.driver.name === 'file' || node.driver.name === 'host_device') return true;
+  const file = node.child('file');
+  return node.driver.name === 'raw' && file !== undefined && hasGetInfo(file, driverInfo(file));
+}
+
+/** Bytes allocated on disk for the node (QEMU's bdrv_get_allocated_file_size), if known. */
+function actualSize(node: BlockNode): number | undefined {
+  const own = driverInfo(node)['actual-size'];
+  if (typeof own === 'number') return own;
+  if (node.driver.name === 'null-co' || node.driver.name === 'null-aio') return 0;
+  if (node.driver.kind === 'protocol') return undefined;
+  if (node.isFilter) return node.primaryChild ? actualSize(node.primaryChild) : undefined;
+  let sum = 0;
+  for (const e of node.children) {
+    if (!DATA_ROLES.has(e.role)) continue;
+    const s = actualSize(e.child);
+    if (s === undefined) return undefined;
+    sum += s;
+  }
+  return sum;
+}
+
+function driverInfo(node: BlockNode): Record<string, unknown> {
+  try {
+    return node.ops.info?.() ?? {};
+  } catch {
+    return {};
+  }
+}
+
+function safeLength(node: BlockNode): number {
+  try {
+    return node.length();
+  } catch {
+    return 0;
+  }
+}
+
+/** QEMU's ImageInfo for a node; with `flat` false, the backing chain nests as backing-image. */
+export function imageInfo(node: BlockNode, flat: boolean): Record<string, unknown> {
+  const extra = driverInfo(node);
+  const info: Record<string, unknown> = {
+    'virtual-size': safeLength(node),
+    filename: nodeFilename(node),
+    format: node.driver.name,
+  };
+  const actual = actualSize(node);
+  if (actual !== undefined) info['actual-size'] = actual;
+  if (hasGetInfo(node, extra)) info['dirty-flag'] = false;
+  for (const [k, v] of Object.entries(extra)) if (k !== 'actual-size' && v !== undefined) info[k] = v;
+  const backing = node.child('backing');
+  if (!flat && backing) info['backing-image'] = imageInfo(backing, false);
+  return info;
+}
+
+function backingDepth(node: BlockNode): number {
+  let depth = 0;
+  for (let n = node.child('backing'); n; n = n.child('backing')) depth++;
+  return depth;
+}
+
+/** One BlockDeviceInfo. */
+export function blockDeviceInfo(node: BlockNode, flat: boolean): Record<string, unknown> {
+  const image = imageInfo(node, flat);
+  const cache = node.options.cache ?? {};
+  const out: Record<string, unknown> = {
+    file: image.filename,
+    'node-name': node.nodeName,
+    ro: node.readOnly,
+    drv: node.driver.name,
+    backing_file_depth: backingDepth(node),
+    encrypted: image.encrypted === true,
+    detect_zeroes: node.options['detect-zeroes'] ?? 'off',
+    bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0,
+    image,
+    cache: { writeback: true, direct: cache.direct === true, 'no-flush': cache['no-flush'] === true },
+    write_threshold: 0,
+  };
+  if (typeof image['backing-filename'] === 'string') out.backing_file = image['backing-filename'];
+  return out;
+}
+
+/** query-named-block-nodes: newest node first, as qsd lists them. */
+export function queryNamedBlockNodes(graph: BlockGraph, flat: boolean): Record<string, unknown>[] {
+  return [...graph.nodes.values()].reverse().map((n) => blockDeviceInfo(n, flat));
+}
+
+const permList = (p: { read: boolean; write: boolean; resize: boolean }, shared: boolean): string[] => {
+  const out: string[] = [];
+  if (p.resize) out.push('resize');
+  if (shared) out.push('write-unchanged');
+  if (p.write) out.push('write');
+  if (p.read) out.push('consistent-read');
+  return out;
+};
+
+/**
+ * x-debug-query-block-graph: users that are not nodes (exports, jobs) first,
+ * then nodes in creation order; ids are handed out as nodes are first seen,
+ * and both lists come out newest first, as in qsd.
+ */
+export function debugBlockGraph(graph: BlockGraph): { nodes: Record<string, unknown>[]; edges: Record<string, unknown>[] } {
+  const ids = new Map<unknown, number>();
+  const nodes: Record<string, unknown>[] = [];
+  const edges: Record<string, unknown>[] = [];
+  const idOf = (x: unknown) => {
+    let id = ids.get(x);
+    if (id === undefined) ids.set(x, (id = ids.size + 1));
+    return id;
+  };
+  const addEdge = (e: ChildEdge) => {
+    edges.push({ parent: idOf(e.parent), child: idOf(e.child), name: e.role, perm: permList(e.perm, false), 'shared-perm': permList(e.shared, true) });
+  };
+  const users = new Map<unknown, ChildEdge[]>();
+  for (const n of graph.nodes.values()) {
+    for (const e of n.parents) {
+      if (e.parent instanceof BlockNode) continue;
+      if (!users.has(e.parent)) users.set(e.parent, []);
+      users.get(e.parent)!.push(e);
+    }
+  }
+  for (const [user, list] of users) {
+    const u = user as { id?: unknown; describe(): string };
+    const isExport = u.describe().startsWith('block device export');
+    nodes.push({ id: idOf(user), type: isExport ? 'block-backend' : 'block-job', name: isExport ? '' : String(u.id ?? u.describe()) });
+    for (const e of list) addEdge(e);
+  }
+  for (const n of graph.nodes.values()) {
+    nodes.push({ id: idOf(n), type: 'block-driver', name: n.nodeName });
+    for (const e of n.children) addEdge(e);
+  }
+  return { nodes: nodes.reverse(), edges: edges.reverse() };
+}

@@ -1,0 +1,131 @@
+/**
+ * Graph commands: blockdev-add, blockdev-del, blockdev-reopen, block_resize,
+ * query-named-block-nodes, x-debug-query-block-graph (qapi/block-core.json),
+ * with qsd 7.2's checks in qsd's order and its error texts.
+ */
+import { BlockError } from '../../blockdev/errors.ts';
+import { BlockNode } from '../../blockdev/node.ts';
+import { NbdExport } from '../../nbd/exports.ts';
+import { blockdevOptionsType, BlockdevDetectZeroesOptions } from '../../blockdev/options.ts';
+import { checkPermissions, type ChildEdge } from '../../blockdev/edge.ts';
+import { arr, enm, obj, opt, ref, req, type ObjectType } from '../types.ts';
+import { genericError } from '../errors.ts';
+import { queryNamedBlockNodes, debugBlockGraph } from './block-info.ts';
+import { reopenNodes } from './reopen.ts';
+import type { CommandDef } from '../command.ts';
+
+const ImageInfo: ObjectType = obj('ImageInfo', [
+  req('filename', 'str'), req('format', 'str'), opt('dirty-flag', 'bool'), opt('actual-size', 'int'), req('virtual-size', 'int'),
+  opt('cluster-size', 'int'), opt('encrypted', 'bool'), opt('compressed', 'bool'), opt('backing-filename', 'str'),
+  opt('full-backing-filename', 'str'), opt('backing-filename-format', 'str'), opt('snapshots', arr('any')),
+  opt('backing-image', ref('ImageInfo')), opt('format-specific', 'any'),
+], { doc: 'Information about a QEMU image file' });
+
+const BlockdevCacheInfo = obj('BlockdevCacheInfo', [req('writeback', 'bool'), req('direct', 'bool'), req('no-flush', 'bool')]);
+
+const BlockDeviceInfo = obj('BlockDeviceInfo', [
+  req('file', 'str'), opt('node-name', 'str'), req('ro', 'bool'), req('drv', 'str'), opt('backing_file', 'str'),
+  req('backing_file_depth', 'int'), req('encrypted', 'bool'), req('detect_zeroes', BlockdevDetectZeroesOptions),
+  req('bps', 'int'), req('bps_rd', 'int'), req('bps_wr', 'int'), req('iops', 'int'), req('iops_rd', 'int'), req('iops_wr', 'int'),
+  req('image', ImageInfo), req('cache', BlockdevCacheInfo), req('write_threshold', 'int'),
+], { doc: 'Information about the backing device for a block device.' });
+
+const BlockPermission = enm('BlockPermission', ['consistent-read', 'write', 'write-unchanged', 'resize']);
+const XDbgBlockGraph = obj('XDbgBlockGraph', [
+  req('nodes', arr(obj('XDbgBlockGraphNode', [
+    req('id', 'int'), req('type', enm('XDbgBlockGraphNodeType', ['block-backend', 'block-job', 'block-driver'])), req('name', 'str'),
+  ]))),
+  req('edges', arr(obj('XDbgBlockGraphEdge', [
+    req('parent', 'int'), req('child', 'int'), req('name', 'str'), req('perm', arr(BlockPermission)), req('shared-perm', arr(BlockPermission)),
+  ]))),
+]);
+
+/** A short-lived user of a node (block_resize's temporary BlockBackend in QEMU). */
+const resizeUser = { describe: () => 'an unnamed block device' };
+
+function resizeTarget(node: BlockNode): BlockNode | undefined {
+  let n: BlockNode | undefined = node;
+  while (n && !n.ops.truncate && n.isFilter) n = n.primaryChild;
+  return n?.ops.truncate ? n : undefined;
+}
+
+export const blockCommands: CommandDef[] = [
+  {
+    name: 'blockdev-add',
+    args: ({ graph }) => blockdevOptionsType(graph),
+    doc: 'Creates a new block device (a node of the block graph), with inline children as needed.',
+    async handler(opts: Record<string, unknown>, ctx) {
+      if (opts['node-name'] === undefined) throw genericError("'node-name' must be specified for the root node");
+      const node = await ctx.graph.add(opts);
+      ctx.host.log.info({ node: node.nodeName, driver: node.driver.name }, 'blockdev added');
+    },
+  },
+  {
+    name: 'blockdev-del',
+    args: obj('q_obj_blockdev-del-arg', [req('node-name', 'str', 'Name of the graph node to delete.')]),
+    doc: 'Deletes a block device that has been added using blockdev-add. It must not be in use (by an export, a job or another node).',
+    async handler({ 'node-name': name }: { 'node-name': string }, ctx) {
+      const node = ctx.graph.nodes.get(name);
+      if (!node) throw genericError(`Failed to find node with node-name='${name}'`);
+      const users = node.parents.filter((e) => !(e.parent instanceof BlockNode));
+      if (users.some((e) => e.parent instanceof NbdExport)) throw genericError(`Node ${name} is in use`);
+      if (users.length > 0) throw genericError(`Node '${name}' is busy: block device is in use by ${users[0]!.parent.describe()}`);
+      if (node.implicit) throw genericError(`Node ${name} is not owned by the monitor`);
+      if (node.parents.length > 0) throw genericError(`Block device ${name} is in use`);
+      await node.drained(() => ctx.graph.del(name));
+      ctx.host.log.info({ node: name }, 'blockdev deleted');
+    },
+  },
+  {
+    name: 'blockdev-reopen',
+    args: ({ graph }) => obj('q_obj_blockdev-reopen-arg', [req('options', arr(blockdevOptionsType(graph)), 'options for each node to reopen')]),
+    doc: 'Reopens one or more block devices with new options, atomically: all of them change or none does. '
+      + 'Omitted options return to their defaults. read-only, detect-zeroes, discard and cache.no-flush can change on any node; '
+      + 'other options only where the driver supports it.',
+    async handler({ options }: { options: Record<string, unknown>[] }, ctx) {
+      await reopenNodes(ctx.graph, options);
+    },
+  },
+  {
+    name: 'block_resize',
+    args: obj('q_obj_block_resize-arg', [
+      opt('device', 'str', 'the name of the device to get the image resized'),
+      opt('node-name', 'str', 'graph node name to get the image resized'),
+      req('size', 'int', 'new image size in bytes'),
+    ]),
+    doc: 'Resize a block image while it is in use (by node-name; blockd has no named devices).',
+    async handler(a: { device?: string; 'node-name'?: string; size: number }, ctx) {
+      const node = a['node-name'] !== undefined ? ctx.graph.nodes.get(a['node-name']) : undefined;
+      if (!node) throw genericError(`Cannot find device='${a.device ?? ''}' nor node-name='${a['node-name'] ?? ''}'`);
+      if (a.size < 0) throw genericError("Parameter 'size' expects a >0 size");
+      const edge: ChildEdge = {
+        parent: resizeUser, child: node, role: 'root',
+        perm: { read: false, write: false, resize: true }, shared: { read: true, write: true, resize: true },
+      };
+      try {
+        checkPermissions(node, edge);
+      } catch (e) {
+        throw genericError(`Permission conflict on node '${node.nodeName}': ${(e as Error).message}`);
+      }
+      if (node.readOnly) throw genericError('Image is read-only');
+      if (!resizeTarget(node)) throw genericError('Image format driver does not support resize');
+      if (!Number.isSafeInteger(a.size)) throw new BlockError('EOVERFLOW', 'Value too large for defined data type');
+      await node.truncate(a.size);
+      ctx.host.log.info({ node: node.nodeName, size: a.size }, 'node resized');
+    },
+  },
+  {
+    name: 'query-named-block-nodes',
+    args: obj('q_obj_query-named-block-nodes-arg', [opt('flat', 'bool', 'Omit the nested data about backing image ("backing-image" key) if true. Default is false')]),
+    returns: arr(BlockDeviceInfo),
+    doc: 'Get the named block driver list',
+    handler: ({ flat }: { flat?: boolean }, ctx) => queryNamedBlockNodes(ctx.graph, flat === true),
+  },
+  {
+    name: 'x-debug-query-block-graph',
+    returns: XDbgBlockGraph,
+    features: ['unstable'],
+    doc: 'Get the block graph.',
+    handler: (_a, ctx) => debugBlockGraph(ctx.graph),
+  },
+];

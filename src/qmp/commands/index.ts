@@ -1,0 +1,25 @@
+/**
+ * The whole QMP command table: every area's list, in the order query-qmp-schema
+ * shows them. To add an area: export a CommandDef[] (and EventDef[]) from
+ * src/qmp/commands/<area>.ts and list it here.
+ */
+import { makeTable, type CommandDef, type CommandTable, type EventDef } from '../command.ts';
+import { controlCommands } from './control.ts';
+import { blockCommands } from './block.ts';
+import { nbdCommands, nbdEvents } from './nbd.ts';
+import { objectCommands } from './objects.ts';
+import { jobCommands, jobEvents } from './jobs.ts';
+
+export const allCommands: CommandDef[] = [
+  ...blockCommands,
+  ...(jobCommands as unknown as CommandDef[]),
+  ...nbdCommands,
+  ...controlCommands,
+  ...objectCommands,
+];
+
+export const allEvents: EventDef[] = [...jobEvents, ...nbdEvents];
+
+export function commandTable(): CommandTable {
+  return makeTable(allCommands, allEvents);
+}

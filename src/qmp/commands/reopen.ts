@@ -1,0 +1,150 @@
+/**
+ * blockdev-reopen: new options for a list of nodes, applied all together or
+ * not at all (QEMU's reopen queue: prepare every node, then commit all or
+ * abort all).
+ *
+ * As in QEMU, the options given are complete: an omitted option returns to
+ * its default (so leaving out read-only makes a node read-write). What may
+ * change:
+ * - on any node: read-only, detect-zeroes, discard, cache.no-flush;
+ * - driver options and cache.direct: only through the driver's
+ *   prepareReopen() hook (DriverOps); without it, qsd's "Cannot change the
+ *   option 'x'" / "Option 'x' cannot be reset to its default value";
+ * - read-only → read-write on a protocol node also needs the hook (the file
+ *   must be reopened for writing), except for null-co/null-aio, which hold nothing;
+ * - children: a child reference must name the current child (blockd does
+ *   not swap children in a reopen).
+ *
+ * Permissions are rechecked on the final state: a node becoming read-only
+ * must have no writing user ("Read-only block node 'x' cannot support
+ * read-write users"); edges of nodes changing mode gain or drop write.
+ */
+import { isDeepStrictEqual } from 'node:util';
+import { checkPermissions, type ChildEdge } from '../../blockdev/edge.ts';
+import type { BlockGraph } from '../../blockdev/graph.ts';
+import type { BlockNode } from '../../blockdev/node.ts';
+import type { Perm, ReopenTransaction } from '../../blockdev/driver.ts';
+import { genericError } from '../errors.ts';
+
+const CHILD_ROLES = new Set(['file', 'backing', 'data-file']);
+const STATELESS = new Set(['null-co', 'null-aio']);
+
+interface Plan {
+  node: BlockNode;
+  options: Record<string, unknown>;
+  readOnly: boolean;
+  hook?: ReopenTransaction;
+}
+
+export async function reopenNodes(graph: BlockGraph, list: Record<string, unknown>[]): Promise<void> {
+  const byNode = new Map<BlockNode, Plan>();
+  for (const options of list) {
+    const name = options['node-name'];
+    if (typeof name !== 'string') throw genericError('node-name not specified');
+    const node = graph.nodes.get(name);
+    if (!node) throw genericError(`Failed to find node with node-name='${name}'`);
+    byNode.set(node, { node, options, readOnly: options['read-only'] === true });
+  }
+  const plans = [...byNode.values()];
+  for (const p of plans) checkOptions(p);
+
+  await drainedAll(plans.map((p) => p.node), async () => {
+    const revertPerms = applyPermissions(plans);
+    try {
+      for (const p of plans) {
+        const needsHook = p.node.driver.kind === 'protocol' && !STATELESS.has(p.node.driver.name) && p.node.readOnly && !p.readOnly;
+        const direct = p.node.options.cache?.direct === true;
+        const newDirect = (p.options.cache as { direct?: boolean } | undefined)?.direct === true;
+        if (p.node.ops.prepareReopen) {
+          p.hook = await p.node.ops.prepareReopen({ ...p.options }, p.readOnly);
+        } else if (needsHook || direct !== newDirect) {
+          throw genericError(`Block format '${p.node.driver.name}' used by node '${p.node.nodeName}' does not support reopening files`);
+        }
+      }
+    } catch (e) {
+      revertPerms();
+      for (const p of plans) if (p.hook) await p.hook.abort();
+      throw e;
+    }
+    for (const p of plans) {
+      p.hook?.commit();
+      p.node.readOnly = p.readOnly;
+      const opts = p.node.options as Record<string, unknown>;
+      for (const k of Object.keys(opts)) if (k !== 'node-name') delete opts[k];
+      Object.assign(opts, p.options, { 'node-name': p.node.nodeName });
+    }
+  });
+}
+
+/** Refuses what cannot change without the driver's help. */
+function checkOptions(p: Plan): void {
+  const { node, options } = p;
+  if (options.driver !== node.driver.name) throw genericError("Cannot change the option 'driver'");
+  for (const m of node.driver.options.members) {
+    const neu = options[m.name];
+    const old = node.options[m.name];
+    if (CHILD_ROLES.has(m.name)) {
+      const child = node.child(m.name);
+      if (neu === undefined || neu === null) {
+        if (child && m.name !== 'backing') throw genericError(`Cannot change the option '${m.name}'`);
+        continue;
+      }
+      if (typeof neu === 'string' ? neu !== child?.nodeName : !isDeepStrictEqual(neu, old)) {
+        throw genericError(`Cannot change the option '${m.name}'`);
+      }
+      continue;
+    }
+    if (isDeepStrictEqual(neu, old) || node.ops.prepareReopen) continue;
+    if (neu === undefined) throw genericError(`Option '${m.name}' cannot be reset to its default value`);
+    throw genericError(`Cannot change the option '${m.name}'`);
+  }
+  if ((options['force-share'] === true) !== (node.options['force-share'] === true)) {
+    throw genericError("Cannot change the option 'force-share'");
+  }
+}
+
+/** The default permissions of an edge (as the graph gives them at open) for a parent in the given mode. */
+function defaultWrite(parent: BlockNode, role: string, readOnly: boolean): { perm: Partial<Perm>; shared: Partial<Perm> } {
+  const writes = !readOnly && (role !== 'backing' || parent.isFilter);
+  const owns = parent.driver.kind === 'format' && parent.driver.name !== 'raw';
+  return { perm: { write: writes, resize: writes && owns }, shared: { write: !(owns && writes), resize: !(owns && writes) } };
+}
+
+/** Moves edges of nodes changing mode to their new permissions and checks the result; returns the undo. */
+function applyPermissions(plans: Plan[]): () => void {
+  const saved: { edge: ChildEdge; perm: Perm; shared: Perm }[] = [];
+  const undo = () => { for (const s of saved.reverse()) { s.edge.perm = s.perm; s.edge.shared = s.shared; } };
+  const finalRO = new Map(plans.map((p) => [p.node, p.readOnly]));
+  const isRO = (n: BlockNode) => finalRO.get(n) ?? n.readOnly;
+  try {
+    for (const p of plans) {
+      if (p.readOnly === p.node.readOnly) continue;
+      for (const e of p.node.children) {
+        const before = defaultWrite(p.node, e.role, p.node.readOnly);
+        // Only edges still at their defaults follow the mode (drivers may have asked for less).
+        if (e.perm.write !== before.perm.write) continue;
+        const after = defaultWrite(p.node, e.role, p.readOnly);
+        saved.push({ edge: e, perm: { ...e.perm }, shared: { ...e.shared } });
+        e.perm = { ...e.perm, ...after.perm };
+        e.shared = { ...e.shared, ...after.shared };
+      }
+    }
+    const touched = new Set<BlockNode>([...plans.map((p) => p.node), ...saved.map((s) => s.edge.child)]);
+    for (const n of touched) {
+      if (isRO(n) && n.parents.some((e) => e.perm.write)) {
+        throw genericError(`Read-only block node '${n.nodeName}' cannot support read-write users`);
+      }
+    }
+    for (const s of saved) checkPermissions(s.edge.child, s.edge, s.edge);
+  } catch (e) {
+    undo();
+    throw e;
+  }
+  return undo;
+}
+
+async function drainedAll(nodes: BlockNode[], fn: () => Promise<void>): Promise<void> {
+  const [first, ...rest] = nodes;
+  if (!first) return fn();
+  await first.drained(() => drainedAll(rest, fn));
+}

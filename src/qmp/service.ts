@@ -1,0 +1,96 @@
+/**
+ * The daemon's QMP side in one object: the command table, the dispatcher,
+ * the monitors (--chardev/--monitor) and the start-up commands of a config
+ * file. src/daemon/daemon.ts owns one.
+ */
+import { BlockError } from '../blockdev/errors.ts';
+import { Dispatcher } from './dispatcher.ts';
+import { QmpMonitor } from './monitor.ts';
+import { parseChardev, parseMonitor, type ChardevSpec, type MonitorSpec } from './chardev.ts';
+import { commandTable } from './commands/index.ts';
+import { greeting } from './version.ts';
+import type { QmpHost, CommandTable } from './command.ts';
+
+export class QmpService {
+  readonly table: CommandTable = commandTable();
+  readonly dispatcher: Dispatcher;
+  readonly monitors: QmpMonitor[] = [];
+  private readonly chardevs = new Map<string, ChardevSpec>();
+  private readonly pending: MonitorSpec[] = [];
+  /** Each chardev's option text, for error messages. */
+  private readonly texts = new Map<string, string>();
+
+  constructor(private readonly host: QmpHost) {
+    this.dispatcher = new Dispatcher(host, this.table);
+  }
+
+  /** Checks and records a --chardev (nothing listens until startMonitors). */
+  addChardev(value: string | Record<string, unknown>): void {
+    const spec = parseChardev(value);
+    this.texts.set(spec.id, typeof value === 'string' ? value : JSON.stringify(value));
+    if (this.chardevs.has(spec.id)) throw new BlockError('EINVAL', 'duplicate yank instance');
+    this.chardevs.set(spec.id, spec);
+  }
+
+  /** Checks and records a --monitor. */
+  addMonitor(value: string | Record<string, unknown>): void {
+    const spec = parseMonitor(value);
+    const fd = /^fd:(\d+)$/.exec(spec.chardev);
+    if (fd) {
+      this.chardevs.set(spec.chardev, { id: spec.chardev, addr: { type: 'fd', fd: Number(fd[1]) }, wait: false });
+    } else if (!this.chardevs.has(spec.chardev)) {
+      throw new BlockError('EINVAL', `chardev "${spec.chardev}" not found`);
+    }
+    if (this.pending.some((m) => m.chardev === spec.chardev)) throw new BlockError('EINVAL', `Device '${spec.chardev}' is in use`);
+    this.pending.push(spec);
+  }
+
+  /**
+   * Starts listening on every recorded monitor; with wait=on, until its first
+   * client arrives. Errors name the chardev ("--chardev TEXT: message").
+   */
+  async startMonitors(): Promise<void> {
+    for (const spec of this.pending.splice(0)) {
+      const chardev = this.chardevs.get(spec.chardev)!;
+      const mon = new QmpMonitor(spec.id ?? spec.chardev, this.dispatcher, this.host.events, {
+        pretty: spec.pretty, greeting: greeting(), log: this.host.log.child({ component: 'qmp', monitor: spec.chardev }),
+      });
+      try {
+        await mon.listen(chardev.addr);
+      } catch (e) {
+        const text = this.texts.get(spec.chardev);
+        throw new BlockError('EINVAL', `${text !== undefined ? `--chardev ${text}: ` : ''}${listenError(chardev, e)}`);
+      }
+      this.monitors.push(mon);
+      this.host.log.info({ chardev: spec.chardev, addr: chardev.addr }, 'QMP monitor listening');
+      if (chardev.wait && chardev.addr.type !== 'stdio') {
+        this.host.log.info({ chardev: spec.chardev }, 'waiting for a QMP client to connect (wait=on)');
+        await mon.waitForClient();
+      }
+    }
+  }
+
+  /** Runs a config file's QMP command; throws with the error's desc. */
+  async runStartupCommand(msg: Record<string, unknown>): Promise<void> {
+    const r = await this.dispatcher.handle(msg, { negotiated: true, oob: false });
+    const err = r.error as { desc: string } | undefined;
+    if (err) throw new BlockError('EINVAL', err.desc);
+  }
+
+  /** Stops every monitor (after their pending replies). */
+  async close(): Promise<void> {
+    await Promise.all(this.monitors.splice(0).map((m) => m.close()));
+  }
+}
+
+function listenError(c: ChardevSpec, e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  const text = err.code === 'EADDRINUSE' ? 'Address already in use'
+    : err.code === 'ENOENT' ? 'No such file or directory'
+      : err.code === 'EACCES' ? 'Permission denied'
+        : err.code === 'EBADF' || err.code === 'ENOTSOCK' ? 'Bad file descriptor'
+          : err.message;
+  if (c.addr.type === 'unix') return `Failed to bind socket to ${c.addr.path}: ${text}`;
+  if (c.addr.type === 'fd') return `File descriptor '${c.addr.fd}' is not a socket`;
+  return `Failed to bind socket: ${text}`;
+}
