@@ -4,6 +4,7 @@
  * say otherwise) and external data file, and exposes the block-layer
  * operations of Qcow2Image.
  */
+import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { BlockError } from '../../errors.ts';
 import { alt, enm, obj, opt, req } from '../../../qmp/types.ts';
@@ -17,6 +18,12 @@ import { repairRefcounts } from './check.ts';
 import { bitmapDirectoryReadSize, parseBitmapDirectory, type BitmapInfo } from './bitmaps.ts';
 
 const MiB = 1024 * 1024;
+
+/**
+ * 'corrupt' ({ nodeName, msg, fatal }): an image was marked corrupt — what
+ * QMP turns into BLOCK_IMAGE_CORRUPTED.
+ */
+export const qcow2Events = new EventEmitter();
 /** QEMU's default caps the L2 cache at 32 MiB (256 GiB of 64k clusters); blockd covers 1 TiB. */
 export const DEFAULT_L2_CACHE_MAX = 128 * MiB;
 const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
@@ -199,7 +206,10 @@ export const qcow2Driver: Driver = {
       dataFile = await ctx.openChild('data-file', { driver: 'file', filename: resolveBacking(h.dataFile, file) });
     }
 
-    const img = new Qcow2Image(h, file, dataFile, readOnly, settings, (m) => console.error(m));
+    const img = new Qcow2Image(h, file, dataFile, readOnly, settings, (m) => {
+      console.error(m);
+      qcow2Events.emit('corrupt', { nodeName: ctx.nodeName, msg: m.replace(/^qcow2: Marking image as corrupt: |; further corruption events will be suppressed$/g, ''), fatal: true });
+    });
     if (h.nbSnapshots) {
       const want = Math.min(snapshotTableReadSize(h.nbSnapshots), Math.max(0, fileLen - h.snapshotsOffset));
       const buf = Buffer.alloc(want);
