@@ -262,6 +262,7 @@ describe('qcow2 reads match qemu-img', () => {
     const info = node.ops.info!() as { snapshots: { name: string; id: string }[] };
     expect(info.snapshots.map((s) => s.name)).toEqual(['first', 'second']);
     expect(info.snapshots.map((s) => s.id)).toEqual(['1', '2']);
+    expect(info.snapshots).toEqual(JSON.parse(run('qemu-img', ['info', '--output=json', f])).snapshots);
     await graph.closeAll();
   });
 
