@@ -217,7 +217,7 @@ export class NbdConnection implements ExportClient {
     }
     const rejected = checkRequest(req, this.valCtx!);
     if (rejected) {
-      this.log.info({ cmd: cmdName(req.type), offset: req.offset, length: req.length, reason: rejected.reason }, 'NBD request rejected');
+      this.log.debug({ cmd: cmdName(req.type), offset: req.offset, length: req.length, reason: rejected.reason }, 'NBD request rejected');
       this.send(errorReply(this.cmdCtx!, req, rejected.errno, rejected.reason));
       this.pool.release(f.payload);
       return;
