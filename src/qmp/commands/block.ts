@@ -110,7 +110,15 @@ export const blockCommands: CommandDef[] = [
       if (node.readOnly) throw genericError('Image is read-only');
       if (!resizeTarget(node)) throw genericError('Image format driver does not support resize');
       if (!Number.isSafeInteger(a.size)) throw new BlockError('EOVERFLOW', 'Value too large for defined data type');
-      await node.truncate(a.size);
+      try {
+        await node.truncate(a.size);
+      } catch (e) {
+        // A format forwarded the resize to a protocol that cannot (raw over null-co).
+        if (e instanceof BlockError && e.code === 'ENOTSUP' && / does not support resizing$/.test(e.message)) {
+          throw genericError('Image format driver does not support resize');
+        }
+        throw e;
+      }
       ctx.host.log.info({ node: node.nodeName, size: a.size }, 'node resized');
     },
   },
