@@ -179,6 +179,29 @@ describe('a server under abuse', () => {
     c.destroy();
   }, 60_000);
 
+  it('a client sending options without reading the replies is not read from (no amplification)', async () => {
+    // 40 exports with 4 KiB descriptions: each 16-byte NBD_OPT_LIST asks for ~165 KiB of replies.
+    for (let i = 0; i < 40; i++) h.registry.add(h.graph, { id: `many${i}`, nodeName: 'n0', name: `export-number-${i}`, description: 'x'.repeat(4096) });
+    try {
+      const c = new RawClient(h.sock);
+      await c.read(18);
+      c.socket.pause();
+      const list = Buffer.alloc(16);
+      list.writeBigUInt64BE(0x49484156454f5054n, 0);
+      list.writeUInt32BE(3, 8); // NBD_OPT_LIST
+      const before = process.memoryUsage().arrayBuffers;
+      c.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), ...Array.from({ length: 20_000 }, () => list)]));
+      await sleep(500);
+      // Had the server read everything it would owe ~3 GiB of replies; it stopped reading instead.
+      expect(c.socket.writableLength).toBeGreaterThan(0);
+      expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * MB);
+      c.destroy();
+      await healthy(h);
+    } finally {
+      for (let i = 0; i < 40; i++) await h.registry.remove(`many${i}`, 'hard');
+    }
+  });
+
   it('200 simultaneous raw connections, each negotiating and reading', async () => {
     const clients = Array.from({ length: 200 }, () => new RawClient(h.sock));
     await Promise.all(clients.map((c) => rawNegotiate(c, 'disk')));

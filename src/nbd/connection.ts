@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { Cmd, NbdErrno, cmdName } from './constants.ts';
 import { errorReply, execute, type CommandContext } from './commands.ts';
 import { RequestFramer, type Frame, type RequestHeader } from './framer.ts';
-import { Handshake } from './handshake.ts';
+import { Handshake, type HandshakeStep } from './handshake.ts';
 import type { BufferPool } from './buffer-pool.ts';
 import type { ExportClient, NbdExport } from './exports.ts';
 import type { Negotiated, NegotiationEnv } from './options.ts';
@@ -129,16 +129,28 @@ export class NbdConnection implements ExportClient {
   }
 
   private onHandshakeData(chunk: Buffer): void {
-    let step;
-    try {
-      step = this.handshake.push(chunk);
-    } catch (err) {
-      this.log.error({ err }, 'NBD negotiation failed');
-      return this.abort();
+    this.handshake.feed(chunk);
+    this.pumpHandshake();
+  }
+
+  /** Handles buffered options one at a time while the client takes our replies. */
+  private pumpHandshake(): void {
+    while (this.phase === 'handshake' && !this.writeBlocked) {
+      let step;
+      try {
+        step = this.handshake.next();
+      } catch (err) {
+        this.log.error({ err }, 'NBD negotiation failed');
+        return this.abort();
+      }
+      if (!step) break;
+      this.send(step.send);
+      if (step.done) return this.endHandshake(step.done);
     }
-    this.send(step.send);
-    const done = step.done;
-    if (!done) return this.updateReading();
+    this.updateReading();
+  }
+
+  private endHandshake(done: NonNullable<HandshakeStep['done']>): void {
     if (done.kind === 'close') {
       // The handshake timer stays armed: a client that never reads our last reply is still cut off.
       if (done.clean) this.log.debug(done.reason);
@@ -186,6 +198,7 @@ export class NbdConnection implements ExportClient {
 
   /** Takes frames while backpressure allows, then pauses or resumes the socket to match. */
   private pump(): void {
+    if (this.phase === 'handshake') return this.pumpHandshake();
     if (this.phase === 'transmission') {
       while (!this.readingBlocked()) {
         const f = this.framer!.next();

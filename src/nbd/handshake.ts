@@ -63,15 +63,35 @@ export class Handshake {
     this.current = to;
   }
 
-  /** Feeds client bytes; returns what to send and, once decided, how negotiation ended. */
-  push(chunk: Buffer): HandshakeStep {
-    const step: HandshakeStep = { send: [] };
+  /** Adds client bytes without acting on them (see next()). */
+  feed(chunk: Buffer): void {
     if (this.current === 'transmission' || this.current === 'closed') {
       throw new Error(`handshake: input in state '${this.current}'`);
     }
-    this.input = this.input.length ? Buffer.concat([this.input, chunk]) : chunk;
-    while (!step.done && this.advance(step));
-    return step;
+    if (chunk.length) this.input = this.input.length ? Buffer.concat([this.input, chunk]) : chunk;
+  }
+
+  /**
+   * Acts on buffered input up to and including the next handled option;
+   * undefined when more input is needed. One option at a time lets the
+   * caller stop while the client is not reading its replies.
+   */
+  next(): HandshakeStep | undefined {
+    if (this.current === 'transmission' || this.current === 'closed') return undefined;
+    const step: HandshakeStep = { send: [] };
+    while (!step.done && step.send.length === 0 && this.advance(step));
+    return step.send.length || step.done ? step : undefined;
+  }
+
+  /** Feeds client bytes and acts on all of them; returns what to send and, once decided, how negotiation ended. */
+  push(chunk: Buffer): HandshakeStep {
+    this.feed(chunk);
+    const all: HandshakeStep = { send: [] };
+    for (let step = this.next(); step; step = this.next()) {
+      all.send.push(...step.send);
+      if (step.done) { all.done = step.done; break; }
+    }
+    return all;
   }
 
   private close(step: HandshakeStep, reason: string, clean = false): false {
