@@ -14,7 +14,7 @@ const noMeta: ValidationContext = { ...rw, metaContexts: 0 };
 const req = (type: number, offset: number, length: number, flags = 0): RequestHeader => ({ type, offset, length, flags, cookie: 1n });
 const { EINVAL, EPERM, ENOSPC } = NbdErrno;
 
-// [name, request, context, errno as qsd, errno with specErrnos]
+// [name, request, context, errno by default (qsd's, but EPERM for read-only), errno with specErrnos]
 const TABLE: [string, RequestHeader, ValidationContext, number, number][] = [
   ['read', req(Cmd.READ, 0, 4096), rw, 0, 0],
   ['read of the last byte', req(Cmd.READ, SIZE - 1, 1), rw, 0, 0],
@@ -36,17 +36,17 @@ const TABLE: [string, RequestHeader, ValidationContext, number, number][] = [
   ['write over 32 MiB', req(Cmd.WRITE, 0, MB32 + 1), rw, EINVAL, EINVAL],
   ['write with DF', req(Cmd.WRITE, 0, 1, CmdFlag.DF), rw, EINVAL, EINVAL],
   ['write with NO_HOLE', req(Cmd.WRITE, 0, 1, CmdFlag.NO_HOLE), rw, EINVAL, EINVAL],
-  ['write on a read-only export', req(Cmd.WRITE, 0, 512), ro, EINVAL, EPERM],
-  ['write past the end of a read-only export', req(Cmd.WRITE, SIZE, 512), ro, EINVAL, EPERM],
+  ['write on a read-only export', req(Cmd.WRITE, 0, 512), ro, EPERM, EPERM],
+  ['write past the end of a read-only export', req(Cmd.WRITE, SIZE, 512), ro, EPERM, EPERM],
   ['trim', req(Cmd.TRIM, 0, SIZE, CmdFlag.FUA), rw, 0, 0],
   ['zero-length trim', req(Cmd.TRIM, 0, 0), rw, 0, 0],
   ['trim past the end', req(Cmd.TRIM, SIZE - 256, 512), rw, EINVAL, EINVAL],
-  ['trim on a read-only export', req(Cmd.TRIM, 0, 512), ro, EINVAL, EPERM],
+  ['trim on a read-only export', req(Cmd.TRIM, 0, 512), ro, EPERM, EPERM],
   ['write-zeroes larger than 32 MiB', req(Cmd.WRITE_ZEROES, 0, SIZE), rw, 0, 0],
   ['write-zeroes NO_HOLE|FAST_ZERO|FUA', req(Cmd.WRITE_ZEROES, 0, 1, CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO | CmdFlag.FUA), rw, 0, 0],
   ['write-zeroes with DF', req(Cmd.WRITE_ZEROES, 0, 1, CmdFlag.DF), rw, EINVAL, EINVAL],
   ['write-zeroes past the end', req(Cmd.WRITE_ZEROES, SIZE, 1), rw, EINVAL, ENOSPC],
-  ['write-zeroes on a read-only export', req(Cmd.WRITE_ZEROES, 0, 1), ro, EINVAL, EPERM],
+  ['write-zeroes on a read-only export', req(Cmd.WRITE_ZEROES, 0, 1), ro, EPERM, EPERM],
   ['flush', req(Cmd.FLUSH, 0, 0), rw, 0, 0],
   ['flush with FUA', req(Cmd.FLUSH, 0, 0, CmdFlag.FUA), rw, 0, 0],
   ['flush on a read-only export', req(Cmd.FLUSH, 0, 0), ro, 0, 0],

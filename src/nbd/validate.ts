@@ -7,10 +7,10 @@
  * nbd_co_receive_request(): length limit for READ/WRITE/CACHE, read-only,
  * range, flags; then BLOCK_STATUS's own checks. qsd answers every one of
  * these rejections with EINVAL (its nbd_trip() replaces the ENOSPC/EROFS it
- * computes by EINVAL); that is the default here so blockd and qsd look the
- * same to clients. With `specErrnos` the spec's SHOULDs are used instead:
- * EPERM for a write/trim/zero on a read-only export, ENOSPC for a write or
- * write-zeroes past the end.
+ * computes by EINVAL). blockd does the same except for one case: a write,
+ * trim or write-zeroes on a read-only export gets EPERM, as the NBD spec
+ * says it should (and as blockd's users asked). With `specErrnos` a write
+ * or write-zeroes past the end also gets the spec's ENOSPC.
  */
 import { Cmd, CmdFlag, MAX_PAYLOAD, NbdErrno, cmdName } from './constants.ts';
 import type { RequestHeader } from './framer.ts';
@@ -51,7 +51,7 @@ export function checkRequest(req: RequestHeader, ctx: ValidationContext): Reject
     return { errno: NbdErrno.EINVAL, reason: `len (${length}) is larger than max len (${MAX_PAYLOAD})` };
   }
   if (ctx.readOnly && WRITES.has(type)) {
-    return { errno: ctx.specErrnos ? NbdErrno.EPERM : NbdErrno.EINVAL, reason: 'Export is read-only' };
+    return { errno: NbdErrno.EPERM, reason: 'Export is read-only' };
   }
   if (offset > ctx.size || length > ctx.size - offset) {
     const nospc = ctx.specErrnos && (type === Cmd.WRITE || type === Cmd.WRITE_ZEROES);
