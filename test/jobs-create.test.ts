@@ -13,6 +13,7 @@ import { JobManager, JobError } from '../src/blockdev/jobs/index.ts';
 import { ofdLock } from '../src/blockdev/drivers/file/native.ts';
 import { fromJson } from '../src/qmp/visit.ts';
 import { jobCommands, type JobCommandContext } from '../src/qmp/commands/jobs.ts';
+import { argsType, type CommandContext } from '../src/qmp/command.ts';
 import { tempDir } from './helpers/daemons.ts';
 
 interface Ev { event: string; data: Record<string, unknown> }
@@ -29,8 +30,8 @@ function setup() {
     const cmd = jobCommands.find((c) => c.name === name);
     if (!cmd) throw new Error(`no command ${name}`);
     try {
-      const valid = fromJson(cmd.args, args) as never;
-      return { return: await cmd.handler(valid, ctx) };
+      const valid = fromJson(argsType(cmd, ctx.graph), args) as never;
+      return { return: await cmd.handler(valid, ctx as unknown as CommandContext) };
     } catch (e) {
       return { error: { class: e instanceof JobError ? e.qmpClass : 'GenericError', desc: (e as Error).message } };
     }
@@ -192,7 +193,7 @@ describe('job commands', () => {
       'job-finalize', 'job-pause', 'job-resume', 'query-block-jobs', 'query-jobs',
     ]);
     for (const c of jobCommands) {
-      expect(c.args.kind).toBe('object');
+      expect(argsType(c, new BlockGraph()).kind).toBe('object');
       expect(c.doc.length).toBeGreaterThan(10);
     }
   });

@@ -1,6 +1,7 @@
 /**
  * blockdev-create and the job commands, side by side with
- * qemu-storage-daemon 7.2: the same QMP commands sent to both must give the
+ * qemu-storage-daemon 7.2: bin/blockd and qsd started with the same
+ * --chardev/--monitor arguments; the same QMP commands sent to both must give the
  * same JOB_STATUS_CHANGE sequences, query-jobs results, error texts and
  * classes, and files of the same size and allocation (stat, qemu-img info).
  */
@@ -10,11 +11,6 @@ import { join } from 'node:path';
 import { QmpClient, QmpCommandError } from '../src/qmp/client/qmp-client.ts';
 import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
 import { run } from './helpers/tools.ts';
-import { BlockGraph } from '../src/blockdev/graph.ts';
-import { registerDrivers } from '../src/blockdev/drivers/index.ts';
-import { JobManager, JobError } from '../src/blockdev/jobs/index.ts';
-import { fromJson } from '../src/qmp/visit.ts';
-import { jobCommands, type JobCommandContext } from '../src/qmp/commands/jobs.ts';
 
 interface Ev { event: string; data: Record<string, unknown> }
 type Reply = { return: unknown } | { error: { class: string; desc: string } };
@@ -26,9 +22,10 @@ interface Target {
   close(): Promise<void>;
 }
 
-async function qsdTarget(dir: string): Promise<Target> {
+/** A daemon started with a QMP monitor on a Unix socket, both with the same qsd-style arguments. */
+async function daemonTarget(which: 'qsd' | 'blockd', dir: string): Promise<Target> {
   const sock = join(dir, 'qmp.sock');
-  const proc: Running = await startDaemon('qsd', ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm'], sock);
+  const proc: Running = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm'], sock);
   const client = await QmpClient.connect(sock);
   const events: Ev[] = [];
   client.on('event', (e: { event: string; data?: Record<string, unknown> }) => events.push({ event: e.event, data: e.data ?? {} }));
@@ -47,28 +44,6 @@ async function qsdTarget(dir: string): Promise<Target> {
   };
 }
 
-/** blockd's job layer with its QMP command table, driven the way its monitor dispatches. */
-async function blockdTarget(dir: string): Promise<Target> {
-  const events: Ev[] = [];
-  const graph = new BlockGraph();
-  registerDrivers(graph);
-  const ctx: JobCommandContext = { graph, jobs: new JobManager((event, data) => events.push({ event, data })) };
-  return {
-    dir,
-    events,
-    async execute(cmd, args = {}) {
-      const def = jobCommands.find((c) => c.name === cmd);
-      if (!def) return { error: { class: 'CommandNotFound', desc: `The command ${cmd} has not been found` } };
-      try {
-        return { return: await def.handler(fromJson(def.args, args) as never, ctx) };
-      } catch (e) {
-        return { error: { class: e instanceof JobError ? e.qmpClass : 'GenericError', desc: (e as Error).message } };
-      }
-    },
-    async close() { await ctx.jobs.cancelAll(); },
-  };
-}
-
 let root: string;
 let qsd: Target;
 let blockd: Target;
@@ -77,8 +52,8 @@ beforeAll(async () => {
   root = tempDir('blockd-jobs-sbs-');
   mkdirSync(join(root, 'qsd'));
   mkdirSync(join(root, 'blockd'));
-  qsd = await qsdTarget(join(root, 'qsd'));
-  blockd = await blockdTarget(join(root, 'blockd'));
+  qsd = await daemonTarget('qsd', join(root, 'qsd'));
+  blockd = await daemonTarget('blockd', join(root, 'blockd'));
 });
 
 afterAll(async () => {

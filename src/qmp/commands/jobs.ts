@@ -4,30 +4,23 @@
  * blockdev-create. Arguments, results, error texts and classes follow
  * qemu-storage-daemon 7.2 (qapi/job.json, qapi/block-core.json).
  *
- * Each entry is plain data: { name, args, returns, doc, handler }. The
- * handler gets validated arguments and a context with the JobManager and the
- * BlockGraph; errors it throws are BlockErrors (JobError carries a QMP class
- * other than GenericError where QEMU uses one).
+ * Handlers get validated arguments and the command context (JobManager,
+ * BlockGraph); errors they throw are BlockErrors (JobError carries a QMP class
+ * other than GenericError where QEMU uses one). None waits for a job to make
+ * progress: commands run one at a time.
  */
-import { arr, enm, obj, opt, ref, req, type ObjectType, type TypeRef } from '../types.ts';
+import { arr, enm, obj, opt, ref, req, type ObjectType } from '../types.ts';
 import { JOB_STATUSES, JOB_TYPES } from '../../blockdev/jobs/status.ts';
 import { JobError } from '../../blockdev/jobs/errors.ts';
 import { blockdevCreateOptionsType, startCreateJob } from '../../blockdev/create/index.ts';
 import type { JobManager } from '../../blockdev/jobs/manager.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
+import type { CommandDef, EventDef } from '../command.ts';
 
-/** What the job commands need from the daemon. */
+/** The part of the command context the job commands use. */
 export interface JobCommandContext {
-  jobs: JobManager;
-  graph: BlockGraph;
-}
-
-export interface JobCommand<A = Record<string, unknown>> {
-  name: string;
-  args: ObjectType;
-  returns: TypeRef;
-  doc: string;
-  handler(args: A, ctx: JobCommandContext): unknown | Promise<unknown>;
+  readonly jobs: JobManager;
+  readonly graph: BlockGraph;
 }
 
 // ---- QAPI types
@@ -68,7 +61,7 @@ const idArg = (command: string, doc: string) => obj(`q_obj_${command}-arg`, [req
 const deviceArg = (command: string) => obj(`q_obj_${command}-arg`, [req('device', 'str', 'The job identifier')]);
 
 /** The event payloads the job framework emits (for query-qmp-schema). */
-export const jobEvents: { name: string; data: ObjectType; doc: string }[] = [
+export const jobEvents: EventDef[] = [
   { name: 'JOB_STATUS_CHANGE', doc: 'Emitted when a job transitions to a different status.',
     data: obj('q_obj_JOB_STATUS_CHANGE-arg', [req('id', 'str'), req('status', JobStatus)]) },
   { name: 'BLOCK_JOB_COMPLETED', doc: 'Emitted when a block job has completed',
@@ -88,7 +81,7 @@ export const jobEvents: { name: string; data: ObjectType; doc: string }[] = [
 type IdArgs = { id: string };
 type DeviceArgs = { device: string };
 
-export const jobCommands: JobCommand<never>[] = [
+export const jobCommands: CommandDef[] = [
   {
     name: 'query-jobs',
     args: Empty,
@@ -221,4 +214,4 @@ export const jobCommands: JobCommand<never>[] = [
       return {};
     },
   },
-] as JobCommand<never>[];
+];
