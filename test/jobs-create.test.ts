@@ -149,7 +149,7 @@ describe('blockdev-create arguments', () => {
     // The driver is checked before the job id.
     expect(await t.qmp('blockdev-create', { 'job-id': '1x', options: { driver: 'raw' } })).toEqual(err('Driver does not support blockdev-create'));
     expect(await t.qmp('blockdev-create', { 'job-id': 'a', options: { driver: 'null-co' } })).toEqual(err('Driver does not support blockdev-create'));
-    expect(await t.qmp('blockdev-create', { 'job-id': 'a', options: { driver: 'vvfat' } })).toEqual(err("Block driver 'vvfat' not found or not supported"));
+    expect(await t.qmp('blockdev-create', { 'job-id': 'a', options: { driver: 'vvfat' } })).toEqual(err("Parameter 'driver' does not accept value 'vvfat'"));
     expect(await t.qmp('blockdev-create', { 'job-id': '1bad', options: { driver: 'file', filename: f, size: 5 } })).toEqual(err("Invalid job ID '1bad'"));
     expect(await t.qmp('blockdev-create', { 'job-id': '', options: { driver: 'file', filename: f, size: 5 } })).toEqual(err("Invalid job ID ''"));
     expect(t.events).toEqual([]);

@@ -24,22 +24,14 @@ export function findCreator(driver: string): ImageCreator | undefined {
   return CREATORS.find((c) => c.driver === driver);
 }
 
-/** qemu-storage-daemon 7.2's BlockdevDriver enum, the discriminator values blockdev-create accepts. */
-export const QSD_BLOCKDEV_DRIVERS: readonly string[] = [
-  'blkdebug', 'blklogwrites', 'blkreplay', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
-  'copy-on-read', 'dmg', 'file', 'snapshot-access', 'ftp', 'ftps', 'gluster', 'host_cdrom', 'host_device',
-  'http', 'https', 'iscsi', 'luks', 'nbd', 'nfs', 'null-aio', 'null-co', 'nvme', 'parallels', 'preallocate',
-  'qcow', 'qcow2', 'qed', 'quorum', 'raw', 'rbd', 'replication', 'ssh', 'throttle', 'vdi', 'vhdx', 'vmdk',
-  'vpc', 'vvfat',
-];
-
 /**
- * BlockdevCreateOptions. The driver enum is qsd's full list, so a driver
- * without image creation passes the schema and is refused by the command
- * with qsd's words; only drivers with a creator have members.
+ * BlockdevCreateOptions. The discriminator is the same BlockdevDriver enum as
+ * blockdev-add's (every driver blockd has), so a driver without image
+ * creation passes the schema and is refused by the command with qsd's words
+ * (raw, null-co); only drivers with a creator have members.
  */
-export function blockdevCreateOptionsType(): ObjectType {
-  const names = [...QSD_BLOCKDEV_DRIVERS, ...CREATORS.map((c) => c.driver).filter((d) => !QSD_BLOCKDEV_DRIVERS.includes(d))];
+export function blockdevCreateOptionsType(driverNames: readonly string[]): ObjectType {
+  const names = [...new Set([...driverNames, ...CREATORS.map((c) => c.driver)])].sort();
   const variants: Record<string, ObjectType> = {};
   for (const c of CREATORS) variants[c.driver] = c.options;
   return obj('BlockdevCreateOptions', [

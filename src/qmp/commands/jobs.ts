@@ -9,7 +9,7 @@
  * other than GenericError where QEMU uses one). None waits for a job to make
  * progress: commands run one at a time.
  */
-import { arr, enm, obj, opt, ref, req, type ObjectType } from '../types.ts';
+import { arr, enm, obj, opt, req, type ObjectType } from '../types.ts';
 import { JOB_STATUSES, JOB_TYPES } from '../../blockdev/jobs/status.ts';
 import { JobError } from '../../blockdev/jobs/errors.ts';
 import { blockdevCreateOptionsType, startCreateJob } from '../../blockdev/create/index.ts';
@@ -203,9 +203,9 @@ export const jobCommands: CommandDef[] = [
   },
   {
     name: 'blockdev-create',
-    args: obj('q_obj_blockdev-create-arg', [
+    args: ({ graph }) => obj('q_obj_blockdev-create-arg', [
       req('job-id', 'str', 'Identifier for the newly created job.'),
-      req('options', ref('BlockdevCreateOptions', blockdevCreateOptionsType), 'Options for the image creation.'),
+      req('options', blockdevCreateOptionsType(graph.driverNames()), 'Options for the image creation.'),
     ]),
     returns: Empty,
     doc: 'Starts a job to create an image format on a given node. The job is automatically finalized, but a manual job-dismiss is required.',
