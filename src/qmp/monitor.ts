@@ -23,7 +23,7 @@ export interface MonitorOptions {
   greeting: Record<string, unknown>;
   log: Logger;
   limits?: SessionLimits;
-  /** Most clients at once; more are refused (closed). Default 64. */
+  /** Most clients at once; more are refused (closed). Default 128. */
   maxClients?: number;
 }
 
@@ -40,6 +40,11 @@ export class QmpMonitor {
   }
 
   get clients(): number { return this.sessions.size; }
+
+  /** Each client's buffered bytes (see QmpSession.buffers). */
+  buffers(): { pendingOutput: number; bufferedInput: number }[] {
+    return [...this.sessions].map((s) => s.buffers);
+  }
 
   /** Where it listens (for port 0). */
   address(): ReturnType<Server['address']> | undefined { return this.server?.address(); }
@@ -80,7 +85,7 @@ export class QmpMonitor {
 
   private accept(socket: Socket): void {
     if (this.closing) return void socket.destroy();
-    if (this.sessions.size >= (this.opts.maxClients ?? 64)) {
+    if (this.sessions.size >= (this.opts.maxClients ?? 128)) {
       this.opts.log.warn({ monitor: this.id }, 'too many QMP clients; refusing one');
       return void socket.destroy();
     }

@@ -3,6 +3,8 @@
  * the monitors (--chardev/--monitor) and the start-up commands of a config
  * file. src/daemon/daemon.ts owns one.
  */
+import { existsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { BlockError } from '../blockdev/errors.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { QmpMonitor } from './monitor.ts';
@@ -90,7 +92,8 @@ function listenError(c: ChardevSpec, e: unknown): string {
       : err.code === 'EACCES' ? 'Permission denied'
         : err.code === 'EBADF' || err.code === 'ENOTSOCK' ? 'Bad file descriptor'
           : err.message;
-  if (c.addr.type === 'unix') return `Failed to bind socket to ${c.addr.path}: ${text}`;
+  // libuv reports EACCES for a path whose directory does not exist.
+  if (c.addr.type === 'unix') return `Failed to bind socket to ${c.addr.path}: ${existsSync(dirname(c.addr.path)) ? text : 'No such file or directory'}`;
   if (c.addr.type === 'fd') return `File descriptor '${c.addr.fd}' is not a socket`;
   return `Failed to bind socket: ${text}`;
 }

@@ -28,7 +28,7 @@ export interface SessionLimits extends JsonLimits {
 }
 
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
-  ...DEFAULT_LIMITS, inHigh: 64 * 1024, outSoft: 256 * 1024, outHard: 16 * 1024 * 1024,
+  ...DEFAULT_LIMITS, inHigh: 64 * 1024, outSoft: 256 * 1024, outHard: 4 * 1024 * 1024,
 };
 
 export interface SessionIo {
@@ -62,6 +62,11 @@ export class QmpSession implements SessionState {
   }
 
   private get limits(): SessionLimits { return this.opts.limits ?? DEFAULT_SESSION_LIMITS; }
+
+  /** Bytes waiting to be written and raw input bytes not yet parsed (for limits checks and debugging). */
+  get buffers(): { pendingOutput: number; bufferedInput: number } {
+    return { pendingOutput: this.io.output.writableLength, bufferedInput: this.parser.bufferedBytes };
+  }
 
   /** Resolves once the connection is closed. */
   get finished(): Promise<void> { return this.finishedPromise; }
