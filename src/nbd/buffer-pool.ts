@@ -5,12 +5,14 @@
  * request is over (the write reached the node, the reply reached the
  * socket), so nothing is reused while still in use.
  *
- * Buffers come in power-of-two classes from 64 KiB to 32 MiB; smaller
- * requests use ordinary allocations. At most `maxPooledBytes` are kept idle.
+ * Buffers come in power-of-two classes from 4 KiB to 32 MiB; smaller
+ * requests use Node's own small-buffer pool (allocUnsafe). A 4 KiB read
+ * is the most common request of all, and a fresh ArrayBuffer for each one
+ * costs more than the read itself. At most `maxPooledBytes` are kept idle.
  * Pooled memory is not zeroed: callers send only bytes a driver filled or
  * bytes received from the client.
  */
-const MIN_CLASS = 64 * 1024;
+const MIN_CLASS = 4 * 1024;
 
 export class BufferPool {
   private readonly free = new Map<number, ArrayBuffer[]>();
@@ -22,6 +24,7 @@ export class BufferPool {
   /** A buffer of exactly `size` bytes, contents unspecified. */
   acquire(size: number): Buffer {
     if (size < MIN_CLASS) return Buffer.allocUnsafe(size);
+    if (size === 0) return Buffer.alloc(0);
     const cls = classOf(size);
     const list = this.free.get(cls);
     let ab = list?.pop();

@@ -43,23 +43,52 @@ export function lenString(s: string | Buffer): Buffer {
   return b;
 }
 
+/** Writes a 64-bit offset (a safe integer) without going through BigInt, which allocates. */
+function writeU64(b: Buffer, value: number, at: number): void {
+  b.writeUInt32BE(Math.floor(value / 0x100000000), at);
+  b.writeUInt32BE(value >>> 0, at + 4);
+}
+
+// Reply headers are written in full below, so they may come from Node's
+// small-buffer pool (allocUnsafe) instead of a fresh zero-filled allocation.
 export function simpleReply(cookie: bigint, error: number): Buffer {
-  const b = Buffer.alloc(SIMPLE_REPLY_SIZE);
+  const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+  writeSimpleReply(b, cookie, error);
+  return b;
+}
+
+/** Writes a simple reply header into the first SIMPLE_REPLY_SIZE bytes of `b`. */
+export function writeSimpleReply(b: Buffer, cookie: bigint, error: number): void {
   b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   b.writeUInt32BE(error, 4);
   b.writeBigUInt64BE(cookie, 8);
-  return b;
+}
+
+/** Bytes in front of READ data: the simple reply header, or an OFFSET_DATA chunk header with its offset field. */
+export function readReplyHeaderSize(structured: boolean): number {
+  return structured ? CHUNK_HEADER_SIZE + 8 : SIMPLE_REPLY_SIZE;
+}
+
+/** Writes the header of a READ reply carrying `dataLength` bytes into the front of `b`. */
+export function writeReadReplyHeader(b: Buffer, structured: boolean, cookie: bigint, offset: number, dataLength: number): void {
+  if (!structured) return writeSimpleReply(b, cookie, 0);
+  writeChunkHeader(b, cookie, ReplyType.OFFSET_DATA, true, 8 + dataLength);
+  writeU64(b, offset, CHUNK_HEADER_SIZE);
 }
 
 /** A structured chunk header followed by `extra` bytes of fixed fields the caller fills. */
 function chunk(cookie: bigint, type: number, done: boolean, length: number, extra: number): Buffer {
-  const b = Buffer.alloc(CHUNK_HEADER_SIZE + extra);
+  const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + extra);
+  writeChunkHeader(b, cookie, type, done, length);
+  return b;
+}
+
+function writeChunkHeader(b: Buffer, cookie: bigint, type: number, done: boolean, length: number): void {
   b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
   b.writeUInt16BE(done ? ReplyFlag.DONE : 0, 4);
   b.writeUInt16BE(type, 6);
   b.writeBigUInt64BE(cookie, 8);
   b.writeUInt32BE(length, 16);
-  return b;
 }
 
 export function chunkNone(cookie: bigint): Buffer {
@@ -69,13 +98,13 @@ export function chunkNone(cookie: bigint): Buffer {
 /** Header (with the offset field) of an OFFSET_DATA chunk; the data follows it on the wire. */
 export function chunkDataHeader(cookie: bigint, done: boolean, offset: number, dataLength: number): Buffer {
   const b = chunk(cookie, ReplyType.OFFSET_DATA, done, 8 + dataLength, 8);
-  b.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER_SIZE);
+  writeU64(b, offset, CHUNK_HEADER_SIZE);
   return b;
 }
 
 export function chunkHole(cookie: bigint, done: boolean, offset: number, length: number): Buffer {
   const b = chunk(cookie, ReplyType.OFFSET_HOLE, done, 12, 12);
-  b.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER_SIZE);
+  writeU64(b, offset, CHUNK_HEADER_SIZE);
   b.writeUInt32BE(length, CHUNK_HEADER_SIZE + 8);
   return b;
 }
