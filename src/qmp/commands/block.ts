@@ -7,7 +7,6 @@ import { BlockError } from '../../blockdev/errors.ts';
 import { BlockNode } from '../../blockdev/node.ts';
 import { NbdExport } from '../../nbd/exports.ts';
 import { blockdevOptionsType, BlockdevDetectZeroesOptions } from '../../blockdev/options.ts';
-import { checkPermissions, type ChildEdge } from '../../blockdev/edge.ts';
 import { arr, enm, obj, opt, ref, req, type ObjectType } from '../types.ts';
 import { genericError } from '../errors.ts';
 import { queryNamedBlockNodes, debugBlockGraph } from './block-info.ts';
@@ -39,9 +38,6 @@ const XDbgBlockGraph = obj('XDbgBlockGraph', [
     req('parent', 'int'), req('child', 'int'), req('name', 'str'), req('perm', arr(BlockPermission)), req('shared-perm', arr(BlockPermission)),
   ]))),
 ]);
-
-/** A short-lived user of a node (block_resize's temporary BlockBackend in QEMU). */
-const resizeUser = { describe: () => 'an unnamed block device' };
 
 function resizeTarget(node: BlockNode): BlockNode | undefined {
   let n: BlockNode | undefined = node;
@@ -98,14 +94,12 @@ export const blockCommands: CommandDef[] = [
       const node = a['node-name'] !== undefined ? ctx.graph.nodes.get(a['node-name']) : undefined;
       if (!node) throw genericError(`Cannot find device='${a.device ?? ''}' nor node-name='${a['node-name'] ?? ''}'`);
       if (a.size < 0) throw genericError("Parameter 'size' expects a >0 size");
-      const edge: ChildEdge = {
-        parent: resizeUser, child: node, role: 'root',
-        perm: { read: false, write: false, resize: true }, shared: { read: true, write: true, resize: true },
-      };
-      try {
-        checkPermissions(node, edge);
-      } catch (e) {
-        throw genericError(`Permission conflict on node '${node.nodeName}': ${(e as Error).message}`);
+      // QEMU takes the resize permission with a temporary user for the duration.
+      const blocker = node.parents.find((e) => !e.shared.resize);
+      if (blocker) {
+        const who = blocker.parent instanceof BlockNode ? `node '${blocker.parent.nodeName}'` : 'an unnamed block device';
+        throw genericError(`Permission conflict on node '${node.nodeName}': permissions 'resize' are both required by an unnamed block device `
+          + `(uses node '${node.nodeName}' as 'root' child) and unshared by ${who} (uses node '${node.nodeName}' as '${blocker.role}' child).`);
       }
       if (node.readOnly) throw genericError('Image is read-only');
       if (!resizeTarget(node)) throw genericError('Image format driver does not support resize');
