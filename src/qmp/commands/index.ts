@@ -12,7 +12,7 @@ import { jobCommands, jobEvents } from './jobs.ts';
 
 export const allCommands: CommandDef[] = [
   ...blockCommands,
-  ...(jobCommands as unknown as CommandDef[]),
+  ...jobCommands,
   ...nbdCommands,
   ...controlCommands,
   ...objectCommands,
