@@ -11,6 +11,10 @@
  *   allocAligned(size, alignment)        -> Buffer over posix_memalign'd memory
  *   isAligned(buf, alignment)            -> boolean: buf's memory starts on the boundary
  *   strerror(errno)                      -> glibc's text (node:fs only has libuv's)
+ *   preadNowait(fd, buf, position), pwriteNowait(fd, buf, position)
+ *                                        -> number of bytes, or -1 when the call would
+ *                                           block (RWF_NOWAIT): page-cache hits are served
+ *                                           inline, without a thread-pool round trip
  *   sdNotify(socketPath, state)          -> void: one sd_notify(3) datagram (node:net has
  *                                           no AF_UNIX SOCK_DGRAM)
  *
@@ -36,6 +40,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -392,6 +397,40 @@ static napi_value js_strerror(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* A read or write that only succeeds if it can complete without blocking
+ * (RWF_NOWAIT): data already in the page cache, or a buffered write that
+ * needs no allocation. Returns the bytes transferred (possibly short), or -1
+ * when the kernel says it would block or does not support the flag; the
+ * caller then goes through the thread pool as usual. Synchronous on purpose:
+ * it never waits for a disk. */
+static napi_value nowait_common(napi_env env, napi_callback_info info, bool write) {
+  napi_value argv[3], result;
+  int fd;
+  int64_t pos;
+  void *data;
+  size_t len;
+  if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+  CHECK(env, napi_get_buffer_info(env, argv[1], &data, &len));
+  if (!get_i64(env, argv[2], "position", 0, &pos)) return NULL;
+  struct iovec iov = { .iov_base = data, .iov_len = len };
+  ssize_t n;
+  do {
+    n = write ? pwritev2(fd, &iov, 1, pos, RWF_NOWAIT) : preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) n = -1;
+    else {
+      throw_errno(env, errno, write ? "pwritev2" : "preadv2");
+      return NULL;
+    }
+  }
+  CHECK(env, napi_create_int64(env, (int64_t)n, &result));
+  return result;
+}
+
+static napi_value js_pread_nowait(napi_env env, napi_callback_info info) { return nowait_common(env, info, false); }
+static napi_value js_pwrite_nowait(napi_env env, napi_callback_info info) { return nowait_common(env, info, true); }
+
 /* sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET. The path
  * may start with a NUL byte (abstract namespace), so its length is explicit. */
 static napi_value js_sd_notify(napi_env env, napi_callback_info info) {
@@ -444,6 +483,8 @@ static napi_value init(napi_env env, napi_value exports) {
     { "isAligned", NULL, js_is_aligned, NULL, NULL, NULL, napi_enumerable, NULL },
     { "strerror", NULL, js_strerror, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sdNotify", NULL, js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "preadNowait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "pwriteNowait", NULL, js_pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   CHECK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||

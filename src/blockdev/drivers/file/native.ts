@@ -26,6 +26,10 @@ export interface NativeAddon {
   isAligned(buf: Buffer, alignment: number): boolean;
   /** glibc's strerror() text for an errno value (node:fs's negative values are accepted). */
   strerror(errno: number): string;
+  /** preadv2(RWF_NOWAIT): bytes read (maybe short), or -1 if it would block. Synchronous: never waits for a disk. */
+  preadNowait(fd: number, buf: Buffer, position: number): number;
+  /** pwritev2(RWF_NOWAIT): bytes written (maybe short), or -1 if it would block. */
+  pwriteNowait(fd: number, buf: Buffer, position: number): number;
   /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */
   sdNotify(socketPath: string, state: string): void;
   readonly FALLOC_FL_KEEP_SIZE: number;
