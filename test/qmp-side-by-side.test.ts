@@ -188,7 +188,50 @@ async function runScript(path: string, script: string[], dir: string): Promise<s
   return out;
 }
 
-async function session(which: 'qsd' | 'blockd'): Promise<{ main: string[][]; pretty: string[][] }> {
+type Schema = Record<string, unknown>[];
+
+/** A type of a query-qmp-schema answer with the numbered names resolved away, so two schemas compare. */
+function canon(schema: Schema, name: string): unknown {
+  const by = new Map(schema.map((e) => [e.name as string, e]));
+  const walk = (n: string, stack: string[]): unknown => {
+    const e = by.get(n);
+    if (!e) return `?${n}`;
+    if (e['meta-type'] === 'builtin') return n;
+    if (stack.includes(n)) return '<recursive>';
+    const s = [...stack, n];
+    switch (e['meta-type']) {
+      case 'enum': return { enum: e.values };
+      case 'array': return { array: walk(e['element-type'] as string, s) };
+      case 'alternate': return { alternate: (e.members as { type: string }[]).map((m) => walk(m.type, s)) };
+      default: {
+        const o: Record<string, unknown> = {
+          members: (e.members as { name: string; type: string }[]).map((m) => ({ name: m.name, optional: 'default' in m, type: walk(m.type, s) })),
+        };
+        if (e.tag) {
+          o.tag = e.tag;
+          o.variants = Object.fromEntries((e.variants as { case: string; type: string }[]).map((v) => [v.case, walk(v.type, s)]));
+        }
+        return o;
+      }
+    }
+  };
+  return walk(name, []);
+}
+
+/** Commands whose types are, on purpose, a subset of qsd's (fewer drivers, export types, object types; format-specific untyped). */
+const SCHEMA_SUBSETS = new Set([
+  'blockdev-add', 'blockdev-reopen', 'blockdev-create', 'block-export-add', 'query-block-exports', 'object-add',
+  'query-qmp-schema', 'query-named-block-nodes',
+]);
+
+async function schemaOf(path: string): Promise<Schema> {
+  const c = await RawQmpConnection.negotiated(path);
+  const r = await c.command('query-qmp-schema');
+  c.close();
+  return r.return as Schema;
+}
+
+async function session(which: 'qsd' | 'blockd'): Promise<{ main: string[][]; pretty: string[][]; schema: Schema }> {
   const dir = tempDir(`qmp-sbs-${which}-`);
   writeFileSync(join(dir, 'img'), Buffer.alloc(0));
   truncateSync(join(dir, 'img'), 1 << 20);
@@ -198,16 +241,39 @@ async function session(which: 'qsd' | 'blockd'): Promise<{ main: string[][]; pre
   running.push(d);
   const main = await runScript(join(dir, 'qmp.sock'), SCRIPT, dir);
   const pretty = await runScript(join(dir, 'pretty.sock'), PRETTY_SCRIPT, dir);
+  const schema = await schemaOf(join(dir, 'qmp.sock'));
   await d.stop();
-  return { main, pretty };
+  return { main, pretty, schema };
 }
 
 describe('QMP side by side with qemu-storage-daemon', () => {
+  let qsd: Awaited<ReturnType<typeof session>>;
+  let blockd: Awaited<ReturnType<typeof session>>;
+
   it('answers the same script with the same bytes', async () => {
-    const qsd = await session('qsd');
-    const blockd = await session('blockd');
+    qsd = await session('qsd');
+    blockd = await session('blockd');
     expect(blockd.main[0]).toEqual(qsd.main[0]);
     SCRIPT.forEach((line, i) => expect.soft(blockd.main[i + 1], line).toEqual(qsd.main[i + 1]));
     PRETTY_SCRIPT.forEach((line, i) => expect.soft(blockd.pretty[i + 1], `pretty: ${line}`).toEqual(qsd.pretty[i + 1]));
+  });
+
+  it("describes every command and event it shares with qsd with qsd's argument and return types", () => {
+    const q = new Map(qsd.schema.map((e) => [e.name as string, e]));
+    let shared = 0;
+    for (const e of blockd.schema) {
+      if (e['meta-type'] !== 'command' && e['meta-type'] !== 'event') continue;
+      const name = e.name as string;
+      const qe = q.get(name);
+      expect(qe, `${name} exists in qsd`).toBeDefined();
+      expect(e.features, `${name} features`).toEqual(qe!.features);
+      if (SCHEMA_SUBSETS.has(name)) continue;
+      shared++;
+      for (const k of ['arg-type', 'ret-type']) {
+        if (!(k in e)) continue;
+        expect(canon(blockd.schema, e[k] as string), `${name} ${k}`).toEqual(canon(qsd.schema, qe![k] as string));
+      }
+    }
+    expect(shared).toBeGreaterThan(30);
   });
 });

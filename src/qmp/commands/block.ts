@@ -13,12 +13,27 @@ import { queryNamedBlockNodes, debugBlockGraph } from './block-info.ts';
 import { reopenNodes } from './reopen.ts';
 import type { CommandDef } from '../command.ts';
 
+const SnapshotInfo = obj('SnapshotInfo', [
+  req('id', 'str'), req('name', 'str'), req('vm-state-size', 'int'), req('date-sec', 'int'), req('date-nsec', 'int'),
+  req('vm-clock-sec', 'int'), req('vm-clock-nsec', 'int'), opt('icount', 'int'),
+]);
+
+/** format-specific is QEMU's ImageInfoSpecific union (qcow2, luks, ...); its shape comes from the driver. */
 const ImageInfo: ObjectType = obj('ImageInfo', [
   req('filename', 'str'), req('format', 'str'), opt('dirty-flag', 'bool'), opt('actual-size', 'int'), req('virtual-size', 'int'),
   opt('cluster-size', 'int'), opt('encrypted', 'bool'), opt('compressed', 'bool'), opt('backing-filename', 'str'),
-  opt('full-backing-filename', 'str'), opt('backing-filename-format', 'str'), opt('snapshots', arr('any')),
+  opt('full-backing-filename', 'str'), opt('backing-filename-format', 'str'), opt('snapshots', arr(SnapshotInfo)),
   opt('backing-image', ref('ImageInfo')), opt('format-specific', 'any'),
 ], { doc: 'Information about a QEMU image file' });
+
+const BlockDirtyInfo = obj('BlockDirtyInfo', [
+  opt('name', 'str'), req('count', 'int'), req('granularity', 'uint32'), req('recording', 'bool'), req('busy', 'bool'),
+  req('persistent', 'bool'), opt('inconsistent', 'bool'),
+]);
+
+/** I/O throttling limits: blockd has none, so only the always-present members are ever 0 and the rest absent. */
+const THROTTLE_MAX = ['bps_max', 'bps_rd_max', 'bps_wr_max', 'iops_max', 'iops_rd_max', 'iops_wr_max',
+  'bps_max_length', 'bps_rd_max_length', 'bps_wr_max_length', 'iops_max_length', 'iops_rd_max_length', 'iops_wr_max_length', 'iops_size'];
 
 const BlockdevCacheInfo = obj('BlockdevCacheInfo', [req('writeback', 'bool'), req('direct', 'bool'), req('no-flush', 'bool')]);
 
@@ -26,7 +41,8 @@ const BlockDeviceInfo = obj('BlockDeviceInfo', [
   req('file', 'str'), opt('node-name', 'str'), req('ro', 'bool'), req('drv', 'str'), opt('backing_file', 'str'),
   req('backing_file_depth', 'int'), req('encrypted', 'bool'), req('detect_zeroes', BlockdevDetectZeroesOptions),
   req('bps', 'int'), req('bps_rd', 'int'), req('bps_wr', 'int'), req('iops', 'int'), req('iops_rd', 'int'), req('iops_wr', 'int'),
-  req('image', ImageInfo), req('cache', BlockdevCacheInfo), req('write_threshold', 'int'),
+  req('image', ImageInfo), ...THROTTLE_MAX.map((n) => opt(n, 'int')), opt('group', 'str'),
+  req('cache', BlockdevCacheInfo), req('write_threshold', 'int'), opt('dirty-bitmaps', arr(BlockDirtyInfo)),
 ], { doc: 'Information about the backing device for a block device.' });
 
 const BlockPermission = enm('BlockPermission', ['consistent-read', 'write', 'write-unchanged', 'resize']);
