@@ -74,6 +74,7 @@ export class QmpSession implements SessionState {
   start(): void {
     const { input, output } = this.io;
     input.on('data', (chunk: Buffer) => {
+      if (this.closed) return;
       this.parser.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
       if (this.parser.bufferedBytes > this.limits.inHigh) input.pause();
       this.pump();
@@ -144,7 +145,14 @@ export class QmpSession implements SessionState {
         continue;
       }
       const response = await this.dispatcher.handle(msg.value, this);
-      this.send(response);
+      try {
+        this.send(response);
+      } catch (err) {
+        // A handler returned something JSON cannot carry: a bug, reported rather than fatal.
+        this.opts.log.error({ err }, 'QMP reply could not be serialised');
+        const id = (response as { id?: unknown }).id;
+        this.send({ error: { class: 'GenericError', desc: `Internal error: ${(err as Error).message}` }, ...(id === undefined ? {} : { id }) });
+      }
     }
   }
 }
