@@ -9,6 +9,7 @@
  * "json:{...}" with the options that matter ("strong" options) and its children.
  */
 import { BlockNode } from '../../blockdev/node.ts';
+import { NbdExport } from '../../nbd/exports.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { ChildEdge } from '../../blockdev/edge.ts';
 import { toQmpJson } from '../json-writer.ts';
@@ -189,7 +190,7 @@ export function debugBlockGraph(graph: BlockGraph): { nodes: Record<string, unkn
   }
   for (const [user, list] of users) {
     const u = user as { id?: unknown; describe(): string };
-    const isExport = u.describe().startsWith('block device export');
+    const isExport = user instanceof NbdExport;
     nodes.push({ id: idOf(user), type: isExport ? 'block-backend' : 'block-job', name: isExport ? '' : String(u.id ?? u.describe()) });
     for (const e of list) addEdge(e);
   }
