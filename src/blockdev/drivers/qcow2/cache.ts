@@ -18,6 +18,12 @@ export interface CacheEntry {
   dirty: boolean;
   pins: number;
   used: boolean;
+  /**
+   * Write-backs of this entry still in flight. Such an entry is clean but must
+   * stay cached: dropping it now and re-reading the table could read the old
+   * contents from the file before the write has landed.
+   */
+  writes?: number;
 }
 
 export class MetaCache {
@@ -103,14 +109,14 @@ export class MetaCache {
   /** Drops clean, unpinned entries not used since the last call (cache-clean-interval). */
   clean(): void {
     for (const e of [...this.entries.values()]) {
-      if (!e.dirty && e.pins === 0 && !e.used) this.entries.delete(e.offset);
+      if (!e.dirty && e.pins === 0 && !e.used && !e.writes) this.entries.delete(e.offset);
       e.used = false;
     }
   }
 
   /** Drops every clean entry (after an error, or to re-read). */
   dropClean(): void {
-    for (const e of [...this.entries.values()]) if (!e.dirty && e.pins === 0) this.entries.delete(e.offset);
+    for (const e of [...this.entries.values()]) if (!e.dirty && e.pins === 0 && !e.writes) this.entries.delete(e.offset);
   }
 
   hasDirty(): boolean {
@@ -140,7 +146,7 @@ export class MetaCache {
   private async makeRoom(): Promise<void> {
     while (this.entries.size >= this.capacity) {
       let victim: CacheEntry | undefined;
-      for (const e of this.entries.values()) if (e.pins === 0 && !e.dirty) { victim = e; break; }
+      for (const e of this.entries.values()) if (e.pins === 0 && !e.dirty && !e.writes) { victim = e; break; }
       if (victim) { this.entries.delete(victim.offset); continue; }
       let dirty: CacheEntry | undefined;
       for (const e of this.entries.values()) if (e.pins === 0) { dirty = e; break; }
@@ -161,12 +167,15 @@ export class MetaCache {
       for (const e of todo) {
         if (!e.dirty) continue;
         e.dirty = false;
+        e.writes = (e.writes ?? 0) + 1;
         const copy = Buffer.from(e.buf);
         try {
           await this.io.write(e.offset, copy);
         } catch (err) {
           e.dirty = true;
           throw err;
+        } finally {
+          e.writes--;
         }
       }
     });
