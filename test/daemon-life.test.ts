@@ -101,18 +101,21 @@ for _ in range(2):
     listener.kill();
   });
 
-  it('socket activation: serves NBD on the socket systemd-socket-activate passes in', async () => {
+  it('socket activation: serves NBD and QMP on the sockets systemd-socket-activate passes in', async () => {
     requireTool('systemd-socket-activate');
     const dir = tempDir();
     const sock = join(dir, 'act.sock');
-    const act = spawn('systemd-socket-activate', ['-l', sock, '--fdname=nbd', BLOCKD, '--log-level', 'warn', ...NULL_NODE, '--export', 'type=nbd,id=e,node-name=n0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const qmp = join(dir, 'qmp.sock');
+    const act = spawn('systemd-socket-activate', ['-l', sock, '-l', qmp, '--fdname=nbd:qmp', BLOCKD, '--log-level', 'warn', ...NULL_NODE, '--export', 'type=nbd,id=e,node-name=n0'], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     act.stderr!.on('data', (d) => (err += d));
     try {
-      for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 100 && !existsSync(qmp); i++) await new Promise((r) => setTimeout(r, 50));
       // The daemon starts on the first connection; nbdinfo is that connection.
       const size = run('nbdinfo', ['--size', `nbd+unix:///n0?socket=${sock}`], { timeout: 30_000 }).trim();
       expect(size).toBe('1048576');
+      const exports = JSON.parse(run(join(import.meta.dirname, '../bin/blockctl'), ['-s', qmp, '--json', 'query-block-exports']));
+      expect(exports).toEqual([{ 'shutting-down': false, type: 'nbd', id: 'e', 'node-name': 'n0' }]);
     } finally {
       act.kill('SIGTERM');
     }

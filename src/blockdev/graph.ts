@@ -30,6 +30,13 @@ export class BlockGraph {
     return n;
   }
 
+  /** A child given by name in a parent's options (QEMU looks it up as a device name too). */
+  findReference(name: string): BlockNode {
+    const n = this.nodes.get(name);
+    if (!n) throw new BlockError('ENOENT', `Cannot find device='${name}' nor node-name='${name}'`);
+    return n;
+  }
+
   /** Opens a node (and any inline children) from validated blockdev options. */
   async add(options: Record<string, unknown>, implicit = false): Promise<BlockNode> {
     const common = options as unknown as CommonOptions;
@@ -40,7 +47,8 @@ export class BlockGraph {
       if (!VALID_ID.test(name)) throw new BlockError('EINVAL', `Invalid node-name: '${name}'`);
       if (this.nodes.has(name)) throw new BlockError('EINVAL', `Duplicate nodes with node-name='${name}'`);
     } else {
-      name = `#block${String(this.autoName++ * 2 + 100).padStart(3, '0')}`;
+      // QEMU's generated ids: a counter and two random digits, so nobody can rely on them.
+      name = `#block${String(this.autoName++).padStart(3, '0')}${String(Math.floor(Math.random() * 100)).padStart(2, '0')}`;
     }
     const readOnly = common['read-only'] === true;
     const node = new BlockNode(name, driver, { ...options, 'node-name': name } as never, readOnly, implicit);
@@ -50,7 +58,7 @@ export class BlockGraph {
       readOnly,
       options: common,
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
-        const child = typeof ref === 'string' ? this.find(ref) : await this.add(inheritOptions(ref, common), true);
+        const child = typeof ref === 'string' ? this.findReference(ref) : await this.add(inheritOptions(ref, common), true);
         try {
           const edge = this.link(node, child, role, childPerm(driver, readOnly, role, opts));
           opened.push(edge);

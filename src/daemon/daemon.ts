@@ -131,6 +131,8 @@ export class Daemon {
     this.stopping ??= (async () => {
       await this.qmp.close();
       await Promise.all(this.nbdServers.map((s) => s.close()));
+      // As qsd: running jobs are cancelled (and end consistently) before their nodes close.
+      await this.jobs.cancelAll().catch((err: Error) => this.log.error({ err }, 'cancelling jobs at shutdown failed'));
       for (const e of this.exports.list()) await this.exports.remove(e.id, 'hard').catch(() => undefined);
       for (const err of await this.graph.flushAll()) this.log.error({ err }, 'flush at shutdown failed');
       await this.graph.closeAll();
