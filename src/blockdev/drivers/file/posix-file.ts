@@ -6,12 +6,12 @@
  * fallocate(2), and block status from SEEK_DATA/SEEK_HOLE.
  */
 import fs from 'node:fs';
-import { BlockError } from '../../errors.ts';
+import { BlockError, toBlockError } from '../../errors.ts';
 import { ReqFlag, type Extent } from '../../request.ts';
-import type { DriverOps, Perm } from '../../driver.ts';
+import type { DriverOps, Perm, ReopenTransaction } from '../../driver.ts';
 import { BouncePool, BOUNCE_MAX } from './bounce.ts';
 import { closeFd, fdatasync, ftruncate, openFd, preadFull, pwriteFull } from './io.ts';
-import { ImageLock, permBits, sharedBits } from './locking.ts';
+import { ImageLock, PERM_WRITE, permBits, sharedBits } from './locking.ts';
 import { allocAligned, errorText, fallocate, isAligned, native, seekData, seekHole } from './native.ts';
 
 /** Most extents one blockStatus call gathers (each costs one or two lseek round trips). */
@@ -48,14 +48,14 @@ export type FileOps = DriverOps & PermissionAware;
 
 export class PosixFile {
   readonly filename: string;
-  private readonly fd: number;
-  private readonly flags: number;
-  private readonly writable: boolean;
+  private fd: number;
+  private flags: number;
+  private writable: boolean;
   private readonly device: boolean;
   private readonly direct: boolean;
   private readonly alignment: number;
   private readonly unmap: boolean;
-  readonly lock: ImageLock;
+  lock: ImageLock;
   private size: number;
   private dsync?: Promise<number>;
   private readonly pool = new BouncePool();
@@ -96,10 +96,54 @@ export class PosixFile {
       info: () => this.info(),
       filename: () => this.filename,
       setPermissions: (perm, shared) => this.lock.set(permBits(perm), sharedBits(shared)),
+      prepareReopen: (_options, readOnly) => this.prepareReopen(readOnly),
     };
     // QEMU's host_device reports everything as data; only regular files have holes to find.
     if (!this.device) ops.blockStatus = (o, l, f) => this.blockStatus(o, l, f);
     return ops;
+  }
+
+  // ---- reopen ----
+
+  /**
+   * blockdev-reopen between read-only and read-write: a second descriptor is
+   * opened with the new mode and takes the image locks the new mode needs
+   * (refusing, as QEMU does, when another user holds a conflicting lock);
+   * commit swaps it in and closes the old one, abort closes the new one. The
+   * caller runs this inside a drained section, so nothing is in flight.
+   */
+  private async prepareReopen(readOnly: boolean): Promise<ReopenTransaction> {
+    const writable = !readOnly;
+    if (writable === this.writable) return { commit: () => undefined, abort: () => undefined };
+    const flags = (this.flags & ~(fs.constants.O_RDWR | fs.constants.O_RDONLY)) | (writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY);
+    let fd: number;
+    try {
+      fd = await openFd(this.filename, flags);
+    } catch (e) {
+      throw new BlockError(toBlockError(e).code, `Could not reopen file: ${errorText(e)}`, { cause: e });
+    }
+    const lock = new ImageLock(fd, this.lock.enabled);
+    try {
+      const { perm, shared } = this.lock.current;
+      lock.set(writable ? perm | PERM_WRITE : perm & ~PERM_WRITE, shared);
+    } catch (e) {
+      await closeFd(fd).catch(() => undefined);
+      throw e;
+    }
+    return {
+      commit: () => {
+        const old = this.fd;
+        const oldDsync = this.dsync;
+        this.fd = fd;
+        this.flags = flags;
+        this.writable = writable;
+        this.lock = lock;
+        this.dsync = undefined;
+        void closeFd(old).catch(() => undefined);
+        void oldDsync?.then((d) => closeFd(d)).catch(() => undefined);
+      },
+      abort: () => closeFd(fd).catch(() => undefined),
+    };
   }
 
   // ---- data path ----
