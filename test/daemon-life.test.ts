@@ -21,6 +21,13 @@ describe('command line', () => {
     expect(blockdSync(['-V']).stdout).toMatch(/^blockd version/);
   });
 
+  it('--object help lists the object types, TYPE,help their properties', () => {
+    expect(blockdSync(['--object', 'help']).stdout).toBe('List of user creatable objects:\n  iothread\n  secret\n');
+    const r = blockdSync(['--object', 'secret,help']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^secret options:\n  data=<string>\n  file=<string>\n/);
+  });
+
   it('refuses bad options with one line naming the option, exit 1, as qsd', () => {
     const cases: [string[], string][] = [
       [['--foo'], "blockd: unrecognized option '--foo'"],

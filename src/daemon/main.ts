@@ -9,6 +9,7 @@ import { writePidfile, removePidfile } from './pidfile.ts';
 import { daemonizeParent, isDaemonChild, reportToParent } from './daemonize.ts';
 import { takeInheritedSockets } from './socket-activation.ts';
 import { sdNotify } from './sd-notify.ts';
+import { objectHelp } from './object-help.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -38,6 +39,10 @@ export async function main(argv: string[]): Promise<void> {
     throw e;
   }
 
+  for (const item of config.objects) {
+    const help = typeof item.value === 'string' ? objectHelp(item.value) : undefined;
+    if (help) { process.stdout.write(help); return; }
+  }
   if (config.daemonize && !isDaemonChild()) await daemonizeParent(argv);
   try {
     for (const s of takeInheritedSockets()) {

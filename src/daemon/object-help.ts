@@ -1,0 +1,25 @@
+/**
+ * `--object help` and `--object TYPE,help`, as qsd prints them: the object
+ * types blockd can create, or one type's properties. Generated from the same
+ * ObjectOptions schema that object-add validates against.
+ */
+import { ObjectOptions, ObjectTypeEnum } from '../qmp/objects.ts';
+import type { TypeRef } from '../qmp/types.ts';
+
+function typeLabel(t: TypeRef): string {
+  if (typeof t === 'string') return t === 'str' ? 'string' : t;
+  return t.kind === 'array' ? 'list' : (t as { name: string }).name;
+}
+
+/** The help text for an --object value, or undefined when the value asks for none. */
+export function objectHelp(value: string): string | undefined {
+  if (value === 'help' || value === '?') {
+    return `List of user creatable objects:\n${ObjectTypeEnum.values.map((v) => `  ${v}\n`).join('')}`;
+  }
+  const m = /^(?:qom-type=)?([^,=]+),(?:help|\?)$/.exec(value);
+  if (!m) return undefined;
+  const variant = ObjectOptions.union!.variants[m[1]];
+  if (!variant) return undefined;
+  const lines = [...variant.members].sort((a, b) => a.name.localeCompare(b.name)).map((p) => `  ${p.name}=<${typeLabel(p.type)}>`);
+  return `${m[1]} options:\n${lines.join('\n')}\n`;
+}
