@@ -14,11 +14,12 @@ import { Job } from '../jobs/job.ts';
 import type { JobManager } from '../jobs/manager.ts';
 import type { BlockGraph } from '../graph.ts';
 import { fileCreator } from './file.ts';
+import { qcow2Creator } from './qcow2.ts';
 import type { ImageCreator } from './types.ts';
 
 export type { ImageCreator, CreateContext } from './types.ts';
 
-export const CREATORS: readonly ImageCreator[] = [fileCreator];
+export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator];
 
 export function findCreator(driver: string): ImageCreator | undefined {
   return CREATORS.find((c) => c.driver === driver);
