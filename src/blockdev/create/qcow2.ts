@@ -134,7 +134,11 @@ class Refs {
   constructor(private readonly graph: BlockGraph) {}
 
   async open(r: NodeRef): Promise<BlockNode> {
-    if (typeof r === 'string') return this.graph.find(r);
+    if (typeof r === 'string') {
+      const n = this.graph.nodes.get(r);
+      if (!n) throw new BlockError('ENOENT', `Cannot find device='${r}' nor node-name='${r}'`);
+      return n;
+    }
     const node = await this.graph.add(r, true);
     this.link(node, 'root', { write: false, resize: false });
     return node;
@@ -180,8 +184,8 @@ async function validate(o: Qcow2CreateOptions, refs: Refs): Promise<{ layout: Qc
   if (raw && o['backing-file'] !== undefined) throw invalid('Backing file and data-file-raw cannot be used at the same time');
   let data: BlockNode | undefined;
   if (o['data-file'] !== undefined) {
-    data = await refs.open(o['data-file']);
     if (version < 3) throw invalid(`External data files are only supported with compatibility level 1.1 and above ${V3_ONLY}`);
+    data = await refs.open(o['data-file']);
   }
   if (o['compression-type'] === 'zstd' && version < 3) {
     throw invalid(`Non-zlib compression type is only supported with compatibility level 1.1 and above ${V3_ONLY}`);
@@ -259,6 +263,7 @@ export interface Qcow2CreateParams extends Qcow2LayoutOptions {
 }
 
 const ZERO_CHUNK = 1024 * KiB;
+const FIRST_BLOCK = 4096;
 
 /**
  * Lays out a new qcow2 image on `file` (normally empty) and sizes the data
@@ -280,18 +285,28 @@ export async function createQcow2(file: BlockNode, opts: Qcow2CreateParams, sign
     await preallocate(file, Math.max(from, start), to, mode, signal);
   }
   await file.flush();
-  if (dataNode && layout.dataFile) {
-    const { length, mode, growOnly } = layout.dataFile;
-    const cur = dataNode.length();
-    if (length > cur) {
-      await dataNode.truncate(length);
-      if (mode !== 'off') await preallocate(dataNode, cur, length, mode, signal);
-    } else if (length < cur && !growOnly) {
-      await dataNode.truncate(length);
-    }
-    await dataNode.flush();
-  }
+  if (dataNode && layout.dataFile) await sizeDataFile(dataNode, layout.dataFile, signal);
   if (layout.error) throw layout.error;
+}
+
+/** Sizes the external data file as QEMU does when it creates the image. */
+async function sizeDataFile(node: BlockNode, d: NonNullable<Qcow2Layout['dataFile']>, signal?: AbortSignal): Promise<void> {
+  let cur = node.length();
+  if (d.zeroTail) {
+    const end = d.zeroTail.offset + d.zeroTail.length;
+    if (end > cur) await node.truncate(end);
+    await node.write(d.zeroTail.offset, Buffer.alloc(d.zeroTail.length));
+    cur = Math.max(cur, end);
+  }
+  if (d.length > cur) {
+    await node.truncate(d.length);
+    if (d.mode !== 'off') await preallocate(node, cur, d.length, d.mode, signal);
+    // QEMU's file driver allocates the first block of a file it grows from nothing (for alignment probing).
+    else if (cur === 0) await node.write(0, Buffer.alloc(d.length < FIRST_BLOCK ? 512 : FIRST_BLOCK));
+  } else if (d.length < cur && !d.growOnly) {
+    await node.truncate(d.length);
+  }
+  await node.flush();
 }
 
 /** Allocates [from, to) of a node: falloc reserves the space (write-zeroes without unmapping), full writes zeroes. */

@@ -22,7 +22,8 @@
  *    itself when it can; a full refcount table is replaced by a new one in a
  *    self-describing area after everything else (the old one is freed);
  *  - preallocation=metadata allocates, per L2 table, the table and then its
- *    data clusters, and extends the file to the end of the last data cluster;
+ *    data clusters, writes zeroes over the rest of a partial last
+ *    (sub)cluster and extends the file to the end of the guest data;
  *  - preallocation=falloc/full (no external data file) reserves one
  *    contiguous data area after a refcount area sized for it, preallocates
  *    the file over it, and then places L2 tables in free clusters;
@@ -31,7 +32,7 @@
  */
 import { BlockError } from '../../errors.ts';
 import {
-  Autoclear, Compat, DEFAULT_FEATURE_NAMES, ExtType, Incompat, Limit, QCOW2_MAGIC, featureTable, serializeHeader,
+  Autoclear, Compat, DEFAULT_FEATURE_NAMES, ExtType, Incompat, Limit, featureTable, serializeHeader,
   type HeaderExtension, type Qcow2Header,
 } from './header.ts';
 import { getRefcountEntry, refcountMax, setRefcountEntry } from './refcount.ts';
@@ -68,11 +69,15 @@ export interface Qcow2Layout {
   filePrealloc?: { from: number; to: number; mode: 'falloc' | 'full' };
   /**
    * External data file: its new length and how to preallocate what is added;
-   * `growOnly`: leave a longer file as it is (otherwise it is cut to `length`).
+   * `growOnly`: leave a longer file as it is (otherwise it is cut to `length`);
+   * `zeroTail`: zeroes written first, past the end of the guest data up to
+   * the end of its last (sub)cluster.
    */
-  dataFile?: { length: number; mode: 'off' | 'falloc' | 'full'; growOnly: boolean };
+  dataFile?: { length: number; mode: 'off' | 'falloc' | 'full'; growOnly: boolean; zeroTail?: { offset: number; length: number } };
   /** The final header (what the first cluster holds). */
   header: Qcow2Header;
+  /** A failure QEMU reports after writing the image (the backing file could not be recorded). */
+  error?: LayoutError;
 }
 
 export const DEFAULT_CLUSTER_SIZE = 65536;
@@ -81,14 +86,20 @@ const FEATURE_TABLE_MIN_CLUSTER = 8192;
 const V3_HEADER_LENGTH = 112;
 const INT_MAX = 0x7fffffff;
 
-/** An error in QEMU's words with its errno text (EFBIG, ENOSPC …). */
-export class LayoutError extends BlockError {
-  constructor(code: 'EOVERFLOW' | 'ENOSPC' | 'EINVAL' | 'EIO', readonly errnoText: string, readonly stage: 'l1' | 'header' | 'backing' | 'prealloc', message?: string) {
-    super(code, message ?? errnoText);
-  }
-}
+/** An error with QEMU's message for the step that failed (the caller adds nothing). */
+export class LayoutError extends BlockError {}
 
-const efbig = (stage: LayoutError['stage']) => new LayoutError('EOVERFLOW', 'File too large', stage);
+/** errno texts as glibc prints them. */
+const EFBIG_TEXT = 'File too large';
+const ENOSPC_TEXT = 'No space left on device';
+const EINVAL_TEXT = 'Invalid argument';
+const EIO_TEXT = 'Input/output error';
+
+/** Raised inside the allocator model; qcow2Layout() turns it into the message of the step. */
+class ModelError extends Error {
+  constructor(readonly code: 'EOVERFLOW' | 'ENOSPC' | 'EINVAL' | 'EIO', readonly text: string) { super(text); }
+}
+const efbig = () => new ModelError('EOVERFLOW', EFBIG_TEXT);
 
 /** Number of L1 entries QEMU gives an image of `size` bytes. */
 export function l1EntriesFor(size: number, clusterSize: number, extendedL2: boolean): number {
@@ -241,7 +252,7 @@ class ImageModel {
       oldIdx = idx;
       const block = this.refblocks.get(this.reftable[idx])!;
       const v = getRefcountEntry(block, c % this.perBlock, this.bits) + addend;
-      if (v < 0 || v > this.max) throw new LayoutError('EINVAL', 'Invalid argument', 'l1');
+      if (v < 0 || v > this.max) throw new ModelError('EINVAL', EINVAL_TEXT);
       if (v === 0 && c < this.free) this.free = c;
       setRefcountEntry(block, c % this.perBlock, this.bits, v);
     }
@@ -254,7 +265,7 @@ class ImageModel {
     const idx = Math.floor(c / this.perBlock);
     if (idx < this.reftable.length && this.reftable[idx]) return true;
     const nb = this.allocNoref(1);
-    if (nb === 0) throw new LayoutError('EIO', 'Input/output error', 'l1');
+    if (nb === 0) throw new ModelError('EIO', EIO_TEXT);
     const block = Buffer.alloc(cs);
     if (Math.floor(nb / this.perBlock) === idx) {
       setRefcountEntry(block, nb % this.perBlock, this.bits, 1);
@@ -269,7 +280,7 @@ class ImageModel {
     }
     // The table is full: build a new one (and the blocks describing it) past everything in use.
     const blocksUsed = Math.ceil(Math.max(c + 1, nb + 1) / this.perBlock);
-    if (blocksUsed > Limit.MAX_REFTABLE_BYTES / 8) throw efbig('l1');
+    if (blocksUsed > Limit.MAX_REFTABLE_BYTES / 8) throw efbig();
     this.refcountArea(blocksUsed * this.perBlock * cs, 0, false, idx, nb * cs);
     return false;
   }
@@ -282,12 +293,12 @@ class ImageModel {
   refcountArea(start: number, additional: number, exact: boolean, newIdx: number, newOff: number): number {
     const cs = this.cs;
     const total = refblocksNeeded(start / cs + additional, cs, this.bits, !exact);
-    if (total > Limit.MAX_REFTABLE_BYTES) throw efbig('l1');
+    if (total > Limit.MAX_REFTABLE_BYTES) throw efbig();
     const areaIdx = Math.floor(start / cs / this.perBlock);
     let tableSize = exact ? total : total + Math.ceil(total / 2);
     tableSize = Math.ceil(tableSize / (cs / 8)) * (cs / 8);
     const tableClusters = (tableSize * 8) / cs;
-    if (tableSize * 8 > Limit.MAX_REFTABLE_BYTES) throw efbig('l1');
+    if (tableSize * 8 > Limit.MAX_REFTABLE_BYTES) throw efbig();
     const table = new Array<number>(tableSize).fill(0);
     for (let i = 0; i < Math.min(tableSize, this.reftable.length); i++) table[i] = this.reftable[i];
     if (newOff) table[newIdx] = newOff;
@@ -347,7 +358,7 @@ class ImageModel {
   /** qcow2_grow_l1_table with an exact size, on an image without an L1 table yet. */
   growL1(entries: number): void {
     if (entries === 0) return;
-    if (entries > Math.floor(INT_MAX / 8) || entries > Limit.MAX_L1_BYTES / 8) throw efbig('l1');
+    if (entries > Math.floor(INT_MAX / 8) || entries > Limit.MAX_L1_BYTES / 8) throw efbig();
     const c = this.allocClusters(Math.ceil((entries * 8) / this.cs));
     this.l1 = new Array(entries).fill(0);
     this.l1Buf = Buffer.alloc(entries * 8);
@@ -386,15 +397,15 @@ class ImageModel {
 
   /**
    * preallocate_co: guest clusters in order, one L2 table's worth at a time
-   * (the table first, then its clusters). Returns the end of the last
-   * allocated cluster (a data file offset when the data is external).
+   * (the table first, then its clusters). Returns where the guest data ends
+   * on the host (a data file offset when the data is external).
    */
   preallocate(size: number): number {
     const cs = this.cs;
     const clusters = Math.ceil(size / cs);
     const chunk = Math.floor(INT_MAX / cs);
     let g = 0;
-    let lastEnd = 0;
+    let end = 0;
     while (g < clusters) {
       const limit = Math.min(clusters, g + chunk);
       // One qcow2_alloc_host_offset() call: contiguous runs until the host side cannot continue.
@@ -418,10 +429,11 @@ class ImageModel {
         this.link(g, host, got);
         g += got;
         hint = host + got;
-        lastEnd = hint * cs;
+        // The last cluster may hold only part of a cluster of guest data.
+        end = hint * cs - (g === clusters ? clusters * cs - size : 0);
       }
     }
-    return lastEnd;
+    return end;
   }
 
   /** qcow2_get_last_cluster: the last cluster in use. */
@@ -460,8 +472,8 @@ function initialHeader(o: Required<Pick<Qcow2LayoutOptions, 'version' | 'cluster
 /** Bytes an extension takes in the header (with its padding). */
 const extBytes = (len: number) => 8 + Math.ceil(len / 8) * 8;
 
-/** Sets the header extensions QEMU writes; throws ENOSPC (stage) when they do not fit in the first cluster. */
-function setExtensions(h: Qcow2Header, o: Qcow2LayoutOptions, withBacking: boolean, stage: LayoutError['stage']): void {
+/** Sets the header extensions QEMU writes; throws ENOSPC when they do not fit in the first cluster. */
+function setExtensions(h: Qcow2Header, o: Qcow2LayoutOptions, withBacking: boolean): void {
   const cs = 2 ** h.clusterBits;
   const exts: HeaderExtension[] = [];
   let used = h.headerLength;
@@ -483,7 +495,7 @@ function setExtensions(h: Qcow2Header, o: Qcow2LayoutOptions, withBacking: boole
     used += Buffer.byteLength(o.backingFile);
     h.backingFile = o.backingFile;
   }
-  if (used > cs) throw new LayoutError('ENOSPC', 'No space left on device', stage);
+  if (used > cs) throw new ModelError('ENOSPC', ENOSPC_TEXT);
   h.extensions = exts;
 }
 
@@ -494,9 +506,11 @@ export function layoutDefaults(o: Qcow2LayoutOptions): Required<Pick<Qcow2Layout
 }
 
 /**
- * The complete metadata of a new image. Throws LayoutError (with the stage
- * QEMU would report it at) when the image cannot be made: an L1 or refcount
- * table past QEMU's limits, header extensions that do not fit.
+ * The complete metadata of a new image. Throws LayoutError with QEMU's
+ * message when the image cannot be made (an L1 or refcount table past
+ * QEMU's limits, header extensions that do not fit). A backing file that
+ * cannot be recorded is reported in `error` instead: QEMU records it last,
+ * so the image is still written (without it) before the error is reported.
  */
 export function qcow2Layout(opts: Qcow2LayoutOptions): Qcow2Layout {
   const o = layoutDefaults(opts);
@@ -506,13 +520,22 @@ export function qcow2Layout(opts: Qcow2LayoutOptions): Qcow2Layout {
   const l2Entries = cs / (extL2 ? 16 : 8);
   const external = o.dataFile !== undefined;
   const m = new ImageModel(h, o.refcountBits, l2Entries, extL2, external);
+  const step = <T>(fail: (e: ModelError) => string, fn: () => T): T => {
+    try {
+      return fn();
+    } catch (e) {
+      if (e instanceof ModelError) throw new LayoutError(e.code, fail(e));
+      throw e;
+    }
+  };
 
   // The header, refcount table and first refcount block take clusters 0-2.
   m.allocClusters(3);
-  setExtensions(h, o, false, 'header');
+  step((e) => `Could not write qcow2 header: ${e.text}`, () => setExtensions(h, o, false));
 
   // blk_truncate(size): the L1 table, then preallocation.
-  m.growL1(l1EntriesFor(o.size, cs, extL2));
+  const resize = (what: string) => (e: ModelError) => `Could not resize image: ${what}: ${e.text}`;
+  step(resize('Failed to grow the L1 table'), () => m.growL1(l1EntriesFor(o.size, cs, extL2)));
   h.size = o.size;
   let fileLength = 0;
   let filePrealloc: Qcow2Layout['filePrealloc'];
@@ -521,39 +544,47 @@ export function qcow2Layout(opts: Qcow2LayoutOptions): Qcow2Layout {
   if (mode === 'off') {
     if (external) dataFile = { length: o.size, mode: 'off', growOnly: false };
   } else if (mode === 'metadata' || external) {
-    const end = m.preallocate(o.size);
-    const target = { length: end, mode: mode === 'metadata' ? 'off' as const : mode, growOnly: true };
-    if (external) dataFile = target;
-    else fileLength = end;
+    const end = step(resize('Allocating clusters failed'), () => m.preallocate(o.size));
+    // The rest of the last (sub)cluster is written with zeroes (QEMU's copy-on-write of its tail).
+    const sub = extL2 ? cs / 32 : cs;
+    const tailEnd = Math.ceil(end / sub) * sub;
+    const zeroTail = tailEnd > end ? { offset: end, length: tailEnd - end } : undefined;
+    if (external) {
+      dataFile = { length: end, mode: mode === 'metadata' ? 'off' : mode, growOnly: true, zeroTail };
+    } else {
+      if (zeroTail) m.file.write(zeroTail.offset, Buffer.alloc(zeroTail.length));
+      fileLength = end;
+    }
   } else {
     // falloc / full: one data area after a refcount area that covers it and the L2 tables.
-    const lastCluster = m.lastCluster();
-    const oldEnd = (lastCluster + 1) * cs;
     const dataClusters = Math.ceil(o.size / cs);
     const l2Tables = Math.ceil(dataClusters / l2Entries) + 1;
-    const start = m.refcountArea(oldEnd, dataClusters + l2Tables, true, 0, 0);
-    const got = m.allocClustersAt(start / cs, dataClusters);
-    if (got !== dataClusters) throw new LayoutError('EIO', 'Input/output error', 'prealloc');
+    const start = step(resize('Failed to resize refcount structures'),
+      () => m.refcountArea((m.lastCluster() + 1) * cs, dataClusters + l2Tables, true, 0, 0));
+    step(resize('Failed to allocate data clusters'), () => {
+      if (m.allocClustersAt(start / cs, dataClusters) !== dataClusters) throw new ModelError('EIO', EIO_TEXT);
+    });
     fileLength = start + dataClusters * cs;
     // The file is extended (and preallocated) before the L2 tables are written: they may land past it.
     if (fileLength > m.file.length) filePrealloc = { from: m.file.length, to: fileLength, mode };
-    m.link(0, start / cs, dataClusters);
+    step(resize('Mapping clusters failed'), () => m.link(0, start / cs, dataClusters));
   }
 
-  // Backing file and format are recorded last.
+  // The backing file (and its format) is recorded last.
+  let error: LayoutError | undefined;
   if (o.backingFile !== undefined) {
-    if (Buffer.byteLength(o.backingFile) > Limit.MAX_BACKING_NAME) throw new LayoutError('EINVAL', 'Invalid argument', 'backing');
-    setExtensions(h, o, true, 'backing');
+    try {
+      if (Buffer.byteLength(o.backingFile) > Limit.MAX_BACKING_NAME) throw new ModelError('EINVAL', EINVAL_TEXT);
+      const withBacking: Qcow2Header = { ...h, extensions: [...h.extensions] };
+      setExtensions(withBacking, o, true);
+      Object.assign(h, withBacking);
+    } catch (e) {
+      if (!(e instanceof ModelError)) throw e;
+      error = new LayoutError(e.code, `Could not assign backing file '${o.backingFile}' with format '${o.backingFormat ?? '(null)'}': ${e.text}`);
+    }
   }
   h.refcountTableOffset = m.reftableOffset;
   h.refcountTableClusters = m.reftableClusters;
-  const header = serializeHeader(h);
-  m.file.write(0, header);
-  const writes = m.file.runs();
-  return { writes, fileLength: Math.max(fileLength, m.file.length), filePrealloc, dataFile, header: h };
-}
-
-/** Quick sanity check for callers that build a layout from a header they parsed back. */
-export function isQcow2(buf: Buffer): boolean {
-  return buf.length >= 4 && buf.readUInt32BE(0) === QCOW2_MAGIC;
+  m.file.write(0, serializeHeader(h));
+  return { writes: m.file.runs(), fileLength: Math.max(fileLength, m.file.length), filePrealloc, dataFile, header: h, error };
 }
