@@ -91,7 +91,8 @@ export class BlockNode implements Parent {
 
   async read(offset: number, buf: Buffer, flags = 0): Promise<void> {
     this.checkRange(offset, buf.length);
-    await this.enter();
+    const waiting = this.enter();
+    if (waiting) await waiting;
     try {
       await this.alignedRead(offset, buf, flags);
       this.stats.rdOps++;
@@ -106,7 +107,8 @@ export class BlockNode implements Parent {
   async write(offset: number, buf: Buffer, flags = 0): Promise<void> {
     this.checkWritable();
     this.checkRange(offset, buf.length);
-    await this.enter();
+    const waiting = this.enter();
+    if (waiting) await waiting;
     try {
       await this.withAlignedSpan(offset, buf.length, async (head, tail) => {
         if (head === 0 && tail === 0) await this.splitWrite(offset, buf, flags);
@@ -261,9 +263,21 @@ export class BlockNode implements Parent {
     for (const w of waiters) w();
   }
 
-  private async enter(): Promise<void> {
+  /**
+   * Counts a request in. Synchronous unless the node is quiesced (then the
+   * returned promise resolves once it may go on): the common case costs no
+   * promise on the data path.
+   */
+  private enter(): Promise<void> | undefined {
     if (this.closed) throw new BlockError('ESHUTDOWN', `Node '${this.nodeName}' is closed`);
+    if (this.quiesceDepth > 0) return this.enterLater();
+    this.inflight++;
+    return undefined;
+  }
+
+  private async enterLater(): Promise<void> {
     while (this.quiesceDepth > 0) await new Promise<void>((r) => this.resumeWaiters.push(r));
+    if (this.closed) throw new BlockError('ESHUTDOWN', `Node '${this.nodeName}' is closed`);
     this.inflight++;
   }
 
@@ -317,7 +331,15 @@ export class BlockNode implements Parent {
     }
   }
 
-  private async alignedRead(offset: number, buf: Buffer, flags: number): Promise<void> {
+  private alignedRead(offset: number, buf: Buffer, flags: number): Promise<void> {
+    // The common case (aligned, one piece) goes straight to the driver.
+    if (this.ops.read && buf.length <= this.limits.maxTransfer && offset % this.limits.alignment === 0 && buf.length % this.limits.alignment === 0) {
+      return this.ops.read(offset, buf);
+    }
+    return this.unalignedRead(offset, buf, flags);
+  }
+
+  private async unalignedRead(offset: number, buf: Buffer, flags: number): Promise<void> {
     const a = this.limits.alignment;
     const start = roundDown(offset, a);
     const end = roundUp(offset + buf.length, a);
