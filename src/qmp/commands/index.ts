@@ -9,9 +9,11 @@ import { blockCommands } from './block.ts';
 import { nbdCommands, nbdEvents } from './nbd.ts';
 import { objectCommands } from './objects.ts';
 import { jobCommands, jobEvents } from './jobs.ts';
+import { snapshotInternalCommands } from './snapshots-internal.ts';
 
 export const allCommands: CommandDef[] = [
   ...blockCommands,
+  ...snapshotInternalCommands,
   ...jobCommands,
   ...nbdCommands,
   ...controlCommands,

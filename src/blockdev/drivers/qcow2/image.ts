@@ -25,7 +25,7 @@ export class Qcow2Image extends Qcow2Base {
   pendingActivation = false;
   private activating?: Promise<void>;
 
-  private async activate(): Promise<void> {
+  async activate(): Promise<void> {
     if (!this.pendingActivation) return;
     this.activating ??= (async () => {
       if (this.dirty) {

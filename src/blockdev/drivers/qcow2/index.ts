@@ -24,6 +24,8 @@ const MiB = 1024 * 1024;
  * QMP turns into BLOCK_IMAGE_CORRUPTED.
  */
 export const qcow2Events = new EventEmitter();
+/** The image behind a qcow2 node's operations (internal snapshots work on it directly). */
+export const qcow2Images = new WeakMap<DriverOps, Qcow2Image>();
 /** QEMU's default caps the L2 cache at 32 MiB (256 GiB of 64k clusters); blockd covers 1 TiB. */
 export const DEFAULT_L2_CACHE_MAX = 128 * MiB;
 const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
@@ -249,7 +251,7 @@ export const qcow2Driver: Driver = {
     }
     img.startCleanTimer(interval);
 
-    return {
+    const ops: DriverOps = {
       length: () => img.size,
       limits: { alignment: 1, canFua: false, canZero: true, canTrim: true },
       read: (o, buf) => img.read(o, buf),
@@ -293,6 +295,8 @@ export const qcow2Driver: Driver = {
       },
       filename: () => nodeFilename(file) ?? file.nodeName,
     };
+    qcow2Images.set(ops, img);
+    return ops;
   },
 };
 

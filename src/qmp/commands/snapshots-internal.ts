@@ -1,0 +1,127 @@
+/**
+ * Internal snapshots on a running node: blockdev-snapshot-internal-sync and
+ * blockdev-snapshot-delete-internal-sync (qapi/block-core.json), with
+ * qemu-storage-daemon 7.2's checks, in its order, and its error texts. The
+ * node is drained while its image changes; the work itself is in
+ * drivers/qcow2/snapshot-write.ts.
+ */
+import { BlockNode } from '../../blockdev/node.ts';
+import { qcow2Images } from '../../blockdev/drivers/qcow2/index.ts';
+import {
+  SnapshotError, checkSnapshotsSupported, createSnapshot, deleteSnapshot, errnoText, findSnapshot,
+} from '../../blockdev/drivers/qcow2/snapshot-write.ts';
+import { snapshotInfo } from '../../blockdev/drivers/qcow2/snapshots.ts';
+import type { Qcow2Image } from '../../blockdev/drivers/qcow2/image.ts';
+import type { BlockGraph } from '../../blockdev/graph.ts';
+import { obj, opt, req } from '../types.ts';
+import { genericError } from '../errors.ts';
+import type { CommandDef } from '../command.ts';
+
+export const SnapshotInfo = obj('SnapshotInfo', [
+  req('id', 'str', 'unique snapshot id'),
+  req('name', 'str', 'user chosen name'),
+  req('vm-state-size', 'int', 'size of the VM state'),
+  req('date-sec', 'int', 'UTC date of the snapshot in seconds'),
+  req('date-nsec', 'int', 'fractional part in nano seconds to be used with date-sec'),
+  req('vm-clock-sec', 'int', 'VM clock relative to boot in seconds'),
+  req('vm-clock-nsec', 'int', 'fractional part in nano seconds to be used with vm-clock-sec'),
+  opt('icount', 'int', 'Current instruction count. Appears when execution record/replay is enabled.'),
+], { doc: 'Information about an internal snapshot' });
+
+/** "<context>: <strerror>", as QEMU's error_setg_errno words it. */
+function withErrno(context: string, e: unknown): Error {
+  return genericError(`${context}: ${errnoText(e)}`);
+}
+
+/** qmp_get_root_bs: the node, which no other node may use as a child (exports and jobs may). */
+function rootNode(graph: BlockGraph, device: string): BlockNode {
+  const node = graph.nodes.get(device);
+  if (!node) throw genericError(`Cannot find device='${device}' nor node-name='${device}'`);
+  if (node.parents.some((e) => e.parent instanceof BlockNode)) throw genericError('Need a root block node');
+  return node;
+}
+
+/** The qcow2 image that takes a snapshot of `node`: its own, or (QEMU's fallback) that of its file child, down the chain. */
+function snapshotImage(node: BlockNode): { image?: Qcow2Image; node: BlockNode } {
+  for (let n: BlockNode | undefined = node; n; n = n.child('file') ?? (n.isFilter ? n.primaryChild : undefined)) {
+    const image = qcow2Images.get(n.ops);
+    if (image) return { image, node: n };
+  }
+  return { node };
+}
+
+/** The time of a snapshot: wall clock with microseconds; qsd's virtual clock reads the same. */
+function now(): { sec: number; nsec: number; clockNsec: number } {
+  const us = Math.round((performance.timeOrigin + performance.now()) * 1000);
+  const sec = Math.floor(us / 1e6);
+  const nsec = (us % 1e6) * 1000;
+  return { sec, nsec, clockNsec: sec * 1e9 + nsec };
+}
+
+export const snapshotInternalCommands: CommandDef[] = [
+  {
+    name: 'blockdev-snapshot-internal-sync',
+    args: obj('q_obj_blockdev-snapshot-internal-sync-arg', [
+      req('device', 'str', 'the device name or node-name of a root node to generate the snapshot from'),
+      req('name', 'str', 'the name of the snapshot to create'),
+    ]),
+    doc: 'Synchronously take an internal snapshot of a block device, when the format of the image used supports it '
+      + '(qcow2 without an external data file). If the name is an empty string, or a snapshot with that name already exists, the operation fails.',
+    async handler({ device, name }: { device: string; name: string }, ctx) {
+      const node = rootNode(ctx.graph, device);
+      const { image, node: target } = snapshotImage(node);
+      await target.drained(async () => {
+        if (node.readOnly) throw genericError(`Device '${device}' is read only`);
+        if (!image || image.readOnly) throw genericError(`Block format '${node.driver.name}' used by device '${device}' does not support internal snapshots`);
+        if (name === '') throw genericError('Name is empty');
+        try {
+          checkSnapshotsSupported(image);
+        } catch (e) {
+          throw withErrno('Failed to get a snapshot list', e);
+        }
+        if (findSnapshot(image, undefined, name)) throw genericError(`Snapshot with name '${name}' already exists on device '${device}'`);
+        const t = now();
+        try {
+          await createSnapshot(image, { name, dateSec: t.sec, dateNsec: t.nsec, vmClockNsec: t.clockNsec, icount: -1 });
+        } catch (e) {
+          throw withErrno(`Failed to create snapshot '${name}' on device '${device}'`, e);
+        }
+      });
+      ctx.host.log.info({ node: target.nodeName, snapshot: name }, 'internal snapshot created');
+    },
+  },
+  {
+    name: 'blockdev-snapshot-delete-internal-sync',
+    args: obj('q_obj_blockdev-snapshot-delete-internal-sync-arg', [
+      req('device', 'str', 'the device name or node-name of a root node to delete the snapshot from'),
+      opt('id', 'str', 'optional the snapshot\'s ID to be deleted'),
+      opt('name', 'str', 'optional the snapshot\'s name to be deleted'),
+    ]),
+    returns: SnapshotInfo,
+    doc: 'Synchronously delete an internal snapshot of a block device, when the format of the image used supports it. '
+      + 'The snapshot is identified by name or id or both; one of the name or id is required. Returns the deleted snapshot.',
+    async handler({ device, id, name }: { device: string; id?: string; name?: string }, ctx) {
+      const node = rootNode(ctx.graph, device);
+      if (id === undefined && name === undefined) throw genericError('Name or id must be provided');
+      const { image, node: target } = snapshotImage(node);
+      const deleted = await target.drained(async () => {
+        if (!image) throw genericError('Failed to get a snapshot list: Operation not supported');
+        try {
+          checkSnapshotsSupported(image);
+        } catch (e) {
+          throw withErrno('Failed to get a snapshot list', e);
+        }
+        if (!findSnapshot(image, id, name)) {
+          throw genericError(`Snapshot with id '${id ?? 'null'}' and name '${name ?? 'null'}' does not exist on device '${device}'`);
+        }
+        try {
+          return await deleteSnapshot(image, id, name);
+        } catch (e) {
+          throw e instanceof SnapshotError ? genericError(e.message) : withErrno('Failed to remove snapshot from snapshot list', e);
+        }
+      });
+      ctx.host.log.info({ node: target.nodeName, snapshot: deleted.name, id: deleted.id }, 'internal snapshot deleted');
+      return snapshotInfo(deleted);
+    },
+  },
+];
