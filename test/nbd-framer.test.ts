@@ -143,3 +143,31 @@ describe('RequestFramer', () => {
     expect((out[0] as { offset: number }).offset).toBeGreaterThan(Number.MAX_SAFE_INTEGER);
   });
 });
+
+describe('RequestFramer with transient chunks (one reused socket read buffer)', () => {
+  it('never hands out views of a pushed chunk, and keeps what it has not handed out', () => {
+    const payloads = [Buffer.alloc(5000, 0x41), Buffer.alloc(300, 0x42), Buffer.alloc(70_000, 0x43)];
+    const stream = Buffer.concat(payloads.flatMap((p, i) => [header(Cmd.WRITE, i * 100_000, p.length, BigInt(i)), p]).concat(header(Cmd.FLUSH, 0, 0, 9n)));
+    for (const size of [1, 7, 28, 4096, 65536]) {
+      const f = new RequestFramer({ transient: true });
+      const reused = Buffer.alloc(size);
+      const frames: Frame[] = [];
+      for (let at = 0; at < stream.length; at += size) {
+        const n = Math.min(size, stream.length - at);
+        stream.copy(reused, 0, at, at + n);
+        f.push(reused.subarray(0, n));
+        // Take at most one frame per read, as a connection under backpressure would.
+        const fr = f.next();
+        if (fr) frames.push(fr);
+        f.retainUnconsumed();
+        reused.fill(0xee); // the socket reuses its buffer for the next read
+      }
+      for (let fr = f.next(); fr; fr = f.next()) frames.push(fr);
+      expect(frames.length, `chunk size ${size}`).toBe(4);
+      frames.slice(0, 3).forEach((fr, i) => {
+        expect(fr.kind).toBe('request');
+        if (fr.kind === 'request') expect(fr.payload!.equals(payloads[i]), `payload ${i}, chunk size ${size}`).toBe(true);
+      });
+    }
+  });
+});

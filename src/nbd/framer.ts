@@ -44,11 +44,34 @@ export class RequestFramer {
   private readonly scratch = Buffer.alloc(REQUEST_SIZE);
   private readonly maxPayload: number;
   private readonly alloc: (size: number) => Buffer;
+  private readonly transient: boolean;
 
-  /** `alloc` provides the buffer a split payload is assembled in (its contents are all overwritten). */
-  constructor(opts: { maxPayload?: number; alloc?: (size: number) => Buffer } = {}) {
+  /**
+   * `alloc` provides the buffer a split payload is assembled in (its contents are all overwritten).
+   * With `transient`, pushed chunks are only valid until retainUnconsumed() (the socket reads into
+   * one reused buffer): payloads are then always assembled, never views of a chunk.
+   */
+  constructor(opts: { maxPayload?: number; alloc?: (size: number) => Buffer; transient?: boolean } = {}) {
     this.maxPayload = opts.maxPayload ?? MAX_PAYLOAD;
     this.alloc = opts.alloc ?? ((n) => Buffer.allocUnsafe(n));
+    this.transient = opts.transient ?? false;
+  }
+
+  /**
+   * Copies the bytes not yet handed out into a buffer of the framer's own, so
+   * the chunks pushed so far may be reused by the caller. Takes what a payload
+   * being assembled can use first, so a large write costs one copy.
+   */
+  retainUnconsumed(): void {
+    if (this.state === 'payload' && this.assembling) this.filled += this.copyOut(this.assembling, this.filled);
+    if (this.available === 0) return;
+    const rest = Buffer.allocUnsafe(this.available);
+    let got = 0;
+    while (this.available > 0) got += this.copyOut(rest, got, rest.length - got);
+    this.chunks = [rest];
+    this.first = 0;
+    this.pos = 0;
+    this.available = rest.length;
   }
 
   /** Bytes received but not yet handed out in a frame (excluding a payload being assembled). */
@@ -102,7 +125,7 @@ export class RequestFramer {
           const req = this.pending!;
           if (!this.assembling) {
             const head = this.chunks[this.first];
-            if (head && head.length - this.pos >= req.length) {
+            if (!this.transient && head && head.length - this.pos >= req.length) {
               const payload = head.subarray(this.pos, this.pos + req.length);
               this.advance(req.length);
               return this.finishPayload(req, payload);

@@ -6,7 +6,7 @@
  * new clients; they wait (connected, not greeted) until a slot frees, as
  * they would in qsd's listen backlog. Waiting sockets are capped.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, Socket as NetSocket, type Server, type Socket } from 'node:net';
 import { lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { NbdConnection } from './connection.ts';
@@ -113,10 +113,12 @@ export class NbdServer {
     this.startConnection(socket);
   }
 
-  private startConnection(socket: Socket): void {
+  private startConnection(accepted: Socket): void {
     const id = this.nextId++;
+    let conn!: NbdConnection;
+    const socket = adoptWithReadBuffer(accepted, (n, buf) => conn.onUserRead(n, buf)) ?? accepted;
     const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
-    const conn = new NbdConnection(socket, {
+    conn = new NbdConnection(socket, {
       env: this.env,
       log: this.log.child({ conn: id, peer }),
       handshakeMaxSeconds: this.opts.handshakeMaxSeconds ?? DEFAULT_HANDSHAKE_MAX_SECONDS,
@@ -125,6 +127,7 @@ export class NbdServer {
       specErrnos: this.opts.specErrnos,
       pool: this.pool,
     });
+    conn.transientReads = socket !== accepted;
     this.active.add(conn);
     void conn.finished.then(() => {
       this.active.delete(conn);
@@ -169,4 +172,26 @@ export class NbdServer {
     }
     this.log.debug('NBD server stopped');
   }
+}
+
+/** Size of the one buffer each connection's socket reads into. */
+const READ_BUFFER_SIZE = 256 * 1024;
+
+/**
+ * Moves an accepted (still paused) socket's handle into a new net.Socket
+ * that reads into one reused buffer (`onread`), instead of allocating a new
+ * 64 KiB buffer per read. Node offers `onread` only when a socket is
+ * created, so the handle is taken over; the accepted socket is then
+ * destroyed without closing it (it no longer owns the handle), which also
+ * keeps the server's connection count right. Returns undefined (keep the
+ * accepted socket) if the handle cannot be taken over.
+ */
+function adoptWithReadBuffer(accepted: Socket, onRead: (nread: number, buf: Buffer) => boolean): Socket | undefined {
+  const holder = accepted as unknown as { _handle: unknown };
+  const handle = holder._handle;
+  if (!handle) return undefined;
+  holder._handle = null;
+  accepted.destroy();
+  const buffer = Buffer.allocUnsafe(READ_BUFFER_SIZE);
+  return new NetSocket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: { buffer, callback: onRead } } as unknown as ConstructorParameters<typeof NetSocket>[0]);
 }
