@@ -200,35 +200,31 @@ describe('internal snapshots while data is being written', () => {
         }
       }
 
-      await snapshot('before-writes');
-      await verify();
-      let w = startWriters(node, model, 11);
-      await new Promise((res) => setTimeout(res, 100));
-      await snapshot('s1');
-      await new Promise((res) => setTimeout(res, 100));
-      await snapshot('s2');
-      await new Promise((res) => setTimeout(res, 50));
-      await w.stop();
-      expect(w.writes).toBeGreaterThan(10);
-      await verify();
-
-      // Deleting while the writers run: the first by name, one by id, one by both.
-      w = startWriters(node, model, 12);
-      await new Promise((res) => setTimeout(res, 50));
-      await remove({ name: 'before-writes' }, 'before-writes');
-      await snapshot('s3');
-      await new Promise((res) => setTimeout(res, 50));
-      const list = (node.ops.info!() as { snapshots: { id: string; name: string }[] }).snapshots;
-      await remove({ id: list.find((s) => s.name === 's1')!.id }, 's1');
-      await w.stop();
-      await verify();
-      w = startWriters(node, model, 13);
-      await remove({ id: list.find((s) => s.name === 's2')!.id, name: 's2' }, 's2');
-      await new Promise((res) => setTimeout(res, 50));
-      await w.stop();
-      await verify();
-      await remove({ name: 's3' }, 's3');
-      await verify();
+      const idOf = (sn: string) => (node.ops.info!() as { snapshots: { id: string; name: string }[] }).snapshots.find((x) => x.name === sn)!.id;
+      // Each operation runs while writers write; then they stop and everything is compared with QEMU's view.
+      const ops: (() => Promise<void>)[] = [
+        () => snapshot('first'),
+        () => snapshot('s1'),
+        () => snapshot('s2'),
+        () => remove({ name: 'first' }, 'first'),
+        () => snapshot('s3'),
+        () => remove({ id: idOf('s1') }, 's1'),
+        () => remove({ id: idOf('s2'), name: 's2' }, 's2'),
+        () => snapshot('s4'),
+        () => remove({ name: 's3' }, 's3'),
+        () => remove({ name: 's4' }, 's4'),
+      ];
+      let total = 0;
+      for (const [i, op] of ops.entries()) {
+        const w = startWriters(node, model, 11 + i);
+        await new Promise((res) => setTimeout(res, 40));
+        await op();
+        await new Promise((res) => setTimeout(res, 20));
+        await w.stop();
+        total += w.writes;
+        await verify();
+      }
+      expect(total).toBeGreaterThan(30);
       expect((node.ops.info!() as { snapshots?: unknown[] }).snapshots).toBeUndefined();
 
       // Closed and opened again by blockd: same data, still clean.
