@@ -129,6 +129,29 @@ for _ in range(2):
     expect(err).not.toMatch(/error/i);
   });
 
+  it('the embedded default (no options) creates and serves a qcow2 disk0 on TCP, a Unix socket and a QMP monitor', async () => {
+    const dir = tempDir();
+    const d = spawn(BLOCKD, ['--log-level', 'warn'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    d.stdout!.on('data', (x) => (out += x));
+    try {
+      const sock = join(dir, 'var/nbd.sock');
+      for (let i = 0; i < 200 && !out.includes('Stop with'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(out).toMatch(/nbdinfo nbd:\/\/127\.0\.0\.1:10809\/disk0/);
+      expect(run('nbdinfo', ['--size', `nbd+unix:///disk0?socket=${sock}`]).trim()).toBe(String(1 << 30));
+      expect(run('nbdinfo', ['--size', 'nbd://127.0.0.1:10809/disk0']).trim()).toBe(String(1 << 30));
+      run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 65536', `nbd+unix:///disk0?socket=${sock}`]);
+      const nodes = JSON.parse(run(join(import.meta.dirname, '../bin/blockctl'), ['-s', join(dir, 'var/qmp.sock'), '--json', 'query-named-block-nodes']));
+      expect(nodes.find((n: { 'node-name': string }) => n['node-name'] === 'disk0').drv).toBe('qcow2');
+    } finally {
+      d.kill('SIGTERM');
+      await new Promise((r) => d.once('exit', r));
+    }
+    const info = JSON.parse(run('qemu-img', ['info', '--output=json', join(dir, 'var/disk0.qcow2')]));
+    expect(info.format).toBe('qcow2');
+    run('qemu-img', ['check', join(dir, 'var/disk0.qcow2')]);
+  });
+
   it('systemd units pass systemd-analyze verify', () => {
     requireTool('systemd-analyze');
     const dir = tempDir();

@@ -109,7 +109,9 @@ export function parseCli(argv: string[]): ParsedCli {
     pidfile: single(args.pidfile, 'pidfile'), daemonize: args.daemonize === true, logLevel,
   };
   const configFile = single(args.config, 'config');
-  const empty = argv.every((a) => a.startsWith('--log-level'));
+  // Nothing to serve was named (at most a log level): the embedded default.
+  const empty = !configFile && !config.pidfile && !config.daemonize &&
+    [config.objects, config.blockdevs, config.chardevs, config.monitors, config.nbdServers, config.exports].every((l) => l.length === 0);
   if (empty) return { kind: 'default', logLevel };
   return { kind: 'run', config, configFile };
 }

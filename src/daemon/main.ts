@@ -29,7 +29,7 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(`blockd version ${pkg.version} (qemu-storage-daemon 7.2 compatible)\n`);
       return;
     }
-    if (cli.kind === 'default') ({ config, banner } = embeddedDefault(cli.logLevel));
+    if (cli.kind === 'default') ({ config, banner } = await embeddedDefault(cli.logLevel));
     else config = cli.configFile ? mergeConfigFile(cli.configFile, cli.config) : cli.config;
     if (!(LOG_LEVELS as readonly string[]).includes(config.logLevel)) {
       throw new CliError(`--log-level: '${config.logLevel}' is not one of ${LOG_LEVELS.join(', ')}`);
