@@ -9,12 +9,16 @@ import { blockCommands } from './block.ts';
 import { nbdCommands, nbdEvents } from './nbd.ts';
 import { objectCommands } from './objects.ts';
 import { jobCommands, jobEvents } from './jobs.ts';
+import { mirrorBackupCommands } from './mirror-backup.ts';
+import { bitmapCommands } from './bitmaps.ts';
 import { snapshotInternalCommands } from './snapshots-internal.ts';
 
 export const allCommands: CommandDef[] = [
   ...blockCommands,
+  ...bitmapCommands,
   ...snapshotInternalCommands,
   ...jobCommands,
+  ...mirrorBackupCommands,
   ...nbdCommands,
   ...controlCommands,
   ...objectCommands,

@@ -1,0 +1,131 @@
+/**
+ * copy-before-write: a filter that, before a write (or write-zeroes, or
+ * discard) reaches its 'file' child, copies the old contents of every
+ * cluster it touches that has not been copied yet to its 'target'. The
+ * target thus keeps the child's contents as they were when copying began
+ * (a point-in-time snapshot). Backup inserts one above its source and
+ * shares the copy map with its background copy (CowState); a user can also
+ * blockdev-add one (file, target).
+ *
+ * A failed copy fails the guest's write (qsd's on-cbw-error=break-guest-write).
+ */
+import { BlockError } from '../errors.ts';
+import { RangeLock } from '../range-lock.ts';
+import { ReqFlag } from '../request.ts';
+import { obj, opt, req } from '../../qmp/types.ts';
+import { BlockdevRef } from '../options.ts';
+import { DirtyMap } from '../jobs/mirror-dirty.ts';
+import { zeroUnlessZero } from '../jobs/mirror.ts';
+import type { Driver, DriverOps } from '../driver.ts';
+import type { BlockNode } from '../node.ts';
+
+const DEFAULT_CLUSTER = 65536;
+const MAX_COPY = 1024 * 1024;
+
+/** The copy state shared by the filter and a backup job's background copy. */
+export class CowState {
+  readonly map: DirtyMap;
+  readonly lock = new RangeLock();
+  /** Copying on write is on (between activate() and deactivate()). */
+  active = false;
+  /** Bytes copied so far, by either path (the backup's progress). */
+  onCopied?: (bytes: number) => void;
+
+  constructor(readonly source: BlockNode, readonly target: BlockNode, readonly cluster: number, readonly targetZeroed = false) {
+    this.map = new DirtyMap(source.length(), cluster);
+  }
+
+  /** Starts the snapshot: everything must be copied before it is overwritten. */
+  activate(): void {
+    this.map.set(0, this.map.length);
+    this.active = true;
+  }
+
+  deactivate(): void { this.active = false; }
+
+  /** Copies every still-uncopied cluster touching [offset, offset+length) (the range is locked meanwhile). */
+  async copyRange(offset: number, length: number): Promise<void> {
+    const a = offset - (offset % this.cluster);
+    const b = Math.min(this.map.length, Math.ceil((offset + length) / this.cluster) * this.cluster);
+    if (!this.map.any(a, b - a)) return;
+    const release = await this.lock.acquire(a, b);
+    try {
+      for (let pos = a; pos < b;) {
+        const run = this.map.nextRun(pos, Math.min(MAX_COPY, b - pos));
+        if (!run || run.offset >= b || run.offset < pos) break;
+        const end = Math.min(b, run.offset + run.length);
+        await this.copyNow(run.offset, end - run.offset);
+        this.map.clear(run.offset, end - run.offset);
+        this.onCopied?.(end - run.offset);
+        pos = end;
+      }
+    } finally {
+      release();
+    }
+  }
+
+  /** Copies [offset, offset+length) from source to target, zero runs as write-zeroes (or not at all onto a zeroed target). */
+  private async copyNow(offset: number, length: number): Promise<void> {
+    const extents = await this.source.blockStatus(offset, length).catch(markRead);
+    for (const e of extents) {
+      if (e.zero) {
+        if (!this.targetZeroed) await zeroUnlessZero(this.target, e.offset, e.length, ReqFlag.MAY_UNMAP);
+        continue;
+      }
+      const buf = Buffer.allocUnsafe(e.length);
+      await this.source.read(e.offset, buf).catch(markRead);
+      await this.target.write(e.offset, buf);
+    }
+  }
+}
+
+/** Tags an error as the source's (on-source-error) rather than the target's. */
+function markRead(e: unknown): never {
+  if (e && typeof e === 'object') (e as { cowRead?: boolean }).cowRead = true;
+  throw e;
+}
+
+/** The filter's operations over `state` (reads and everything else pass to the source). */
+export function cowFilterOps(state: CowState): DriverOps {
+  const src = state.source;
+  const before = (o: number, l: number) => (state.active ? state.copyRange(o, l) : Promise.resolve());
+  return {
+    length: () => src.length(),
+    read: (o, buf) => src.read(o, buf),
+    async write(o, buf, flags) { await before(o, buf.length); await src.write(o, buf, flags); },
+    async writeZeroes(o, l, flags) { await before(o, l); await src.writeZeroes(o, l, flags); },
+    async discard(o, l) { await before(o, l); await src.discard(o, l); },
+    flush: () => src.flush(),
+    blockStatus: (o, l, flags) => src.blockStatus(o, l, flags),
+    async truncate() { throw new BlockError('EPERM', 'Cannot resize a node under copy-before-write'); },
+    limits: { canFua: true, canZero: src.limits.canZero, canTrim: src.limits.canTrim },
+  };
+}
+
+/** The cluster size copying works in: the target's cluster size, at least 64 KiB (QEMU's choice). */
+export function cowClusterSize(target: BlockNode): number {
+  const info = target.ops.info?.() as { 'cluster-size'?: number } | undefined;
+  const cs = info?.['cluster-size'];
+  return typeof cs === 'number' && cs > DEFAULT_CLUSTER ? cs : DEFAULT_CLUSTER;
+}
+
+export const copyBeforeWriteDriver: Driver = {
+  name: 'copy-before-write',
+  kind: 'filter',
+  options: obj('BlockdevOptionsCbw', [
+    req('file', BlockdevRef, 'reference to or definition of the data source block device'),
+    req('target', BlockdevRef, 'The target for copy-before-write operations.'),
+    opt('bitmap', 'any', 'If specified, copy-before-write filter will do copy-before-write operations only for dirty regions of the bitmap.'),
+  ]),
+  async open(options, ctx): Promise<DriverOps> {
+    if (options.bitmap !== undefined) throw new BlockError('ENOTSUP', "copy-before-write: 'bitmap' is not supported by blockd");
+    const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
+    const target = await ctx.openChild('target', options.target as string | Record<string, unknown>, { perm: { write: true } });
+    if (target.length() < file.length()) {
+      throw new BlockError('EINVAL', 'Source and target image have different sizes');
+    }
+    const state = new CowState(file, target, cowClusterSize(target));
+    state.activate();
+    return cowFilterOps(state);
+  },
+};

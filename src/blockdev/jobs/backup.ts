@@ -1,0 +1,179 @@
+/**
+ * The backup job (blockdev-backup, drive-backup): a point-in-time copy of a
+ * node taken while it stays in use. A copy-before-write filter (CowState) is
+ * put above the source and takes over its users; the moment of the snapshot
+ * is a drained section right after that, when the copy map is filled. From
+ * then on a guest write first copies the old clusters it overwrites to the
+ * target, and the job copies the rest in the background (sync=full: every
+ * cluster, zero runs as write-zeroes; sync=top: clusters allocated in the
+ * source's top layer; sync=none: only what the filter copies, until the job
+ * is cancelled). When done the filter is taken out again.
+ */
+import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
+import { insertFilter, internalFilterDriver, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
+import { JobCancelledError } from './errors.ts';
+import { BlockError, toBlockError } from '../errors.ts';
+import { ALL_PERM } from '../edge.ts';
+import { CowState, cowClusterSize, cowFilterOps } from '../drivers/copy-before-write.ts';
+import type { BlockNode } from '../node.ts';
+
+export type BackupSync = 'full' | 'top' | 'none';
+
+export interface BackupJobOptions extends BlockJobOptions {
+  source: BlockNode;
+  target: BlockNode;
+  sync: BackupSync;
+  onSourceError?: BlockdevOnError;
+  onTargetError?: BlockdevOnError;
+  filterNodeName?: string;
+  /** The target is a new image that reads as zeroes. */
+  targetZeroed?: boolean;
+}
+
+const cbwDriver = internalFilterDriver('copy-before-write');
+const CHUNK = 1024 * 1024;
+const MAX_INFLIGHT = 8;
+
+export class BackupJob extends BlockJob {
+  readonly type = 'backup' as const;
+  readonly source: BlockNode;
+  readonly target: BlockNode;
+  private readonly sync: BackupSync;
+  private readonly onSourceError: BlockdevOnError;
+  private readonly onTargetError: BlockdevOnError;
+  private readonly filterNodeName?: string;
+  private readonly state: CowState;
+  private filter?: InsertedFilter;
+  private readonly inflight = new Set<Promise<void>>();
+  private ioFailure?: unknown;
+
+  constructor(opts: BackupJobOptions) {
+    super(opts);
+    this.source = opts.source;
+    this.target = opts.target;
+    this.sync = opts.sync;
+    this.onSourceError = opts.onSourceError ?? 'report';
+    this.onTargetError = opts.onTargetError ?? 'report';
+    this.filterNodeName = opts.filterNodeName;
+    this.state = new CowState(opts.source, opts.target, cowClusterSize(opts.target), opts.targetZeroed ?? false);
+    this.state.onCopied = (n) => this.progressUpdate(n);
+  }
+
+  /** Takes the nodes, puts the filter above the source and starts the snapshot (in a drained section). */
+  async setUp(): Promise<void> {
+    if (this.target.readOnly) throw new BlockError('EPERM', `Node '${this.target.nodeName}' is read only`);
+    this.useNode(this.source, 'source', { read: true, write: false, resize: false }, ALL_PERM);
+    this.useNode(this.target, 'target', { read: true, write: true, resize: false }, { read: true, write: true, resize: false });
+    this.filter = await insertFilter(this.graph, this.source, {
+      name: this.filterNodeName,
+      driver: cbwDriver,
+      role: 'file',
+      ops: cowFilterOps(this.state),
+      keep: (e) => e.parent === this,
+      perm: { read: true, write: !this.source.readOnly, resize: false },
+      shared: ALL_PERM,
+    });
+    // Writes that queued at the source during the insertion still went straight to it: the snapshot starts after them.
+    await this.source.drained(() => this.state.activate());
+    this.progressSetRemaining(this.source.length());
+  }
+
+  async tearDown(): Promise<void> {
+    this.state.deactivate();
+    if (this.filter) await removeFilter(this.graph, this.filter, this.source);
+    this.filter = undefined;
+    await this.releaseNodes();
+  }
+
+  protected async run(): Promise<void> {
+    // qsd's backup passes a pause point for the drained insertion of its filter (paused → running).
+    this.pause();
+    setImmediate(() => this.resume());
+    await this.pausePoint();
+    try {
+      await this.copyAll();
+    } finally {
+      while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+    }
+  }
+
+  private async copyAll(): Promise<void> {
+    const len = this.source.length();
+    if (this.sync === 'top') await this.skipUnallocated(len);
+    if (this.sync === 'none') {
+      while (!this.isCancelled) await this.waitForEnter();
+      throw new JobCancelledError();
+    }
+    for (let pos = 0; ;) {
+      await this.pausePoint();
+      if (this.isCancelled) throw new JobCancelledError();
+      if (this.ioFailure !== undefined) throw this.ioFailure;
+      while (this.inflight.size >= MAX_INFLIGHT) await Promise.race(this.inflight);
+      const run = pos < len ? this.state.map.nextRun(pos, CHUNK) : undefined;
+      if (!run || run.offset < pos) {
+        // End of a sweep: what is still uncopied (retries after 'stop') gets another one.
+        await Promise.allSettled([...this.inflight]);
+        if (this.state.map.count === 0 || this.ioFailure !== undefined || this.isCancelled) break;
+        pos = 0;
+        continue;
+      }
+      pos = run.offset + run.length;
+      const p = this.copyChunk(run.offset, run.length).finally(() => this.inflight.delete(p));
+      this.inflight.add(p);
+      if (this.speed > 0) await this.throttle(run.length);
+    }
+    if (this.isCancelled) throw new JobCancelledError();
+    if (this.ioFailure !== undefined) throw this.ioFailure;
+    await this.target.flush();
+  }
+
+  private async copyChunk(offset: number, length: number): Promise<void> {
+    for (;;) {
+      try {
+        await this.state.copyRange(offset, length);
+        return;
+      } catch (e) {
+        if (this.isCancelled) return;
+        const err = toBlockError(e);
+        const isRead = (e as { cowRead?: boolean }).cowRead === true;
+        const action = this.errorAction(isRead ? this.onSourceError : this.onTargetError, isRead, err);
+        if (action === 'report') { this.ioFailure ??= err; return; }
+        if (action === 'ignore') { this.state.map.clear(offset, length); return; }
+        await this.pausePoint();
+        if (this.isCancelled) return;
+      }
+    }
+  }
+
+  /** sync=top: clusters not allocated in the source's top layer are not copied. */
+  private async skipUnallocated(len: number): Promise<void> {
+    for (let off = 0; off < len;) {
+      const extents = await this.source.blockStatus(off, len - off);
+      for (const e of extents) {
+        if (!e.allocated) {
+          // Only whole clusters: a cluster partly allocated is copied.
+          const c = this.state.cluster;
+          const a = Math.ceil(e.offset / c) * c;
+          const b = e.offset + e.length >= len ? len : Math.floor((e.offset + e.length) / c) * c;
+          if (b > a) { this.state.map.clear(a, b - a); this.progressUpdate(b - a); }
+        }
+        off = e.offset + e.length;
+      }
+    }
+  }
+
+  protected override async abort(): Promise<void> { await this.takeOut(); }
+  protected override async commit(): Promise<void> { await this.takeOut(); }
+
+  private async takeOut(): Promise<void> {
+    this.state.deactivate();
+    const f = this.filter;
+    this.filter = undefined;
+    if (f) await removeFilter(this.graph, f, this.source);
+  }
+
+  protected override async clean(): Promise<void> {
+    await this.takeOut();
+    await super.clean();
+  }
+}

@@ -1,0 +1,406 @@
+/**
+ * The mirror job (blockdev-mirror, drive-mirror): copies a source node to a
+ * target while the source stays in use, converges, and on job-complete moves
+ * every user of the source (exports, nodes above it) onto the target.
+ *
+ * - A 'mirror_top' filter is put above the source at start and takes over
+ *   its users; in copy-mode=write-blocking it also writes each guest write
+ *   to the target before completing it. At the end the filter is taken out
+ *   again, its users moving onto the target (complete) or back onto the
+ *   source (cancel, failure).
+ * - A write observer on the source marks what changes in a DirtyMap; the
+ *   copy loop copies dirty runs (buf-size bytes in flight at most), skipping
+ *   holes of the initial pass by block status (zero extents become
+ *   write-zeroes on the target unless it is known to read as zeroes).
+ * - Nothing dirty and nothing in flight: READY. job-complete (or a soft
+ *   cancel, which leaves the target as a point-in-time copy without the
+ *   pivot, as qsd does) then drains the source; if still clean, the target
+ *   is flushed and the run ends with the drain held, so no write slips in
+ *   between the last check and the pivot in prepare().
+ */
+import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
+import { DirtyMap } from './mirror-dirty.ts';
+import { insertFilter, internalFilterDriver, moveParents, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
+import { JobCancelledError } from './errors.ts';
+import { BlockError, toBlockError } from '../errors.ts';
+import { ReqFlag } from '../request.ts';
+import type { BlockNode } from '../node.ts';
+import type { DriverOps } from '../driver.ts';
+import { ALL_PERM } from '../edge.ts';
+
+export type MirrorSync = 'full' | 'top' | 'none';
+export type MirrorCopyMode = 'background' | 'write-blocking';
+
+export interface MirrorJobOptions extends BlockJobOptions {
+  source: BlockNode;
+  target: BlockNode;
+  sync: MirrorSync;
+  granularity?: number;
+  bufSize?: number;
+  copyMode?: MirrorCopyMode;
+  onSourceError?: BlockdevOnError;
+  onTargetError?: BlockdevOnError;
+  /** The node whose users move to the target on completion (default: the source). */
+  replaces?: BlockNode;
+  filterNodeName?: string;
+  /** The target is known to read as zeroes (a new image): holes need no write-zeroes. */
+  targetZeroed?: boolean;
+  /** Zero runs may be unmapped on the target (drive-mirror unmap, default true). */
+  unmap?: boolean;
+  /** Runs once the job has concluded (drive-mirror drops an unused target node). */
+  onConcluded?: (pivoted: boolean) => Promise<void> | void;
+}
+
+export const DEFAULT_MIRROR_BUF_SIZE = 16 * 1024 * 1024;
+/** Largest single copy operation. */
+const MAX_OP = 1024 * 1024;
+
+const mirrorTopDriver = internalFilterDriver('mirror_top');
+
+export class MirrorJob extends BlockJob {
+  readonly type = 'mirror' as const;
+  readonly source: BlockNode;
+  readonly target: BlockNode;
+  private readonly sync: MirrorSync;
+  private readonly granularity: number;
+  private readonly bufSize: number;
+  private readonly copyMode: MirrorCopyMode;
+  private readonly onSourceError: BlockdevOnError;
+  private readonly onTargetError: BlockdevOnError;
+  private readonly replaces?: BlockNode;
+  private readonly filterNodeName?: string;
+  private readonly targetZeroed: boolean;
+  private readonly unmap: boolean;
+  private readonly onConcluded?: MirrorJobOptions['onConcluded'];
+  private dirty!: DirtyMap;
+  private filter?: InsertedFilter;
+  /** Where the filter forwards requests: the source, and after a pivot the target. */
+  private current: BlockNode;
+  private shouldComplete = false;
+  /** write-blocking: guest writes also go to the target (until the filter is taken out). */
+  private writeThrough = true;
+  private pivoted = false;
+  private releaseDrain?: () => void;
+  private drainSection?: Promise<unknown>;
+  private readonly inflight = new Set<Promise<void>>();
+  private inflightBytes = 0;
+  private ioFailure?: unknown;
+  private cursor = 0;
+  private readonly observer = (offset: number, length: number) => {
+    this.dirty.set(offset, length);
+    this.enter();
+  };
+
+  constructor(opts: MirrorJobOptions) {
+    super(opts);
+    this.source = opts.source;
+    this.target = opts.target;
+    this.current = opts.source;
+    this.sync = opts.sync;
+    this.granularity = opts.granularity || defaultGranularity(opts.target);
+    this.bufSize = opts.bufSize || DEFAULT_MIRROR_BUF_SIZE;
+    this.copyMode = opts.copyMode ?? 'background';
+    this.onSourceError = opts.onSourceError ?? 'report';
+    this.onTargetError = opts.onTargetError ?? 'report';
+    this.replaces = opts.replaces;
+    this.filterNodeName = opts.filterNodeName;
+    this.targetZeroed = opts.targetZeroed ?? false;
+    this.unmap = opts.unmap ?? true;
+    this.onConcluded = opts.onConcluded;
+  }
+
+  /**
+   * Set-up that may still fail (the job is registered, not started): the
+   * job's edges, the target's size, the filter above the source.
+   */
+  async setUp(): Promise<void> {
+    const len = this.source.length();
+    this.useNode(this.source, 'source', { read: true, write: false, resize: false }, ALL_PERM);
+    if (this.target.readOnly) throw new BlockError('EPERM', `Node '${this.target.nodeName}' is read only`);
+    this.useNode(this.target, 'target', { read: true, write: true, resize: false }, { read: true, write: true, resize: false });
+    this.dirty = new DirtyMap(len, this.granularity);
+    this.filter = await insertFilter(this.graph, this.source, {
+      name: this.filterNodeName,
+      driver: mirrorTopDriver,
+      role: 'backing',
+      ops: this.filterOps(),
+      keep: (e) => e.parent === this,
+      perm: { read: true, write: !this.source.readOnly, resize: false },
+      shared: ALL_PERM,
+    });
+    this.source.writeObservers.add(this.observer);
+  }
+
+  /** Undoes setUp after a failure before start. */
+  async tearDown(): Promise<void> {
+    this.source.writeObservers.delete(this.observer);
+    if (this.filter) await removeFilter(this.graph, this.filter, this.source);
+    this.filter = undefined;
+    await this.releaseNodes();
+  }
+
+  private filterOps(): DriverOps {
+    const blocking = this.copyMode === 'write-blocking';
+    const alsoTarget = async (fn: (n: BlockNode) => Promise<void>) => {
+      await fn(this.current);
+      if (blocking && this.writeThrough) {
+        try { await fn(this.target); } catch { /* the range is dirty anyway and is copied again */ }
+      }
+    };
+    return {
+      length: () => this.current.length(),
+      read: (o, buf) => this.current.read(o, buf),
+      write: (o, buf, flags) => alsoTarget((n) => n.write(o, buf, flags)),
+      writeZeroes: (o, l, flags) => alsoTarget((n) => n.writeZeroes(o, l, flags)),
+      discard: (o, l) => this.current.discard(o, l),
+      flush: () => this.current.flush(),
+      blockStatus: (o, l, flags) => this.current.blockStatus(o, l, flags),
+      limits: { canFua: true, canZero: this.source.limits.canZero, canTrim: this.source.limits.canTrim },
+    };
+  }
+
+  // ---------------------------------------------------------------- run
+
+  protected async run(): Promise<void> {
+    try {
+      await this.copyLoop();
+    } finally {
+      await this.settle();
+    }
+  }
+
+  private async copyLoop(): Promise<void> {
+    const len = this.source.length();
+    if (this.target.length() !== len) throw new BlockError('EINVAL', 'Source and target image have different sizes');
+    this.progressSetRemaining(len);
+    await this.initialPass(len);
+    for (;;) {
+      await this.pausePoint();
+      if (this.isCancelled) { await this.settle(); throw new JobCancelledError(); }
+      this.checkFailure();
+      // Fill the pipeline.
+      let started = false;
+      while (this.inflightBytes < this.bufSize && !this.isCancelled) {
+        const run = this.dirty.nextRun(this.cursor, Math.min(MAX_OP, this.bufSize));
+        if (!run) break;
+        this.dirty.clear(run.offset, run.length);
+        this.cursor = run.offset + run.length;
+        this.startCopy(run.offset, run.length);
+        started = true;
+        if (this.speed > 0) await this.throttle(run.length);
+        if (this.pauseRequested) break;
+      }
+      this.progressSetRemaining(this.dirty.bytes + this.inflightBytes);
+      if (this.inflight.size > 0) {
+        await Promise.race(this.inflight);
+        continue;
+      }
+      if (started || this.dirty.count > 0) continue;
+      this.checkFailure();
+      if (!this.isReady) {
+        await this.target.flush();
+        if (this.dirty.count > 0) continue;
+        this.transitionToReady();
+        continue;
+      }
+      if (this.shouldComplete || this.cancelRequested) {
+        if (await this.finalSync()) return;
+        continue;
+      }
+      await this.waitForEnter();
+    }
+  }
+
+  /** Marks what the initial pass must copy; zero runs are zeroed (or skipped) right here. */
+  private async initialPass(len: number): Promise<void> {
+    if (this.sync === 'none') { this.progressSetRemaining(0); return; }
+    for (let off = 0; off < len;) {
+      await this.pausePoint();
+      if (this.isCancelled) return;
+      const extents = await this.source.blockStatus(off, Math.min(len - off, 1024 * 1024 * 1024));
+      for (const e of extents) {
+        if (this.sync === 'top' && !e.allocated) {
+          this.progressUpdate(e.length);
+        } else if (e.zero) {
+          if (!this.targetZeroed) {
+            await this.guard(false, () => zeroUnlessZero(this.target, e.offset, e.length, this.unmap ? ReqFlag.MAY_UNMAP : 0),
+              () => this.dirty.set(e.offset, e.length));
+          }
+          this.progressUpdate(e.length);
+        } else {
+          this.dirty.set(e.offset, e.length);
+        }
+        off = e.offset + e.length;
+      }
+    }
+  }
+
+  private startCopy(offset: number, length: number): void {
+    this.inflightBytes += length;
+    const p = this.copy(offset, length).finally(() => {
+      this.inflight.delete(p);
+      this.inflightBytes -= length;
+    });
+    this.inflight.add(p);
+  }
+
+  private async copy(offset: number, length: number): Promise<void> {
+    const buf = Buffer.allocUnsafe(length);
+    const redirty = () => this.dirty.set(offset, length);
+    if (!await this.guard(true, () => this.source.read(offset, buf), redirty)) return;
+    const zero = isZero(buf);
+    const ok = await this.guard(false, () => zero
+      ? this.target.writeZeroes(offset, length, this.unmap ? ReqFlag.MAY_UNMAP : 0)
+      : this.target.write(offset, buf), redirty);
+    if (ok) this.progressUpdate(length);
+  }
+
+  /** Runs an I/O and applies the on-error policy: false (after `redo`) if it failed. */
+  private async guard(isRead: boolean, io: () => Promise<void>, redo: () => void): Promise<boolean> {
+    try {
+      await io();
+      return true;
+    } catch (e) {
+      redo();
+      if (this.isCancelled) return false;
+      const err = toBlockError(e);
+      const action = this.errorAction(isRead ? this.onSourceError : this.onTargetError, isRead, err);
+      if (action === 'report') this.ioFailure ??= err;
+      return false;
+    }
+  }
+
+  private checkFailure(): void {
+    if (this.ioFailure !== undefined) throw this.ioFailure;
+  }
+
+  private async settle(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+  }
+
+  /**
+   * Drains the source; if nothing became dirty meanwhile, flushes the target
+   * and keeps the drain (released in finalisation). True when done.
+   */
+  private async finalSync(): Promise<boolean> {
+    let entered!: () => void;
+    const inDrain = new Promise<void>((r) => (entered = r));
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const section = this.source.drained(async () => { entered(); await held; });
+    await inDrain;
+    if (this.dirty.count === 0 && this.inflight.size === 0) {
+      try {
+        await this.target.flush();
+        this.releaseDrain = release;
+        this.drainSection = section;
+        return true;
+      } catch (e) {
+        release();
+        await section;
+        throw e;
+      }
+    }
+    release();
+    await section;
+    return false;
+  }
+
+  // ---------------------------------------------------------------- verbs and finalisation
+
+  protected override complete(): void {
+    this.shouldComplete = true;
+    this.enter();
+  }
+
+  protected override cancelHook(force: boolean): boolean {
+    return force || !this.isReady;
+  }
+
+  protected override async prepare(): Promise<void> {
+    if (!this.shouldComplete || this.cancelRequested) return;
+    const from = this.replaces ?? this.source;
+    if (this.replaces && this.replaces !== this.source) {
+      // Users of the replaced node go to the target; the filter's users stay on the source.
+      await this.leaveFilter(this.source);
+      await from.drained(() => moveParents(from, this.target, (e) => e.parent === this));
+    } else {
+      await this.leaveFilter(this.target);
+    }
+    this.pivoted = true;
+  }
+
+  protected override async abort(): Promise<void> {
+    await this.leaveFilter(this.source);
+  }
+
+  protected override async commit(): Promise<void> {
+    await this.leaveFilter(this.source);
+  }
+
+  /** Takes the filter out, its users going to `to`; then lets the drained source go. */
+  private async leaveFilter(to: BlockNode): Promise<void> {
+    this.source.writeObservers.delete(this.observer);
+    this.writeThrough = false;
+    const f = this.filter;
+    this.filter = undefined;
+    if (f) {
+      // Requests queued at the filter (held drain) pass through it once released: they follow `current`.
+      this.current = to;
+      await removeFilter(this.graph, f, to);
+    }
+    await this.endDrainAndWait();
+  }
+
+  private async endDrainAndWait(): Promise<void> {
+    const r = this.releaseDrain;
+    this.releaseDrain = undefined;
+    r?.();
+    const s = this.drainSection;
+    this.drainSection = undefined;
+    await s;
+  }
+
+  protected override async clean(): Promise<void> {
+    this.source.writeObservers.delete(this.observer);
+    if (this.filter) await this.leaveFilter(this.source);
+    await this.endDrainAndWait();
+    await this.settle();
+    await super.clean();
+    await this.onConcluded?.(this.pivoted);
+  }
+}
+
+/** QEMU's default: the target's cluster size, at least 4 KiB, at most 64 KiB; 64 KiB when unknown. */
+function defaultGranularity(target: BlockNode): number {
+  const info = target.ops.info?.() as { 'cluster-size'?: number } | undefined;
+  const cs = info?.['cluster-size'];
+  if (typeof cs === 'number' && cs > 0) return Math.min(65536, Math.max(4096, cs));
+  return 65536;
+}
+
+const ZERO = Buffer.alloc(MAX_OP);
+
+/** Writes zeroes over the parts of [offset, offset+length) that do not already read as zeroes on `node`. */
+export async function zeroUnlessZero(node: BlockNode, offset: number, length: number, flags: number): Promise<void> {
+  for (let pos = offset; pos < offset + length;) {
+    const ext = await node.blockStatus(pos, offset + length - pos);
+    for (const e of ext) {
+      if (!e.zero) await node.writeZeroes(e.offset, e.length, flags);
+      pos = e.offset + e.length;
+    }
+  }
+}
+
+function isZero(buf: Buffer): boolean {
+  for (let o = 0; o < buf.length; o += MAX_OP) {
+    const part = buf.subarray(o, Math.min(buf.length, o + MAX_OP));
+    if (!part.equals(ZERO.subarray(0, part.length))) return false;
+  }
+  return true;
+}
+
+export function checkMirrorGranularity(g: number): void {
+  if (g < 512 || g > 64 * 1024 * 1024) throw new BlockError('EINVAL', "Parameter 'granularity' expects a value in range [512B, 64MB]");
+  if (g & (g - 1)) throw new BlockError('EINVAL', "Parameter 'granularity' expects a power of 2");
+}

@@ -1,0 +1,231 @@
+/**
+ * Live storage migration with blockdev-mirror and drive-mirror: bin/blockd
+ * exports a raw image over NBD while a libnbd client keeps writing (one
+ * request at a time, each also applied to a model file); the mirror reaches
+ * READY, job-complete moves the export onto the new qcow2 image, and the
+ * client keeps writing there. Checked: the export and the target equal the
+ * model (qemu-img compare), the source is untouched since the pivot, the
+ * target passes qemu-img check, and the events are qsd 7.2's sequence.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { copyFileSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { QmpClient } from '../src/qmp/client/qmp-client.ts';
+import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { run, SYSTEM_PYTHON } from './helpers/tools.ts';
+
+const SIZE = 64 * 1024 * 1024;
+
+interface Ev { event: string; data: Record<string, unknown> }
+
+export interface Live {
+  dir: string;
+  qmp: QmpClient;
+  events: Ev[];
+  daemon: Running;
+  nbdSock: string;
+  waitEvent(name: string, pred?: (d: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Ev>;
+  stop(): Promise<void>;
+}
+
+/** bin/blockd (or qsd) with a QMP monitor and an NBD server on Unix sockets, plus extra arguments. */
+export async function startLive(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<Live> {
+  const qmpSock = join(dir, 'qmp.sock');
+  const nbdSock = join(dir, 'nbd.sock');
+  const daemon = await startDaemon(which, [
+    '--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
+    '--nbd-server', `addr.type=unix,addr.path=${nbdSock}`, ...extra,
+  ], qmpSock);
+  const qmp = await QmpClient.connect(qmpSock);
+  const events: Ev[] = [];
+  const waiters: (() => void)[] = [];
+  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => {
+    events.push({ event: e.event, data: e.data ?? {} });
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    dir, qmp, events, daemon, nbdSock,
+    async waitEvent(name, pred = () => true, timeoutMs = 60_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const e = events.find((x) => x.event === name && pred(x.data));
+        if (e) return e;
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${name}; got ${JSON.stringify(events)}`);
+        await new Promise<void>((r) => { waiters.push(r); setTimeout(r, 200); });
+      }
+    },
+    async stop() { qmp.close(); await daemon.stop(); },
+  };
+}
+
+/**
+ * A libnbd client writing random runs (4 KiB .. 256 KiB, 4 KiB aligned) until
+ * `stop` exists, one at a time, mirroring each write into `model`; prints the count.
+ */
+export function startWriter(sock: string, exportName: string, model: string, stop: string, seed: number): { proc: ChildProcess; done: Promise<string> } {
+  const script = `
+import nbd, random, os, sys
+random.seed(${seed})
+h = nbd.NBD()
+h.set_export_name(${JSON.stringify(exportName)})
+h.connect_unix(${JSON.stringify(sock)})
+size = h.get_size()
+m = open(${JSON.stringify(model)}, 'r+b')
+n = 0
+while not os.path.exists(${JSON.stringify(stop)}):
+    ln = random.randint(1, 64) * 4096
+    off = random.randrange(0, size - ln, 4096)
+    buf = bytes([random.randrange(1, 256)]) * ln
+    h.pwrite(buf, off)
+    m.seek(off); m.write(buf)
+    n += 1
+m.close()
+h.shutdown()
+print(n)
+`;
+  const proc = spawn(SYSTEM_PYTHON, ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (err += d));
+  const done = new Promise<string>((resolve, reject) => proc.once('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`writer failed (${code}): ${err}`)))));
+  return { proc, done };
+}
+
+export function sha(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+/** A raw image with some data and holes (qemu-io patterns). */
+export function makeSource(path: string, size = SIZE): void {
+  run('qemu-img', ['create', '-q', '-f', 'raw', path, String(size)]);
+  run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 4M', '-c', 'write -P 0x22 32M 1M', '-c', `write -P 0x33 ${size - 65536} 64k`, path]);
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** qsd 7.2's events for a mirror that is completed (or soft-cancelled) after READY. */
+export const MIRROR_DONE = ['created', 'running', 'ready', 'BLOCK_JOB_READY', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'];
+
+export function sequence(events: Ev[], id: string): string[] {
+  return events.filter((e) => e.data.id === id || e.data.device === id)
+    .filter((e) => e.event !== 'BLOCK_JOB_ERROR')
+    .map((e) => (e.event === 'JOB_STATUS_CHANGE' ? String(e.data.status) : e.event));
+}
+
+let live: Live | undefined;
+let writer: { proc: ChildProcess; done: Promise<string> } | undefined;
+
+afterEach(async () => {
+  writer?.proc.kill();
+  writer = undefined;
+  await live?.stop();
+  live = undefined;
+});
+
+describe('live storage migration (mirror)', () => {
+  it('blockdev-mirror of a live export: READY, complete, the export runs on the target', async () => {
+    const dir = tempDir('blockd-mirror-');
+    const src = join(dir, 'src.raw');
+    const tgt = join(dir, 'tgt.qcow2');
+    const model = join(dir, 'model.raw');
+    const stop = join(dir, 'stop');
+    makeSource(src);
+    copyFileSync(src, model);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', tgt, String(SIZE)]);
+    live = await startLive('blockd', dir, [
+      '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+      '--blockdev', 'driver=raw,node-name=src,file=srcf',
+      '--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${tgt}`,
+      '--export', 'type=nbd,id=e0,node-name=src,name=disk,writable=on',
+    ]);
+    writer = startWriter(live.nbdSock, 'disk', model, stop, 1);
+    await sleep(300);
+    // A slow start so that many client writes land while the bulk copy runs.
+    await live.qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'tgt', sync: 'full', speed: 64 * 1024 * 1024 });
+    await sleep(200);
+    await live.qmp.execute('block-job-set-speed', { device: 'm0', speed: 0 });
+    await live.waitEvent('BLOCK_JOB_READY');
+    const [info] = await live.qmp.execute('query-block-jobs') as { ready: boolean; type: string }[];
+    expect(info).toMatchObject({ ready: true, type: 'mirror', status: 'ready' });
+    await sleep(300);
+    await live.qmp.execute('job-complete', { id: 'm0' });
+    await live.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'm0' && d.status === 'null');
+    const srcAtPivot = sha(src);
+    // The export now writes to the target.
+    const exportNode = (await live.qmp.execute('query-block-exports') as { 'node-name': string }[])[0]!['node-name'];
+    expect(exportNode).toBe('tgt');
+    await sleep(500);
+    writeFileSync(stop, '');
+    const writes = Number(await writer.done);
+    writer = undefined;
+    expect(writes).toBeGreaterThan(20);
+    const uri = `nbd+unix:///disk?socket=${live.nbdSock}`;
+    run('qemu-img', ['compare', '-f', 'raw', model, uri]);
+    expect(sequence(live.events, 'm0')).toEqual(MIRROR_DONE);
+    await live.stop();
+    live = undefined;
+    expect(sha(src)).toBe(srcAtPivot);
+    run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', model, tgt]);
+    run('qemu-img', ['check', tgt]);
+  }, 120_000);
+
+  it('drive-mirror creates the target; a soft cancel after READY leaves a point-in-time copy and no pivot', async () => {
+    const dir = tempDir('blockd-mirror-');
+    const src = join(dir, 'src.raw');
+    const tgt = join(dir, 'new.qcow2');
+    makeSource(src);
+    live = await startLive('blockd', dir, [
+      '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+      '--blockdev', 'driver=raw,node-name=src,file=srcf',
+      '--export', 'type=nbd,id=e0,node-name=src,name=disk,writable=on',
+    ]);
+    await live.qmp.execute('drive-mirror', { 'job-id': 'd0', device: 'src', target: tgt, format: 'qcow2', sync: 'full', 'copy-mode': 'write-blocking' });
+    await live.waitEvent('BLOCK_JOB_READY');
+    // In write-blocking mode a client write reaches the target before it completes.
+    run(SYSTEM_PYTHON, ['-c', `import nbd\nh=nbd.NBD()\nh.set_export_name('disk')\nh.connect_unix(${JSON.stringify(live.nbdSock)})\nh.pwrite(b'\\x44'*65536, 8*1024*1024)\nh.shutdown()`]);
+    const copy = join(dir, 'copy.raw');
+    copyFileSync(src, copy);
+    await live.qmp.execute('block-job-cancel', { device: 'd0' });
+    await live.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'd0' && d.status === 'null');
+    expect(sequence(live.events, 'd0')).toEqual(MIRROR_DONE);
+    const exportNode = (await live.qmp.execute('query-block-exports') as { 'node-name': string }[])[0]!['node-name'];
+    expect(exportNode).toBe('src');
+    // The target node is gone with the job (nobody uses it), the file stays.
+    const nodes = (await live.qmp.execute('query-named-block-nodes', { flat: true }) as { 'node-name': string }[]).map((n) => n['node-name']);
+    expect(nodes.sort()).toEqual(['src', 'srcf']);
+    await live.stop();
+    live = undefined;
+    run('qemu-img', ['check', tgt]);
+    run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', copy, tgt]);
+    expect(existsSync(tgt)).toBe(true);
+  }, 120_000);
+
+  it('a forced cancel stops the copy and puts the source back under its users', async () => {
+    const dir = tempDir('blockd-mirror-');
+    const src = join(dir, 'src.raw');
+    const tgt = join(dir, 'tgt.qcow2');
+    makeSource(src);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', tgt, String(SIZE)]);
+    live = await startLive('blockd', dir, [
+      '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+      '--blockdev', 'driver=raw,node-name=src,file=srcf',
+      '--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${tgt}`,
+      '--export', 'type=nbd,id=e0,node-name=src,name=disk,writable=on',
+    ]);
+    await live.qmp.execute('blockdev-mirror', { 'job-id': 'm1', device: 'src', target: 'tgt', sync: 'full', speed: 1024 * 1024, 'filter-node-name': 'mtop' });
+    const nodes = (await live.qmp.execute('query-named-block-nodes', { flat: true }) as { 'node-name': string }[]).map((n) => n['node-name']);
+    expect(nodes).toContain('mtop');
+    expect((await live.qmp.execute('query-block-exports') as { 'node-name': string }[])[0]!['node-name']).toBe('mtop');
+    await sleep(200);
+    await live.qmp.execute('block-job-cancel', { device: 'm1', force: true });
+    await live.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'm1' && d.status === 'null');
+    expect(sequence(live.events, 'm1')).toEqual(['created', 'running', 'aborting', 'BLOCK_JOB_CANCELLED', 'concluded', 'null']);
+    expect((await live.qmp.execute('query-block-exports') as { 'node-name': string }[])[0]!['node-name']).toBe('src');
+    const after = (await live.qmp.execute('query-named-block-nodes', { flat: true }) as { 'node-name': string }[]).map((n) => n['node-name']);
+    expect(after).not.toContain('mtop');
+    await live.qmp.execute('blockdev-del', { 'node-name': 'tgt' });
+  }, 120_000);
+});
