@@ -11,7 +11,7 @@
  *  - createQcow2File (the embedded default) equals qemu-img create.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, statSync, writeSync, existsSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync, writeSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { qcow2Layout, type Qcow2LayoutOptions } from '../src/blockdev/drivers/qcow2/create-layout.ts';
 import { createQcow2File } from '../src/blockdev/create/qcow2.ts';
@@ -425,6 +425,23 @@ describe('blockdev-create qcow2, side by side with qemu-storage-daemon', () => {
       }, withData);
       expect(a).not.toBe('ok');
       expect(b).toBe(a);
+    });
+  }
+
+  for (const mode of ['off', 'metadata', 'falloc', 'full']) {
+    it(`a file with old contents (preallocation ${mode}): kept past the image, as qsd does`, async () => {
+      const name = `old_${mode}`;
+      const out: string[] = [];
+      for (const t of [qsd, blockd]) {
+        const f = join(t.dir, `${name}.img`);
+        writeFileSync(f, Buffer.alloc(3 * MiB, 0x55));
+        expect(await t.execute('blockdev-add', { driver: 'file', filename: f, 'node-name': name })).toEqual({ return: {} });
+        out.push(await job(t, `j_${name}`, { driver: 'qcow2', file: name, size: MiB, preallocation: mode }));
+        expect(await t.execute('blockdev-del', { 'node-name': name })).toEqual({ return: {} });
+      }
+      expect(out[1]).toBe(out[0]);
+      if (out[0] === 'ok') sameFiles(name);
+      else expect(out[0]).toBe('Could not resize image: Failed to resize underlying file: Cannot use preallocation for shrinking files');
     });
   }
 

@@ -275,6 +275,9 @@ export async function createQcow2(file: BlockNode, opts: Qcow2CreateParams, sign
   if (layoutOpts.dataFile !== undefined && !dataNode) throw new BlockError('EINVAL', "'data-file' is required for this image");
   const layout = qcow2Layout(layoutOpts);
   const start = file.length();
+  if (layout.filePrealloc && start > layout.filePrealloc.to) {
+    throw new BlockError('ENOTSUP', 'Could not resize image: Failed to resize underlying file: Cannot use preallocation for shrinking files');
+  }
   if (layout.fileLength > start) await file.truncate(layout.fileLength);
   for (const w of layout.writes) {
     signal?.throwIfAborted();

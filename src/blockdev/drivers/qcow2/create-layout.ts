@@ -65,7 +65,11 @@ export interface Qcow2Layout {
   writes: LayoutWrite[];
   /** Length of the image file when done (QEMU only ever grows it). */
   fileLength: number;
-  /** The part of the image file to preallocate (falloc/full without an external data file). */
+  /**
+   * The part of the image file to preallocate (falloc/full without an
+   * external data file; `from` may be past `to`). QEMU resizes the file to
+   * `to` with preallocation, which fails if the file is longer.
+   */
   filePrealloc?: { from: number; to: number; mode: 'falloc' | 'full' };
   /**
    * External data file: its new length and how to preallocate what is added;
@@ -566,7 +570,7 @@ export function qcow2Layout(opts: Qcow2LayoutOptions): Qcow2Layout {
     });
     fileLength = start + dataClusters * cs;
     // The file is extended (and preallocated) before the L2 tables are written: they may land past it.
-    if (fileLength > m.file.length) filePrealloc = { from: m.file.length, to: fileLength, mode };
+    filePrealloc = { from: m.file.length, to: fileLength, mode };
     step(resize('Mapping clusters failed'), () => m.link(0, start / cs, dataClusters));
   }
 
