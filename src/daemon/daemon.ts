@@ -9,6 +9,7 @@ import { blockdevOptionsType } from '../blockdev/options.ts';
 import { fromJson, fromOptionText } from '../qmp/visit.ts';
 import type { TypeRef } from '../qmp/types.ts';
 import { ExportRegistry } from '../nbd/exports.ts';
+import { findBitmapForExport } from '../blockdev/bitmaps/registry.ts';
 import { NbdServer } from '../nbd/server.ts';
 import { NbdServerOptions, BlockExportOptions } from './cli-schema.ts';
 import { JobManager } from '../blockdev/jobs/manager.ts';
@@ -36,7 +37,7 @@ export function parseItem<T>(type: TypeRef, item: Item, implicitKey?: string): T
 
 export class Daemon {
   readonly graph = new BlockGraph();
-  readonly exports = new ExportRegistry();
+  readonly exports = new ExportRegistry({ findBitmap: findBitmapForExport });
   readonly nbdServers: NbdServer[] = [];
   readonly events = new QmpEventBus();
   readonly jobs = new JobManager((event, data) => this.events.emit(event, data));

@@ -128,6 +128,9 @@ function backingDepth(node: BlockNode): number {
   return depth;
 }
 
+/** Adds members to a node's BlockDeviceInfo (dirty-bitmaps: src/qmp/commands/bitmaps.ts). */
+export const nodeInfoHooks: ((node: BlockNode, info: Record<string, unknown>) => void)[] = [];
+
 /** One BlockDeviceInfo. */
 export function blockDeviceInfo(node: BlockNode, flat: boolean): Record<string, unknown> {
   const image = imageInfo(node, flat);
@@ -146,6 +149,7 @@ export function blockDeviceInfo(node: BlockNode, flat: boolean): Record<string, 
     write_threshold: 0,
   };
   if (typeof image['backing-filename'] === 'string') out.backing_file = image['backing-filename'];
+  for (const hook of nodeInfoHooks) hook(node, out);
   return out;
 }
 

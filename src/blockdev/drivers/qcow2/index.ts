@@ -16,6 +16,7 @@ import { Qcow2Image, type ImageSettings, type OverlapName } from './image.ts';
 import { parseSnapshotTable, snapshotInfo, snapshotTableReadSize } from './snapshots.ts';
 import { repairRefcounts } from './check.ts';
 import { bitmapDirectoryReadSize, parseBitmapDirectory, type BitmapInfo } from './bitmaps.ts';
+import { loadBitmapStore, withBitmapStore } from './bitmaps-store.ts';
 
 const MiB = 1024 * 1024;
 
@@ -227,6 +228,7 @@ export const qcow2Driver: Driver = {
       await img.readMeta(h.bitmaps.directoryOffset, dir);
       bitmaps = parseBitmapDirectory(dir, h.bitmaps.nbBitmaps);
     }
+    const bitmapStore = await loadBitmapStore(img, ctx.nodeName, readOnly);
 
     // Backing file.
     const backingOpt = options.backing;
@@ -295,6 +297,7 @@ export const qcow2Driver: Driver = {
       },
       filename: () => nodeFilename(file) ?? file.nodeName,
     };
+    withBitmapStore(ops, bitmapStore, ctx.nodeName, ctx.options.discard === 'unmap');
     qcow2Images.set(ops, img);
     return ops;
   },

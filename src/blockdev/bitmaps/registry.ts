@@ -1,0 +1,140 @@
+/**
+ * Which dirty bitmaps each node has. A node's bitmaps mark every write,
+ * write-zeroes and discard that reaches it while they record. Nodes whose
+ * format stores bitmaps (qcow2) come with a BitmapStore, registered by the
+ * driver against the ops it returned: the store loads bitmaps at open, keeps
+ * them on disk and marks writes itself (before the driver writes, so what is
+ * on disk is never less dirty than the data). Other nodes get their bitmaps
+ * marked through BlockNode.writeObservers.
+ */
+import { BlockError } from '../errors.ts';
+import type { BlockNode } from '../node.ts';
+import type { DriverOps } from '../driver.ts';
+import { DirtyBitmap, MAX_NAME_SIZE } from './dirty-bitmap.ts';
+
+/** What a format driver that persists bitmaps offers (see drivers/qcow2/bitmaps-store.ts). */
+export interface BitmapStore {
+  /** The node's bitmaps, newest first; the store owns the list. */
+  readonly bitmaps: DirtyBitmap[];
+  /** Refuses (QEMU's text) a new persistent bitmap it cannot store. */
+  checkCanStore(name: string, granularity: number): void;
+  /** A persistent bitmap was added (or made persistent). */
+  added(bm: DirtyBitmap): Promise<void>;
+  /** A persistent bitmap is going away: drop it from the image. */
+  removed(bm: DirtyBitmap): Promise<void>;
+  /** A persistent bitmap's contents or flags changed outside writes (clear, merge, enable, disable). */
+  changed(bm: DirtyBitmap): Promise<void>;
+}
+
+/** The bitmaps of one node. */
+export class NodeBitmaps {
+  readonly bitmaps: DirtyBitmap[];
+  constructor(readonly store?: BitmapStore) {
+    this.bitmaps = store?.bitmaps ?? [];
+  }
+
+  find(name: string): DirtyBitmap | undefined {
+    return this.bitmaps.find((b) => b.name === name);
+  }
+
+  /** Marks a change in every recording bitmap. */
+  readonly observe = (offset: number, length: number): void => {
+    for (const b of this.bitmaps) if (b.recording && !b.readOnly) b.mark(offset, length);
+  };
+}
+
+const byOps = new WeakMap<DriverOps, NodeBitmaps>();
+const byNode = new WeakMap<BlockNode, NodeBitmaps>();
+
+/** Called by a format driver at open with the ops it returns. */
+export function registerStore(ops: DriverOps, store: BitmapStore): NodeBitmaps {
+  const nb = new NodeBitmaps(store);
+  byOps.set(ops, nb);
+  return nb;
+}
+
+/** The node's bitmaps (created empty, and hooked to its writes, on first use). */
+export function bitmapsOf(node: BlockNode): NodeBitmaps {
+  const own = byOps.get(node.ops);
+  if (own) return own;
+  let nb = byNode.get(node);
+  if (!nb) {
+    nb = new NodeBitmaps();
+    byNode.set(node, nb);
+    node.writeObservers.add(nb.observe);
+  }
+  return nb;
+}
+
+/** Bitmaps of a node without creating anything (for queries). */
+export function existingBitmaps(node: BlockNode): DirtyBitmap[] {
+  return (byOps.get(node.ops) ?? byNode.get(node))?.bitmaps ?? [];
+}
+
+/** QEMU's bdrv_get_default_bitmap_granularity: the cluster size within [4 KiB, 64 KiB], else 64 KiB. */
+export function defaultGranularity(node: BlockNode): number {
+  let cs: unknown;
+  try { cs = node.ops.info?.()['cluster-size']; } catch { cs = undefined; }
+  if (typeof cs === 'number' && cs > 0) return Math.min(65536, Math.max(4096, cs));
+  return 65536;
+}
+
+export interface AddOptions { granularity?: number; persistent?: boolean; disabled?: boolean }
+
+/** block-dirty-bitmap-add's work after the node was found. */
+export async function addBitmap(node: BlockNode, name: string, o: AddOptions): Promise<DirtyBitmap> {
+  const granularity = o.granularity ?? defaultGranularity(node);
+  const nb = bitmapsOf(node);
+  if (o.persistent) {
+    if (!nb.store) throw new BlockError('ENOTSUP', `Can't store persistent bitmaps to ${node.nodeName}: Operation not supported`);
+    nb.store.checkCanStore(name, granularity);
+  }
+  if (nb.find(name)) throw new BlockError('EINVAL', `Bitmap already exists: ${name}`);
+  if (Buffer.byteLength(name) > MAX_NAME_SIZE) throw new BlockError('EINVAL', `Bitmap name too long: ${name}`);
+  const bm = new DirtyBitmap(name, granularity, node.length());
+  if (o.disabled) bm.recording = false;
+  bm.persistent = o.persistent === true;
+  nb.bitmaps.unshift(bm);
+  if (bm.persistent) {
+    try {
+      await nb.store!.added(bm);
+    } catch (e) {
+      nb.bitmaps.splice(nb.bitmaps.indexOf(bm), 1);
+      throw e;
+    }
+  }
+  return bm;
+}
+
+export async function removeBitmap(node: BlockNode, bm: DirtyBitmap): Promise<void> {
+  const nb = bitmapsOf(node);
+  if (bm.persistent) await nb.store?.removed(bm);
+  const i = nb.bitmaps.indexOf(bm);
+  if (i >= 0) nb.bitmaps.splice(i, 1);
+}
+
+/** Tells the node's store that a persistent bitmap changed outside the write path. */
+export async function bitmapChanged(node: BlockNode, bm: DirtyBitmap): Promise<void> {
+  if (bm.persistent) await bitmapsOf(node).store?.changed(bm);
+}
+
+/** What an NBD export holds of a bitmap; the bitmap is busy while an export holding it exists. */
+export interface ExportedBitmap { readonly name: string; readonly bitmap: DirtyBitmap; runs(offset: number, length: number): { length: number; dirty: boolean }[] }
+
+/**
+ * The bitmap an NBD export of `node` offers under `name`: looked up on the
+ * node, then down its filter and backing chain, as qsd does. It counts as
+ * busy for as long as an export (a parent of `node`) lists it.
+ */
+export function findBitmapForExport(node: BlockNode, name: string): ExportedBitmap | undefined {
+  for (let n: BlockNode | undefined = node; n; n = n.isFilter ? n.primaryChild : n.child('backing')) {
+    const bm = existingBitmaps(n).find((b) => b.name === name);
+    if (!bm) continue;
+    if (bm.busy) throw new BlockError('EBUSY', `Bitmap '${name}' is in use`);
+    if (bm.inconsistent) throw new BlockError('EINVAL', `Bitmap '${name}' is inconsistent`);
+    const view: ExportedBitmap = { name, bitmap: bm, runs: (o, l) => bm.runs(o, l) };
+    bm.users.add(() => node.parents.some((e) => (e.parent as { bitmaps?: unknown[] }).bitmaps?.includes(view)));
+    return view;
+  }
+  return undefined;
+}

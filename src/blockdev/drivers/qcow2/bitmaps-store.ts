@@ -1,0 +1,274 @@
+/**
+ * Persistent dirty bitmaps in a qcow2 image (docs/interop/qcow2.txt,
+ * "Bitmaps extension"): loaded at open, flagged in-use on disk while the
+ * image is open read-write, written back (new tables, data and directory,
+ * then the header extension, then the old clusters freed) on close. A bitmap
+ * found in-use at open was not stored after its last use (the process died):
+ * it is loaded inconsistent, as QEMU does, and kept on disk untouched until
+ * it is removed.
+ *
+ * The store also marks the node's bitmaps for the qcow2 node's writes (it
+ * wraps the driver's operations), so that it knows what kind of request
+ * changed the data: a discard the node ignores (discard=ignore) dirties
+ * nothing, as in QEMU.
+ */
+import { BlockError } from '../../errors.ts';
+import type { DriverOps } from '../../driver.ts';
+import { DirtyBitmap } from '../../bitmaps/dirty-bitmap.ts';
+import { registerStore, type BitmapStore, type NodeBitmaps } from '../../bitmaps/registry.ts';
+import { Autoclear, ExtType, Limit, parseHeader, serializeHeader } from './header.ts';
+import type { Qcow2Image } from './image.ts';
+
+const IN_USE = 1;
+const AUTO = 2;
+const TYPE_DIRTY_TRACKING = 1;
+const ENTRY_OFFSET_MASK = 0x00fffffffffffe00n;
+
+/** One bitmap directory entry as found on disk. */
+export interface DirEntry {
+  tableOffset: number;
+  tableSize: number;
+  flags: number;
+  type: number;
+  granularityBits: number;
+  name: string;
+  extra: Buffer;
+  /** The entry's bytes, for bitmaps kept as they are. */
+  raw: Buffer;
+}
+
+export function parseDirectory(buf: Buffer, count: number): DirEntry[] {
+  const out: DirEntry[] = [];
+  let pos = 0;
+  for (let i = 0; i < count; i++) {
+    if (pos + 24 > buf.length) throw new BlockError('EINVAL', 'Bitmap directory is corrupted');
+    const nameSize = buf.readUInt16BE(pos + 18);
+    const extraSize = buf.readUInt32BE(pos + 20);
+    const end = pos + 24 + extraSize + nameSize;
+    if (end > buf.length) throw new BlockError('EINVAL', 'Bitmap directory is corrupted');
+    out.push({
+      tableOffset: Number(buf.readBigUInt64BE(pos)),
+      tableSize: buf.readUInt32BE(pos + 8),
+      flags: buf.readUInt32BE(pos + 12),
+      type: buf[pos + 16]!,
+      granularityBits: buf[pos + 17]!,
+      extra: Buffer.from(buf.subarray(pos + 24, pos + 24 + extraSize)),
+      name: buf.toString('utf8', pos + 24 + extraSize, end),
+      raw: Buffer.from(buf.subarray(pos, Math.ceil(end / 8) * 8)),
+    });
+    pos = Math.ceil(end / 8) * 8;
+  }
+  return out;
+}
+
+export function serializeEntry(e: Omit<DirEntry, 'raw'>): Buffer {
+  const name = Buffer.from(e.name);
+  const len = Math.ceil((24 + e.extra.length + name.length) / 8) * 8;
+  const b = Buffer.alloc(len);
+  b.writeBigUInt64BE(BigInt(e.tableOffset), 0);
+  b.writeUInt32BE(e.tableSize, 8);
+  b.writeUInt32BE(e.flags >>> 0, 12);
+  b[16] = e.type;
+  b[17] = e.granularityBits;
+  b.writeUInt16BE(name.length, 18);
+  b.writeUInt32BE(e.extra.length, 20);
+  e.extra.copy(b, 24);
+  name.copy(b, 24 + e.extra.length);
+  return b;
+}
+
+/** Number of bitmap table entries (data clusters) a bitmap needs. */
+export function tableSize(size: number, granularity: number, clusterSize: number): number {
+  return Math.ceil(Math.ceil(size / granularity) / (clusterSize * 8));
+}
+
+export class Qcow2BitmapStore implements BitmapStore {
+  readonly bitmaps: DirtyBitmap[] = [];
+  /** Entries of bitmaps loaded inconsistent: kept on disk as found. */
+  private readonly kept = new Map<DirtyBitmap, DirEntry>();
+  /** Everything the on-disk bitmaps occupy (freed once a new version is stored). */
+  private onDisk: DirEntry[] = [];
+  private dirty = false;
+  nb!: NodeBitmaps;
+
+  constructor(private readonly img: Qcow2Image, private readonly nodeName: string) {}
+
+  /** Reads the bitmaps of the image (only while the extension is valid: autoclear bit set). */
+  async load(readOnly: boolean): Promise<void> {
+    const h = this.img.h;
+    if (!h.bitmaps || !(h.autoclear & Autoclear.BITMAPS)) return;
+    if (h.bitmaps.directorySize > 64 * 1024 * 1024) throw new BlockError('EINVAL', 'Bitmap directory is too large');
+    const dir = Buffer.alloc(h.bitmaps.directorySize);
+    await this.img.readMeta(h.bitmaps.directoryOffset, dir);
+    this.onDisk = parseDirectory(dir, h.bitmaps.nbBitmaps);
+    const cs = this.img.cs;
+    for (const e of this.onDisk) {
+      const bm = new DirtyBitmap(e.name, 2 ** e.granularityBits, this.img.size);
+      bm.persistent = true;
+      bm.recording = (e.flags & AUTO) !== 0;
+      bm.readOnly = readOnly;
+      if (e.flags & IN_USE) {
+        bm.inconsistent = true;
+        this.kept.set(bm, e);
+      } else {
+        const table = Buffer.alloc(e.tableSize * 8);
+        await this.img.readMeta(e.tableOffset, table);
+        const perCluster = cs * 8;
+        for (let i = 0; i < e.tableSize; i++) {
+          const v = table.readBigUInt64BE(i * 8);
+          const off = Number(v & ENTRY_OFFSET_MASK);
+          if (off) {
+            const data = Buffer.alloc(cs);
+            await this.img.readMeta(off, data);
+            bm.bits.orBytes(i * perCluster, data);
+          } else if (v & 1n) {
+            bm.bits.set(i * perCluster, (i + 1) * perCluster);
+          }
+        }
+      }
+      // QEMU adds each loaded bitmap at the head of the node's list.
+      this.bitmaps.unshift(bm);
+    }
+  }
+
+  checkCanStore(name: string, granularity: number): void {
+    const fail = (why: string) => new BlockError('EINVAL', `Can't make bitmap '${name}' persistent in '${this.nodeName}': ${why}`);
+    if (this.img.h.version < 3) throw fail('Cannot store dirty bitmaps in qcow2 v2 files');
+    if (this.bitmaps.filter((b) => b.persistent).length >= Limit.MAX_BITMAPS) throw fail('Maximum number of persistent bitmaps is already reached');
+    void granularity;
+  }
+
+  async added(): Promise<void> { this.dirty = true; }
+  async removed(bm: DirtyBitmap): Promise<void> { this.kept.delete(bm); this.dirty = true; }
+  async changed(): Promise<void> { this.dirty = true; }
+
+  /** Whether close() has anything to write. */
+  get needsStore(): boolean { return this.dirty || this.bitmaps.some((b) => b.persistent) || this.onDisk.length > 0; }
+
+  /**
+   * Writes every persistent bitmap (oldest first, as they were added) and
+   * points the header at the new directory; then frees what the old one used.
+   */
+  async store(): Promise<void> {
+    const img = this.img;
+    if (img.readOnly || img.corrupt || img.pendingActivation || !this.needsStore) return;
+    const cs = img.cs;
+    const entries: Buffer[] = [];
+    const keptTables = new Set<number>();
+    await img.meta.run(async () => {
+      for (const bm of [...this.bitmaps].reverse()) {
+        if (!bm.persistent) continue;
+        const kept = this.kept.get(bm);
+        if (kept) { entries.push(kept.raw); keptTables.add(kept.tableOffset); continue; }
+        const n = tableSize(img.size, bm.granularity, cs);
+        if (n > 0x8000000) throw new BlockError('EINVAL', `Bitmap '${bm.name}' is too large to store`);
+        const table = Buffer.alloc(n * 8);
+        const perCluster = cs * 8;
+        for (let i = 0; i < n; i++) {
+          const from = i * perCluster;
+          if (bm.bits.nextSet(from, from + perCluster) < 0) continue;
+          const data = bm.bits.toBytes(from, perCluster);
+          const off = await img.refcounts.alloc(1);
+          await img.writeMeta(off, data);
+          table.writeBigUInt64BE(BigInt(off), i * 8);
+        }
+        const tableOff = await img.refcounts.alloc(Math.max(1, Math.ceil(table.length / cs)));
+        await img.writeMeta(tableOff, table);
+        entries.push(serializeEntry({
+          tableOffset: tableOff, tableSize: n, flags: bm.recording ? AUTO : 0, type: TYPE_DIRTY_TRACKING,
+          granularityBits: Math.log2(bm.granularity), name: bm.name, extra: Buffer.alloc(0),
+        }));
+      }
+      let dirOff = 0;
+      const dir = Buffer.concat(entries);
+      if (entries.length) {
+        dirOff = await img.refcounts.alloc(Math.ceil(dir.length / cs));
+        await img.writeMeta(dirOff, dir);
+      }
+      await img.l2Cache.flush();
+      await img.refcounts.cache.flush();
+      await img.barrier();
+      await this.writeExtension(entries.length, dir.length, dirOff);
+      // The old version is unreachable now: free it.
+      for (const e of this.onDisk) {
+        if (keptTables.has(e.tableOffset)) continue;
+        await this.freeTable(e);
+      }
+      if (this.oldDirectory) await img.free(this.oldDirectory.offset, Math.ceil(this.oldDirectory.size / cs), 'other');
+      await img.l2Cache.flush();
+      await img.refcounts.cache.flush();
+      this.onDisk = parseDirectory(dir, entries.length);
+      this.oldDirectory = undefined;
+    });
+    // The directory the driver flagged in-use at open is gone: nothing to put back.
+    (img as unknown as { bitmapRestore?: unknown }).bitmapRestore = undefined;
+    this.dirty = false;
+  }
+
+  private oldDirectory?: { offset: number; size: number };
+
+  private async freeTable(e: DirEntry): Promise<void> {
+    const img = this.img;
+    const cs = img.cs;
+    if (!e.tableOffset) return;
+    const table = Buffer.alloc(e.tableSize * 8);
+    await img.readMeta(e.tableOffset, table);
+    for (let i = 0; i < e.tableSize; i++) {
+      const off = Number(table.readBigUInt64BE(i * 8) & ENTRY_OFFSET_MASK);
+      if (off) await img.free(off, 1, 'other');
+    }
+    await img.free(e.tableOffset, Math.max(1, Math.ceil(table.length / cs)), 'other');
+  }
+
+  /** Rewrites the header with the bitmaps extension (or without it) and the autoclear bit to match. */
+  private async writeExtension(count: number, dirSize: number, dirOff: number): Promise<void> {
+    const img = this.img;
+    const cur = Buffer.alloc(img.cs);
+    await img.readMeta(0, cur);
+    const h = parseHeader(cur);
+    h.extensions = h.extensions.filter((e) => e.type !== ExtType.BITMAPS);
+    if (count) {
+      const ext = Buffer.alloc(24);
+      ext.writeUInt32BE(count, 0);
+      ext.writeBigUInt64BE(BigInt(dirSize), 8);
+      ext.writeBigUInt64BE(BigInt(dirOff), 16);
+      // QEMU's order: after the feature table.
+      const ft = h.extensions.findIndex((e) => e.type === ExtType.FEATURE_TABLE);
+      h.extensions.splice(ft < 0 ? h.extensions.length : ft + 1, 0, { type: ExtType.BITMAPS, data: ext });
+      h.autoclear |= Autoclear.BITMAPS;
+    } else {
+      h.autoclear &= ~Autoclear.BITMAPS;
+    }
+    const prev = img.h.bitmaps;
+    if (prev) this.oldDirectory = { offset: prev.directoryOffset, size: prev.directorySize };
+    await img.writeMeta(0, serializeHeader(h));
+    await img.barrier();
+    img.h.bitmaps = count ? { nbBitmaps: count, directorySize: dirSize, directoryOffset: dirOff } : undefined;
+    img.h.autoclear = h.autoclear;
+    img.h.extensions = h.extensions;
+  }
+}
+
+/** Loads the image's bitmaps (before the driver flags them in-use on disk). */
+export async function loadBitmapStore(img: Qcow2Image, nodeName: string, readOnly: boolean): Promise<Qcow2BitmapStore> {
+  const store = new Qcow2BitmapStore(img, nodeName);
+  await store.load(readOnly);
+  return store;
+}
+
+/**
+ * Hooks the store into the driver's operations, in place (other modules key
+ * on the ops object): writes mark the bitmaps, close stores them.
+ */
+export function withBitmapStore(ops: DriverOps, store: Qcow2BitmapStore, nodeName: string, discardUnmap: boolean): DriverOps {
+  const { write, writeZeroes, discard, close } = ops;
+  ops.write = async (o, buf, flags) => { await write!(o, buf, flags); store.nb.observe(o, buf.length); };
+  ops.writeZeroes = async (o, l, flags) => { await writeZeroes!(o, l, flags); store.nb.observe(o, l); };
+  ops.discard = async (o, l) => { await discard!(o, l); if (discardUnmap) store.nb.observe(o, l); };
+  ops.close = async () => {
+    try { await store.store(); } catch (e) { console.error(`blockd: could not store bitmaps of '${nodeName}': ${(e as Error).message}`); }
+    await close!();
+  };
+  store.nb = registerStore(ops, store);
+  return ops;
+}

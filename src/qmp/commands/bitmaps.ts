@@ -1,0 +1,116 @@
+/**
+ * Dirty bitmap commands (qapi/block-core.json): block-dirty-bitmap-add,
+ * -remove, -clear, -enable, -disable, -merge, with qsd 7.2's checks in its
+ * order and its error texts; and the dirty-bitmaps member of
+ * query-named-block-nodes.
+ */
+import type { BlockNode } from '../../blockdev/node.ts';
+import type { BlockGraph } from '../../blockdev/graph.ts';
+import { DirtyBitmap, CHECK_ALLOW_RO, CHECK_DEFAULT, Check, checkGranularity } from '../../blockdev/bitmaps/dirty-bitmap.ts';
+import { addBitmap, bitmapChanged, bitmapsOf, existingBitmaps, removeBitmap } from '../../blockdev/bitmaps/registry.ts';
+import { alt, arr, obj, opt, req } from '../types.ts';
+import { genericError } from '../errors.ts';
+import { nodeInfoHooks } from './block-info.ts';
+import type { CommandDef } from '../command.ts';
+
+const BlockDirtyBitmap = obj('BlockDirtyBitmap', [
+  req('node', 'str', 'name of device/node which the bitmap is tracking'),
+  req('name', 'str', 'name of the dirty bitmap'),
+]);
+
+const BlockDirtyBitmapAdd = obj('BlockDirtyBitmapAdd', [
+  req('node', 'str', 'name of device/node which the bitmap is tracking'),
+  req('name', 'str', 'name of the dirty bitmap (must be less than 1024 bytes)'),
+  opt('granularity', 'uint32', 'the bitmap granularity, default is 64k for block-dirty-bitmap-add'),
+  opt('persistent', 'bool', 'the bitmap is persistent, i.e. it will be saved to the corresponding block device image file on its close. Default is false'),
+  opt('disabled', 'bool', 'the bitmap is created in the disabled state, which means that it will not track drive changes. Default is false'),
+]);
+
+const BlockDirtyBitmapOrStr = alt('BlockDirtyBitmapOrStr', ['str', BlockDirtyBitmap]);
+
+const BlockDirtyBitmapMerge = obj('BlockDirtyBitmapMerge', [
+  req('node', 'str', 'name of device/node which the @target bitmap is tracking'),
+  req('target', 'str', 'name of the destination dirty bitmap'),
+  req('bitmaps', arr(BlockDirtyBitmapOrStr), 'name(s) of the source dirty bitmap(s) at @node and/or fully specified BlockDirtyBitmap elements'),
+]);
+
+/** block_dirty_bitmap_lookup: the node and its bitmap, or QEMU's error. */
+function lookup(graph: BlockGraph, node: string, name: string): { node: BlockNode; bm: DirtyBitmap } {
+  const n = graph.nodes.get(node);
+  if (!n) throw genericError(`Node '${node}' not found`);
+  const bm = existingBitmaps(n).find((b) => b.name === name);
+  if (!bm) throw genericError(`Dirty bitmap '${name}' not found`);
+  return { node: n, bm };
+}
+
+function bitmapCommand(name: string, doc: string, flags: number, fn: (bm: DirtyBitmap, node: BlockNode) => Promise<void> | void): CommandDef {
+  return {
+    name,
+    args: BlockDirtyBitmap,
+    doc,
+    async handler(a: { node: string; name: string }, ctx) {
+      const { node, bm } = lookup(ctx.graph, a.node, a.name);
+      bm.check(flags);
+      await fn(bm, node);
+    },
+  };
+}
+
+export const bitmapCommands: CommandDef[] = [
+  {
+    name: 'block-dirty-bitmap-add',
+    args: BlockDirtyBitmapAdd,
+    doc: 'Create a dirty bitmap with a name on the node, and start tracking the writes.',
+    async handler(a: { node: string; name: string; granularity?: number; persistent?: boolean; disabled?: boolean }, ctx) {
+      if (a.name === '') throw genericError('Bitmap name cannot be empty');
+      const node = ctx.graph.findReference(a.node);
+      if (a.granularity !== undefined) checkGranularity(a.granularity);
+      await addBitmap(node, a.name, a);
+    },
+  },
+  bitmapCommand('block-dirty-bitmap-remove', 'Stop write tracking and remove the dirty bitmap that was created with block-dirty-bitmap-add. If the bitmap is persistent, remove it from its storage too.',
+    Check.BUSY | Check.RO, (bm, node) => removeBitmap(node, bm)),
+  bitmapCommand('block-dirty-bitmap-clear', 'Clear (reset) a dirty bitmap on the device, so that an incremental backup from this point in time forward will only backup clusters modified after this clear operation.',
+    CHECK_DEFAULT, async (bm, node) => { bm.clear(); await bitmapChanged(node, bm); }),
+  bitmapCommand('block-dirty-bitmap-enable', 'Enables a dirty bitmap so that it will begin tracking disk changes.',
+    CHECK_ALLOW_RO, async (bm, node) => { bm.recording = true; await bitmapChanged(node, bm); }),
+  bitmapCommand('block-dirty-bitmap-disable', 'Disables a dirty bitmap so that it will stop tracking disk changes.',
+    CHECK_ALLOW_RO, async (bm, node) => { bm.recording = false; await bitmapChanged(node, bm); }),
+  {
+    name: 'block-dirty-bitmap-merge',
+    args: BlockDirtyBitmapMerge,
+    doc: 'Merge dirty bitmaps listed in @bitmaps to the @target dirty bitmap. Dirty bitmaps in @bitmaps will be unchanged, except if it also appears as the @target bitmap. Any bits already set in @target will still be set after the merge, i.e., this operation does not clear the target. On error, @target is unchanged.',
+    async handler(a: { node: string; target: string; bitmaps: (string | { node: string; name: string })[] }, ctx) {
+      const { node, bm: dst } = lookup(ctx.graph, a.node, a.target);
+      // qsd's order: every source is found first, then the target is checked, then each source is merged
+      // into an anonymous bitmap (so the target is untouched on error), then that into the target.
+      const sources: DirtyBitmap[] = [];
+      for (const src of a.bitmaps) {
+        if (typeof src === 'string') {
+          const found = bitmapsOf(node).find(src);
+          if (!found) throw genericError(`Dirty bitmap '${src}' not found`);
+          sources.push(found);
+        } else {
+          sources.push(lookup(ctx.graph, src.node, src.name).bm);
+        }
+      }
+      dst.check(CHECK_DEFAULT);
+      const anon = new DirtyBitmap('', dst.granularity, node.length());
+      for (const bm of sources) {
+        bm.check(Check.INCONSISTENT);
+        if (bm.size !== anon.size) {
+          throw genericError(`Bitmaps are of different sizes (destination size is ${anon.size}, source size is ${bm.size}) and can't be merged`);
+        }
+        anon.merge(bm);
+      }
+      dst.merge(anon);
+      await bitmapChanged(node, dst);
+    },
+  },
+];
+
+// query-named-block-nodes: the node's bitmaps, newest first, when it has any.
+nodeInfoHooks.push((node, out) => {
+  const list = existingBitmaps(node);
+  if (list.length) out['dirty-bitmaps'] = list.map((b) => b.info());
+});

@@ -1,0 +1,128 @@
+/**
+ * Dirty bitmaps as qsd 7.2 and blockd show them for the same inputs: the
+ * bitmap QMP commands' replies (successes and refusals), query-named-block-nodes'
+ * dirty-bitmaps, and `nbdinfo --map=qemu:dirty-bitmap:NAME` after the same
+ * writes through an NBD export.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { join } from 'node:path';
+import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { run } from './helpers/tools.ts';
+import { RawQmpConnection } from '../src/qmp/raw-connection.ts';
+
+const dir = tempDir('blockd-bitmaps-sbs-');
+const who = ['qsd', 'blockd'] as const;
+type Who = typeof who[number];
+const daemons: Partial<Record<Who, Running>> = {};
+const qmp: Partial<Record<Who, RawQmpConnection>> = {};
+const sock = (w: Who, s: string) => join(dir, `${w}-${s}.sock`);
+const uri = (w: Who, name: string) => `nbd+unix:///${name}?socket=${sock(w, 'nbd')}`;
+
+beforeAll(async () => {
+  for (const w of who) {
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, `${w}.qcow2`), '64M']);
+    run('qemu-img', ['create', '-q', '-f', 'raw', join(dir, `${w}.img`), '8M']);
+    daemons[w] = await startDaemon(w, [
+      '--chardev', `socket,id=m,path=${sock(w, 'qmp')},server=on,wait=off`, '--monitor', 'm',
+      '--blockdev', `driver=file,node-name=f,filename=${join(dir, `${w}.qcow2`)}`,
+      '--blockdev', 'driver=qcow2,node-name=q,file=f',
+      '--blockdev', `driver=file,node-name=rf,filename=${join(dir, `${w}.img`)}`,
+      '--blockdev', 'driver=raw,node-name=r,file=rf',
+      '--nbd-server', `addr.type=unix,addr.path=${sock(w, 'nbd')}`,
+    ], sock(w, 'qmp'));
+    qmp[w] = await RawQmpConnection.negotiated(sock(w, 'qmp'));
+  }
+}, 60_000);
+
+afterAll(async () => {
+  for (const w of who) { qmp[w]?.close(); await daemons[w]?.stop(); }
+});
+
+/** Runs one command on both daemons; their replies must be equal. */
+async function both(cmd: string, args?: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const [a, b] = [await qmp.qsd!.command(cmd, args), await qmp.blockd!.command(cmd, args)];
+  expect(b, `${cmd} ${JSON.stringify(args)}`).toEqual(a);
+  return a;
+}
+
+async function bitmapsOfNodes(w: Who): Promise<unknown> {
+  const r = await qmp[w]!.command('query-named-block-nodes', { flat: true });
+  return (r.return as Record<string, unknown>[]).map((n) => [n['node-name'], n['dirty-bitmaps']]);
+}
+
+async function sameBitmapInfo(): Promise<void> {
+  expect(await bitmapsOfNodes('blockd')).toEqual(await bitmapsOfNodes('qsd'));
+}
+
+const WRITES = `
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+h.pwrite(b'x' * 4096, 0)
+h.pwrite(b'y' * 100, 3 * 65536 + 10)
+h.pwrite(b'z' * 200000, 10 * 1048576 - 512)
+h.zero(1048576, 20 * 1048576)
+h.trim(65536 * 5, 40 * 1048576)
+h.pwrite(b'w' * 512, 64 * 1048576 - 512)
+h.flush()
+h.shutdown()
+`;
+
+describe('dirty bitmap commands, side by side with qsd', () => {
+  it('add: defaults, granularities, refusals', async () => {
+    await both('block-dirty-bitmap-add', { node: 'q', name: 'b0' });
+    await both('block-dirty-bitmap-add', { node: 'q', name: 'b0' });
+    await both('block-dirty-bitmap-add', { node: 'q', name: '' });
+    await both('block-dirty-bitmap-add', { node: 'nope', name: 'x' });
+    for (const granularity of [0, 256, 1000, 3 * 1024]) await both('block-dirty-bitmap-add', { node: 'q', name: 'g', granularity });
+    await both('block-dirty-bitmap-add', { node: 'q', name: 'fine', granularity: 512 });
+    await both('block-dirty-bitmap-add', { node: 'q', name: 'huge', granularity: 2 ** 31 });
+    await both('block-dirty-bitmap-add', { node: 'q', name: 'off', disabled: true });
+    await both('block-dirty-bitmap-add', { node: 'r', name: 'p', persistent: true });
+    await both('block-dirty-bitmap-add', { node: 'rf', name: 'p', persistent: true });
+    await both('block-dirty-bitmap-add', { node: 'r', name: 'rb' });
+    await both('block-dirty-bitmap-add', { node: 'rf', name: 'fb' });
+    await both('block-dirty-bitmap-add', { node: 'q', name: 'n'.repeat(1024) });
+    await both('block-dirty-bitmap-add', { node: 'q', name: 'n'.repeat(1023) });
+    await both('block-dirty-bitmap-remove', { node: 'q', name: 'n'.repeat(1023) });
+    await sameBitmapInfo();
+  });
+
+  it('writes through an export mark the same granules (nbdinfo --map)', async () => {
+    await both('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['b0', 'fine', 'huge', 'off'] });
+    await both('block-export-add', { type: 'nbd', id: 'e2', 'node-name': 'q', name: 'q2', writable: true, bitmaps: ['nope'] });
+    for (const w of who) run('/usr/bin/python3', ['-c', WRITES, uri(w, 'q')]);
+    for (const name of ['b0', 'fine', 'huge', 'off']) {
+      const maps = who.map((w) => run('nbdinfo', [`--map=qemu:dirty-bitmap:${name}`, uri(w, 'q')]));
+      expect(maps[1], name).toBe(maps[0]);
+      if (name !== 'off') expect(maps[0]).toContain('dirty');
+    }
+    await sameBitmapInfo();
+  });
+
+  it('clear, enable, disable, merge, remove', async () => {
+    await both('block-dirty-bitmap-merge', { node: 'q', target: 'off', bitmaps: ['fine', { node: 'q', name: 'huge' }] });
+    await both('block-dirty-bitmap-merge', { node: 'q', target: 'off', bitmaps: ['zz'] });
+    await both('block-dirty-bitmap-merge', { node: 'q', target: 'off', bitmaps: [{ node: 'r', name: 'rb' }] });
+    await both('block-dirty-bitmap-merge', { node: 'q', target: 'off', bitmaps: [{ node: 'nope', name: 'rb' }] });
+    await both('block-dirty-bitmap-merge', { node: 'q', target: 'zz', bitmaps: [] });
+    await both('block-dirty-bitmap-merge', { node: 'r', target: 'rb', bitmaps: [{ node: 'rf', name: 'fb' }] });
+    await sameBitmapInfo();
+    const maps = who.map((w) => run('nbdinfo', ['--map=qemu:dirty-bitmap:off', uri(w, 'q')]));
+    expect(maps[1]).toBe(maps[0]);
+    await both('block-dirty-bitmap-clear', { node: 'q', name: 'fine' });
+    await both('block-dirty-bitmap-clear', { node: 'q', name: 'zz' });
+    await both('block-dirty-bitmap-clear', { node: 'nope', name: 'zz' });
+    await both('block-dirty-bitmap-disable', { node: 'q', name: 'b0' });
+    await both('block-dirty-bitmap-enable', { node: 'q', name: 'off' });
+    await both('block-dirty-bitmap-enable', { node: 'q', name: 'zz' });
+    await both('block-dirty-bitmap-disable', { node: 'nope', name: 'zz' });
+    await sameBitmapInfo();
+    await both('block-export-del', { id: 'e', mode: 'hard' });
+    await new Promise((r) => setTimeout(r, 200));
+    await both('block-dirty-bitmap-remove', { node: 'q', name: 'b0' });
+    await both('block-dirty-bitmap-remove', { node: 'q', name: 'b0' });
+    await both('block-dirty-bitmap-remove', { node: 'nope', name: 'b0' });
+    await sameBitmapInfo();
+  });
+});
