@@ -91,6 +91,7 @@ describe('dirty bitmap commands, side by side with qsd', () => {
   it('writes through an export mark the same granules (nbdinfo --map)', async () => {
     await both('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['b0', 'fine', 'huge', 'off'] });
     await both('block-export-add', { type: 'nbd', id: 'e2', 'node-name': 'q', name: 'q2', writable: true, bitmaps: ['nope'] });
+    await both('block-export-add', { type: 'nbd', id: 'e3', 'node-name': 'q', name: 'q3', writable: true, bitmaps: ['b0'] });
     for (const w of who) run('/usr/bin/python3', ['-c', WRITES, uri(w, 'q')]);
     for (const name of ['b0', 'fine', 'huge', 'off']) {
       const maps = who.map((w) => run('nbdinfo', [`--map=qemu:dirty-bitmap:${name}`, uri(w, 'q')]));

@@ -10,7 +10,7 @@
 import { BlockError } from '../errors.ts';
 import type { BlockNode } from '../node.ts';
 import type { DriverOps } from '../driver.ts';
-import { DirtyBitmap, MAX_NAME_SIZE } from './dirty-bitmap.ts';
+import { CHECK_ALLOW_RO, DirtyBitmap, MAX_NAME_SIZE } from './dirty-bitmap.ts';
 
 /** What a format driver that persists bitmaps offers (see drivers/qcow2/bitmaps-store.ts). */
 export interface BitmapStore {
@@ -130,8 +130,7 @@ export function findBitmapForExport(node: BlockNode, name: string): ExportedBitm
   for (let n: BlockNode | undefined = node; n; n = n.isFilter ? n.primaryChild : n.child('backing')) {
     const bm = existingBitmaps(n).find((b) => b.name === name);
     if (!bm) continue;
-    if (bm.busy) throw new BlockError('EBUSY', `Bitmap '${name}' is in use`);
-    if (bm.inconsistent) throw new BlockError('EINVAL', `Bitmap '${name}' is inconsistent`);
+    bm.check(CHECK_ALLOW_RO);
     const view: ExportedBitmap = { name, bitmap: bm, runs: (o, l) => bm.runs(o, l) };
     bm.users.add(() => node.parents.some((e) => (e.parent as { bitmaps?: unknown[] }).bitmaps?.includes(view)));
     return view;

@@ -109,6 +109,7 @@ export class Qcow2BitmapStore implements BitmapStore {
       bm.readOnly = readOnly;
       if (e.flags & IN_USE) {
         bm.inconsistent = true;
+        bm.recording = false;
         this.kept.set(bm, e);
       } else {
         const table = Buffer.alloc(e.tableSize * 8);

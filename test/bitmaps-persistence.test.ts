@@ -1,0 +1,185 @@
+/**
+ * Persistent bitmaps in qcow2 images: stored on close where qemu-img and qsd
+ * find them (same contents through `nbdinfo --map`), loaded again by blockd,
+ * bitmaps made by qemu-img/qemu-io loaded by blockd, and after SIGKILL the
+ * bitmaps that were in use are reported inconsistent exactly as qsd reports
+ * them.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { run, tryRun } from './helpers/tools.ts';
+import { RawQmpConnection } from '../src/qmp/raw-connection.ts';
+
+const dir = tempDir('blockd-bitmaps-persist-');
+let seq = 0;
+const running: { d: Running; q: RawQmpConnection }[] = [];
+
+afterEach(async () => {
+  for (const r of running.splice(0)) { r.q.close(); await r.d.stop('SIGKILL'); }
+});
+
+async function start(who: 'blockd' | 'qsd', image: string, extra: string[] = []): Promise<{ d: Running; q: RawQmpConnection; uri: (n: string) => string; stop: () => Promise<void> }> {
+  const id = `${who}-${seq++}`;
+  const qmpSock = join(dir, `${id}-qmp.sock`);
+  const nbdSock = join(dir, `${id}-nbd.sock`);
+  const d = await startDaemon(who, [
+    '--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
+    '--blockdev', `driver=file,node-name=f,filename=${image}`,
+    '--blockdev', 'driver=qcow2,node-name=q,file=f',
+    '--nbd-server', `addr.type=unix,addr.path=${nbdSock}`, ...extra,
+  ], qmpSock);
+  const q = await RawQmpConnection.negotiated(qmpSock);
+  const entry = { d, q };
+  running.push(entry);
+  return {
+    d, q,
+    uri: (n) => `nbd+unix:///${n}?socket=${nbdSock}`,
+    async stop() {
+      running.splice(running.indexOf(entry), 1);
+      q.close();
+      expect(await d.stop('SIGTERM')).toBe(0);
+    },
+  };
+}
+
+async function ok(q: RawQmpConnection, cmd: string, args?: Record<string, unknown>): Promise<unknown> {
+  const r = await q.command(cmd, args);
+  expect(r, `${cmd} ${JSON.stringify(args)}`).toHaveProperty('return');
+  return r.return;
+}
+
+async function dirtyInfo(q: RawQmpConnection): Promise<unknown> {
+  const nodes = await ok(q, 'query-named-block-nodes', { flat: true }) as Record<string, unknown>[];
+  return nodes.find((n) => n['node-name'] === 'q')!['dirty-bitmaps'];
+}
+
+const write = (uri: string, ops: string) => run('/usr/bin/python3', ['-c', `
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+${ops}
+h.flush()
+h.shutdown()
+`, uri]);
+
+const imgInfo = (f: string) => JSON.parse(run('qemu-img', ['info', '--output=json', '-U', f])) as { 'format-specific': { data: { bitmaps?: { name: string; flags: string[]; granularity: number }[] } } };
+const checkClean = (f: string) => {
+  const r = tryRun('qemu-img', ['check', '--output=json', f]);
+  const c = JSON.parse(r.stdout) as Record<string, number>;
+  expect(c['check-errors'] ?? 0).toBe(0);
+  expect(c.corruptions ?? 0).toBe(0);
+  expect(c.leaks ?? 0).toBe(0);
+};
+
+/** The bitmap map as qsd shows it for the image (exported writable, so an enabled bitmap is allowed). */
+async function qsdMap(image: string, name: string): Promise<string> {
+  const copy = join(dir, `qsd-view-${seq++}.qcow2`);
+  copyFileSync(image, copy);
+  const s = await start('qsd', copy);
+  await ok(s.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: [name] });
+  const map = run('nbdinfo', [`--map=qemu:dirty-bitmap:${name}`, s.uri('q')]);
+  await s.stop();
+  return map;
+}
+
+const WRITES = `
+h.pwrite(b'a' * 4096, 0)
+h.pwrite(b'b' * 70000, 5 * 1048576 + 100)
+h.zero(3 * 1048576, 20 * 1048576)
+h.pwrite(b'c' * 512, 64 * 1048576 - 512)
+`;
+
+describe('persistent bitmaps in qcow2', () => {
+  it('are stored on close where qemu-img and qsd find them, and load again', async () => {
+    const image = join(dir, 'a.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
+    const b = await start('blockd', image);
+    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'p', persistent: true });
+    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'fine', persistent: true, granularity: 512 });
+    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'off', persistent: true, disabled: true });
+    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'temp' });
+    await ok(b.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['p', 'fine'] });
+    write(b.uri('q'), WRITES);
+    const maps = { p: run('nbdinfo', ['--map=qemu:dirty-bitmap:p', b.uri('q')]), fine: run('nbdinfo', ['--map=qemu:dirty-bitmap:fine', b.uri('q')]) };
+    expect(maps.p).toContain('dirty');
+    const before = await dirtyInfo(b.q);
+    await b.stop();
+
+    checkClean(image);
+    const bitmaps = imgInfo(image)['format-specific'].data.bitmaps!;
+    expect(bitmaps).toEqual([
+      { name: 'p', flags: ['auto'], granularity: 65536 },
+      { name: 'fine', flags: ['auto'], granularity: 512 },
+      { name: 'off', flags: [], granularity: 65536 },
+    ]);
+    expect(await qsdMap(image, 'p')).toBe(maps.p);
+    expect(await qsdMap(image, 'fine')).toBe(maps.fine);
+
+    // Loaded again by blockd: same list (without the non-persistent one), same contents.
+    const again = await start('blockd', image);
+    expect(await dirtyInfo(again.q)).toEqual((before as { name: string }[]).filter((x) => x.name !== 'temp').map((x) => ({ ...x, busy: false })));
+    await ok(again.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['p'] });
+    expect(run('nbdinfo', ['--map=qemu:dirty-bitmap:p', again.uri('q')])).toBe(maps.p);
+    // Removing one drops it from the image; clearing one stores it empty.
+    await ok(again.q, 'block-dirty-bitmap-remove', { node: 'q', name: 'off' });
+    await ok(again.q, 'block-dirty-bitmap-clear', { node: 'q', name: 'fine' });
+    await again.stop();
+    checkClean(image);
+    expect(imgInfo(image)['format-specific'].data.bitmaps!.map((x) => x.name)).toEqual(['p', 'fine']);
+    expect(await qsdMap(image, 'fine')).toBe('         0    67108864    0  clean\n');
+  }, 120_000);
+
+  it('bitmaps made by qemu-img and filled by qemu-io load in blockd as in qsd', async () => {
+    const image = join(dir, 'b.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '32M']);
+    run('qemu-img', ['bitmap', '--add', '-g', '128k', image, 'fromqemu']);
+    run('qemu-io', ['-f', 'qcow2', '-c', 'write 1M 300k', '-c', 'write 20M 1k', image]);
+    const expected = await qsdMap(image, 'fromqemu');
+    expect(expected).toContain('dirty');
+    const copy = join(dir, 'b-qsd.qcow2');
+    copyFileSync(image, copy);
+    const s = await start('qsd', copy);
+    const qsdInfo = await dirtyInfo(s.q);
+    await s.stop();
+    const b = await start('blockd', image);
+    expect(await dirtyInfo(b.q)).toEqual(qsdInfo);
+    await ok(b.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['fromqemu'] });
+    expect(run('nbdinfo', ['--map=qemu:dirty-bitmap:fromqemu', b.uri('q')])).toBe(expected);
+    await b.stop();
+    checkClean(image);
+  }, 120_000);
+
+  it('after SIGKILL, bitmaps that were in use are inconsistent, as qsd reports them', async () => {
+    const image = join(dir, 'c.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
+    run('qemu-img', ['bitmap', '--add', image, 'old']);
+    const b = await start('blockd', image);
+    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'new', persistent: true });
+    await ok(b.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true });
+    write(b.uri('q'), `h.pwrite(b'x' * 65536, 0)`);
+    running.splice(0);
+    b.q.close();
+    await b.d.stop('SIGKILL');
+    const flags = imgInfo(image)['format-specific'].data.bitmaps!;
+    expect(flags).toEqual([{ name: 'old', flags: ['in-use', 'auto'], granularity: 65536 }]);
+    const copy = join(dir, 'c-qsd.qcow2');
+    copyFileSync(image, copy);
+    const s = await start('qsd', copy);
+    const qsdInfo = await dirtyInfo(s.q);
+    const qsdRefusal = await s.q.command('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['old'] });
+    const qsdClear = await s.q.command('block-dirty-bitmap-clear', { node: 'q', name: 'old' });
+    await s.stop();
+    const again = await start('blockd', image);
+    expect(await dirtyInfo(again.q)).toEqual(qsdInfo);
+    expect((qsdInfo as { inconsistent?: boolean }[])[0]!.inconsistent).toBe(true);
+    expect(await again.q.command('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['old'] })).toEqual(qsdRefusal);
+    expect(await again.q.command('block-dirty-bitmap-clear', { node: 'q', name: 'old' })).toEqual(qsdClear);
+    // Removing it is the way out.
+    await ok(again.q, 'block-dirty-bitmap-remove', { node: 'q', name: 'old' });
+    await again.stop();
+    checkClean(image);
+    expect(imgInfo(image)['format-specific'].data.bitmaps).toBeUndefined();
+  }, 120_000);
+});
