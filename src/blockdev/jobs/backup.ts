@@ -13,6 +13,7 @@ import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-jo
 import { insertFilter, internalFilterDriver, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
 import { JobCancelledError } from './errors.ts';
 import { BlockError, toBlockError } from '../errors.ts';
+import { jobFailure } from './mirror.ts';
 import { ALL_PERM } from '../edge.ts';
 import { CowState, cowClusterSize, cowFilterOps } from '../drivers/copy-before-write.ts';
 import type { BlockNode } from '../node.ts';
@@ -128,20 +129,18 @@ export class BackupJob extends BlockJob {
   }
 
   private async copyChunk(offset: number, length: number): Promise<void> {
-    for (;;) {
-      try {
-        await this.state.copyRange(offset, length);
-        return;
-      } catch (e) {
-        if (this.isCancelled) return;
-        const err = toBlockError(e);
-        const isRead = (e as { cowRead?: boolean }).cowRead === true;
-        const action = this.errorAction(isRead ? this.onSourceError : this.onTargetError, isRead, err);
-        if (action === 'report') { this.ioFailure ??= err; return; }
-        if (action === 'ignore') { this.state.map.clear(offset, length); return; }
-        await this.pausePoint();
-        if (this.isCancelled) return;
-      }
+    try {
+      await this.state.copyRange(offset, length);
+    } catch (e) {
+      if (this.isCancelled) return;
+      const err = toBlockError(e);
+      const isRead = (e as { cowRead?: boolean }).cowRead === true;
+      // Chunks in flight when the job stopped on an error fail quietly: one BLOCK_JOB_ERROR, as in qsd.
+      const action = this.userPaused && this.ioStatus !== 'ok' ? 'stop'
+        : this.errorAction(isRead ? this.onSourceError : this.onTargetError, isRead, err);
+      if (action === 'report') this.ioFailure ??= jobFailure(err);
+      else if (action === 'ignore') this.state.map.clear(offset, length);
+      // 'stop': the clusters stay uncopied; the main loop pauses and its next sweep retries them after job-resume.
     }
   }
 

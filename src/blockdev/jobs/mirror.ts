@@ -264,8 +264,10 @@ export class MirrorJob extends BlockJob {
       redo();
       if (this.isCancelled) return false;
       const err = toBlockError(e);
+      // Requests in flight when the job stopped on an error fail quietly: one BLOCK_JOB_ERROR, as in qsd.
+      if (this.userPaused && this.ioStatus !== 'ok') return false;
       const action = this.errorAction(isRead ? this.onSourceError : this.onTargetError, isRead, err);
-      if (action === 'report') this.ioFailure ??= err;
+      if (action === 'report') this.ioFailure ??= jobFailure(err);
       return false;
     }
   }
@@ -398,6 +400,18 @@ function isZero(buf: Buffer): boolean {
     if (!part.equals(ZERO.subarray(0, part.length))) return false;
   }
   return true;
+}
+
+const STRERROR: Record<string, string> = {
+  EIO: 'Input/output error', ENOSPC: 'No space left on device', EPERM: 'Operation not permitted',
+  EINVAL: 'Invalid argument', ENOTSUP: 'Operation not supported', EOVERFLOW: 'Value too large for defined data type',
+  ESHUTDOWN: 'Cannot send after transport endpoint shutdown', ENOMEM: 'Cannot allocate memory', EBUSY: 'Device or resource busy',
+  ENOENT: 'No such file or directory',
+};
+
+/** A job that fails on an I/O error reports strerror's text, as qsd does; the detail goes to the log. */
+export function jobFailure(err: BlockError): BlockError {
+  return new BlockError(err.code, STRERROR[err.code] ?? err.message, { cause: err });
 }
 
 export function checkMirrorGranularity(g: number): void {

@@ -109,14 +109,17 @@ function checkRoot(source: BlockNode): void {
 async function startMirror(a: MirrorArgs, ctx: Ctx, source: BlockNode, target: BlockNode, created: boolean): Promise<void> {
   const id = a['job-id'] ?? '';
   checkJobId(ctx.jobs, id);
+  const badSpeed = a.speed !== undefined && a.speed < 0;
   const job = new MirrorJob({
-    id, graph: ctx.graph, speed: a.speed, autoFinalize: a['auto-finalize'], autoDismiss: a['auto-dismiss'],
+    id, graph: ctx.graph, speed: badSpeed ? 0 : a.speed, autoFinalize: a['auto-finalize'], autoDismiss: a['auto-dismiss'],
     source, target, sync: a.sync as MirrorSync, granularity: a.granularity, bufSize: a['buf-size'],
     copyMode: a['copy-mode'], onSourceError: a['on-source-error'], onTargetError: a['on-target-error'],
     replaces: a.replaces !== undefined ? ctx.graph.find(a.replaces) : undefined,
     filterNodeName: a['filter-node-name'], targetZeroed: created, unmap: a.unmap,
   });
   ctx.jobs.add(job);
+  // qsd creates the job before it checks the speed (created → null).
+  if (badSpeed) { job.earlyFail(); throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value"); }
   try {
     await job.setUp();
   } catch (e) {
@@ -132,7 +135,6 @@ function mirrorChecks(a: MirrorArgs, ctx: Ctx): BlockNode {
   if (a.sync === 'incremental' || a.sync === 'bitmap') throw new BlockError('EINVAL', `Sync mode '${a.sync}' not supported`);
   if (a.granularity !== undefined && a.granularity !== 0) checkMirrorGranularity(a.granularity);
   if (a['buf-size'] !== undefined && a['buf-size'] < 0) throw new BlockError('EINVAL', "Invalid parameter 'buf-size'");
-  if (a.speed !== undefined && a.speed < 0) throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value");
   checkRoot(source);
   return source;
 }

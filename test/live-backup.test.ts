@@ -1,0 +1,353 @@
+/**
+ * Backups while the disk is in use: blockdev-backup and drive-backup of a
+ * live NBD export with a libnbd client writing before, during and after the
+ * job; the target must equal the disk as it was when the job started (the
+ * copy-before-write filter copies old data out before each write lands).
+ * Also: qsd 7.2 and bin/blockd side by side (event sequences and error
+ * replies for the same QMP commands), and an on-error policy on a target
+ * that runs out of space (a tiny tmpfs).
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { copyFileSync, readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { QmpClient, QmpCommandError } from '../src/qmp/client/qmp-client.ts';
+import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { run, SYSTEM_PYTHON } from './helpers/tools.ts';
+
+const SIZE = 64 * 1024 * 1024;
+
+interface Ev { event: string; data: Record<string, unknown> }
+
+interface Live {
+  dir: string;
+  qmp: QmpClient;
+  events: Ev[];
+  daemon: Running;
+  nbdSock: string;
+  waitEvent(name: string, pred?: (d: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Ev>;
+  stop(): Promise<void>;
+}
+
+/** bin/blockd (or qsd) with a QMP monitor and an NBD server on Unix sockets, plus extra arguments. */
+async function startLive(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<Live> {
+  const qmpSock = join(dir, 'qmp.sock');
+  const nbdSock = join(dir, 'nbd.sock');
+  const daemon = await startDaemon(which, [
+    '--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
+    '--nbd-server', `addr.type=unix,addr.path=${nbdSock}`, ...extra,
+  ], qmpSock);
+  const qmp = await QmpClient.connect(qmpSock);
+  const events: Ev[] = [];
+  const waiters: (() => void)[] = [];
+  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => {
+    events.push({ event: e.event, data: e.data ?? {} });
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    dir, qmp, events, daemon, nbdSock,
+    async waitEvent(name, pred = () => true, timeoutMs = 60_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const e = events.find((x) => x.event === name && pred(x.data));
+        if (e) return e;
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${name}; got ${JSON.stringify(events)}`);
+        await new Promise<void>((r) => { waiters.push(r); setTimeout(r, 200); });
+      }
+    },
+    async stop() { qmp.close(); await daemon.stop(); },
+  };
+}
+
+/**
+ * A libnbd client writing random runs (4 KiB .. 256 KiB, 4 KiB aligned) until
+ * `stop` exists, one at a time, mirroring each write into `model`; prints the count.
+ */
+function startWriter(sock: string, exportName: string, model: string, stop: string, seed: number, pauseAfter = -1, paused = '', go = ''): { proc: ChildProcess; done: Promise<string> } {
+  const script = `
+import nbd, random, os, sys, time
+random.seed(${seed})
+h = nbd.NBD()
+h.set_export_name(${JSON.stringify(exportName)})
+h.connect_unix(${JSON.stringify(sock)})
+size = h.get_size()
+m = open(${JSON.stringify(model)}, 'r+b')
+n = 0
+while not os.path.exists(${JSON.stringify(stop)}):
+    ln = random.randint(1, 64) * 4096
+    off = random.randrange(0, size - ln, 4096)
+    buf = bytes([random.randrange(1, 256)]) * ln
+    h.pwrite(buf, off)
+    m.seek(off); m.write(buf)
+    n += 1
+    if n == ${pauseAfter}:
+        m.flush()
+        open(${JSON.stringify(paused)}, 'w').close()
+        while not os.path.exists(${JSON.stringify(go)}):
+            time.sleep(0.01)
+m.close()
+h.shutdown()
+print(n)
+`;
+  const proc = spawn(SYSTEM_PYTHON, ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (err += d));
+  const done = new Promise<string>((resolve, reject) => proc.once('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`writer failed (${code}): ${err}`)))));
+  return { proc, done };
+}
+
+function sha(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+/** A raw image with some data and holes (qemu-io patterns). */
+function makeSource(path: string, size = SIZE): void {
+  run('qemu-img', ['create', '-q', '-f', 'raw', path, String(size)]);
+  run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 4M', '-c', 'write -P 0x22 32M 1M', '-c', `write -P 0x33 ${size - 65536} 64k`, path]);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** qsd 7.2's events for a mirror that is completed (or soft-cancelled) after READY. */
+const MIRROR_DONE = ['created', 'running', 'ready', 'BLOCK_JOB_READY', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'];
+
+function sequence(events: Ev[], id: string): string[] {
+  return events.filter((e) => e.data.id === id || e.data.device === id)
+    .filter((e) => e.event !== 'BLOCK_JOB_ERROR')
+    .map((e) => (e.event === 'JOB_STATUS_CHANGE' ? String(e.data.status) : e.event));
+}
+
+const BACKUP_DONE = ['created', 'running', 'paused', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'];
+
+let live: Live | undefined;
+let writer: { proc: ChildProcess; done: Promise<string> } | undefined;
+const cleanups: (() => void)[] = [];
+
+afterEach(async () => {
+  writer?.proc.kill();
+  writer = undefined;
+  await live?.stop();
+  live = undefined;
+  for (const c of cleanups.splice(0)) c();
+});
+
+async function waitFile(path: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!existsSync(path)) {
+    if (Date.now() > deadline) throw new Error(`${path} did not appear`);
+    await sleep(10);
+  }
+}
+
+describe('backup of a live export', () => {
+  for (const cmd of ['blockdev-backup', 'drive-backup'] as const) {
+    it(`${cmd}: the target is the disk as it was when the job started, while the client keeps writing`, async () => {
+      const dir = tempDir('blockd-backup-');
+      const src = join(dir, 'src.raw');
+      const tgt = join(dir, 'tgt.qcow2');
+      const model = join(dir, 'model.raw');
+      const atStart = join(dir, 'at-start.raw');
+      const [paused, go, stop] = ['paused', 'go', 'stop'].map((n) => join(dir, n));
+      makeSource(src);
+      copyFileSync(src, model);
+      const extra = [
+        '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+        '--blockdev', 'driver=raw,node-name=src,file=srcf',
+        '--export', 'type=nbd,id=e0,node-name=src,name=disk,writable=on',
+      ];
+      if (cmd === 'blockdev-backup') {
+        run('qemu-img', ['create', '-q', '-f', 'qcow2', tgt, String(SIZE)]);
+        extra.push('--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${tgt}`);
+      }
+      live = await startLive('blockd', dir, extra);
+      writer = startWriter(live.nbdSock, 'disk', model, stop, 7, 40, paused, go);
+      await waitFile(paused);
+      copyFileSync(model, atStart);
+      // Slow enough that most clusters are overwritten by the client before the job reaches them.
+      const args = { 'job-id': 'b0', device: 'src', sync: 'full', speed: 16 * 1024 * 1024 };
+      if (cmd === 'blockdev-backup') await live.qmp.execute('blockdev-backup', { ...args, target: 'tgt' });
+      else await live.qmp.execute('drive-backup', { ...args, target: tgt, format: 'qcow2' });
+      writeFileSync(go, '');
+      await sleep(300);
+      await live.qmp.execute('block-job-set-speed', { device: 'b0', speed: 0 });
+      await live.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'b0' && d.status === 'null');
+      await sleep(200);
+      writeFileSync(stop, '');
+      const writes = Number(await writer.done);
+      writer = undefined;
+      expect(writes).toBeGreaterThan(60);
+      expect(sequence(live.events, 'b0')).toEqual(BACKUP_DONE);
+      // The export (on the source again) has every write; the filter is gone.
+      expect((await live.qmp.execute('query-block-exports') as { 'node-name': string }[])[0]!['node-name']).toBe('src');
+      run('qemu-img', ['compare', '-f', 'raw', model, `nbd+unix:///disk?socket=${live.nbdSock}`]);
+      await live.stop();
+      live = undefined;
+      run('qemu-img', ['check', tgt]);
+      run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', atStart, tgt]);
+      expect(sha(model)).not.toBe(sha(atStart));
+    }, 120_000);
+  }
+
+  it('sync=none copies only what the client overwrites, until cancelled', async () => {
+    const dir = tempDir('blockd-backup-');
+    const src = join(dir, 'src.raw');
+    const tgt = join(dir, 'tgt.qcow2');
+    makeSource(src);
+    const atStart = join(dir, 'at-start.raw');
+    copyFileSync(src, atStart);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', tgt, String(SIZE)]);
+    live = await startLive('blockd', dir, [
+      '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+      '--blockdev', 'driver=raw,node-name=src,file=srcf',
+      '--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${tgt}`,
+      '--export', 'type=nbd,id=e0,node-name=src,name=disk,writable=on',
+    ]);
+    await live.qmp.execute('blockdev-backup', { 'job-id': 'b1', device: 'src', target: 'tgt', sync: 'none' });
+    run(SYSTEM_PYTHON, ['-c', `import nbd\nh=nbd.NBD()\nh.set_export_name('disk')\nh.connect_unix(${JSON.stringify(live.nbdSock)})\nh.pwrite(b'\\x55'*8192, 4096)\nh.shutdown()`]);
+    await live.qmp.execute('block-job-cancel', { device: 'b1' });
+    await live.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'b1' && d.status === 'null');
+    expect(sequence(live.events, 'b1')).toEqual(['created', 'running', 'paused', 'running', 'aborting', 'BLOCK_JOB_CANCELLED', 'concluded', 'null']);
+    await live.stop();
+    live = undefined;
+    // Only the overwritten cluster (old data) is in the target.
+    const map = JSON.parse(run('qemu-img', ['map', '--output=json', '-f', 'qcow2', tgt])) as { start: number; length: number; data: boolean }[];
+    expect(map.filter((e) => e.data)).toEqual([expect.objectContaining({ start: 0, length: 65536, data: true })]);
+    const head = Buffer.alloc(65536);
+    readFileSync(atStart).copy(head, 0, 0, 65536);
+    const out = join(dir, 'out.raw');
+    run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', tgt, out]);
+    expect(readFileSync(out).subarray(0, 65536).equals(head)).toBe(true);
+  }, 60_000);
+});
+
+/** The same QMP commands against qsd 7.2 and bin/blockd: event sequences and replies. */
+describe('backup and mirror side by side with qemu-storage-daemon', () => {
+  async function script(which: 'qsd' | 'blockd'): Promise<string[]> {
+    const dir = tempDir(`blockd-live-sbs-${which}-`);
+    const src = join(dir, 'src.raw');
+    makeSource(src);
+    for (const t of ['t1', 't2', 't3']) run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, t), String(SIZE)]);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'small'), '1M']);
+    const l = await startLive(which, dir, [
+      '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+      '--blockdev', 'driver=raw,node-name=src,file=srcf',
+      ...['t1', 't2', 't3', 'small'].flatMap((t) => ['--blockdev', `driver=qcow2,node-name=${t},file.driver=file,file.filename=${join(dir, t)}`]),
+    ]);
+    const out: string[] = [];
+    const exec = async (cmd: string, args: Record<string, unknown>) => {
+      try {
+        await l.qmp.execute(cmd, args);
+        out.push(`${cmd} ok`);
+      } catch (e) {
+        if (!(e instanceof QmpCommandError)) throw e;
+        out.push(`${cmd} ${e.errorClass}: ${e.desc}`);
+      }
+    };
+    const done = (id: string) => l.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === id && d.status === 'null');
+    try {
+      await exec('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 't1', sync: 'full' });
+      await l.waitEvent('BLOCK_JOB_READY');
+      await exec('job-complete', { id: 'm0' });
+      await done('m0');
+      await exec('blockdev-mirror', { 'job-id': 'm1', device: 't1', target: 't2', sync: 'full' });
+      await l.waitEvent('BLOCK_JOB_READY', (d) => d.device === 'm1');
+      await exec('block-job-cancel', { device: 'm1' });
+      await done('m1');
+      await exec('blockdev-backup', { 'job-id': 'b0', device: 'src', target: 't3', sync: 'full' });
+      await done('b0');
+      await exec('blockdev-backup', { 'job-id': 'b1', device: 'src', target: 't3', sync: 'none' });
+      await sleep(100);
+      await exec('block-job-cancel', { device: 'b1' });
+      await done('b1');
+      await exec('blockdev-mirror', { 'job-id': 'm2', device: 'src', target: 'small', sync: 'full' });
+      await done('m2');
+      for (const [cmd, args] of [
+        ['blockdev-mirror', { device: 'src', target: 't2', sync: 'full' }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 'src', sync: 'full' }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'nope', target: 't2', sync: 'full' }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 'nope', sync: 'full' }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 't2', sync: 'bitmap' }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 't2', sync: 'full', granularity: 1000 }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 't2', sync: 'full', granularity: 256 }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 't2', sync: 'full', 'buf-size': -1 }],
+        ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 't2', sync: 'full', speed: -1 }],
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'incremental' }],
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'bitmap' }],
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 'src', sync: 'full' }],
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 'small', sync: 'full' }],
+      ] as const) await exec(cmd, args);
+      for (const e of l.events) {
+        const d = e.data;
+        out.push(e.event === 'JOB_STATUS_CHANGE' ? `${d.id} ${d.status}` : `${e.event} ${JSON.stringify(d)}`);
+      }
+    } finally {
+      await l.stop();
+    }
+    for (const t of ['t1', 't2', 't3']) run('qemu-img', ['check', join(dir, t)]);
+    out.push(`t1 = src: ${spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', src, join(dir, 't1')]).status}`);
+    out.push(`t3 = src: ${spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', src, join(dir, 't3')]).status}`);
+    return out;
+  }
+
+  it('gives the same replies and events as qsd 7.2', async () => {
+    const q = await script('qsd');
+    const b = await script('blockd');
+    expect(b).toEqual(q);
+  }, 120_000);
+});
+
+/** On-error policies on a target that runs out of space (a 4 MiB tmpfs; needs root to mount). */
+describe('backup target out of space', () => {
+  function tinyFs(): string {
+    const dir = tempDir('blockd-tiny-');
+    mkdirSync(join(dir, 'mnt'));
+    run('mount', ['-t', 'tmpfs', '-o', 'size=4M', 'tmpfs', join(dir, 'mnt')]);
+    cleanups.push(() => { spawnSync('umount', ['-l', join(dir, 'mnt')]); });
+    return dir;
+  }
+
+  async function fill(which: 'qsd' | 'blockd', policy: string): Promise<string[]> {
+    const dir = tinyFs();
+    const src = join(dir, 'src.raw');
+    run('qemu-img', ['create', '-q', '-f', 'raw', src, '16M']);
+    run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 0 16M', src]);
+    const tgt = join(dir, 'mnt', 'tgt.raw');
+    run('qemu-img', ['create', '-q', '-f', 'raw', tgt, '16M']);
+    const l = await startLive(which, dir, [
+      '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+      '--blockdev', 'driver=raw,node-name=src,file=srcf',
+      '--blockdev', `driver=raw,node-name=tgt,file.driver=file,file.filename=${tgt}`,
+    ]);
+    live = l;
+    await l.qmp.execute('blockdev-backup', { 'job-id': 'f0', device: 'src', target: 'tgt', sync: 'full', 'on-target-error': policy });
+    if (policy === 'report') {
+      await l.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'f0' && d.status === 'null');
+    } else {
+      await l.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'f0' && d.status === 'paused', 30_000).catch(() => undefined);
+      await l.waitEvent('BLOCK_JOB_ERROR');
+      const [info] = await l.qmp.execute('query-block-jobs') as Record<string, unknown>[];
+      expect(info).toMatchObject({ 'io-status': 'nospace', paused: true });
+      await l.qmp.execute('block-job-cancel', { device: 'f0', force: true });
+      await l.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'f0' && d.status === 'null');
+    }
+    await l.stop();
+    live = undefined;
+    // Several errors may be reported (one per request in flight): compare the distinct lines in order.
+    const lines = l.events.map((e) => (e.event === 'JOB_STATUS_CHANGE' ? String(e.data.status)
+      : e.event === 'BLOCK_JOB_ERROR' ? `${e.event} ${e.data.operation} ${e.data.action}`
+        : `${e.event}${e.data.error ? ` ${String(e.data.error)}` : ''}`));
+    return lines.filter((x, i) => x !== lines[i - 1]);
+  }
+
+  for (const policy of ['report', 'enospc']) {
+    it(`on-target-error=${policy}: same events as qsd`, async () => {
+      const q = await fill('qsd', policy);
+      for (const c of cleanups.splice(0)) c();
+      const b = await fill('blockd', policy);
+      expect(b).toEqual(q);
+    }, 120_000);
+  }
+});
