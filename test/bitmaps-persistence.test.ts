@@ -151,20 +151,60 @@ describe('persistent bitmaps in qcow2', () => {
     checkClean(image);
   }, 120_000);
 
-  it('after SIGKILL, bitmaps that were in use are inconsistent, as qsd reports them', async () => {
+  it('after SIGKILL of blockd, persistent bitmaps load consistent and cover every acknowledged write', async () => {
     const image = join(dir, 'c.qcow2');
-    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
     run('qemu-img', ['bitmap', '--add', image, 'old']);
     const b = await start('blockd', image);
-    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'new', persistent: true });
-    await ok(b.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true });
-    write(b.uri('q'), `h.pwrite(b'x' * 65536, 0)`);
+    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'new', persistent: true, granularity: 4096 });
+    await ok(b.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['old', 'new'] });
+    // Acknowledged writes (no flush at the end: the bitmap must not depend on one).
+    const ranges: [number, number][] = [];
+    let r = 7;
+    for (let i = 0; i < 200; i++) {
+      r = (r * 1103515245 + 12345) & 0x7fffffff;
+      const off = r % (64 * 1048576 - 70000);
+      ranges.push([off, 1 + (r % 65536)]);
+    }
+    run('/usr/bin/python3', ['-c', `
+import nbd, sys, json
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for off, n in json.loads(sys.argv[2]):
+    h.pwrite(b'k' * n, off)
+`, b.uri('q'), JSON.stringify(ranges)]);
+    const maps = { old: run('nbdinfo', ['--map=qemu:dirty-bitmap:old', b.uri('q')]), new: run('nbdinfo', ['--map=qemu:dirty-bitmap:new', b.uri('q')]) };
     running.splice(0);
     b.q.close();
     await b.d.stop('SIGKILL');
-    const flags = imgInfo(image)['format-specific'].data.bitmaps!;
-    expect(flags).toEqual([{ name: 'old', flags: ['in-use', 'auto'], granularity: 65536 }]);
-    const copy = join(dir, 'c-qsd.qcow2');
+    expect(imgInfo(image)['format-specific'].data.bitmaps).toEqual([
+      { name: 'old', flags: ['auto'], granularity: 65536 },
+      { name: 'new', flags: ['auto'], granularity: 4096 },
+    ]);
+    const c = JSON.parse(tryRun('qemu-img', ['check', '--output=json', image]).stdout) as Record<string, number>;
+    expect(c['check-errors'] ?? 0).toBe(0);
+    expect(c.corruptions ?? 0).toBe(0);
+    // qsd reads exactly what blockd showed before it was killed; every write is inside a dirty extent.
+    for (const name of ['old', 'new'] as const) {
+      const map = await qsdMap(image, name);
+      expect(map).toBe(maps[name]);
+      const dirty = map.trim().split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f[3] === 'dirty').map((f) => [Number(f[0]), Number(f[1])]);
+      for (const [off, n] of ranges) expect(dirty.some(([s0, l]) => s0! <= off && off + n <= s0! + l!), `${name} ${off}+${n}`).toBe(true);
+    }
+  }, 120_000);
+
+  it('bitmaps QEMU left in use (killed while open) are inconsistent in blockd exactly as in qsd', async () => {
+    const image = join(dir, 'd.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
+    run('qemu-img', ['bitmap', '--add', image, 'old']);
+    const k = await start('qsd', image);
+    await ok(k.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true });
+    write(k.uri('q'), `h.pwrite(b'x' * 65536, 0)`);
+    running.splice(0);
+    k.q.close();
+    await k.d.stop('SIGKILL');
+    expect(imgInfo(image)['format-specific'].data.bitmaps).toEqual([{ name: 'old', flags: ['in-use', 'auto'], granularity: 65536 }]);
+    const copy = join(dir, 'd-qsd.qcow2');
     copyFileSync(image, copy);
     const s = await start('qsd', copy);
     const qsdInfo = await dirtyInfo(s.q);
@@ -176,8 +216,12 @@ describe('persistent bitmaps in qcow2', () => {
     expect((qsdInfo as { inconsistent?: boolean }[])[0]!.inconsistent).toBe(true);
     expect(await again.q.command('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['old'] })).toEqual(qsdRefusal);
     expect(await again.q.command('block-dirty-bitmap-clear', { node: 'q', name: 'old' })).toEqual(qsdClear);
-    // Removing it is the way out.
+    // Writes leave it as it is on disk; removing it is the way out.
+    await ok(again.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true });
+    write(again.uri('q'), `h.pwrite(b'y' * 4096, 1048576)`);
+    expect(imgInfo(image)['format-specific'].data.bitmaps).toEqual([{ name: 'old', flags: ['in-use', 'auto'], granularity: 65536 }]);
     await ok(again.q, 'block-dirty-bitmap-remove', { node: 'q', name: 'old' });
+    await ok(again.q, 'block-export-del', { id: 'e', mode: 'hard' });
     await again.stop();
     checkClean(image);
     expect(imgInfo(image)['format-specific'].data.bitmaps).toBeUndefined();

@@ -41,8 +41,6 @@ export class DirtyBitmap {
   readOnly = false;
   /** Users that may hold it (an NBD export, a job): each says whether it still does. */
   readonly users = new Set<() => boolean>();
-  /** Called once a granule that was clean becomes dirty (persistence's write-ahead hook). */
-  onNewlyDirty?: (firstGranule: number, endGranule: number) => void;
 
   constructor(readonly name: string, readonly granularity: number, private sizeBytes: number) {
     checkGranularity(granularity);
@@ -66,7 +64,6 @@ export class DirtyBitmap {
     if (length <= 0) return;
     const g0 = Math.floor(offset / this.granularity);
     const g1 = Math.ceil((offset + length) / this.granularity);
-    if (this.onNewlyDirty && this.bits.nextClear(g0, g1) < Math.min(g1, this.bits.size)) this.onNewlyDirty(g0, g1);
     this.bits.set(g0, g1);
   }
 

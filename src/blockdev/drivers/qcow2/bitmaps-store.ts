@@ -1,20 +1,28 @@
 /**
  * Persistent dirty bitmaps in a qcow2 image (docs/interop/qcow2.txt,
- * "Bitmaps extension"): loaded at open, flagged in-use on disk while the
- * image is open read-write, written back (new tables, data and directory,
- * then the header extension, then the old clusters freed) on close. A bitmap
- * found in-use at open was not stored after its last use (the process died):
- * it is loaded inconsistent, as QEMU does, and kept on disk untouched until
- * it is removed.
+ * "Bitmaps extension"). Loaded at open; a bitmap found flagged in-use was
+ * not stored after its last use (QEMU died with it loaded): it is loaded
+ * inconsistent, as QEMU does, and kept on disk untouched until removed.
  *
- * The store also marks the node's bitmaps for the qcow2 node's writes (it
- * wraps the driver's operations), so that it knows what kind of request
- * changed the data: a discard the node ignores (discard=ignore) dirties
- * nothing, as in QEMU.
+ * Unlike QEMU, which flags its bitmaps in-use while the image is open and
+ * writes them only on close (so a crash loses them all), blockd keeps them
+ * valid on disk while it runs: on the first change they are stored (new
+ * tables, data and directory, not in-use; then the header; then the old
+ * clusters freed), and from then on every write that makes a granule newly
+ * dirty first writes and flushes that bit (a write-ahead record in the
+ * bitmap's own data cluster). Writes into already-dirty granules cost
+ * nothing. Commands that change a bitmap (add, remove, clear, merge,
+ * enable, disable) store them again before they return.
+ *
+ * The store marks the node's bitmaps for the qcow2 node's writes (it wraps
+ * the driver's operations) so it sees each request before it reaches the
+ * image, and knows its kind: a discard the node ignores (discard=ignore)
+ * dirties nothing, as in QEMU.
  */
 import { BlockError } from '../../errors.ts';
 import type { DriverOps } from '../../driver.ts';
 import { DirtyBitmap } from '../../bitmaps/dirty-bitmap.ts';
+import type { SparseBitmap } from '../../bitmaps/sparse-bitmap.ts';
 import { registerStore, type BitmapStore, type NodeBitmaps } from '../../bitmaps/registry.ts';
 import { Autoclear, ExtType, Limit, parseHeader, serializeHeader } from './header.ts';
 import type { Qcow2Image } from './image.ts';
@@ -139,23 +147,118 @@ export class Qcow2BitmapStore implements BitmapStore {
     void granularity;
   }
 
-  async added(): Promise<void> { this.dirty = true; }
-  async removed(bm: DirtyBitmap): Promise<void> { this.kept.delete(bm); this.dirty = true; }
-  async changed(): Promise<void> { this.dirty = true; }
+  async added(): Promise<void> { this.dirty = true; await this.storeNow(); }
+  async removed(bm: DirtyBitmap): Promise<void> { this.kept.delete(bm); this.dirty = true; await this.storeNow(); }
+  async changed(): Promise<void> { this.dirty = true; await this.storeNow(); }
 
   /** Whether close() has anything to write. */
   get needsStore(): boolean { return this.dirty || this.bitmaps.some((b) => b.persistent) || this.onDisk.length > 0; }
 
+  /** Whether the image can be written now (not read-only, not corrupt, activated). */
+  private get writable(): boolean {
+    const img = this.img;
+    return !img.readOnly && !img.corrupt && !img.pendingActivation;
+  }
+
+  /** Serialises on-disk bitmap updates (write-ahead records and whole stores). */
+  private chain: Promise<unknown> = Promise.resolve();
+  private locked<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Write-ahead for a write, write-zeroes or discard about to change
+   * [offset, offset+length): the bitmaps are marked in memory, and where that
+   * made a granule of a stored (live) persistent bitmap newly dirty, the bit
+   * reaches the disk (and is flushed) before the data write starts. So after a
+   * crash the stored bitmap is still valid and covers every acknowledged
+   * write. Writes into granules that are already dirty cost nothing.
+   */
+  async beforeWrite(offset: number, length: number): Promise<void> {
+    this.nb.observe(offset, length);
+    if (!this.writable) return;
+    const pending: DirtyBitmap[] = [];
+    for (const bm of this.bitmaps) {
+      if (!bm.persistent || bm.inconsistent) continue;
+      const live = this.live.get(bm);
+      // Not stored since open (the driver flagged it in-use): store it, recording or not.
+      if (!live) { pending.push(bm); continue; }
+      if (!bm.recording || length <= 0) continue;
+      const g0 = Math.floor(offset / bm.granularity);
+      const g1 = Math.min(Math.ceil((offset + length) / bm.granularity), bm.bits.size);
+      if (live.persisted.nextClear(g0, g1) < g1) pending.push(bm);
+    }
+    if (pending.length === 0) return;
+    await this.locked(async () => {
+      if (!this.writable) return;
+      if (pending.some((bm) => !this.live.has(bm))) { await this.storeLocked(); return; }
+      await this.img.meta.run(async () => {
+        for (const bm of pending) await this.persistRange(bm, offset, length);
+      });
+      await this.img.barrier();
+    });
+  }
+
+  /** Writes the bits of `bm` covering [offset, offset+length) into its stored data clusters (meta lock held). */
+  private async persistRange(bm: DirtyBitmap, offset: number, length: number): Promise<void> {
+    const img = this.img;
+    const live = this.live.get(bm);
+    if (!live) return;
+    const g0 = Math.floor(offset / bm.granularity);
+    const g1 = Math.min(Math.ceil((offset + length) / bm.granularity), bm.bits.size);
+    const pc = img.cs * 8;
+    for (let i = Math.floor(g0 / pc); i * pc < g1; i++) {
+      const base = i * pc;
+      const a = Math.max(g0, base);
+      const b = Math.min(g1, base + pc);
+      const cur = Number(live.table.readBigUInt64BE(i * 8) & ENTRY_OFFSET_MASK);
+      if (cur) {
+        const b0 = Math.floor((a - base) / 8);
+        const b1 = Math.ceil((b - base) / 8);
+        await img.writeMeta(cur + b0, bm.bits.toBytes(base + b0 * 8, (b1 - b0) * 8));
+      } else {
+        // A new data cluster: its refcount and contents reach the disk before the table points at it.
+        const off = await img.refcounts.alloc(1);
+        await img.writeMeta(off, bm.bits.toBytes(base, pc));
+        await img.refcounts.cache.flush();
+        await img.barrier();
+        const entry = Buffer.alloc(8);
+        entry.writeBigUInt64BE(BigInt(off));
+        await img.writeMeta(live.tableOffset + i * 8, entry);
+        entry.copy(live.table, i * 8);
+      }
+      live.persisted.set(a, b);
+    }
+  }
+
+  /** Stores every bitmap now, when the image can be written (else on close). */
+  private async storeNow(): Promise<void> {
+    if (!this.writable) return;
+    await this.locked(() => this.storeLocked());
+  }
+
+  /** Persistent bitmaps as stored: table location, table entries, bits known to be on disk. */
+  private readonly live = new Map<DirtyBitmap, { tableOffset: number; table: Buffer; persisted: SparseBitmap }>();
+
+  async store(): Promise<void> {
+    await this.locked(() => this.storeLocked());
+  }
+
   /**
    * Writes every persistent bitmap (oldest first, as they were added) and
    * points the header at the new directory; then frees what the old one used.
+   * The stored bitmaps are not flagged in-use: the write-ahead in
+   * beforeWrite() keeps them valid while the image is open.
    */
-  async store(): Promise<void> {
+  private async storeLocked(): Promise<void> {
     const img = this.img;
-    if (img.readOnly || img.corrupt || img.pendingActivation || !this.needsStore) return;
+    if (!this.writable || !this.needsStore) return;
     const cs = img.cs;
     const entries: Buffer[] = [];
     const keptTables = new Set<number>();
+    const live = new Map<DirtyBitmap, { tableOffset: number; table: Buffer; persisted: SparseBitmap }>();
     await img.meta.run(async () => {
       for (const bm of [...this.bitmaps].reverse()) {
         if (!bm.persistent) continue;
@@ -165,16 +268,18 @@ export class Qcow2BitmapStore implements BitmapStore {
         if (n > 0x8000000) throw new BlockError('EINVAL', `Bitmap '${bm.name}' is too large to store`);
         const table = Buffer.alloc(n * 8);
         const perCluster = cs * 8;
+        const persisted = bm.bits.clone();
         for (let i = 0; i < n; i++) {
           const from = i * perCluster;
-          if (bm.bits.nextSet(from, from + perCluster) < 0) continue;
-          const data = bm.bits.toBytes(from, perCluster);
+          if (persisted.nextSet(from, from + perCluster) < 0) continue;
+          const data = persisted.toBytes(from, perCluster);
           const off = await img.refcounts.alloc(1);
           await img.writeMeta(off, data);
           table.writeBigUInt64BE(BigInt(off), i * 8);
         }
         const tableOff = await img.refcounts.alloc(Math.max(1, Math.ceil(table.length / cs)));
         await img.writeMeta(tableOff, table);
+        live.set(bm, { tableOffset: tableOff, table, persisted });
         entries.push(serializeEntry({
           tableOffset: tableOff, tableSize: n, flags: bm.recording ? AUTO : 0, type: TYPE_DIRTY_TRACKING,
           granularityBits: Math.log2(bm.granularity), name: bm.name, extra: Buffer.alloc(0),
@@ -201,6 +306,8 @@ export class Qcow2BitmapStore implements BitmapStore {
       this.onDisk = parseDirectory(dir, entries.length);
       this.oldDirectory = undefined;
     });
+    this.live.clear();
+    for (const [bm, l] of live) this.live.set(bm, l);
     // The directory the driver flagged in-use at open is gone: nothing to put back.
     (img as unknown as { bitmapRestore?: unknown }).bitmapRestore = undefined;
     this.dirty = false;
@@ -263,9 +370,9 @@ export async function loadBitmapStore(img: Qcow2Image, nodeName: string, readOnl
  */
 export function withBitmapStore(ops: DriverOps, store: Qcow2BitmapStore, nodeName: string, discardUnmap: boolean): DriverOps {
   const { write, writeZeroes, discard, close } = ops;
-  ops.write = async (o, buf, flags) => { await write!(o, buf, flags); store.nb.observe(o, buf.length); };
-  ops.writeZeroes = async (o, l, flags) => { await writeZeroes!(o, l, flags); store.nb.observe(o, l); };
-  ops.discard = async (o, l) => { await discard!(o, l); if (discardUnmap) store.nb.observe(o, l); };
+  ops.write = async (o, buf, flags) => { await store.beforeWrite(o, buf.length); await write!(o, buf, flags); };
+  ops.writeZeroes = async (o, l, flags) => { await store.beforeWrite(o, l); await writeZeroes!(o, l, flags); };
+  ops.discard = async (o, l) => { if (discardUnmap) await store.beforeWrite(o, l); await discard!(o, l); };
   ops.close = async () => {
     try { await store.store(); } catch (e) { console.error(`blockd: could not store bitmaps of '${nodeName}': ${(e as Error).message}`); }
     await close!();
