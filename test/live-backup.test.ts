@@ -264,7 +264,21 @@ describe('backup and mirror side by side with qemu-storage-daemon', () => {
       await done('b1');
       await exec('blockdev-mirror', { 'job-id': 'm2', device: 'src', target: 'small', sync: 'full' });
       await done('m2');
+      // Incremental backup: a bitmap records a client's write; only that cluster is copied and the bitmap is emptied.
+      await exec('block-dirty-bitmap-add', { node: 'src', name: 'bm0' });
+      await exec('block-export-add', { type: 'nbd', id: 'e0', 'node-name': 'src', name: 'disk', writable: true });
+      run(SYSTEM_PYTHON, ['-c', `import nbd\nh=nbd.NBD()\nh.set_export_name('disk')\nh.connect_unix(${JSON.stringify(l.nbdSock)})\nh.pwrite(b'\\x77'*4096, 1024*1024+512)\nh.shutdown()`]);
+      await exec('blockdev-backup', { 'job-id': 'i0', device: 'src', target: 't2', sync: 'incremental', bitmap: 'bm0' });
+      await done('i0');
+      const bitmaps = (await l.qmp.execute('query-named-block-nodes', { flat: true }) as { 'node-name': string; 'dirty-bitmaps'?: { count: number }[] }[])
+        .find((n) => n['node-name'] === 'src')?.['dirty-bitmaps'];
+      out.push(`bm0 after: ${JSON.stringify(bitmaps?.map((b) => b.count))}`);
+      await exec('block-export-del', { id: 'e0' });
       for (const [cmd, args] of [
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'incremental', bitmap: 'nope' }],
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'incremental', bitmap: 'bm0', 'bitmap-mode': 'never' }],
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'bitmap', bitmap: 'bm0' }],
+        ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'full', 'bitmap-mode': 'never' }],
         ['blockdev-mirror', { device: 'src', target: 't2', sync: 'full' }],
         ['blockdev-mirror', { 'job-id': 'x', device: 'src', target: 'src', sync: 'full' }],
         ['blockdev-mirror', { 'job-id': 'x', device: 'nope', target: 't2', sync: 'full' }],
@@ -289,6 +303,15 @@ describe('backup and mirror side by side with qemu-storage-daemon', () => {
     for (const t of ['t1', 't2', 't3']) run('qemu-img', ['check', join(dir, t)]);
     out.push(`t1 = src: ${spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', src, join(dir, 't1')]).status}`);
     out.push(`t3 = src: ${spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', src, join(dir, 't3')]).status}`);
+    // t2 (a soft-cancelled mirror of t1, then the incremental backup) differs from t1 only in the written cluster.
+    const map = JSON.parse(run('qemu-img', ['map', '--output=json', join(dir, 't2')])) as { start: number; length: number; data: boolean }[];
+    const ranges: number[][] = [];
+    for (const e of map.filter((x) => x.data)) {
+      const last = ranges[ranges.length - 1];
+      if (last && last[0]! + last[1]! === e.start) last[1]! += e.length; else ranges.push([e.start, e.length]);
+    }
+    out.push(`t2 data: ${JSON.stringify(ranges)}`);
+    out.push(`t2 = t1: ${spawnSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', join(dir, 't1'), join(dir, 't2')]).status}`);
     return out;
   }
 

@@ -35,9 +35,10 @@ export class CowState {
     this.map = new DirtyMap(source.length(), cluster);
   }
 
-  /** Starts the snapshot: everything must be copied before it is overwritten. */
-  activate(): void {
-    this.map.set(0, this.map.length);
+  /** Starts the snapshot: everything (or only the `only` ranges) must be copied before it is overwritten. */
+  activate(only?: Iterable<[number, number]>): void {
+    if (only) for (const [a, b] of only) this.map.set(a, b - a);
+    else this.map.set(0, this.map.length);
     this.active = true;
   }
 

@@ -17,6 +17,8 @@ import { jobFailure } from './mirror.ts';
 import { ALL_PERM } from '../edge.ts';
 import { CowState, cowClusterSize, cowFilterOps } from '../drivers/copy-before-write.ts';
 import type { BlockNode } from '../node.ts';
+import type { DirtyBitmap } from '../bitmaps/dirty-bitmap.ts';
+import type { SparseBitmap } from '../bitmaps/sparse-bitmap.ts';
 
 export type BackupSync = 'full' | 'top' | 'none';
 
@@ -29,11 +31,15 @@ export interface BackupJobOptions extends BlockJobOptions {
   filterNodeName?: string;
   /** The target is a new image that reads as zeroes. */
   targetZeroed?: boolean;
+  /** sync=bitmap/incremental: copy only what this bitmap (of the source) marks. */
+  bitmap?: DirtyBitmap;
+  /** What becomes of the bitmap (QAPI BitmapSyncMode); incremental is bitmap + on-success. */
+  bitmapMode?: 'on-success' | 'never' | 'always';
 }
 
 const cbwDriver = internalFilterDriver('copy-before-write');
 const CHUNK = 1024 * 1024;
-const MAX_INFLIGHT = 8;
+const MAX_INFLIGHT = 16;
 
 export class BackupJob extends BlockJob {
   readonly type = 'backup' as const;
@@ -47,6 +53,11 @@ export class BackupJob extends BlockJob {
   private filter?: InsertedFilter;
   private readonly inflight = new Set<Promise<void>>();
   private ioFailure?: unknown;
+  private readonly bitmap?: DirtyBitmap;
+  private readonly bitmapMode: 'on-success' | 'never' | 'always';
+  /** The bitmap's contents at the start (the bitmap itself goes on recording new writes from empty). */
+  private frozen?: SparseBitmap;
+  private holdsBitmap = false;
 
   constructor(opts: BackupJobOptions) {
     super(opts);
@@ -58,6 +69,8 @@ export class BackupJob extends BlockJob {
     this.filterNodeName = opts.filterNodeName;
     this.state = new CowState(opts.source, opts.target, cowClusterSize(opts.target), opts.targetZeroed ?? false);
     this.state.onCopied = (n) => this.progressUpdate(n);
+    this.bitmap = opts.bitmap;
+    this.bitmapMode = opts.bitmapMode ?? 'on-success';
   }
 
   /** Takes the nodes, puts the filter above the source and starts the snapshot (in a drained section). */
@@ -75,11 +88,20 @@ export class BackupJob extends BlockJob {
       shared: ALL_PERM,
     });
     // Writes that queued at the source during the insertion still went straight to it: the snapshot starts after them.
-    await this.source.drained(() => this.state.activate());
-    this.progressSetRemaining(this.source.length());
+    await this.source.drained(() => {
+      const bm = this.bitmap;
+      if (!bm) { this.state.activate(); return; }
+      this.holdsBitmap = true;
+      bm.users.add(() => this.holdsBitmap);
+      this.frozen = bm.bits.clone();
+      this.state.activate(bm.extents());
+      bm.clear();
+    });
+    this.progressSetRemaining(this.state.map.bytes);
   }
 
   async tearDown(): Promise<void> {
+    this.settleBitmap(false);
     this.state.deactivate();
     if (this.filter) await removeFilter(this.graph, this.filter, this.source);
     this.filter = undefined;
@@ -161,8 +183,36 @@ export class BackupJob extends BlockJob {
     }
   }
 
-  protected override async abort(): Promise<void> { await this.takeOut(); }
-  protected override async commit(): Promise<void> { await this.takeOut(); }
+  protected override async abort(): Promise<void> {
+    this.settleBitmap(false);
+    await this.takeOut();
+  }
+
+  protected override async commit(): Promise<void> {
+    this.settleBitmap(true);
+    await this.takeOut();
+  }
+
+  /**
+   * The bitmap after the job (QEMU's BitmapSyncMode): it already holds the
+   * writes made since the start; 'never', and a failed 'on-success', get the
+   * start's contents back; a failed 'always' gets back what was not copied.
+   */
+  private settleBitmap(ok: boolean): void {
+    const bm = this.bitmap;
+    if (!bm || !this.frozen) return;
+    if (this.bitmapMode === 'never' || (!ok && this.bitmapMode === 'on-success')) bm.bits.or(this.frozen);
+    else if (!ok && this.bitmapMode === 'always') {
+      for (let pos = 0; ;) {
+        const run = this.state.map.nextRun(pos, Number.MAX_SAFE_INTEGER);
+        if (!run || run.offset < pos) break;
+        bm.mark(run.offset, run.length);
+        pos = run.offset + run.length;
+      }
+    }
+    this.frozen = undefined;
+    this.holdsBitmap = false;
+  }
 
   private async takeOut(): Promise<void> {
     this.state.deactivate();
@@ -172,6 +222,7 @@ export class BackupJob extends BlockJob {
   }
 
   protected override async clean(): Promise<void> {
+    this.holdsBitmap = false;
     await this.takeOut();
     await super.clean();
   }

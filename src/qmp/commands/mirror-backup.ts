@@ -16,6 +16,8 @@ import type { JobManager } from '../../blockdev/jobs/manager.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
 import { createFile } from '../../blockdev/create/file.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
+import { bitmapsOf } from '../../blockdev/bitmaps/registry.ts';
+import { CHECK_ALLOW_RO } from '../../blockdev/bitmaps/dirty-bitmap.ts';
 import { enm, obj, opt, req, type Member } from '../types.ts';
 import type { CommandDef } from '../command.ts';
 
@@ -173,8 +175,22 @@ async function backupChecks(a: BackupArgs, ctx: Ctx): Promise<BlockNode> {
   if ((a.sync === 'incremental' || a.sync === 'bitmap') && a.bitmap === undefined) {
     throw new BlockError('EINVAL', `must provide a valid bitmap name for '${a.sync}' sync mode`);
   }
-  if (a.bitmap !== undefined || a.sync === 'incremental' || a.sync === 'bitmap') {
-    throw new BlockError('ENOTSUP', 'blockd has no dirty bitmaps yet: backup with a bitmap (sync modes \'bitmap\' and \'incremental\') is not supported');
+  if (a.bitmap !== undefined) {
+    const bm = bitmapsOf(source).find(a.bitmap);
+    if (!bm) throw new BlockError('ENOENT', `Bitmap '${a.bitmap}' could not be found`);
+    if (a.sync === 'incremental') {
+      if (a['bitmap-mode'] !== undefined && a['bitmap-mode'] !== 'on-success') {
+        throw new BlockError('EINVAL', `Bitmap sync mode must be 'on-success' when using sync mode 'incremental'`);
+      }
+    } else if (a['bitmap-mode'] === undefined) {
+      throw new BlockError('EINVAL', 'Bitmap sync mode must be given when providing a bitmap');
+    }
+    if (a.sync !== 'incremental' && a.sync !== 'bitmap') {
+      throw new BlockError('ENOTSUP', `blockd supports a backup bitmap only with sync modes 'bitmap' and 'incremental'`);
+    }
+    bm.check(CHECK_ALLOW_RO);
+  } else if (a['bitmap-mode'] !== undefined) {
+    throw new BlockError('EINVAL', 'Cannot specify bitmap sync mode without a bitmap');
   }
   if (a.speed !== undefined && a.speed < 0) throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value");
   checkRoot(source);
@@ -189,7 +205,10 @@ async function startBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target: B
   checkJobId(ctx.jobs, id);
   const job = new BackupJob({
     id, graph: ctx.graph, speed: a.speed, autoFinalize: a['auto-finalize'], autoDismiss: a['auto-dismiss'],
-    source, target, sync: a.sync as BackupSync, onSourceError: a['on-source-error'], onTargetError: a['on-target-error'],
+    source, target, sync: (a.sync === 'incremental' || a.sync === 'bitmap' ? 'full' : a.sync) as BackupSync,
+    bitmap: a.bitmap !== undefined ? bitmapsOf(source).find(a.bitmap) : undefined,
+    bitmapMode: a.sync === 'incremental' ? 'on-success' : a['bitmap-mode'] as 'on-success' | 'never' | 'always' | undefined,
+    onSourceError: a['on-source-error'], onTargetError: a['on-target-error'],
     filterNodeName: a['filter-node-name'], targetZeroed: created,
   });
   ctx.jobs.add(job);
