@@ -131,6 +131,26 @@ describe('persistent bitmaps in qcow2', () => {
     expect(await qsdMap(image, 'fine')).toBe('         0    67108864    0  clean\n');
   }, 120_000);
 
+  it('a stored bitmap follows block_resize (grown tables) and records past the old end', async () => {
+    const image = join(dir, 'grow.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '8M']);
+    const b = await start('blockd', image);
+    await ok(b.q, 'block-dirty-bitmap-add', { node: 'q', name: 'g', persistent: true, granularity: 512 });
+    await ok(b.q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true });
+    write(b.uri('q'), `h.pwrite(b'a' * 4096, 4096)`);
+    await ok(b.q, 'block-export-del', { id: 'e', mode: 'hard' });
+    await ok(b.q, 'block_resize', { 'node-name': 'q', size: 600 * 1048576 });
+    await ok(b.q, 'block-export-add', { type: 'nbd', id: 'e2', 'node-name': 'q', name: 'q2', writable: true, bitmaps: ['g'] });
+    write(b.uri('q2'), `h.pwrite(b'b' * 4096, 500 * 1048576)`);
+    const map = run('nbdinfo', ['--map=qemu:dirty-bitmap:g', b.uri('q2')]);
+    expect(map).toContain(String(500 * 1048576));
+    // Killed: the write-ahead stored the grown bitmap.
+    running.splice(0);
+    b.q.close();
+    await b.d.stop('SIGKILL');
+    expect(await qsdMap(image, 'g')).toBe(map);
+  }, 120_000);
+
   it('bitmaps made by qemu-img and filled by qemu-io load in blockd as in qsd', async () => {
     const image = join(dir, 'b.qcow2');
     run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '32M']);

@@ -29,16 +29,27 @@ export interface BitmapStore {
 /** The bitmaps of one node. */
 export class NodeBitmaps {
   readonly bitmaps: DirtyBitmap[];
-  constructor(readonly store?: BitmapStore) {
+  constructor(readonly store?: BitmapStore, private readonly lengthOf?: () => number) {
     this.bitmaps = store?.bitmaps ?? [];
   }
 
   find(name: string): DirtyBitmap | undefined {
+    this.syncSize();
     return this.bitmaps.find((b) => b.name === name);
+  }
+
+  /** Follows the node's size (block_resize): bitmaps grow with it, or lose what lies past a smaller end, as in QEMU. */
+  syncSize(): void {
+    if (!this.lengthOf || this.bitmaps.length === 0) return;
+    let len: number;
+    try { len = this.lengthOf(); } catch { return; }
+    for (const b of this.bitmaps) if (b.size !== len) b.resize(len);
   }
 
   /** Marks a change in every recording bitmap. */
   readonly observe = (offset: number, length: number): void => {
+    if (this.bitmaps.length === 0) return;
+    this.syncSize();
     for (const b of this.bitmaps) if (b.recording && !b.readOnly) b.mark(offset, length);
   };
 }
@@ -48,7 +59,7 @@ const byNode = new WeakMap<BlockNode, NodeBitmaps>();
 
 /** Called by a format driver at open with the ops it returns. */
 export function registerStore(ops: DriverOps, store: BitmapStore): NodeBitmaps {
-  const nb = new NodeBitmaps(store);
+  const nb = new NodeBitmaps(store, ops.length);
   byOps.set(ops, nb);
   return nb;
 }
@@ -59,7 +70,7 @@ export function bitmapsOf(node: BlockNode): NodeBitmaps {
   if (own) return own;
   let nb = byNode.get(node);
   if (!nb) {
-    nb = new NodeBitmaps();
+    nb = new NodeBitmaps(undefined, () => node.length());
     byNode.set(node, nb);
     node.writeObservers.add(nb.observe);
   }
@@ -68,7 +79,9 @@ export function bitmapsOf(node: BlockNode): NodeBitmaps {
 
 /** Bitmaps of a node without creating anything (for queries). */
 export function existingBitmaps(node: BlockNode): DirtyBitmap[] {
-  return (byOps.get(node.ops) ?? byNode.get(node))?.bitmaps ?? [];
+  const nb = byOps.get(node.ops) ?? byNode.get(node);
+  nb?.syncSize();
+  return nb?.bitmaps ?? [];
 }
 
 /** QEMU's bdrv_get_default_bitmap_granularity: the cluster size within [4 KiB, 64 KiB], else 64 KiB. */

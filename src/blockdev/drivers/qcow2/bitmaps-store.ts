@@ -26,6 +26,7 @@ import type { SparseBitmap } from '../../bitmaps/sparse-bitmap.ts';
 import { registerStore, type BitmapStore, type NodeBitmaps } from '../../bitmaps/registry.ts';
 import { Autoclear, ExtType, Limit, parseHeader, serializeHeader } from './header.ts';
 import type { Qcow2Image } from './image.ts';
+import type { BitmapInfo } from './bitmaps.ts';
 
 const IN_USE = 1;
 const AUTO = 2;
@@ -140,6 +141,24 @@ export class Qcow2BitmapStore implements BitmapStore {
     }
   }
 
+  /**
+   * The bitmap directory as it is on disk now (query-named-block-nodes'
+   * format-specific "bitmaps", which QEMU reads from the image): before the
+   * first store of a read-write open the driver has flagged them in-use.
+   */
+  directoryInfo(): BitmapInfo[] {
+    const img = this.img;
+    const flaggedAtOpen = !this.storedSinceOpen && !img.readOnly && !img.pendingActivation;
+    return this.onDisk.map((e) => {
+      const flags: string[] = [];
+      if (e.flags & IN_USE || flaggedAtOpen) flags.push('in-use');
+      if (e.flags & AUTO) flags.push('auto');
+      return { name: e.name, granularity: 2 ** e.granularityBits, flags };
+    });
+  }
+
+  private storedSinceOpen = false;
+
   checkCanStore(name: string, granularity: number): void {
     const fail = (why: string) => new BlockError('EINVAL', `Can't make bitmap '${name}' persistent in '${this.nodeName}': ${why}`);
     if (this.img.h.version < 3) throw fail('Cannot store dirty bitmaps in qcow2 v2 files');
@@ -178,13 +197,14 @@ export class Qcow2BitmapStore implements BitmapStore {
    */
   async beforeWrite(offset: number, length: number): Promise<void> {
     this.nb.observe(offset, length);
+    if (this.bitmaps.length === 0) return;
     if (!this.writable) return;
     const pending: DirtyBitmap[] = [];
     for (const bm of this.bitmaps) {
       if (!bm.persistent || bm.inconsistent) continue;
       const live = this.live.get(bm);
-      // Not stored since open (the driver flagged it in-use): store it, recording or not.
-      if (!live) { pending.push(bm); continue; }
+      // Not stored since open (the driver flagged it in-use), or resized since: store it, recording or not.
+      if (!live || live.table.length !== tableSize(bm.size, bm.granularity, this.img.cs) * 8) { pending.push(bm); continue; }
       if (!bm.recording || length <= 0) continue;
       const g0 = Math.floor(offset / bm.granularity);
       const g1 = Math.min(Math.ceil((offset + length) / bm.granularity), bm.bits.size);
@@ -193,7 +213,11 @@ export class Qcow2BitmapStore implements BitmapStore {
     if (pending.length === 0) return;
     await this.locked(async () => {
       if (!this.writable) return;
-      if (pending.some((bm) => !this.live.has(bm))) { await this.storeLocked(); return; }
+      // Not stored yet, or stored for another size (block_resize): store everything anew.
+      if (pending.some((bm) => !this.live.has(bm) || this.live.get(bm)!.table.length !== tableSize(bm.size, bm.granularity, this.img.cs) * 8)) {
+        await this.storeLocked();
+        return;
+      }
       await this.img.meta.run(async () => {
         for (const bm of pending) await this.persistRange(bm, offset, length);
       });
@@ -259,12 +283,13 @@ export class Qcow2BitmapStore implements BitmapStore {
     const entries: Buffer[] = [];
     const keptTables = new Set<number>();
     const live = new Map<DirtyBitmap, { tableOffset: number; table: Buffer; persisted: SparseBitmap }>();
+    this.nb?.syncSize();
     await img.meta.run(async () => {
       for (const bm of [...this.bitmaps].reverse()) {
         if (!bm.persistent) continue;
         const kept = this.kept.get(bm);
         if (kept) { entries.push(kept.raw); keptTables.add(kept.tableOffset); continue; }
-        const n = tableSize(img.size, bm.granularity, cs);
+        const n = tableSize(bm.size, bm.granularity, cs);
         if (n > 0x8000000) throw new BlockError('EINVAL', `Bitmap '${bm.name}' is too large to store`);
         const table = Buffer.alloc(n * 8);
         const perCluster = cs * 8;
@@ -308,6 +333,7 @@ export class Qcow2BitmapStore implements BitmapStore {
     });
     this.live.clear();
     for (const [bm, l] of live) this.live.set(bm, l);
+    this.storedSinceOpen = true;
     // The directory the driver flagged in-use at open is gone: nothing to put back.
     (img as unknown as { bitmapRestore?: unknown }).bitmapRestore = undefined;
     this.dirty = false;

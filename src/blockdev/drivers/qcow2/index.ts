@@ -264,7 +264,7 @@ export const qcow2Driver: Driver = {
       blockStatus: (o, l, flags) => img.blockStatus(o, l, flags),
       truncate: (size) => img.truncate(size),
       close: () => img.close(),
-      info: () => imageInfo(img, bitmaps),
+      info: () => imageInfo(img, bitmapStore.directoryInfo()),
       async prepareReopen(next, ro) {
         for (const k of ['file', 'data-file'] as const) {
           const child = k === 'file' ? file : dataFile;
