@@ -151,6 +151,39 @@ describe('persistent bitmaps in qcow2', () => {
     expect(await qsdMap(image, 'g')).toBe(map);
   }, 120_000);
 
+  it('bitmaps of a read-only node are read-only until blockdev-reopen makes the node writable', async () => {
+    const image = join(dir, 'reopen.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '8M']);
+    run('qemu-img', ['bitmap', '--add', image, 'b']);
+    run('qemu-io', ['-f', 'qcow2', '-c', 'write 0 64k', image]);
+    const id = `blockd-${seq++}`;
+    const qmpSock = join(dir, `${id}-qmp.sock`);
+    const nbdSock = join(dir, `${id}-nbd.sock`);
+    const d = await startDaemon('blockd', [
+      '--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
+      '--blockdev', `driver=file,node-name=f,filename=${image},read-only=on`,
+      '--blockdev', 'driver=qcow2,node-name=q,file=f,read-only=on',
+      '--nbd-server', `addr.type=unix,addr.path=${nbdSock}`,
+    ], qmpSock);
+    const q = await RawQmpConnection.negotiated(qmpSock);
+    running.push({ d, q });
+    expect(await q.command('block-dirty-bitmap-clear', { node: 'q', name: 'b' })).toEqual({ error: { class: 'GenericError', desc: "Bitmap 'b' is readonly and cannot be modified" } });
+    await ok(q, 'blockdev-reopen', { options: [
+      { driver: 'file', 'node-name': 'f', filename: image, 'read-only': false },
+      { driver: 'qcow2', 'node-name': 'q', file: 'f', 'read-only': false },
+    ] });
+    await ok(q, 'block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['b'] });
+    write(`nbd+unix:///q?socket=${nbdSock}`, `h.pwrite(b'z' * 512, 4 * 1048576)`);
+    const map = run('nbdinfo', ['--map=qemu:dirty-bitmap:b', `nbd+unix:///q?socket=${nbdSock}`]);
+    expect(map).toContain(String(4 * 1048576));
+    expect(map.startsWith('         0       65536    1  dirty')).toBe(true);
+    running.splice(0);
+    q.close();
+    expect(await d.stop('SIGTERM')).toBe(0);
+    checkClean(image);
+    expect(await qsdMap(image, 'b')).toBe(map);
+  }, 120_000);
+
   it('bitmaps made by qemu-img and filled by qemu-io load in blockd as in qsd', async () => {
     const image = join(dir, 'b.qcow2');
     run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '32M']);

@@ -166,6 +166,8 @@ h = nbd.NBD()
 h.connect_uri(sys.argv[1])
 h.pwrite(b'g' * 8192, 12 * 1048576 + 100)
 h.pwrite(b'g' * 100, 100)
+h.trim(65536, 5 * 1048576)
+h.zero(4096, 9 * 1048576)
 h.shutdown()
 `, uri(w, 'r')]);
     const maps = who.map((w) => run('nbdinfo', ['--map=qemu:dirty-bitmap:grow', uri(w, 'r')]));

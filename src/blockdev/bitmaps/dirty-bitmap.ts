@@ -37,8 +37,10 @@ export class DirtyBitmap {
   persistent = false;
   /** Loaded from an image where it was left in use: its contents cannot be trusted. */
   inconsistent = false;
-  /** Loaded from an image opened read-only: it may not change. */
-  readOnly = false;
+  /** Loaded from an image that is read-only now (QEMU's readonly bitmap): it may not change. */
+  get readOnly(): boolean { return this.readOnlySource?.() ?? false; }
+  /** Where the read-only state comes from (the image's store); none: never read-only. */
+  readOnlySource?: () => boolean;
   /** Users that may hold it (an NBD export, a job): each says whether it still does. */
   readonly users = new Set<() => boolean>();
 

@@ -72,7 +72,18 @@ export function bitmapsOf(node: BlockNode): NodeBitmaps {
   if (!nb) {
     nb = new NodeBitmaps(undefined, () => node.length());
     byNode.set(node, nb);
-    node.writeObservers.add(nb.observe);
+    // The observer is told of writes, write-zeroes and discards alike; a discard is recognised by the
+    // node's discard counter, which the node bumps just before it tells its observers (same tick).
+    // A discard the node ignores (discard=ignore, QEMU's !BDRV_O_UNMAP) dirties nothing, as in QEMU.
+    let discards = node.stats.discardOps;
+    const observe = nb.observe;
+    node.writeObservers.add((offset, length) => {
+      if (node.stats.discardOps !== discards) {
+        discards = node.stats.discardOps;
+        if (node.options.discard !== 'unmap') return;
+      }
+      observe(offset, length);
+    });
   }
   return nb;
 }

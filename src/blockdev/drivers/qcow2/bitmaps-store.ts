@@ -103,7 +103,7 @@ export class Qcow2BitmapStore implements BitmapStore {
   constructor(private readonly img: Qcow2Image, private readonly nodeName: string) {}
 
   /** Reads the bitmaps of the image (only while the extension is valid: autoclear bit set). */
-  async load(readOnly: boolean): Promise<void> {
+  async load(): Promise<void> {
     const h = this.img.h;
     if (!h.bitmaps || !(h.autoclear & Autoclear.BITMAPS)) return;
     if (h.bitmaps.directorySize > 64 * 1024 * 1024) throw new BlockError('EINVAL', 'Bitmap directory is too large');
@@ -115,7 +115,8 @@ export class Qcow2BitmapStore implements BitmapStore {
       const bm = new DirtyBitmap(e.name, 2 ** e.granularityBits, this.img.size);
       bm.persistent = true;
       bm.recording = (e.flags & AUTO) !== 0;
-      bm.readOnly = readOnly;
+      // Read-only while the image is (a reopen read-write makes them writable, as in QEMU).
+      bm.readOnlySource = () => this.img.readOnly;
       if (e.flags & IN_USE) {
         bm.inconsistent = true;
         bm.recording = false;
@@ -386,7 +387,8 @@ export class Qcow2BitmapStore implements BitmapStore {
 /** Loads the image's bitmaps (before the driver flags them in-use on disk). */
 export async function loadBitmapStore(img: Qcow2Image, nodeName: string, readOnly: boolean): Promise<Qcow2BitmapStore> {
   const store = new Qcow2BitmapStore(img, nodeName);
-  await store.load(readOnly);
+  void readOnly;
+  await store.load();
   return store;
 }
 
