@@ -203,6 +203,36 @@ describe('live storage migration (mirror)', () => {
     expect(existsSync(tgt)).toBe(true);
   }, 120_000);
 
+  it('drive-mirror sync=top: the new image gets the source\'s backing file and only the top layer\'s data', async () => {
+    const dir = tempDir('blockd-mirror-');
+    const base = join(dir, 'base.raw');
+    const top = join(dir, 'top.qcow2');
+    const tgt = join(dir, 'new.qcow2');
+    makeSource(base);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', top]);
+    run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x99 1M 128k', '-c', 'write -z 32M 64k', top]);
+    live = await startLive('blockd', dir, [
+      '--blockdev', `driver=qcow2,node-name=top,file.driver=file,file.filename=${top}`,
+      '--export', 'type=nbd,id=e0,node-name=top,name=disk,writable=on',
+    ]);
+    await live.qmp.execute('drive-mirror', { 'job-id': 't0', device: 'top', target: tgt, format: 'qcow2', sync: 'top', 'node-name': 'new' });
+    await live.waitEvent('BLOCK_JOB_READY');
+    await live.qmp.execute('job-complete', { id: 't0' });
+    await live.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 't0' && d.status === 'null');
+    expect(sequence(live.events, 't0')).toEqual(MIRROR_DONE);
+    expect((await live.qmp.execute('query-block-exports') as { 'node-name': string }[])[0]!['node-name']).toBe('new');
+    run('qemu-img', ['compare', '-U', '-f', 'qcow2', top, `nbd+unix:///disk?socket=${live.nbdSock}`]);
+    await live.stop();
+    live = undefined;
+    run('qemu-img', ['check', tgt]);
+    const info = JSON.parse(run('qemu-img', ['info', '--output=json', tgt])) as Record<string, unknown>;
+    expect(info['backing-filename']).toBe(base);
+    run('qemu-img', ['compare', top, tgt]);
+    const map = JSON.parse(run('qemu-img', ['map', '--output=json', tgt])) as { start: number; length: number; depth: number; data: boolean; zero: boolean }[];
+    const own = map.filter((e) => e.depth === 0).map((e) => [e.start, e.length, e.data]);
+    expect(own).toEqual([[1024 * 1024, 128 * 1024, true], [32 * 1024 * 1024, 65536, false]]);
+  }, 120_000);
+
   it('a forced cancel stops the copy and puts the source back under its users', async () => {
     const dir = tempDir('blockd-mirror-');
     const src = join(dir, 'src.raw');

@@ -164,7 +164,8 @@ async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, form
   }
   const opts: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename } };
   if (nodeName !== undefined) opts['node-name'] = nodeName;
-  if (fmt === 'qcow2' && created && !backing) opts.backing = null;
+  // The new image's backing file is the source's backing node, which is open already.
+  if (fmt === 'qcow2' && created) opts.backing = backing ? backing.nodeName : null;
   const node = await ctx.graph.add(opts, true);
   // A zeroed target matters only without a backing file (holes then read as the backing's data).
   return { node, created: created && !backing };
