@@ -212,18 +212,44 @@ export class Qcow2BitmapStore implements BitmapStore {
       if (live.persisted.nextClear(g0, g1) < g1) pending.push(bm);
     }
     if (pending.length === 0) return;
-    await this.locked(async () => {
-      if (!this.writable) return;
-      // Not stored yet, or stored for another size (block_resize): store everything anew.
-      if (pending.some((bm) => !this.live.has(bm) || this.live.get(bm)!.table.length !== tableSize(bm.size, bm.granularity, this.img.cs) * 8)) {
-        await this.storeLocked();
-        return;
-      }
-      await this.img.meta.run(async () => {
-        for (const bm of pending) await this.persistRange(bm, offset, length);
-      });
-      await this.img.barrier();
+    await new Promise<void>((resolve, reject) => {
+      this.waiting.push({ bms: pending, offset, length, resolve, reject });
+      if (!this.draining) void this.drain();
     });
+  }
+
+  /** Write-ahead records waiting for the next batch. */
+  private waiting: { bms: DirtyBitmap[]; offset: number; length: number; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private draining = false;
+
+  /**
+   * Group commit: each batch takes every record queued so far, writes them
+   * and flushes once; records that arrive meanwhile go in the next batch.
+   */
+  private async drain(): Promise<void> {
+    this.draining = true;
+    while (this.waiting.length) {
+      const batch = this.waiting.splice(0);
+      try {
+        await this.locked(async () => {
+          if (!this.writable) return;
+          // Not stored yet, or stored for another size (block_resize): store everything anew.
+          const stale = (bm: DirtyBitmap) => !this.live.has(bm) || this.live.get(bm)!.table.length !== tableSize(bm.size, bm.granularity, this.img.cs) * 8;
+          if (batch.some((r) => r.bms.some(stale))) {
+            await this.storeLocked();
+            return;
+          }
+          await this.img.meta.run(async () => {
+            for (const r of batch) for (const bm of r.bms) await this.persistRange(bm, r.offset, r.length);
+          });
+          await this.img.barrier();
+        });
+        for (const r of batch) r.resolve();
+      } catch (e) {
+        for (const r of batch) r.reject(e);
+      }
+    }
+    this.draining = false;
   }
 
   /** Writes the bits of `bm` covering [offset, offset+length) into its stored data clusters (meta lock held). */
