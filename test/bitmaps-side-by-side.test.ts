@@ -175,4 +175,20 @@ h.shutdown()
     expect(maps[0]).toContain('12582912');
     await sameBitmapInfo();
   });
+
+  it('an export finds a bitmap down the backing chain', async () => {
+    for (const w of who) {
+      const base = join(dir, `${w}-base.qcow2`);
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', base, '4M']);
+      run('qemu-img', ['bitmap', '--add', base, 'inbase']);
+      run('qemu-io', ['-f', 'qcow2', '-c', 'write 2M 100k', base]);
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', join(dir, `${w}-top.qcow2`)]);
+      expect(await qmp[w]!.command('blockdev-add', { driver: 'qcow2', 'node-name': 'top', file: { driver: 'file', filename: join(dir, `${w}-top.qcow2`) } })).toEqual({ return: {} });
+    }
+    await both('block-export-add', { type: 'nbd', id: 'et', 'node-name': 'top', name: 'top', writable: true, bitmaps: ['inbase'] });
+    const maps = who.map((w) => run('nbdinfo', ['--map=qemu:dirty-bitmap:inbase', uri(w, 'top')]));
+    expect(maps[1]).toBe(maps[0]);
+    expect(maps[0]).toContain('dirty');
+    await both('block-dirty-bitmap-clear', { node: 'top', name: 'inbase' });
+  });
 });
