@@ -9,12 +9,20 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { rmSync, copyFileSync, readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { QmpClient, QmpCommandError } from '../src/qmp/client/qmp-client.ts';
-import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { startDaemon, tempDir as makeTempDir, type Running } from './helpers/daemons.ts';
 import { run, SYSTEM_PYTHON } from './helpers/tools.ts';
+
+/** Temporary directories of this file's tests, removed after each test (images are large). */
+const dirs: string[] = [];
+function tempDir(prefix: string): string {
+  const d = makeTempDir(prefix);
+  dirs.push(d);
+  return d;
+}
 
 const SIZE = 64 * 1024 * 1024;
 
@@ -132,6 +140,7 @@ afterEach(async () => {
   await live?.stop();
   live = undefined;
   for (const c of cleanups.splice(0)) c();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
 async function waitFile(path: string, timeoutMs = 30_000): Promise<void> {

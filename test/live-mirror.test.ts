@@ -9,12 +9,20 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { rmSync, copyFileSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { QmpClient } from '../src/qmp/client/qmp-client.ts';
-import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { startDaemon, tempDir as makeTempDir, type Running } from './helpers/daemons.ts';
 import { run, SYSTEM_PYTHON } from './helpers/tools.ts';
+
+/** Temporary directories of this file's tests, removed after each test (images are large). */
+const dirs: string[] = [];
+function tempDir(prefix: string): string {
+  const d = makeTempDir(prefix);
+  dirs.push(d);
+  return d;
+}
 
 const SIZE = 64 * 1024 * 1024;
 
@@ -123,6 +131,7 @@ afterEach(async () => {
   writer = undefined;
   await live?.stop();
   live = undefined;
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
 describe('live storage migration (mirror)', () => {

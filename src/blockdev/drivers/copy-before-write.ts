@@ -16,6 +16,7 @@ import { obj, opt, req } from '../../qmp/types.ts';
 import { BlockdevRef } from '../options.ts';
 import { DirtyMap } from '../jobs/mirror-dirty.ts';
 import { zeroUnlessZero } from '../jobs/mirror.ts';
+import { copyBuffers } from '../jobs/mirror-buffers.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';
 
@@ -73,9 +74,13 @@ export class CowState {
         if (!this.targetZeroed) await zeroUnlessZero(this.target, e.offset, e.length, ReqFlag.MAY_UNMAP);
         continue;
       }
-      const buf = Buffer.allocUnsafe(e.length);
-      await this.source.read(e.offset, buf).catch(markRead);
-      await this.target.write(e.offset, buf);
+      const buf = copyBuffers.get(e.length);
+      try {
+        await this.source.read(e.offset, buf).catch(markRead);
+        await this.target.write(e.offset, buf);
+      } finally {
+        copyBuffers.put(buf);
+      }
     }
   }
 }

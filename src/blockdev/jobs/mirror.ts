@@ -20,6 +20,7 @@
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { DirtyMap } from './mirror-dirty.ts';
+import { copyBuffers } from './mirror-buffers.ts';
 import { insertFilter, internalFilterDriver, moveParents, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
 import { JobCancelledError } from './errors.ts';
 import { BlockError, toBlockError } from '../errors.ts';
@@ -245,14 +246,18 @@ export class MirrorJob extends BlockJob {
   }
 
   private async copy(offset: number, length: number): Promise<void> {
-    const buf = Buffer.allocUnsafe(length);
-    const redirty = () => this.dirty.set(offset, length);
-    if (!await this.guard(true, () => this.source.read(offset, buf), redirty)) return;
-    const zero = isZero(buf);
-    const ok = await this.guard(false, () => zero
-      ? this.target.writeZeroes(offset, length, this.unmap ? ReqFlag.MAY_UNMAP : 0)
-      : this.target.write(offset, buf), redirty);
-    if (ok) this.progressUpdate(length);
+    const buf = copyBuffers.get(length);
+    try {
+      const redirty = () => this.dirty.set(offset, length);
+      if (!await this.guard(true, () => this.source.read(offset, buf), redirty)) return;
+      const zero = isZero(buf);
+      const ok = await this.guard(false, () => zero
+        ? this.target.writeZeroes(offset, length, this.unmap ? ReqFlag.MAY_UNMAP : 0)
+        : this.target.write(offset, buf), redirty);
+      if (ok) this.progressUpdate(length);
+    } finally {
+      copyBuffers.put(buf);
+    }
   }
 
   /** Runs an I/O and applies the on-error policy: false (after `redo`) if it failed. */

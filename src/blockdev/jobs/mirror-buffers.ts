@@ -1,0 +1,26 @@
+/**
+ * Reused copy buffers for mirror and backup: a 1 GiB copy in 1 MiB units
+ * would otherwise allocate (and collect) a thousand large buffers. A buffer
+ * is handed back once the write that used it has completed.
+ */
+export class BufferPool {
+  private readonly free: Buffer[] = [];
+
+  constructor(readonly size: number, private readonly keep = 32) {}
+
+  /** A buffer of exactly `length` bytes (a view of a pooled one when it fits). */
+  get(length: number): Buffer {
+    if (length > this.size) return Buffer.allocUnsafe(length);
+    const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    return b.subarray(0, length);
+  }
+
+  /** Returns a buffer from get(); views of pooled buffers go back to the pool. */
+  put(buf: Buffer): void {
+    if (buf.buffer.byteLength !== this.size || buf.byteOffset !== 0 || this.free.length >= this.keep) return;
+    this.free.push(Buffer.from(buf.buffer, 0, this.size));
+  }
+}
+
+/** The pool mirror and backup share (1 MiB buffers). */
+export const copyBuffers = new BufferPool(1024 * 1024);
