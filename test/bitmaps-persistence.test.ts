@@ -5,9 +5,10 @@
  * bitmaps that were in use are reported inconsistent exactly as qsd reports
  * them.
  */
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect, afterEach, afterAll } from 'vitest';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
 import { run, tryRun } from './helpers/tools.ts';
 import { RawQmpConnection } from '../src/qmp/raw-connection.ts';
@@ -19,6 +20,7 @@ const running: { d: Running; q: RawQmpConnection }[] = [];
 afterEach(async () => {
   for (const r of running.splice(0)) { r.q.close(); await r.d.stop('SIGKILL'); }
 });
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 async function start(who: 'blockd' | 'qsd', image: string, extra: string[] = []): Promise<{ d: Running; q: RawQmpConnection; uri: (n: string) => string; stop: () => Promise<void> }> {
   const id = `${who}-${seq++}`;

@@ -6,6 +6,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
 import { run } from './helpers/tools.ts';
 import { RawQmpConnection } from '../src/qmp/raw-connection.ts';
@@ -36,6 +37,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const w of who) { qmp[w]?.close(); await daemons[w]?.stop(); }
+  rmSync(dir, { recursive: true, force: true });
 });
 
 /** Runs one command on both daemons; their replies must be equal. */

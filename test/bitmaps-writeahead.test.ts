@@ -3,9 +3,9 @@
  * process: what a crash at any moment would leave on disk (the image file
  * copied while writes are in flight), and what it costs per write.
  */
-import { describe, it, expect, afterEach } from 'vitest';
-import { copyFileSync } from 'node:fs';
+import { describe, it, expect, afterEach, afterAll } from 'vitest';
 import { join } from 'node:path';
+import { copyFileSync, rmSync } from 'node:fs';
 import { BlockGraph } from '../src/blockdev/graph.ts';
 import { registerDrivers } from '../src/blockdev/drivers/index.ts';
 import type { BlockNode } from '../src/blockdev/node.ts';
@@ -16,6 +16,7 @@ import { run } from './helpers/tools.ts';
 const dir = tempDir('blockd-bitmaps-wal-');
 let graphs: BlockGraph[] = [];
 afterEach(async () => { for (const g of graphs.splice(0)) await g.closeAll(); });
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 async function open(image: string, name = 'q'): Promise<BlockNode> {
   const g = new BlockGraph();
@@ -63,6 +64,7 @@ describe('bitmap write-ahead', () => {
         const stored = await storedExtents(copy);
         for (const name of ['p', 'f']) for (const [o, l] of done) expect(covered(stored[name]!, o, l), `${name} ${o}+${l} after ${i}`).toBe(true);
         expect(run('qemu-img', ['info', '--output=json', '-U', copy])).not.toContain('in-use');
+        rmSync(copy);
       }
     }
   }, 120_000);
