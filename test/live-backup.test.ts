@@ -283,6 +283,13 @@ describe('backup and mirror side by side with qemu-storage-daemon', () => {
         .find((n) => n['node-name'] === 'src')?.['dirty-bitmaps'];
       out.push(`bm0 after: ${JSON.stringify(bitmaps?.map((b) => b.count))}`);
       await exec('block-export-del', { id: 'e0' });
+      // While a mirror works on src, other jobs on it are refused.
+      await exec('blockdev-mirror', { 'job-id': 'm3', device: 'src', target: 't2', sync: 'full', speed: 1024 });
+      await exec('blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'full' });
+      await exec('blockdev-backup', { 'job-id': 'x', device: 'src', target: 'src', sync: 'full' });
+      await exec('blockdev-mirror', { 'job-id': 'x', device: 'src', target: 't3', sync: 'full' });
+      await exec('block-job-cancel', { device: 'm3', force: true });
+      await done('m3');
       for (const [cmd, args] of [
         ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'incremental', bitmap: 'nope' }],
         ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 't3', sync: 'incremental', bitmap: 'bm0', 'bitmap-mode': 'never' }],
@@ -302,7 +309,8 @@ describe('backup and mirror side by side with qemu-storage-daemon', () => {
         ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 'src', sync: 'full' }],
         ['blockdev-backup', { 'job-id': 'x', device: 'src', target: 'small', sync: 'full' }],
       ] as const) await exec(cmd, args);
-      for (const e of l.events) {
+      // m3 is there only to make src busy: its timing (qsd's rate limit lets a first pass through) is not compared.
+      for (const e of l.events.filter((x) => x.data.id !== 'm3' && x.data.device !== 'm3')) {
         const d = e.data;
         out.push(e.event === 'JOB_STATUS_CHANGE' ? `${d.id} ${d.status}` : `${e.event} ${JSON.stringify(d)}`);
       }

@@ -11,9 +11,9 @@ import { VALID_ID, type BlockGraph } from '../../blockdev/graph.ts';
 import { JobError } from '../../blockdev/jobs/errors.ts';
 import { MirrorJob, checkMirrorGranularity, type MirrorSync } from '../../blockdev/jobs/mirror.ts';
 import { BackupJob, type BackupSync } from '../../blockdev/jobs/backup.ts';
-import type { BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
+import { BlockJob, type BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
 import type { JobManager } from '../../blockdev/jobs/manager.ts';
-import type { BlockNode } from '../../blockdev/node.ts';
+import { BlockNode } from '../../blockdev/node.ts';
 import { createFile } from '../../blockdev/create/file.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import { bitmapsOf } from '../../blockdev/bitmaps/registry.ts';
@@ -101,11 +101,19 @@ function checkJobId(jobs: JobManager, id: string): void {
   if (jobs.get(id)) throw new JobError('EINVAL', `Job ID '${id}' already in use`);
 }
 
-function checkRoot(source: BlockNode): void {
-  // A node with a filter (another job's) above it is not the root of its users any more.
-  if (source.parents.some((e) => 'nodeName' in e.parent && (e.parent as BlockNode).isFilter && (e.parent as BlockNode).implicit)) {
-    throw new BlockError('EINVAL', 'Need a root block node');
-  }
+const JOB_FILTERS = new Set(['mirror_top', 'copy-before-write']);
+
+/**
+ * A node another mirror or backup works on already has that job's filter
+ * above it: mirror refuses it as qsd does ("Need a root block node"),
+ * backup names the job that holds it.
+ */
+function checkRoot(source: BlockNode, forBackup = false): void {
+  const filtered = source.parents.some((e) => e.parent instanceof BlockNode && e.parent.isFilter && JOB_FILTERS.has(e.parent.driver.name) && !e.parent.isClosed);
+  if (!filtered) return;
+  if (!forBackup) throw new BlockError('EINVAL', 'Need a root block node');
+  const job = source.parents.map((e) => e.parent).find((p): p is BlockJob => p instanceof BlockJob);
+  throw new BlockError('EBUSY', `Node '${source.nodeName}' is busy: block device is in use by block job: ${job?.type ?? 'mirror'}`);
 }
 
 async function startMirror(a: MirrorArgs, ctx: Ctx, source: BlockNode, target: BlockNode, created: boolean): Promise<void> {
@@ -171,7 +179,7 @@ async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, form
   return { node, created: created && !backing };
 }
 
-async function backupChecks(a: BackupArgs, ctx: Ctx): Promise<BlockNode> {
+async function backupChecks(a: BackupArgs, ctx: Ctx, target?: BlockNode): Promise<BlockNode> {
   const source = ctx.graph.findReference(a.device);
   if ((a.sync === 'incremental' || a.sync === 'bitmap') && a.bitmap === undefined) {
     throw new BlockError('EINVAL', `must provide a valid bitmap name for '${a.sync}' sync mode`);
@@ -194,7 +202,8 @@ async function backupChecks(a: BackupArgs, ctx: Ctx): Promise<BlockNode> {
     throw new BlockError('EINVAL', 'Cannot specify bitmap sync mode without a bitmap');
   }
   if (a.speed !== undefined && a.speed < 0) throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value");
-  checkRoot(source);
+  if (source === target) throw new BlockError('EINVAL', 'Source and target cannot be the same');
+  checkRoot(source, true);
   return source;
 }
 
@@ -265,8 +274,8 @@ export const mirrorBackupCommands: CommandDef[] = [
     args: BlockdevBackup,
     doc: 'Start a point-in-time copy of a block device to a new destination.',
     async handler(a: BackupArgs, ctx) {
-      const source = await backupChecks(a, ctx);
       const target = ctx.graph.findReference(a.target);
+      const source = await backupChecks(a, ctx, target);
       await startBackup(a, ctx, source, target, false);
     },
   },
