@@ -273,6 +273,21 @@ describe('backup and mirror side by side with qemu-storage-daemon', () => {
       await done('b1');
       await exec('blockdev-mirror', { 'job-id': 'm2', device: 'src', target: 'small', sync: 'full' });
       await done('m2');
+      // Manual finalisation and dismissal: the pivot waits for job-finalize.
+      await exec('blockdev-mirror', { 'job-id': 'm4', device: 't1', target: 't2', sync: 'full', 'auto-finalize': false, 'auto-dismiss': false });
+      await l.waitEvent('BLOCK_JOB_READY', (d) => d.device === 'm4');
+      await exec('job-complete', { id: 'm4' });
+      await l.waitEvent('BLOCK_JOB_PENDING', (d) => d.id === 'm4');
+      await exec('job-finalize', { id: 'm4' });
+      await l.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'm4' && d.status === 'concluded');
+      await exec('job-dismiss', { id: 'm4' });
+      await done('m4');
+      await exec('blockdev-backup', { 'job-id': 'b4', device: 't1', target: 't2', sync: 'full', 'auto-finalize': false, 'auto-dismiss': false });
+      await l.waitEvent('BLOCK_JOB_PENDING', (d) => d.id === 'b4');
+      await exec('job-finalize', { id: 'b4' });
+      await l.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'b4' && d.status === 'concluded');
+      await exec('job-dismiss', { id: 'b4' });
+      await done('b4');
       // Incremental backup: a bitmap records a client's write; only that cluster is copied and the bitmap is emptied.
       await exec('block-dirty-bitmap-add', { node: 'src', name: 'bm0' });
       await exec('block-export-add', { type: 'nbd', id: 'e0', 'node-name': 'src', name: 'disk', writable: true });
