@@ -152,7 +152,7 @@ async function waitFile(path: string, timeoutMs = 30_000): Promise<void> {
 }
 
 describe('backup of a live export', () => {
-  for (const cmd of ['blockdev-backup', 'drive-backup'] as const) {
+  for (const cmd of ['blockdev-backup', 'drive-backup', 'drive-backup mode=existing'] as const) {
     it(`${cmd}: the target is the disk as it was when the job started, while the client keeps writing`, async () => {
       const dir = tempDir('blockd-backup-');
       const src = join(dir, 'src.raw');
@@ -167,8 +167,8 @@ describe('backup of a live export', () => {
         '--blockdev', 'driver=raw,node-name=src,file=srcf',
         '--export', 'type=nbd,id=e0,node-name=src,name=disk,writable=on',
       ];
+      if (cmd !== 'drive-backup') run('qemu-img', ['create', '-q', '-f', 'qcow2', tgt, String(SIZE)]);
       if (cmd === 'blockdev-backup') {
-        run('qemu-img', ['create', '-q', '-f', 'qcow2', tgt, String(SIZE)]);
         extra.push('--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${tgt}`);
       }
       live = await startLive('blockd', dir, extra);
@@ -178,7 +178,8 @@ describe('backup of a live export', () => {
       // Slow enough that most clusters are overwritten by the client before the job reaches them.
       const args = { 'job-id': 'b0', device: 'src', sync: 'full', speed: 16 * 1024 * 1024 };
       if (cmd === 'blockdev-backup') await live.qmp.execute('blockdev-backup', { ...args, target: 'tgt' });
-      else await live.qmp.execute('drive-backup', { ...args, target: tgt, format: 'qcow2' });
+      else if (cmd === 'drive-backup') await live.qmp.execute('drive-backup', { ...args, target: tgt, format: 'qcow2' });
+      else await live.qmp.execute('drive-backup', { ...args, target: tgt, mode: 'existing' });
       writeFileSync(go, '');
       await sleep(300);
       await live.qmp.execute('block-job-set-speed', { device: 'b0', speed: 0 });

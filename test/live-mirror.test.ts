@@ -135,7 +135,7 @@ afterEach(async () => {
 });
 
 describe('live storage migration (mirror)', () => {
-  it('blockdev-mirror of a live export: READY, complete, the export runs on the target', async () => {
+  for (const copyMode of ['background', 'write-blocking'] as const) it(`blockdev-mirror (copy-mode=${copyMode}) of a live export: READY, complete, the export runs on the target`, async () => {
     const dir = tempDir('blockd-mirror-');
     const src = join(dir, 'src.raw');
     const tgt = join(dir, 'tgt.qcow2');
@@ -153,7 +153,7 @@ describe('live storage migration (mirror)', () => {
     writer = startWriter(live.nbdSock, 'disk', model, stop, 1);
     await sleep(300);
     // A slow start so that many client writes land while the bulk copy runs.
-    await live.qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'tgt', sync: 'full', speed: 64 * 1024 * 1024 });
+    await live.qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'tgt', sync: 'full', speed: 64 * 1024 * 1024, 'copy-mode': copyMode });
     await sleep(200);
     await live.qmp.execute('block-job-set-speed', { device: 'm0', speed: 0 });
     await live.waitEvent('BLOCK_JOB_READY');

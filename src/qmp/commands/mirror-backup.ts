@@ -152,7 +152,7 @@ function mirrorChecks(a: MirrorArgs, ctx: Ctx): BlockNode {
 /** Creates (absolute-paths) or opens (existing) a drive-* target: an implicit node the job and its users own. */
 async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, format: string | undefined,
   mode: 'existing' | 'absolute-paths' | undefined, nodeName: string | undefined, backing?: BlockNode): Promise<{ node: BlockNode; created: boolean }> {
-  const fmt = format ?? (mode === 'existing' ? undefined : source.driver.name === 'qcow2' ? 'qcow2' : 'raw') ?? 'raw';
+  const fmt = format ?? (mode === 'existing' ? await probeFormat(filename) : source.driver.name === 'qcow2' ? 'qcow2' : 'raw');
   if (fmt !== 'raw' && fmt !== 'qcow2') throw new BlockError('EINVAL', `Unknown driver '${fmt}'`);
   const size = source.length();
   const created = mode !== 'existing';
@@ -230,6 +230,23 @@ async function startBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target: B
     throw e;
   }
   job.start();
+}
+
+/** mode=existing without a format: qcow2 if the file says so, else raw (blockd's two formats). */
+async function probeFormat(filename: string): Promise<string> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(filename, 'r');
+  } catch (e) {
+    throw new BlockError('ENOENT', `Could not open '${filename}': ${(e as Error).message}`);
+  }
+  try {
+    const head = Buffer.alloc(512);
+    const { bytesRead } = await fh.read(head, 0, 512, 0);
+    return bytesRead >= 4 && head.readUInt32BE(0) === 0x514649fb ? 'qcow2' : 'raw';
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Drops a drive-* target node nobody took (set-up failed). */
