@@ -53,8 +53,13 @@ async function bitmapsOfNodes(w: Who): Promise<unknown> {
   return (r.return as Record<string, unknown>[]).filter((n) => !String(n['node-name']).startsWith('#')).map((n) => [n['node-name'], n['dirty-bitmaps']]);
 }
 
+/** Same bitmaps on both (names, counts, flags), and bit for bit (x-debug-block-dirty-bitmap-sha256). */
 async function sameBitmapInfo(): Promise<void> {
-  expect(await bitmapsOfNodes('blockd')).toEqual(await bitmapsOfNodes('qsd'));
+  const nodes = await bitmapsOfNodes('qsd');
+  expect(await bitmapsOfNodes('blockd')).toEqual(nodes);
+  for (const [node, list] of nodes as [string, { name: string }[] | undefined][]) {
+    for (const b of list ?? []) await both('x-debug-block-dirty-bitmap-sha256', { node, name: b.name });
+  }
 }
 
 const WRITES = `
@@ -127,6 +132,8 @@ describe('dirty bitmap commands, side by side with qsd', () => {
     await both('block-dirty-bitmap-remove', { node: 'q', name: 'b0' });
     await both('block-dirty-bitmap-remove', { node: 'q', name: 'b0' });
     await both('block-dirty-bitmap-remove', { node: 'nope', name: 'b0' });
+    await both('x-debug-block-dirty-bitmap-sha256', { node: 'nope', name: 'b0' });
+    await both('x-debug-block-dirty-bitmap-sha256', { node: 'q', name: 'b0' });
     await sameBitmapInfo();
   });
 

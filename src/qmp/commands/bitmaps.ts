@@ -8,6 +8,7 @@ import type { BlockNode } from '../../blockdev/node.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import { DirtyBitmap, CHECK_ALLOW_RO, CHECK_DEFAULT, Check, checkGranularity } from '../../blockdev/bitmaps/dirty-bitmap.ts';
 import { addBitmap, bitmapChanged, bitmapsOf, existingBitmaps, removeBitmap } from '../../blockdev/bitmaps/registry.ts';
+import { createHash } from 'node:crypto';
 import { alt, arr, obj, opt, req } from '../types.ts';
 import { genericError } from '../errors.ts';
 import { nodeInfoHooks } from './block-info.ts';
@@ -105,6 +106,18 @@ export const bitmapCommands: CommandDef[] = [
       }
       dst.merge(anon);
       await bitmapChanged(node, dst);
+    },
+  },
+  {
+    name: 'x-debug-block-dirty-bitmap-sha256',
+    args: BlockDirtyBitmap,
+    returns: obj('BlockDirtyBitmapSha256', [req('sha256', 'str', 'ASCII representation of SHA256 bitmap hash')]),
+    features: ['unstable'],
+    doc: 'Get bitmap SHA256. The hash covers the bits in QEMU\'s in-memory layout: one bit per granule, in 64-bit words.',
+    handler(a: { node: string; name: string }, ctx) {
+      const { bm } = lookup(ctx.graph, a.node, a.name);
+      const words = Math.ceil(bm.bits.size / 64);
+      return { sha256: createHash('sha256').update(bm.bits.toBytes(0, words * 64)).digest('hex') };
     },
   },
 ];

@@ -10,10 +10,12 @@ import { nbdCommands, nbdEvents } from './nbd.ts';
 import { objectCommands } from './objects.ts';
 import { jobCommands, jobEvents } from './jobs.ts';
 import { mirrorBackupCommands } from './mirror-backup.ts';
+import { bitmapCommands } from './bitmaps.ts';
 import { snapshotInternalCommands } from './snapshots-internal.ts';
 
 export const allCommands: CommandDef[] = [
   ...blockCommands,
+  ...bitmapCommands,
   ...snapshotInternalCommands,
   ...jobCommands,
   ...mirrorBackupCommands,
