@@ -242,6 +242,37 @@ describe('live storage migration (mirror)', () => {
     expect(own).toEqual([[1024 * 1024, 128 * 1024, true], [32 * 1024 * 1024, 65536, false]]);
   }, 120_000);
 
+  it('sync=none copies only what is written after the start', async () => {
+    const dir = tempDir('blockd-mirror-');
+    const src = join(dir, 'src.raw');
+    const tgt = join(dir, 'tgt.qcow2');
+    makeSource(src);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', tgt, String(SIZE)]);
+    live = await startLive('blockd', dir, [
+      '--blockdev', `driver=file,node-name=srcf,filename=${src}`,
+      '--blockdev', 'driver=raw,node-name=src,file=srcf',
+      '--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${tgt}`,
+      '--export', 'type=nbd,id=e0,node-name=src,name=disk,writable=on',
+    ]);
+    await live.qmp.execute('blockdev-mirror', { 'job-id': 'n0', device: 'src', target: 'tgt', sync: 'none', granularity: 65536 });
+    await live.waitEvent('BLOCK_JOB_READY');
+    run(SYSTEM_PYTHON, ['-c', `import nbd\nh=nbd.NBD()\nh.set_export_name('disk')\nh.connect_unix(${JSON.stringify(live.nbdSock)})\nh.pwrite(b'\\x5a'*4096, 40*1024*1024+8192)\nh.shutdown()`]);
+    await live.qmp.execute('job-complete', { id: 'n0' });
+    await live.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'n0' && d.status === 'null');
+    expect(sequence(live.events, 'n0')).toEqual(MIRROR_DONE);
+    await live.stop();
+    live = undefined;
+    run('qemu-img', ['check', tgt]);
+    const map = JSON.parse(run('qemu-img', ['map', '--output=json', tgt])) as { start: number; length: number; data: boolean }[];
+    expect(map.filter((e) => e.data).map((e) => [e.start, e.length])).toEqual([[40 * 1024 * 1024, 65536]]);
+    const out = join(dir, 'out.raw');
+    run('qemu-img', ['convert', '-O', 'raw', tgt, out]);
+    const got = readFileSync(out).subarray(40 * 1024 * 1024, 40 * 1024 * 1024 + 65536);
+    const want = readFileSync(src).subarray(40 * 1024 * 1024, 40 * 1024 * 1024 + 65536);
+    expect(got.equals(want)).toBe(true);
+    expect(want[8192]).toBe(0x5a);
+  }, 60_000);
+
   it('a forced cancel stops the copy and puts the source back under its users', async () => {
     const dir = tempDir('blockd-mirror-');
     const src = join(dir, 'src.raw');
