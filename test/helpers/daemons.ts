@@ -1,6 +1,6 @@
 /** Starts blockd and qemu-storage-daemon as processes with the same qsd-style arguments. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -14,8 +14,22 @@ export interface Running {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+const made: string[] = [];
+let cleanupArmed = false;
+
+/** A fresh temporary directory, removed when the test process exits (images add up to gigabytes). */
 export function tempDir(prefix = 'blockd-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  made.push(dir);
+  if (!cleanupArmed) {
+    cleanupArmed = true;
+    process.once('exit', () => {
+      for (const d of made) {
+        try { rmSync(d, { recursive: true, force: true }); } catch { /* a mount still busy: leave it */ }
+      }
+    });
+  }
+  return dir;
 }
 
 /** Spawns `cmd args` and resolves once `readyPath` (a Unix socket) accepts connections. */
