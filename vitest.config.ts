@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    globalSetup: ['test/helpers/global-setup.ts'],
     // Child processes (forks), not worker threads: the native addon and the
     // daemons the tests spawn behave as they do in production.
     pool: 'forks',

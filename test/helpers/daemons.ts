@@ -19,7 +19,8 @@ let cleanupArmed = false;
 
 /** A fresh temporary directory, removed when the test process exits (images add up to gigabytes). */
 export function tempDir(prefix = 'blockd-test-'): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const run = process.env.BLOCKD_TEST_RUN;
+  const dir = mkdtempSync(join(tmpdir(), run && prefix === 'blockd-test-' ? `${prefix}${run}-` : prefix));
   made.push(dir);
   if (!cleanupArmed) {
     cleanupArmed = true;
