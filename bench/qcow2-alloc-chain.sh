@@ -8,7 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 fio_nbd=${FIO_NBD:-$root/../shared/bench/fio-nbd.py}
 dir=$(mktemp -d /tmp/qcow2-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
 trap cleanup EXIT
 size=1G
 head -c 256M /dev/urandom > "$dir/seed.raw"
