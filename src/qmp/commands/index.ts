@@ -12,6 +12,8 @@ import { jobCommands, jobEvents } from './jobs.ts';
 import { mirrorBackupCommands } from './mirror-backup.ts';
 import { bitmapCommands } from './bitmaps.ts';
 import { snapshotInternalCommands } from './snapshots-internal.ts';
+import { snapshotExternalCommands } from './snapshots-external.ts';
+import { streamCommitCommands } from './stream-commit.ts';
 
 export const allCommands: CommandDef[] = [
   ...blockCommands,
@@ -19,6 +21,8 @@ export const allCommands: CommandDef[] = [
   ...snapshotInternalCommands,
   ...jobCommands,
   ...mirrorBackupCommands,
+  ...snapshotExternalCommands,
+  ...streamCommitCommands,
   ...nbdCommands,
   ...controlCommands,
   ...objectCommands,

@@ -1,0 +1,207 @@
+/**
+ * Graph surgery for live block operations: moving every user of a node to
+ * another node (external snapshot, commit pivot), and changing a node's
+ * backing link (stream, intermediate commit). Both happen while the nodes
+ * involved are drained, and both refuse to make a cycle.
+ *
+ * Why a gate: a user that is not a node (an NBD export) calls the node it
+ * points at directly, so while that node is drained its new requests wait
+ * inside that node — and would run there once the drain ends, after the
+ * user has moved on. So the users are first moved (without a drain, nothing
+ * changes for them) onto a transparent gate node that forwards to the old
+ * node; the gate is drained, the old node waits until idle, and the users
+ * move on to the new node. Requests that queued at the gate are then
+ * forwarded to the new node, in the order they arrived, before any later one.
+ *
+ * Format drivers hold their children (qcow2 its backing node); a node whose
+ * children change is reopened in place: its driver state is closed and
+ * opened again on the node's current children (what QEMU's reopen with a new
+ * 'backing' does). Filters follow their edges and need nothing.
+ */
+import { BlockError } from './errors.ts';
+import { BlockNode } from './node.ts';
+import { attachEdge, checkPermissions, detachEdge, type ChildEdge } from './edge.ts';
+import type { BlockGraph } from './graph.ts';
+import type { CommonOptions, Driver, DriverContext, DriverOps, Perm } from './driver.ts';
+import { parseHeader, serializeHeader } from './drivers/qcow2/header.ts';
+import { obj } from '../qmp/types.ts';
+
+/** True if `node` is `top` or can be reached from it through child edges. */
+export function reaches(top: BlockNode, node: BlockNode): boolean {
+  if (top === node) return true;
+  return top.children.some((e) => reaches(e.child, node));
+}
+
+/** Users of `from` that replaceNode would move to `to`: all but those at or below `to` (the chain itself). */
+export function movableEdges(from: BlockNode, to: BlockNode): ChildEdge[] {
+  return from.parents.filter((e) => !(e.parent instanceof BlockNode && reaches(to, e.parent)));
+}
+
+const gateDriver: Driver = { name: 'replace-gate', kind: 'filter', options: obj('q_gate', []), open: async () => ({}) };
+
+/** A node outside the graph that forwards every request to `target()`. */
+function makeGate(target: () => BlockNode): BlockNode {
+  const gate = new BlockNode(`#gate${Math.floor(Math.random() * 1e6)}`, gateDriver, { driver: gateDriver.name }, false, true);
+  const ops: DriverOps = {
+    length: () => target().length(),
+    limits: { alignment: 1, canFua: true, canZero: true, canTrim: true },
+    read: (o, b) => target().read(o, b),
+    write: (o, b, f) => target().write(o, b, f),
+    writeZeroes: (o, l, f) => target().writeZeroes(o, l, f),
+    discard: (o, l) => target().discard(o, l),
+    flush: () => target().flush(),
+    blockStatus: (o, l, f) => target().blockStatus(o, l, f),
+  };
+  gate.setOps(ops);
+  return gate;
+}
+
+function moveEdge(e: ChildEdge, to: BlockNode, check: boolean): void {
+  detachEdge(e);
+  e.child = to;
+  if (check) attachEdge(e);
+  else to.parents.push(e);
+}
+
+/** Union of what the edges use, intersection of what they share. */
+function combined(edges: ChildEdge[]): { perm: Perm; shared: Perm } {
+  const perm: Perm = { read: false, write: false, resize: false };
+  const shared: Perm = { read: true, write: true, resize: true };
+  for (const e of edges) {
+    for (const k of ['read', 'write', 'resize'] as const) {
+      perm[k] ||= e.perm[k];
+      shared[k] &&= e.shared[k];
+    }
+  }
+  return { perm, shared };
+}
+
+/**
+ * Moves every user of `from` (nodes and exports) to `to`, except the edges
+ * at or below `to` (an overlay's backing link to `from`). Permissions are
+ * checked on `to` (QEMU's conflict messages); on failure nothing moved.
+ */
+export async function replaceNode(
+  graph: BlockGraph, from: BlockNode, to: BlockNode, skip?: (e: ChildEdge) => boolean,
+  hooks: {
+    /** Runs once `from` is idle and its users are held, just before they move (a commit's last copy). */
+    beforeSwitch?: () => Promise<void>;
+    /** Runs once they have moved, still held, with `from` unused by them (a snapshot makes it read-only). */
+    afterSwitch?: () => Promise<void>;
+  } = {},
+): Promise<void> {
+  if (from === to) throw new BlockError('EINVAL', `Cannot replace node '${from.nodeName}' by itself`);
+  const edges = movableEdges(from, to).filter((e) => !skip?.(e));
+  if (edges.length === 0) return;
+  if (to.readOnly && edges.some((e) => e.perm.write)) {
+    throw new BlockError('EPERM', `Read-only block node '${to.nodeName}' cannot support read-write users`);
+  }
+  let target = from;
+  const gate = makeGate(() => target);
+  for (const e of edges) moveEdge(e, gate, false);
+  let link: ChildEdge | undefined = graph.link(gate, from, 'file', combined(edges));
+  try {
+    await gate.drained(async () => {
+      // Everything already sent to `from` finishes first. (Nothing above `from` but the gate has users yet.)
+      await from.drained(() => undefined);
+      await hooks.beforeSwitch?.();
+      for (const e of edges) checkPermissions(to, e);
+      // Node users are held at their own entry: they move now (and reopen on their new child).
+      const nodeEdges = edges.filter((e) => e.parent instanceof BlockNode);
+      for (const e of nodeEdges) moveEdge(e, to, false);
+      for (const p of new Set(nodeEdges.map((e) => e.parent as BlockNode))) await reopenOnChildren(p);
+      const l = link!;
+      link = undefined;
+      await graph.unlink(gate, l);
+      await hooks.afterSwitch?.();
+      // Other users (exports) call the node their edge points at: they move last, with no await
+      // before the gate opens, so what waited at the gate reaches `to` before anything newer.
+      for (const e of edges) if (!(e.parent instanceof BlockNode)) moveEdge(e, to, false);
+      target = to;
+    });
+  } catch (err) {
+    if (link) {
+      // Give the users back to `from`.
+      for (const e of [...gate.parents]) moveEdge(e, from, false);
+      await graph.unlink(gate, link);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Changes the backing link of `node` to `backing` (undefined: none) and, for
+ * qcow2, the backing file name in its header (`backingFile`/`backingFormat`;
+ * undefined: none). The node is drained meanwhile; layers that lose their
+ * last user and were opened implicitly are closed.
+ */
+export async function setBacking(
+  graph: BlockGraph, node: BlockNode, backing: BlockNode | undefined,
+  header?: { backingFile?: string; backingFormat?: string },
+): Promise<void> {
+  if (backing && reaches(backing, node)) {
+    throw new BlockError('EINVAL', `Making '${backing.nodeName}' a backing child of '${node.nodeName}' would create a cycle`);
+  }
+  await node.drained(async () => {
+    const old = node.children.find((e) => e.role === 'backing');
+    if (old?.child === backing && !header) return;
+    await node.ops.close?.();
+    try {
+      if (header && node.driver.name === 'qcow2' && !node.readOnly) await rewriteBackingName(node, header.backingFile, header.backingFormat);
+      if (old?.child !== backing) {
+        if (backing) {
+          const perm = old ? { perm: { ...old.perm }, shared: { ...old.shared } } : { perm: { read: true, write: false, resize: false }, shared: { read: true, write: true, resize: true } };
+          graph.link(node, backing, 'backing', perm);
+        }
+        if (old) await graph.unlink(node, old);
+      }
+    } finally {
+      await openOnChildren(node);
+    }
+  });
+}
+
+/** Reopens a node's driver on its current children (nodes whose children moved). */
+export async function reopenOnChildren(node: BlockNode): Promise<void> {
+  if (node.driver.kind !== 'format') return;
+  await node.ops.close?.();
+  await openOnChildren(node);
+}
+
+async function openOnChildren(node: BlockNode): Promise<void> {
+  const options: Record<string, unknown> = { ...node.options };
+  const roles = new Set(node.driver.options.members.map((m) => m.name));
+  for (const role of ['file', 'backing', 'data-file']) {
+    if (!roles.has(role)) continue;
+    const child = node.child(role);
+    if (child) options[role] = child.nodeName;
+    else if (role === 'backing') options[role] = null;
+    else delete options[role];
+  }
+  const ctx: DriverContext = {
+    nodeName: node.nodeName,
+    readOnly: node.readOnly,
+    options: node.options as CommonOptions,
+    openChild: async (role) => {
+      const c = node.child(role);
+      if (!c) throw new BlockError('EINVAL', `Node '${node.nodeName}' has no '${role}' child`);
+      return c;
+    },
+  };
+  node.setOps(await node.driver.open(options, ctx));
+}
+
+/** Writes a new backing file name (and format) into a qcow2 image's header. */
+async function rewriteBackingName(node: BlockNode, backingFile: string | undefined, backingFormat: string | undefined): Promise<void> {
+  const file = node.child('file');
+  if (!file) return;
+  const first = Buffer.alloc(Math.min(file.length(), 2 * 1024 * 1024));
+  await file.read(0, first);
+  const h = parseHeader(first);
+  h.backingFile = backingFile;
+  h.backingFormat = backingFile === undefined ? undefined : backingFormat;
+  if (backingFile === undefined) { h.backingFileOffset = 0; h.backingFileSize = 0; }
+  const out = serializeHeader(h);
+  await file.write(0, out);
+  await file.flush();
+}

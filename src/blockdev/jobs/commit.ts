@@ -1,0 +1,209 @@
+/**
+ * block-commit: writes what `top` and the layers between it and `base`
+ * hold into `base`.
+ *
+ * Intermediate commit (`top` has an overlay): one pass over the whole
+ * length, then the overlay's backing link goes to `base` (and its header
+ * names `base`), which drops the committed layers. Progress is the whole
+ * length, as in qsd.
+ *
+ * Active commit (`top` is the device itself): like a mirror. A write
+ * observer on `top` keeps a dirty set (64 KiB granules); the job copies the
+ * dirty granules until none is left, reaches READY, and keeps copying new
+ * writes. job-complete moves every user of `top` (exports included) to
+ * `base` after a last copy made while they are held at the gate (see
+ * graph-replace.ts). job-cancel leaves the chain as it was: `base` only
+ * gained data that `top` hides. Progress counts dirty bytes, as in qsd.
+ */
+import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
+import { toBlockError } from '../errors.ts';
+import { ALL_PERM, READ_PERM } from '../edge.ts';
+import { replaceNode, setBacking } from '../graph-replace.ts';
+import { depthOf, nodeFilename } from './stream.ts';
+import type { BlockNode, WriteObserver } from '../node.ts';
+
+const GRANULE = 64 * 1024;
+const CHUNK = 1024 * 1024;
+
+export interface CommitJobOptions extends BlockJobOptions {
+  top: BlockNode;
+  base: BlockNode;
+  /** The node whose backing link is `top` (intermediate commit); undefined for active commit. */
+  overlay?: BlockNode;
+  backingFile?: string;
+  onError: BlockdevOnError;
+  /** Called once the job is over (e.g. to make an intermediate base read-only again). */
+  onFinished?: (ok: boolean) => Promise<void>;
+}
+
+export class CommitJob extends BlockJob {
+  readonly type = 'commit' as const;
+  private dirty?: Uint8Array;
+  private dirtyCount = 0;
+  private observer?: WriteObserver;
+  private completeAsked = false;
+  private succeeded = false;
+  private counting = false;
+
+  constructor(private readonly o: CommitJobOptions) {
+    super(o);
+  }
+
+  get isActive(): boolean { return this.o.overlay === undefined; }
+
+  protected async run(): Promise<void> {
+    const { top } = this.o;
+    // Holds `top` so layers nobody else uses are dropped when the job ends.
+    this.useNode(top, 'commit-top', READ_PERM, ALL_PERM);
+    if (this.isActive) await this.runActive();
+    else await this.runIntermediate();
+  }
+
+  // ---- intermediate
+
+  private async runIntermediate(): Promise<void> {
+    const { top, base } = this.o;
+    const len = top.length();
+    this.progressSetRemaining(len);
+    if (base.length() < len) await base.truncate(len);
+    const limit = depthOf(top, base);
+    for (let off = 0; off < len;) {
+      await this.pausePoint();
+      if (this.isCancelled) return;
+      const n = Math.min(CHUNK, len - off);
+      let copied = 0;
+      try {
+        for (const e of await top.blockStatus(off, n)) {
+          if (e.depth === 0 || e.depth >= limit) continue;
+          await this.copy(e.offset, e.length);
+          copied += e.length;
+        }
+      } catch (err) {
+        const action = this.errorAction(this.o.onError, true, toBlockError(err));
+        if (action === 'report') throw err;
+        if (action === 'stop') continue;
+      }
+      off += n;
+      this.progressUpdate(n);
+      await this.throttle(copied);
+    }
+  }
+
+  private async copy(offset: number, length: number): Promise<void> {
+    const buf = Buffer.alloc(length);
+    await this.o.top.read(offset, buf);
+    await this.o.base.write(offset, buf);
+  }
+
+  // ---- active
+
+  private async runActive(): Promise<void> {
+    const { top, base } = this.o;
+    const len = top.length();
+    if (base.length() < len) await base.truncate(len);
+    this.dirty = new Uint8Array(Math.ceil(len / GRANULE));
+    this.observer = (offset, length) => {
+      this.markDirty(offset, length);
+      this.enter();
+    };
+    top.writeObservers.add(this.observer);
+    const limit = depthOf(top, base);
+    for (let off = 0; off < len; off += CHUNK) {
+      for (const e of await top.blockStatus(off, Math.min(CHUNK, len - off))) {
+        if (e.depth !== 0 && e.depth < limit) this.markDirty(e.offset, e.length);
+      }
+    }
+    this.progressSetRemaining(this.dirtyBytes());
+    this.counting = true;
+    for (;;) {
+      await this.pausePoint();
+      if (this.isCancelled || this.completeAsked || (this.cancelRequested && this.isReady)) return;
+      if (this.dirtyCount === 0) {
+        if (!this.isReady) this.transitionToReady();
+        await this.waitForEnter();
+        continue;
+      }
+      const copied = await this.copyDirty(CHUNK);
+      await this.throttle(copied);
+    }
+  }
+
+  private dirtyBytes(): number {
+    const len = this.o.top.length();
+    let n = 0;
+    for (let i = 0; i < this.dirty!.length; i++) if (this.dirty![i]) n += Math.min(GRANULE, len - i * GRANULE);
+    return n;
+  }
+
+  private markDirty(offset: number, length: number): void {
+    const d = this.dirty!;
+    const len = this.o.top.length();
+    for (let g = Math.floor(offset / GRANULE); g * GRANULE < offset + length && g < d.length; g++) {
+      if (d[g]) continue;
+      d[g] = 1;
+      this.dirtyCount++;
+      // New work after READY grows the total, as a mirror's does.
+      if (this.counting) this.progressIncreaseRemaining(Math.min(GRANULE, len - g * GRANULE));
+    }
+  }
+
+  /** Copies up to `max` bytes of dirty granules (one run); returns the bytes copied. */
+  private async copyDirty(max: number): Promise<number> {
+    const d = this.dirty!;
+    const len = this.o.top.length();
+    const first = d.indexOf(1);
+    if (first < 0) return 0;
+    let last = first;
+    while (last + 1 < d.length && d[last + 1] && (last + 2 - first) * GRANULE <= max) last++;
+    for (let g = first; g <= last; g++) { d[g] = 0; this.dirtyCount--; }
+    const offset = first * GRANULE;
+    const length = Math.min((last + 1) * GRANULE, len) - offset;
+    try {
+      await this.copy(offset, length);
+    } catch (err) {
+      this.markDirtyQuiet(first, last);
+      const action = this.errorAction(this.o.onError, true, toBlockError(err));
+      if (action === 'report') throw err;
+      return 0;
+    }
+    this.progressUpdate(length);
+    return length;
+  }
+
+  private markDirtyQuiet(first: number, last: number): void {
+    for (let g = first; g <= last; g++) if (!this.dirty![g]) { this.dirty![g] = 1; this.dirtyCount++; }
+  }
+
+  protected override complete(): void {
+    this.completeAsked = true;
+    this.enter();
+  }
+
+  /** A soft cancel of a ready active commit ends it without a pivot, as qsd does. */
+  protected override cancelHook(force: boolean): boolean {
+    return force || !this.isReady;
+  }
+
+  protected override async prepare(): Promise<void> {
+    const { top, base, overlay } = this.o;
+    if (overlay) {
+      await setBacking(this.graph, overlay, base, { backingFile: this.o.backingFile ?? nodeFilename(base), backingFormat: base.driver.name });
+    } else if (this.completeAsked) {
+      // The last writes are copied while every user waits at the gate; then they continue on `base`.
+      await replaceNode(this.graph, top, base, undefined, {
+        beforeSwitch: async () => {
+          while (this.dirtyCount > 0) await this.copyDirty(CHUNK);
+          await base.flush();
+        },
+      });
+    }
+    this.succeeded = true;
+  }
+
+  protected override async clean(): Promise<void> {
+    if (this.observer) this.o.top.writeObservers.delete(this.observer);
+    this.observer = undefined;
+    await super.clean();
+    await this.o.onFinished?.(this.succeeded);
+  }
+}

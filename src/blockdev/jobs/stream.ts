@@ -1,0 +1,112 @@
+/**
+ * block-stream: copies into `top` whatever its backing chain holds above
+ * `base` (down to `bottom`), then makes `base` its backing node (none
+ * without a base) and records that in the image header.
+ *
+ * The copy goes through a copy-on-read filter inserted above `top`: every
+ * user of `top` is moved onto the filter for the job's life, so a user's
+ * write never races with older data being copied up. Reading a range
+ * through the filter is what copies it; a range `top` already holds is
+ * skipped. Copying is idempotent, so a cancelled stream can simply be
+ * started again. Progress counts the whole length (as qsd does).
+ */
+import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
+import { toBlockError } from '../errors.ts';
+import { replaceNode, setBacking } from '../graph-replace.ts';
+import { needsCopy } from '../drivers/copy-on-read.ts';
+import type { BlockNode } from '../node.ts';
+
+const CHUNK = 512 * 1024;
+
+export interface StreamJobOptions extends BlockJobOptions {
+  top: BlockNode;
+  /** The new backing node (undefined: none). */
+  base?: BlockNode;
+  /** The lowest node whose data is copied (undefined: the whole chain). */
+  bottom?: BlockNode;
+  /** Backing file name to record in the header (default: the base's file name). */
+  backingFile?: string;
+  onError: BlockdevOnError;
+  filterNodeName?: string;
+}
+
+/** Depth of `node` under `top` through backing links (1 = top itself). */
+export function depthOf(top: BlockNode, node: BlockNode | undefined): number {
+  if (!node) return Infinity;
+  let d = 1;
+  for (let n: BlockNode | undefined = top; n; n = n.child('backing'), d++) if (n === node) return d;
+  return Infinity;
+}
+
+export function nodeFilename(n: BlockNode): string {
+  return n.ops.filename?.() ?? (n.options.filename as string | undefined) ?? n.nodeName;
+}
+
+export class StreamJob extends BlockJob {
+  readonly type = 'stream' as const;
+  private filter?: BlockNode;
+
+  constructor(private readonly o: StreamJobOptions) {
+    super(o);
+  }
+
+  protected async run(): Promise<void> {
+    const { top, bottom } = this.o;
+    const len = top.length();
+    this.progressSetRemaining(len);
+    this.filter = await this.graph.add({
+      driver: 'copy-on-read', file: top.nodeName,
+      ...(this.o.filterNodeName ? { 'node-name': this.o.filterNodeName } : {}),
+      ...(bottom ? { bottom: bottom.nodeName } : {}),
+    }, true);
+    await replaceNode(this.graph, top, this.filter);
+    const limit = depthOf(top, bottom);
+    for (let off = 0; off < len;) {
+      await this.pausePoint();
+      if (this.isCancelled) return;
+      const n = Math.min(CHUNK, len - off);
+      let copied = 0;
+      try {
+        for (const e of await top.blockStatus(off, n)) {
+          if (!needsCopy(e, limit)) continue;
+          await this.filter.read(e.offset, Buffer.alloc(e.length));
+          copied += e.length;
+        }
+      } catch (err) {
+        const action = this.errorAction(this.o.onError, true, toBlockError(err));
+        if (action === 'report') throw err;
+        if (action === 'stop') continue;
+      }
+      off += n;
+      this.progressUpdate(n);
+      await this.throttle(copied);
+    }
+  }
+
+  protected override async prepare(): Promise<void> {
+    const { top, base } = this.o;
+    const header = base
+      ? { backingFile: this.o.backingFile ?? nodeFilename(base), backingFormat: base.driver.name }
+      : {};
+    await this.removeFilter();
+    await setBacking(this.graph, top, base, header);
+  }
+
+  protected override async clean(): Promise<void> {
+    await this.removeFilter();
+    await super.clean();
+  }
+
+  /** Gives the users back to `top` and drops the filter. */
+  private async removeFilter(): Promise<void> {
+    const f = this.filter;
+    if (!f) return;
+    this.filter = undefined;
+    await replaceNode(this.graph, f, this.o.top);
+    const edge = f.children[0];
+    // The filter is implicit: its last edge going closes it.
+    this.graph.nodes.delete(f.nodeName);
+    await f.close();
+    if (edge) await this.graph.unlink(f, edge);
+  }
+}

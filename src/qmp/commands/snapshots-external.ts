@@ -1,0 +1,154 @@
+/**
+ * External snapshots: blockdev-snapshot (an overlay the user added) and
+ * blockdev-snapshot-sync (blockd creates the overlay file, qcow2, backed by
+ * the node's image). Either way the overlay's backing link becomes the node
+ * and then every user of the node — nodes and NBD exports — moves onto the
+ * overlay inside a drained section (graph-replace.ts), so no request is lost
+ * or reordered across the switch. The old node is then made read-only, as
+ * qsd 7.2 does. Checks and texts follow qsd 7.2.
+ */
+import { open } from 'node:fs/promises';
+import { enm, obj, opt, req } from '../types.ts';
+import { genericError } from '../errors.ts';
+import { replaceNode, setBacking } from '../../blockdev/graph-replace.ts';
+import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
+import { nodeFilename } from '../../blockdev/jobs/stream.ts';
+import type { BlockGraph } from '../../blockdev/graph.ts';
+import type { BlockNode } from '../../blockdev/node.ts';
+import type { CommandDef } from '../command.ts';
+import { reopenNodes } from './reopen.ts';
+
+const Empty = obj('q_empty', []);
+const NewImageMode = enm('NewImageMode', ['existing', 'absolute-paths'], 'An enumeration that tells QEMU how to set the backing file path in a new image file.');
+
+/** QEMU's lookup for device/node-name pairs. */
+export function lookupNode(graph: BlockGraph, device: string | undefined, nodeName: string | undefined): BlockNode {
+  const n = (nodeName !== undefined ? graph.nodes.get(nodeName) : undefined) ?? (device !== undefined ? graph.nodes.get(device) : undefined);
+  if (!n || (nodeName !== undefined && device !== undefined)) {
+    throw genericError(`Cannot find device='${device ?? ''}' nor node-name='${nodeName ?? ''}'`);
+  }
+  return n;
+}
+
+/** Refuses a node that is some node's backing image (QEMU's op blocker). */
+export function checkNotBacking(node: BlockNode): void {
+  const e = node.parents.find((p) => p.role === 'backing');
+  if (e) throw genericError(`Node '${node.nodeName}' is busy: node is used as backing hd of '${e.parent.describe()}'`);
+}
+
+/** Makes `overlay` the new top of `node`'s users. */
+export async function takeSnapshot(graph: BlockGraph, node: BlockNode, overlay: BlockNode): Promise<void> {
+  if (!overlay.driver.options.members.some((m) => m.name === 'backing')) throw genericError('The overlay does not support backing images');
+  if (overlay.child('backing')) throw genericError('The overlay already has a backing image');
+  if (overlay.parents.length > 0) throw genericError('The overlay is already in use');
+  await setBacking(graph, overlay, node);
+  try {
+    await replaceNode(graph, node, overlay, undefined, {
+      // The old top only serves reads now; made so while its users are held at the gate.
+      afterSwitch: async () => { await setReadOnly(graph, node, true).catch(() => undefined); },
+    });
+  } catch (e) {
+    await setBacking(graph, overlay, undefined);
+    throw e;
+  }
+}
+
+/**
+ * Reopens a node and its protocol child read-only or read-write, one node at
+ * a time (the format layer writes through its file while it changes mode, so
+ * the two are not drained together): the file first when it gains write, last
+ * when it drops it.
+ */
+export async function setReadOnly(graph: BlockGraph, node: BlockNode, readOnly: boolean): Promise<void> {
+  if (node.readOnly === readOnly) return;
+  const files = node.children
+    .filter((e) => (e.role === 'file' || e.role === 'data-file') && e.child.readOnly !== readOnly && e.child.parents.length === 1)
+    .map((e) => e.child);
+  const one = (n: BlockNode) => reopenNodes(graph, [{ ...n.options, 'read-only': readOnly }]);
+  if (!readOnly) for (const f of files) await one(f);
+  await one(node);
+  if (readOnly) for (const f of files) await one(f);
+}
+
+/** Writes a new, empty qcow2 image backed by `backing`. */
+async function createOverlay(filename: string, size: number, backingFile: string, backingFormat: string): Promise<void> {
+  const layout = qcow2Layout({ size, backingFile, backingFormat });
+  let fh;
+  try {
+    fh = await open(filename, 'w');
+  } catch (e) {
+    throw genericError(`Could not create '${filename}': ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'No such file or directory' : (e as Error).message}`);
+  }
+  try {
+    await fh.truncate(layout.fileLength);
+    for (const w of layout.writes) await fh.write(w.data, 0, w.data.length, w.offset);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export const snapshotExternalCommands: CommandDef[] = [
+  {
+    name: 'blockdev-snapshot',
+    args: obj('BlockdevSnapshot', [
+      req('node', 'str', 'device or node name that will have a snapshot taken.'),
+      req('overlay', 'str', 'reference to the existing block device that will become the overlay of node, as part of taking the snapshot. It must not have a current backing file.'),
+    ]),
+    returns: Empty,
+    features: ['allow-write-only-overlay'],
+    doc: 'Takes a snapshot of a block device. Take a snapshot, by installing \'node\' as the backing image of \'overlay\'. Additionally, if \'node\' is associated with a block device, the block device changes to using \'overlay\' as its new active image.',
+    handler: async ({ node, overlay }: { node: string; overlay: string }, ctx) => {
+      const n = ctx.graph.findReference(node);
+      const o = ctx.graph.findReference(overlay);
+      checkNotBacking(n);
+      await takeSnapshot(ctx.graph, n, o);
+      return {};
+    },
+  },
+  {
+    name: 'blockdev-snapshot-sync',
+    args: obj('BlockdevSnapshotSync', [
+      opt('device', 'str', 'the name of the device to take a snapshot of.'),
+      opt('node-name', 'str', 'graph node name to generate the snapshot from'),
+      req('snapshot-file', 'str', 'the target of the new overlay image. If the file exists, or if it is a device, the overlay will be created in the existing file/device. Otherwise, a new file will be created.'),
+      opt('snapshot-node-name', 'str', 'the graph node name of the new image'),
+      opt('format', 'str', "the format of the overlay image, default is 'qcow2'."),
+      opt('mode', NewImageMode, "whether and how QEMU should create a new image, default is 'absolute-paths'."),
+    ]),
+    returns: Empty,
+    doc: 'Takes a synchronous snapshot of a block device.',
+    handler: async (a: { device?: string; 'node-name'?: string; 'snapshot-file': string; 'snapshot-node-name'?: string; format?: string; mode?: string }, ctx) => {
+      const graph = ctx.graph;
+      const node = lookupNode(graph, a.device, a['node-name']);
+      checkNotBacking(node);
+      const name = a['snapshot-node-name'];
+      if (name === undefined) throw genericError('New overlay node-name missing');
+      if (graph.nodes.has(name)) throw genericError('New overlay node-name already in use');
+      const format = a.format ?? 'qcow2';
+      if (!graph.driver(format)) throw genericError(`Unknown driver '${format}'`);
+      if ((a.mode ?? 'absolute-paths') === 'absolute-paths') {
+        if (format !== 'qcow2') throw genericError('The overlay does not support backing images');
+        await createOverlay(a['snapshot-file'], node.length(), nodeFilename(node), node.driver.name);
+      }
+      const overlay = await graph.add({
+        driver: format, 'node-name': name, file: { driver: 'file', filename: a['snapshot-file'] }, backing: null,
+      }, true);
+      try {
+        await takeSnapshot(graph, node, overlay);
+      } catch (e) {
+        graph.nodes.delete(overlay.nodeName);
+        await overlay.close();
+        for (const edge of [...overlay.children]) await graph.unlink(overlay, edge);
+        throw e;
+      }
+      // Like qsd: an overlay nobody uses (the node had no users) is not kept; its file is.
+      if (overlay.parents.length === 0) {
+        graph.nodes.delete(overlay.nodeName);
+        await overlay.close();
+        for (const edge of [...overlay.children]) await graph.unlink(overlay, edge);
+      }
+      return {};
+    },
+  },
+];

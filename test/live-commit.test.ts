@@ -1,0 +1,204 @@
+/**
+ * Scenario: snapshot → active commit → pivot, with a client writing through
+ * the NBD export the whole time. bin/blockd serves base.qcow2 as export
+ * 'disk'; blockdev-snapshot-sync puts an overlay under the export,
+ * block-commit of the overlay reaches READY, job-complete pivots the export
+ * back onto the base, and every write the client saw acknowledged must be
+ * read back (through NBD, and from base.qcow2 alone once blockd has stopped).
+ * The job's JOB_STATUS_CHANGE sequence is compared with qemu-storage-daemon
+ * 7.2 running the same commands; every image must pass `qemu-img check`.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { readFileSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { QmpClient } from '../src/qmp/client/qmp-client.ts';
+import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { run } from './helpers/tools.ts';
+import { RawClient, rawNegotiate, request, simpleReplyOf } from './nbd-helpers.ts';
+
+const SIZE = 8 * 1024 * 1024;
+interface Ev { event: string; data: Record<string, unknown> }
+
+/** A client that keeps up to `depth` non-overlapping writes in flight and records what was acknowledged. */
+class Writer {
+  readonly model: Buffer;
+  private cookie = 1n;
+  private inflight = new Map<bigint, { offset: number; data: Buffer }>();
+  private stopped = false;
+  private done?: Promise<void>;
+  writes = 0;
+  errors = 0;
+  private seed = 12345;
+
+  constructor(private readonly c: RawClient, initial: Buffer, private readonly depth = 4) {
+    this.model = Buffer.from(initial);
+  }
+
+  private rand(n: number): number {
+    this.seed = (this.seed * 1103515245 + 12345) & 0x7fffffff;
+    return this.seed % n;
+  }
+
+  start(): void {
+    this.done = (async () => {
+      const pump = () => {
+        while (!this.stopped && this.inflight.size < this.depth) {
+          const len = (1 + this.rand(4)) * 4096;
+          const offset = this.rand((SIZE - len) / 512) * 512;
+          if ([...this.inflight.values()].some((w) => w.offset < offset + len && offset < w.offset + w.data.length)) continue;
+          const data = Buffer.alloc(len, 1 + this.rand(250));
+          data.writeUInt32BE(this.writes, 0);
+          const ck = this.cookie++;
+          this.inflight.set(ck, { offset, data });
+          this.c.write(Buffer.concat([request(1, offset, len, ck), data]));
+          this.writes++;
+        }
+      };
+      pump();
+      while (this.inflight.size > 0) {
+        const [err, ck] = await simpleReplyOf(this.c, 20_000);
+        const w = this.inflight.get(ck)!;
+        this.inflight.delete(ck);
+        if (err === 0) w.data.copy(this.model, w.offset);
+        else this.errors++;
+        pump();
+        // A guest's pace, not a benchmark's: the job must be able to converge.
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.done;
+  }
+}
+
+async function readAll(c: RawClient): Promise<Buffer> {
+  const out = Buffer.alloc(SIZE);
+  const chunk = 1024 * 1024;
+  for (let off = 0; off < SIZE; off += chunk) {
+    c.write(request(0, off, chunk, 999_999n));
+    const [err] = await simpleReplyOf(c, 20_000);
+    expect(err).toBe(0);
+    (await c.read(chunk, 20_000)).copy(out, off);
+  }
+  return out;
+}
+
+async function qmpDaemon(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<{ proc: Running; qmp: QmpClient; events: Ev[] }> {
+  const sock = join(dir, `qmp-${which}.sock`);
+  const proc = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm', ...extra], sock);
+  const qmp = await QmpClient.connect(sock);
+  const events: Ev[] = [];
+  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => events.push({ event: e.event, data: e.data ?? {} }));
+  return { proc, qmp, events };
+}
+
+async function waitFor(events: Ev[], pred: (e: Ev) => boolean, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!events.some(pred)) {
+    if (Date.now() > end) throw new Error(`timed out; events: ${JSON.stringify(events.map((e) => [e.event, e.data.status]))}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const statuses = (events: Ev[], id: string) =>
+  events.filter((e) => e.data.id === id || e.data.device === id).map((e) => (e.event === 'JOB_STATUS_CHANGE' ? e.data.status : e.event));
+
+function makeBase(dir: string): Buffer {
+  const base = join(dir, 'base.qcow2');
+  run('qemu-img', ['create', '-f', 'qcow2', base, String(SIZE)]);
+  run('qemu-io', ['-c', 'write -P 0x11 0 1M', '-c', 'write -P 0x22 3M 2M', base]);
+  const model = Buffer.alloc(SIZE);
+  model.fill(0x11, 0, 1 << 20);
+  model.fill(0x22, 3 << 20, 5 << 20);
+  return model;
+}
+
+/** The image's guest-visible contents (qemu-img convert to raw). */
+function contents(dir: string, image: string): Buffer {
+  const raw = join(dir, `${image}.raw`);
+  run('qemu-img', ['convert', '-O', 'raw', join(dir, image), raw]);
+  const b = readFileSync(raw);
+  unlinkSync(raw);
+  return b;
+}
+
+let cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.reverse()) await f().catch(() => undefined);
+  cleanup = [];
+});
+
+describe('live commit', () => {
+  it('snapshot → active commit → pivot: the export ends on one image holding every write', async () => {
+    const dir = tempDir('blockd-live-commit-');
+    const initial = makeBase(dir);
+    const nbdSock = join(dir, 'nbd.sock');
+    const d = await qmpDaemon('blockd', dir, [
+      '--blockdev', `driver=file,node-name=base-file,filename=${join(dir, 'base.qcow2')}`,
+      '--blockdev', 'driver=qcow2,node-name=disk,file=base-file',
+      '--nbd-server', `addr.type=unix,addr.path=${nbdSock}`,
+      '--export', 'type=nbd,id=e0,node-name=disk,name=disk,writable=on',
+    ]);
+    cleanup.push(async () => { d.qmp.close(); await d.proc.stop(); });
+    const c = new RawClient(nbdSock);
+    expect(await rawNegotiate(c, 'disk')).toBe(SIZE);
+    const w = new Writer(c, initial);
+    w.start();
+    await new Promise((r) => setTimeout(r, 150));
+
+    await d.qmp.execute('blockdev-snapshot-sync', { 'node-name': 'disk', 'snapshot-file': join(dir, 'ov.qcow2'), 'snapshot-node-name': 'ov' });
+    let exp = (await d.qmp.execute('query-block-exports')) as { 'node-name': string }[];
+    expect(exp[0]['node-name']).toBe('ov');
+    await new Promise((r) => setTimeout(r, 200));
+
+    await d.qmp.execute('block-commit', { 'job-id': 'c0', device: 'ov' });
+    await waitFor(d.events, (e) => e.event === 'BLOCK_JOB_READY');
+    await new Promise((r) => setTimeout(r, 200));
+    await d.qmp.execute('job-complete', { id: 'c0' });
+    await waitFor(d.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 'c0' && e.data.status === 'null');
+    await new Promise((r) => setTimeout(r, 150));
+    await w.stop();
+    expect(w.errors).toBe(0);
+    expect(w.writes).toBeGreaterThan(50);
+
+    exp = (await d.qmp.execute('query-block-exports')) as { 'node-name': string }[];
+    expect(exp[0]['node-name']).toBe('disk');
+    const seen = await readAll(c);
+    expect(seen.equals(w.model)).toBe(true);
+    const nodes = (await d.qmp.execute('query-named-block-nodes', { flat: true })) as { 'node-name': string }[];
+    expect(nodes.map((n) => n['node-name'])).not.toContain('ov');
+    const completed = d.events.find((e) => e.event === 'BLOCK_JOB_COMPLETED')!;
+    expect(completed.data).toMatchObject({ device: 'c0', type: 'commit', speed: 0 });
+    expect(completed.data.len).toBe(completed.data.offset);
+    expect(completed.data.error).toBeUndefined();
+    c.destroy();
+    d.qmp.close();
+    await d.proc.stop();
+    cleanup = [];
+
+    for (const img of ['base.qcow2', 'ov.qcow2']) run('qemu-img', ['check', join(dir, img)]);
+    expect(contents(dir, 'base.qcow2').equals(w.model)).toBe(true);
+    expect(run('qemu-img', ['info', join(dir, 'ov.qcow2')])).toContain(`backing file: ${join(dir, 'base.qcow2')}`);
+
+    // The same commands, without the client, against qsd 7.2: the same job status sequence.
+    const qdir = tempDir('blockd-live-commit-qsd-');
+    makeBase(qdir);
+    const q = await qmpDaemon('qsd', qdir, [
+      '--blockdev', `driver=file,node-name=base-file,filename=${join(qdir, 'base.qcow2')}`,
+      '--blockdev', 'driver=qcow2,node-name=disk,file=base-file',
+      '--nbd-server', `addr.type=unix,addr.path=${join(qdir, 'nbd.sock')}`,
+      '--export', 'type=nbd,id=e0,node-name=disk,name=disk,writable=on',
+    ]);
+    cleanup.push(async () => { q.qmp.close(); await q.proc.stop(); });
+    await q.qmp.execute('blockdev-snapshot-sync', { 'node-name': 'disk', 'snapshot-file': join(qdir, 'ov.qcow2'), 'snapshot-node-name': 'ov' });
+    await q.qmp.execute('block-commit', { 'job-id': 'c0', device: 'ov' });
+    await waitFor(q.events, (e) => e.event === 'BLOCK_JOB_READY');
+    await q.qmp.execute('job-complete', { id: 'c0' });
+    await waitFor(q.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 'c0' && e.data.status === 'null');
+    expect(statuses(d.events, 'c0')).toEqual(statuses(q.events, 'c0'));
+    expect(statuses(d.events, 'c0')).toEqual(['created', 'running', 'ready', 'BLOCK_JOB_READY', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null']);
+  }, 120_000);
+});
