@@ -1,0 +1,235 @@
+/**
+ * Scenario: an overlay on a template, streamed while in use. bin/blockd
+ * serves ov.qcow2 (backed by template.qcow2) as export 'disk'; a client
+ * writes through it while block-stream runs — first rate-limited and
+ * cancelled part-way, then again to the end. Afterwards ov.qcow2 has no
+ * backing file, the template is deleted, and ov.qcow2 alone holds the
+ * template's data and every acknowledged write; it passes `qemu-img check`.
+ * The JOB_STATUS_CHANGE sequences (cancelled and completed) are compared
+ * with qemu-storage-daemon 7.2 running the same commands. The
+ * copy-on-read filter is also used on its own (--blockdev driver=copy-on-read).
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { existsSync, readFileSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { QmpClient } from '../src/qmp/client/qmp-client.ts';
+import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { run } from './helpers/tools.ts';
+import { RawClient, rawNegotiate, request, simpleReplyOf } from './nbd-helpers.ts';
+
+const SIZE = 8 * 1024 * 1024;
+interface Ev { event: string; data: Record<string, unknown> }
+
+/** A client that keeps up to `depth` non-overlapping writes in flight and records what was acknowledged. */
+class Writer {
+  readonly model: Buffer;
+  private cookie = 1n;
+  private inflight = new Map<bigint, { offset: number; data: Buffer }>();
+  private stopped = false;
+  private done?: Promise<void>;
+  writes = 0;
+  errors = 0;
+  private seed = 12345;
+
+  constructor(private readonly c: RawClient, initial: Buffer, private readonly depth = 4) {
+    this.model = Buffer.from(initial);
+  }
+
+  private rand(n: number): number {
+    this.seed = (this.seed * 1103515245 + 12345) & 0x7fffffff;
+    return this.seed % n;
+  }
+
+  start(): void {
+    this.done = (async () => {
+      const pump = () => {
+        while (!this.stopped && this.inflight.size < this.depth) {
+          const len = (1 + this.rand(4)) * 4096;
+          const offset = this.rand((SIZE - len) / 512) * 512;
+          if ([...this.inflight.values()].some((w) => w.offset < offset + len && offset < w.offset + w.data.length)) continue;
+          const data = Buffer.alloc(len, 1 + this.rand(250));
+          data.writeUInt32BE(this.writes, 0);
+          const ck = this.cookie++;
+          this.inflight.set(ck, { offset, data });
+          this.c.write(Buffer.concat([request(1, offset, len, ck), data]));
+          this.writes++;
+        }
+      };
+      pump();
+      while (this.inflight.size > 0) {
+        const [err, ck] = await simpleReplyOf(this.c, 20_000);
+        const w = this.inflight.get(ck)!;
+        this.inflight.delete(ck);
+        if (err === 0) w.data.copy(this.model, w.offset);
+        else this.errors++;
+        pump();
+        // A guest's pace, not a benchmark's: the job must be able to converge.
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.done;
+  }
+}
+
+async function readAll(c: RawClient): Promise<Buffer> {
+  const out = Buffer.alloc(SIZE);
+  const chunk = 1024 * 1024;
+  for (let off = 0; off < SIZE; off += chunk) {
+    c.write(request(0, off, chunk, 999_999n));
+    const [err] = await simpleReplyOf(c, 20_000);
+    expect(err).toBe(0);
+    (await c.read(chunk, 20_000)).copy(out, off);
+  }
+  return out;
+}
+
+async function qmpDaemon(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<{ proc: Running; qmp: QmpClient; events: Ev[] }> {
+  const sock = join(dir, `qmp-${which}.sock`);
+  const proc = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm', ...extra], sock);
+  const qmp = await QmpClient.connect(sock);
+  const events: Ev[] = [];
+  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => events.push({ event: e.event, data: e.data ?? {} }));
+  return { proc, qmp, events };
+}
+
+async function waitFor(events: Ev[], pred: (e: Ev) => boolean, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!events.some(pred)) {
+    if (Date.now() > end) throw new Error(`timed out; events: ${JSON.stringify(events.map((e) => [e.event, e.data.status]))}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const statuses = (events: Ev[], id: string) =>
+  events.filter((e) => e.data.id === id || e.data.device === id).map((e) => (e.event === 'JOB_STATUS_CHANGE' ? e.data.status : e.event));
+
+/** template.qcow2 with data, and ov.qcow2 on it holding a little of its own. */
+function makeChain(dir: string): Buffer {
+  const tpl = join(dir, 'template.qcow2');
+  run('qemu-img', ['create', '-f', 'qcow2', tpl, String(SIZE)]);
+  run('qemu-io', ['-c', 'write -P 0x11 0 1M', '-c', 'write -P 0x22 3M 2M', '-c', 'write -P 0x33 7M 512k', tpl]);
+  run('qemu-img', ['create', '-f', 'qcow2', '-b', tpl, '-F', 'qcow2', join(dir, 'ov.qcow2')]);
+  run('qemu-io', ['-c', 'write -P 0x44 512k 1M', join(dir, 'ov.qcow2')]);
+  const model = Buffer.alloc(SIZE);
+  model.fill(0x11, 0, 1 << 20);
+  model.fill(0x22, 3 << 20, 5 << 20);
+  model.fill(0x33, 7 << 20, (7 << 20) + (512 << 10));
+  model.fill(0x44, 512 << 10, (512 << 10) + (1 << 20));
+  return model;
+}
+
+function daemonArgs(dir: string): string[] {
+  return [
+    '--blockdev', `driver=file,node-name=ov-file,filename=${join(dir, 'ov.qcow2')}`,
+    '--blockdev', 'driver=qcow2,node-name=disk,file=ov-file',
+    '--nbd-server', `addr.type=unix,addr.path=${join(dir, 'nbd.sock')}`,
+    '--export', 'type=nbd,id=e0,node-name=disk,name=disk,writable=on',
+  ];
+}
+
+/** The image's guest-visible contents (qemu-img convert to raw). */
+function contents(dir: string, image: string): Buffer {
+  const raw = join(dir, `${image}.raw`);
+  run('qemu-img', ['convert', '-O', 'raw', join(dir, image), raw]);
+  const b = readFileSync(raw);
+  unlinkSync(raw);
+  return b;
+}
+
+let cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.reverse()) await f().catch(() => undefined);
+  cleanup = [];
+});
+
+describe('live stream', () => {
+  it('overlay on a template: block-stream while in use (cancel, restart), then the template can go', async () => {
+    const dir = tempDir('blockd-live-stream-');
+    const initial = makeChain(dir);
+    const d = await qmpDaemon('blockd', dir, daemonArgs(dir));
+    cleanup.push(async () => { d.qmp.close(); await d.proc.stop(); });
+    const c = new RawClient(join(dir, 'nbd.sock'));
+    expect(await rawNegotiate(c, 'disk')).toBe(SIZE);
+    const w = new Writer(c, initial);
+    w.start();
+    await new Promise((r) => setTimeout(r, 100));
+
+    await d.qmp.execute('block-stream', { 'job-id': 's0', device: 'disk', speed: 1024 * 1024 });
+    await new Promise((r) => setTimeout(r, 300));
+    await d.qmp.execute('job-cancel', { id: 's0' });
+    await waitFor(d.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 's0' && e.data.status === 'null');
+    const cancelled = d.events.find((e) => e.event === 'BLOCK_JOB_CANCELLED')!;
+    expect(cancelled.data.offset as number).toBeLessThan(SIZE);
+    expect(run('qemu-img', ['info', '-U', join(dir, 'ov.qcow2')])).toContain('backing file:');
+
+    await d.qmp.execute('block-stream', { 'job-id': 's1', device: 'disk' });
+    await waitFor(d.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 's1' && e.data.status === 'null');
+    await new Promise((r) => setTimeout(r, 100));
+    await w.stop();
+    expect(w.errors).toBe(0);
+    expect(w.writes).toBeGreaterThan(50);
+    const done = d.events.find((e) => e.event === 'BLOCK_JOB_COMPLETED')!;
+    expect(done.data).toEqual({ device: 's1', len: SIZE, offset: SIZE, speed: 0, type: 'stream' });
+    expect((await readAll(c)).equals(w.model)).toBe(true);
+    const nodes = (await d.qmp.execute('query-named-block-nodes', { flat: true })) as { 'node-name': string; file: string; drv: string }[];
+    expect(nodes.filter((n) => n.file.includes('template'))).toEqual([]);
+    expect(nodes.filter((n) => n.drv === 'copy-on-read')).toEqual([]);
+    c.destroy();
+    d.qmp.close();
+    await d.proc.stop();
+    cleanup = [];
+
+    expect(run('qemu-img', ['info', join(dir, 'ov.qcow2')])).not.toContain('backing file');
+    unlinkSync(join(dir, 'template.qcow2'));
+    run('qemu-img', ['check', join(dir, 'ov.qcow2')]);
+    expect(contents(dir, 'ov.qcow2').equals(w.model)).toBe(true);
+
+    // The same commands against qsd 7.2 (no client): the same status sequences.
+    const qdir = tempDir('blockd-live-stream-qsd-');
+    makeChain(qdir);
+    const q = await qmpDaemon('qsd', qdir, daemonArgs(qdir));
+    cleanup.push(async () => { q.qmp.close(); await q.proc.stop(); });
+    await q.qmp.execute('block-stream', { 'job-id': 's0', device: 'disk', speed: 1024 * 1024 });
+    await new Promise((r) => setTimeout(r, 300));
+    await q.qmp.execute('job-cancel', { id: 's0' });
+    await waitFor(q.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 's0' && e.data.status === 'null');
+    await q.qmp.execute('block-stream', { 'job-id': 's1', device: 'disk' });
+    await waitFor(q.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 's1' && e.data.status === 'null');
+    for (const id of ['s0', 's1']) expect(statuses(d.events, id), id).toEqual(statuses(q.events, id));
+    expect(statuses(d.events, 's0')).toEqual(['created', 'running', 'aborting', 'BLOCK_JOB_CANCELLED', 'concluded', 'null']);
+    expect(statuses(d.events, 's1')).toEqual(['created', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null']);
+    q.qmp.close();
+    await q.proc.stop();
+    cleanup = [];
+    for (const img of ['ov.qcow2', 'template.qcow2']) run('qemu-img', ['check', join(qdir, img)]);
+  }, 120_000);
+
+  it('copy-on-read filter alone: reading through it fills the overlay', async () => {
+    const dir = tempDir('blockd-live-cor-');
+    const model = makeChain(dir);
+    const d = await qmpDaemon('blockd', dir, [
+      '--blockdev', `driver=file,node-name=ov-file,filename=${join(dir, 'ov.qcow2')}`,
+      '--blockdev', 'driver=qcow2,node-name=disk,file=ov-file',
+      '--blockdev', 'driver=copy-on-read,node-name=cor,file=disk',
+      '--nbd-server', `addr.type=unix,addr.path=${join(dir, 'nbd.sock')}`,
+      '--export', 'type=nbd,id=e0,node-name=cor,name=cor',
+    ]);
+    cleanup.push(async () => { d.qmp.close(); await d.proc.stop(); });
+    const c = new RawClient(join(dir, 'nbd.sock'));
+    expect(await rawNegotiate(c, 'cor')).toBe(SIZE);
+    expect((await readAll(c)).equals(model)).toBe(true);
+    c.destroy();
+    d.qmp.close();
+    await d.proc.stop();
+    cleanup = [];
+    run('qemu-img', ['check', join(dir, 'ov.qcow2')]);
+    // Everything the template held is now in the overlay itself.
+    run('qemu-img', ['rebase', '-u', '-b', '', join(dir, 'ov.qcow2')]);
+    expect(contents(dir, 'ov.qcow2').equals(model)).toBe(true);
+    expect(existsSync(join(dir, 'template.qcow2'))).toBe(true);
+  }, 60_000);
+});
