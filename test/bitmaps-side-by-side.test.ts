@@ -200,4 +200,14 @@ h.shutdown()
     expect(maps[0]).toContain('dirty');
     await both('block-dirty-bitmap-clear', { node: 'top', name: 'inbase' });
   });
+
+  it('qcow2 v2 images cannot store bitmaps', async () => {
+    for (const w of who) {
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', join(dir, `${w}-v2.qcow2`), '4M']);
+      expect(await qmp[w]!.command('blockdev-add', { driver: 'qcow2', 'node-name': 'v2', file: { driver: 'file', filename: join(dir, `${w}-v2.qcow2`) } })).toEqual({ return: {} });
+    }
+    await both('block-dirty-bitmap-add', { node: 'v2', name: 'p', persistent: true });
+    await both('block-dirty-bitmap-add', { node: 'v2', name: 't' });
+    await sameBitmapInfo();
+  });
 });
