@@ -169,14 +169,13 @@ export async function reopenOnChildren(node: BlockNode): Promise<void> {
 }
 
 async function openOnChildren(node: BlockNode): Promise<void> {
+  // The options stay as given (reopen compares child references with them); the context hands out the
+  // current children whatever the reference says. Only 'backing' must say whether there is one.
   const options: Record<string, unknown> = { ...node.options };
-  const roles = new Set(node.driver.options.members.map((m) => m.name));
-  for (const role of ['file', 'backing', 'data-file']) {
-    if (!roles.has(role)) continue;
-    const child = node.child(role);
-    if (child) options[role] = child.nodeName;
-    else if (role === 'backing') options[role] = null;
-    else delete options[role];
+  if (node.driver.options.members.some((m) => m.name === 'backing')) {
+    const backing = node.child('backing');
+    if (!backing) options.backing = null;
+    else if (options.backing === null) options.backing = backing.nodeName;
   }
   const ctx: DriverContext = {
     nodeName: node.nodeName,

@@ -21,12 +21,13 @@ import { reopenNodes } from './reopen.ts';
 const Empty = obj('q_empty', []);
 const NewImageMode = enm('NewImageMode', ['existing', 'absolute-paths'], 'An enumeration that tells QEMU how to set the backing file path in a new image file.');
 
-/** QEMU's lookup for device/node-name pairs. */
+/**
+ * QEMU's lookup for device/node-name pairs: a device name finds only a named
+ * block backend (qsd has none), a node-name finds a node.
+ */
 export function lookupNode(graph: BlockGraph, device: string | undefined, nodeName: string | undefined): BlockNode {
-  const n = (nodeName !== undefined ? graph.nodes.get(nodeName) : undefined) ?? (device !== undefined ? graph.nodes.get(device) : undefined);
-  if (!n || (nodeName !== undefined && device !== undefined)) {
-    throw genericError(`Cannot find device='${device ?? ''}' nor node-name='${nodeName ?? ''}'`);
-  }
+  const n = nodeName !== undefined ? graph.nodes.get(nodeName) : undefined;
+  if (!n) throw genericError(`Cannot find device='${device ?? ''}' nor node-name='${nodeName ?? ''}'`);
   return n;
 }
 
@@ -51,6 +52,8 @@ export async function takeSnapshot(graph: BlockGraph, node: BlockNode, overlay: 
     await setBacking(graph, overlay, undefined);
     throw e;
   }
+  // Without users there was no switch to make it read-only during.
+  if (!node.readOnly && !node.parents.some((e) => e.perm.write)) await setReadOnly(graph, node, true).catch(() => undefined);
 }
 
 /**

@@ -1,0 +1,171 @@
+/**
+ * External snapshots, block-stream and block-commit side by side with
+ * qemu-storage-daemon 7.2: the same QMP scripts (errors included) on the
+ * same three-image chain must give the same replies, the same job events
+ * (JOB_STATUS_CHANGE and BLOCK_JOB_* with len/offset/speed/error) and the
+ * same read-only flags and backing links; every image must then pass
+ * `qemu-img check` and hold the data it should.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { QmpClient, QmpCommandError } from '../src/qmp/client/qmp-client.ts';
+import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { run } from './helpers/tools.ts';
+
+interface Ev { event: string; data: Record<string, unknown> }
+type Step = [string, Record<string, unknown>?] | { wait: string } | { sleep: number };
+
+function makeChain(dir: string): void {
+  run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'base.qcow2'), '4M']);
+  run('qemu-io', ['-c', 'write -P 1 0 1M', join(dir, 'base.qcow2')]);
+  run('qemu-img', ['create', '-f', 'qcow2', '-b', join(dir, 'base.qcow2'), '-F', 'qcow2', join(dir, 'mid.qcow2')]);
+  run('qemu-io', ['-c', 'write -P 2 1M 1M', join(dir, 'mid.qcow2')]);
+  run('qemu-img', ['create', '-f', 'qcow2', '-b', join(dir, 'mid.qcow2'), '-F', 'qcow2', join(dir, 'top.qcow2')]);
+  run('qemu-io', ['-c', 'write -P 3 2M 1M', join(dir, 'top.qcow2')]);
+}
+
+/**
+ * Runs the script; returns one line per reply and one per event (kept apart:
+ * whether an event is sent before or after a reply is a race in both), with
+ * the directory and generated node names normalised.
+ */
+async function session(which: 'qsd' | 'blockd', script: (dir: string) => Step[]): Promise<{ log: string[]; evlog: string[]; nodes: string[]; dir: string }> {
+  const dir = tempDir(`live-snap-${which}-`);
+  mkdirSync(dir, { recursive: true });
+  makeChain(dir);
+  const sock = join(dir, 'qmp.sock');
+  const proc: Running = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm'], sock);
+  running.push(proc);
+  const qmp = await QmpClient.connect(sock);
+  const events: Ev[] = [];
+  const log: string[] = [];
+  const evlog: string[] = [];
+  const norm = (v: unknown) => JSON.stringify(v).split(dir).join('<dir>').replace(/#block\d+/g, '#block');
+  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => {
+    events.push({ event: e.event, data: e.data ?? {} });
+    evlog.push(`${e.event} ${norm(e.data ?? {})}`);
+  });
+  for (const step of script(dir)) {
+    if ('wait' in step) {
+      const end = Date.now() + 20_000;
+      while (!events.some((e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === step.wait && (e.data.status === 'null' || e.data.status === 'concluded' || e.data.status === 'ready' || e.data.status === 'pending'))) {
+        if (Date.now() > end) throw new Error(`${which}: job ${step.wait} did not settle: ${[...log, ...evlog].join('\n')}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      continue;
+    }
+    if ('sleep' in step) { await new Promise((r) => setTimeout(r, step.sleep)); continue; }
+    const [cmd, args] = step as [string, Record<string, unknown>?];
+    try {
+      const r = await qmp.execute(cmd, args);
+      log.push(`${cmd} -> ${norm(r)}`);
+    } catch (e) {
+      if (!(e instanceof QmpCommandError)) throw e;
+      log.push(`${cmd} -> ${e.errorClass}: ${norm(e.desc)}`);
+    }
+  }
+  const list = (await qmp.execute('query-named-block-nodes', { flat: true })) as { 'node-name': string; file: string; ro: boolean; backing_file?: string; drv: string }[];
+  const nodes = list.filter((n) => n.drv !== 'file')
+    // An overlay whose header names no backing file: qsd reports its live backing node's file name,
+    // blockd what the header says (src/qmp/commands/block-info.ts); only the links that the header records are compared.
+    .map((n) => norm({ file: n.file.startsWith('json:') ? 'json' : n.file, ro: n.ro, backing: n.file.startsWith('json:') ? '?' : n.backing_file ?? null, name: n['node-name'].startsWith('#') ? '#' : n['node-name'] }))
+    .sort();
+  qmp.close();
+  await proc.stop();
+  return { log, evlog, nodes, dir };
+}
+
+const running: Running[] = [];
+afterEach(async () => { for (const p of running.splice(0)) await p.stop().catch(() => undefined); });
+
+async function compare(script: (dir: string) => Step[]): Promise<{ dir: string; log: string[] }> {
+  const q = await session('qsd', script);
+  const b = await session('blockd', script);
+  expect(b.log).toEqual(q.log);
+  expect(b.evlog).toEqual(q.evlog);
+  expect(b.nodes).toEqual(q.nodes);
+  for (const img of ['base', 'mid', 'top']) run('qemu-img', ['check', join(b.dir, `${img}.qcow2`)]);
+  return b;
+}
+
+const addTop = (dir: string): Step => ['blockdev-add', { driver: 'qcow2', 'node-name': 'top', file: { driver: 'file', filename: join(dir, 'top.qcow2') } }];
+
+function reads(dir: string, image: string, expectations: string[]): void {
+  const out = run('qemu-io', ['-r', ...expectations.flatMap((c) => ['-c', c]), join(dir, image)]);
+  expect(out).not.toContain('verification failed');
+}
+
+describe('live block operations side by side with qsd 7.2', () => {
+  it('blockdev-snapshot and blockdev-snapshot-sync: results and errors', async () => {
+    const b = await compare((dir) => {
+      run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'ov.qcow2'), '4M']);
+      run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'ov8.qcow2'), '8M']);
+      run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'ov5.qcow2'), '4M']);
+      return [
+        addTop(dir),
+        ['blockdev-add', { driver: 'raw', 'node-name': 'r', file: { driver: 'file', filename: join(dir, 'ov5.qcow2') } }],
+        ['blockdev-snapshot', { node: 'top', overlay: 'r' }],
+        ['blockdev-snapshot', { node: 'top', overlay: 'nope' }],
+        ['blockdev-snapshot', { node: 'nope', overlay: 'r' }],
+        ['blockdev-snapshot', { node: 'top', overlay: 'top' }],
+        ['blockdev-add', { driver: 'qcow2', 'node-name': 'ov8', file: { driver: 'file', filename: join(dir, 'ov8.qcow2') }, backing: null }],
+        ['blockdev-snapshot', { node: 'top', overlay: 'ov8' }],
+        ['blockdev-add', { driver: 'qcow2', 'node-name': 'ov', file: { driver: 'file', filename: join(dir, 'ov.qcow2') }, backing: null }],
+        ['blockdev-snapshot', { node: 'top', overlay: 'ov' }],
+        ['blockdev-snapshot-sync', { 'node-name': 'ov', 'snapshot-file': join(dir, 's1.qcow2') }],
+        ['blockdev-snapshot-sync', { 'node-name': 'ov', 'snapshot-file': join(dir, 's1.qcow2'), 'snapshot-node-name': 'ov' }],
+        ['blockdev-snapshot-sync', { 'node-name': 'top', 'snapshot-file': join(dir, 's1.qcow2'), 'snapshot-node-name': 's0' }],
+        ['blockdev-snapshot-sync', { 'snapshot-file': join(dir, 's4.qcow2'), 'snapshot-node-name': 's4' }],
+        ['blockdev-snapshot-sync', { 'node-name': 'ov8', device: 'ov8', 'snapshot-file': join(dir, 's4.qcow2'), 'snapshot-node-name': 's4' }],
+        ['blockdev-snapshot-sync', { 'node-name': 'ov8', 'snapshot-file': join(dir, 's2.qcow2'), 'snapshot-node-name': 's2' }],
+      ];
+    });
+    const info = run('qemu-img', ['info', join(b.dir, 's2.qcow2')]);
+    expect(info).toContain(`backing file: ${join(b.dir, 'ov8.qcow2')}`);
+    expect(info).toContain('backing file format: qcow2');
+    run('qemu-img', ['check', join(b.dir, 's2.qcow2')]);
+  }, 60_000);
+
+  it('block-stream and intermediate block-commit: events, errors, chain and data', async () => {
+    const b = await compare((dir) => [
+      addTop(dir),
+      ['block-stream', { 'job-id': 's0', device: 'top', 'base-node': 'nope' }],
+      ['block-stream', { 'job-id': 's0', device: 'nope' }],
+      ['block-stream', { 'job-id': 's0', device: 'top', base: 'x', 'base-node': 'y' }],
+      ['block-stream', { 'job-id': 's0', device: 'top', base: '/nonexist' }],
+      ['block-commit', { 'job-id': 'c0', device: 'nope' }],
+      ['block-commit', { 'job-id': 'c0', device: 'top', top: join(dir, 'mid.qcow2') }],
+      { wait: 'c0' },
+      ['block-stream', { 'job-id': 's1', device: 'top' }],
+      { wait: 's1' },
+    ]);
+    expect(run('qemu-img', ['info', join(b.dir, 'top.qcow2')])).not.toContain('backing file');
+    reads(b.dir, 'top.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M', 'read -P 0 3M 1M']);
+    reads(b.dir, 'base.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 0 2M 2M']);
+  }, 60_000);
+
+  it('active block-commit: job-cancel and block-job-cancel after READY leave the chain as it was; job-complete with manual finalize', async () => {
+    const b = await compare((dir) => [
+      addTop(dir),
+      ['block-commit', { 'job-id': 'c1', device: 'top' }],
+      { wait: 'c1' },
+      ['job-cancel', { id: 'c1' }],
+      { wait: 'c1' },
+      ['block-commit', { 'job-id': 'c2', device: 'top' }],
+      { wait: 'c2' },
+      ['block-job-cancel', { device: 'c2' }],
+      { wait: 'c2' },
+      ['block-commit', { 'job-id': 'c3', device: 'top', 'auto-finalize': false, 'auto-dismiss': false }],
+      { wait: 'c3' },
+      ['job-complete', { id: 'c3' }],
+      { wait: 'c3' },
+      ['job-finalize', { id: 'c3' }],
+      ['job-dismiss', { id: 'c3' }],
+    ]);
+    expect(run('qemu-img', ['info', join(b.dir, 'top.qcow2')])).toContain(`backing file: ${join(b.dir, 'mid.qcow2')}`);
+    reads(b.dir, 'top.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M', 'read -P 0 3M 1M']);
+    reads(b.dir, 'base.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M']);
+  }, 60_000);
+});
