@@ -46,10 +46,12 @@ async function session(which: 'qsd' | 'blockd', script: (dir: string) => Step[])
     events.push({ event: e.event, data: e.data ?? {} });
     evlog.push(`${e.event} ${norm(e.data ?? {})}`);
   });
+  let mark = 0;
   for (const step of script(dir)) {
     if ('wait' in step) {
       const end = Date.now() + 20_000;
-      while (!events.some((e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === step.wait && (e.data.status === 'null' || e.data.status === 'concluded' || e.data.status === 'ready' || e.data.status === 'pending'))) {
+      // A settling status announced since the last command (not an earlier one).
+      while (!events.slice(mark).some((e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === step.wait && (e.data.status === 'null' || e.data.status === 'concluded' || e.data.status === 'ready' || e.data.status === 'pending'))) {
         if (Date.now() > end) throw new Error(`${which}: job ${step.wait} did not settle: ${[...log, ...evlog].join('\n')}`);
         await new Promise((r) => setTimeout(r, 10));
       }
@@ -58,6 +60,7 @@ async function session(which: 'qsd' | 'blockd', script: (dir: string) => Step[])
     }
     if ('sleep' in step) { await new Promise((r) => setTimeout(r, step.sleep)); continue; }
     const [cmd, args] = step as [string, Record<string, unknown>?];
+    mark = events.length;
     try {
       const r = await qmp.execute(cmd, args);
       log.push(`${cmd} -> ${norm(r)}`);
