@@ -175,7 +175,12 @@ export class Refcounts {
       // Past every allocation everything is free: skip the lookups.
       if (c >= limit) return c - run;
       if (await this.get(c) === 0) run++;
-      else run = 0;
+      else {
+        run = 0;
+        // Used clusters right at the hint move it on, so the next allocation does not
+        // scan them again (without this every allocation rescanned the whole image).
+        if (c === this.freeHint) this.freeHint = c + 1;
+      }
     }
     return c - n;
   }
