@@ -201,4 +201,41 @@ describe('live commit', () => {
     expect(statuses(d.events, 'c0')).toEqual(statuses(q.events, 'c0'));
     expect(statuses(d.events, 'c0')).toEqual(['created', 'running', 'ready', 'BLOCK_JOB_READY', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null']);
   }, 120_000);
+  it('active commit cancelled after READY: the export stays on the overlay, chain as it was, every write kept', async () => {
+    const dir = tempDir('blockd-live-commit-cancel-');
+    const initial = makeBase(dir);
+    const nbdSock = join(dir, 'nbd.sock');
+    const d = await qmpDaemon('blockd', dir, [
+      '--blockdev', `driver=file,node-name=base-file,filename=${join(dir, 'base.qcow2')}`,
+      '--blockdev', 'driver=qcow2,node-name=disk,file=base-file',
+      '--nbd-server', `addr.type=unix,addr.path=${nbdSock}`,
+      '--export', 'type=nbd,id=e0,node-name=disk,name=disk,writable=on',
+    ]);
+    cleanup.push(async () => { d.qmp.close(); await d.proc.stop(); });
+    const c = new RawClient(nbdSock);
+    await rawNegotiate(c, 'disk');
+    const w = new Writer(c, initial);
+    w.start();
+    await d.qmp.execute('blockdev-snapshot-sync', { 'node-name': 'disk', 'snapshot-file': join(dir, 'ov.qcow2'), 'snapshot-node-name': 'ov' });
+    await new Promise((r) => setTimeout(r, 150));
+    await d.qmp.execute('block-commit', { 'job-id': 'c0', device: 'ov' });
+    await waitFor(d.events, (e) => e.event === 'BLOCK_JOB_READY');
+    await new Promise((r) => setTimeout(r, 150));
+    await d.qmp.execute('job-cancel', { id: 'c0' });
+    await waitFor(d.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 'c0' && e.data.status === 'null');
+    await new Promise((r) => setTimeout(r, 100));
+    await w.stop();
+    expect(w.errors).toBe(0);
+    expect(statuses(d.events, 'c0')).toEqual(['created', 'running', 'ready', 'BLOCK_JOB_READY', 'aborting', 'BLOCK_JOB_CANCELLED', 'concluded', 'null']);
+    const exp = (await d.qmp.execute('query-block-exports')) as { 'node-name': string }[];
+    expect(exp[0]['node-name']).toBe('ov');
+    expect((await readAll(c)).equals(w.model)).toBe(true);
+    c.destroy();
+    d.qmp.close();
+    await d.proc.stop();
+    cleanup = [];
+    for (const img of ['base.qcow2', 'ov.qcow2']) run('qemu-img', ['check', join(dir, img)]);
+    expect(run('qemu-img', ['info', join(dir, 'ov.qcow2')])).toContain(`backing file: ${join(dir, 'base.qcow2')}`);
+    expect(contents(dir, 'ov.qcow2').equals(w.model)).toBe(true);
+  }, 120_000);
 });

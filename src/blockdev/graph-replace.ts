@@ -204,3 +204,58 @@ async function rewriteBackingName(node: BlockNode, backingFile: string | undefin
   await file.write(0, out);
   await file.flush();
 }
+
+/** `node` and every node above it. */
+function ancestry(node: BlockNode): BlockNode[] {
+  const out = new Set<BlockNode>();
+  const visit = (n: BlockNode) => {
+    if (out.has(n)) return;
+    out.add(n);
+    for (const e of n.parents) if (e.parent instanceof BlockNode) visit(e.parent);
+  };
+  visit(node);
+  return [...out];
+}
+
+/**
+ * Runs `fn` while every user that is not a node (exports) of `node` and of
+ * the nodes above it is held at a gate and nothing is in flight anywhere
+ * above `node`. A plain drain of `node` can deadlock when a request in
+ * flight above it still has to pass through it (an overlay's copy-on-write
+ * read of its backing node); this cannot, because the holding happens above
+ * the nodes and in-flight requests are let through before `fn` runs.
+ */
+export async function withUsersHeld<T>(node: BlockNode, fn: () => Promise<T>): Promise<T> {
+  const nodes = ancestry(node);
+  const held: { edge: ChildEdge; home: BlockNode; gate: BlockNode }[] = [];
+  const gates = new Map<BlockNode, BlockNode>();
+  for (const n of nodes) {
+    for (const e of [...n.parents]) {
+      if (e.parent instanceof BlockNode) continue;
+      let gate = gates.get(n);
+      if (!gate) { gate = makeGate(() => n); gates.set(n, gate); }
+      moveEdge(e, gate, false);
+      held.push({ edge: e, home: n, gate });
+    }
+  }
+  const drainAll = async (list: BlockNode[], inner: () => Promise<T>): Promise<T> => {
+    const [first, ...rest] = list;
+    if (!first) return inner();
+    return first.drained(() => drainAll(rest, inner));
+  };
+  try {
+    return await drainAll([...gates.values()], async () => {
+      // Let what is in flight finish, from the top down (nothing new arrives; a lower node is
+      // drained only once nothing above it still has to pass through it).
+      for (const n of [...nodes].reverse()) await n.drained(() => undefined);
+      try {
+        return await fn();
+      } finally {
+        for (const h of held) moveEdge(h.edge, h.home, false);
+      }
+    });
+  } catch (e) {
+    for (const h of held) if (h.edge.child === h.gate) moveEdge(h.edge, h.home, false);
+    throw e;
+  }
+}

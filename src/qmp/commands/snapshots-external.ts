@@ -10,7 +10,7 @@
 import { open } from 'node:fs/promises';
 import { enm, obj, opt, req } from '../types.ts';
 import { genericError } from '../errors.ts';
-import { replaceNode, setBacking } from '../../blockdev/graph-replace.ts';
+import { replaceNode, setBacking, withUsersHeld } from '../../blockdev/graph-replace.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import { nodeFilename } from '../../blockdev/jobs/stream.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
@@ -67,7 +67,8 @@ export async function setReadOnly(graph: BlockGraph, node: BlockNode, readOnly: 
   const files = node.children
     .filter((e) => (e.role === 'file' || e.role === 'data-file') && e.child.readOnly !== readOnly && e.child.parents.length === 1)
     .map((e) => e.child);
-  const one = (n: BlockNode) => reopenNodes(graph, [{ ...n.options, 'read-only': readOnly }]);
+  // Users above are held meanwhile: reopen drains the node with everything above it.
+  const one = (n: BlockNode) => withUsersHeld(n, () => reopenNodes(graph, [{ ...n.options, 'read-only': readOnly }]));
   if (!readOnly) for (const f of files) await one(f);
   await one(node);
   if (readOnly) for (const f of files) await one(f);
