@@ -9,7 +9,7 @@ import { genericError, QmpError } from '../errors.ts';
 import { StreamJob, nodeFilename } from '../../blockdev/jobs/stream.ts';
 import { CommitJob } from '../../blockdev/jobs/commit.ts';
 import type { BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
-import type { BlockGraph } from '../../blockdev/graph.ts';
+import { VALID_ID, type BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
 import type { CommandDef } from '../command.ts';
 import { setReadOnly } from './snapshots-external.ts';
@@ -39,7 +39,7 @@ function above(top: BlockNode, node: BlockNode): BlockNode | undefined {
 type Common = { 'job-id'?: string; device: string; speed?: number; 'on-error'?: BlockdevOnError; 'filter-node-name'?: string; 'backing-file'?: string; 'auto-finalize'?: boolean; 'auto-dismiss'?: boolean };
 
 const commonArgs = [
-  opt('job-id', 'str', 'identifier for the newly-created block job. If omitted, the device name will be used.'),
+  opt('job-id', 'str', 'identifier for the newly-created block job. If omitted, the device name will be used (qsd has none: the job then needs an explicit id).'),
   req('device', 'str', 'the device or node name of the top image'),
 ];
 const tailArgs = [
@@ -53,7 +53,8 @@ const tailArgs = [
 
 function jobOptions(a: Common, graph: BlockGraph) {
   return {
-    id: a['job-id'] ?? a.device,
+    // qsd has no named block backends: a job without an id gets the empty one, which is refused.
+    id: a['job-id'] ?? '',
     graph,
     speed: a.speed,
     autoFinalize: a['auto-finalize'],
@@ -102,6 +103,7 @@ export const streamCommitCommands: CommandDef[] = [
         bottom = above(top, base);
       }
       if (a['backing-file'] !== undefined && !base) throw genericError("backing file specified, but streaming the entire chain");
+      if (!VALID_ID.test(a['job-id'] ?? '')) throw genericError(`Invalid job ID '${a['job-id'] ?? ''}'`);
       if (top.readOnly) await setReadOnly(graph, top, false);
       const job = ctx.jobs.add(new StreamJob({
         ...jobOptions(a, graph), top, base, bottom,
@@ -154,6 +156,7 @@ export const streamCommitCommands: CommandDef[] = [
       if (c.indexOf(base!) < c.indexOf(top)) throw genericError(`'${base!.nodeName}' is not in the backing chain of '${top.nodeName}'`);
       const overlay = top === device ? undefined : above(device, top);
       if (a['backing-file'] !== undefined && !overlay) throw genericError("'backing-file' specified, but 'top' is the active layer");
+      if (!VALID_ID.test(a['job-id'] ?? '')) throw genericError(`Invalid job ID '${a['job-id'] ?? ''}'`);
       const wasReadOnly = base!.readOnly;
       await setReadOnly(graph, base!, false);
       const b = base!;
