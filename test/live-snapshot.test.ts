@@ -159,6 +159,8 @@ describe('live block operations side by side with qsd 7.2', () => {
       addTop(dir),
       ['block-commit', { 'job-id': 'c1', device: 'top' }],
       { wait: 'c1' },
+      ['block-stream', { 'job-id': 'sx', device: 'top' }],
+      ['block-commit', { 'job-id': 'cx', device: 'top' }],
       ['job-cancel', { id: 'c1' }],
       { wait: 'c1' },
       ['block-commit', { 'job-id': 'c2', device: 'top' }],

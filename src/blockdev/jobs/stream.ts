@@ -12,6 +12,7 @@
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { toBlockError } from '../errors.ts';
+import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { replaceNode, setBacking } from '../graph-replace.ts';
 import { needsCopy } from '../drivers/copy-on-read.ts';
 import type { BlockNode } from '../node.ts';
@@ -54,6 +55,8 @@ export class StreamJob extends BlockJob {
     const { top, bottom } = this.o;
     const len = top.length();
     this.progressSetRemaining(len);
+    // Marks `top` as the job's (other jobs are refused on it) while letting everyone use it.
+    this.useNode(top, 'stream', READ_PERM, ALL_PERM);
     this.filter = await this.graph.add({
       driver: 'copy-on-read', file: top.nodeName,
       ...(this.o.filterNodeName ? { 'node-name': this.o.filterNodeName } : {}),

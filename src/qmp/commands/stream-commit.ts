@@ -8,7 +8,7 @@ import { enm, obj, opt, req } from '../types.ts';
 import { genericError, QmpError } from '../errors.ts';
 import { StreamJob, nodeFilename } from '../../blockdev/jobs/stream.ts';
 import { CommitJob } from '../../blockdev/jobs/commit.ts';
-import type { BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
+import { BlockJob, type BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
 import { VALID_ID, type BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
 import type { CommandDef } from '../command.ts';
@@ -34,6 +34,14 @@ function above(top: BlockNode, node: BlockNode): BlockNode | undefined {
   const c = chain(top);
   const i = c.indexOf(node);
   return i > 0 ? c[i - 1] : undefined;
+}
+
+/** QEMU's op blocker for a node a block job already works on. */
+function checkNotInJob(nodes: (BlockNode | undefined)[]): void {
+  for (const n of nodes) {
+    const e = n?.parents.find((p) => p.parent instanceof BlockJob);
+    if (n && e) throw genericError(`Node '${n.nodeName}' is busy: block device is in use by block job: ${(e.parent as BlockJob).type}`);
+  }
 }
 
 type Common = { 'job-id'?: string; device: string; speed?: number; 'on-error'?: BlockdevOnError; 'filter-node-name'?: string; 'backing-file'?: string; 'auto-finalize'?: boolean; 'auto-dismiss'?: boolean };
@@ -103,6 +111,7 @@ export const streamCommitCommands: CommandDef[] = [
         bottom = above(top, base);
       }
       if (a['backing-file'] !== undefined && !base) throw genericError("backing file specified, but streaming the entire chain");
+      checkNotInJob([top]);
       if (!VALID_ID.test(a['job-id'] ?? '')) throw genericError(`Invalid job ID '${a['job-id'] ?? ''}'`);
       if (top.readOnly) await setReadOnly(graph, top, false);
       const job = ctx.jobs.add(new StreamJob({
@@ -129,7 +138,10 @@ export const streamCommitCommands: CommandDef[] = [
       const graph = ctx.graph;
       const device = graph.nodes.get(a.device);
       if (!device) throw new QmpError('DeviceNotFound', `Device '${a.device}' not found`);
-      if (device.parents.some((e) => e.parent.constructor === device.constructor)) throw genericError('Need a root block node');
+      // A node under another node is not a root; nor is the top of an active commit (qsd has its filter above it).
+      if (device.parents.some((e) => e.parent.constructor === device.constructor || (e.parent instanceof CommitJob && e.parent.isActive))) {
+        throw genericError('Need a root block node');
+      }
       if (a.base !== undefined && a['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be used at the same time");
       if (a.top !== undefined && a['top-node'] !== undefined) throw genericError("'top' and 'top-node' cannot be used at the same time");
       const c = chain(device);
@@ -156,6 +168,7 @@ export const streamCommitCommands: CommandDef[] = [
       if (c.indexOf(base!) < c.indexOf(top)) throw genericError(`'${base!.nodeName}' is not in the backing chain of '${top.nodeName}'`);
       const overlay = top === device ? undefined : above(device, top);
       if (a['backing-file'] !== undefined && !overlay) throw genericError("'backing-file' specified, but 'top' is the active layer");
+      checkNotInJob([device, top, base]);
       if (!VALID_ID.test(a['job-id'] ?? '')) throw genericError(`Invalid job ID '${a['job-id'] ?? ''}'`);
       const wasReadOnly = base!.readOnly;
       await setReadOnly(graph, base!, false);
