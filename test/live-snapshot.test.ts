@@ -179,3 +179,26 @@ describe('live block operations side by side with qsd 7.2', () => {
     reads(b.dir, 'base.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M']);
   }, 60_000);
 });
+
+describe('graph-replace', () => {
+  it('refuses a backing link that would make a cycle, and read-write users on a read-only node', async () => {
+    const { BlockGraph } = await import('../src/blockdev/graph.ts');
+    const { registerDrivers } = await import('../src/blockdev/drivers/index.ts');
+    const { setBacking, replaceNode } = await import('../src/blockdev/graph-replace.ts');
+    const dir = tempDir('live-graph-');
+    makeChain(dir);
+    run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'ro.qcow2'), '4M']);
+    const g = new BlockGraph();
+    registerDrivers(g);
+    const top = await g.add({ driver: 'qcow2', 'node-name': 'top', file: { driver: 'file', filename: join(dir, 'top.qcow2') } });
+    const base = top.child('backing')!.child('backing')!;
+    await expect(setBacking(g, base, top)).rejects.toThrow(/would create a cycle/);
+    const ro = await g.add({ driver: 'qcow2', 'node-name': 'ro', 'read-only': true, file: { driver: 'file', filename: join(dir, 'ro.qcow2') } });
+    const user = { describe: () => "block device export 'e'" };
+    const edge = g.link(user, top, 'root', { perm: { read: true, write: true, resize: false }, shared: { read: true, write: true, resize: false } });
+    await expect(replaceNode(g, top, ro)).rejects.toThrow("Read-only block node 'ro' cannot support read-write users");
+    expect(edge.child).toBe(top);
+    await g.unlink(user, edge);
+    await g.closeAll();
+  });
+});
