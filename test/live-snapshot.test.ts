@@ -154,6 +154,18 @@ describe('live block operations side by side with qsd 7.2', () => {
     reads(b.dir, 'base.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 0 2M 2M']);
   }, 60_000);
 
+  it('block-stream down to a base: the middle layer is copied and dropped, the header names the base', async () => {
+    const b = await compare((dir) => [
+      addTop(dir),
+      ['block-stream', { 'job-id': 's2', device: 'top', base: join(dir, 'base.qcow2'), speed: 0 }],
+      { wait: 's2' },
+    ]);
+    expect(run('qemu-img', ['info', join(b.dir, 'top.qcow2')])).toContain(`backing file: ${join(b.dir, 'base.qcow2')}`);
+    reads(b.dir, 'top.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M', 'read -P 0 3M 1M']);
+    // The base's data stayed in the base: only the middle layer was copied up.
+    expect(run('qemu-img', ['map', '--output=json', join(b.dir, 'top.qcow2')])).toMatch(/"start": 0, "length": 1048576, "depth": 1/);
+  }, 60_000);
+
   it('active block-commit: job-cancel and block-job-cancel after READY leave the chain as it was; job-complete with manual finalize', async () => {
     const b = await compare((dir) => [
       addTop(dir),
