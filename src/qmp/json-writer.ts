@@ -11,7 +11,7 @@
  * Other details: ", " and ": " separators; pretty mode indents by four
  * spaces and puts even an empty object's closing brace on its own line;
  * strings escape control characters and everything outside printable ASCII
- * as \uXXXX (upper-case hex, UTF-16 pairs); doubles print as C's "%.17g".
+ * as a backslash-u escape with four upper-case hex digits (UTF-16 pairs); doubles print as C's "%.17g".
  */
 import { JsonNumber } from './keyval.ts';
 

@@ -159,12 +159,12 @@ export class MetaCache {
   private writeDirty(list: CacheEntry[]): Promise<void> {
     // Serialised so that two writers never interleave dependency flushes.
     const run = this.writing.then(async () => {
-      const todo = list.filter((e) => e.dirty);
-      if (todo.length === 0) return;
+      const dirtyEntries = list.filter((e) => e.dirty);
+      if (dirtyEntries.length === 0) return;
       await this.flushDependency();
       if (this.needsBarrier) { this.needsBarrier = false; await this.io.barrier(); }
-      todo.sort((a, b) => a.offset - b.offset);
-      for (const e of todo) {
+      dirtyEntries.sort((a, b) => a.offset - b.offset);
+      for (const e of dirtyEntries) {
         if (!e.dirty) continue;
         e.dirty = false;
         e.writes = (e.writes ?? 0) + 1;
