@@ -67,32 +67,7 @@ const WIRE_MESSAGE: Record<number, string> = {
  * Runs a valid request; never throws (failures become error replies). A
  * WRITE's payload goes back to the pool once the node is done with it.
  */
-export function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
-  // The most common request of all, a plain small read, skips the generic
-  // dispatch: one promise from the node instead of four nested async frames.
-  if (req.type === Cmd.READ && req.flags === 0 && req.length > 0 && (req.length < SPARSE_READ_MIN || !ctx.structured)) {
-    return fastRead(ctx, req);
-  }
-  return executeGeneric(ctx, req, payload);
-}
-
-function fastRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
-  const hl = readReplyHeaderSize(ctx.structured);
-  const whole = ctx.pool.acquire(hl + req.length);
-  return ctx.exp.node.read(req.offset, whole.subarray(hl)).then(
-    (): Reply => {
-      writeReadReplyHeader(whole, ctx.structured, req.cookie, req.offset, req.length);
-      return { bufs: [whole], release: whole };
-    },
-    (e: unknown): Reply => {
-      ctx.pool.release(whole);
-      const { errno } = nbdErrno(e, ctx.log, { cmd: req.type, offset: req.offset, length: req.length });
-      return { bufs: errorReply(ctx, req, errno, WIRE_MESSAGE[Cmd.READ]!) };
-    },
-  );
-}
-
-async function executeGeneric(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
+export async function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
   try {
     return await run(ctx, req, payload);
   } catch (e) {

@@ -71,7 +71,7 @@ class OptReader {
     if (len > MAX_STRING) throw new Invalid(`Invalid name length: ${len}`);
     return this.str(len);
   }
-  skip(n: number): void { this.bytes(n); }
+  discardBytes(n: number): void { this.bytes(n); }
   end(): void {
     if (this.left > 0) throw new Invalid(`option '${optName(this.option)}' has unexpected length`);
   }
@@ -194,7 +194,7 @@ const metaContext: OptionHandler = (env, s, option, data) => {
   const queries: string[] = [];
   for (let n = r.u32(); n > 0; n--) {
     const len = r.u32();
-    if (len > MAX_STRING) { r.skip(len); continue; }
+    if (len > MAX_STRING) { r.discardBytes(len); continue; }
     queries.push(r.str(len));
   }
   r.end();

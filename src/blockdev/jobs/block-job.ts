@@ -22,7 +22,8 @@ import { TokenBucket } from './token-bucket.ts';
 import type { BlockGraph } from '../graph.ts';
 import type { BlockNode } from '../node.ts';
 import type { ChildEdge, Parent } from '../edge.ts';
-import type { BlockError } from '../errors.ts';
+import { toBlockError, type BlockError } from '../errors.ts';
+import type { Extent } from '../request.ts';
 import type { Perm } from '../driver.ts';
 import type { JobStatus, JobType } from './status.ts';
 
@@ -144,6 +145,39 @@ export abstract class BlockJob extends Job implements Parent {
       this.ioStatusValue = err.code === 'ENOSPC' ? 'nospace' : 'failed';
     }
     return action;
+  }
+
+  /**
+   * The copy loop of stream and commit: walks `node` from 0 to `length` in
+   * chunks, calls `copy` for each extent `wanted` picks, and between chunks
+   * honours pause, cancel, speed, progress and the on-error policy (a
+   * stopped chunk is retried after job-resume). Returns false if cancelled.
+   */
+  protected async copyExtents(
+    node: BlockNode, length: number, chunk: number, onError: BlockdevOnError,
+    wanted: (e: Extent) => boolean, copy: (offset: number, length: number) => Promise<void>,
+  ): Promise<boolean> {
+    for (let off = 0; off < length;) {
+      await this.pausePoint();
+      if (this.isCancelled) return false;
+      const n = Math.min(chunk, length - off);
+      let copied = 0;
+      try {
+        for (const e of await node.blockStatus(off, n)) {
+          if (!wanted(e)) continue;
+          await copy(e.offset, e.length);
+          copied += e.length;
+        }
+      } catch (err) {
+        const action = this.errorAction(onError, true, toBlockError(err));
+        if (action === 'report') throw err;
+        if (action === 'stop') continue;
+      }
+      off += n;
+      this.progressUpdate(n);
+      await this.throttle(copied);
+    }
+    return true;
   }
 
   /** Attaches the job to `node` as a user; conflicts are refused here. */

@@ -67,26 +67,7 @@ export class CommitJob extends BlockJob {
     this.progressSetRemaining(len);
     if (base.length() < len) await base.truncate(len);
     const limit = depthOf(top, base);
-    for (let off = 0; off < len;) {
-      await this.pausePoint();
-      if (this.isCancelled) return;
-      const n = Math.min(CHUNK, len - off);
-      let copied = 0;
-      try {
-        for (const e of await top.blockStatus(off, n)) {
-          if (e.depth === 0 || e.depth >= limit) continue;
-          await this.copy(e.offset, e.length);
-          copied += e.length;
-        }
-      } catch (err) {
-        const action = this.errorAction(this.o.onError, true, toBlockError(err));
-        if (action === 'report') throw err;
-        if (action === 'stop') continue;
-      }
-      off += n;
-      this.progressUpdate(n);
-      await this.throttle(copied);
-    }
+    await this.copyExtents(top, len, CHUNK, this.o.onError, (e) => e.depth !== 0 && e.depth < limit, (o, l) => this.copy(o, l));
   }
 
   private async copy(offset: number, length: number): Promise<void> {

@@ -11,7 +11,6 @@
  * started again. Progress counts the whole length (as qsd does).
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
-import { toBlockError } from '../errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { replaceNode, setBacking } from '../graph-replace.ts';
 import { needsCopy } from '../drivers/copy-on-read.ts';
@@ -62,28 +61,11 @@ export class StreamJob extends BlockJob {
       ...(this.o.filterNodeName ? { 'node-name': this.o.filterNodeName } : {}),
       ...(bottom ? { bottom: bottom.nodeName } : {}),
     }, true);
-    await replaceNode(this.graph, top, this.filter);
+    const filter = this.filter;
+    await replaceNode(this.graph, top, filter);
     const limit = depthOf(top, bottom);
-    for (let off = 0; off < len;) {
-      await this.pausePoint();
-      if (this.isCancelled) return;
-      const n = Math.min(CHUNK, len - off);
-      let copied = 0;
-      try {
-        for (const e of await top.blockStatus(off, n)) {
-          if (!needsCopy(e, limit)) continue;
-          await this.filter.read(e.offset, Buffer.alloc(e.length));
-          copied += e.length;
-        }
-      } catch (err) {
-        const action = this.errorAction(this.o.onError, true, toBlockError(err));
-        if (action === 'report') throw err;
-        if (action === 'stop') continue;
-      }
-      off += n;
-      this.progressUpdate(n);
-      await this.throttle(copied);
-    }
+    // Reading through the copy-on-read filter is what copies the data up.
+    await this.copyExtents(top, len, CHUNK, this.o.onError, (e) => needsCopy(e, limit), (o, l) => filter.read(o, Buffer.alloc(l)));
   }
 
   protected override async prepare(): Promise<void> {
