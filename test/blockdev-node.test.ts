@@ -3,13 +3,8 @@ import { BlockGraph } from '../src/blockdev/graph.ts';
 import { ReqFlag } from '../src/blockdev/request.ts';
 import { nullDriver } from '../src/blockdev/drivers/null.ts';
 import { memoryDriver } from './helpers/memory-driver.ts';
+import { rng } from './helpers/qcow2.ts';
 
-function rng(seed: number) {
-  return () => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed / 0x80000000;
-  };
-}
 
 async function setup(limits = { alignment: 512, maxTransfer: 4096 }, opts = {}) {
   const graph = new BlockGraph();

@@ -10,74 +10,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ReqFlag } from '../src/blockdev/request.ts';
 import type { BlockNode } from '../src/blockdev/node.ts';
-import { BlockGraph } from '../src/blockdev/graph.ts';
-import type { Driver, DriverOps } from '../src/blockdev/driver.ts';
-import { obj, opt, req } from '../src/qmp/types.ts';
-import { qcow2Driver } from '../src/blockdev/drivers/qcow2/index.ts';
-import { rawDriver } from '../src/blockdev/drivers/raw.ts';
 import { run, tryRun } from './helpers/tools.ts';
 
-// ---- a file protocol driver for these tests (the project's own is used when it loads) ----
-
-async function fileDriverForTests(): Promise<Driver> {
-  try {
-    const m = await import('../src/blockdev/drivers/file/index.ts' as string);
-    if (m.fileDriver) return m.fileDriver as Driver;
-  } catch { /* not there yet */ }
-  return testFileDriver;
-}
-
-const testFileDriver: Driver = {
-  name: 'file',
-  kind: 'protocol',
-  options: obj('BlockdevOptionsFileTest', [req('filename', 'str'), opt('aio', 'str')]),
-  async open(options, ctx): Promise<DriverOps> {
-    const { open } = await import('node:fs/promises');
-    const filename = options.filename as string;
-    const fh = await open(filename, ctx.readOnly ? 'r' : 'r+');
-    let size = (await fh.stat()).size;
-    return {
-      length: () => size,
-      limits: { alignment: 1, canFua: false, canTrim: false, canZero: false },
-      async read(o, buf) {
-        let done = 0;
-        while (done < buf.length) {
-          const { bytesRead } = await fh.read(buf, done, buf.length - done, o + done);
-          if (bytesRead === 0) { buf.fill(0, done); break; }
-          done += bytesRead;
-        }
-      },
-      async write(o, buf) {
-        let done = 0;
-        while (done < buf.length) done += (await fh.write(buf, done, buf.length - done, o + done)).bytesWritten;
-        size = Math.max(size, o + buf.length);
-      },
-      async flush() { await fh.datasync(); },
-      async truncate(n) { await fh.truncate(n); size = n; },
-      async close() { await fh.close(); },
-      filename: () => filename,
-    };
-  },
-};
-
-async function newGraph(): Promise<BlockGraph> {
-  const g = new BlockGraph();
-  g.register(await fileDriverForTests());
-  g.register(rawDriver);
-  g.register(qcow2Driver);
-  return g;
-}
-
-async function openQcow2(g: BlockGraph, filename: string, extra: Record<string, unknown> = {}): Promise<BlockNode> {
-  return g.add({ driver: 'qcow2', 'node-name': 'q' + Math.random().toString(36).slice(2, 8), file: { driver: 'file', filename }, ...extra });
-}
-
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed / 0x80000000;
-  };
-}
+import { newGraph, openQcow2, rng } from './helpers/qcow2.ts';
 
 let dir: string;
 beforeAll(() => { dir = mkdtempSync(path.join(tmpdir(), 'qcow2-write-')); });
