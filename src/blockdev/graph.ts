@@ -64,7 +64,7 @@ export class BlockGraph {
           opened.push(edge);
           return child;
         } catch (e) {
-          if (typeof ref !== 'string') await this.closeImplicit(child);
+          if (typeof ref !== 'string') await this.closeNode(child);
           throw e;
         }
       },
@@ -103,11 +103,7 @@ export class BlockGraph {
       const i = parent.children.indexOf(edge);
       if (i >= 0) parent.children.splice(i, 1);
     }
-    if (edge.child.implicit && edge.child.parents.length === 0) await this.closeImplicit(edge.child);
-  }
-
-  private async closeImplicit(node: BlockNode): Promise<void> {
-    await this.closeNode(node);
+    if (edge.child.implicit && edge.child.parents.length === 0) await this.closeNode(edge.child);
   }
 
   private async closeNode(node: BlockNode): Promise<void> {
