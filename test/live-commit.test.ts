@@ -11,100 +11,12 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { QmpClient } from '../src/qmp/client/qmp-client.ts';
-import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
+import { tempDir } from './helpers/daemons.ts';
 import { run } from './helpers/tools.ts';
-import { RawClient, rawNegotiate, request, simpleReplyOf } from './nbd-helpers.ts';
+import { RawClient, rawNegotiate } from './nbd-helpers.ts';
 
+import { Writer, readAll, qmpDaemon, waitFor, statuses } from './helpers/live.ts';
 const SIZE = 8 * 1024 * 1024;
-interface Ev { event: string; data: Record<string, unknown> }
-
-/** A client that keeps up to `depth` non-overlapping writes in flight and records what was acknowledged. */
-class Writer {
-  readonly model: Buffer;
-  private cookie = 1n;
-  private inflight = new Map<bigint, { offset: number; data: Buffer }>();
-  private stopped = false;
-  private done?: Promise<void>;
-  writes = 0;
-  errors = 0;
-  private seed = 12345;
-
-  constructor(private readonly c: RawClient, initial: Buffer, private readonly depth = 4) {
-    this.model = Buffer.from(initial);
-  }
-
-  private rand(n: number): number {
-    this.seed = (this.seed * 1103515245 + 12345) & 0x7fffffff;
-    return this.seed % n;
-  }
-
-  start(): void {
-    this.done = (async () => {
-      const pump = () => {
-        while (!this.stopped && this.inflight.size < this.depth) {
-          const len = (1 + this.rand(4)) * 4096;
-          const offset = this.rand((SIZE - len) / 512) * 512;
-          if ([...this.inflight.values()].some((w) => w.offset < offset + len && offset < w.offset + w.data.length)) continue;
-          const data = Buffer.alloc(len, 1 + this.rand(250));
-          data.writeUInt32BE(this.writes, 0);
-          const ck = this.cookie++;
-          this.inflight.set(ck, { offset, data });
-          this.c.write(Buffer.concat([request(1, offset, len, ck), data]));
-          this.writes++;
-        }
-      };
-      pump();
-      while (this.inflight.size > 0) {
-        const [err, ck] = await simpleReplyOf(this.c, 20_000);
-        const w = this.inflight.get(ck)!;
-        this.inflight.delete(ck);
-        if (err === 0) w.data.copy(this.model, w.offset);
-        else this.errors++;
-        pump();
-        // A guest's pace, not a benchmark's: the job must be able to converge.
-        await new Promise((r) => setTimeout(r, 1));
-      }
-    })();
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    await this.done;
-  }
-}
-
-async function readAll(c: RawClient): Promise<Buffer> {
-  const out = Buffer.alloc(SIZE);
-  const chunk = 1024 * 1024;
-  for (let off = 0; off < SIZE; off += chunk) {
-    c.write(request(0, off, chunk, 999_999n));
-    const [err] = await simpleReplyOf(c, 20_000);
-    expect(err).toBe(0);
-    (await c.read(chunk, 20_000)).copy(out, off);
-  }
-  return out;
-}
-
-async function qmpDaemon(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<{ proc: Running; qmp: QmpClient; events: Ev[] }> {
-  const sock = join(dir, `qmp-${which}.sock`);
-  const proc = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm', ...extra], sock);
-  const qmp = await QmpClient.connect(sock);
-  const events: Ev[] = [];
-  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => events.push({ event: e.event, data: e.data ?? {} }));
-  return { proc, qmp, events };
-}
-
-async function waitFor(events: Ev[], pred: (e: Ev) => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!events.some(pred)) {
-    if (Date.now() > end) throw new Error(`timed out; events: ${JSON.stringify(events.map((e) => [e.event, e.data.status]))}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-const statuses = (events: Ev[], id: string) =>
-  events.filter((e) => e.data.id === id || e.data.device === id).map((e) => (e.event === 'JOB_STATUS_CHANGE' ? e.data.status : e.event));
 
 function makeBase(dir: string): Buffer {
   const base = join(dir, 'base.qcow2');
@@ -166,7 +78,7 @@ describe('live commit', () => {
 
     exp = (await d.qmp.execute('query-block-exports')) as { 'node-name': string }[];
     expect(exp[0]['node-name']).toBe('disk');
-    const seen = await readAll(c);
+    const seen = await readAll(c, SIZE);
     expect(seen.equals(w.model)).toBe(true);
     const nodes = (await d.qmp.execute('query-named-block-nodes', { flat: true })) as { 'node-name': string }[];
     expect(nodes.map((n) => n['node-name'])).not.toContain('ov');
@@ -229,7 +141,7 @@ describe('live commit', () => {
     expect(statuses(d.events, 'c0')).toEqual(['created', 'running', 'ready', 'BLOCK_JOB_READY', 'aborting', 'BLOCK_JOB_CANCELLED', 'concluded', 'null']);
     const exp = (await d.qmp.execute('query-block-exports')) as { 'node-name': string }[];
     expect(exp[0]['node-name']).toBe('ov');
-    expect((await readAll(c)).equals(w.model)).toBe(true);
+    expect((await readAll(c, SIZE)).equals(w.model)).toBe(true);
     c.destroy();
     d.qmp.close();
     await d.proc.stop();
