@@ -100,6 +100,17 @@ describe('dirty bitmap commands, side by side with qsd', () => {
     await both('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true, bitmaps: ['b0', 'fine', 'huge', 'off'] });
     await both('block-export-add', { type: 'nbd', id: 'e2', 'node-name': 'q', name: 'q2', writable: true, bitmaps: ['nope'] });
     await both('block-export-add', { type: 'nbd', id: 'e3', 'node-name': 'q', name: 'q3', writable: true, bitmaps: ['b0'] });
+    // A read-only export refuses a bitmap still recording on a writable node (before the busy check:
+    // b0 is held by export e); a disabled one it takes.
+    const refused = await both('block-export-add', { type: 'nbd', id: 'e4', 'node-name': 'q', name: 'q4', bitmaps: ['b0'] });
+    expect(refused.error).toEqual({ class: 'GenericError', desc: "Enabled bitmap 'b0' incompatible with readonly export" });
+    await both('block-export-add', { type: 'nbd', id: 'e5', 'node-name': 'q', name: 'q5', bitmaps: ['off'] });
+    await both('block-export-del', { id: 'e5' });
+    for (const w of who) {
+      while (((await qmp[w]!.command('query-block-exports')).return as { id: string }[]).some((e) => e.id === 'e5')) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
     for (const w of who) run('/usr/bin/python3', ['-c', WRITES, uri(w, 'q')]);
     for (const name of ['b0', 'fine', 'huge', 'off']) {
       const maps = who.map((w) => run('nbdinfo', [`--map=qemu:dirty-bitmap:${name}`, uri(w, 'q')]));

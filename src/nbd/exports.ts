@@ -129,7 +129,7 @@ export class NbdExport implements Parent {
 
 export interface ExportRegistryOptions {
   /** Finds a dirty bitmap by name on a node (or below it); none are found without it. */
-  findBitmap?: (node: BlockNode, name: string) => DirtyBitmapView | undefined;
+  findBitmap?: (node: BlockNode, name: string, exportWritable: boolean) => DirtyBitmapView | undefined;
   /** Metadata context providers, in reply order. */
   providers?: readonly MetaContextProvider[];
 }
@@ -156,7 +156,7 @@ export class ExportRegistry extends EventEmitter<{ deleted: [id: string] }> {
     if (this.byName(name)) throw new BlockError('EINVAL', `NBD server already has export named '${name}'`);
     const bitmaps: DirtyBitmapView[] = [];
     for (const b of opts.bitmaps ?? []) {
-      const bm = this.opts.findBitmap?.(node, b);
+      const bm = this.opts.findBitmap?.(node, b, opts.writable === true);
       if (!bm) throw new BlockError('ENOENT', `Bitmap '${b}' is not found`);
       bitmaps.push(bm);
     }

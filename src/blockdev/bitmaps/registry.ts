@@ -148,12 +148,18 @@ export interface ExportedBitmap { readonly name: string; readonly bitmap: DirtyB
 /**
  * The bitmap an NBD export of `node` offers under `name`: looked up on the
  * node, then down its filter and backing chain, as qsd does. It counts as
- * busy for as long as an export (a parent of `node`) lists it.
+ * busy for as long as an export (a parent of `node`) lists it. A read-only
+ * export refuses a bitmap still recording on a writable node (qsd's check:
+ * what such an export reports could change under a client that cannot write).
  */
-export function findBitmapForExport(node: BlockNode, name: string): ExportedBitmap | undefined {
+export function findBitmapForExport(node: BlockNode, name: string, exportWritable = false): ExportedBitmap | undefined {
   for (let n: BlockNode | undefined = node; n; n = n.isFilter ? n.primaryChild : n.child('backing')) {
     const bm = existingBitmaps(n).find((b) => b.name === name);
     if (!bm) continue;
+    // qsd refuses this before it looks at the bitmap's state (a busy bitmap gets this text too).
+    if (!exportWritable && !n.readOnly && bm.recording) {
+      throw new BlockError('EINVAL', `Enabled bitmap '${name}' incompatible with readonly export`);
+    }
     bm.check(CHECK_ALLOW_RO);
     const view: ExportedBitmap = { name, bitmap: bm, runs: (o, l) => bm.runs(o, l) };
     bm.users.add(() => node.parents.some((e) => (e.parent as { bitmaps?: unknown[] }).bitmaps?.includes(view)));
