@@ -1,8 +1,10 @@
 /**
- * qcow2 writes: seeded random sequences of writes, write-zeroes, discards and
- * flushes through blockd into fresh images, then `qemu-img check` (no errors,
- * no leaks) and `qemu-img compare` against a raw model. Hostile images are
- * refused or made read-only, never crash or hang.
+ * qcow2 writes, in process: seeded random sequences of writes, write-zeroes,
+ * discards and flushes through blockd's qcow2 node into fresh images, checked
+ * against an in-memory model, then `qemu-img check` (no errors, no leaks) and
+ * `qemu-img compare` against the model. (qcow2-write-interop.test.ts compares
+ * the same kind of sequence against qemu-storage-daemon over NBD.) Hostile
+ * images are refused or made read-only, never crash or hang.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -47,14 +49,15 @@ async function randomOps(node: BlockNode, model: Buffer, seed: number, n: number
       op = () => node.writeZeroes(off, len, flags);
     } else if (k < 0.95) {
       // Discard leaves contents undefined in general; qcow2 v3 reads zeroes for the whole
-      // clusters it discards, so the model applies exactly that.
+      // clusters it discards, so the model applies exactly that. Without discard=unmap
+      // the node ignores discards (as QEMU's does).
       op = () => node.discard(off, len);
       const cs = (node.ops.info!() as { 'cluster-size': number })['cluster-size'];
       const s = Math.ceil(off / cs) * cs;
       let e = Math.floor((off + len) / cs) * cs;
       if (off + len === size) e = size;
       // v2 makes them unallocated instead, which reads as zeroes too when there is no backing file.
-      if (e > s) model.fill(0, s, e);
+      if (e > s && node.options.discard === 'unmap') model.fill(0, s, e);
     } else {
       op = () => node.flush();
     }
@@ -88,7 +91,7 @@ describe('qcow2 writes checked by qemu-img', () => {
     { name: '512-rc64 (refcount table growth)', create: ['-o', 'cluster_size=512,refcount_bits=64'], size: 6 << 20, seed: 3, align: 512 },
     { name: '2M', create: ['-o', 'cluster_size=2M'], size: 20 << 20, seed: 4, align: 1 },
     { name: 'extended-l2', create: ['-o', 'extended_l2=on'], size: 8 << 20, seed: 5, align: 1 },
-    { name: 'v2', create: ['-o', 'compat=0.10,cluster_size=16k'], size: 6 << 20, seed: 6, align: 1 },
+    { name: 'v2, discard=ignore', create: ['-o', 'compat=0.10,cluster_size=16k'], size: 6 << 20, seed: 6, align: 1, extra: { discard: 'ignore' } },
     { name: 'lazy-refcounts', create: ['-o', 'lazy_refcounts=on'], size: 8 << 20, seed: 7, align: 1 },
     { name: 'tiny caches (dirty evictions, 1k L2 slices)', create: ['-o', 'cluster_size=4k'], size: 16 << 20, seed: 8, align: 1,
       extra: { 'l2-cache-entry-size': 1024, 'l2-cache-size': 2048, 'refcount-cache-size': 0, 'cache-clean-interval': 1 } },
@@ -98,7 +101,7 @@ describe('qcow2 writes checked by qemu-img', () => {
       const f = path.join(dir, `w-${c.seed}.qcow2`);
       run('qemu-img', ['create', '-f', 'qcow2', ...c.create, f, String(c.size)]);
       const g = await newGraph();
-      const node = await openQcow2(g, f, (c as { extra?: Record<string, unknown> }).extra ?? {});
+      const node = await openQcow2(g, f, { discard: 'unmap', ...(c as { extra?: Record<string, unknown> }).extra });
       const model = Buffer.alloc(c.size);
       // v2 has no zero clusters: a discard there would expose nothing but zeroes too (no backing).
       await randomOps(node, model, c.seed, 120, { align: c.align, concurrent: true });
@@ -125,7 +128,7 @@ describe('qcow2 writes checked by qemu-img', () => {
     run('qemu-img', ['convert', '-O', 'raw', base, bRaw]);
     readFileSync(bRaw).copy(model);
     const g = await newGraph();
-    const node = await openQcow2(g, top);
+    const node = await openQcow2(g, top, { discard: 'unmap' });
     await randomOps(node, model, 42, 100, { concurrent: true });
     await g.closeAll();
     await verify(top, model);
@@ -137,7 +140,7 @@ describe('qcow2 writes checked by qemu-img', () => {
     run('qemu-img', ['create', '-f', 'qcow2', '-o', 'cluster_size=4k,refcount_bits=8', f, String(size)]);
     const g = await newGraph();
     // Tiny caches, so dirty tables are written back (in dependency order) all the time.
-    const node = await openQcow2(g, f, { 'l2-cache-entry-size': 512, 'l2-cache-size': 1024, 'refcount-cache-size': 0, 'pass-discard-request': true });
+    const node = await openQcow2(g, f, { 'l2-cache-entry-size': 512, 'l2-cache-size': 1024, 'refcount-cache-size': 0, 'pass-discard-request': true, discard: 'unmap' });
     const model = Buffer.alloc(size);
     const copies: string[] = [];
     for (let round = 0; round < 6; round++) {
@@ -212,7 +215,7 @@ describe('qcow2 writes checked by qemu-img', () => {
     run('qemu-img', ['convert', '-O', 'raw', f, snapRaw]);
     const model = readFileSync(snapRaw);
     const g = await newGraph();
-    const node = await openQcow2(g, f);
+    const node = await openQcow2(g, f, { discard: 'unmap' });
     await randomOps(node, model, 5, 60);
     await g.closeAll();
     await verify(f, model);
@@ -227,7 +230,7 @@ describe('qcow2 writes checked by qemu-img', () => {
     const size = 4 << 20;
     run('qemu-img', ['create', '-f', 'qcow2', '-o', `data_file=${data}`, f, String(size)]);
     const g = await newGraph();
-    const node = await openQcow2(g, f);
+    const node = await openQcow2(g, f, { discard: 'unmap' });
     expect(node.child('data-file')).toBeDefined();
     const model = Buffer.alloc(size);
     await randomOps(node, model, 8, 60);
@@ -240,6 +243,36 @@ describe('qcow2 writes checked by qemu-img', () => {
     await n2.read(0, back);
     expect(back.equals(model)).toBe(true);
     await g2.closeAll();
+  });
+
+  it('write-zeroes and discard leave the allocation QEMU leaves (regressions from the qsd interop test)', async () => {
+    const base = path.join(dir, 'za-base.qcow2');
+    const top = path.join(dir, 'za.qcow2');
+    run('qemu-img', ['create', '-f', 'qcow2', base, '1M']);
+    run('qemu-img', ['create', '-f', 'qcow2', '-o', 'cluster_size=4k', '-b', 'za-base.qcow2', '-F', 'qcow2', top, '1M']);
+    const g = await newGraph();
+    const node = await openQcow2(g, top, { discard: 'unmap' });
+    // Part of an unallocated cluster whose rest reads as zeroes: the whole cluster becomes a zero cluster.
+    await node.writeZeroes(4096 + 100, 200, ReqFlag.NO_FALLBACK);
+    // Part of a data cluster: a fast zero is refused, a plain one writes zeroes as data.
+    await node.write(8192, Buffer.alloc(4096, 1));
+    await expect(node.writeZeroes(8192 + 100, 200, ReqFlag.NO_FALLBACK)).rejects.toThrow(/zeroes/);
+    await node.writeZeroes(8192 + 100, 200, 0);
+    // A zero cluster stays one when discarded without a backing file in the way; over a
+    // backing file, discarded clusters become zero clusters even where no L2 table exists yet.
+    await node.discard(512 * 1024, 256 * 1024);
+    await g.closeAll();
+    const map = (JSON.parse(run('qemu-img', ['map', '--output=json', top])) as { start: number; length: number; depth: number; zero: boolean; data: boolean }[])
+      .map(({ start, length, depth, zero, data }) => [start, length, depth, zero, data]);
+    expect(map).toEqual([
+      [0, 4096, 1, true, false], [4096, 4096, 0, true, false], [8192, 4096, 0, false, true],
+      [12288, 512 * 1024 - 12288, 1, true, false], [512 * 1024, 256 * 1024, 0, true, false], [768 * 1024, 256 * 1024, 1, true, false],
+    ]);
+    const g2 = await newGraph();
+    const ignoring = await openQcow2(g2, top);
+    await ignoring.discard(8192, 4096);
+    await g2.closeAll();
+    expect(JSON.parse(run('qemu-img', ['map', '--output=json', top]))[2]).toMatchObject({ start: 8192, data: true });
   });
 
   it('pass-discard-request punches the freed clusters out of the file', async () => {

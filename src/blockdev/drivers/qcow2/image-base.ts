@@ -23,6 +23,8 @@ export type OverlapName =
 
 export interface ImageSettings {
   lazyRefcounts: boolean;
+  /** discard=unmap: discard requests take effect (QEMU ignores them otherwise; write-zeroes may still unmap). */
+  unmap: boolean;
   passDiscard: { request: boolean; snapshot: boolean; other: boolean };
   overlap: Set<OverlapName>;
   l2CacheBytes: number;

@@ -346,11 +346,39 @@ export class Qcow2Image extends Qcow2Base {
     if (offset + length > tail) await this.zeroPartial(tail, offset + length - tail, flags);
   }
 
+  /**
+   * Zeroes part of one cluster the way QEMU does: when the rest of the cluster
+   * already reads as zeroes and the cluster holds no data of its own
+   * (unallocated or a zero cluster), the whole cluster becomes a zero cluster;
+   * otherwise the zeroes are written as data (a fast zero is refused).
+   */
   private async zeroPartial(offset: number, length: number, flags: number): Promise<void> {
-    // Nothing to do when the range already reads as zeroes (QEMU's is_zero check).
-    const st = await this.blockStatus(offset, length, 0);
-    if (st.every((e) => e.zero)) return;
-    await this.zeroFallback(offset, length, flags);
+    if (this.extL2) {
+      // Subclusters: nothing to do when the range already reads as zeroes.
+      const st = await this.blockStatus(offset, length, 0);
+      if (st.every((e) => e.zero)) return;
+      return this.zeroFallback(offset, length, flags);
+    }
+    const cs = this.cs;
+    const c = Math.floor(offset / cs);
+    const release = await this.clusterLock.acquire(c * cs, (c + 1) * cs);
+    let zeroed = false;
+    try {
+      const restZero = await this.readsAsZero(c * cs, offset) && await this.readsAsZero(offset + length, Math.min((c + 1) * cs, this.size));
+      const type = restZero ? (await this.entry(c)).type : 'normal';
+      if (type === 'unallocated' || type === 'zero-plain' || type === 'zero-alloc') {
+        await this.zeroClustersLocked(c, 1, (flags & ReqFlag.MAY_UNMAP) !== 0, 'request');
+        zeroed = true;
+      }
+    } finally {
+      release();
+    }
+    if (!zeroed) await this.zeroFallback(offset, length, flags);
+  }
+
+  private async readsAsZero(from: number, to: number): Promise<boolean> {
+    if (to <= from) return true;
+    return (await this.blockStatus(from, to - from, 0)).every((e) => e.zero);
   }
 
   private async zeroFallback(offset: number, length: number, flags: number): Promise<void> {
@@ -367,30 +395,35 @@ export class Qcow2Image extends Qcow2Base {
     const cs = this.cs;
     const release = await this.clusterLock.acquire(c0 * cs, (c0 + n) * cs);
     try {
-      await this.markDirtyForLazy();
-      await this.zeroRawDataFile(c0, n);
-      await this.meta.run(async () => {
-        const freed: ClusterEntry[] = [];
-        for (let c = c0; c < c0 + n; c++) {
-          const old = await this.entry(c);
-          const allocated = old.type !== 'unallocated' && old.type !== 'zero-plain';
-          const unmap = allocated && (mayUnmap || old.type === 'compressed' || (old.type === 'normal' && !isCopied(old.hi)) || this.hasDataFile && mayUnmap);
-          if (this.extL2) {
-            if (old.type === 'unallocated' && old.zero === ALL_SUBCLUSTERS) continue;
-            if (unmap || !allocated) await this.setEntry(c, 0, 0, 0, ALL_SUBCLUSTERS);
-            else await this.setEntry(c, old.hi, old.lo, 0, ALL_SUBCLUSTERS);
-          } else {
-            if (old.type === 'zero-plain') continue;
-            if (unmap || !allocated) await this.setEntry(c, 0, 1, 0, 0);
-            else await this.setEntry(c, old.hi, (old.lo | 1) >>> 0, 0, 0);
-          }
-          if (unmap) freed.push(old);
-        }
-        for (const old of freed) await this.freeEntry(old, reason);
-      });
+      await this.zeroClustersLocked(c0, n, mayUnmap, reason);
     } finally {
       release();
     }
+  }
+
+  /** zeroClusters with the clusters' range lock held. */
+  private async zeroClustersLocked(c0: number, n: number, mayUnmap: boolean, reason: FreeReason): Promise<void> {
+    await this.markDirtyForLazy();
+    await this.zeroRawDataFile(c0, n);
+    await this.meta.run(async () => {
+      const freed: ClusterEntry[] = [];
+      for (let c = c0; c < c0 + n; c++) {
+        const old = await this.entry(c);
+        const allocated = old.type !== 'unallocated' && old.type !== 'zero-plain';
+        const unmap = allocated && (mayUnmap || old.type === 'compressed' || (old.type === 'normal' && !isCopied(old.hi)) || this.hasDataFile && mayUnmap);
+        if (this.extL2) {
+          if (old.type === 'unallocated' && old.zero === ALL_SUBCLUSTERS) continue;
+          if (unmap || !allocated) await this.setEntry(c, 0, 0, 0, ALL_SUBCLUSTERS);
+          else await this.setEntry(c, old.hi, old.lo, 0, ALL_SUBCLUSTERS);
+        } else {
+          if (old.type === 'zero-plain') continue;
+          if (unmap || !allocated) await this.setEntry(c, 0, 1, 0, 0);
+          else await this.setEntry(c, old.hi, (old.lo | 1) >>> 0, 0, 0);
+        }
+        if (unmap) freed.push(old);
+      }
+      for (const old of freed) await this.freeEntry(old, reason);
+    });
   }
 
   /** A raw external data file must stay a consistent image by itself: zero it there too. */
@@ -403,6 +436,9 @@ export class Qcow2Image extends Qcow2Base {
 
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
+    // As in QEMU, a node without discard=unmap ignores discard requests; so does a v2
+    // image over a backing file (without zero clusters, a discard would expose the backing data).
+    if (!this.settings.unmap || (!this.v3 && this.backing)) return;
     await this.activate();
     const cs = this.cs;
     const start = Math.ceil(offset / cs) * cs;
@@ -422,11 +458,14 @@ export class Qcow2Image extends Qcow2Base {
       await this.meta.run(async () => {
         const freed: ClusterEntry[] = [];
         for (let c = c0; c < c0 + n; c++) {
-          if (this.l2TableOffset(Math.floor(c / this.l2Entries)) === 0) continue;
+          // Without an L2 table everything reads as unallocated: only a backing file needs zero clusters over it.
+          if ((full || !this.backing) && this.l2TableOffset(Math.floor(c / this.l2Entries)) === 0) continue;
           const old = await this.entry(c);
           const allocated = old.type === 'normal' || old.type === 'compressed' || old.type === 'zero-alloc';
           let hi = 0, lo = 0, alloc = 0, zero = 0;
-          if (!full && (this.backing || allocated)) {
+          if (!full) {
+            // Left as it is when it reads as zeroes anyway (as QEMU: a zero cluster stays one).
+            if (!this.backing && !allocated) continue;
             if (this.extL2) zero = ALL_SUBCLUSTERS;
             else if (this.v3) lo = 1;
           }

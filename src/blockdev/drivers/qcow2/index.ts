@@ -161,6 +161,7 @@ function computeSettings(options: Record<string, unknown>, h: Qcow2Header, disca
   if (!h.bitmaps) overlap.delete('bitmap-directory');
   const settings: ImageSettings = {
     lazyRefcounts: lazy,
+    unmap: discardUnmap,
     passDiscard: {
       request: options['pass-discard-request'] as boolean | undefined ?? discardUnmap,
       snapshot: options['pass-discard-snapshot'] as boolean | undefined ?? true,
