@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import type { BlockGraph } from '../blockdev/graph.ts';
 import type { JobManager } from '../blockdev/jobs/manager.ts';
+import type { JobTxn } from '../blockdev/jobs/txn.ts';
 import type { ExportRegistry } from '../nbd/exports.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import type { ObjectType, TypeRef } from './types.ts';
@@ -42,6 +43,27 @@ export interface CommandContext {
   readonly table: CommandTable;
 }
 
+/**
+ * What a transaction action's prepare leaves behind (QEMU's BlkActionOps):
+ * after every action prepared, each gets commit (in order) or, if a later
+ * one failed, abort (in reverse order); then clean. None of them may fail.
+ * A prepare that fails undoes its own partial work before it throws.
+ */
+export interface PreparedAction {
+  commit?(): void | Promise<void>;
+  abort?(): void | Promise<void>;
+  clean?(): void | Promise<void>;
+}
+
+export type CompletionMode = 'individual' | 'grouped';
+
+export interface ActionContext extends CommandContext {
+  /** The transaction's completion-mode ('individual' for a command run on its own). */
+  readonly completionMode: CompletionMode;
+  /** A grouped transaction's job transaction, which the jobs its actions create join. */
+  readonly jobTxn?: JobTxn;
+}
+
 export interface CommandDef {
   name: string;
   /** Argument type (an object type, or a flat union for "boxed" commands). A function when it depends on the graph. */
@@ -58,6 +80,26 @@ export interface CommandDef {
   /** Gets the validated arguments; what it returns (undefined: {}) becomes "return". */
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   handler(args: any, ctx: CommandContext): unknown;
+  /**
+   * The command as a `transaction` action: its prepare step, taking the
+   * same (validated) arguments. Such a command's handler is runAlone(action).
+   */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  action?(args: any, ctx: ActionContext): Promise<PreparedAction>;
+}
+
+/** A command that is also a transaction action: run alone, it is a transaction of one (as QEMU's blockdev_do_action). */
+export function actionCommand<A>(def: Omit<CommandDef, 'handler' | 'action'> & { action(args: A, ctx: ActionContext): Promise<PreparedAction> }): CommandDef {
+  return { ...def, handler: (args: A, ctx: CommandContext) => runAlone(def.action, args, ctx) };
+}
+
+async function runAlone<A>(prepare: (args: A, ctx: ActionContext) => Promise<PreparedAction>, args: A, ctx: CommandContext): Promise<void> {
+  const done = await prepare(args, { ...ctx, completionMode: 'individual' });
+  try {
+    await done.commit?.();
+  } finally {
+    await done.clean?.();
+  }
 }
 
 export interface EventDef {

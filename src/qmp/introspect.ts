@@ -91,7 +91,11 @@ export function introspect(table: CommandTable, graph: BlockGraph): SchemaInfo[]
         break;
       }
       case 'enum':
-        entities.push({ name: numbers.get(t.name), 'meta-type': 'enum', members: t.values.map((v) => ({ name: v })), values: t.values });
+        entities.push({
+          name: numbers.get(t.name), 'meta-type': 'enum',
+          members: t.values.map((v) => (t.valueFeatures?.[v] ? { name: v, features: t.valueFeatures[v] } : { name: v })),
+          values: t.values,
+        });
         break;
       case 'alternate':
         entities.push({ name: numbers.get(t.name), 'meta-type': 'alternate', members: t.choices.map((c) => ({ type: use(c) })) });

@@ -34,6 +34,8 @@ export interface EnumType {
   name: string;
   values: string[];
   doc?: string;
+  /** QAPI features of single values ('deprecated'), shown by query-qmp-schema. */
+  valueFeatures?: Record<string, string[]>;
 }
 
 export interface ArrayType {

@@ -154,7 +154,8 @@ export class BackupJob extends BlockJob {
     try {
       await this.state.copyRange(offset, length);
     } catch (e) {
-      if (this.isCancelled) return;
+      // Once the job has failed (report), the chunks still in flight add no further error event.
+      if (this.isCancelled || this.ioFailure !== undefined) return;
       const err = toBlockError(e);
       const isRead = (e as { cowRead?: boolean }).cowRead === true;
       // Chunks in flight when the job stopped on an error fail quietly: one BLOCK_JOB_ERROR, as in qsd.

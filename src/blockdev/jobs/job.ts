@@ -25,9 +25,15 @@
  *   prepare()           after a successful run, before commit; throwing fails the job.
  *   commit() / abort()  exactly one of them, then clean(): graph changes go here.
  *   notify(kind)        status milestones for subclasses that announce more (BlockJob).
+ *
+ * A job belongs to a job transaction (txn.ts): alone, its own; in a grouped
+ * `transaction`, one shared with the other jobs it created. Completion,
+ * finalisation and the abort on failure or cancel go through the transaction
+ * (QEMU's job_completed_txn_success / job_do_finalize / job_completed_txn_abort).
  */
 import { assert } from '../errors.ts';
 import { CANCELED_MESSAGE, JobCancelledError, JobError } from './errors.ts';
+import { JobTxn } from './txn.ts';
 import {
   canTransition, isCompletedStatus, isReadyStatus, verbAllowed, verbRefusal,
   type JobStatus, type JobType, type JobVerb,
@@ -47,6 +53,8 @@ export interface JobOptions {
   autoFinalize?: boolean;
   /** Dismiss on conclusion (default); false keeps the job in 'concluded' until job-dismiss. */
   autoDismiss?: boolean;
+  /** The transaction the job joins when registered (a grouped `transaction`'s); default: one of its own. */
+  txn?: JobTxn;
 }
 
 /** QAPI JobInfo. */
@@ -70,6 +78,7 @@ export abstract class Job {
 
   private statusValue: JobStatus = 'undefined';
   private sink?: JobEventSink;
+  private readonly txn: JobTxn;
 
   // Progress (QEMU progress_current / progress_total).
   private progressCurrent = 0;
@@ -91,8 +100,11 @@ export abstract class Job {
   private forceCancel = false;
   private failure?: string;
   private readonly abortController = new AbortController();
-  /** The finalisation sequence, once begun. */
+  /** The finalisation sequence (commit or abort, clean, conclude), once begun. */
   private finishing?: Promise<void>;
+  private runOverResolve!: () => void;
+  /** Resolves once the run is over and its result decided (QEMU job_is_completed). */
+  private readonly runOver: Promise<void> = new Promise((r) => (this.runOverResolve = r));
 
   private concludedResolve!: () => void;
   /** Resolves when the job reaches 'concluded' (or is dismissed without concluding). */
@@ -102,6 +114,7 @@ export abstract class Job {
     this.id = opts.id;
     this.autoFinalize = opts.autoFinalize ?? true;
     this.autoDismiss = opts.autoDismiss ?? true;
+    this.txn = opts.txn ?? new JobTxn();
   }
 
   // ---------------------------------------------------------------- to implement
@@ -167,19 +180,28 @@ export abstract class Job {
   attach(sink: JobEventSink): void {
     assert(!this.sink && this.statusValue === 'undefined', 'job attached twice');
     this.sink = sink;
+    this.txn.add(this);
     this.transition('created');
   }
 
-  /** Starts the run: created → running. The run proceeds asynchronously. */
-  start(): void {
+  /**
+   * Starts the run: created → running. The run proceeds asynchronously; the
+   * promise resolves once it first waits (or ends), as QEMU's job_start
+   * returns when the job's coroutine first yields — so jobs started one after
+   * the other announce their first pause in that order.
+   */
+  start(): Promise<void> {
     assert(this.sink && this.statusValue === 'created' && !this.started, `job '${this.label}' started twice or unregistered`);
     this.started = true;
     this.pauseCount--;
     this.busyFlag = true;
     this.pausedFlag = false;
+    const yielded = new Promise<void>((r) => (this.firstYield = r));
     this.transition('running');
     void this.entry();
+    return yielded;
   }
+  private firstYield?: () => void;
 
   /** Set-up failed after creation, before start: created → null, no other event. */
   earlyFail(): void {
@@ -262,7 +284,20 @@ export abstract class Job {
   cancel(force: boolean): void {
     if (this.statusValue === 'concluded') { this.doDismiss(); return; }
     // Finalisation already under way decides the outcome; a late cancel changes nothing.
-    if (this.finishing) return;
+    if (this.finishing || this.txn.finalizing) return;
+    this.cancelAsync(force);
+    if (!this.started) {
+      void this.completed();
+    } else if (this.deferred) {
+      // Waiting for job-finalize (or for the rest of its transaction): abort the transaction now.
+      if (this.isCancelled && (this.statusValue === 'waiting' || this.statusValue === 'pending')) void this.txnAbort();
+    } else {
+      this.enter();
+    }
+  }
+
+  /** Records a cancel request and wakes the run so it can wind down (QEMU job_cancel_async). */
+  private cancelAsync(force: boolean): void {
     const forced = this.cancelHook(force);
     if (this.userPausedFlag) {
       // Cancelling a paused job resumes it, so its run can wind down.
@@ -277,14 +312,6 @@ export abstract class Job {
       this.forceCancel ||= forced;
     }
     if (this.isCancelled && !this.abortController.signal.aborted) this.abortController.abort(new JobCancelledError());
-    if (!this.started) {
-      void this.completed();
-    } else if (this.deferred) {
-      // Waiting for job-finalize (or for the rest of a transaction): abort now.
-      if (this.isCancelled && (this.statusValue === 'waiting' || this.statusValue === 'pending')) void this.finalizeSingle();
-    } else {
-      this.enter();
-    }
   }
 
   // ---------------------------------------------------------------- for subclasses' run()
@@ -361,6 +388,8 @@ export abstract class Job {
 
   private yieldFor(ms?: number): Promise<void> {
     this.busyFlag = false;
+    this.firstYield?.();
+    this.firstYield = undefined;
     return new Promise<void>((resolve) => {
       this.wake = () => {
         if (this.timer !== undefined) clearTimeout(this.timer);
@@ -383,6 +412,8 @@ export abstract class Job {
     }
     this.deferred = true;
     this.busyFlag = false;
+    this.firstYield?.();
+    this.firstYield = undefined;
     if (err !== undefined && !(this.isCancelled && isCancelError(err))) this.failure = errorMessage(err);
     // Completion runs from the event loop, after whatever the run's last step scheduled (QEMU's job_exit bottom half).
     await new Promise<void>((r) => setImmediate(r));
@@ -395,31 +426,79 @@ export abstract class Job {
     if (this.failure !== undefined) this.transition('aborting');
   }
 
+  /** The run is over (or the job was cancelled before it started): on to the transaction's success or abort. */
   private async completed(): Promise<void> {
     this.updateRc();
+    this.runOverResolve();
     if (this.failure !== undefined) {
-      await this.finalizeSingle();
+      await this.txnAbort();
       return;
     }
     this.transition('waiting');
-    this.transition('pending');
-    if (!this.autoFinalize) this.notify('pending');
-    else await this.doFinalize();
+    // The transaction moves on once its last job is done (QEMU job_completed_txn_success).
+    if (this.txn.jobs.some((j) => !j.isCompleted)) return;
+    for (const j of this.txn.jobs) {
+      j.transition('pending');
+      if (!j.autoFinalize) j.notify('pending');
+    }
+    if (this.txn.jobs.every((j) => j.autoFinalize)) await this.doFinalize();
   }
 
-  /** prepare (on success), then finalizeSingle. One run per job: a second caller gets the same promise. */
+  /**
+   * Finalises the whole transaction: prepare each job (newest first), and if
+   * all succeed commit each; if one fails, abort them all. One run per
+   * transaction: a second caller gets the same promise.
+   */
   private doFinalize(): Promise<void> {
-    this.finishing ??= (async () => {
-      if (this.failure === undefined && this.prepare) {
-        try {
-          await this.prepare();
-        } catch (e) {
-          this.failure = errorMessage(e);
+    const txn = this.txn;
+    txn.finalizing ??= (async () => {
+      const jobs = [...txn.jobs];
+      for (const j of jobs) {
+        if (!(await j.runPrepare())) {
+          await this.txnAbort();
+          return;
         }
       }
-      await this.finish();
+      for (const j of jobs) await j.finalizeSingle();
     })();
-    return this.finishing;
+    return txn.finalizing;
+  }
+
+  /** The job type's prepare(), once; false if the job has failed. */
+  private async runPrepare(): Promise<boolean> {
+    if (this.failure === undefined && this.prepare) {
+      try {
+        await this.prepare();
+      } catch (e) {
+        this.failure = errorMessage(e);
+      }
+    }
+    this.updateRc();
+    return this.failure === undefined;
+  }
+
+  /**
+   * A job of the transaction failed or was cancelled (QEMU
+   * job_completed_txn_abort): every other member is cancelled with force;
+   * then, newest first, each is waited for until its run is over and
+   * finalised (abort, clean, event, conclude).
+   */
+  private async txnAbort(): Promise<void> {
+    const txn = this.txn;
+    if (txn.aborting) return;
+    txn.aborting = true;
+    for (const j of txn.jobs) if (j !== this) j.cancelAsync(true);
+    while (txn.jobs.length > 0) {
+      const j = txn.jobs[0]!;
+      if (!j.isCompleted) {
+        // A member never started (a transaction that failed after creating it) ends here;
+        // qsd 7.2 waits for it forever instead.
+        if (!j.started) { j.updateRc(); j.runOverResolve(); } else j.enter();
+        await j.runOver;
+      }
+      await j.finalizeSingle();
+      txn.remove(j);
+    }
   }
 
   private finalizeSingle(): Promise<void> {
@@ -443,12 +522,14 @@ export abstract class Job {
       this.failure ??= errorMessage(e);
     }
     if (this.started) this.notify(cancelled ? 'cancelled' : 'completed');
+    this.txn.remove(this);
     this.transition('concluded');
     this.concludedResolve();
     if (this.autoDismiss || !this.started) this.doDismiss();
   }
 
   private doDismiss(): void {
+    this.txn.remove(this);
     this.busyFlag = false;
     this.pausedFlag = false;
     this.deferred = true;

@@ -14,6 +14,7 @@ import { bitmapCommands } from './bitmaps.ts';
 import { snapshotInternalCommands } from './snapshots-internal.ts';
 import { snapshotExternalCommands } from './snapshots-external.ts';
 import { streamCommitCommands } from './stream-commit.ts';
+import { transactionCommand } from './transaction.ts';
 
 export const allCommands: CommandDef[] = [
   ...blockCommands,
@@ -27,6 +28,8 @@ export const allCommands: CommandDef[] = [
   ...controlCommands,
   ...objectCommands,
 ];
+// Its actions are the commands above that have one.
+allCommands.push(transactionCommand(allCommands));
 
 export const allEvents: EventDef[] = [...jobEvents, ...nbdEvents];
 

@@ -4,6 +4,12 @@
  * in qsd's order with its texts. drive-* create (mode=absolute-paths, the
  * default) or open (mode=existing) the target file themselves; the target
  * node is then owned by the job and its users, not by the monitor.
+ *
+ * blockdev-backup and drive-backup are also `transaction` actions (and run
+ * alone as a transaction of one, as in QEMU): prepare creates the job and
+ * sets it up (the copy-before-write filter, the point in time); commit
+ * starts it; abort cancels it before it ever ran. In a grouped transaction
+ * the jobs share one job transaction (src/blockdev/jobs/txn.ts).
  */
 import * as fsp from 'node:fs/promises';
 import { BlockError } from '../../blockdev/errors.ts';
@@ -19,7 +25,7 @@ import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import { bitmapsOf } from '../../blockdev/bitmaps/registry.ts';
 import { CHECK_ALLOW_RO } from '../../blockdev/bitmaps/dirty-bitmap.ts';
 import { enm, obj, opt, req, type Member } from '../types.ts';
-import type { CommandDef } from '../command.ts';
+import { actionCommand, type ActionContext, type CommandDef, type PreparedAction } from '../command.ts';
 
 const MirrorSyncMode = enm('MirrorSyncMode', ['top', 'full', 'none', 'incremental', 'bitmap'], 'An enumeration of possible behaviors for the initial synchronization phase of storage mirroring.');
 const BlockdevOnErrorT = enm('BlockdevOnError', ['report', 'ignore', 'enospc', 'stop', 'auto'], 'An enumeration of possible behaviors for errors on I/O operations.');
@@ -94,7 +100,7 @@ interface BackupArgs extends JobCommonArgs {
   target: string; bitmap?: string; 'bitmap-mode'?: string; compress?: boolean; format?: string; mode?: 'existing' | 'absolute-paths';
 }
 
-interface Ctx { graph: BlockGraph; jobs: JobManager }
+interface Ctx { graph: BlockGraph; jobs: JobManager; jobTxn?: ActionContext['jobTxn'] }
 
 function checkJobId(jobs: JobManager, id: string): void {
   if (!VALID_ID.test(id)) throw new JobError('EINVAL', `Invalid job ID '${id}'`);
@@ -207,7 +213,8 @@ async function backupChecks(a: BackupArgs, ctx: Ctx, target?: BlockNode): Promis
   return source;
 }
 
-async function startBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target: BlockNode, created: boolean): Promise<void> {
+/** Creates and sets up the backup job; the caller starts it (commit) or cancels it (abort). */
+async function prepareBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target: BlockNode, created: boolean): Promise<BackupJob> {
   if (source === target) throw new BlockError('EINVAL', 'Source and target cannot be the same');
   if (source.length() !== target.length()) throw new BlockError('EINVAL', 'Source and target image have different sizes');
   if (a.compress) throw new BlockError('ENOTSUP', `Compression is not supported for this drive ${target.nodeName}`);
@@ -219,7 +226,7 @@ async function startBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target: B
     bitmap: a.bitmap !== undefined ? bitmapsOf(source).find(a.bitmap) : undefined,
     bitmapMode: a.sync === 'incremental' ? 'on-success' : a['bitmap-mode'] as 'on-success' | 'never' | 'always' | undefined,
     onSourceError: a['on-source-error'], onTargetError: a['on-target-error'],
-    filterNodeName: a['filter-node-name'], targetZeroed: created,
+    filterNodeName: a['filter-node-name'], targetZeroed: created, txn: ctx.jobTxn,
   });
   ctx.jobs.add(job);
   try {
@@ -229,7 +236,19 @@ async function startBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target: B
     job.earlyFail();
     throw e;
   }
-  job.start();
+  return job;
+}
+
+/** A prepared backup: commit starts the job; abort cancels it (it never ran) and waits until it is gone. */
+function backupAction(job: BackupJob, afterAbort?: () => Promise<void>): PreparedAction {
+  return {
+    commit: () => job.start(),
+    async abort() {
+      job.cancel(true);
+      await job.concluded;
+      await afterAbort?.();
+    },
+  };
 }
 
 /** mode=existing without a format: qcow2 if the file says so, else raw (blockd's two formats). */
@@ -286,31 +305,31 @@ export const mirrorBackupCommands: CommandDef[] = [
       }
     },
   },
-  {
+  actionCommand({
     name: 'blockdev-backup',
     args: BlockdevBackup,
     doc: 'Start a point-in-time copy of a block device to a new destination.',
-    async handler(a: BackupArgs, ctx) {
+    async action(a: BackupArgs, ctx) {
       const target = ctx.graph.findReference(a.target);
       const source = await backupChecks(a, ctx, target);
-      await startBackup(a, ctx, source, target, false);
+      return backupAction(await prepareBackup(a, ctx, source, target, false));
     },
-  },
-  {
+  }),
+  actionCommand({
     name: 'drive-backup',
     args: DriveBackup,
     features: ['deprecated'],
     doc: 'Start a point-in-time copy of a block device to a new destination (deprecated: use blockdev-backup).',
-    async handler(a: BackupArgs, ctx) {
+    async action(a: BackupArgs, ctx) {
       const source = await backupChecks(a, ctx);
       const backing = a.sync === 'top' ? source.child('backing') : undefined;
       const { node, created } = await openNewTarget(ctx, source, a.target, a.format, a.mode, undefined, backing);
       try {
-        await startBackup(a, ctx, source, node, created);
+        return backupAction(await prepareBackup(a, ctx, source, node, created), () => dropUnused(ctx, node));
       } catch (e) {
         await dropUnused(ctx, node);
         throw e;
       }
     },
-  },
+  }),
 ];

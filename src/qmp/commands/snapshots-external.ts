@@ -6,6 +6,11 @@
  * overlay inside a drained section (graph-replace.ts), so no request is lost
  * or reordered across the switch. The old node is then made read-only, as
  * qsd 7.2 does. Checks and texts follow qsd 7.2.
+ *
+ * Both are `transaction` actions, and run alone as a transaction of one (as
+ * in QEMU): prepare creates/opens the overlay and moves the users onto it;
+ * commit makes the old node read-only; abort moves the users back and
+ * detaches the overlay (a -sync overlay node goes; its file stays).
  */
 import { open } from 'node:fs/promises';
 import { enm, obj, opt, req } from '../types.ts';
@@ -15,8 +20,9 @@ import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import { nodeFilename } from '../../blockdev/jobs/stream.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
-import type { CommandDef } from '../command.ts';
+import { actionCommand, type CommandDef, type PreparedAction } from '../command.ts';
 import { reopenNodes } from './reopen.ts';
+import { checkIndividual } from './bitmaps.ts';
 
 const Empty = obj('q_empty', []);
 const NewImageMode = enm('NewImageMode', ['existing', 'absolute-paths'], 'An enumeration that tells QEMU how to set the backing file path in a new image file.');
@@ -37,23 +43,38 @@ export function checkNotBacking(node: BlockNode): void {
   if (e) throw genericError(`Node '${node.nodeName}' is busy: node is used as backing hd of '${e.parent.describe()}'`);
 }
 
-/** Makes `overlay` the new top of `node`'s users. */
-export async function takeSnapshot(graph: BlockGraph, node: BlockNode, overlay: BlockNode): Promise<void> {
+/**
+ * Makes `overlay` the new top of `node`'s users; commit makes `node`
+ * read-only (it only serves reads now), abort gives the users back to
+ * `node` and takes the overlay's backing link away again.
+ */
+async function switchToOverlay(graph: BlockGraph, node: BlockNode, overlay: BlockNode): Promise<{ commit(): Promise<void>; abort(): Promise<void> }> {
   if (!overlay.driver.options.members.some((m) => m.name === 'backing')) throw genericError('The overlay does not support backing images');
   if (overlay.child('backing')) throw genericError('The overlay already has a backing image');
   if (overlay.parents.length > 0) throw genericError('The overlay is already in use');
   await setBacking(graph, overlay, node);
   try {
-    await replaceNode(graph, node, overlay, undefined, {
-      // The old top only serves reads now; made so while its users are held at the gate.
-      afterSwitch: async () => { await setReadOnly(graph, node, true).catch(() => undefined); },
-    });
+    await replaceNode(graph, node, overlay);
   } catch (e) {
     await setBacking(graph, overlay, undefined);
     throw e;
   }
-  // Without users there was no switch to make it read-only during.
-  if (!node.readOnly && !node.parents.some((e) => e.perm.write)) await setReadOnly(graph, node, true).catch(() => undefined);
+  return {
+    async commit() {
+      if (!node.readOnly && !node.parents.some((e) => e.perm.write)) await setReadOnly(graph, node, true).catch(() => undefined);
+    },
+    async abort() {
+      await replaceNode(graph, overlay, node);
+      await setBacking(graph, overlay, undefined);
+    },
+  };
+}
+
+/** Takes a node blockd opened for an overlay out of the graph again (its file stays). */
+async function dropOverlay(graph: BlockGraph, overlay: BlockNode): Promise<void> {
+  graph.nodes.delete(overlay.nodeName);
+  await overlay.close();
+  for (const edge of [...overlay.children]) await graph.unlink(overlay, edge);
 }
 
 /**
@@ -93,7 +114,7 @@ async function createOverlay(filename: string, size: number, backingFile: string
 }
 
 export const snapshotExternalCommands: CommandDef[] = [
-  {
+  actionCommand({
     name: 'blockdev-snapshot',
     args: obj('BlockdevSnapshot', [
       req('node', 'str', 'device or node name that will have a snapshot taken.'),
@@ -102,15 +123,15 @@ export const snapshotExternalCommands: CommandDef[] = [
     returns: Empty,
     features: ['allow-write-only-overlay'],
     doc: 'Takes a snapshot of a block device. Take a snapshot, by installing \'node\' as the backing image of \'overlay\'. Additionally, if \'node\' is associated with a block device, the block device changes to using \'overlay\' as its new active image.',
-    handler: async ({ node, overlay }: { node: string; overlay: string }, ctx) => {
+    action: async ({ node, overlay }: { node: string; overlay: string }, ctx): Promise<PreparedAction> => {
+      checkIndividual('blockdev-snapshot', ctx);
       const n = ctx.graph.findReference(node);
       const o = ctx.graph.findReference(overlay);
       checkNotBacking(n);
-      await takeSnapshot(ctx.graph, n, o);
-      return {};
+      return switchToOverlay(ctx.graph, n, o);
     },
-  },
-  {
+  }),
+  actionCommand({
     name: 'blockdev-snapshot-sync',
     args: obj('BlockdevSnapshotSync', [
       opt('device', 'str', 'the name of the device to take a snapshot of.'),
@@ -122,7 +143,8 @@ export const snapshotExternalCommands: CommandDef[] = [
     ]),
     returns: Empty,
     doc: 'Takes a synchronous snapshot of a block device.',
-    handler: async (a: { device?: string; 'node-name'?: string; 'snapshot-file': string; 'snapshot-node-name'?: string; format?: string; mode?: string }, ctx) => {
+    action: async (a: { device?: string; 'node-name'?: string; 'snapshot-file': string; 'snapshot-node-name'?: string; format?: string; mode?: string }, ctx): Promise<PreparedAction> => {
+      checkIndividual('blockdev-snapshot-sync', ctx);
       const graph = ctx.graph;
       const node = lookupNode(graph, a.device, a['node-name']);
       checkNotBacking(node);
@@ -138,21 +160,19 @@ export const snapshotExternalCommands: CommandDef[] = [
       const overlay = await graph.add({
         driver: format, 'node-name': name, file: { driver: 'file', filename: a['snapshot-file'] }, backing: null,
       }, true);
+      let done;
       try {
-        await takeSnapshot(graph, node, overlay);
+        done = await switchToOverlay(graph, node, overlay);
       } catch (e) {
-        graph.nodes.delete(overlay.nodeName);
-        await overlay.close();
-        for (const edge of [...overlay.children]) await graph.unlink(overlay, edge);
+        await dropOverlay(graph, overlay);
         throw e;
       }
-      // Like qsd: an overlay nobody uses (the node had no users) is not kept; its file is.
-      if (overlay.parents.length === 0) {
-        graph.nodes.delete(overlay.nodeName);
-        await overlay.close();
-        for (const edge of [...overlay.children]) await graph.unlink(overlay, edge);
-      }
-      return {};
+      return {
+        commit: done.commit,
+        async abort() { await done.abort(); await dropOverlay(graph, overlay); },
+        // Like qsd: an overlay nobody uses (the node had no users) is not kept; its file is.
+        async clean() { if (graph.nodes.get(overlay.nodeName) === overlay && overlay.parents.length === 0) await dropOverlay(graph, overlay); },
+      };
     },
-  },
+  }),
 ];

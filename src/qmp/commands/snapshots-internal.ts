@@ -3,7 +3,8 @@
  * blockdev-snapshot-delete-internal-sync (qapi/block-core.json), with
  * qemu-storage-daemon 7.2's checks, in its order, and its error texts. The
  * node is drained while its image changes; the work itself is in
- * drivers/qcow2/snapshot-write.ts.
+ * drivers/qcow2/snapshot-write.ts. blockdev-snapshot-internal-sync is also a
+ * `transaction` action: prepare takes the snapshot, abort deletes it again.
  */
 import { BlockNode } from '../../blockdev/node.ts';
 import { qcow2Images } from '../../blockdev/drivers/qcow2/index.ts';
@@ -15,7 +16,8 @@ import type { Qcow2Image } from '../../blockdev/drivers/qcow2/image.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import { obj, opt, req } from '../types.ts';
 import { genericError } from '../errors.ts';
-import type { CommandDef } from '../command.ts';
+import { actionCommand, type CommandDef } from '../command.ts';
+import { checkIndividual } from './bitmaps.ts';
 
 export const SnapshotInfo = obj('SnapshotInfo', [
   req('id', 'str', 'unique snapshot id'),
@@ -59,7 +61,7 @@ function now(): { sec: number; nsec: number; clockNsec: number } {
 }
 
 export const snapshotInternalCommands: CommandDef[] = [
-  {
+  actionCommand({
     name: 'blockdev-snapshot-internal-sync',
     args: obj('q_obj_blockdev-snapshot-internal-sync-arg', [
       req('device', 'str', 'the device name or node-name of a root node to generate the snapshot from'),
@@ -67,10 +69,11 @@ export const snapshotInternalCommands: CommandDef[] = [
     ]),
     doc: 'Synchronously take an internal snapshot of a block device, when the format of the image used supports it '
       + '(qcow2 without an external data file). If the name is an empty string, or a snapshot with that name already exists, the operation fails.',
-    async handler({ device, name }: { device: string; name: string }, ctx) {
+    async action({ device, name }: { device: string; name: string }, ctx) {
+      checkIndividual('blockdev-snapshot-internal-sync', ctx);
       const node = rootNode(ctx.graph, device);
       const { image, node: target } = snapshotImage(node);
-      await target.drained(async () => {
+      const snap = await target.drained(async () => {
         if (node.readOnly) throw genericError(`Device '${device}' is read only`);
         if (!image || image.readOnly) throw genericError(`Block format '${node.driver.name}' used by device '${device}' does not support internal snapshots`);
         if (name === '') throw genericError('Name is empty');
@@ -82,14 +85,24 @@ export const snapshotInternalCommands: CommandDef[] = [
         if (findSnapshot(image, undefined, name)) throw genericError(`Snapshot with name '${name}' already exists on device '${device}'`);
         const t = now();
         try {
-          await createSnapshot(image, { name, dateSec: t.sec, dateNsec: t.nsec, vmClockNsec: t.clockNsec, icount: -1 });
+          return await createSnapshot(image, { name, dateSec: t.sec, dateNsec: t.nsec, vmClockNsec: t.clockNsec, icount: -1 });
         } catch (e) {
           throw withErrno(`Failed to create snapshot '${name}' on device '${device}'`, e);
         }
       });
       ctx.host.log.info({ node: target.nodeName, snapshot: name }, 'internal snapshot created');
+      return {
+        // A later action failed: the snapshot goes again (QEMU only reports a failure here).
+        abort: async () => {
+          try {
+            await target.drained(() => deleteSnapshot(image!, snap.id, snap.name));
+          } catch (e) {
+            ctx.host.log.error({ err: e, node: target.nodeName, snapshot: name }, 'could not delete the snapshot of an aborted transaction');
+          }
+        },
+      };
     },
-  },
+  }),
   {
     name: 'blockdev-snapshot-delete-internal-sync',
     args: obj('q_obj_blockdev-snapshot-delete-internal-sync-arg', [
