@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -191,6 +192,31 @@ describe('native addon', () => {
     try { fs.openSync(path.join(dir, 'nope'), 'r'); } catch (e) { err = e; }
     expect(errorText(err)).toBe('No such file or directory');
     expect(errorText(new Error('plain'))).toBe('plain');
+  });
+
+  it('sends on a socket without blocking, and reports a full or closed socket as -1', async () => {
+    const sock = path.join(dir, 's.sock');
+    const accepted = new Promise<net.Socket>((resolve) => {
+      const server = net.createServer({ pauseOnConnect: true }, (s) => { server.close(); resolve(s); }).listen(sock);
+    });
+    const client = net.connect(sock);
+    const serverSide = await accepted;
+    const fd = (serverSide as unknown as { _handle: { fd: number } })._handle.fd;
+    const received: Buffer[] = [];
+    client.on('data', (b) => received.push(b));
+    expect(native().sendNowait(fd, Buffer.from('hello'))).toBe(5);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(Buffer.concat(received).toString()).toBe('hello');
+    // The client stops reading: the socket fills, and a send then takes only part or nothing.
+    client.pause();
+    const big = Buffer.alloc(1 << 20);
+    let sent = 0;
+    for (let i = 0; i < 64 && sent !== -1; i++) sent = native().sendNowait(fd, big);
+    expect(sent).toBe(-1);
+    client.destroy();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(native().sendNowait(fd, Buffer.from('x'))).toBe(-1);
+    serverSide.destroy();
   });
 
   it('tells the user to run npm install when the addon is missing', () => {

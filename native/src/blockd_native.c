@@ -15,6 +15,11 @@
  *                                        -> number of bytes, or -1 when the call would
  *                                           block (RWF_NOWAIT): page-cache hits are served
  *                                           inline, without a thread-pool round trip
+ *   sendNowait(fd, buf)                  -> number of bytes sent (possibly short), or -1
+ *                                           when nothing could be sent without blocking or
+ *                                           the socket failed: a reply goes out in one
+ *                                           syscall, without node:net's write machinery;
+ *                                           the caller hands the rest (and any error) to it
  *   sdNotify(socketPath, state)          -> void: one sd_notify(3) datagram (node:net has
  *                                           no AF_UNIX SOCK_DGRAM)
  *
@@ -431,6 +436,24 @@ static napi_value nowait_common(napi_env env, napi_callback_info info, bool writ
 static napi_value js_pread_nowait(napi_env env, napi_callback_info info) { return nowait_common(env, info, false); }
 static napi_value js_pwrite_nowait(napi_env env, napi_callback_info info) { return nowait_common(env, info, true); }
 
+/* A non-blocking send on a connected stream socket that libuv also owns:
+ * the caller uses it only while node:net has nothing queued, so bytes stay
+ * in order. Any failure returns -1 and the caller falls back to
+ * socket.write(), which then reports the error (EPIPE, ECONNRESET, ...) the
+ * usual way. MSG_NOSIGNAL: a closed peer must not raise SIGPIPE. */
+static napi_value js_send_nowait(napi_env env, napi_callback_info info) {
+  napi_value argv[2], result;
+  int fd;
+  void *data;
+  size_t len;
+  if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+  CHECK(env, napi_get_buffer_info(env, argv[1], &data, &len));
+  ssize_t n;
+  do n = send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  CHECK(env, napi_create_int64(env, n < 0 ? -1 : (int64_t)n, &result));
+  return result;
+}
+
 /* sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET. The path
  * may start with a NUL byte (abstract namespace), so its length is explicit. */
 static napi_value js_sd_notify(napi_env env, napi_callback_info info) {
@@ -485,6 +508,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "sdNotify", NULL, js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL },
     { "preadNowait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
     { "pwriteNowait", NULL, js_pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sendNowait", NULL, js_send_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   CHECK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||

@@ -18,6 +18,7 @@ import { Handshake, type HandshakeStep } from './handshake.ts';
 import type { BufferPool } from './buffer-pool.ts';
 import type { ExportClient, NbdExport } from './exports.ts';
 import type { Negotiated, NegotiationEnv } from './options.ts';
+import { native } from '../blockdev/drivers/file/native.ts';
 import { checkRequest, type ValidationContext } from './validate.ts';
 
 export interface ConnectionOptions {
@@ -141,6 +142,12 @@ export class NbdConnection implements ExportClient {
 
   /** Whether the server gave this connection a reused read buffer (see onUserRead). */
   transientReads = false;
+
+  /**
+   * The socket's file descriptor when the server knows it: a reply that
+   * goes out alone is then sent with one non-blocking send(2) (see send()).
+   */
+  directFd = -1;
 
   private onData(chunk: Buffer): void {
     if (this.phase === 'handshake') return this.onHandshakeData(chunk);
@@ -286,22 +293,32 @@ export class NbdConnection implements ExportClient {
   private send(bufs: Buffer[], release?: Buffer): void {
     const s = this.socket;
     if (bufs.length === 0 || this.socketClosed || s.destroyed || s.writableEnded) return this.pool.release(release);
-    if (!this.corked) {
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    if (bufs.length > 1 && total <= SMALL_REPLY) {
+      bufs = [Buffer.concat(bufs, total)];
+      this.pool.release(release);
+      release = undefined;
+    }
+    // A reply with no other request in flight (queue depth 1) and nothing
+    // queued in node:net goes out in one send(2): node:net's write path
+    // (stream state, write request, after-write callbacks) costs several
+    // times the syscall itself, which at depth 1 is the whole latency.
+    // Whatever the kernel does not take is queued behind it as usual.
+    if (this.directFd >= 0 && !this.corked && this.inflight <= 1 && bufs.length === 1 && s.writableLength === 0) {
+      const sent = native().sendNowait(this.directFd, bufs[0]);
+      if (sent === bufs[0].length) return this.pool.release(release);
+      if (sent > 0) bufs = [bufs[0].subarray(sent)];
+    } else if (!this.corked) {
+      // Replies completing together in this tick leave in one writev.
       this.corked = true;
       s.cork();
       process.nextTick(this.uncork);
     }
-    let total = 0;
-    for (const b of bufs) total += b.length;
-    if (bufs.length > 1 && total <= SMALL_REPLY) {
-      s.write(Buffer.concat(bufs, total));
-      this.pool.release(release);
-    } else {
-      for (let i = 0; i < bufs.length; i++) {
-        if (bufs[i].length === 0) continue;
-        if (i === bufs.length - 1 && release) s.write(bufs[i], () => this.pool.release(release));
-        else s.write(bufs[i]);
-      }
+    for (let i = 0; i < bufs.length; i++) {
+      if (bufs[i].length === 0) continue;
+      if (i === bufs.length - 1 && release) s.write(bufs[i], () => this.pool.release(release));
+      else s.write(bufs[i]);
     }
     if (s.writableLength > WRITE_BUFFER_LIMIT) this.writeBlocked = true;
   }

@@ -116,6 +116,7 @@ export class NbdServer {
   private startConnection(accepted: Socket): void {
     const id = this.nextId++;
     let conn!: NbdConnection;
+    const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
     const socket = adoptWithReadBuffer(accepted, (n, buf) => conn.onUserRead(n, buf)) ?? accepted;
     const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
     conn = new NbdConnection(socket, {
@@ -128,6 +129,7 @@ export class NbdServer {
       pool: this.pool,
     });
     conn.transientReads = socket !== accepted;
+    if (typeof fd === 'number' && fd >= 0) conn.directFd = fd;
     this.active.add(conn);
     void conn.finished.then(() => {
       this.active.delete(conn);

@@ -30,6 +30,8 @@ export interface NativeAddon {
   preadNowait(fd: number, buf: Buffer, position: number): number;
   /** pwritev2(RWF_NOWAIT): bytes written (maybe short), or -1 if it would block. */
   pwriteNowait(fd: number, buf: Buffer, position: number): number;
+  /** send(MSG_DONTWAIT): bytes sent (maybe short), or -1 if nothing could be sent or the socket failed. */
+  sendNowait(fd: number, buf: Buffer): number;
   /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */
   sdNotify(socketPath: string, state: string): void;
   readonly FALLOC_FL_KEEP_SIZE: number;
