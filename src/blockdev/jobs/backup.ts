@@ -18,6 +18,7 @@ import { ALL_PERM } from '../edge.ts';
 import { CowState, cowClusterSize, cowFilterOps } from '../drivers/copy-before-write.ts';
 import type { BlockNode } from '../node.ts';
 import type { DirtyBitmap } from '../bitmaps/dirty-bitmap.ts';
+import { bitmapsOf } from '../bitmaps/registry.ts';
 import type { SparseBitmap } from '../bitmaps/sparse-bitmap.ts';
 
 export type BackupSync = 'full' | 'top' | 'none';
@@ -58,6 +59,8 @@ export class BackupJob extends BlockJob {
   /** The bitmap's contents at the start (the bitmap itself goes on recording new writes from empty). */
   private frozen?: SparseBitmap;
   private holdsBitmap = false;
+  /** The source's bitmaps when the job started (QEMU's successor bitmap went in front of them). */
+  private bitmapsAtStart?: Set<DirtyBitmap>;
 
   constructor(opts: BackupJobOptions) {
     super(opts);
@@ -94,6 +97,7 @@ export class BackupJob extends BlockJob {
       this.holdsBitmap = true;
       bm.users.add(() => this.holdsBitmap);
       this.frozen = bm.bits.clone();
+      this.bitmapsAtStart = new Set(bitmapsOf(this.source).bitmaps);
       this.state.activate(bm.extents());
       bm.clear();
     });
@@ -202,8 +206,10 @@ export class BackupJob extends BlockJob {
   private settleBitmap(ok: boolean): void {
     const bm = this.bitmap;
     if (!bm || !this.frozen) return;
-    if (this.bitmapMode === 'never' || (!ok && this.bitmapMode === 'on-success')) bm.bits.or(this.frozen);
-    else if (!ok && this.bitmapMode === 'always') {
+    const reclaim = this.bitmapMode === 'never' || (!ok && this.bitmapMode === 'on-success');
+    if (reclaim) bm.bits.or(this.frozen);
+    else this.takeSuccessorPlace(bm);
+    if (!ok && this.bitmapMode === 'always') {
       for (let pos = 0; ;) {
         const run = this.state.map.nextRun(pos, Number.MAX_SAFE_INTEGER);
         if (!run || run.offset < pos) break;
@@ -213,6 +219,20 @@ export class BackupJob extends BlockJob {
     }
     this.frozen = undefined;
     this.holdsBitmap = false;
+  }
+
+  /**
+   * In QEMU the bitmap that lives on is the successor made at the start,
+   * which was put at the head of the node's list then: the bitmap moves in
+   * front of the bitmaps that existed when the job started (query order).
+   */
+  private takeSuccessorPlace(bm: DirtyBitmap): void {
+    const list = bitmapsOf(this.source).bitmaps;
+    const i = list.indexOf(bm);
+    if (i < 0 || !this.bitmapsAtStart) return;
+    list.splice(i, 1);
+    const at = list.findIndex((b) => this.bitmapsAtStart!.has(b));
+    list.splice(at < 0 ? list.length : at, 0, bm);
   }
 
   private async takeOut(): Promise<void> {
