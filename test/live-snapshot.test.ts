@@ -35,7 +35,10 @@ async function session(which: 'qsd' | 'blockd', script: (dir: string) => Step[])
   mkdirSync(dir, { recursive: true });
   makeChain(dir);
   const sock = join(dir, 'qmp.sock');
-  const proc: Running = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm'], sock);
+  const proc: Running = await startDaemon(which, [
+    '--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm',
+    '--nbd-server', `addr.type=unix,addr.path=${join(dir, 'nbd.sock')}`,
+  ], sock);
   running.push(proc);
   const qmp = await QmpClient.connect(sock);
   const events: Ev[] = [];
@@ -69,15 +72,40 @@ async function session(which: 'qsd' | 'blockd', script: (dir: string) => Step[])
       log.push(`${cmd} -> ${e.errorClass}: ${norm(e.desc)}`);
     }
   }
-  const list = (await qmp.execute('query-named-block-nodes', { flat: true })) as { 'node-name': string; file: string; ro: boolean; backing_file?: string; drv: string }[];
-  const nodes = list.filter((n) => n.drv !== 'file')
-    // An overlay whose header names no backing file: qsd reports its live backing node's file name,
-    // blockd what the header says (src/qmp/commands/block-info.ts); only the links that the header records are compared.
-    .map((n) => norm({ file: n.file.startsWith('json:') ? 'json' : n.file, ro: n.ro, backing: n.file.startsWith('json:') ? '?' : n.backing_file ?? null, name: n['node-name'].startsWith('#') ? '#' : n['node-name'] }))
-    .sort();
+  const nodes = await chainView(qmp, norm);
   qmp.close();
   await proc.stop();
   return { log, evlog, nodes, dir };
+}
+
+interface NodeInfo {
+  'node-name': string; file: string; ro: boolean; drv: string; backing_file?: string; backing_file_depth: number;
+  image: Record<string, unknown>;
+}
+
+/**
+ * What query-named-block-nodes says about each node's place in a chain: its
+ * filename (json: when the backing link is not what the header implies), the
+ * live backing node's filename, the depth, and the header's backing name,
+ * made absolute and with its format.
+ */
+async function chainView(qmp: QmpClient, norm: (v: unknown) => string): Promise<string[]> {
+  const header = (i: Record<string, unknown>) => [i.filename, i['backing-filename'], i['full-backing-filename'], i['backing-filename-format']];
+  const out: string[] = [];
+  for (const flat of [true, false]) {
+    const list = (await qmp.execute('query-named-block-nodes', { flat })) as NodeInfo[];
+    for (const n of list) {
+      if (n.drv === 'file') continue;
+      // Non-flat: the backing-image levels, each with its header's backing name.
+      const levels: unknown[] = [];
+      for (let i: Record<string, unknown> | undefined = n.image; i; i = i['backing-image'] as Record<string, unknown> | undefined) levels.push(header(i));
+      out.push(norm({
+        flat, name: n['node-name'].startsWith('#') ? '#' : n['node-name'], drv: n.drv, file: n.file, ro: n.ro,
+        backing: n.backing_file ?? null, depth: n.backing_file_depth, levels,
+      }));
+    }
+  }
+  return out.sort();
 }
 
 const running: Running[] = [];
@@ -164,6 +192,32 @@ describe('live block operations side by side with qsd 7.2', () => {
     reads(b.dir, 'top.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M', 'read -P 0 3M 1M']);
     // The base's data stayed in the base: only the middle layer was copied up.
     expect(run('qemu-img', ['map', '--output=json', join(b.dir, 'top.qcow2')])).toMatch(/"start": 0, "length": 1048576, "depth": 1/);
+  }, 60_000);
+
+  it('backing names after snapshots, a commit under a read-only overlay and a stream to the next layer', async () => {
+    const b = await compare((dir) => {
+      run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'ov.qcow2'), '4M']);
+      return [
+        addTop(dir),
+        ['block-export-add', { type: 'nbd', id: 'e', 'node-name': 'top', writable: true }],
+        // The new overlay's header names top: its filename stays plain.
+        ['blockdev-snapshot-sync', { 'node-name': 'top', 'snapshot-file': join(dir, 's1.qcow2'), 'snapshot-node-name': 's1' }],
+        // ov's header names nothing, its backing is s1: a json: filename, backing_file s1's.
+        ['blockdev-add', { driver: 'qcow2', 'node-name': 'ov', file: { driver: 'file', filename: join(dir, 'ov.qcow2') }, backing: null }],
+        ['blockdev-snapshot', { node: 's1', overlay: 'ov' }],
+        // s1 is read-only now; its header must still come to name base.
+        ['block-commit', { 'job-id': 'c0', device: 'ov', top: join(dir, 'top.qcow2'), base: join(dir, 'base.qcow2') }],
+        { wait: 'c0' },
+        // Nothing to copy (s1 is ov's own backing), but ov's header comes to name s1.
+        ['block-stream', { 'job-id': 's0', device: 'ov', 'base-node': 's1' }],
+        { wait: 's0' },
+        ['block-export-del', { id: 'e' }],
+        { sleep: 200 },
+      ];
+    });
+    expect(run('qemu-img', ['info', '-U', join(b.dir, 's1.qcow2')])).toContain(`backing file: ${join(b.dir, 'base.qcow2')}`);
+    expect(run('qemu-img', ['info', '-U', join(b.dir, 'ov.qcow2')])).toContain(`backing file: ${join(b.dir, 's1.qcow2')}`);
+    reads(b.dir, 'ov.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M', 'read -P 0 3M 1M']);
   }, 60_000);
 
   it('active block-commit: job-cancel and block-job-cancel after READY leave the chain as it was; job-complete with manual finalize', async () => {

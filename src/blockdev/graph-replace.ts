@@ -147,7 +147,10 @@ export async function setBacking(
     if (old?.child === backing && !header) return;
     await node.ops.close?.();
     try {
-      if (header && node.driver.name === 'qcow2' && !node.readOnly) await rewriteBackingName(node, header.backingFile, header.backingFormat);
+      if (header && node.driver.name === 'qcow2' && !node.readOnly) {
+        await rewriteBackingName(node, header.backingFile, header.backingFormat);
+        node.autoBacking = header.backingFile === undefined ? undefined : { name: header.backingFile };
+      }
       if (old?.child !== backing) {
         if (backing) {
           const perm = old ? { perm: { ...old.perm }, shared: { ...old.shared } } : { perm: { read: true, write: false, resize: false }, shared: { read: true, write: true, resize: true } };

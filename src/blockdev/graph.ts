@@ -76,6 +76,7 @@ export class BlockGraph {
       throw e;
     }
     this.nodes.set(name, node);
+    if (driver.options.members.some((m) => m.name === 'backing')) node.autoBacking = autoBackingAtOpen(node);
     return node;
   }
 
@@ -158,4 +159,13 @@ function childPerm(driver: Driver, readOnly: boolean, role: ChildRole, opts?: Op
   const perm: Perm = { read: true, write: writes, resize: writes && owns, ...opts?.perm };
   const shared: Perm = { read: true, write: !(owns && writes), resize: !(owns && writes), ...opts?.shared };
   return { perm, shared };
+}
+
+/** A backing node opened from the header's name stands for that name; otherwise the header's name itself. */
+function autoBackingAtOpen(node: BlockNode): BlockNode['autoBacking'] {
+  const backing = node.child('backing');
+  if (backing && node.options.backing === undefined) return { node: backing };
+  let name: unknown;
+  try { name = node.ops.info?.()['backing-filename']; } catch { name = undefined; }
+  return typeof name === 'string' ? { name } : undefined;
 }

@@ -41,6 +41,13 @@ export class BlockNode implements Parent {
   private resumeWaiters: (() => void)[] = [];
   private readonly rmwLock = new RangeLock();
   private closed = false;
+  /**
+   * What the node's backing link is judged against when its filename is
+   * shown (QEMU's auto_backing_file): the name its image header gives, or the
+   * node that was opened from that name. A backing link that differs from it
+   * makes the node's filename a json: description with the backing inside.
+   */
+  autoBacking?: { name: string } | { node: BlockNode };
 
   constructor(
     readonly nodeName: string,

@@ -47,7 +47,7 @@ export const copyOnReadDriver: Driver = {
     const bottomName = options.bottom as string | undefined;
     let bottom: BlockNode | undefined;
     if (bottomName !== undefined) {
-      for (let n: BlockNode | undefined = file.child('backing'); n; n = n.child('backing')) if (n.nodeName === bottomName) bottom = n;
+      for (let n: BlockNode | undefined = file; n; n = n.child('backing')) if (n.nodeName === bottomName) bottom = n;
       if (!bottom) throw new BlockError('EINVAL', `Cannot find device='' nor node-name='${bottomName}'`);
     }
     const lock = new RangeLock();

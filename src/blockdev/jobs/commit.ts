@@ -32,6 +32,11 @@ export interface CommitJobOptions extends BlockJobOptions {
   overlay?: BlockNode;
   backingFile?: string;
   onError: BlockdevOnError;
+  /**
+   * Reopens a node read-write or read-only: a read-only overlay is made
+   * writable for as long as its header takes to name `base`, as in qsd.
+   */
+  setReadOnly: (node: BlockNode, readOnly: boolean) => Promise<void>;
   /** Called once the job is over (e.g. to make an intermediate base read-only again). */
   onFinished?: (ok: boolean) => Promise<void>;
 }
@@ -168,7 +173,13 @@ export class CommitJob extends BlockJob {
   protected override async prepare(): Promise<void> {
     const { top, base, overlay } = this.o;
     if (overlay) {
-      await setBacking(this.graph, overlay, base, { backingFile: this.o.backingFile ?? nodeFilename(base), backingFormat: base.driver.name });
+      const readOnly = overlay.readOnly;
+      if (readOnly) await this.o.setReadOnly(overlay, false);
+      try {
+        await setBacking(this.graph, overlay, base, { backingFile: this.o.backingFile ?? nodeFilename(base), backingFormat: base.driver.name });
+      } finally {
+        if (readOnly) await this.o.setReadOnly(overlay, true);
+      }
     } else if (this.completeAsked) {
       // The last writes are copied while every user waits at the gate; then they continue on `base`.
       await replaceNode(this.graph, top, base, undefined, {

@@ -52,6 +52,8 @@ export class StreamJob extends BlockJob {
 
   protected async run(): Promise<void> {
     const { top, bottom } = this.o;
+    // The base is top's own backing: nothing to copy, and no length is announced (qsd: len 0).
+    if (bottom === top) return;
     const len = top.length();
     this.progressSetRemaining(len);
     // Marks `top` as the job's (other jobs are refused on it) while letting everyone use it.

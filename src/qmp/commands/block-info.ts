@@ -35,13 +35,28 @@ function strongOptions(node: BlockNode): Record<string, unknown> {
   return out;
 }
 
+/**
+ * Whether the node's backing link is not the one its image header implies
+ * (QEMU's bdrv_backing_overridden): then its filename has to spell the
+ * backing out (or say "backing": null).
+ */
+function backingOverridden(node: BlockNode): boolean {
+  const backing = node.child('backing');
+  const auto = node.autoBacking;
+  if (!backing) return auto !== undefined && ('node' in auto || auto.name !== '');
+  if (!auto) return true;
+  return 'node' in auto ? auto.node !== backing : auto.name !== nodeFilename(backing);
+}
+
 /** The options that describe a node, children included (QEMU's full_open_options). */
 function fullOptions(node: BlockNode): Record<string, unknown> {
   const out: Record<string, unknown> = { driver: node.driver.name, ...strongOptions(node) };
+  const overridden = backingOverridden(node);
   for (const e of node.children) {
-    if (e.role === 'backing' && node.options.backing === undefined) continue;
+    if (e.role === 'backing' && !overridden) continue;
     out[e.role] = fullOptions(e.child);
   }
+  if (overridden && !node.child('backing')) out.backing = null;
   return out;
 }
 
@@ -54,7 +69,7 @@ function exactFilename(node: BlockNode): string | undefined {
   const file = node.child('file');
   if (node.isFilter) return file ? exactFilename(file) : undefined;
   if (Object.keys(strongOptions(node)).length > 0 || !file) return undefined;
-  if (node.children.some((e) => e.role === 'data-file' || (e.role === 'backing' && node.options.backing !== undefined))) return undefined;
+  if (node.child('data-file') || backingOverridden(node)) return undefined;
   return exactFilename(file);
 }
 
@@ -117,14 +132,39 @@ export function imageInfo(node: BlockNode, flat: boolean): Record<string, unknow
   if (actual !== undefined) info['actual-size'] = actual;
   if (hasGetInfo(node, extra)) info['dirty-flag'] = false;
   for (const [k, v] of Object.entries(extra)) if (k !== 'actual-size' && v !== undefined) info[k] = v;
-  const backing = node.child('backing');
-  if (!flat && backing) info['backing-image'] = imageInfo(backing, false);
+  if (typeof extra['backing-filename'] === 'string') {
+    const full = fullBackingFilename(node, extra['backing-filename']);
+    if (full !== undefined) info['full-backing-filename'] = full;
+  }
+  const below = filteredOrCow(node);
+  if (!flat && below) info['backing-image'] = imageInfo(below, false);
   return info;
 }
 
-function backingDepth(node: BlockNode): number {
+/** The child whose image shows as backing-image (QEMU's bdrv_filter_or_cow_bs): a filter's child, else the backing node. */
+function filteredOrCow(node: BlockNode): BlockNode | undefined {
+  return node.isFilter ? node.primaryChild : node.child('backing');
+}
+
+/**
+ * The header's backing name made absolute against the directory of the
+ * image's file (QEMU's bdrv_get_full_backing_filename, path_combine: no
+ * normalisation); none when that directory is unknown (a json: filename).
+ */
+function fullBackingFilename(node: BlockNode, name: string): string | undefined {
+  if (name.startsWith('/') || /^[A-Za-z0-9+.-]+:/.test(name)) return name;
+  let base: BlockNode | undefined = node;
+  while (base && base.driver.kind !== 'protocol') base = base.primaryChild;
+  const dir = base ? exactFilename(base) : undefined;
+  if (dir === undefined) return undefined;
+  return dir.slice(0, dir.lastIndexOf('/') + 1) + name;
+}
+
+/** How many backing-image levels the non-flat image info nests (qsd counts them as it nests them: 0 when flat). */
+function backingDepth(node: BlockNode, flat: boolean): number {
+  if (flat) return 0;
   let depth = 0;
-  for (let n = node.child('backing'); n; n = n.child('backing')) depth++;
+  for (let n = filteredOrCow(node); n; n = filteredOrCow(n)) depth++;
   return depth;
 }
 
@@ -140,7 +180,7 @@ export function blockDeviceInfo(node: BlockNode, flat: boolean): Record<string, 
     'node-name': node.nodeName,
     ro: node.readOnly,
     drv: node.driver.name,
-    backing_file_depth: backingDepth(node),
+    backing_file_depth: backingDepth(node, flat),
     encrypted: image.encrypted === true,
     detect_zeroes: node.options['detect-zeroes'] ?? 'off',
     bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0,
@@ -148,7 +188,9 @@ export function blockDeviceInfo(node: BlockNode, flat: boolean): Record<string, 
     cache: { writeback: true, direct: cache.direct === true, 'no-flush': cache['no-flush'] === true },
     write_threshold: 0,
   };
-  if (typeof image['backing-filename'] === 'string') out.backing_file = image['backing-filename'];
+  // The live backing node's filename (QEMU's bdrv_cow_bs), whatever the header says.
+  const backing = node.isFilter ? undefined : node.child('backing');
+  if (backing) out.backing_file = nodeFilename(backing);
   for (const hook of nodeInfoHooks) hook(node, out);
   return out;
 }

@@ -175,6 +175,7 @@ export const streamCommitCommands: CommandDef[] = [
       const b = base!;
       const job = ctx.jobs.add(new CommitJob({
         ...jobOptions(a, graph), top, base: b, overlay, backingFile: a['backing-file'],
+        setReadOnly: (n, ro) => setReadOnly(graph, n, ro),
         // An intermediate base goes back to read-only; after an active commit it may be the active layer.
         onFinished: async () => { if (wasReadOnly && overlay) await setReadOnly(graph, b, true).catch(() => undefined); },
       }));
