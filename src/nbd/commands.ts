@@ -67,15 +67,52 @@ const WIRE_MESSAGE: Record<number, string> = {
  * Runs a valid request; never throws (failures become error replies). A
  * WRITE's payload goes back to the pool once the node is done with it.
  */
-export async function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
+export function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
+  if (req.type === Cmd.READ && req.flags === 0 && (!ctx.structured || (req.length > 0 && req.length < SPARSE_READ_MIN))) return plainRead(ctx, req);
+  return executeAny(ctx, req, payload);
+}
+
+async function executeAny(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
   try {
     return await run(ctx, req, payload);
   } catch (e) {
-    const { errno } = nbdErrno(e, ctx.log, { cmd: req.type, offset: req.offset, length: req.length });
-    return { bufs: errorReply(ctx, req, errno, WIRE_MESSAGE[req.type] ?? 'request failed') };
+    return failed(ctx, req, e);
   } finally {
     ctx.pool.release(payload);
   }
+}
+
+/** The failure reply of a request, its detail logged. */
+function failed(ctx: CommandContext, req: RequestHeader, e: unknown): Reply {
+  const { errno } = nbdErrno(e, ctx.log, { cmd: req.type, offset: req.offset, length: req.length });
+  return { bufs: errorReply(ctx, req, errno, WIRE_MESSAGE[req.type] ?? 'request failed') };
+}
+
+/**
+ * The most common request of all, a small read without flags, in one
+ * promise step: header and data share one pooled buffer that the driver
+ * fills in place, and the reply leaves as one write. (The general path
+ * below costs three more async frames, measurable at queue depth 1.)
+ */
+function plainRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
+  const hl = readReplyHeaderSize(ctx.structured);
+  const whole = ctx.pool.acquire(hl + req.length);
+  let pending: Promise<void>;
+  try {
+    pending = ctx.exp.node.read(req.offset, whole.subarray(hl));
+  } catch (e) {
+    pending = Promise.reject(e);
+  }
+  return pending.then(
+    () => {
+      writeReadReplyHeader(whole, ctx.structured, req.cookie, req.offset, req.length);
+      return { bufs: [whole], release: whole };
+    },
+    (e: unknown) => {
+      ctx.pool.release(whole);
+      return failed(ctx, req, e);
+    },
+  );
 }
 
 /** The reply of a request that succeeded without data. (A plain function: tsx names every closure created per request.) */
