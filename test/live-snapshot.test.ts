@@ -14,7 +14,8 @@ import { startDaemon, tempDir, type Running } from './helpers/daemons.ts';
 import { run } from './helpers/tools.ts';
 
 interface Ev { event: string; data: Record<string, unknown> }
-type Step = [string, Record<string, unknown>?] | { wait: string } | { sleep: number };
+/** A QMP command, a wait for a job to settle, a pause, or the node list as it is now (into the reply log). */
+type Step = [string, Record<string, unknown>?] | { wait: string } | { sleep: number } | { nodes: true };
 
 function makeChain(dir: string): void {
   run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'base.qcow2'), '4M']);
@@ -62,6 +63,7 @@ async function session(which: 'qsd' | 'blockd', script: (dir: string) => Step[])
       continue;
     }
     if ('sleep' in step) { await new Promise((r) => setTimeout(r, step.sleep)); continue; }
+    if ('nodes' in step) { log.push(`nodes:\n${(await chainView(qmp, norm)).join('\n')}`); continue; }
     const [cmd, args] = step as [string, Record<string, unknown>?];
     mark = events.length;
     try {
@@ -218,6 +220,45 @@ describe('live block operations side by side with qsd 7.2', () => {
     expect(run('qemu-img', ['info', '-U', join(b.dir, 's1.qcow2')])).toContain(`backing file: ${join(b.dir, 'base.qcow2')}`);
     expect(run('qemu-img', ['info', '-U', join(b.dir, 'ov.qcow2')])).toContain(`backing file: ${join(b.dir, 's1.qcow2')}`);
     reads(b.dir, 'ov.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M', 'read -P 0 3M 1M']);
+  }, 60_000);
+
+  it('block-commit filter-node-name: the commit_top / mirror_top filter in the node list during the job', async () => {
+    const script = (dir: string): Step[] => [
+      addTop(dir),
+      ['block-export-add', { type: 'nbd', id: 'e', 'node-name': 'top', writable: true }],
+      // A taken name: an intermediate commit's job is created first (created, null), an active one's is not.
+      ['block-commit', { 'job-id': 'c0', device: 'top', top: join(dir, 'mid.qcow2'), 'filter-node-name': 'top' }],
+      ['block-commit', { 'job-id': 'c0', device: 'top', 'filter-node-name': 'top' }],
+      // Intermediate: 'commit_top' between top and mid (read-only, mid's filename); top's chain runs through it.
+      ['block-commit', { 'job-id': 'c1', device: 'top', top: join(dir, 'mid.qcow2'), 'filter-node-name': 'cf', speed: 4096 }],
+      { nodes: true },
+      ['query-block-exports'],
+      ['block-commit', { 'job-id': 'c9', device: 'cf' }],
+      ['block-commit', { 'job-id': 'c9', device: 'top' }],
+      ['job-cancel', { id: 'c1' }],
+      { wait: 'c1' },
+      { nodes: true },
+      // Active: 'mirror_top' above top takes over its users (the export) until the pivot.
+      ['block-commit', { 'job-id': 'c2', device: 'top', 'filter-node-name': 'af' }],
+      { wait: 'c2' },
+      { nodes: true },
+      ['query-block-exports'],
+      ['block-commit', { 'job-id': 'c9', device: 'af' }],
+      ['job-complete', { id: 'c2' }],
+      { wait: 'c2' },
+      { nodes: true },
+      ['query-block-exports'],
+    ];
+    const q = await session('qsd', script);
+    const b = await session('blockd', script);
+    expect(b.log).toEqual(q.log);
+    expect(b.log.join('\n')).toContain('"name":"cf","drv":"commit_top"');
+    expect(b.log.join('\n')).toContain('"name":"af","drv":"mirror_top"');
+    // How far the rate-limited commit got before its cancel is timing.
+    const progress = (l: string[]) => l.map((x) => x.replace(/"offset":\d+/, '"offset":N'));
+    expect(progress(b.evlog)).toEqual(progress(q.evlog));
+    for (const img of ['base', 'mid', 'top']) run('qemu-img', ['check', join(b.dir, `${img}.qcow2`)]);
+    reads(b.dir, 'base.qcow2', ['read -P 1 0 1M', 'read -P 2 1M 1M', 'read -P 3 2M 1M']);
   }, 60_000);
 
   it('active block-commit: job-cancel and block-job-cancel after READY leave the chain as it was; job-complete with manual finalize', async () => {

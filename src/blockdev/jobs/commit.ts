@@ -14,11 +14,16 @@
  * `base` after a last copy made while they are held at the gate (see
  * graph-replace.ts). job-cancel leaves the chain as it was: `base` only
  * gained data that `top` hides. Progress counts dirty bytes, as in qsd.
+ *
+ * While the job runs, qsd's filter sits above `top` (job-filter.ts):
+ * 'commit_top' under the overlay, or 'mirror_top' holding the device's users
+ * (exports included), named by filter-node-name.
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { toBlockError } from '../errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
-import { replaceNode, setBacking } from '../graph-replace.ts';
+import { setBacking } from '../graph-replace.ts';
+import { insertJobFilter, removeJobFilter } from './job-filter.ts';
 import { depthOf, nodeFilename } from './stream.ts';
 import type { BlockNode, WriteObserver } from '../node.ts';
 
@@ -26,11 +31,15 @@ const GRANULE = 64 * 1024;
 const CHUNK = 1024 * 1024;
 
 export interface CommitJobOptions extends BlockJobOptions {
+  /** The node the command named: the active layer of the chain. */
+  device: BlockNode;
   top: BlockNode;
   base: BlockNode;
   /** The node whose backing link is `top` (intermediate commit); undefined for active commit. */
   overlay?: BlockNode;
   backingFile?: string;
+  /** filter-node-name: the name of the filter put above `top` (see job-filter.ts). */
+  filterNodeName?: string;
   onError: BlockdevOnError;
   /**
    * Reopens a node read-write or read-only: a read-only overlay is made
@@ -49,6 +58,7 @@ export class CommitJob extends BlockJob {
   private completeAsked = false;
   private succeeded = false;
   private counting = false;
+  private filter?: BlockNode;
 
   constructor(private readonly o: CommitJobOptions) {
     super(o);
@@ -56,12 +66,44 @@ export class CommitJob extends BlockJob {
 
   get isActive(): boolean { return this.o.overlay === undefined; }
 
-  protected async run(): Promise<void> {
-    const { top } = this.o;
-    // Holds `top` so layers nobody else uses are dropped when the job ends.
+  /**
+   * Set-up that may still fail, before start: the job's edges and qsd's
+   * filter above `top` ('mirror_top' for an active commit, which takes over
+   * the device's users; 'commit_top' between the overlay and `top`).
+   */
+  async setUp(): Promise<void> {
+    const { top, device } = this.o;
+    // Holds `top` so layers nobody else uses are dropped when the job ends; an intermediate
+    // commit also holds the device (qsd's 'main node': it is no root for another job then).
     this.useNode(top, 'commit-top', READ_PERM, ALL_PERM);
+    if (!this.isActive) this.useNode(device, 'main node', { read: false, write: false, resize: false }, ALL_PERM);
+    this.filter = await insertJobFilter(this.graph, top, {
+      driver: this.isActive ? 'mirror_top' : 'commit_top',
+      name: this.o.filterNodeName,
+      readOnly: !this.isActive,
+      keep: (e) => e.parent === this,
+    });
+    // The job holds its filter too ('main node'), so the filter is no root for another job.
+    if (this.isActive) this.useNode(this.filter, 'main node', { read: false, write: false, resize: false }, ALL_PERM);
+  }
+
+  /** Undoes setUp after a failure before start. */
+  async tearDown(): Promise<void> {
+    await this.dropFilter(this.o.top);
+    await this.releaseNodes();
+  }
+
+  protected async run(): Promise<void> {
     if (this.isActive) await this.runActive();
     else await this.runIntermediate();
+  }
+
+  /** Takes the filter out, its users moving to `to`. Idempotent. */
+  private async dropFilter(to: BlockNode, beforeSwitch?: () => Promise<void>): Promise<void> {
+    const f = this.filter;
+    this.filter = undefined;
+    if (f) await removeJobFilter(this.graph, f, to, beforeSwitch);
+    else await beforeSwitch?.();
   }
 
   // ---- intermediate
@@ -173,6 +215,7 @@ export class CommitJob extends BlockJob {
   protected override async prepare(): Promise<void> {
     const { top, base, overlay } = this.o;
     if (overlay) {
+      await this.dropFilter(top);
       const readOnly = overlay.readOnly;
       if (readOnly) await this.o.setReadOnly(overlay, false);
       try {
@@ -182,11 +225,9 @@ export class CommitJob extends BlockJob {
       }
     } else if (this.completeAsked) {
       // The last writes are copied while every user waits at the gate; then they continue on `base`.
-      await replaceNode(this.graph, top, base, undefined, {
-        beforeSwitch: async () => {
-          while (this.dirtyCount > 0) await this.copyDirty(CHUNK);
-          await base.flush();
-        },
+      await this.dropFilter(base, async () => {
+        while (this.dirtyCount > 0) await this.copyDirty(CHUNK);
+        await base.flush();
       });
     }
     this.succeeded = true;
@@ -195,6 +236,8 @@ export class CommitJob extends BlockJob {
   protected override async clean(): Promise<void> {
     if (this.observer) this.o.top.writeObservers.delete(this.observer);
     this.observer = undefined;
+    // Cancelled, failed, or an active commit ended without a pivot: the users go back to `top`.
+    await this.dropFilter(this.o.top);
     await super.clean();
     await this.o.onFinished?.(this.succeeded);
   }

@@ -45,7 +45,10 @@ function backingOverridden(node: BlockNode): boolean {
   const auto = node.autoBacking;
   if (!backing) return auto !== undefined && ('node' in auto || auto.name !== '');
   if (!auto) return true;
-  return 'node' in auto ? auto.node !== backing : auto.name !== nodeFilename(backing);
+  // A filter (a commit job's) shows its child's filename, so it overrides nothing by itself.
+  let below = backing;
+  while (below.isFilter && below.primaryChild) below = below.primaryChild;
+  return 'node' in auto ? auto.node !== below : auto.name !== nodeFilename(backing);
 }
 
 /** The options that describe a node, children included (QEMU's full_open_options). */

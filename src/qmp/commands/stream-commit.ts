@@ -8,6 +8,7 @@ import { enm, obj, opt, req } from '../types.ts';
 import { genericError, QmpError } from '../errors.ts';
 import { StreamJob, nodeFilename } from '../../blockdev/jobs/stream.ts';
 import { CommitJob } from '../../blockdev/jobs/commit.ts';
+import { checkFilterName } from '../../blockdev/jobs/job-filter.ts';
 import { BlockJob, type BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
 import { VALID_ID, type BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
@@ -138,10 +139,8 @@ export const streamCommitCommands: CommandDef[] = [
       const graph = ctx.graph;
       const device = graph.nodes.get(a.device);
       if (!device) throw new QmpError('DeviceNotFound', `Device '${a.device}' not found`);
-      // A node under another node is not a root; nor is the top of an active commit (qsd has its filter above it).
-      if (device.parents.some((e) => e.parent.constructor === device.constructor || (e.parent instanceof CommitJob && e.parent.isActive))) {
-        throw genericError('Need a root block node');
-      }
+      // A root has no users but exports (qsd's root-role parents): no node above it, no job on it.
+      if (device.parents.some((e) => e.role !== 'root')) throw genericError('Need a root block node');
       if (a.base !== undefined && a['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be used at the same time");
       if (a.top !== undefined && a['top-node'] !== undefined) throw genericError("'top' and 'top-node' cannot be used at the same time");
       const c = chain(device);
@@ -170,15 +169,25 @@ export const streamCommitCommands: CommandDef[] = [
       if (a['backing-file'] !== undefined && !overlay) throw genericError("'backing-file' specified, but 'top' is the active layer");
       checkNotInJob([device, top, base]);
       if (!VALID_ID.test(a['job-id'] ?? '')) throw genericError(`Invalid job ID '${a['job-id'] ?? ''}'`);
+      // qsd makes an active commit's filter before its job (a taken name: no job events).
+      if (!overlay) checkFilterName(graph, a['filter-node-name']);
       const wasReadOnly = base!.readOnly;
       await setReadOnly(graph, base!, false);
       const b = base!;
       const job = ctx.jobs.add(new CommitJob({
-        ...jobOptions(a, graph), top, base: b, overlay, backingFile: a['backing-file'],
+        ...jobOptions(a, graph), device, top, base: b, overlay, backingFile: a['backing-file'], filterNodeName: a['filter-node-name'],
         setReadOnly: (n, ro) => setReadOnly(graph, n, ro),
         // An intermediate base goes back to read-only; after an active commit it may be the active layer.
         onFinished: async () => { if (wasReadOnly && overlay) await setReadOnly(graph, b, true).catch(() => undefined); },
       }));
+      try {
+        await job.setUp();
+      } catch (e) {
+        await job.tearDown().catch(() => undefined);
+        job.earlyFail();
+        if (wasReadOnly) await setReadOnly(graph, b, true).catch(() => undefined);
+        throw e;
+      }
       job.start();
       return {};
     },
