@@ -264,13 +264,21 @@ export class BlockNode implements Parent {
    * changes happen only inside such a section.
    */
   async drained<T>(fn: () => Promise<T> | T): Promise<T> {
+    // Top-down, one node at a time: a request already running in a node
+    // above must still reach the nodes below it to finish, so a node is
+    // quiesced only once everything above it is idle (as QEMU lets
+    // in-flight requests through a drained child).
     const nodes = this.withAncestors();
-    for (const n of nodes) n.quiesceDepth++;
+    const quiesced: BlockNode[] = [];
     try {
-      for (const n of nodes) await n.waitIdle();
+      for (const n of nodes) {
+        n.quiesceDepth++;
+        quiesced.push(n);
+        await n.waitIdle();
+      }
       return await fn();
     } finally {
-      for (const n of nodes) n.resume();
+      for (const n of quiesced) n.resume();
     }
   }
 
