@@ -141,7 +141,39 @@ export class BlockNode implements Parent {
     }
   }
 
-  async write(offset: number, buf: Buffer, flags = 0): Promise<void> {
+  write(offset: number, buf: Buffer, flags = 0): Promise<void> {
+    // The common case costs one promise step, as for reads. Only on nodes
+    // without an alignment: elsewhere even an aligned write must take the
+    // read-modify-write lock.
+    const ops = this.ops;
+    const len = buf.length;
+    if (ops.write && this.limits.alignment === 1 && !this.readOnly && this.quiesceDepth === 0 && !this.closed &&
+        len <= this.limits.maxTransfer && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
+        Number.isSafeInteger(offset) && offset >= 0 && offset + len <= this.length()) {
+      this.inflight++;
+      let pending: Promise<void>;
+      try {
+        pending = ops.write(offset, buf, flags & ReqFlag.FUA);
+      } catch (e) {
+        pending = Promise.reject(e);
+      }
+      return pending.then(
+        () => {
+          this.stats.wrOps++;
+          this.stats.wrBytes += len;
+          this.notify(offset, len);
+          this.leave();
+        },
+        (e: unknown) => {
+          this.leave();
+          throw this.fail(e, 'write');
+        },
+      );
+    }
+    return this.writeAny(offset, buf, flags);
+  }
+
+  private async writeAny(offset: number, buf: Buffer, flags: number): Promise<void> {
     this.checkWritable();
     this.checkRange(offset, buf.length);
     const waiting = this.enter();

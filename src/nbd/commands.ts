@@ -69,6 +69,7 @@ const WIRE_MESSAGE: Record<number, string> = {
  */
 export function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
   if (req.type === Cmd.READ && req.flags === 0 && (!ctx.structured || (req.length > 0 && req.length < SPARSE_READ_MIN))) return plainRead(ctx, req);
+  if (req.type === Cmd.WRITE) return plainWrite(ctx, req, payload!);
   return executeAny(ctx, req, payload);
 }
 
@@ -115,6 +116,26 @@ function plainRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   );
 }
 
+/** A write, in one promise step like plainRead; the payload goes back to the pool when the node is done with it. */
+function plainWrite(ctx: CommandContext, req: RequestHeader, payload: Buffer): Promise<Reply> {
+  let pending: Promise<void>;
+  try {
+    pending = ctx.exp.node.write(req.offset, payload, toReqFlags(req, ctx.exp));
+  } catch (e) {
+    pending = Promise.reject(e);
+  }
+  return pending.then(
+    () => {
+      ctx.pool.release(payload);
+      return ok(req);
+    },
+    (e: unknown) => {
+      ctx.pool.release(payload);
+      return failed(ctx, req, e);
+    },
+  );
+}
+
 /** The reply of a request that succeeded without data. (A plain function: tsx names every closure created per request.) */
 function ok(req: RequestHeader): Reply {
   return { bufs: [simpleReply(req.cookie, 0)] };
@@ -126,9 +147,6 @@ async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): P
   switch (req.type) {
     case Cmd.READ:
       return read(ctx, req);
-    case Cmd.WRITE:
-      await node.write(req.offset, payload!, toReqFlags(req, exp));
-      return ok(req);
     case Cmd.WRITE_ZEROES:
       await node.writeZeroes(req.offset, req.length, toReqFlags(req, exp));
       return ok(req);
