@@ -194,12 +194,13 @@ export class Qcow2BitmapStore implements BitmapStore {
    * made a granule of a stored (live) persistent bitmap newly dirty, the bit
    * reaches the disk (and is flushed) before the data write starts. So after a
    * crash the stored bitmap is still valid and covers every acknowledged
-   * write. Writes into granules that are already dirty cost nothing.
+   * write. Writes into granules that are already dirty cost nothing: no
+   * promise at all (undefined) when nothing has to reach the disk first.
    */
-  async beforeWrite(offset: number, length: number): Promise<void> {
+  beforeWrite(offset: number, length: number): Promise<void> | undefined {
     this.nb.observe(offset, length);
-    if (this.bitmaps.length === 0) return;
-    if (!this.writable) return;
+    if (this.bitmaps.length === 0) return undefined;
+    if (!this.writable) return undefined;
     const pending: DirtyBitmap[] = [];
     for (const bm of this.bitmaps) {
       if (!bm.persistent || bm.inconsistent) continue;
@@ -211,8 +212,8 @@ export class Qcow2BitmapStore implements BitmapStore {
       const g1 = Math.min(Math.ceil((offset + length) / bm.granularity), bm.bits.size);
       if (live.persisted.nextClear(g0, g1) < g1) pending.push(bm);
     }
-    if (pending.length === 0) return;
-    await new Promise<void>((resolve, reject) => {
+    if (pending.length === 0) return undefined;
+    return new Promise<void>((resolve, reject) => {
       this.waiting.push({ bms: pending, offset, length, resolve, reject });
       if (!this.draining) void this.drain();
     });
@@ -268,7 +269,14 @@ export class Qcow2BitmapStore implements BitmapStore {
       if (cur) {
         const b0 = Math.floor((a - base) / 8);
         const b1 = Math.ceil((b - base) / 8);
-        await img.writeMeta(cur + b0, bm.bits.toBytes(base + b0 * 8, (b1 - b0) * 8));
+        // Whole bytes go out, neighbours' bits included: those already on disk stay set. (A bitmap
+        // cleared in memory since its last store, as a backup's start does, keeps its stored bits
+        // until the next store; otherwise a later write into such a granule, taken as already on
+        // disk, would be missing there after a crash.)
+        const bytes = bm.bits.toBytes(base + b0 * 8, (b1 - b0) * 8);
+        const onDisk = live.persisted.toBytes(base + b0 * 8, (b1 - b0) * 8);
+        for (let k = 0; k < bytes.length; k++) bytes[k] = bytes[k]! | onDisk[k]!;
+        await img.writeMeta(cur + b0, bytes);
       } else {
         // A new data cluster: its refcount and contents reach the disk before the table points at it.
         const off = await img.refcounts.alloc(1);
@@ -424,9 +432,9 @@ export async function loadBitmapStore(img: Qcow2Image, nodeName: string, readOnl
  */
 export function withBitmapStore(ops: DriverOps, store: Qcow2BitmapStore, nodeName: string, discardUnmap: boolean): DriverOps {
   const { write, writeZeroes, discard, close } = ops;
-  ops.write = async (o, buf, flags) => { await store.beforeWrite(o, buf.length); await write!(o, buf, flags); };
-  ops.writeZeroes = async (o, l, flags) => { await store.beforeWrite(o, l); await writeZeroes!(o, l, flags); };
-  ops.discard = async (o, l) => { if (discardUnmap) await store.beforeWrite(o, l); await discard!(o, l); };
+  ops.write = (o, buf, flags) => store.beforeWrite(o, buf.length)?.then(() => write!(o, buf, flags)) ?? write!(o, buf, flags);
+  ops.writeZeroes = (o, l, flags) => store.beforeWrite(o, l)?.then(() => writeZeroes!(o, l, flags)) ?? writeZeroes!(o, l, flags);
+  ops.discard = (o, l) => (discardUnmap ? store.beforeWrite(o, l) : undefined)?.then(() => discard!(o, l)) ?? discard!(o, l);
   ops.close = async () => {
     try { await store.store(); } catch (e) { console.error(`blockd: could not store bitmaps of '${nodeName}': ${(e as Error).message}`); }
     await close!();

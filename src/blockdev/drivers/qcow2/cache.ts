@@ -18,6 +18,8 @@ export interface CacheEntry {
   dirty: boolean;
   pins: number;
   used: boolean;
+  /** The cache's use counter when this entry last moved to the recent end of the LRU order. */
+  stamp?: number;
   /**
    * Write-backs of this entry still in flight. Such an entry is clean but must
    * stay cached: dropping it now and re-reading the table could read the old
@@ -34,6 +36,7 @@ export class MetaCache {
   /** Set when something other than a cache (guest data) must be stable before this cache writes. */
   needsBarrier = false;
   private writing: Promise<void> = Promise.resolve();
+  private uses = 0;
 
   constructor(
     readonly name: string,
@@ -61,6 +64,16 @@ export class MetaCache {
     // It may have been evicted between loading and now; reinsert the same object.
     if (!this.entries.has(offset)) this.entries.set(offset, loaded);
     return this.touch(loaded);
+  }
+
+  /**
+   * The cached entry at `offset`, or undefined: no I/O and no promise, for the
+   * hot paths. Not pinned, so it is valid only until the caller next awaits.
+   */
+  peek(offset: number): CacheEntry | undefined {
+    const e = this.entries.get(offset);
+    if (e) this.markUsed(e);
+    return e;
   }
 
   /** A new entry with the given contents (a freshly allocated table), pinned and dirty. */
@@ -129,10 +142,23 @@ export class MetaCache {
 
   private touch(e: CacheEntry): CacheEntry {
     e.pins++;
+    this.markUsed(e);
+    return e;
+  }
+
+  /**
+   * Moves the entry to the recent end of the LRU order (the Map's insertion
+   * order), unless it got there within the last quarter of the capacity's worth
+   * of uses: a hot entry then costs no Map delete and insert per lookup, and
+   * the eviction order is off by at most that quarter.
+   */
+  private markUsed(e: CacheEntry): void {
     e.used = true;
+    const now = ++this.uses;
+    if (e.stamp !== undefined && now - e.stamp <= this.capacity >> 2) return;
+    e.stamp = now;
     this.entries.delete(e.offset);
     this.entries.set(e.offset, e);
-    return e;
   }
 
   private async load(offset: number): Promise<CacheEntry> {

@@ -159,11 +159,12 @@ export abstract class Qcow2Base {
    * block layer refuses out-of-range requests). Growth is serialised so that
    * two allocations never shrink each other's file size.
    */
-  protected async writeTo(node: BlockNode, offset: number, buf: Buffer, minEnd = 0): Promise<void> {
+  protected writeTo(node: BlockNode, offset: number, buf: Buffer, minEnd = 0): Promise<void> {
     const end = Math.max(offset + buf.length, minEnd);
     if (end > this.usedEnd(node)) this.used.set(node, end);
-    await this.growTo(node, end);
-    if (buf.length) await node.write(offset, buf);
+    // Most writes land inside the file: no extra promise (and no closure) for them.
+    if (end > node.length()) return this.growTo(node, end).then(() => (buf.length ? node.write(offset, buf) : undefined));
+    return buf.length ? node.write(offset, buf) : Promise.resolve();
   }
 
   /** End of everything ever written to a child (past it the file is holes or absent). */
@@ -254,18 +255,21 @@ export abstract class Qcow2Base {
     const ov = this.settings.overlap;
     const cs = this.cs;
     const end = offset + length;
-    const hit = (start: number, len: number) => start < end && offset < start + len;
     let found: OverlapName | undefined;
-    if (ov.has('main-header') && hit(0, cs)) found = 'main-header';
-    else if (ov.has('active-l1') && this.l1Size && hit(this.l1Offset, this.l1Size * 8)) found = 'active-l1';
-    else if (ov.has('refcount-table') && hit(this.refcounts.tableOffset, this.refcounts.tableClusters * cs)) found = 'refcount-table';
-    else if (ov.has('snapshot-table') && this.snapshotTableSize && hit(this.h.snapshotsOffset, this.snapshotTableSize)) found = 'snapshot-table';
-    else if (ov.has('bitmap-directory') && this.h.bitmaps && hit(this.h.bitmaps.directoryOffset, this.h.bitmaps.directorySize)) found = 'bitmap-directory';
-    else if (ov.has('inactive-l1') && this.snapshots.some((s) => s.l1Size && hit(s.l1TableOffset, s.l1Size * 8))) found = 'inactive-l1';
-    else {
+    if (ov.has('main-header') && overlaps(offset, end, 0, cs)) found = 'main-header';
+    else if (ov.has('active-l1') && this.l1Size && overlaps(offset, end, this.l1Offset, this.l1Size * 8)) found = 'active-l1';
+    else if (ov.has('refcount-table') && overlaps(offset, end, this.refcounts.tableOffset, this.refcounts.tableClusters * cs)) found = 'refcount-table';
+    else if (ov.has('snapshot-table') && this.snapshotTableSize && overlaps(offset, end, this.h.snapshotsOffset, this.snapshotTableSize)) found = 'snapshot-table';
+    else if (ov.has('bitmap-directory') && this.h.bitmaps && overlaps(offset, end, this.h.bitmaps.directoryOffset, this.h.bitmaps.directorySize)) found = 'bitmap-directory';
+    else if (ov.has('inactive-l1') && this.snapshots.length) {
+      for (const sn of this.snapshots) if (sn.l1Size && overlaps(offset, end, sn.l1TableOffset, sn.l1Size * 8)) found = 'inactive-l1';
+    }
+    if (!found) {
+      const l2 = ov.has('active-l2');
+      const rb = ov.has('refcount-block');
       for (let c = Math.floor(offset / cs) * cs; c < end; c += cs) {
-        if (ov.has('active-l2') && this.l2Set.has(c)) { found = 'active-l2'; break; }
-        if (ov.has('refcount-block') && this.refcounts.blockSet.has(c)) { found = 'refcount-block'; break; }
+        if (l2 && this.l2Set.has(c)) { found = 'active-l2'; break; }
+        if (rb && this.refcounts.blockSet.has(c)) { found = 'refcount-block'; break; }
       }
     }
     if (found) {
@@ -284,8 +288,7 @@ export abstract class Qcow2Base {
   /** Offset of the L2 table for L1 index i (0 if none); validates it. */
   protected l2TableOffset(i: number): number {
     if (i >= this.l1Size) return 0;
-    const { hi, lo } = this.l1Entry(i);
-    const off = entryOffset(hi, lo);
+    const off = entryOffset(this.l1.readUInt32BE(i * 8), this.l1.readUInt32BE(i * 8 + 4));
     if (off === 0) return 0;
     if (off % this.cs !== 0) {
       throw this.signalCorruption(`L2 table offset ${hex(off)} unaligned (L1 index: ${hex(i)})`);
@@ -293,8 +296,31 @@ export abstract class Qcow2Base {
     return off;
   }
 
+  /**
+   * The L2 entry of guest cluster `c` when no I/O is needed (no L2 table, or its
+   * slice is cached), else undefined: the write path's lookups cost no promise.
+   */
+  cachedEntry(c: number): ClusterEntry | undefined {
+    const l1i = Math.floor(c / this.l2Entries);
+    const l2i = c % this.l2Entries;
+    const table = this.l2TableOffset(l1i);
+    if (table === 0) return { hi: 0, lo: 0, alloc: 0, zero: 0, type: 'unallocated', host: 0 };
+    const slice = this.settings.l2SliceSize;
+    const byteIdx = l2i * this.l2EntryBytes;
+    const e = this.l2Cache.peek(table + Math.floor(byteIdx / slice) * slice);
+    if (!e) return undefined;
+    const p = byteIdx % slice;
+    const alloc = this.extL2 ? e.buf.readUInt32BE(p + 12) : 0;
+    const zero = this.extL2 ? e.buf.readUInt32BE(p + 8) : 0;
+    return this.decode(e.buf.readUInt32BE(p), e.buf.readUInt32BE(p + 4), alloc, zero, table, l2i);
+  }
+
   /** Reads the L2 entry of guest cluster `c`. */
   async entry(c: number): Promise<ClusterEntry> {
+    return this.cachedEntry(c) ?? this.loadEntry(c);
+  }
+
+  private async loadEntry(c: number): Promise<ClusterEntry> {
     const l1i = Math.floor(c / this.l2Entries);
     const l2i = c % this.l2Entries;
     const table = this.l2TableOffset(l1i);
@@ -474,4 +500,9 @@ export abstract class Qcow2Base {
     if (from < offset + length) out.push({ offset: from, length: offset + length - from, data: false, zero: true, allocated: false, depth: 0 });
     return out;
   }
+}
+
+/** Whether [offset, end) and [start, start + len) share a byte. */
+function overlaps(offset: number, end: number, start: number, len: number): boolean {
+  return start < end && offset < start + len;
 }

@@ -42,9 +42,9 @@ export class Qcow2Image extends Qcow2Base {
 
   async write(offset: number, buf: Buffer): Promise<void> {
     this.checkWritable();
-    await this.activate();
+    if (this.pendingActivation) await this.activate();
     const [a, b] = this.clusterSpan(offset, buf.length);
-    const release = await this.clusterLock.acquire(a, b);
+    const release = this.clusterLock.tryAcquire(a, b) ?? await this.clusterLock.acquire(a, b);
     try {
       let pos = 0;
       while (pos < buf.length) pos += await this.writeStep(offset + pos, buf.subarray(pos));
@@ -57,13 +57,14 @@ export class Qcow2Image extends Qcow2Base {
   private async writeStep(offset: number, buf: Buffer): Promise<number> {
     const cs = this.cs;
     const c0 = Math.floor(offset / cs);
-    const e0 = await this.entry(c0);
+    // Cached lookups cost no promise: this is every write's path.
+    const e0 = this.cachedEntry(c0) ?? await this.entry(c0);
     const end = offset + buf.length;
     if (this.inPlace(e0, offset, Math.min(end, (c0 + 1) * cs))) {
       // Extend over following clusters that are in place and contiguous on the host.
       let n = 1;
       while ((c0 + n) * cs < end && n < 4096) {
-        const e = await this.entry(c0 + n);
+        const e = this.cachedEntry(c0 + n) ?? await this.entry(c0 + n);
         if (e.host !== e0.host + n * cs || !this.inPlace(e, (c0 + n) * cs, Math.min(end, (c0 + n + 1) * cs))) break;
         n++;
       }
@@ -136,10 +137,16 @@ export class Qcow2Image extends Qcow2Base {
     const gTail = this.extL2 && olds[n - 1].type === 'unallocated' ? this.subcluster : cs;
     const wStart = Math.floor((offset - runStart) / gHead) * gHead + runStart;
     const wEnd = Math.min(runEnd, Math.ceil((end - runStart) / gTail) * gTail + runStart);
-    const data = Buffer.alloc(wEnd - wStart);
-    if (offset > wStart) await this.readGuest(wStart, data.subarray(0, offset - wStart));
-    buf.copy(data, offset - wStart, 0, end - offset);
-    if (wEnd > end) await this.readGuest(end, data.subarray(end - wStart));
+    // Copy-on-write regions of clusters that read as zeroes without a backing file need
+    // not be read (QEMU's is_zero_cow): most allocating writes into a fresh image.
+    const cowZero = !this.extL2 && !this.backing && (offset === wStart || readsAsZero(olds[0])) && (end === wEnd || readsAsZero(olds[n - 1]));
+    let data: Buffer | undefined;
+    if (!cowZero) {
+      data = Buffer.alloc(wEnd - wStart);
+      if (offset > wStart) await this.readGuest(wStart, data.subarray(0, offset - wStart));
+      buf.copy(data, offset - wStart, 0, end - offset);
+      if (wEnd > end) await this.readGuest(end, data.subarray(end - wStart));
+    }
 
     await this.markDirtyForLazy();
     let host: number;
@@ -156,25 +163,45 @@ export class Qcow2Image extends Qcow2Base {
     }
     try {
       let at = host + (wStart - runStart);
-      this.checkOverlap(at, data.length, 'write');
-      let out = data;
-      if (fresh) {
-        // Zero copy-on-write regions need not be written into never-used clusters (QEMU
-        // writes zeroes efficiently there too); the file is still extended over them.
-        const head = offset - wStart;
-        const tail = wEnd - end;
-        let from = 0;
-        let to = data.length;
-        if (head && isZero(data.subarray(0, head))) from = head;
-        if (tail && isZero(data.subarray(data.length - tail))) to = data.length - tail;
-        out = data.subarray(from, to);
-        at += from;
+      this.checkOverlap(at, wEnd - wStart, 'write');
+      let out: Buffer;
+      if (fresh && cowZero) {
+        // Never-used clusters read as zeroes: only the guest's bytes are written.
+        out = buf.subarray(0, end - offset);
+        at = host + (offset - runStart);
+      } else {
+        if (!data) {
+          data = Buffer.alloc(wEnd - wStart);
+          buf.copy(data, offset - wStart, 0, end - offset);
+        }
+        out = data;
+        if (fresh) {
+          // Zero copy-on-write regions need not be written into never-used clusters (QEMU
+          // writes zeroes efficiently there too).
+          const head = offset - wStart;
+          const tail = wEnd - end;
+          let from = 0;
+          let to = data.length;
+          if (head && isZero(data.subarray(0, head))) from = head;
+          if (tail && isZero(data.subarray(data.length - tail))) to = data.length - tail;
+          out = data.subarray(from, to);
+          at += from;
+        }
       }
+      // Into never-used clusters, the file is extended over all of them all the same.
       await this.writeTo(this.data, at, out, fresh ? host + n * cs : 0);
     } catch (e) {
       if (!this.hasDataFile) await this.meta.run(() => this.free(host, n, 'other')).catch(() => undefined);
       throw e;
     }
+    await this.linkClusters(c0, n, host, olds, wStart, wEnd);
+    return end - offset;
+  }
+
+  /** After the data of an allocating write is written: points the L2 entries at it and drops the old clusters. */
+  private async linkClusters(c0: number, n: number, host: number, olds: ClusterEntry[], wStart: number, wEnd: number): Promise<void> {
+    const cs = this.cs;
+    const runStart = c0 * cs;
     await this.meta.run(async () => {
       if (!this.settings.lazyRefcounts && !this.hasDataFile) await this.l2Cache.setDependency(this.refcounts.cache);
       this.l2Cache.needsBarrier = true;
@@ -193,7 +220,6 @@ export class Qcow2Image extends Qcow2Base {
       }
       for (const old of olds) await this.freeEntry(old, 'other');
     });
-    return end - offset;
   }
 
   /** Extended L2: writes into unallocated or zero subclusters of an allocated cluster. */
@@ -572,6 +598,11 @@ export class Qcow2Image extends Qcow2Base {
   }
 
   lazyRefcountsInHeader(): boolean { return (this.h.compatible & Compat.LAZY_REFCOUNTS) !== 0n; }
+}
+
+/** Without a backing file, clusters of these kinds read as zeroes. */
+function readsAsZero(e: ClusterEntry): boolean {
+  return e.type === 'unallocated' || e.type === 'zero-plain' || e.type === 'zero-alloc';
 }
 
 function isZero(b: Buffer): boolean {
