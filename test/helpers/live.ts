@@ -20,10 +20,12 @@ export class Writer {
   private done?: Promise<void>;
   writes = 0;
   errors = 0;
-  private seed = 12345;
+  private seed: number;
 
-  constructor(private readonly c: RawClient, initial: Buffer, private readonly depth = 4) {
+  /** `seed` picks the write sequence: a writer that takes over from another needs its own. */
+  constructor(private readonly c: RawClient, initial: Buffer, private readonly depth = 4, seed = 12345) {
     this.model = Buffer.from(initial);
+    this.seed = seed;
   }
 
   private rand(n: number): number {
@@ -76,6 +78,13 @@ export async function readAll(c: RawClient, size: number): Promise<Buffer> {
     (await c.read(chunk, 20_000)).copy(out, off);
   }
   return out;
+}
+
+/** NBD_CMD_FLUSH: everything acknowledged before it is on disk once it is answered. */
+export async function flush(c: RawClient): Promise<void> {
+  c.write(request(3, 0, 0, 888_888n));
+  const [err] = await simpleReplyOf(c, 20_000);
+  expect(err).toBe(0);
 }
 
 export async function qmpDaemon(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<{ proc: Running; qmp: QmpClient; events: Ev[] }> {

@@ -18,7 +18,7 @@ import { ALL_PERM } from '../edge.ts';
 import { CowState, cowClusterSize, cowFilterOps } from '../drivers/copy-before-write.ts';
 import type { BlockNode } from '../node.ts';
 import type { DirtyBitmap } from '../bitmaps/dirty-bitmap.ts';
-import { bitmapsOf } from '../bitmaps/registry.ts';
+import { bitmapChanged, bitmapsOf } from '../bitmaps/registry.ts';
 import type { SparseBitmap } from '../bitmaps/sparse-bitmap.ts';
 
 export type BackupSync = 'full' | 'top' | 'none';
@@ -105,7 +105,7 @@ export class BackupJob extends BlockJob {
   }
 
   async tearDown(): Promise<void> {
-    this.settleBitmap(false);
+    await this.settleBitmap(false);
     this.state.deactivate();
     if (this.filter) await removeFilter(this.graph, this.filter, this.source);
     this.filter = undefined;
@@ -189,12 +189,12 @@ export class BackupJob extends BlockJob {
   }
 
   protected override async abort(): Promise<void> {
-    this.settleBitmap(false);
+    await this.settleBitmap(false);
     await this.takeOut();
   }
 
   protected override async commit(): Promise<void> {
-    this.settleBitmap(true);
+    await this.settleBitmap(true);
     await this.takeOut();
   }
 
@@ -202,8 +202,11 @@ export class BackupJob extends BlockJob {
    * The bitmap after the job (QEMU's BitmapSyncMode): it already holds the
    * writes made since the start; 'never', and a failed 'on-success', get the
    * start's contents back; a failed 'always' gets back what was not copied.
+   * A persistent bitmap is stored then: until now its image copy kept the
+   * start's contents too (the clear at the start is not stored), so a crash
+   * during the job leaves it covering everything not yet backed up.
    */
-  private settleBitmap(ok: boolean): void {
+  private async settleBitmap(ok: boolean): Promise<void> {
     const bm = this.bitmap;
     if (!bm || !this.frozen) return;
     const reclaim = this.bitmapMode === 'never' || (!ok && this.bitmapMode === 'on-success');
@@ -219,6 +222,7 @@ export class BackupJob extends BlockJob {
     }
     this.frozen = undefined;
     this.holdsBitmap = false;
+    await bitmapChanged(this.source, bm).catch(() => undefined);
   }
 
   /**

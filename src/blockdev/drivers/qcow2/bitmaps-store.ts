@@ -314,6 +314,9 @@ export class Qcow2BitmapStore implements BitmapStore {
   private async storeLocked(): Promise<void> {
     const img = this.img;
     if (!this.writable || !this.needsStore) return;
+    // Until the new copy is in place, a write that dirties a granule must queue a record (beforeWrite
+    // finds no stored copy) rather than trust the old one: the new copy may be cloned before its bit.
+    this.live.clear();
     const cs = img.cs;
     const entries: Buffer[] = [];
     const keptTables = new Set<number>();
