@@ -216,6 +216,9 @@ export class CommitJob extends BlockJob {
     const { top, base, overlay } = this.o;
     if (overlay) {
       await this.dropFilter(top);
+      // What was copied must be in base's file (its metadata written) before the overlay's header
+      // names base: a crash in between would otherwise leave a chain that reads base without it.
+      await base.flush();
       const readOnly = overlay.readOnly;
       if (readOnly) await this.o.setReadOnly(overlay, false);
       try {
