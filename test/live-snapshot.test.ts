@@ -202,6 +202,15 @@ describe('live block operations side by side with qsd 7.2', () => {
     expect(run('qemu-img', ['map', '--output=json', join(b.dir, 'top.qcow2')])).toMatch(/"start": 0, "length": 1048576, "depth": 1/);
   }, 60_000);
 
+  it('block-stream into a read-only top: reopened read-write for the job, read-only again after it', async () => {
+    await compare((dir) => [
+      ['blockdev-add', { driver: 'qcow2', 'node-name': 'top', 'read-only': true, file: { driver: 'file', filename: join(dir, 'top.qcow2') } }],
+      ['block-stream', { 'job-id': 's3', device: 'top', base: join(dir, 'base.qcow2') }],
+      { wait: 's3' },
+      { nodes: true },
+    ]);
+  }, 60_000);
+
   it('backing names after snapshots, a commit under a read-only overlay and a stream to the next layer', async () => {
     const b = await compare((dir) => {
       run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'ov.qcow2'), '4M']);

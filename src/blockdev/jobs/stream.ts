@@ -28,6 +28,8 @@ export interface StreamJobOptions extends BlockJobOptions {
   backingFile?: string;
   onError: BlockdevOnError;
   filterNodeName?: string;
+  /** Called once the job is over, whatever its outcome (the command reopens a top it made writable back read-only, as QEMU's stream_clean). */
+  onFinished?: () => Promise<void>;
 }
 
 /** Depth of `node` under `top` through backing links (1 = top itself). */
@@ -81,6 +83,7 @@ export class StreamJob extends BlockJob {
 
   protected override async clean(): Promise<void> {
     await this.removeFilter();
+    await this.o.onFinished?.();
     await super.clean();
   }
 

@@ -114,10 +114,12 @@ export const streamCommitCommands: CommandDef[] = [
       if (a['backing-file'] !== undefined && !base) throw genericError("backing file specified, but streaming the entire chain");
       checkNotInJob([top]);
       if (!VALID_ID.test(a['job-id'] ?? '')) throw genericError(`Invalid job ID '${a['job-id'] ?? ''}'`);
-      if (top.readOnly) await setReadOnly(graph, top, false);
+      const wasReadOnly = top.readOnly;
+      if (wasReadOnly) await setReadOnly(graph, top, false);
       const job = ctx.jobs.add(new StreamJob({
         ...jobOptions(a, graph), top, base, bottom,
         backingFile: a['backing-file'], filterNodeName: a['filter-node-name'],
+        onFinished: async () => { if (wasReadOnly && !top.isClosed) await setReadOnly(graph, top, true).catch(() => undefined); },
       }));
       job.start();
       return {};
