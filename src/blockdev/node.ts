@@ -61,6 +61,11 @@ export class BlockNode implements Parent {
 
   describe(): string { return this.nodeName; }
 
+  /** The file name QEMU would record for this node (bs->filename): the driver's, else the node name. */
+  fileName(): string {
+    return this.ops.filename?.() ?? (this.options.filename as string | undefined) ?? this.nodeName;
+  }
+
   /** Finishes opening: called by the graph once the driver returned its ops. */
   setOps(ops: DriverOps): void {
     this.ops = ops;

@@ -200,14 +200,9 @@ async function validate(o: Qcow2CreateOptions, refs: Refs): Promise<{ layout: Qc
       size: o.size, version, clusterSize: cs, refcountBits: bits, lazyRefcounts: o['lazy-refcounts'] === true,
       extendedL2: extL2, compressionType: o['compression-type'] ?? 'zlib', preallocation: prealloc,
       backingFile: o['backing-file'], backingFormat: o['backing-fmt'],
-      dataFile: data ? nodeFilename(data) : undefined, dataFileRaw: raw,
+      dataFile: data ? data.fileName() : undefined, dataFileRaw: raw,
     },
   };
-}
-
-/** The file name QEMU records for a node (bs->filename). */
-function nodeFilename(n: BlockNode): string {
-  return n.ops.filename?.() ?? (n.options.filename as string | undefined) ?? n.nodeName;
 }
 
 let implicitNames = 0;

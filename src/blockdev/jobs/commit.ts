@@ -24,7 +24,7 @@ import { toBlockError } from '../errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { setBacking } from '../graph-replace.ts';
 import { insertJobFilter, removeJobFilter } from './job-filter.ts';
-import { depthOf, nodeFilename } from './stream.ts';
+import { depthOf } from './stream.ts';
 import type { BlockNode, WriteObserver } from '../node.ts';
 
 const GRANULE = 64 * 1024;
@@ -222,7 +222,7 @@ export class CommitJob extends BlockJob {
       const readOnly = overlay.readOnly;
       if (readOnly) await this.o.setReadOnly(overlay, false);
       try {
-        await setBacking(this.graph, overlay, base, { backingFile: this.o.backingFile ?? nodeFilename(base), backingFormat: base.driver.name });
+        await setBacking(this.graph, overlay, base, { backingFile: this.o.backingFile ?? base.fileName(), backingFormat: base.driver.name });
       } finally {
         if (readOnly) await this.o.setReadOnly(overlay, true);
       }

@@ -40,10 +40,6 @@ export function depthOf(top: BlockNode, node: BlockNode | undefined): number {
   return Infinity;
 }
 
-export function nodeFilename(n: BlockNode): string {
-  return n.ops.filename?.() ?? (n.options.filename as string | undefined) ?? n.nodeName;
-}
-
 export class StreamJob extends BlockJob {
   readonly type = 'stream' as const;
   private filter?: BlockNode;
@@ -75,7 +71,7 @@ export class StreamJob extends BlockJob {
   protected override async prepare(): Promise<void> {
     const { top, base } = this.o;
     const header = base
-      ? { backingFile: this.o.backingFile ?? nodeFilename(base), backingFormat: base.driver.name }
+      ? { backingFile: this.o.backingFile ?? base.fileName(), backingFormat: base.driver.name }
       : {};
     await this.removeFilter();
     await setBacking(this.graph, top, base, header);

@@ -17,7 +17,6 @@ import { enm, obj, opt, req } from '../types.ts';
 import { genericError } from '../errors.ts';
 import { replaceNode, setBacking, withUsersHeld } from '../../blockdev/graph-replace.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
-import { nodeFilename } from '../../blockdev/jobs/stream.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
 import { actionCommand, type CommandDef, type PreparedAction } from '../command.ts';
@@ -155,7 +154,7 @@ export const snapshotExternalCommands: CommandDef[] = [
       if (!graph.driver(format)) throw genericError(`Unknown driver '${format}'`);
       if ((a.mode ?? 'absolute-paths') === 'absolute-paths') {
         if (format !== 'qcow2') throw genericError('The overlay does not support backing images');
-        await createOverlay(a['snapshot-file'], node.length(), nodeFilename(node), node.driver.name);
+        await createOverlay(a['snapshot-file'], node.length(), node.fileName(), node.driver.name);
       }
       const overlay = await graph.add({
         driver: format, 'node-name': name, file: { driver: 'file', filename: a['snapshot-file'] }, backing: null,

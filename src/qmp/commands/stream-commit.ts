@@ -6,7 +6,7 @@
  */
 import { enm, obj, opt, req } from '../types.ts';
 import { genericError, QmpError } from '../errors.ts';
-import { StreamJob, nodeFilename } from '../../blockdev/jobs/stream.ts';
+import { StreamJob } from '../../blockdev/jobs/stream.ts';
 import { CommitJob } from '../../blockdev/jobs/commit.ts';
 import { checkFilterName } from '../../blockdev/jobs/job-filter.ts';
 import { BlockJob, type BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
@@ -27,7 +27,7 @@ function chain(top: BlockNode): BlockNode[] {
 
 /** A node of the chain named by its image file name. */
 function byFilename(top: BlockNode, filename: string): BlockNode | undefined {
-  return chain(top).find((n) => nodeFilename(n) === filename);
+  return chain(top).find((n) => n.fileName() === filename);
 }
 
 /** The node directly above `node` in `top`'s chain. */

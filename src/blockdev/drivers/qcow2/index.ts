@@ -116,7 +116,7 @@ export function cacheSizes(o: Record<string, unknown>, h: Qcow2Header): { l2: nu
   return { l2: Math.max(l2, 2 * slice), slice, refcount: Math.max(rc, minRc) };
 }
 
-/** Filename of a node as its driver reports it. */
+/** Filename of a node as its driver reports it; undefined when it has none (then no relative name can be resolved against it). */
 function nodeFilename(n: BlockNode): string | undefined {
   return n.ops.filename?.() ?? (n.options.filename as string | undefined);
 }
@@ -296,7 +296,7 @@ export const qcow2Driver: Driver = {
           abort() { if (ro && !img.readOnly) img.pendingActivation = true; },
         };
       },
-      filename: () => nodeFilename(file) ?? file.nodeName,
+      filename: () => file.fileName(),
     };
     withBitmapStore(ops, bitmapStore, ctx.nodeName, ctx.options.discard === 'unmap');
     qcow2Images.set(ops, img);
