@@ -93,7 +93,8 @@ export abstract class Job {
   /** The run is over and completion has been handed to the finalisation code. */
   private deferred = false;
   private wake?: () => void;
-  private timer?: NodeJS.Timeout;
+  /** Cancels the pending wake-up of a sleep (undefined: not sleeping on one). */
+  private timer?: () => void;
 
   // Cancellation (QEMU cancelled / force_cancel) and result.
   private cancelled = false;
@@ -392,13 +393,21 @@ export abstract class Job {
     this.firstYield = undefined;
     return new Promise<void>((resolve) => {
       this.wake = () => {
-        if (this.timer !== undefined) clearTimeout(this.timer);
+        this.timer?.();
         this.timer = undefined;
         this.wake = undefined;
         this.busyFlag = true;
         resolve();
       };
-      if (ms !== undefined) this.timer = setTimeout(() => this.wake?.(), ms);
+      // A zero sleep is the next turn of the event loop: setTimeout(0) would be a whole
+      // millisecond, which a job passing a pause point per chunk pays on every chunk.
+      if (ms === 0) {
+        const h = setImmediate(() => this.wake?.());
+        this.timer = () => clearImmediate(h);
+      } else if (ms !== undefined) {
+        const h = setTimeout(() => this.wake?.(), ms);
+        this.timer = () => clearTimeout(h);
+      }
     });
   }
 

@@ -188,7 +188,9 @@ export class MirrorJob extends BlockJob {
         this.cursor = run.offset + run.length;
         this.startCopy(run.offset, run.length);
         started = true;
-        if (this.speed > 0) await this.throttle(run.length);
+        // Also a turn of the event loop: this copy's write is under way before the next read
+        // (a page-cache read completes inline, so a burst of reads would hold back every write).
+        await this.throttle(run.length);
         if (this.pauseRequested) break;
       }
       this.progressSetRemaining(this.dirty.bytes + this.inflightBytes);
