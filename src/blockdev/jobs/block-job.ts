@@ -32,6 +32,9 @@ export type BlockIoStatus = 'ok' | 'failed' | 'nospace';
 export type BlockdevOnError = 'report' | 'ignore' | 'enospc' | 'stop' | 'auto';
 export type BlockErrorAction = 'ignore' | 'report' | 'stop';
 
+/** Chunks stream and commit copy at once when no speed limit is set. */
+const COPY_PARALLEL = 4;
+
 export interface BlockJobOptions extends JobOptions {
   /** The graph the job's nodes live in (edges are created and removed through it). */
   graph: BlockGraph;
@@ -152,29 +155,47 @@ export abstract class BlockJob extends Job implements Parent {
    * chunks, calls `copy` for each extent `wanted` picks, and between chunks
    * honours pause, cancel, speed, progress and the on-error policy (a
    * stopped chunk is retried after job-resume). Returns false if cancelled.
+   *
+   * Without a speed limit, COPY_PARALLEL chunks are copied at once: one
+   * chunk at a time leaves the disk idle while each chunk's block status,
+   * read and write wait on one another in turn. Results are taken in order;
+   * after an error, chunks behind the failed one are walked again (copying is
+   * idempotent) once the policy allows.
    */
   protected async copyExtents(
     node: BlockNode, length: number, chunk: number, onError: BlockdevOnError,
     wanted: (e: Extent) => boolean, copy: (offset: number, length: number) => Promise<void>,
   ): Promise<boolean> {
+    const copyChunk = async (off: number, n: number): Promise<number> => {
+      let copied = 0;
+      for (const e of await node.blockStatus(off, n)) {
+        if (!wanted(e)) continue;
+        await copy(e.offset, e.length);
+        copied += e.length;
+      }
+      return copied;
+    };
     for (let off = 0; off < length;) {
       await this.pausePoint();
       if (this.isCancelled) return false;
-      const n = Math.min(chunk, length - off);
-      let copied = 0;
-      try {
-        for (const e of await node.blockStatus(off, n)) {
-          if (!wanted(e)) continue;
-          await copy(e.offset, e.length);
-          copied += e.length;
-        }
-      } catch (err) {
-        const action = this.errorAction(onError, true, toBlockError(err));
-        if (action === 'report') throw err;
-        if (action === 'stop') continue;
+      const batch: { off: number; n: number }[] = [];
+      for (let o = off, k = this.speedValue > 0 ? 1 : COPY_PARALLEL; k > 0 && o < length; k--, o += chunk) {
+        batch.push({ off: o, n: Math.min(chunk, length - o) });
       }
-      off += n;
-      this.progressUpdate(n);
+      const results = await Promise.allSettled(batch.map((c) => copyChunk(c.off, c.n)));
+      let copied = 0;
+      for (let i = 0; i < batch.length; i++) {
+        const r = results[i]!;
+        if (r.status === 'rejected') {
+          const action = this.errorAction(onError, true, toBlockError(r.reason));
+          if (action === 'report') throw r.reason;
+          if (action === 'stop') break;
+        } else {
+          copied += r.value;
+        }
+        off += batch[i]!.n;
+        this.progressUpdate(batch[i]!.n);
+      }
       await this.throttle(copied);
     }
     return true;

@@ -24,6 +24,7 @@ import { toBlockError } from '../errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { setBacking } from '../graph-replace.ts';
 import { insertJobFilter, removeJobFilter } from './job-filter.ts';
+import { copyBuffers } from './mirror-buffers.ts';
 import { depthOf } from './stream.ts';
 import type { BlockNode, WriteObserver } from '../node.ts';
 
@@ -118,9 +119,13 @@ export class CommitJob extends BlockJob {
   }
 
   private async copy(offset: number, length: number): Promise<void> {
-    const buf = Buffer.alloc(length);
-    await this.o.top.read(offset, buf);
-    await this.o.base.write(offset, buf);
+    const buf = copyBuffers.get(length);
+    try {
+      await this.o.top.read(offset, buf);
+      await this.o.base.write(offset, buf);
+    } finally {
+      copyBuffers.put(buf);
+    }
   }
 
   // ---- active

@@ -22,5 +22,5 @@ export class BufferPool {
   }
 }
 
-/** The pool mirror and backup share (1 MiB buffers). */
+/** The pool the copying jobs share (1 MiB buffers). */
 export const copyBuffers = new BufferPool(1024 * 1024);

@@ -14,6 +14,7 @@ import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-jo
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { replaceNode, setBacking } from '../graph-replace.ts';
 import { needsCopy } from '../drivers/copy-on-read.ts';
+import { copyBuffers } from './mirror-buffers.ts';
 import type { BlockNode } from '../node.ts';
 
 const CHUNK = 512 * 1024;
@@ -64,8 +65,12 @@ export class StreamJob extends BlockJob {
     const filter = this.filter;
     await replaceNode(this.graph, top, filter);
     const limit = depthOf(top, bottom);
-    // Reading through the copy-on-read filter is what copies the data up.
-    await this.copyExtents(top, len, CHUNK, this.o.onError, (e) => needsCopy(e, limit), (o, l) => filter.read(o, Buffer.alloc(l)));
+    // Reading through the copy-on-read filter is what copies the data up (the filter has written
+    // the data when the read returns, so the buffer goes back to the pool then).
+    await this.copyExtents(top, len, CHUNK, this.o.onError, (e) => needsCopy(e, limit), async (o, l) => {
+      const buf = copyBuffers.get(l);
+      try { await filter.read(o, buf); } finally { copyBuffers.put(buf); }
+    });
   }
 
   protected override async prepare(): Promise<void> {
