@@ -1,7 +1,9 @@
 /**
- * Scenario: snapshot → active commit → pivot, with a client writing through
- * the NBD export the whole time. bin/blockd serves base.qcow2 as export
- * 'disk'; blockdev-snapshot-sync puts an overlay under the export,
+ * Scenario (live backup): snapshot → copy the frozen base → active commit →
+ * pivot, with a client writing through the NBD export the whole time.
+ * bin/blockd serves base.qcow2 as export 'disk'; blockdev-snapshot-sync puts
+ * an overlay under the export, the base (now read-only) is copied with
+ * qemu-img and must equal the disk at the snapshot's instant,
  * block-commit of the overlay reaches READY, job-complete pivots the export
  * back onto the base, and every write the client saw acknowledged must be
  * read back (through NBD, and from base.qcow2 alone once blockd has stopped).
@@ -29,9 +31,10 @@ function makeBase(dir: string): Buffer {
 }
 
 /** The image's guest-visible contents (qemu-img convert to raw). */
-function contents(dir: string, image: string): Buffer {
+function contents(dir: string, image: string, shared = false): Buffer {
   const raw = join(dir, `${image}.raw`);
-  run('qemu-img', ['convert', '-O', 'raw', join(dir, image), raw]);
+  // shared: the image is open in a running daemon (-U: no lock taken, as a backup tool reading a frozen base does).
+  run('qemu-img', ['convert', ...(shared ? ['-U'] : []), '-O', 'raw', join(dir, image), raw]);
   const b = readFileSync(raw);
   unlinkSync(raw);
   return b;
@@ -57,14 +60,22 @@ describe('live commit', () => {
     cleanup.push(async () => { d.qmp.close(); await d.proc.stop(); });
     const c = new RawClient(nbdSock);
     expect(await rawNegotiate(c, 'disk')).toBe(SIZE);
-    const w = new Writer(c, initial);
-    w.start();
+    const before = new Writer(c, initial);
+    before.start();
     await new Promise((r) => setTimeout(r, 150));
 
+    // The snapshot's point in time: writes are held while it is taken, so the model at that instant is exact.
+    await before.stop();
+    expect(before.errors).toBe(0);
+    const pointInTime = Buffer.from(before.model);
     await d.qmp.execute('blockdev-snapshot-sync', { 'node-name': 'disk', 'snapshot-file': join(dir, 'ov.qcow2'), 'snapshot-node-name': 'ov' });
+    const w = new Writer(c, pointInTime, 4, 777);
+    w.start();
     let exp = (await d.qmp.execute('query-block-exports')) as { 'node-name': string }[];
     expect(exp[0]['node-name']).toBe('ov');
     await new Promise((r) => setTimeout(r, 200));
+    // The backup itself: the now-frozen base, copied while the client keeps writing into the overlay.
+    expect(contents(dir, 'base.qcow2', true).equals(pointInTime)).toBe(true);
 
     await d.qmp.execute('block-commit', { 'job-id': 'c0', device: 'ov' });
     await waitFor(d.events, (e) => e.event === 'BLOCK_JOB_READY');
