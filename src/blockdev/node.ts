@@ -104,29 +104,9 @@ export class BlockNode implements Parent {
   read(offset: number, buf: Buffer, flags = 0): Promise<void> {
     // The common case (in range, aligned, one piece, not quiesced) costs one
     // promise step: a 4 KiB read from memory is otherwise mostly async frames.
-    const ops = this.ops;
-    const len = buf.length;
-    if (ops.read && this.quiesceDepth === 0 && !this.closed && len <= this.limits.maxTransfer &&
-        offset % this.limits.alignment === 0 && len % this.limits.alignment === 0 &&
-        Number.isSafeInteger(offset) && offset >= 0 && offset + len <= this.length()) {
-      this.inflight++;
-      let pending: Promise<void>;
-      try {
-        pending = ops.read(offset, buf);
-      } catch (e) {
-        pending = Promise.reject(e);
-      }
-      return pending.then(
-        () => {
-          this.stats.rdOps++;
-          this.stats.rdBytes += len;
-          this.leave();
-        },
-        (e: unknown) => {
-          this.leave();
-          throw this.fail(e, 'read');
-        },
-      );
+    const read = this.ops.read;
+    if (read && this.plainRequest(offset, buf.length)) {
+      return this.direct(attempt(() => read(offset, buf)), false, offset, buf.length);
     }
     return this.readAny(offset, buf, flags);
   }
@@ -136,7 +116,7 @@ export class BlockNode implements Parent {
     const waiting = this.enter();
     if (waiting) await waiting;
     try {
-      await this.alignedRead(offset, buf, flags);
+      await this.unalignedRead(offset, buf, flags);
       this.stats.rdOps++;
       this.stats.rdBytes += buf.length;
     } catch (e) {
@@ -147,35 +127,43 @@ export class BlockNode implements Parent {
   }
 
   write(offset: number, buf: Buffer, flags = 0): Promise<void> {
-    // The common case costs one promise step, as for reads. Only on nodes
-    // without an alignment: elsewhere even an aligned write must take the
-    // read-modify-write lock.
-    const ops = this.ops;
-    const len = buf.length;
-    if (ops.write && this.limits.alignment === 1 && !this.readOnly && this.quiesceDepth === 0 && !this.closed &&
-        len <= this.limits.maxTransfer && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
-        Number.isSafeInteger(offset) && offset >= 0 && offset + len <= this.length()) {
-      this.inflight++;
-      let pending: Promise<void>;
-      try {
-        pending = ops.write(offset, buf, flags & ReqFlag.FUA);
-      } catch (e) {
-        pending = Promise.reject(e);
-      }
-      return pending.then(
-        () => {
+    // As for reads, but only on nodes without an alignment: elsewhere even an
+    // aligned write must take the read-modify-write lock.
+    const write = this.ops.write;
+    if (write && this.limits.alignment === 1 && !this.readOnly && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
+        this.plainRequest(offset, buf.length)) {
+      return this.direct(attempt(() => write(offset, buf, flags & ReqFlag.FUA)), true, offset, buf.length);
+    }
+    return this.writeAny(offset, buf, flags);
+  }
+
+  /** Whether a request may go straight to the driver: not quiesced, in range, aligned, one piece. */
+  private plainRequest(offset: number, len: number): boolean {
+    const { alignment, maxTransfer } = this.limits;
+    return this.quiesceDepth === 0 && !this.closed && len <= maxTransfer && offset % alignment === 0 && len % alignment === 0 &&
+      Number.isSafeInteger(offset) && offset >= 0 && offset + len <= this.length();
+  }
+
+  /** The fast paths' bookkeeping around a driver call already started: in-flight count, stats, write observers, errors. */
+  private direct(pending: Promise<void>, write: boolean, offset: number, len: number): Promise<void> {
+    this.inflight++;
+    return pending.then(
+      () => {
+        if (write) {
           this.stats.wrOps++;
           this.stats.wrBytes += len;
           this.notify(offset, len);
-          this.leave();
-        },
-        (e: unknown) => {
-          this.leave();
-          throw this.fail(e, 'write');
-        },
-      );
-    }
-    return this.writeAny(offset, buf, flags);
+        } else {
+          this.stats.rdOps++;
+          this.stats.rdBytes += len;
+        }
+        this.leave();
+      },
+      (e: unknown) => {
+        this.leave();
+        throw this.fail(e, write ? 'write' : 'read');
+      },
+    );
   }
 
   private async writeAny(offset: number, buf: Buffer, flags: number): Promise<void> {
@@ -413,14 +401,6 @@ export class BlockNode implements Parent {
     }
   }
 
-  private alignedRead(offset: number, buf: Buffer, flags: number): Promise<void> {
-    // The common case (aligned, one piece) goes straight to the driver.
-    if (this.ops.read && buf.length <= this.limits.maxTransfer && offset % this.limits.alignment === 0 && buf.length % this.limits.alignment === 0) {
-      return this.ops.read(offset, buf);
-    }
-    return this.unalignedRead(offset, buf, flags);
-  }
-
   private async unalignedRead(offset: number, buf: Buffer, flags: number): Promise<void> {
     const a = this.limits.alignment;
     const start = roundDown(offset, a);
@@ -536,4 +516,13 @@ export function normaliseExtents(raw: Extent[], offset: number, length: number, 
   }
   if (out.length === 0) throw new BlockError('EIO', 'Driver returned no block status');
   return one ? out.slice(0, 1) : out;
+}
+
+/** A driver call's promise, with a synchronous throw turned into a rejection. */
+export function attempt(call: () => Promise<void>): Promise<void> {
+  try {
+    return call();
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }

@@ -9,6 +9,7 @@
  */
 import type { Logger } from 'pino';
 import { ReqFlag } from '../blockdev/request.ts';
+import { attempt } from '../blockdev/node.ts';
 import { Cmd, CmdFlag, MAX_EXTENTS, NbdErrno } from './constants.ts';
 import { nbdErrno } from './errors.ts';
 import type { NbdExport } from './exports.ts';
@@ -98,13 +99,7 @@ function failed(ctx: CommandContext, req: RequestHeader, e: unknown): Reply {
 function plainRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   const hl = readReplyHeaderSize(ctx.structured);
   const whole = ctx.pool.acquire(hl + req.length);
-  let pending: Promise<void>;
-  try {
-    pending = ctx.exp.node.read(req.offset, whole.subarray(hl));
-  } catch (e) {
-    pending = Promise.reject(e);
-  }
-  return pending.then(
+  return attempt(() => ctx.exp.node.read(req.offset, whole.subarray(hl))).then(
     () => {
       writeReadReplyHeader(whole, ctx.structured, req.cookie, req.offset, req.length);
       return { bufs: [whole], release: whole };
@@ -118,13 +113,7 @@ function plainRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
 
 /** A write, in one promise step like plainRead; the payload goes back to the pool when the node is done with it. */
 function plainWrite(ctx: CommandContext, req: RequestHeader, payload: Buffer): Promise<Reply> {
-  let pending: Promise<void>;
-  try {
-    pending = ctx.exp.node.write(req.offset, payload, toReqFlags(req, ctx.exp));
-  } catch (e) {
-    pending = Promise.reject(e);
-  }
-  return pending.then(
+  return attempt(() => ctx.exp.node.write(req.offset, payload, toReqFlags(req, ctx.exp))).then(
     () => {
       ctx.pool.release(payload);
       return ok(req);
