@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { BlockGraph } from '../src/blockdev/graph.ts';
-import { ReqFlag } from '../src/blockdev/request.ts';
+import { COMPLETED, ReqFlag } from '../src/blockdev/request.ts';
 import { nullDriver } from '../src/blockdev/drivers/null.ts';
 import { memoryDriver } from './helpers/memory-driver.ts';
 import { obj, opt } from '../src/qmp/types.ts';
@@ -144,6 +144,30 @@ describe('BlockNode generic layer', () => {
     expect(b[0]).toBe(1);
     expect(b[210]).toBe(3);
     expect(b[400]).toBe(2);
+  });
+});
+
+describe('requests a driver finishes at once', () => {
+  it('return COMPLETED, counted and observed like any other; a quiesced node holds them back as usual', async () => {
+    const graph = new BlockGraph();
+    graph.register(nullDriver);
+    const node = await graph.add({ driver: 'null-co', 'node-name': 'n', size: 1 << 20 });
+    const seen: [number, number][] = [];
+    node.writeObservers.add((o, l) => seen.push([o, l]));
+    const buf = Buffer.alloc(4096, 7);
+    expect(node.read(8192, buf)).toBe(COMPLETED);
+    expect(buf.every((b) => b === 0)).toBe(true);
+    expect(node.write(4096, buf)).toBe(COMPLETED);
+    expect(seen).toEqual([[4096, 4096]]);
+    expect(node.stats).toMatchObject({ rdOps: 1, rdBytes: 4096, wrOps: 1, wrBytes: 4096 });
+    expect(node.inFlight).toBe(0);
+    let later: Promise<void> | undefined;
+    await node.drained(() => {
+      later = node.read(0, buf);
+      expect(later).not.toBe(COMPLETED);
+    });
+    await later;
+    expect(node.stats.rdOps).toBe(2);
   });
 });
 

@@ -31,8 +31,8 @@ describe('a server under abuse', () => {
 
   beforeAll(async () => {
     h = await startHarness(
-      [{ driver: 'mem', 'node-name': 'n0', size: 64 * MB }],
-      [{ id: 'e0', nodeName: 'n0', name: 'disk', writable: true }],
+      [{ driver: 'mem', 'node-name': 'n0', size: 64 * MB }, { driver: 'null-co', 'node-name': 'z0', size: 64 * MB }],
+      [{ id: 'e0', nodeName: 'n0', name: 'disk', writable: true }, { id: 'e1', nodeName: 'z0', name: 'null', writable: true }],
       { handshakeMaxSeconds: 1 },
     );
   });
@@ -177,6 +177,37 @@ describe('a server under abuse', () => {
     }
     expect(got).toBe(N);
     c.destroy();
+  }, 60_000);
+
+  it('a burst of requests the node finishes at once (null-co): replies in order, reading stops while they pile up', async () => {
+    const node = h.graph.find('z0');
+    const c = new RawClient(h.sock);
+    await rawNegotiate(c, 'null');
+    c.socket.pause();
+    const before = { rd: node.stats.rdOps, wr: node.stats.wrOps };
+    const N = 4000;
+    const K = 4096;
+    const parts: Buffer[] = [];
+    for (let i = 0; i < N; i++) {
+      if (i % 2) parts.push(request(Cmd.WRITE, (i % 64) * K, K, BigInt(i)), Buffer.alloc(K, i));
+      else parts.push(request(Cmd.READ, (i % 64) * K, K, BigInt(i)));
+    }
+    c.write(Buffer.concat(parts));
+    await sleep(500);
+    // 2000 read replies are 8 MiB: more than the 4 MiB of queued replies after which reading stops.
+    const done = node.stats.rdOps - before.rd + node.stats.wrOps - before.wr;
+    expect(done).toBeGreaterThan(0);
+    expect(done).toBeLessThan(N);
+    c.socket.resume();
+    for (let i = 0; i < N; i++) {
+      const [err, cookie] = await simpleReplyOf(c, 20_000);
+      expect([err, cookie]).toEqual([0, BigInt(i)]);
+      if (i % 2 === 0) expect((await c.read(K, 20_000)).every((b) => b === 0)).toBe(true);
+    }
+    expect(node.stats.rdOps - before.rd).toBe(N / 2);
+    expect(node.stats.wrOps - before.wr).toBe(N / 2);
+    c.destroy();
+    await healthy(h, 'null');
   }, 60_000);
 
   it('a client sending options without reading the replies is not read from (no amplification)', async () => {

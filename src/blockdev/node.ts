@@ -5,7 +5,7 @@
  * requests for drain, tells write observers (dirty bitmaps) and keeps stats.
  */
 import { BlockError, toBlockError } from './errors.ts';
-import { ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
+import { COMPLETED, ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
 import { RangeLock } from './range-lock.ts';
 import type { ChildEdge, Parent } from './edge.ts';
 import type { CommonOptions, Driver, DriverOps } from './driver.ts';
@@ -144,26 +144,36 @@ export class BlockNode implements Parent {
       Number.isSafeInteger(offset) && offset >= 0 && offset + len <= this.length();
   }
 
-  /** The fast paths' bookkeeping around a driver call already started: in-flight count, stats, write observers, errors. */
+  /**
+   * The fast paths' bookkeeping around a driver call already started: in-flight
+   * count, stats, write observers, errors. A call that already finished
+   * (COMPLETED) is accounted for at once and stays COMPLETED for the caller.
+   */
   private direct(pending: Promise<void>, write: boolean, offset: number, len: number): Promise<void> {
     this.inflight++;
+    if (pending === COMPLETED) {
+      this.succeeded(write, offset, len);
+      return COMPLETED;
+    }
     return pending.then(
-      () => {
-        if (write) {
-          this.stats.wrOps++;
-          this.stats.wrBytes += len;
-          this.notify(offset, len);
-        } else {
-          this.stats.rdOps++;
-          this.stats.rdBytes += len;
-        }
-        this.leave();
-      },
+      () => this.succeeded(write, offset, len),
       (e: unknown) => {
         this.leave();
         throw this.fail(e, write ? 'write' : 'read');
       },
     );
+  }
+
+  private succeeded(write: boolean, offset: number, len: number): void {
+    if (write) {
+      this.stats.wrOps++;
+      this.stats.wrBytes += len;
+      this.notify(offset, len);
+    } else {
+      this.stats.rdOps++;
+      this.stats.rdBytes += len;
+    }
+    this.leave();
   }
 
   private async writeAny(offset: number, buf: Buffer, flags: number): Promise<void> {

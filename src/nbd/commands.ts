@@ -8,7 +8,7 @@
  * wire message is generic (qsd's texts), the detail goes to the log.
  */
 import type { Logger } from 'pino';
-import { ReqFlag } from '../blockdev/request.ts';
+import { COMPLETED, ReqFlag } from '../blockdev/request.ts';
 import { attempt } from '../blockdev/node.ts';
 import { Cmd, CmdFlag, MAX_EXTENTS, NbdErrno } from './constants.ts';
 import { nbdErrno } from './errors.ts';
@@ -66,9 +66,11 @@ const WIRE_MESSAGE: Record<number, string> = {
 
 /**
  * Runs a valid request; never throws (failures become error replies). A
- * WRITE's payload goes back to the pool once the node is done with it.
+ * WRITE's payload goes back to the pool once the node is done with it. A
+ * plain read or write that the node finished at once (COMPLETED) returns its
+ * reply directly rather than a promise of it.
  */
-export function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
+export function execute(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Reply | Promise<Reply> {
   if (req.type === Cmd.READ && req.flags === 0 && (!ctx.structured || (req.length > 0 && req.length < SPARSE_READ_MIN))) return plainRead(ctx, req);
   if (req.type === Cmd.WRITE) return plainWrite(ctx, req, payload!);
   return executeAny(ctx, req, payload);
@@ -96,14 +98,13 @@ function failed(ctx: CommandContext, req: RequestHeader, e: unknown): Reply {
  * fills in place, and the reply leaves as one write. (The general path
  * below costs three more async frames, measurable at queue depth 1.)
  */
-function plainRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
+function plainRead(ctx: CommandContext, req: RequestHeader): Reply | Promise<Reply> {
   const hl = readReplyHeaderSize(ctx.structured);
   const whole = ctx.pool.acquire(hl + req.length);
-  return attempt(() => ctx.exp.node.read(req.offset, whole.subarray(hl))).then(
-    () => {
-      writeReadReplyHeader(whole, ctx.structured, req.cookie, req.offset, req.length);
-      return { bufs: [whole], release: whole };
-    },
+  const pending = attempt(() => ctx.exp.node.read(req.offset, whole.subarray(hl)));
+  if (pending === COMPLETED) return readReply(ctx, req, whole);
+  return pending.then(
+    () => readReply(ctx, req, whole),
     (e: unknown) => {
       ctx.pool.release(whole);
       return failed(ctx, req, e);
@@ -111,18 +112,27 @@ function plainRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   );
 }
 
-/** A write, in one promise step like plainRead; the payload goes back to the pool when the node is done with it. */
-function plainWrite(ctx: CommandContext, req: RequestHeader, payload: Buffer): Promise<Reply> {
-  return attempt(() => ctx.exp.node.write(req.offset, payload, toReqFlags(req, ctx.exp))).then(
-    () => {
-      ctx.pool.release(payload);
-      return ok(req);
-    },
+function readReply(ctx: CommandContext, req: RequestHeader, whole: Buffer): Reply {
+  writeReadReplyHeader(whole, ctx.structured, req.cookie, req.offset, req.length);
+  return { bufs: [whole], release: whole };
+}
+
+/** A write, in one promise step like plainRead (or none); the payload goes back to the pool when the node is done with it. */
+function plainWrite(ctx: CommandContext, req: RequestHeader, payload: Buffer): Reply | Promise<Reply> {
+  const pending = attempt(() => ctx.exp.node.write(req.offset, payload, toReqFlags(req, ctx.exp)));
+  if (pending === COMPLETED) return written(ctx, req, payload);
+  return pending.then(
+    () => written(ctx, req, payload),
     (e: unknown) => {
       ctx.pool.release(payload);
       return failed(ctx, req, e);
     },
   );
+}
+
+function written(ctx: CommandContext, req: RequestHeader, payload: Buffer): Reply {
+  ctx.pool.release(payload);
+  return ok(req);
 }
 
 /** The reply of a request that succeeded without data. (A plain function: tsx names every closure created per request.) */

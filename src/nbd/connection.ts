@@ -12,7 +12,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { Cmd, NbdErrno, cmdName } from './constants.ts';
-import { errorReply, execute, type CommandContext } from './commands.ts';
+import { errorReply, execute, type CommandContext, type Reply } from './commands.ts';
 import { RequestFramer, type Frame, type RequestHeader } from './framer.ts';
 import { Handshake, type HandshakeStep } from './handshake.ts';
 import type { BufferPool } from './buffer-pool.ts';
@@ -59,6 +59,8 @@ export class NbdConnection implements ExportClient {
   private inflightBytes = 0;
   private writeBlocked = false;
   private corked = false;
+  /** pump() is taking frames (requests completing synchronously must not re-enter it). */
+  private pumping = false;
   private socketClosed = false;
   private done = false;
   private readonly maxRequests: number;
@@ -229,10 +231,15 @@ export class NbdConnection implements ExportClient {
   private pump(): void {
     if (this.phase === 'handshake') return this.pumpHandshake();
     if (this.phase === 'transmission') {
-      while (!this.readingBlocked()) {
-        const f = this.framer!.next();
-        if (!f) break;
-        this.dispatch(f);
+      this.pumping = true;
+      try {
+        while (!this.readingBlocked()) {
+          const f = this.framer!.next();
+          if (!f) break;
+          this.dispatch(f);
+        }
+      } finally {
+        this.pumping = false;
       }
     }
     this.updateReading();
@@ -271,13 +278,18 @@ export class NbdConnection implements ExportClient {
     const bytes = req.type === Cmd.READ || req.type === Cmd.WRITE ? req.length : 0;
     this.inflight++;
     this.inflightBytes += bytes;
-    void execute(this.cmdCtx!, req, payload).then((reply) => {
-      this.send(reply.bufs, reply.release);
-      this.inflight--;
-      this.inflightBytes -= bytes;
-      if (this.inflight === 0) this.onIdle();
-      this.pump();
-    });
+    const reply = execute(this.cmdCtx!, req, payload);
+    if (reply instanceof Promise) void reply.then((r) => this.complete(r, bytes));
+    else this.complete(reply, bytes);
+  }
+
+  /** A request's reply goes out; a request that completed inside pump() leaves the taking of the next frame to pump()'s loop. */
+  private complete(reply: Reply, bytes: number): void {
+    this.send(reply.bufs, reply.release);
+    this.inflight--;
+    this.inflightBytes -= bytes;
+    if (this.inflight === 0) this.onIdle();
+    if (!this.pumping) this.pump();
   }
 
   // ---- output ----
@@ -304,8 +316,10 @@ export class NbdConnection implements ExportClient {
     // queued in node:net goes out in one send(2): node:net's write path
     // (stream state, write request, after-write callbacks) costs several
     // times the syscall itself, which at depth 1 is the whole latency.
-    // Whatever the kernel does not take is queued behind it as usual.
-    if (this.directFd >= 0 && !this.corked && this.inflight <= 1 && bufs.length === 1 && s.writableLength === 0) {
+    // Whatever the kernel does not take is queued behind it as usual. While
+    // more requests wait in what was read, replies are corked instead.
+    if (this.directFd >= 0 && !this.corked && this.inflight <= 1 && bufs.length === 1 && s.writableLength === 0 &&
+        !(this.pumping && this.framer!.buffered > 0)) {
       const sent = native().sendNowait(this.directFd, bufs[0]);
       if (sent === bufs[0].length) return this.pool.release(release);
       if (sent > 0) bufs = [bufs[0].subarray(sent)];

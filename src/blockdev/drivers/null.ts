@@ -6,6 +6,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockError } from '../errors.ts';
+import { COMPLETED } from '../request.ts';
 import { obj, opt } from '../../qmp/types.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 
@@ -25,9 +26,8 @@ export const nullDriver: Driver = {
     if (latencyNs > Number.MAX_SAFE_INTEGER) throw new BlockError('EINVAL', 'latency-ns is invalid');
     const latencyMs = latencyNs / 1e6;
     const zero = options['read-zeroes'] === true;
-    // Without latency every request completes at once: no timer, no extra promise per request.
-    const done = Promise.resolve();
-    const wait = latencyMs > 0 ? () => sleep(latencyMs) : () => done;
+    // Without latency every request completes at once: no timer, no promise step.
+    const wait = latencyMs > 0 ? () => sleep(latencyMs) : () => COMPLETED;
     return {
       length: () => size,
       limits: { canFua: true },

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import { BlockError, toBlockError } from '../../errors.ts';
-import { ReqFlag, type Extent } from '../../request.ts';
+import { COMPLETED, ReqFlag, type Extent } from '../../request.ts';
 import type { DriverOps, Perm, ReopenTransaction } from '../../driver.ts';
 import { BouncePool, BOUNCE_MAX } from './bounce.ts';
 import { closeFd, fdatasync, ftruncate, openFd, preadFull, pwriteFull } from './io.ts';
@@ -154,7 +154,7 @@ export class PosixFile {
       // Page-cache hits are served inline (RWF_NOWAIT): no thread-pool round trip, which
       // is most of the latency of a cached 4 KiB read. Anything else goes to the pool.
       const n = native().preadNowait(this.fd, buf, offset);
-      if (n === buf.length) return Promise.resolve();
+      if (n === buf.length) return COMPLETED;
       if (n > 0) return preadFull(this.fd, buf.subarray(n), offset + n, this.size);
     }
     return preadFull(this.fd, buf, offset, this.size);
