@@ -22,6 +22,7 @@ describe('BufferPool', () => {
   it('ignores foreign buffers, small buffers and double releases', () => {
     const p = new BufferPool();
     p.release(Buffer.alloc(1 << 20));
+    p.release(new BufferPool().acquire(1 << 20));
     p.release(p.acquire(10));
     p.release(undefined);
     expect(p.idle).toBe(0);

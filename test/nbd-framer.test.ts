@@ -1,6 +1,6 @@
 /** The transmission-phase framer, fed the same stream split at every byte boundary. */
 import { describe, it, expect } from 'vitest';
-import { RequestFramer, type Frame } from '../src/nbd/framer.ts';
+import { RequestFramer, cookieOf, type Frame } from '../src/nbd/framer.ts';
 import { Cmd, REQUEST_MAGIC } from '../src/nbd/constants.ts';
 
 function header(type: number, offset: number | bigint, length: number, cookie: bigint, flags = 0, magic = REQUEST_MAGIC): Buffer {
@@ -27,8 +27,10 @@ const stream = Buffer.concat([
 ]);
 
 function summary(frames: Frame[]): unknown[] {
-  return frames.map((f) => f.kind === 'bad-magic' ? { bad: f.magic, cookie: f.req.cookie.toString() } : {
-    ...f.req, cookie: f.req.cookie.toString(), payload: f.payload?.toString('hex'), discarded: f.discarded,
+  return frames.map((f) => {
+    if (f.kind === 'bad-magic') return { bad: f.magic, cookie: cookieOf(f.req).toString() };
+    const { cookieHi: _hi, cookieLo: _lo, ...rest } = f.req;
+    return { ...rest, cookie: cookieOf(f.req).toString(), payload: f.payload?.toString('hex'), discarded: f.discarded };
   });
 }
 

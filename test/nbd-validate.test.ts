@@ -11,7 +11,7 @@ const ro: ValidationContext = { ...rw, readOnly: true };
 const simple: ValidationContext = { ...rw, structured: false, metaContexts: 0 };
 const noMeta: ValidationContext = { ...rw, metaContexts: 0 };
 
-const req = (type: number, offset: number, length: number, flags = 0): RequestHeader => ({ type, offset, length, flags, cookie: 1n });
+const req = (type: number, offset: number, length: number, flags = 0): RequestHeader => ({ type, offset, length, flags, cookieHi: 0, cookieLo: 1 });
 const { EINVAL, EPERM, ENOSPC } = NbdErrno;
 
 // [name, request, context, errno by default (qsd's, but EPERM for read-only), errno with specErrnos]

@@ -14,9 +14,17 @@
  */
 const MIN_CLASS = 4 * 1024;
 
+/**
+ * Marks a lent ArrayBuffer with the pool it came from (a property rather
+ * than a WeakSet entry: ephemeron-table inserts and deletes were a visible
+ * share of a 4 KiB read). Foreign buffers and double releases are told
+ * apart by it.
+ */
+const LENT_BY = Symbol('lent by');
+type PooledArrayBuffer = ArrayBuffer & { [LENT_BY]?: BufferPool };
+
 export class BufferPool {
-  private readonly free = new Map<number, ArrayBuffer[]>();
-  private readonly lent = new WeakSet<ArrayBuffer>();
+  private readonly free = new Map<number, PooledArrayBuffer[]>();
   private idleBytes = 0;
 
   constructor(private readonly maxPooledBytes = 64 * 1024 * 1024) {}
@@ -29,17 +37,17 @@ export class BufferPool {
     const list = this.free.get(cls);
     let ab = list?.pop();
     if (ab) this.idleBytes -= cls;
-    else ab = new ArrayBuffer(cls);
-    this.lent.add(ab);
+    else ab = new ArrayBuffer(cls) as PooledArrayBuffer;
+    ab[LENT_BY] = this;
     return Buffer.from(ab, 0, size);
   }
 
   /** Gives back a buffer from acquire(); anything else (or a second release) is ignored. */
   release(buf: Buffer | undefined): void {
     if (!buf) return;
-    const ab = buf.buffer as ArrayBuffer;
-    if (!this.lent.has(ab)) return;
-    this.lent.delete(ab);
+    const ab = buf.buffer as PooledArrayBuffer;
+    if (ab[LENT_BY] !== this) return;
+    ab[LENT_BY] = undefined;
     const cls = ab.byteLength;
     if (this.idleBytes + cls > this.maxPooledBytes) return;
     let list = this.free.get(cls);

@@ -51,7 +51,7 @@ export function toReqFlags(req: RequestHeader, exp: NbdExport): number {
 
 /** The reply to a request that failed validation or execution. */
 export function errorReply(ctx: { structured: boolean }, req: RequestHeader, errno: number, message: string): Buffer[] {
-  return [ctx.structured ? chunkError(req.cookie, errno, message) : simpleReply(req.cookie, errno)];
+  return [ctx.structured ? chunkError(req, errno, message) : simpleReply(req, errno)];
 }
 
 const WIRE_MESSAGE: Record<number, string> = {
@@ -113,7 +113,7 @@ function plainRead(ctx: CommandContext, req: RequestHeader): Reply | Promise<Rep
 }
 
 function readReply(ctx: CommandContext, req: RequestHeader, whole: Buffer): Reply {
-  writeReadReplyHeader(whole, ctx.structured, req.cookie, req.offset, req.length);
+  writeReadReplyHeader(whole, ctx.structured, req, req.offset, req.length);
   return { bufs: [whole], release: whole };
 }
 
@@ -137,7 +137,7 @@ function written(ctx: CommandContext, req: RequestHeader, payload: Buffer): Repl
 
 /** The reply of a request that succeeded without data. (A plain function: tsx names every closure created per request.) */
 function ok(req: RequestHeader): Reply {
-  return { bufs: [simpleReply(req.cookie, 0)] };
+  return { bufs: [simpleReply(req, 0)] };
 }
 
 async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
@@ -168,10 +168,10 @@ async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): P
 
 async function read(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   const node = ctx.exp.node;
-  const { cookie, offset, length } = req;
+  const { offset, length } = req;
   // qsd flushes before a read with FUA (the spec documents FUA for writes only).
   if (req.flags & CmdFlag.FUA) await node.flush();
-  if (ctx.structured && length === 0) return { bufs: [chunkNone(cookie)] };
+  if (ctx.structured && length === 0) return { bufs: [chunkNone(req)] };
   if (ctx.structured && !(req.flags & CmdFlag.DF) && length >= SPARSE_READ_MIN) return sparseRead(ctx, req);
   // One buffer for header and data: the driver fills the data part in place and the reply leaves as one write.
   const hl = readReplyHeaderSize(ctx.structured);
@@ -182,7 +182,7 @@ async function read(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
     ctx.pool.release(whole);
     throw e;
   }
-  writeReadReplyHeader(whole, ctx.structured, cookie, offset, length);
+  writeReadReplyHeader(whole, ctx.structured, req, offset, length);
   return { bufs: [whole], release: whole };
 }
 
@@ -196,7 +196,7 @@ const SPARSE_READ_MIN = 64 * 1024;
 /** Reads as qsd does: runs that read as zeroes go out as OFFSET_HOLE chunks, the rest as OFFSET_DATA. */
 async function sparseRead(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   const node = ctx.exp.node;
-  const { cookie, offset, length } = req;
+  const { offset, length } = req;
   const end = offset + length;
   const runs: { offset: number; length: number; hole: boolean }[] = [];
   for (let pos = offset; pos < end;) {
@@ -218,8 +218,8 @@ async function sparseRead(ctx: CommandContext, req: RequestHeader): Promise<Repl
   const bufs: Buffer[] = [];
   runs.forEach((r, i) => {
     const done = i === runs.length - 1;
-    if (r.hole) bufs.push(chunkHole(cookie, done, r.offset, r.length));
-    else bufs.push(chunkDataHeader(cookie, done, r.offset, r.length), data!.subarray(r.offset - offset, r.offset - offset + r.length));
+    if (r.hole) bufs.push(chunkHole(req, done, r.offset, r.length));
+    else bufs.push(chunkDataHeader(req, done, r.offset, r.length), data!.subarray(r.offset - offset, r.offset - offset + r.length));
   });
   return { bufs, release: data };
 }
@@ -227,5 +227,5 @@ async function sparseRead(ctx: CommandContext, req: RequestHeader): Promise<Repl
 async function blockStatus(ctx: CommandContext, req: RequestHeader): Promise<Buffer[]> {
   const max = req.flags & CmdFlag.REQ_ONE ? 1 : MAX_EXTENTS;
   const all = await Promise.all(ctx.contexts.map((c) => c.extents(req.offset, req.length, max)));
-  return all.map((extents, i) => chunkBlockStatus(req.cookie, i === all.length - 1, ctx.contexts[i].id, extents));
+  return all.map((extents, i) => chunkBlockStatus(req, i === all.length - 1, ctx.contexts[i].id, extents));
 }

@@ -15,10 +15,24 @@
  */
 import { Cmd, MAX_PAYLOAD, REQUEST_MAGIC, REQUEST_SIZE } from './constants.ts';
 
-export interface RequestHeader {
+/**
+ * A request's 64-bit cookie as its two big-endian 32-bit halves: it is only
+ * ever copied back into replies, and a BigInt per request cost as much as the
+ * rest of parsing the header.
+ */
+export interface Cookie {
+  cookieHi: number;
+  cookieLo: number;
+}
+
+/** The cookie as one number, for logs and tests. */
+export function cookieOf(c: Cookie): bigint {
+  return (BigInt(c.cookieHi) << 32n) | BigInt(c.cookieLo);
+}
+
+export interface RequestHeader extends Cookie {
   flags: number;
   type: number;
-  cookie: bigint;
   /** May be imprecise above 2^53; such offsets are past the end of any export anyway. */
   offset: number;
   length: number;
@@ -94,14 +108,23 @@ export class RequestFramer {
           return undefined;
         case 'header': {
           if (this.available < REQUEST_SIZE) return undefined;
-          const h = this.take(REQUEST_SIZE);
-          const magic = h.readUInt32BE(0);
+          // Parsed in place when the header lies in one chunk (the usual case), else from a copy.
+          let h = this.chunks[this.first];
+          let at = this.pos;
+          if (h.length - at >= REQUEST_SIZE) {
+            this.advance(REQUEST_SIZE);
+          } else {
+            h = this.take(REQUEST_SIZE);
+            at = 0;
+          }
+          const magic = h.readUInt32BE(at);
           const req: RequestHeader = {
-            flags: h.readUInt16BE(4),
-            type: h.readUInt16BE(6),
-            cookie: h.readBigUInt64BE(8),
-            offset: h.readUInt32BE(16) * 2 ** 32 + h.readUInt32BE(20),
-            length: h.readUInt32BE(24),
+            flags: h.readUInt16BE(at + 4),
+            type: h.readUInt16BE(at + 6),
+            cookieHi: h.readUInt32BE(at + 8),
+            cookieLo: h.readUInt32BE(at + 12),
+            offset: h.readUInt32BE(at + 16) * 2 ** 32 + h.readUInt32BE(at + 20),
+            length: h.readUInt32BE(at + 24),
           };
           if (magic !== REQUEST_MAGIC) {
             this.state = 'dead';
@@ -164,14 +187,8 @@ export class RequestFramer {
     return { kind: 'request', req, payload };
   }
 
-  /** `n` contiguous bytes: a view when they lie in one chunk, else copied into the scratch header. */
+  /** `n` bytes split over chunks, copied into the scratch header. */
   private take(n: number): Buffer {
-    const head = this.chunks[this.first];
-    if (head.length - this.pos >= n) {
-      const v = head.subarray(this.pos, this.pos + n);
-      this.advance(n);
-      return v;
-    }
     const out = this.scratch.subarray(0, n);
     let got = 0;
     while (got < n) got += this.copyOut(out, got, n - got);

@@ -8,6 +8,7 @@ import {
   CHUNK_HEADER_SIZE, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, REPLY_MAGIC, ReplyFlag, ReplyType,
   SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE, STRUCTURED_REPLY_MAGIC,
 } from './constants.ts';
+import type { Cookie } from './framer.ts';
 
 /** The 18-byte newstyle greeting: NBDMAGIC, IHAVEOPT, handshake flags. */
 export function greeting(): Buffer {
@@ -51,17 +52,18 @@ function writeU64(b: Buffer, value: number, at: number): void {
 
 // Reply headers are written in full below, so they may come from Node's
 // small-buffer pool (allocUnsafe) instead of a fresh zero-filled allocation.
-export function simpleReply(cookie: bigint, error: number): Buffer {
+export function simpleReply(c: Cookie, error: number): Buffer {
   const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
-  writeSimpleReply(b, cookie, error);
+  writeSimpleReply(b, c, error);
   return b;
 }
 
 /** Writes a simple reply header into the first SIMPLE_REPLY_SIZE bytes of `b`. */
-export function writeSimpleReply(b: Buffer, cookie: bigint, error: number): void {
+export function writeSimpleReply(b: Buffer, c: Cookie, error: number): void {
   b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   b.writeUInt32BE(error, 4);
-  b.writeBigUInt64BE(cookie, 8);
+  b.writeUInt32BE(c.cookieHi, 8);
+  b.writeUInt32BE(c.cookieLo, 12);
 }
 
 /** Bytes in front of READ data: the simple reply header, or an OFFSET_DATA chunk header with its offset field. */
@@ -70,49 +72,50 @@ export function readReplyHeaderSize(structured: boolean): number {
 }
 
 /** Writes the header of a READ reply carrying `dataLength` bytes into the front of `b`. */
-export function writeReadReplyHeader(b: Buffer, structured: boolean, cookie: bigint, offset: number, dataLength: number): void {
-  if (!structured) return writeSimpleReply(b, cookie, 0);
-  writeChunkHeader(b, cookie, ReplyType.OFFSET_DATA, true, 8 + dataLength);
+export function writeReadReplyHeader(b: Buffer, structured: boolean, c: Cookie, offset: number, dataLength: number): void {
+  if (!structured) return writeSimpleReply(b, c, 0);
+  writeChunkHeader(b, c, ReplyType.OFFSET_DATA, true, 8 + dataLength);
   writeU64(b, offset, CHUNK_HEADER_SIZE);
 }
 
 /** A structured chunk header followed by `extra` bytes of fixed fields the caller fills. */
-function chunk(cookie: bigint, type: number, done: boolean, length: number, extra: number): Buffer {
+function chunk(c: Cookie, type: number, done: boolean, length: number, extra: number): Buffer {
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + extra);
-  writeChunkHeader(b, cookie, type, done, length);
+  writeChunkHeader(b, c, type, done, length);
   return b;
 }
 
-function writeChunkHeader(b: Buffer, cookie: bigint, type: number, done: boolean, length: number): void {
+function writeChunkHeader(b: Buffer, c: Cookie, type: number, done: boolean, length: number): void {
   b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
   b.writeUInt16BE(done ? ReplyFlag.DONE : 0, 4);
   b.writeUInt16BE(type, 6);
-  b.writeBigUInt64BE(cookie, 8);
+  b.writeUInt32BE(c.cookieHi, 8);
+  b.writeUInt32BE(c.cookieLo, 12);
   b.writeUInt32BE(length, 16);
 }
 
-export function chunkNone(cookie: bigint): Buffer {
-  return chunk(cookie, ReplyType.NONE, true, 0, 0);
+export function chunkNone(c: Cookie): Buffer {
+  return chunk(c, ReplyType.NONE, true, 0, 0);
 }
 
 /** Header (with the offset field) of an OFFSET_DATA chunk; the data follows it on the wire. */
-export function chunkDataHeader(cookie: bigint, done: boolean, offset: number, dataLength: number): Buffer {
-  const b = chunk(cookie, ReplyType.OFFSET_DATA, done, 8 + dataLength, 8);
+export function chunkDataHeader(c: Cookie, done: boolean, offset: number, dataLength: number): Buffer {
+  const b = chunk(c, ReplyType.OFFSET_DATA, done, 8 + dataLength, 8);
   writeU64(b, offset, CHUNK_HEADER_SIZE);
   return b;
 }
 
-export function chunkHole(cookie: bigint, done: boolean, offset: number, length: number): Buffer {
-  const b = chunk(cookie, ReplyType.OFFSET_HOLE, done, 12, 12);
+export function chunkHole(c: Cookie, done: boolean, offset: number, length: number): Buffer {
+  const b = chunk(c, ReplyType.OFFSET_HOLE, done, 12, 12);
   writeU64(b, offset, CHUNK_HEADER_SIZE);
   b.writeUInt32BE(length, CHUNK_HEADER_SIZE + 8);
   return b;
 }
 
-export function chunkError(cookie: bigint, error: number, message: string): Buffer {
+export function chunkError(c: Cookie, error: number, message: string): Buffer {
   let msg = Buffer.from(message, 'utf8');
   if (msg.length > 4096) msg = msg.subarray(0, 4096);
-  const b = chunk(cookie, ReplyType.ERROR, true, 6 + msg.length, 6 + msg.length);
+  const b = chunk(c, ReplyType.ERROR, true, 6 + msg.length, 6 + msg.length);
   b.writeUInt32BE(error, CHUNK_HEADER_SIZE);
   b.writeUInt16BE(msg.length, CHUNK_HEADER_SIZE + 4);
   msg.copy(b, CHUNK_HEADER_SIZE + 6);
@@ -121,9 +124,9 @@ export function chunkError(cookie: bigint, error: number, message: string): Buff
 
 export interface WireExtent { length: number; flags: number }
 
-export function chunkBlockStatus(cookie: bigint, done: boolean, contextId: number, extents: WireExtent[]): Buffer {
+export function chunkBlockStatus(c: Cookie, done: boolean, contextId: number, extents: WireExtent[]): Buffer {
   const n = extents.length;
-  const b = chunk(cookie, ReplyType.BLOCK_STATUS, done, 4 + 8 * n, 4 + 8 * n);
+  const b = chunk(c, ReplyType.BLOCK_STATUS, done, 4 + 8 * n, 4 + 8 * n);
   b.writeUInt32BE(contextId, CHUNK_HEADER_SIZE);
   let p = CHUNK_HEADER_SIZE + 4;
   for (const e of extents) {
