@@ -8,13 +8,13 @@
  * that runs out of space (a tiny tmpfs).
  */
 import { describe, it, expect, afterEach } from 'vitest';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { rmSync, copyFileSync, readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { QmpClient, QmpCommandError } from '../src/qmp/client/qmp-client.ts';
-import { startDaemon, tempDir as makeTempDir, type Running } from './helpers/daemons.ts';
+import { QmpCommandError } from '../src/qmp/client/qmp-client.ts';
+import { tempDir as makeTempDir } from './helpers/daemons.ts';
 import { run, SYSTEM_PYTHON } from './helpers/tools.ts';
+import { SIZE, makeSource, sequence, sha, sleep, startLive, startWriter, type Live } from './helpers/live-export.ts';
 
 /** Temporary directories of this file's tests, removed after each test (images are large). */
 const dirs: string[] = [];
@@ -22,110 +22,6 @@ function tempDir(prefix: string): string {
   const d = makeTempDir(prefix);
   dirs.push(d);
   return d;
-}
-
-const SIZE = 64 * 1024 * 1024;
-
-interface Ev { event: string; data: Record<string, unknown> }
-
-interface Live {
-  dir: string;
-  qmp: QmpClient;
-  events: Ev[];
-  daemon: Running;
-  nbdSock: string;
-  waitEvent(name: string, pred?: (d: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Ev>;
-  stop(): Promise<void>;
-}
-
-/** bin/blockd (or qsd) with a QMP monitor and an NBD server on Unix sockets, plus extra arguments. */
-async function startLive(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<Live> {
-  const qmpSock = join(dir, 'qmp.sock');
-  const nbdSock = join(dir, 'nbd.sock');
-  const daemon = await startDaemon(which, [
-    '--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
-    '--nbd-server', `addr.type=unix,addr.path=${nbdSock}`, ...extra,
-  ], qmpSock);
-  const qmp = await QmpClient.connect(qmpSock);
-  const events: Ev[] = [];
-  const waiters: (() => void)[] = [];
-  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => {
-    events.push({ event: e.event, data: e.data ?? {} });
-    for (const w of waiters.splice(0)) w();
-  });
-  return {
-    dir, qmp, events, daemon, nbdSock,
-    async waitEvent(name, pred = () => true, timeoutMs = 60_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const e = events.find((x) => x.event === name && pred(x.data));
-        if (e) return e;
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${name}; got ${JSON.stringify(events)}`);
-        await new Promise<void>((r) => { waiters.push(r); setTimeout(r, 200); });
-      }
-    },
-    async stop() { qmp.close(); await daemon.stop(); },
-  };
-}
-
-/**
- * A libnbd client writing random runs (4 KiB .. 256 KiB, 4 KiB aligned) until
- * `stop` exists, one at a time, mirroring each write into `model`; prints the count.
- */
-function startWriter(sock: string, exportName: string, model: string, stop: string, seed: number, pauseAfter = -1, paused = '', go = ''): { proc: ChildProcess; done: Promise<string> } {
-  const script = `
-import nbd, random, os, sys, time
-random.seed(${seed})
-h = nbd.NBD()
-h.set_export_name(${JSON.stringify(exportName)})
-h.connect_unix(${JSON.stringify(sock)})
-size = h.get_size()
-m = open(${JSON.stringify(model)}, 'r+b')
-n = 0
-while not os.path.exists(${JSON.stringify(stop)}):
-    ln = random.randint(1, 64) * 4096
-    off = random.randrange(0, size - ln, 4096)
-    buf = bytes([random.randrange(1, 256)]) * ln
-    h.pwrite(buf, off)
-    m.seek(off); m.write(buf)
-    n += 1
-    if n == ${pauseAfter}:
-        m.flush()
-        open(${JSON.stringify(paused)}, 'w').close()
-        while not os.path.exists(${JSON.stringify(go)}):
-            time.sleep(0.01)
-m.close()
-h.shutdown()
-print(n)
-`;
-  const proc = spawn(SYSTEM_PYTHON, ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (err += d));
-  const done = new Promise<string>((resolve, reject) => proc.once('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`writer failed (${code}): ${err}`)))));
-  return { proc, done };
-}
-
-function sha(path: string): string {
-  return createHash('sha256').update(readFileSync(path)).digest('hex');
-}
-
-/** A raw image with some data and holes (qemu-io patterns). */
-function makeSource(path: string, size = SIZE): void {
-  run('qemu-img', ['create', '-q', '-f', 'raw', path, String(size)]);
-  run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 4M', '-c', 'write -P 0x22 32M 1M', '-c', `write -P 0x33 ${size - 65536} 64k`, path]);
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** qsd 7.2's events for a mirror that is completed (or soft-cancelled) after READY. */
-const MIRROR_DONE = ['created', 'running', 'ready', 'BLOCK_JOB_READY', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'];
-
-function sequence(events: Ev[], id: string): string[] {
-  return events.filter((e) => e.data.id === id || e.data.device === id)
-    .filter((e) => e.event !== 'BLOCK_JOB_ERROR')
-    .map((e) => (e.event === 'JOB_STATUS_CHANGE' ? String(e.data.status) : e.event));
 }
 
 const BACKUP_DONE = ['created', 'running', 'paused', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'];
@@ -172,7 +68,7 @@ describe('backup of a live export', () => {
         extra.push('--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${tgt}`);
       }
       live = await startLive('blockd', dir, extra);
-      writer = startWriter(live.nbdSock, 'disk', model, stop, 7, 40, paused, go);
+      writer = startWriter(live.nbdSock, 'disk', model, stop, 7, { after: 40, paused, go });
       await waitFile(paused);
       copyFileSync(model, atStart);
       // Slow enough that most clusters are overwritten by the client before the job reaches them.
