@@ -56,6 +56,37 @@ describe('process life', () => {
     expect(existsSync(pid)).toBe(false);
   });
 
+  it('with nothing to serve (only --blockdev) it runs until SIGTERM and holds its image locks, as qsd', async () => {
+    const dir = tempDir();
+    const base = join(dir, 'base.qcow2');
+    const top = join(dir, 'top.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', base, '4M']);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+    const qemuIo = (args: string[]) => {
+      const r = spawnSync('qemu-io', args, { encoding: 'utf8' });
+      return `${r.status} ${r.stdout}${r.stderr}`.replace(/\(.*\/sec and .* ops\/sec\)/, '');
+    };
+    const seen: Record<string, unknown> = {};
+    for (const who of ['qsd', 'blockd'] as const) {
+      const pid = join(dir, `${who}.pid`);
+      const args = ['--blockdev', `driver=file,node-name=f1,filename=${top}`, '--blockdev', 'driver=qcow2,node-name=q1,file=f1', '--pidfile', pid];
+      const proc = spawn(who === 'qsd' ? requireTool('qemu-storage-daemon') : BLOCKD, args, { stdio: 'ignore' });
+      const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+      for (let i = 0; i < 200 && !existsSync(pid); i++) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 500));
+      seen[who] = {
+        running: proc.exitCode === null,
+        writeTop: qemuIo(['-f', 'qcow2', '-c', 'write 0 4k', top]),
+        writeBase: qemuIo(['-f', 'qcow2', '-c', 'write 0 4k', base]),
+        readBase: qemuIo(['-r', '-f', 'qcow2', '-c', 'read 0 4k', base]),
+      };
+      proc.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+    expect(seen.blockd).toMatchObject({ running: true, writeTop: expect.stringContaining('Failed to get "write" lock') });
+  });
+
   it('does not write the pidfile when start-up fails', () => {
     const dir = tempDir();
     const pid = join(dir, 'blockd.pid');

@@ -8,7 +8,7 @@ import { BlockGraph } from '../src/blockdev/graph.ts';
 import { BlockError } from '../src/blockdev/errors.ts';
 import { ReqFlag } from '../src/blockdev/request.ts';
 import type { BlockNode } from '../src/blockdev/node.ts';
-import { fileDriver, hostDeviceDriver, type PermissionAware } from '../src/blockdev/drivers/file/index.ts';
+import { fileDriver, hostDeviceDriver } from '../src/blockdev/drivers/file/index.ts';
 import { ofdTest } from '../src/blockdev/drivers/file/native.ts';
 
 const KiB = 1024;
@@ -110,7 +110,6 @@ async function qemuHolds(file: string, args: string[]): Promise<ChildProcess> {
   return child;
 }
 
-type WithPerms = PermissionAware;
 
 describe('file driver: data path', () => {
   it('reads and writes through the block node', async () => {
@@ -398,8 +397,7 @@ describe('file driver: image locking (interop with QEMU)', () => {
     let r = run('qemu-io', ['-f', 'raw', '-c', 'read 0 512', file]);
     expect(r.out).toContain('read 512/512 bytes at offset 0');
     // As under a qcow2 parent: write and resize used, neither shared.
-    (node.ops as unknown as WithPerms).setPermissions(
-      { read: true, write: true, resize: true }, { read: true, write: false, resize: false });
+    node.ops.setPermissions!({ perm: { read: true, write: true, resize: true }, shared: { read: true, write: false, resize: false } });
     expect([101, 103, 201, 203].map((b) => byteHeld(file, b))).toEqual([true, true, true, true]);
     r = run('qemu-io', ['-f', 'raw', '-c', 'read 0 512', file]);
     expect(r.status).not.toBe(0);
@@ -407,8 +405,7 @@ describe('file driver: image locking (interop with QEMU)', () => {
     // A read-only raw reader needs only "consistent read", which we share.
     expect(run('qemu-io', ['-r', '-f', 'raw', '-c', 'read 0 512', file]).out).toContain('read 512/512 bytes');
     // Back to plain use: the bytes go.
-    (node.ops as unknown as WithPerms).setPermissions(
-      { read: true, write: true, resize: false }, { read: true, write: true, resize: false });
+    node.ops.setPermissions!({ perm: { read: true, write: true, resize: false }, shared: { read: true, write: true, resize: false } });
     expect([101, 103, 201, 203].map((b) => byteHeld(file, b))).toEqual([true, false, false, true]);
   });
 
@@ -432,13 +429,11 @@ describe('file driver: image locking (interop with QEMU)', () => {
     const a = await open(file, {}, 'a');
     await open(file, {}, 'b'); // both share write: fine
     await graph.del('b');
-    (a.ops as unknown as WithPerms).setPermissions(
-      { read: true, write: true, resize: true }, { read: true, write: false, resize: false });
+    a.ops.setPermissions!({ perm: { read: true, write: true, resize: true }, shared: { read: true, write: false, resize: false } });
     const e = await openError({ driver: 'file', filename: file });
     expect(e.message).toBe('Failed to get "write" lock');
     const b = await open(file, { 'read-only': true, 'force-share': true }, 'b');
-    expect(() => (b.ops as unknown as WithPerms).setPermissions(
-      { read: true, write: true, resize: false }, { read: true, write: true, resize: true })).toThrow('Failed to get "write" lock');
+    expect(() => b.ops.setPermissions!({ perm: { read: true, write: true, resize: false }, shared: { read: true, write: true, resize: true } })).toThrow('Failed to get "write" lock');
     // b still holds only what it held before.
     await graph.del('a');
     expect([100, 101, 103, 201, 203].map((x) => byteHeld(file, x))).toEqual([true, false, false, false, false]);

@@ -79,6 +79,12 @@ export interface DriverOps {
    * protocol node), detect-zeroes, discard and cache.no-flush can change.
    */
   prepareReopen?(options: Record<string, unknown>, readOnly: boolean): Promise<ReopenTransaction>;
+  /**
+   * What the node's users need and share, together (undefined: it has none).
+   * The file driver's image locks follow it, as QEMU's permission updates do;
+   * a conflict with another process throws and leaves the old state.
+   */
+  setPermissions?(users: { perm: Perm; shared: Perm } | undefined): void;
 }
 
 /** A prepared reopen (see DriverOps.prepareReopen). */

@@ -19,6 +19,8 @@ export interface ChildEdge {
   readonly role: string;
   perm: Perm;
   shared: Perm;
+  /** `shared` follows what the parent's own users share (a raw node's file). */
+  passThrough?: boolean;
 }
 
 export const ALL_PERM: Perm = { read: true, write: true, resize: true };
@@ -43,12 +45,38 @@ export function checkPermissions(node: BlockNode, edge: ChildEdge, ignore?: Chil
   }
 }
 
+/** Union of what the edges use, intersection of what they share. */
+export function cumulative(edges: readonly ChildEdge[]): { perm: Perm; shared: Perm } {
+  const perm: Perm = { read: false, write: false, resize: false };
+  const shared: Perm = { read: true, write: true, resize: true };
+  for (const e of edges) {
+    for (const k of PERM_NAMES) {
+      perm[k] ||= e.perm[k];
+      shared[k] &&= e.shared[k];
+    }
+  }
+  return { perm, shared };
+}
+
+/** Checks and attaches `edge`; the child's image locks follow (and may refuse it, leaving nothing attached). */
 export function attachEdge(edge: ChildEdge): void {
   checkPermissions(edge.child, edge);
   edge.child.parents.push(edge);
+  try {
+    edge.child.refreshPermissions();
+  } catch (e) {
+    removeParent(edge);
+    edge.child.refreshPermissions();
+    throw e;
+  }
 }
 
 export function detachEdge(edge: ChildEdge): void {
+  removeParent(edge);
+  edge.child.refreshPermissions();
+}
+
+function removeParent(edge: ChildEdge): void {
   const list = edge.child.parents;
   const i = list.indexOf(edge);
   if (i >= 0) list.splice(i, 1);

@@ -20,7 +20,7 @@
  */
 import { BlockError } from './errors.ts';
 import { BlockNode } from './node.ts';
-import { attachEdge, checkPermissions, detachEdge, type ChildEdge } from './edge.ts';
+import { attachEdge, checkPermissions, cumulative, detachEdge, type ChildEdge } from './edge.ts';
 import type { BlockGraph } from './graph.ts';
 import type { CommonOptions, Driver, DriverContext, DriverOps, Perm } from './driver.ts';
 import { parseHeader, serializeHeader } from './drivers/qcow2/header.ts';
@@ -59,22 +59,14 @@ function makeGate(target: () => BlockNode): BlockNode {
 function moveEdge(e: ChildEdge, to: BlockNode, check: boolean): void {
   detachEdge(e);
   e.child = to;
-  if (check) attachEdge(e);
-  else to.parents.push(e);
+  if (check) {
+    attachEdge(e);
+  } else {
+    to.parents.push(e);
+    to.refreshPermissions();
+  }
 }
 
-/** Union of what the edges use, intersection of what they share. */
-function combined(edges: ChildEdge[]): { perm: Perm; shared: Perm } {
-  const perm: Perm = { read: false, write: false, resize: false };
-  const shared: Perm = { read: true, write: true, resize: true };
-  for (const e of edges) {
-    for (const k of ['read', 'write', 'resize'] as const) {
-      perm[k] ||= e.perm[k];
-      shared[k] &&= e.shared[k];
-    }
-  }
-  return { perm, shared };
-}
 
 /**
  * Moves every user of `from` (nodes and exports) to `to`, except the edges
@@ -99,13 +91,15 @@ export async function replaceNode(
   let target = from;
   const gate = makeGate(() => target);
   for (const e of edges) moveEdge(e, gate, false);
-  let link: ChildEdge | undefined = graph.link(gate, from, 'file', combined(edges));
+  let link: ChildEdge | undefined = graph.link(gate, from, 'file', cumulative(edges));
   try {
     await gate.drained(async () => {
       // Everything already sent to `from` finishes first. (Nothing above `from` but the gate has users yet.)
       await from.drained(() => undefined);
       await hooks.beforeSwitch?.();
       for (const e of edges) checkPermissions(to, e);
+      // Image locks for the users about to arrive, taken before anything moves (a conflict leaves all in place).
+      to.refreshPermissions(edges);
       // Node users are held at their own entry: they move now (and reopen on their new child).
       const nodeEdges = edges.filter((e) => e.parent instanceof BlockNode);
       for (const e of nodeEdges) moveEdge(e, to, false);

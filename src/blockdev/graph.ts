@@ -90,8 +90,12 @@ export class BlockGraph {
   }
 
   /** Creates an edge parent → child after checking permissions. */
-  link(parent: Parent, child: BlockNode, role: string, p: { perm: Perm; shared: Perm }): ChildEdge {
+  link(parent: Parent, child: BlockNode, role: string, p: { perm: Perm; shared: Perm; passThrough?: boolean }): ChildEdge {
     const edge: ChildEdge = { parent, child, role, perm: p.perm, shared: p.shared };
+    if (p.passThrough) {
+      edge.passThrough = true;
+      if (parent instanceof BlockNode) edge.shared = parent.usersShare();
+    }
     attachEdge(edge);
     if (parent instanceof BlockNode) parent.children.push(edge);
     return edge;
@@ -150,15 +154,18 @@ function inheritOptions(ref: Record<string, unknown>, parent: CommonOptions): Re
 
 /**
  * Default permissions of an edge. Filters pass their parents' needs through and
- * share everything; format drivers own their file's metadata, so while
- * writable they share neither write nor resize with other users.
+ * share everything. Format drivers own their file's metadata: read-only or
+ * not, nobody else may write or resize it (QEMU's
+ * bdrv_default_perms_for_storage); a backing node may change under them.
  */
-function childPerm(driver: Driver, readOnly: boolean, role: ChildRole, opts?: OpenChildOptions): { perm: Perm; shared: Perm } {
+function childPerm(driver: Driver, readOnly: boolean, role: ChildRole, opts?: OpenChildOptions): { perm: Perm; shared: Perm; passThrough: boolean } {
   const writes = !readOnly && role !== 'backing';
   const owns = driver.kind === 'format' && driver.name !== 'raw';
   const perm: Perm = { read: true, write: writes, resize: writes && owns, ...opts?.perm };
-  const shared: Perm = { read: true, write: !(owns && writes), resize: !(owns && writes), ...opts?.shared };
-  return { perm, shared };
+  const storage = owns && role !== 'backing';
+  const shared: Perm = { read: true, write: !storage, resize: !storage, ...opts?.shared };
+  // raw lets others do with its file what its own users let others do (QEMU's filtered child).
+  return { perm, shared, passThrough: driver.name === 'raw' && role === 'file' && !opts?.shared };
 }
 
 /** A backing node opened from the header's name stands for that name; otherwise the header's name itself. */

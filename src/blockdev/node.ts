@@ -7,8 +7,8 @@
 import { BlockError, toBlockError } from './errors.ts';
 import { COMPLETED, ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
 import { RangeLock } from './range-lock.ts';
-import type { ChildEdge, Parent } from './edge.ts';
-import type { CommonOptions, Driver, DriverOps } from './driver.ts';
+import { cumulative, type ChildEdge, type Parent } from './edge.ts';
+import type { CommonOptions, Driver, DriverOps, Perm } from './driver.ts';
 
 export interface NodeStats {
   rdBytes: number; wrBytes: number; rdOps: number; wrOps: number;
@@ -287,6 +287,26 @@ export class BlockNode implements Parent {
     } finally {
       this.leave();
     }
+  }
+
+  /**
+   * Passes what this node's users (and `arriving`, users about to move here)
+   * need and share to the driver, whose image locks follow. Throws, changing
+   * nothing, when another process's locks conflict.
+   */
+  refreshPermissions(arriving: readonly ChildEdge[] = []): void {
+    const users = arriving.length ? [...this.parents, ...arriving] : this.parents;
+    this.ops.setPermissions?.(users.length ? cumulative(users) : undefined);
+    for (const e of this.children) {
+      if (!e.passThrough) continue;
+      e.shared = this.usersShare(arriving);
+      e.child.refreshPermissions();
+    }
+  }
+
+  /** What this node's users (and `arriving` ones) let others do: everything when it has none. */
+  usersShare(arriving: readonly ChildEdge[] = []): Perm {
+    return cumulative(arriving.length ? [...this.parents, ...arriving] : this.parents).shared;
   }
 
   // ---- drain ----

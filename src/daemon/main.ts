@@ -74,10 +74,14 @@ export async function main(argv: string[]): Promise<void> {
   if (isDaemonChild()) reportToParent('ready');
   sdNotify(`READY=1\nMAINPID=${process.pid}`);
 
+  // As qsd, the daemon runs until a signal or QMP quit even when nothing
+  // listens (only --blockdev given): node would exit once its loop is empty.
+  const keepAlive = setInterval(() => undefined, 2 ** 31 - 1);
   let signalled = false;
   const stop = (signal: string) => {
     if (signalled) return;
     signalled = true;
+    clearInterval(keepAlive);
     log.info({ signal }, 'shutting down');
     sdNotify('STOPPING=1');
     daemon.shutdown().then(

@@ -36,10 +36,14 @@ export function moveParents(from: BlockNode, to: BlockNode, keep: (e: ChildEdge)
       to.parents.push(e);
       moved.push(e);
     }
+    // Image locks follow the users: `to` may be refused by another process's locks.
+    to.refreshPermissions();
   } catch (err) {
     for (const e of moved.reverse()) { detach(e); e.child = from; from.parents.push(e); }
+    to.refreshPermissions();
     throw err;
   }
+  from.refreshPermissions();
   return moved;
 }
 

@@ -107,13 +107,19 @@ function checkOptions(p: Plan): void {
 function defaultWrite(parent: BlockNode, role: string, readOnly: boolean): { perm: Partial<Perm>; shared: Partial<Perm> } {
   const writes = !readOnly && (role !== 'backing' || parent.isFilter);
   const owns = parent.driver.kind === 'format' && parent.driver.name !== 'raw';
-  return { perm: { write: writes, resize: writes && owns }, shared: { write: !(owns && writes), resize: !(owns && writes) } };
+  const storage = owns && role !== 'backing';
+  return { perm: { write: writes, resize: writes && owns }, shared: { write: !storage, resize: !storage } };
 }
 
 /** Moves edges of nodes changing mode to their new permissions and checks the result; returns the undo. */
 function applyPermissions(plans: Plan[]): () => void {
   const saved: { edge: ChildEdge; perm: Perm; shared: Perm }[] = [];
-  const undo = () => { for (const s of saved.reverse()) { s.edge.perm = s.perm; s.edge.shared = s.shared; } };
+  // Image locks follow the edges both ways (a conflict with another process refuses the reopen).
+  const refresh = () => { for (const n of new Set(saved.map((s) => s.edge.child))) n.refreshPermissions(); };
+  const undo = () => {
+    for (const s of saved.reverse()) { s.edge.perm = s.perm; s.edge.shared = s.shared; }
+    refresh();
+  };
   const finalRO = new Map(plans.map((p) => [p.node, p.readOnly]));
   const isRO = (n: BlockNode) => finalRO.get(n) ?? n.readOnly;
   try {
@@ -126,7 +132,7 @@ function applyPermissions(plans: Plan[]): () => void {
         const after = defaultWrite(p.node, e.role, p.readOnly);
         saved.push({ edge: e, perm: { ...e.perm }, shared: { ...e.shared } });
         e.perm = { ...e.perm, ...after.perm };
-        e.shared = { ...e.shared, ...after.shared };
+        if (!e.passThrough) e.shared = { ...e.shared, ...after.shared };
       }
     }
     const touched = new Set<BlockNode>([...plans.map((p) => p.node), ...saved.map((s) => s.edge.child)]);
@@ -136,6 +142,7 @@ function applyPermissions(plans: Plan[]): () => void {
       }
     }
     for (const s of saved) checkPermissions(s.edge.child, s.edge, s.edge);
+    refresh();
   } catch (e) {
     undo();
     throw e;

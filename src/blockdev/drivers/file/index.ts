@@ -21,11 +21,11 @@ import { OnOffAuto } from '../../options.ts';
 import { enm, obj, opt, req, type ObjectType } from '../../../qmp/types.ts';
 import type { Driver, DriverContext, DriverOps } from '../../driver.ts';
 import { closeFd, openFd } from './io.ts';
-import { ImageLock, PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from './locking.ts';
+import { ImageLock } from './locking.ts';
 import { allocAligned, blockDeviceSectorSize, blockDeviceSize, errorText } from './native.ts';
 import { PosixFile } from './posix-file.ts';
 
-export type { FileOps, PermissionAware } from './posix-file.ts';
+export type { FileOps } from './posix-file.ts';
 
 export const BlockdevAioOptions = enm('BlockdevAioOptions', ['threads', 'native', 'io_uring']);
 
@@ -69,19 +69,15 @@ async function openPosix(options: Record<string, unknown>, ctx: DriverContext, d
     const size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
     const alignment = direct ? probeAlignment(fd, st.isBlockDevice()) : 1;
 
-    // Until the graph reports its users' permissions (setPermissions), hold
-    // what qemu-storage-daemon holds for this node under an export: read,
-    // write when writable, and resize unshared (everything with force-share).
-    const lock = new ImageLock(fd, o.locking !== 'off');
-    const perm = PERM_CONSISTENT_READ | (writable ? PERM_WRITE : 0);
-    const shared = ctx.options['force-share'] ? PERM_ALL : PERM_ALL & ~PERM_RESIZE;
-    lock.set(perm, shared);
-
     const file = new PosixFile({
       filename, fd, flags, writable, device: isDev, direct, alignment, size,
-      unmap: ctx.options.discard === 'unmap', lock,
+      unmap: ctx.options.discard === 'unmap', lock: new ImageLock(fd, o.locking !== 'off'),
+      forceShare: ctx.options['force-share'] === true,
     });
-    return file.ops();
+    const ops = file.ops();
+    // The locks of a node nobody uses yet; the graph moves them as users come and go.
+    ops.setPermissions(undefined);
+    return ops;
   } catch (e) {
     await closeFd(fd).catch(() => undefined);
     throw e instanceof BlockError ? e : toBlockError(e, `Could not open '${filename}'`);

@@ -11,7 +11,7 @@ import { COMPLETED, ReqFlag, type Extent } from '../../request.ts';
 import type { DriverOps, Perm, ReopenTransaction } from '../../driver.ts';
 import { BouncePool, BOUNCE_MAX } from './bounce.ts';
 import { closeFd, fdatasync, ftruncate, openFd, preadFull, pwriteFull } from './io.ts';
-import { ImageLock, PERM_WRITE, permBits, sharedBits } from './locking.ts';
+import { ImageLock, PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, permBits, sharedBits } from './locking.ts';
 import { allocAligned, errorText, fallocate, isAligned, native, seekData, seekHole } from './native.ts';
 
 /** Most extents one blockStatus call gathers (each costs one or two lseek round trips). */
@@ -32,6 +32,8 @@ export interface PosixFileConfig {
   /** discard=unmap: discard and MAY_UNMAP zeroing punch holes. */
   unmap: boolean;
   lock: ImageLock;
+  /** force-share=on: every permission is shared, whatever the users say. */
+  forceShare: boolean;
 }
 
 function isNotSupported(e: unknown): boolean {
@@ -39,12 +41,7 @@ function isNotSupported(e: unknown): boolean {
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'EINVAL';
 }
 
-/** What the graph calls when the permissions its users need on this node change. */
-export interface PermissionAware {
-  setPermissions(perm: Perm, shared: Perm): void;
-}
-
-export type FileOps = DriverOps & PermissionAware;
+export type FileOps = DriverOps & Required<Pick<DriverOps, 'setPermissions'>>;
 
 export class PosixFile {
   readonly filename: string;
@@ -56,6 +53,7 @@ export class PosixFile {
   private readonly alignment: number;
   private readonly unmap: boolean;
   lock: ImageLock;
+  private readonly forceShare: boolean;
   private size: number;
   private dsync?: Promise<number>;
   private readonly pool = new BouncePool();
@@ -79,6 +77,7 @@ export class PosixFile {
     this.size = c.size;
     this.unmap = c.unmap;
     this.lock = c.lock;
+    this.forceShare = c.forceShare;
   }
 
   /** The DriverOps of this file; methods are bound so the generic layer can call them detached. */
@@ -95,12 +94,26 @@ export class PosixFile {
       limits: { alignment: this.alignment, canFua: true, canZero: this.writable, canTrim: true },
       info: () => this.info(),
       filename: () => this.filename,
-      setPermissions: (perm, shared) => this.lock.set(permBits(perm), sharedBits(shared)),
+      setPermissions: (users) => this.setPermissions(users),
       prepareReopen: (_options, readOnly) => this.prepareReopen(readOnly),
     };
     // QEMU's host_device reports everything as data; only regular files have holes to find.
     if (!this.device) ops.blockStatus = (o, l, f) => this.blockStatus(o, l, f);
     return ops;
+  }
+
+  // ---- image locks ----
+
+  /**
+   * The lock bytes for what the node's users need and share. A node nobody
+   * uses (yet) holds what qsd holds for an exported node: read, write when
+   * writable, and resize unshared (qsd holds nothing for it; blockd keeps an
+   * image it has open for writing safe from other writers).
+   */
+  private setPermissions(users: { perm: Perm; shared: Perm } | undefined): void {
+    const perm = users ? permBits(users.perm) : PERM_CONSISTENT_READ | (this.writable ? PERM_WRITE : 0);
+    const shared = this.forceShare ? PERM_ALL : users ? sharedBits(users.shared) : PERM_ALL & ~PERM_RESIZE;
+    this.lock.set(perm, shared);
   }
 
   // ---- reopen ----
@@ -122,11 +135,18 @@ export class PosixFile {
     } catch (e) {
       throw new BlockError(toBlockError(e).code, `Could not reopen file: ${errorText(e)}`, { cause: e });
     }
+    // The old descriptor's lock bytes would conflict with the new one's (an
+    // image's own user does not share write): they are handed over, and
+    // taken back if the reopen fails.
     const lock = new ImageLock(fd, this.lock.enabled);
+    const old = this.lock;
+    const { perm, shared } = old.current;
+    const restore = () => { try { old.set(perm, shared); } catch { /* only if another process took the bytes meanwhile: the node keeps working without them */ } };
+    old.set(0, PERM_ALL);
     try {
-      const { perm, shared } = this.lock.current;
       lock.set(writable ? perm | PERM_WRITE : perm & ~PERM_WRITE, shared);
     } catch (e) {
+      restore();
       await closeFd(fd).catch(() => undefined);
       throw e;
     }
@@ -142,7 +162,11 @@ export class PosixFile {
         void closeFd(old).catch(() => undefined);
         void oldDsync?.then((d) => closeFd(d)).catch(() => undefined);
       },
-      abort: () => closeFd(fd).catch(() => undefined),
+      abort: () => {
+        lock.set(0, PERM_ALL);
+        restore();
+        return closeFd(fd).catch(() => undefined);
+      },
     };
   }
 
