@@ -133,6 +133,19 @@ describe('a server under abuse', () => {
     }
   });
 
+  it('a request sent after NBD_CMD_DISC (in the same packet) is not executed', async () => {
+    for (const name of ['disk', 'null']) {
+      const node = h.graph.find(name === 'disk' ? 'n0' : 'z0');
+      const before = node.stats.wrOps;
+      const c = new RawClient(h.sock);
+      await rawNegotiate(c, name);
+      c.write(Buffer.concat([request(Cmd.DISC, 0, 0, 31n), request(Cmd.WRITE, 0, 512, 32n), Buffer.alloc(512, 0xee)]));
+      expect(await c.waitClosed()).toBe(true);
+      expect(c.pending()).toBe(0);
+      expect(node.stats.wrOps).toBe(before);
+    }
+  });
+
   it('a client that never finishes negotiating is cut off after handshake-max-seconds', async () => {
     const silent = new RawClient(h.sock);
     const partial = new RawClient(h.sock);

@@ -296,17 +296,18 @@ export class BlockNode implements Parent {
    */
   refreshPermissions(arriving: readonly ChildEdge[] = []): void {
     const users = arriving.length ? [...this.parents, ...arriving] : this.parents;
-    this.ops.setPermissions?.(users.length ? cumulative(users) : undefined);
+    const together = cumulative(users);
+    this.ops.setPermissions?.(users.length ? together : undefined);
     for (const e of this.children) {
       if (!e.passThrough) continue;
-      e.shared = this.usersShare(arriving);
+      e.shared = { ...together.shared };
       e.child.refreshPermissions();
     }
   }
 
-  /** What this node's users (and `arriving` ones) let others do: everything when it has none. */
-  usersShare(arriving: readonly ChildEdge[] = []): Perm {
-    return cumulative(arriving.length ? [...this.parents, ...arriving] : this.parents).shared;
+  /** What this node's users let others do: everything when it has none. */
+  usersShare(): Perm {
+    return cumulative(this.parents).shared;
   }
 
   // ---- drain ----

@@ -233,7 +233,8 @@ export class NbdConnection implements ExportClient {
     if (this.phase === 'transmission') {
       this.pumping = true;
       try {
-        while (!this.readingBlocked()) {
+        // (A DISC or a bad magic ends transmission: what follows it is not taken.)
+        while (this.phase === 'transmission' && !this.readingBlocked()) {
           const f = this.framer!.next();
           if (!f) break;
           this.dispatch(f);
