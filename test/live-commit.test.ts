@@ -10,14 +10,13 @@
  * The job's JOB_STATUS_CHANGE sequence is compared with qemu-storage-daemon
  * 7.2 running the same commands; every image must pass `qemu-img check`.
  */
-import { describe, it, expect, afterEach } from 'vitest';
-import { readFileSync, unlinkSync } from 'node:fs';
+import { describe, it, expect } from 'vitest';
 import { join } from 'node:path';
 import { tempDir } from './helpers/daemons.ts';
 import { run } from './helpers/tools.ts';
 import { RawClient, rawNegotiate } from './nbd-helpers.ts';
 
-import { Writer, readAll, qmpDaemon, waitFor, statuses } from './helpers/live.ts';
+import { Writer, readAll, qmpDaemon, waitFor, statuses, cleanupsAfterEach, imageContents } from './helpers/live.ts';
 const SIZE = 8 * 1024 * 1024;
 
 function makeBase(dir: string): Buffer {
@@ -30,21 +29,8 @@ function makeBase(dir: string): Buffer {
   return model;
 }
 
-/** The image's guest-visible contents (qemu-img convert to raw). */
-function contents(dir: string, image: string, shared = false): Buffer {
-  const raw = join(dir, `${image}.raw`);
-  // shared: the image is open in a running daemon (-U: no lock taken, as a backup tool reading a frozen base does).
-  run('qemu-img', ['convert', ...(shared ? ['-U'] : []), '-O', 'raw', join(dir, image), raw]);
-  const b = readFileSync(raw);
-  unlinkSync(raw);
-  return b;
-}
 
-let cleanup: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.reverse()) await f().catch(() => undefined);
-  cleanup = [];
-});
+const cleanup = cleanupsAfterEach();
 
 describe('live commit', () => {
   it('snapshot → active commit → pivot: the export ends on one image holding every write', async () => {
@@ -75,7 +61,7 @@ describe('live commit', () => {
     expect(exp[0]['node-name']).toBe('ov');
     await new Promise((r) => setTimeout(r, 200));
     // The backup itself: the now-frozen base, copied while the client keeps writing into the overlay.
-    expect(contents(dir, 'base.qcow2', true).equals(pointInTime)).toBe(true);
+    expect(imageContents(dir, 'base.qcow2', true).equals(pointInTime)).toBe(true);
 
     await d.qmp.execute('block-commit', { 'job-id': 'c0', device: 'ov' });
     await waitFor(d.events, (e) => e.event === 'BLOCK_JOB_READY');
@@ -100,10 +86,10 @@ describe('live commit', () => {
     c.destroy();
     d.qmp.close();
     await d.proc.stop();
-    cleanup = [];
+    cleanup.length = 0;
 
     for (const img of ['base.qcow2', 'ov.qcow2']) run('qemu-img', ['check', join(dir, img)]);
-    expect(contents(dir, 'base.qcow2').equals(w.model)).toBe(true);
+    expect(imageContents(dir, 'base.qcow2').equals(w.model)).toBe(true);
     expect(run('qemu-img', ['info', join(dir, 'ov.qcow2')])).toContain(`backing file: ${join(dir, 'base.qcow2')}`);
 
     // The same commands, without the client, against qsd 7.2: the same job status sequence.
@@ -156,9 +142,9 @@ describe('live commit', () => {
     c.destroy();
     d.qmp.close();
     await d.proc.stop();
-    cleanup = [];
+    cleanup.length = 0;
     for (const img of ['base.qcow2', 'ov.qcow2']) run('qemu-img', ['check', join(dir, img)]);
     expect(run('qemu-img', ['info', join(dir, 'ov.qcow2')])).toContain(`backing file: ${join(dir, 'base.qcow2')}`);
-    expect(contents(dir, 'ov.qcow2').equals(w.model)).toBe(true);
+    expect(imageContents(dir, 'ov.qcow2').equals(w.model)).toBe(true);
   }, 120_000);
 });

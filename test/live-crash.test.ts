@@ -19,14 +19,14 @@
  *     or of a later write to the same place (acknowledged or in flight) —
  *     never data from anywhere else.
  */
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { closeSync, openSync, readFileSync, readSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemon, tempDir } from './helpers/daemons.ts';
 import { run, tryRun } from './helpers/tools.ts';
 import { rng } from './helpers/qcow2.ts';
 import { RawClient, rawNegotiate, request, simpleReplyOf } from './nbd-helpers.ts';
-import { readAll, qmpDaemon, waitFor, type Ev } from './helpers/live.ts';
+import { readAll, qmpDaemon, waitFor, type Ev, cleanupsAfterEach } from './helpers/live.ts';
 import type { QmpClient } from '../src/qmp/client/qmp-client.ts';
 
 const SIZE = 8 * 1024 * 1024;
@@ -333,11 +333,7 @@ async function reopen(dir: string): Promise<Buffer> {
   return byQemu;
 }
 
-let cleanup: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.reverse()) await f().catch(() => undefined);
-  cleanup = [];
-});
+const cleanup = cleanupsAfterEach();
 
 describe('blockd killed during stream and commit', () => {
   const kinds: Kind[] = ['stream', 'stream to base', 'intermediate commit', 'active commit'];

@@ -9,14 +9,14 @@
  * with qemu-storage-daemon 7.2 running the same commands. The
  * copy-on-read filter is also used on its own (--blockdev driver=copy-on-read).
  */
-import { describe, it, expect, afterEach } from 'vitest';
-import { existsSync, readFileSync, unlinkSync } from 'node:fs';
+import { describe, it, expect } from 'vitest';
+import { existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from './helpers/daemons.ts';
 import { run } from './helpers/tools.ts';
 import { RawClient, rawNegotiate } from './nbd-helpers.ts';
 
-import { Writer, readAll, qmpDaemon, waitFor, statuses } from './helpers/live.ts';
+import { Writer, readAll, qmpDaemon, waitFor, statuses, cleanupsAfterEach, imageContents } from './helpers/live.ts';
 const SIZE = 8 * 1024 * 1024;
 
 /** template.qcow2 with data, and ov.qcow2 on it holding a little of its own. */
@@ -43,20 +43,8 @@ function daemonArgs(dir: string): string[] {
   ];
 }
 
-/** The image's guest-visible contents (qemu-img convert to raw). */
-function contents(dir: string, image: string): Buffer {
-  const raw = join(dir, `${image}.raw`);
-  run('qemu-img', ['convert', '-O', 'raw', join(dir, image), raw]);
-  const b = readFileSync(raw);
-  unlinkSync(raw);
-  return b;
-}
 
-let cleanup: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.reverse()) await f().catch(() => undefined);
-  cleanup = [];
-});
+const cleanup = cleanupsAfterEach();
 
 describe('live stream', () => {
   it('overlay on a template: block-stream while in use (cancel, restart), then the template can go', async () => {
@@ -93,12 +81,12 @@ describe('live stream', () => {
     c.destroy();
     d.qmp.close();
     await d.proc.stop();
-    cleanup = [];
+    cleanup.length = 0;
 
     expect(run('qemu-img', ['info', join(dir, 'ov.qcow2')])).not.toContain('backing file');
     unlinkSync(join(dir, 'template.qcow2'));
     run('qemu-img', ['check', join(dir, 'ov.qcow2')]);
-    expect(contents(dir, 'ov.qcow2').equals(w.model)).toBe(true);
+    expect(imageContents(dir, 'ov.qcow2').equals(w.model)).toBe(true);
 
     // The same commands against qsd 7.2 (no client): the same status sequences.
     const qdir = tempDir('blockd-live-stream-qsd-');
@@ -116,7 +104,7 @@ describe('live stream', () => {
     expect(statuses(d.events, 's1')).toEqual(['created', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null']);
     q.qmp.close();
     await q.proc.stop();
-    cleanup = [];
+    cleanup.length = 0;
     for (const img of ['ov.qcow2', 'template.qcow2']) run('qemu-img', ['check', join(qdir, img)]);
   }, 120_000);
 
@@ -137,11 +125,11 @@ describe('live stream', () => {
     c.destroy();
     d.qmp.close();
     await d.proc.stop();
-    cleanup = [];
+    cleanup.length = 0;
     run('qemu-img', ['check', join(dir, 'ov.qcow2')]);
     // Everything the template held is now in the overlay itself.
     run('qemu-img', ['rebase', '-u', '-b', '', join(dir, 'ov.qcow2')]);
-    expect(contents(dir, 'ov.qcow2').equals(model)).toBe(true);
+    expect(imageContents(dir, 'ov.qcow2').equals(model)).toBe(true);
     expect(existsSync(join(dir, 'template.qcow2'))).toBe(true);
   }, 60_000);
 });

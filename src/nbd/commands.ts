@@ -101,15 +101,7 @@ function failed(ctx: CommandContext, req: RequestHeader, e: unknown): Reply {
 function plainRead(ctx: CommandContext, req: RequestHeader): Reply | Promise<Reply> {
   const hl = readReplyHeaderSize(ctx.structured);
   const whole = ctx.pool.acquire(hl + req.length);
-  const pending = attempt(() => ctx.exp.node.read(req.offset, whole.subarray(hl)));
-  if (pending === COMPLETED) return readReply(ctx, req, whole);
-  return pending.then(
-    () => readReply(ctx, req, whole),
-    (e: unknown) => {
-      ctx.pool.release(whole);
-      return failed(ctx, req, e);
-    },
-  );
+  return settle(ctx, req, attempt(() => ctx.exp.node.read(req.offset, whole.subarray(hl))), whole, readReply);
 }
 
 function readReply(ctx: CommandContext, req: RequestHeader, whole: Buffer): Reply {
@@ -119,20 +111,29 @@ function readReply(ctx: CommandContext, req: RequestHeader, whole: Buffer): Repl
 
 /** A write, in one promise step like plainRead (or none); the payload goes back to the pool when the node is done with it. */
 function plainWrite(ctx: CommandContext, req: RequestHeader, payload: Buffer): Reply | Promise<Reply> {
-  const pending = attempt(() => ctx.exp.node.write(req.offset, payload, toReqFlags(req, ctx.exp)));
-  if (pending === COMPLETED) return written(ctx, req, payload);
-  return pending.then(
-    () => written(ctx, req, payload),
-    (e: unknown) => {
-      ctx.pool.release(payload);
-      return failed(ctx, req, e);
-    },
-  );
+  return settle(ctx, req, attempt(() => ctx.exp.node.write(req.offset, payload, toReqFlags(req, ctx.exp))), payload, written);
 }
 
 function written(ctx: CommandContext, req: RequestHeader, payload: Buffer): Reply {
   ctx.pool.release(payload);
   return ok(req);
+}
+
+/**
+ * The reply of a plain request once the node is done: at once if it finished
+ * already (COMPLETED), else a promise of it. On failure `buf` goes back to
+ * the pool and the reply is the error.
+ */
+function settle(ctx: CommandContext, req: RequestHeader, pending: Promise<void>, buf: Buffer,
+  done: (ctx: CommandContext, req: RequestHeader, buf: Buffer) => Reply): Reply | Promise<Reply> {
+  if (pending === COMPLETED) return done(ctx, req, buf);
+  return pending.then(
+    () => done(ctx, req, buf),
+    (e: unknown) => {
+      ctx.pool.release(buf);
+      return failed(ctx, req, e);
+    },
+  );
 }
 
 /** The reply of a request that succeeded without data. (A plain function: tsx names every closure created per request.) */

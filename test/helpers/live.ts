@@ -3,11 +3,13 @@
  * writing and models what was acknowledged, whole-disk reads, a daemon with a
  * QMP monitor and its event log, and waiting on events.
  */
-import { expect } from 'vitest';
+import { afterEach, expect } from 'vitest';
+import { readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { startDaemon, type Running } from './daemons.ts';
 import { RawClient, request, simpleReplyOf } from '../nbd-helpers.ts';
+import { run } from './tools.ts';
 
 export interface Ev { event: string; data: Record<string, unknown> }
 
@@ -106,3 +108,21 @@ export async function waitFor(events: Ev[], pred: (e: Ev) => boolean, ms = 30_00
 
 export const statuses = (events: Ev[], id: string) =>
   events.filter((e) => e.data.id === id || e.data.device === id).map((e) => (e.event === 'JOB_STATUS_CHANGE' ? e.data.status : e.event));
+
+/** An image's guest-visible contents (qemu-img convert to raw); `shared`: it is open in a running daemon (-U, no lock taken). */
+export function imageContents(dir: string, image: string, shared = false): Buffer {
+  const raw = join(dir, `${image}.raw`);
+  run('qemu-img', ['convert', ...(shared ? ['-U'] : []), '-O', 'raw', join(dir, image), raw]);
+  const b = readFileSync(raw);
+  unlinkSync(raw);
+  return b;
+}
+
+/** A list of clean-ups the file's tests register; after each test they run, last first (failures ignored), and the list empties. */
+export function cleanupsAfterEach(): (() => Promise<void>)[] {
+  const list: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const f of list.splice(0).reverse()) await f().catch(() => undefined);
+  });
+  return list;
+}

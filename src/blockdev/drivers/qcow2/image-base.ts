@@ -61,6 +61,13 @@ const OVERLAP_TEXT: Record<OverlapName, string> = {
   'inactive-l1': 'inactive L1 table', 'inactive-l2': 'inactive L2 table', 'bitmap-directory': 'bitmap directory',
 };
 
+/** An L2 entry's place: its table, index in it, the cached slice holding it and its byte position there. */
+interface EntryPlace { table: number; l2i: number; sliceOff: number; pos: number }
+
+function unallocatedEntry(): ClusterEntry {
+  return { hi: 0, lo: 0, alloc: 0, zero: 0, type: 'unallocated', host: 0 };
+}
+
 /** State, metadata I/O, mapping and reads of an open image; Qcow2Image adds the write paths. */
 export abstract class Qcow2Base {
   readonly cs: number;
@@ -301,18 +308,10 @@ export abstract class Qcow2Base {
    * slice is cached), else undefined: the write path's lookups cost no promise.
    */
   cachedEntry(c: number): ClusterEntry | undefined {
-    const l1i = Math.floor(c / this.l2Entries);
-    const l2i = c % this.l2Entries;
-    const table = this.l2TableOffset(l1i);
-    if (table === 0) return { hi: 0, lo: 0, alloc: 0, zero: 0, type: 'unallocated', host: 0 };
-    const slice = this.settings.l2SliceSize;
-    const byteIdx = l2i * this.l2EntryBytes;
-    const e = this.l2Cache.peek(table + Math.floor(byteIdx / slice) * slice);
-    if (!e) return undefined;
-    const p = byteIdx % slice;
-    const alloc = this.extL2 ? e.buf.readUInt32BE(p + 12) : 0;
-    const zero = this.extL2 ? e.buf.readUInt32BE(p + 8) : 0;
-    return this.decode(e.buf.readUInt32BE(p), e.buf.readUInt32BE(p + 4), alloc, zero, table, l2i);
+    const at = this.entryPlace(c);
+    if (!at) return unallocatedEntry();
+    const e = this.l2Cache.peek(at.sliceOff);
+    return e && this.entryIn(e.buf, at);
   }
 
   /** Reads the L2 entry of guest cluster `c`. */
@@ -320,25 +319,34 @@ export abstract class Qcow2Base {
     return this.cachedEntry(c) ?? this.loadEntry(c);
   }
 
-  private async loadEntry(c: number): Promise<ClusterEntry> {
-    const l1i = Math.floor(c / this.l2Entries);
-    const l2i = c % this.l2Entries;
-    const table = this.l2TableOffset(l1i);
-    if (table === 0) return { hi: 0, lo: 0, alloc: 0, zero: 0, type: 'unallocated', host: 0 };
-    const slice = this.settings.l2SliceSize;
-    const byteIdx = l2i * this.l2EntryBytes;
-    const sliceOff = table + Math.floor(byteIdx / slice) * slice;
-    const e = await this.l2Cache.get(sliceOff);
+  /** Reads the L2 entry of guest cluster `c` through the cache (loading its slice if needed). */
+  protected async loadEntry(c: number): Promise<ClusterEntry> {
+    const at = this.entryPlace(c);
+    if (!at) return unallocatedEntry();
+    const e = await this.l2Cache.get(at.sliceOff);
     try {
-      const p = byteIdx % slice;
-      const hi = e.buf.readUInt32BE(p);
-      const lo = e.buf.readUInt32BE(p + 4);
-      const alloc = this.extL2 ? e.buf.readUInt32BE(p + 12) : 0;
-      const zero = this.extL2 ? e.buf.readUInt32BE(p + 8) : 0;
-      return this.decode(hi, lo, alloc, zero, table, l2i);
+      return this.entryIn(e.buf, at);
     } finally {
       this.l2Cache.release(e);
     }
+  }
+
+  /** Where guest cluster `c`'s L2 entry lies: undefined when it has no L2 table. */
+  private entryPlace(c: number): EntryPlace | undefined {
+    const l2i = c % this.l2Entries;
+    const table = this.l2TableOffset(Math.floor(c / this.l2Entries));
+    if (table === 0) return undefined;
+    const slice = this.settings.l2SliceSize;
+    const byteIdx = l2i * this.l2EntryBytes;
+    return { table, l2i, sliceOff: table + Math.floor(byteIdx / slice) * slice, pos: byteIdx % slice };
+  }
+
+  /** The entry at `at` in its cached slice `buf`. */
+  private entryIn(buf: Buffer, at: EntryPlace): ClusterEntry {
+    const p = at.pos;
+    const alloc = this.extL2 ? buf.readUInt32BE(p + 12) : 0;
+    const zero = this.extL2 ? buf.readUInt32BE(p + 8) : 0;
+    return this.decode(buf.readUInt32BE(p), buf.readUInt32BE(p + 4), alloc, zero, at.table, at.l2i);
   }
 
   protected decode(hi: number, lo: number, alloc: number, zero: number, table: number, l2i: number): ClusterEntry {

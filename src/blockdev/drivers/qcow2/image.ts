@@ -58,13 +58,13 @@ export class Qcow2Image extends Qcow2Base {
     const cs = this.cs;
     const c0 = Math.floor(offset / cs);
     // Cached lookups cost no promise: this is every write's path.
-    const e0 = this.cachedEntry(c0) ?? await this.entry(c0);
+    const e0 = this.cachedEntry(c0) ?? await this.loadEntry(c0);
     const end = offset + buf.length;
     if (this.inPlace(e0, offset, Math.min(end, (c0 + 1) * cs))) {
       // Extend over following clusters that are in place and contiguous on the host.
       let n = 1;
       while ((c0 + n) * cs < end && n < 4096) {
-        const e = this.cachedEntry(c0 + n) ?? await this.entry(c0 + n);
+        const e = this.cachedEntry(c0 + n) ?? await this.loadEntry(c0 + n);
         if (e.host !== e0.host + n * cs || !this.inPlace(e, (c0 + n) * cs, Math.min(end, (c0 + n + 1) * cs))) break;
         n++;
       }
