@@ -1,8 +1,14 @@
 import { defineConfig } from 'vitest/config';
 
+// Three kinds of test, one project each, so a developer can run the fast one
+// alone (`npm run test:unit`, seconds) while `npm test` runs everything:
+//   unit          in-process, no external tool, no child daemon
+//   interop       blockd driven by real clients (qemu-img, qemu-io, nbdinfo, nbdfuse, fio, ...)
+//   side-by-side  blockd and qemu-storage-daemon 7.2 run with the same arguments and compared
+const kinds = ['unit', 'interop', 'side-by-side'] as const;
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     globalSetup: ['test/helpers/global-setup.ts'],
     // Child processes (forks), not worker threads: the native addon and the
     // daemons the tests spawn behave as they do in production.
@@ -12,5 +18,9 @@ export default defineConfig({
     // Two cores: interop tests start real daemons and clients, so run two files at a time.
     maxWorkers: 2,
     minWorkers: 1,
+    projects: kinds.map((name) => ({
+      extends: true,
+      test: { name, include: [`test/${name}/**/*.test.ts`] },
+    })),
   },
 });

@@ -7,7 +7,7 @@
  */
 import type { Extent, Limits } from './request.ts';
 import type { BlockNode } from './node.ts';
-import type { ObjectType } from '../qmp/types.ts';
+import type { ObjectType } from '../qapi/types.ts';
 
 export type DriverKind = 'protocol' | 'format' | 'filter';
 

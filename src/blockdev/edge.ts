@@ -3,7 +3,7 @@
  * permissions, and what it lets others do. Conflicts are refused when an edge
  * is attached, with a message naming both users, as QEMU does.
  */
-import { BlockError } from './errors.ts';
+import { BlockError } from '../util/errors.ts';
 import type { BlockNode } from './node.ts';
 import type { Perm } from './driver.ts';
 

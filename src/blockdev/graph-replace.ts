@@ -18,13 +18,13 @@
  * opened again on the node's current children (what QEMU's reopen with a new
  * 'backing' does). Filters follow their edges and need nothing.
  */
-import { BlockError } from './errors.ts';
+import { BlockError } from '../util/errors.ts';
 import { BlockNode } from './node.ts';
 import { attachEdge, checkPermissions, cumulative, detachEdge, type ChildEdge } from './edge.ts';
 import type { BlockGraph } from './graph.ts';
 import type { CommonOptions, Driver, DriverContext, DriverOps, Perm } from './driver.ts';
 import { parseHeader, serializeHeader } from './drivers/qcow2/header.ts';
-import { obj } from '../qmp/types.ts';
+import { obj } from '../qapi/types.ts';
 
 /** True if `node` is `top` or can be reached from it through child edges. */
 export function reaches(top: BlockNode, node: BlockNode): boolean {

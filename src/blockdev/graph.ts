@@ -3,7 +3,7 @@
  * creates, deletes and rewires nodes. Options reaching add() have already
  * been validated against the blockdev schema (src/blockdev/options.ts).
  */
-import { BlockError } from './errors.ts';
+import { BlockError } from '../util/errors.ts';
 import { BlockNode } from './node.ts';
 import { attachEdge, detachEdge, type ChildEdge, type Parent } from './edge.ts';
 import type { ChildRef, ChildRole, CommonOptions, Driver, DriverContext, OpenChildOptions, Perm } from './driver.ts';

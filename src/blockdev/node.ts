@@ -4,7 +4,7 @@
  * (read-modify-write), emulates write-zeroes and FUA, counts in-flight
  * requests for drain, tells write observers (dirty bitmaps) and keeps stats.
  */
-import { BlockError, toBlockError } from './errors.ts';
+import { BlockError, toBlockError } from '../util/errors.ts';
 import { COMPLETED, ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
 import { RangeLock } from './range-lock.ts';
 import { cumulative, type ChildEdge, type Parent } from './edge.ts';

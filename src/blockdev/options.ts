@@ -8,7 +8,7 @@
  * resolves the name 'BlockdevOptions' to the enclosing BlockdevOptions type
  * being visited.
  */
-import { alt, enm, obj, opt, ref, req, type AlternateType, type EnumType, type ObjectType } from '../qmp/types.ts';
+import { alt, enm, obj, opt, ref, req, type AlternateType, type EnumType, type ObjectType } from '../qapi/types.ts';
 import type { BlockGraph } from './graph.ts';
 
 export const BLOCKDEV_OPTIONS = 'BlockdevOptions';

@@ -6,12 +6,12 @@
 import { BlockGraph } from '../blockdev/graph.ts';
 import { registerDrivers } from '../blockdev/drivers/index.ts';
 import { blockdevOptionsType } from '../blockdev/options.ts';
-import { fromJson, fromOptionText } from '../qmp/visit.ts';
-import type { TypeRef } from '../qmp/types.ts';
+import { fromJson, fromOptionText } from '../qapi/visit.ts';
+import type { TypeRef } from '../qapi/types.ts';
 import { ExportRegistry } from '../nbd/exports.ts';
 import { findBitmapForExport } from '../blockdev/bitmaps/registry.ts';
 import { NbdServer } from '../nbd/server.ts';
-import { NbdServerOptions, BlockExportOptions } from './cli-schema.ts';
+import { NbdServerOptions, BlockExportOptions } from '../qapi/block-export.ts';
 import { JobManager } from '../blockdev/jobs/manager.ts';
 import { QmpEventBus } from '../qmp/events.ts';
 import { ObjectRegistry, ObjectOptions } from '../qmp/objects.ts';

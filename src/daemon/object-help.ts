@@ -4,7 +4,7 @@
  * ObjectOptions schema that object-add validates against.
  */
 import { ObjectOptions, ObjectTypeEnum } from '../qmp/objects.ts';
-import type { TypeRef } from '../qmp/types.ts';
+import type { TypeRef } from '../qapi/types.ts';
 
 function typeLabel(t: TypeRef): string {
   if (typeof t === 'string') return t === 'str' ? 'string' : t;

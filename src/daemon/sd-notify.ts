@@ -4,7 +4,7 @@
  * so the project's native addon does the sendto(). Without NOTIFY_SOCKET this
  * is a no-op.
  */
-import { native } from '../blockdev/drivers/file/native.ts';
+import { native } from '../platform/native.ts';
 
 export function sdNotify(state: string, env: NodeJS.ProcessEnv = process.env): void {
   const path = env.NOTIFY_SOCKET;

@@ -15,7 +15,7 @@ import { nbdErrno } from './errors.ts';
 import type { NbdExport } from './exports.ts';
 import type { RequestHeader } from './framer.ts';
 import type { MetaContext } from './meta.ts';
-import type { BufferPool } from './buffer-pool.ts';
+import type { BufferPool } from '../util/buffer-pool.ts';
 import { chunkBlockStatus, chunkDataHeader, chunkError, chunkHole, chunkNone, readReplyHeaderSize, simpleReply, writeReadReplyHeader } from './wire.ts';
 
 export interface CommandContext {

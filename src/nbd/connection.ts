@@ -15,10 +15,10 @@ import { Cmd, NbdErrno, cmdName } from './constants.ts';
 import { errorReply, execute, type CommandContext, type Reply } from './commands.ts';
 import { RequestFramer, type Frame, type RequestHeader } from './framer.ts';
 import { Handshake, type HandshakeStep } from './handshake.ts';
-import type { BufferPool } from './buffer-pool.ts';
+import type { BufferPool } from '../util/buffer-pool.ts';
 import type { ExportClient, NbdExport } from './exports.ts';
 import type { Negotiated, NegotiationEnv } from './options.ts';
-import { native } from '../blockdev/drivers/file/native.ts';
+import { native } from '../platform/native.ts';
 import { checkRequest, type ValidationContext } from './validate.ts';
 
 export interface ConnectionOptions {

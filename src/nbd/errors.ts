@@ -3,7 +3,7 @@
  * logged before it is reduced to a number on the wire.
  */
 import type { Logger } from 'pino';
-import { BlockError, toBlockError, type ErrorCode } from '../blockdev/errors.ts';
+import { BlockError, toBlockError, type ErrorCode } from '../util/errors.ts';
 import { NbdErrno } from './constants.ts';
 
 const TO_NBD: Record<ErrorCode, number> = {

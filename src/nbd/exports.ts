@@ -5,7 +5,7 @@
  * the node. The registry is shared by every NBD server of the daemon.
  */
 import { EventEmitter } from 'node:events';
-import { BlockError } from '../blockdev/errors.ts';
+import { BlockError } from '../util/errors.ts';
 import { VALID_ID, type BlockGraph } from '../blockdev/graph.ts';
 import type { ChildEdge, Parent } from '../blockdev/edge.ts';
 import type { BlockNode } from '../blockdev/node.ts';

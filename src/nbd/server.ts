@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { NbdConnection } from './connection.ts';
 import type { ExportRegistry } from './exports.ts';
 import type { NegotiationEnv } from './options.ts';
-import { BufferPool } from './buffer-pool.ts';
+import { BufferPool } from '../util/buffer-pool.ts';
 
 export interface NbdServerOptions {
   /** Most clients served at once; 0 or unset = unlimited (qsd 7.2's default). */

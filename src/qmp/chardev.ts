@@ -12,10 +12,10 @@
  * A chardev named "fd:N" is a listening socket inherited at fd N (systemd
  * socket activation, see src/daemon/socket-activation.ts).
  */
-import { BlockError } from '../blockdev/errors.ts';
+import { BlockError } from '../util/errors.ts';
 import { VALID_ID } from '../blockdev/graph.ts';
-import { fromJson, fromOptionText } from './visit.ts';
-import { enm, obj, opt, req } from './types.ts';
+import { fromJson, fromOptionText } from '../qapi/visit.ts';
+import { enm, obj, opt, req } from '../qapi/types.ts';
 import type { ListenAddress } from './monitor.ts';
 
 export interface ChardevSpec {

@@ -9,7 +9,7 @@ import type { JobManager } from '../blockdev/jobs/manager.ts';
 import type { JobTxn } from '../blockdev/jobs/txn.ts';
 import type { ExportRegistry } from '../nbd/exports.ts';
 import type { NbdServer } from '../nbd/server.ts';
-import type { ObjectType, TypeRef } from './types.ts';
+import type { ObjectType, TypeRef } from '../qapi/types.ts';
 import type { QmpEventBus } from './events.ts';
 import type { ObjectRegistry } from './objects.ts';
 

@@ -9,8 +9,8 @@
  * Commands of all clients run one at a time (as under QEMU's big lock): a
  * handler sees the graph as it left it and no other command interleaves.
  */
-import { fromJson } from './visit.ts';
-import { JsonNumber } from './keyval.ts';
+import { fromJson } from '../qapi/visit.ts';
+import { JsonNumber } from '../qapi/keyval.ts';
 import { qdictOrder } from './json-writer.ts';
 import { QmpError, genericError, isUserError, toQmpError } from './errors.ts';
 import { argsType, type CommandContext, type CommandTable, type QmpHost, type SessionState } from './command.ts';

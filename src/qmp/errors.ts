@@ -4,7 +4,7 @@
  * other classes (CommandNotFound, DeviceNotActive, ...) travel on the error
  * itself as `qmpClass`.
  */
-import { BlockError } from '../blockdev/errors.ts';
+import { BlockError } from '../util/errors.ts';
 
 export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotActive' | 'DeviceNotFound' | 'KVMMissingCap';
 

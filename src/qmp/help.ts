@@ -5,7 +5,7 @@
  * so this never disagrees with what the server accepts.
  */
 import type { BlockGraph } from '../blockdev/graph.ts';
-import type { ObjectType, TypeRef } from './types.ts';
+import type { ObjectType, TypeRef } from '../qapi/types.ts';
 import { argsType, type CommandTable } from './command.ts';
 
 function typeName(t: TypeRef): string {

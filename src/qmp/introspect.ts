@@ -9,7 +9,7 @@
  * - optional members carry "default": null.
  */
 import type { BlockGraph } from '../blockdev/graph.ts';
-import type { TypeDef, TypeRef } from './types.ts';
+import type { TypeDef, TypeRef } from '../qapi/types.ts';
 import { argsType, EMPTY, type CommandTable } from './command.ts';
 
 export type SchemaInfo = Record<string, unknown>;

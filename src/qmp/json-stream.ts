@@ -18,7 +18,7 @@
  * Memory is bounded by `maxMessageBytes`: unlike QEMU (64 MiB), a string token
  * is cut off as soon as it crosses the limit.
  */
-import { JsonNumber } from './keyval.ts';
+import { JsonNumber } from '../qapi/keyval.ts';
 
 export type JsonMessage = { value: unknown } | { error: string };
 

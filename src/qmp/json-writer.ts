@@ -13,7 +13,7 @@
  * strings escape control characters and everything outside printable ASCII
  * as a backslash-u escape with four upper-case hex digits (UTF-16 pairs); doubles print as C's "%.17g".
  */
-import { JsonNumber } from './keyval.ts';
+import { JsonNumber } from '../qapi/keyval.ts';
 
 const BUCKETS = 512;
 const hashCache = new Map<string, number>();

@@ -15,10 +15,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { createDecipheriv } from 'node:crypto';
-import { BlockError } from '../blockdev/errors.ts';
+import { BlockError } from '../util/errors.ts';
 import { VALID_ID } from '../blockdev/graph.ts';
-import { errorText } from '../blockdev/drivers/file/native.ts';
-import { enm, obj, opt, req, type ObjectType } from './types.ts';
+import { errorText } from '../platform/native.ts';
+import { enm, obj, opt, req, type ObjectType } from '../qapi/types.ts';
 
 export const QCryptoSecretFormat = enm('QCryptoSecretFormat', ['raw', 'base64'], 'The data format that the secret is provided in');
 

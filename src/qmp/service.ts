@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { BlockError } from '../blockdev/errors.ts';
+import { BlockError } from '../util/errors.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { QmpMonitor } from './monitor.ts';
 import { parseChardev, parseMonitor, type ChardevSpec, type MonitorSpec } from './chardev.ts';

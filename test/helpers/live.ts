@@ -8,7 +8,7 @@ import { readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { startDaemon, type Running } from './daemons.ts';
-import { RawClient, request, simpleReplyOf } from '../nbd-helpers.ts';
+import { RawClient, request, simpleReplyOf } from './nbd.ts';
 import { run } from './tools.ts';
 
 export interface Ev { event: string; data: Record<string, unknown> }

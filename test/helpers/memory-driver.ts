@@ -1,7 +1,7 @@
 /** An in-memory driver for tests of the generic layer: records every call it receives. */
 import type { Driver, DriverOps } from '../../src/blockdev/driver.ts';
 import type { Limits } from '../../src/blockdev/request.ts';
-import { obj, opt } from '../../src/qmp/types.ts';
+import { obj, opt } from '../../src/qapi/types.ts';
 
 export interface MemoryDriverState {
   data: Buffer;

@@ -4,7 +4,7 @@
  * busy, persistent, inconsistent, read-only) and its checks with QEMU's
  * error texts live here; the bits live in a SparseBitmap of granules.
  */
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { SparseBitmap } from './sparse-bitmap.ts';
 
 /** QEMU's limits: 512 B .. 2 GiB granularity (a power of two), names up to 1023 bytes. */

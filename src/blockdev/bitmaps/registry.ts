@@ -7,7 +7,7 @@
  * on disk is never less dirty than the data). Other nodes get their bitmaps
  * marked through BlockNode.writeObservers.
  */
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import type { BlockNode } from '../node.ts';
 import type { DriverOps } from '../driver.ts';
 import { CHECK_ALLOW_RO, DirtyBitmap, MAX_NAME_SIZE } from './dirty-bitmap.ts';

@@ -19,9 +19,9 @@
  */
 import { constants, promises as fsp } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { BlockError, type ErrorCode } from '../errors.ts';
-import { enm, obj, opt, req, type EnumType, type ObjectType } from '../../qmp/types.ts';
-import { errorText, fallocate, native } from '../drivers/file/native.ts';
+import { BlockError, type ErrorCode } from '../../util/errors.ts';
+import { enm, obj, opt, req, type EnumType, type ObjectType } from '../../qapi/types.ts';
+import { errorText, fallocate, native } from '../../platform/native.ts';
 import { ImageLock, PERM_ALL, PERM_RESIZE, PERM_WRITE } from '../drivers/file/locking.ts';
 import type { ImageCreator, CreateContext } from './types.ts';
 

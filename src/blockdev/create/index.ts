@@ -8,7 +8,7 @@
  * To support a new format, write an ImageCreator (types.ts) next to file.ts
  * and add it to CREATORS.
  */
-import { enm, obj, req, type ObjectType } from '../../qmp/types.ts';
+import { enm, obj, req, type ObjectType } from '../../qapi/types.ts';
 import { JobError } from '../jobs/errors.ts';
 import { Job } from '../jobs/job.ts';
 import type { JobManager } from '../jobs/manager.ts';

@@ -15,10 +15,10 @@
  * createQcow2File() (a default image in a new file, without any node).
  */
 import { constants, promises as fsp } from 'node:fs';
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { ALL_PERM, type ChildEdge, type Parent } from '../edge.ts';
 import { BlockNode } from '../node.ts';
-import { alt, enm, obj, opt, ref, req, type ObjectType } from '../../qmp/types.ts';
+import { alt, enm, obj, opt, ref, req, type ObjectType } from '../../qapi/types.ts';
 import { blockdevOptionsType } from '../options.ts';
 import { BlockGraph } from '../graph.ts';
 import { registerDrivers } from '../drivers/index.ts';

@@ -1,5 +1,5 @@
 /** What an image creator (one per driver that supports blockdev-create) looks like. */
-import type { ObjectType } from '../../qmp/types.ts';
+import type { ObjectType } from '../../qapi/types.ts';
 import type { BlockGraph } from '../graph.ts';
 
 export interface CreateContext {

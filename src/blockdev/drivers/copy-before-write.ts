@@ -9,10 +9,10 @@
  *
  * A failed copy fails the guest's write (qsd's on-cbw-error=break-guest-write).
  */
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { RangeLock } from '../range-lock.ts';
 import { ReqFlag } from '../request.ts';
-import { obj, opt, req } from '../../qmp/types.ts';
+import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import { DirtyMap } from '../jobs/mirror-dirty.ts';
 import { zeroUnlessZero } from '../jobs/mirror.ts';

@@ -9,9 +9,9 @@
  * filter also take, so a user's write is never overwritten by older data
  * being copied up.
  */
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { RangeLock } from '../range-lock.ts';
-import { obj, opt, req } from '../../qmp/types.ts';
+import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';

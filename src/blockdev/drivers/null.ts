@@ -5,9 +5,9 @@
  * driver did not fill.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { COMPLETED } from '../request.ts';
-import { obj, opt } from '../../qmp/types.ts';
+import { obj, opt } from '../../qapi/types.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 
 export const nullDriver: Driver = {

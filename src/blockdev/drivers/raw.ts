@@ -2,8 +2,8 @@
  * raw: the format driver for images without metadata. It forwards to its
  * 'file' child, optionally exposing only the window [offset, offset+size).
  */
-import { BlockError } from '../errors.ts';
-import { obj, opt, req } from '../../qmp/types.ts';
+import { BlockError } from '../../util/errors.ts';
+import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';

@@ -12,7 +12,7 @@
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { insertFilter, internalFilterDriver, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
 import { JobCancelledError } from './errors.ts';
-import { BlockError, toBlockError } from '../errors.ts';
+import { BlockError, toBlockError } from '../../util/errors.ts';
 import { jobFailure } from './mirror.ts';
 import { ALL_PERM } from '../edge.ts';
 import { CowState, cowClusterSize, cowFilterOps } from '../drivers/copy-before-write.ts';

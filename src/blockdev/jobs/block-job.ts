@@ -18,11 +18,11 @@
  */
 import { Job, type JobMilestone, type JobOptions } from './job.ts';
 import { JobError } from './errors.ts';
-import { TokenBucket } from './token-bucket.ts';
+import { TokenBucket } from '../../util/token-bucket.ts';
 import type { BlockGraph } from '../graph.ts';
 import type { BlockNode } from '../node.ts';
 import type { ChildEdge, Parent } from '../edge.ts';
-import { toBlockError, type BlockError } from '../errors.ts';
+import { toBlockError, type BlockError } from '../../util/errors.ts';
 import type { Extent } from '../request.ts';
 import type { Perm } from '../driver.ts';
 import type { JobStatus, JobType } from './status.ts';

@@ -20,7 +20,7 @@
  * (exports included), named by filter-node-name.
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
-import { toBlockError } from '../errors.ts';
+import { toBlockError } from '../../util/errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { setBacking } from '../graph-replace.ts';
 import { insertJobFilter, removeJobFilter } from './job-filter.ts';

@@ -3,7 +3,7 @@
  * internal vocabulary) that also carry the QMP error class QEMU uses, since
  * block-job-* lookups fail with DeviceNotActive rather than GenericError.
  */
-import { BlockError, type ErrorCode } from '../errors.ts';
+import { BlockError, type ErrorCode } from '../../util/errors.ts';
 
 export type QmpErrorClass = 'GenericError' | 'DeviceNotActive' | 'DeviceNotFound' | 'CommandNotFound';
 

@@ -6,4 +6,4 @@ export {
   BlockJob, type BlockJobInfo, type BlockJobOptions, type BlockIoStatus, type BlockdevOnError, type BlockErrorAction,
 } from './block-job.ts';
 export { JobManager, type EmitFn } from './manager.ts';
-export { TokenBucket } from './token-bucket.ts';
+export { TokenBucket } from '../../util/token-bucket.ts';

@@ -8,7 +8,7 @@
  * (the overlay's backing link, exports) are its users meanwhile. Users move
  * on and off through replaceNode's gate, so no request is lost or reordered.
  */
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
 import { ALL_PERM, type ChildEdge } from '../edge.ts';
 import { replaceNode } from '../graph-replace.ts';

@@ -31,7 +31,7 @@
  * finalisation and the abort on failure or cancel go through the transaction
  * (QEMU's job_completed_txn_success / job_do_finalize / job_completed_txn_abort).
  */
-import { assert } from '../errors.ts';
+import { assert } from '../../util/errors.ts';
 import { CANCELED_MESSAGE, JobCancelledError, JobError } from './errors.ts';
 import { JobTxn } from './txn.ts';
 import {

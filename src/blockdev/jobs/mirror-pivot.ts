@@ -7,12 +7,12 @@
  * removed still pass through the filter's ops, which forward to wherever
  * the filter points by then.
  */
-import { BlockError } from '../errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
 import { checkPermissions, type ChildEdge, type Parent } from '../edge.ts';
 import type { BlockGraph } from '../graph.ts';
 import type { Driver, DriverOps, Perm } from '../driver.ts';
-import { obj } from '../../qmp/types.ts';
+import { obj } from '../../qapi/types.ts';
 
 /**
  * Moves every parent edge of `from` (except those `keep` says stay) onto

@@ -23,7 +23,7 @@ import { DirtyMap } from './mirror-dirty.ts';
 import { copyBuffers } from './mirror-buffers.ts';
 import { insertFilter, internalFilterDriver, moveParents, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
 import { JobCancelledError } from './errors.ts';
-import { BlockError, toBlockError } from '../errors.ts';
+import { BlockError, toBlockError } from '../../util/errors.ts';
 import { ReqFlag } from '../request.ts';
 import type { BlockNode } from '../node.ts';
 import type { DriverOps } from '../driver.ts';

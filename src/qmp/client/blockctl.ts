@@ -16,8 +16,8 @@ import { registerDrivers } from '../../blockdev/drivers/index.ts';
 import { commandTable } from '../commands/index.ts';
 import { argsType } from '../command.ts';
 import { commandHelp, commandList } from '../help.ts';
-import { parseKeyval } from '../keyval.ts';
-import { fromJson, fromKeyval } from '../visit.ts';
+import { parseKeyval } from '../../qapi/keyval.ts';
+import { fromJson, fromKeyval } from '../../qapi/visit.ts';
 import { QmpClient, QmpCommandError, type QmpEvent } from './qmp-client.ts';
 import { formatReturn, progress } from './tables.ts';
 

@@ -14,7 +14,7 @@ import type { BlockGraph } from '../../blockdev/graph.ts';
 import { DirtyBitmap, CHECK_ALLOW_RO, CHECK_DEFAULT, Check, checkGranularity } from '../../blockdev/bitmaps/dirty-bitmap.ts';
 import { addBitmap, bitmapChanged, bitmapsOf, existingBitmaps, removeBitmap } from '../../blockdev/bitmaps/registry.ts';
 import { createHash } from 'node:crypto';
-import { alt, arr, obj, opt, req } from '../types.ts';
+import { alt, arr, obj, opt, req } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
 import { nodeInfoHooks } from './block-info.ts';
 import { actionCommand, type ActionContext, type CommandDef, type PreparedAction } from '../command.ts';

@@ -3,11 +3,11 @@
  * query-named-block-nodes, x-debug-query-block-graph (qapi/block-core.json),
  * with qsd 7.2's checks in qsd's order and its error texts.
  */
-import { BlockError } from '../../blockdev/errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../../blockdev/node.ts';
 import { NbdExport } from '../../nbd/exports.ts';
 import { blockdevOptionsType, BlockdevDetectZeroesOptions } from '../../blockdev/options.ts';
-import { arr, enm, obj, opt, ref, req, type ObjectType } from '../types.ts';
+import { arr, enm, obj, opt, ref, req, type ObjectType } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
 import { queryNamedBlockNodes, debugBlockGraph } from './block-info.ts';
 import { reopenNodes } from './reopen.ts';

@@ -2,7 +2,7 @@
  * The protocol's own commands: qmp_capabilities, query-version,
  * query-commands, query-qmp-schema, quit (qapi/control.json, qapi/introspect.json).
  */
-import { arr, enm, obj, opt, req } from '../types.ts';
+import { arr, enm, obj, opt, req } from '../../qapi/types.ts';
 import { QmpError } from '../errors.ts';
 import { introspect } from '../introspect.ts';
 import { versionInfo } from '../version.ts';

@@ -9,7 +9,7 @@
  * other than GenericError where QEMU uses one). None waits for a job to make
  * progress: commands run one at a time.
  */
-import { arr, enm, obj, opt, req, type ObjectType } from '../types.ts';
+import { arr, enm, obj, opt, req, type ObjectType } from '../../qapi/types.ts';
 import { JOB_STATUSES, JOB_TYPES } from '../../blockdev/jobs/status.ts';
 import { JobError } from '../../blockdev/jobs/errors.ts';
 import { blockdevCreateOptionsType, startCreateJob } from '../../blockdev/create/index.ts';

@@ -12,7 +12,7 @@
  * the jobs share one job transaction (src/blockdev/jobs/txn.ts).
  */
 import * as fsp from 'node:fs/promises';
-import { BlockError } from '../../blockdev/errors.ts';
+import { BlockError } from '../../util/errors.ts';
 import { VALID_ID, type BlockGraph } from '../../blockdev/graph.ts';
 import { JobError } from '../../blockdev/jobs/errors.ts';
 import { MirrorJob, checkMirrorGranularity, type MirrorSync } from '../../blockdev/jobs/mirror.ts';
@@ -24,7 +24,7 @@ import { createFile } from '../../blockdev/create/file.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import { bitmapsOf } from '../../blockdev/bitmaps/registry.ts';
 import { CHECK_ALLOW_RO } from '../../blockdev/bitmaps/dirty-bitmap.ts';
-import { enm, obj, opt, req, type Member } from '../types.ts';
+import { enm, obj, opt, req, type Member } from '../../qapi/types.ts';
 import { actionCommand, type ActionContext, type CommandDef, type PreparedAction } from '../command.ts';
 
 const MirrorSyncMode = enm('MirrorSyncMode', ['top', 'full', 'none', 'incremental', 'bitmap'], 'An enumeration of possible behaviors for the initial synchronization phase of storage mirroring.');

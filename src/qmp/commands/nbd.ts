@@ -12,12 +12,13 @@
  * follows once the export is gone: before the reply when nobody was
  * connected, after it otherwise, as in qsd.
  */
-import { BlockError } from '../../blockdev/errors.ts';
-import { errorText } from '../../blockdev/drivers/file/native.ts';
+import { BlockError } from '../../util/errors.ts';
+import { errorText } from '../../platform/native.ts';
 import { NbdServer } from '../../nbd/server.ts';
 import type { NbdExportOptions } from '../../nbd/exports.ts';
-import { BlockExportOptions, InetSocketAddress, UnixSocketAddress, VsockSocketAddress } from '../../daemon/cli-schema.ts';
-import { arr, enm, obj, opt, req, type ObjectType } from '../types.ts';
+import { BlockExportOptions } from '../../qapi/block-export.ts';
+import { InetSocketAddress, UnixSocketAddress, VsockSocketAddress } from '../../qapi/sockets.ts';
+import { arr, enm, obj, opt, req, type ObjectType } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
 import type { CommandContext, CommandDef, EventDef, QmpHost } from '../command.ts';
 

@@ -1,5 +1,5 @@
 /** object-add and object-del (qapi/qom.json) over the daemon's ObjectRegistry. */
-import { obj, req } from '../types.ts';
+import { obj, req } from '../../qapi/types.ts';
 import { ObjectOptions } from '../objects.ts';
 import type { CommandDef } from '../command.ts';
 

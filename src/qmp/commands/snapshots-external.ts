@@ -13,7 +13,7 @@
  * detaches the overlay (a -sync overlay node goes; its file stays).
  */
 import { open } from 'node:fs/promises';
-import { enm, obj, opt, req } from '../types.ts';
+import { enm, obj, opt, req } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
 import { replaceNode, setBacking, withUsersHeld } from '../../blockdev/graph-replace.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';

@@ -14,7 +14,7 @@ import {
 import { snapshotInfo } from '../../blockdev/drivers/qcow2/snapshots.ts';
 import type { Qcow2Image } from '../../blockdev/drivers/qcow2/image.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
-import { obj, opt, req } from '../types.ts';
+import { obj, opt, req } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
 import { actionCommand, type CommandDef } from '../command.ts';
 import { checkIndividual } from './bitmaps.ts';

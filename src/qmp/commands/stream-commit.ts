@@ -4,7 +4,7 @@
  * that must be written (commit) is reopened read-write first; an
  * intermediate commit's base goes back to read-only when the job ends.
  */
-import { enm, obj, opt, req } from '../types.ts';
+import { enm, obj, opt, req } from '../../qapi/types.ts';
 import { genericError, QmpError } from '../errors.ts';
 import { StreamJob } from '../../blockdev/jobs/stream.ts';
 import { CommitJob } from '../../blockdev/jobs/commit.ts';

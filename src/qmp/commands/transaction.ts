@@ -21,7 +21,7 @@
  * between the two (the backup copies it as well), never miss one.
  */
 import { JobTxn } from '../../blockdev/jobs/txn.ts';
-import { arr, enm, obj, opt, req, type ObjectType } from '../types.ts';
+import { arr, enm, obj, opt, req, type ObjectType } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
 import { argsType, type ActionContext, type CommandDef, type CompletionMode, type PreparedAction } from '../command.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';

@@ -4,7 +4,7 @@
  * BOUNCE_MAX; a few of each size are kept for reuse, so steady-state I/O
  * allocates nothing.
  */
-import { allocAligned } from './native.ts';
+import { allocAligned } from '../../../platform/native.ts';
 
 /** Largest bounce buffer; larger requests are bounced in pieces of this size. */
 export const BOUNCE_MAX = 1024 * 1024;

@@ -16,13 +16,13 @@
  * the file.
  */
 import fs from 'node:fs';
-import { BlockError, toBlockError } from '../../errors.ts';
+import { BlockError, toBlockError } from '../../../util/errors.ts';
 import { OnOffAuto } from '../../options.ts';
-import { enm, obj, opt, req, type ObjectType } from '../../../qmp/types.ts';
+import { enm, obj, opt, req, type ObjectType } from '../../../qapi/types.ts';
 import type { Driver, DriverContext, DriverOps } from '../../driver.ts';
 import { closeFd, openFd } from './io.ts';
 import { ImageLock } from './locking.ts';
-import { allocAligned, blockDeviceSectorSize, blockDeviceSize, errorText } from './native.ts';
+import { allocAligned, blockDeviceSectorSize, blockDeviceSize, errorText } from '../../../platform/native.ts';
 import { PosixFile } from './posix-file.ts';
 
 export type { FileOps } from './posix-file.ts';

@@ -5,7 +5,7 @@
  * callback closure per request; short transfers continue where they stopped.
  */
 import fs from 'node:fs';
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 
 /**
  * Reads buf.length bytes at `pos`. Bytes at or past `eof` that the file does

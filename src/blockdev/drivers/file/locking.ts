@@ -13,9 +13,9 @@
  * description holds the byte. So blockd, qemu, qemu-img, qemu-io and
  * qemu-storage-daemon all see each other's use of an image.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import type { Perm } from '../../driver.ts';
-import { errorText, ofdLock, ofdTest } from './native.ts';
+import { errorText, ofdLock, ofdTest } from '../../../platform/native.ts';
 
 export const PERM_CONSISTENT_READ = 0x1;
 export const PERM_WRITE = 0x2;

@@ -6,13 +6,13 @@
  * fallocate(2), and block status from SEEK_DATA/SEEK_HOLE.
  */
 import fs from 'node:fs';
-import { BlockError, toBlockError } from '../../errors.ts';
+import { BlockError, toBlockError } from '../../../util/errors.ts';
 import { COMPLETED, ReqFlag, type Extent } from '../../request.ts';
 import type { DriverOps, Perm, ReopenTransaction } from '../../driver.ts';
 import { BouncePool, BOUNCE_MAX } from './bounce.ts';
 import { closeFd, fdatasync, ftruncate, openFd, preadFull, pwriteFull } from './io.ts';
 import { ImageLock, PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, permBits, sharedBits } from './locking.ts';
-import { allocAligned, errorText, fallocate, isAligned, native, seekData, seekHole } from './native.ts';
+import { allocAligned, errorText, fallocate, isAligned, native, seekData, seekHole } from '../../../platform/native.ts';
 
 /** Most extents one blockStatus call gathers (each costs one or two lseek round trips). */
 const MAX_EXTENTS = 64;

@@ -19,7 +19,7 @@
  * image, and knows its kind: a discard the node ignores (discard=ignore)
  * dirties nothing, as in QEMU.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import type { DriverOps } from '../../driver.ts';
 import { DirtyBitmap } from '../../bitmaps/dirty-bitmap.ts';
 import type { SparseBitmap } from '../../bitmaps/sparse-bitmap.ts';

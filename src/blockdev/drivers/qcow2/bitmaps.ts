@@ -3,7 +3,7 @@
  * the bitmaps intact but does not maintain them: an image opened read-write
  * has the bitmaps autoclear bit cleared (qcow2 spec), which marks them stale.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 
 export interface BitmapInfo { name: string; granularity: number; flags: string[] }
 

@@ -5,7 +5,7 @@
  * written eagerly by blockd, so only their contents need fixing; an image
  * whose refcount structure is missing blocks is refused.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import { compressedDescriptor, entryOffset, clusterType } from './l2.ts';
 import { getRefcountEntry, setRefcountEntry } from './refcount.ts';
 import type { Qcow2Image } from './image.ts';

@@ -7,7 +7,7 @@
  */
 import { inflateRaw, constants as zc } from 'node:zlib';
 import { Worker } from 'node:worker_threads';
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 
 export const CompressionType = { ZLIB: 0, ZSTD: 1 } as const;
 

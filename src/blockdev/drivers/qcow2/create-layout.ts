@@ -30,7 +30,7 @@
  *  - with extended L2 entries, preallocated clusters keep every subcluster
  *    unallocated (reads go to the backing file), as QEMU does.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import {
   Autoclear, Compat, DEFAULT_FEATURE_NAMES, ExtType, Incompat, Limit, featureTable, serializeHeader,
   type HeaderExtension, type Qcow2Header,

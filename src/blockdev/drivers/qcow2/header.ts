@@ -3,7 +3,7 @@
  * and its messages) and serialising. Pure: works on the bytes of the first
  * cluster. Layout facts from qemu's docs/interop/qcow2.txt.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 
 export const QCOW2_MAGIC = 0x514649fb;
 

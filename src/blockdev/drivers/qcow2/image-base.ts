@@ -3,7 +3,7 @@
  * caches, metadata I/O, corruption and overlap checks, the guest-to-host
  * mapping, reads and block status. image.ts adds the write paths.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import { RangeLock } from '../../range-lock.ts';
 import { ReqFlag, type Extent } from '../../request.ts';
 import type { BlockNode } from '../../node.ts';

@@ -3,7 +3,7 @@
  * extended-L2 subclusters, write-zeroes, discard, L1 growth, truncate, flush,
  * close) on top of Qcow2Base. The driver (index.ts) wires it to the block layer.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import { ReqFlag } from '../../request.ts';
 import { Autoclear, Compat, HeaderField, Incompat } from './header.ts';
 import { ALL_SUBCLUSTERS, compressedDescriptor, isCopied, makeEntry } from './l2.ts';

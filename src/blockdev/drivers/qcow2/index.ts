@@ -6,8 +6,8 @@
  */
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
-import { BlockError } from '../../errors.ts';
-import { alt, enm, obj, opt, req } from '../../../qmp/types.ts';
+import { BlockError } from '../../../util/errors.ts';
+import { alt, enm, obj, opt, req } from '../../../qapi/types.ts';
 import { BlockdevRef, BlockdevRefOrNull } from '../../options.ts';
 import type { Driver, DriverContext, DriverOps } from '../../driver.ts';
 import type { BlockNode } from '../../node.ts';

@@ -6,7 +6,7 @@
  * Every method that changes refcounts must be called with the image's
  * metadata mutex held.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import { MetaCache } from './cache.ts';
 import { entryOffset } from './l2.ts';
 import { HeaderField } from './header.ts';

@@ -18,7 +18,7 @@
  * the disk before any reference is dropped, and dropped references before
  * any COPIED flag is set again.
  */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import { Limit } from './header.ts';
 import { COPIED_HI, clusterType, compressedDescriptor, entryOffset } from './l2.ts';
 import { hex } from './refcount.ts';

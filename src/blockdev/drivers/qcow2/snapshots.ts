@@ -1,5 +1,5 @@
 /** The internal snapshot table (read only): parsed and validated as QEMU does on open. */
-import { BlockError } from '../../errors.ts';
+import { BlockError } from '../../../util/errors.ts';
 import { Limit } from './header.ts';
 
 export interface Qcow2Snapshot {

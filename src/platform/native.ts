@@ -1,0 +1,100 @@
+/**
+ * Typed access to blockd's native addon (native/src/blockd_native.c): the
+ * Linux calls node:fs lacks. Loaded lazily so that modules importing this
+ * one still load when the addon has not been built; the first use then
+ * fails with a message saying how to build it.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export interface NativeAddon {
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /** The offset of the next data at or after `offset`, or -1 if there is none (ENXIO). */
+  seekData(fd: number, offset: number): Promise<number>;
+  /** The offset of the next hole at or after `offset` (EOF counts as one), or -1 past EOF (ENXIO). */
+  seekHole(fd: number, offset: number): Promise<number>;
+  /** F_OFD_SETLK: 'r' shared, 'w' exclusive, 'u' unlock. Never blocks; throws EAGAIN/EACCES on conflict. */
+  ofdLock(fd: number, type: 'r' | 'w' | 'u', start: number, len: number): void;
+  /** F_OFD_GETLK: whether another open file description holds a lock conflicting with `type`. */
+  ofdTest(fd: number, type: 'r' | 'w', start: number, len: number): boolean;
+  blockDeviceSize(fd: number): number;
+  blockDeviceSectorSize(fd: number): number;
+  /** A zero-filled Buffer whose memory starts on an `alignment` boundary (for O_DIRECT). */
+  allocAligned(size: number, alignment: number): Buffer;
+  /** Whether the memory of `buf` starts on an `alignment` boundary. */
+  isAligned(buf: Buffer, alignment: number): boolean;
+  /** glibc's strerror() text for an errno value (node:fs's negative values are accepted). */
+  strerror(errno: number): string;
+  /** preadv2(RWF_NOWAIT): bytes read (maybe short), or -1 if it would block. Synchronous: never waits for a disk. */
+  preadNowait(fd: number, buf: Buffer, position: number): number;
+  /** pwritev2(RWF_NOWAIT): bytes written (maybe short), or -1 if it would block. */
+  pwriteNowait(fd: number, buf: Buffer, position: number): number;
+  /** send(MSG_DONTWAIT): bytes sent (maybe short), or -1 if nothing could be sent or the socket failed. */
+  sendNowait(fd: number, buf: Buffer): number;
+  /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */
+  sdNotify(socketPath: string, state: string): void;
+  readonly FALLOC_FL_KEEP_SIZE: number;
+  readonly FALLOC_FL_PUNCH_HOLE: number;
+  readonly FALLOC_FL_ZERO_RANGE: number;
+}
+
+/** An error thrown by the addon: message is strerror()'s text. */
+export interface NativeError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ADDON_PATH = path.resolve(here, '../../native/build/Release/blockd_native.node');
+
+let addon: NativeAddon | undefined;
+
+/** The addon, loaded on first use. */
+export function native(): NativeAddon {
+  return (addon ??= loadAddon(ADDON_PATH));
+}
+
+/** Loads the addon from `file`; a missing or broken build says how to fix it. */
+export function loadAddon(file: string): NativeAddon {
+  const require = createRequire(import.meta.url);
+  try {
+    return require(file) as NativeAddon;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'MODULE_NOT_FOUND') {
+      throw new Error(`blockd's native addon is missing (${file}); run \`npm install\` in the blockd directory to build it`, { cause: e });
+    }
+    throw new Error(`Could not load blockd's native addon (${file}): ${err.message}; run \`npm install\` to rebuild it`, { cause: e });
+  }
+}
+
+export function isNativeError(e: unknown): e is NativeError {
+  return e instanceof Error && typeof (e as NativeError).code === 'string' && typeof (e as NativeError).errno === 'number';
+}
+
+// ---- typed wrappers ----
+
+export const fallocate = (fd: number, mode: number, offset: number, length: number): Promise<void> =>
+  native().fallocate(fd, mode, offset, length);
+export const seekData = (fd: number, offset: number): Promise<number> => native().seekData(fd, offset);
+export const seekHole = (fd: number, offset: number): Promise<number> => native().seekHole(fd, offset);
+export const ofdLock = (fd: number, type: 'r' | 'w' | 'u', start: number, len: number): void =>
+  native().ofdLock(fd, type, start, len);
+export const ofdTest = (fd: number, type: 'r' | 'w', start: number, len: number): boolean =>
+  native().ofdTest(fd, type, start, len);
+export const blockDeviceSize = (fd: number): number => native().blockDeviceSize(fd);
+export const blockDeviceSectorSize = (fd: number): number => native().blockDeviceSectorSize(fd);
+export const allocAligned = (size: number, alignment: number): Buffer => native().allocAligned(size, alignment);
+export const isAligned = (buf: Buffer, alignment: number): boolean => native().isAligned(buf, alignment);
+
+/**
+ * The strerror() text QEMU would print for an error from node:fs or the
+ * addon ("No such file or directory"); the error's own message otherwise.
+ */
+export function errorText(e: unknown): string {
+  const errno = (e as NodeJS.ErrnoException | undefined)?.errno;
+  if (typeof errno === 'number' && errno !== 0) return native().strerror(errno);
+  return e instanceof Error ? e.message : String(e);
+}
