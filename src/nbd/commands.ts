@@ -10,7 +10,7 @@
 import type { Logger } from 'pino';
 import { COMPLETED, ReqFlag } from '../blockdev/request.ts';
 import { attempt } from '../blockdev/node.ts';
-import { Cmd, CmdFlag, MAX_EXTENTS, NbdErrno } from './constants.ts';
+import { Cmd, CmdFlag, MAX_EXTENTS, NbdErrno } from '../nbd-protocol/constants.ts';
 import { nbdErrno } from './errors.ts';
 import type { NbdExport } from './exports.ts';
 import type { RequestHeader } from './framer.ts';

@@ -11,7 +11,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { Cmd, NbdErrno, cmdName } from './constants.ts';
+import { Cmd, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
 import { errorReply, execute, type CommandContext, type Reply } from './commands.ts';
 import { RequestFramer, type Frame, type RequestHeader } from './framer.ts';
 import { Handshake, type HandshakeStep } from './handshake.ts';

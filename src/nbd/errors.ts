@@ -4,7 +4,7 @@
  */
 import type { Logger } from 'pino';
 import { BlockError, toBlockError, type ErrorCode } from '../util/errors.ts';
-import { NbdErrno } from './constants.ts';
+import { NbdErrno } from '../nbd-protocol/constants.ts';
 
 const TO_NBD: Record<ErrorCode, number> = {
   EPERM: NbdErrno.EPERM,

@@ -9,7 +9,7 @@ import { BlockError } from '../util/errors.ts';
 import { VALID_ID, type BlockGraph } from '../blockdev/graph.ts';
 import type { ChildEdge, Parent } from '../blockdev/edge.ts';
 import type { BlockNode } from '../blockdev/node.ts';
-import { MAX_PAYLOAD, MAX_STRING, PREFERRED_BLOCK_SIZE, TxFlag } from './constants.ts';
+import { MAX_PAYLOAD, MAX_STRING, PREFERRED_BLOCK_SIZE, TxFlag } from '../nbd-protocol/constants.ts';
 import { DEFAULT_PROVIDERS, type DirtyBitmapView, type MetaContext, type MetaContextProvider } from './meta.ts';
 
 export interface NbdExportOptions {

@@ -13,7 +13,7 @@
  * Pull-based so the connection can stop taking frames (backpressure) and
  * resume later without losing what was already read.
  */
-import { Cmd, MAX_PAYLOAD, REQUEST_MAGIC, REQUEST_SIZE } from './constants.ts';
+import { Cmd, MAX_PAYLOAD, REQUEST_MAGIC, REQUEST_SIZE } from '../nbd-protocol/constants.ts';
 
 /**
  * A request's 64-bit cookie as its two big-endian 32-bit halves: it is only

@@ -9,7 +9,7 @@
  */
 import {
   CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, IHAVEOPT, MAX_PAYLOAD, MAX_STRING, Opt, Rep, optName,
-} from './constants.ts';
+} from '../nbd-protocol/constants.ts';
 import { OPTIONS_WITH_DATA, handleOption, type Negotiated, type NegotiationEnv, type Session } from './options.ts';
 import { greeting, optionError } from './wire.ts';
 

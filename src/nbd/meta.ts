@@ -16,7 +16,7 @@
 import type { BlockNode } from '../blockdev/node.ts';
 import type { Extent } from '../blockdev/request.ts';
 import { ReqFlag } from '../blockdev/request.ts';
-import { STATE_DIRTY, STATE_HOLE, STATE_ZERO } from './constants.ts';
+import { STATE_DIRTY, STATE_HOLE, STATE_ZERO } from '../nbd-protocol/constants.ts';
 import type { WireExtent } from './wire.ts';
 
 export interface MetaContext {

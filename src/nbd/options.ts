@@ -5,7 +5,7 @@
  */
 import {
   CLIENT_NO_ZEROES, Info, MAX_STRING, Opt, Rep, TxFlag, optName,
-} from './constants.ts';
+} from '../nbd-protocol/constants.ts';
 import type { NbdExport } from './exports.ts';
 import { selectContexts, type MetaContext } from './meta.ts';
 import { lenString, optionError, optionReply } from './wire.ts';

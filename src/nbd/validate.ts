@@ -12,7 +12,7 @@
  * says it should (and as blockd's users asked). With `specErrnos` a write
  * or write-zeroes past the end also gets the spec's ENOSPC.
  */
-import { Cmd, CmdFlag, MAX_PAYLOAD, NbdErrno, cmdName } from './constants.ts';
+import { Cmd, CmdFlag, MAX_PAYLOAD, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
 import type { RequestHeader } from './framer.ts';
 
 export interface ValidationContext {

@@ -7,7 +7,7 @@
 import {
   CHUNK_HEADER_SIZE, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, REPLY_MAGIC, ReplyFlag, ReplyType,
   SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE, STRUCTURED_REPLY_MAGIC,
-} from './constants.ts';
+} from '../nbd-protocol/constants.ts';
 import type { Cookie } from './framer.ts';
 
 /** The 18-byte newstyle greeting: NBDMAGIC, IHAVEOPT, handshake flags. */

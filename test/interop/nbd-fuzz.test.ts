@@ -4,7 +4,7 @@
  * complete reply, the stream stays in sync, nothing crashes.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { IHAVEOPT, Opt } from '../../src/nbd/constants.ts';
+import { IHAVEOPT, Opt } from '../../src/nbd-protocol/constants.ts';
 import { RawClient, request, runTool, startHarness, type Harness } from '../helpers/nbd.ts';
 
 const SIZE = 8 << 20;

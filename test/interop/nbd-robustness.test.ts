@@ -5,7 +5,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { Cmd } from '../../src/nbd/constants.ts';
+import { Cmd } from '../../src/nbd-protocol/constants.ts';
 import {
   RawClient, nbdsh, rawNegotiate, request, runTool, simpleReplyOf, startHarness, type Harness,
 } from '../helpers/nbd.ts';

@@ -8,9 +8,9 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { IHAVEOPT, Info, Opt } from '../../src/nbd/constants.ts';
+import { IHAVEOPT, Info, Opt } from '../../src/nbd-protocol/constants.ts';
 import { RawClient, nbdsh, request, requireTool, runTool, startHarness, type Harness } from '../helpers/nbd.ts';
-import { Cmd } from '../../src/nbd/constants.ts';
+import { Cmd } from '../../src/nbd-protocol/constants.ts';
 
 const SIZE = 67108864;
 let h: Harness;

@@ -4,7 +4,7 @@ import { BlockGraph } from '../../src/blockdev/graph.ts';
 import { ExportRegistry } from '../../src/nbd/exports.ts';
 import { Handshake, HANDSHAKE_STATES, OPTION_BUFFER_LIMIT, type HandshakeState, type HandshakeStep } from '../../src/nbd/handshake.ts';
 import type { NegotiationEnv } from '../../src/nbd/options.ts';
-import { IHAVEOPT, Info, Opt, REPLY_MAGIC, Rep, TxFlag } from '../../src/nbd/constants.ts';
+import { IHAVEOPT, Info, Opt, REPLY_MAGIC, Rep, TxFlag } from '../../src/nbd-protocol/constants.ts';
 import { memDriver } from '../helpers/nbd.ts';
 
 let env: NegotiationEnv;

@@ -1,7 +1,7 @@
 /** validateRequest(): the errno of every malformed or out-of-range request, as qsd 7.2 answers (and the spec's, opt-in). */
 import { describe, it, expect } from 'vitest';
 import { validateRequest, checkRequest, type ValidationContext } from '../../src/nbd/validate.ts';
-import { Cmd, CmdFlag, NbdErrno } from '../../src/nbd/constants.ts';
+import { Cmd, CmdFlag, NbdErrno } from '../../src/nbd-protocol/constants.ts';
 import type { RequestHeader } from '../../src/nbd/framer.ts';
 
 const SIZE = 64 << 20;
