@@ -305,11 +305,11 @@ describe('live block operations side by side with qsd 7.2', () => {
   }, 60_000);
 });
 
-describe('graph-replace', () => {
+describe('graph surgery (replace)', () => {
   it('refuses a backing link that would make a cycle, and read-write users on a read-only node', async () => {
     const { BlockGraph } = await import('../../src/blockdev/graph.ts');
     const { registerDrivers } = await import('../../src/blockdev/drivers/index.ts');
-    const { setBacking, replaceNode } = await import('../../src/blockdev/graph-replace.ts');
+    const { setBacking, replaceNode } = await import('../../src/blockdev/surgery/replace.ts');
     const dir = tempDir('live-graph-');
     makeChain(dir);
     run('qemu-img', ['create', '-f', 'qcow2', join(dir, 'ro.qcow2'), '4M']);

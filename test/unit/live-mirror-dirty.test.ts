@@ -4,7 +4,7 @@
  * nextRun's runs (wrapping, length limit, short last granule).
  */
 import { describe, it, expect } from 'vitest';
-import { DirtyMap } from '../../src/blockdev/jobs/mirror-dirty.ts';
+import { DirtyMap } from '../../src/blockdev/bitmaps/dirty-map.ts';
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;

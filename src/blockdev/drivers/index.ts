@@ -4,8 +4,8 @@ import { nullDriver } from './null.ts';
 import { rawDriver } from './raw.ts';
 import { fileDriver, hostDeviceDriver } from './file/index.ts';
 import { qcow2Driver } from './qcow2/index.ts';
-import { copyOnReadDriver } from './copy-on-read.ts';
-import { copyBeforeWriteDriver } from './copy-before-write.ts';
+import { copyOnReadDriver } from '../filters/copy-on-read.ts';
+import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
   for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver, qcow2Driver, copyBeforeWriteDriver]) graph.register(d);

@@ -10,12 +10,11 @@
  * is cancelled). When done the filter is taken out again.
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
-import { insertFilter, internalFilterDriver, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
-import { JobCancelledError } from './errors.ts';
+import { insertFilter, internalFilterDriver, removeFilter, type InsertedFilter } from '../surgery/filter.ts';
+import { JobCancelledError, jobFailure } from './errors.ts';
 import { BlockError, toBlockError } from '../../util/errors.ts';
-import { jobFailure } from './mirror.ts';
 import { ALL_PERM } from '../edge.ts';
-import { CowState, cowClusterSize, cowFilterOps } from '../drivers/copy-before-write.ts';
+import { CowState, cowClusterSize, cowFilterOps } from '../filters/copy-before-write.ts';
 import type { BlockNode } from '../node.ts';
 import type { DirtyBitmap } from '../bitmaps/dirty-bitmap.ts';
 import { bitmapChanged, bitmapsOf } from '../bitmaps/registry.ts';

@@ -12,20 +12,20 @@
  * dirty granules until none is left, reaches READY, and keeps copying new
  * writes. job-complete moves every user of `top` (exports included) to
  * `base` after a last copy made while they are held at the gate (see
- * graph-replace.ts). job-cancel leaves the chain as it was: `base` only
+ * surgery/replace.ts). job-cancel leaves the chain as it was: `base` only
  * gained data that `top` hides. Progress counts dirty bytes, as in qsd.
  *
- * While the job runs, qsd's filter sits above `top` (job-filter.ts):
+ * While the job runs, qsd's filter sits above `top` (filters/job-filter.ts):
  * 'commit_top' under the overlay, or 'mirror_top' holding the device's users
  * (exports included), named by filter-node-name.
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { toBlockError } from '../../util/errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
-import { setBacking } from '../graph-replace.ts';
-import { insertJobFilter, removeJobFilter } from './job-filter.ts';
-import { copyBuffers } from './mirror-buffers.ts';
-import { depthOf } from './stream.ts';
+import { setBacking } from '../surgery/replace.ts';
+import { insertJobFilter, removeJobFilter } from '../filters/job-filter.ts';
+import { copyBuffers } from '../copy-buffers.ts';
+import { backingDepth } from '../surgery/walk.ts';
 import type { BlockNode, WriteObserver } from '../node.ts';
 
 const GRANULE = 64 * 1024;
@@ -39,7 +39,7 @@ export interface CommitJobOptions extends BlockJobOptions {
   /** The node whose backing link is `top` (intermediate commit); undefined for active commit. */
   overlay?: BlockNode;
   backingFile?: string;
-  /** filter-node-name: the name of the filter put above `top` (see job-filter.ts). */
+  /** filter-node-name: the name of the filter put above `top` (see filters/job-filter.ts). */
   filterNodeName?: string;
   onError: BlockdevOnError;
   /**
@@ -114,7 +114,7 @@ export class CommitJob extends BlockJob {
     const len = top.length();
     this.progressSetRemaining(len);
     if (base.length() < len) await base.truncate(len);
-    const limit = depthOf(top, base);
+    const limit = backingDepth(top, base);
     await this.copyExtents(top, len, CHUNK, this.o.onError, (e) => e.depth !== 0 && e.depth < limit, (o, l) => this.copy(o, l));
   }
 
@@ -140,7 +140,7 @@ export class CommitJob extends BlockJob {
       this.enter();
     };
     top.writeObservers.add(this.observer);
-    const limit = depthOf(top, base);
+    const limit = backingDepth(top, base);
     for (let off = 0; off < len; off += CHUNK) {
       for (const e of await top.blockStatus(off, Math.min(CHUNK, len - off))) {
         if (e.depth !== 0 && e.depth < limit) this.markDirty(e.offset, e.length);

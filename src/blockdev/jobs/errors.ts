@@ -24,3 +24,15 @@ export class JobCancelledError extends Error {
     this.name = 'JobCancelledError';
   }
 }
+
+const STRERROR: Record<string, string> = {
+  EIO: 'Input/output error', ENOSPC: 'No space left on device', EPERM: 'Operation not permitted',
+  EINVAL: 'Invalid argument', ENOTSUP: 'Operation not supported', EOVERFLOW: 'Value too large for defined data type',
+  ESHUTDOWN: 'Cannot send after transport endpoint shutdown', ENOMEM: 'Cannot allocate memory', EBUSY: 'Device or resource busy',
+  ENOENT: 'No such file or directory',
+};
+
+/** A job that fails on an I/O error reports strerror's text, as qsd does; the detail goes to the log. */
+export function jobFailure(err: BlockError): BlockError {
+  return new BlockError(err.code, STRERROR[err.code] ?? err.message, { cause: err });
+}

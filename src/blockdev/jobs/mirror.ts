@@ -19,10 +19,11 @@
  *   between the last check and the pivot in prepare().
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
-import { DirtyMap } from './mirror-dirty.ts';
-import { copyBuffers } from './mirror-buffers.ts';
-import { insertFilter, internalFilterDriver, moveParents, removeFilter, type InsertedFilter } from './mirror-pivot.ts';
-import { JobCancelledError } from './errors.ts';
+import { DirtyMap } from '../bitmaps/dirty-map.ts';
+import { copyBuffers } from '../copy-buffers.ts';
+import { insertFilter, internalFilterDriver, moveParents, removeFilter, type InsertedFilter } from '../surgery/filter.ts';
+import { JobCancelledError, jobFailure } from './errors.ts';
+import { isZero, zeroUnlessZero } from '../zeroes.ts';
 import { BlockError, toBlockError } from '../../util/errors.ts';
 import { ReqFlag } from '../request.ts';
 import type { BlockNode } from '../node.ts';
@@ -386,39 +387,6 @@ function defaultGranularity(target: BlockNode): number {
   const cs = info?.['cluster-size'];
   if (typeof cs === 'number' && cs > 0) return Math.min(65536, Math.max(4096, cs));
   return 65536;
-}
-
-const ZERO = Buffer.alloc(MAX_OP);
-
-/** Writes zeroes over the parts of [offset, offset+length) that do not already read as zeroes on `node`. */
-export async function zeroUnlessZero(node: BlockNode, offset: number, length: number, flags: number): Promise<void> {
-  for (let pos = offset; pos < offset + length;) {
-    const ext = await node.blockStatus(pos, offset + length - pos);
-    for (const e of ext) {
-      if (!e.zero) await node.writeZeroes(e.offset, e.length, flags);
-      pos = e.offset + e.length;
-    }
-  }
-}
-
-function isZero(buf: Buffer): boolean {
-  for (let o = 0; o < buf.length; o += MAX_OP) {
-    const part = buf.subarray(o, Math.min(buf.length, o + MAX_OP));
-    if (!part.equals(ZERO.subarray(0, part.length))) return false;
-  }
-  return true;
-}
-
-const STRERROR: Record<string, string> = {
-  EIO: 'Input/output error', ENOSPC: 'No space left on device', EPERM: 'Operation not permitted',
-  EINVAL: 'Invalid argument', ENOTSUP: 'Operation not supported', EOVERFLOW: 'Value too large for defined data type',
-  ESHUTDOWN: 'Cannot send after transport endpoint shutdown', ENOMEM: 'Cannot allocate memory', EBUSY: 'Device or resource busy',
-  ENOENT: 'No such file or directory',
-};
-
-/** A job that fails on an I/O error reports strerror's text, as qsd does; the detail goes to the log. */
-export function jobFailure(err: BlockError): BlockError {
-  return new BlockError(err.code, STRERROR[err.code] ?? err.message, { cause: err });
 }
 
 export function checkMirrorGranularity(g: number): void {

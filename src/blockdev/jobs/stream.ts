@@ -12,9 +12,10 @@
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
-import { replaceNode, setBacking } from '../graph-replace.ts';
-import { needsCopy } from '../drivers/copy-on-read.ts';
-import { copyBuffers } from './mirror-buffers.ts';
+import { replaceNode, setBacking } from '../surgery/replace.ts';
+import { needsCopy } from '../filters/copy-on-read.ts';
+import { copyBuffers } from '../copy-buffers.ts';
+import { backingDepth } from '../surgery/walk.ts';
 import type { BlockNode } from '../node.ts';
 
 const CHUNK = 512 * 1024;
@@ -31,14 +32,6 @@ export interface StreamJobOptions extends BlockJobOptions {
   filterNodeName?: string;
   /** Called once the job is over, whatever its outcome (the command reopens a top it made writable back read-only, as QEMU's stream_clean). */
   onFinished?: () => Promise<void>;
-}
-
-/** Depth of `node` under `top` through backing links (1 = top itself). */
-export function depthOf(top: BlockNode, node: BlockNode | undefined): number {
-  if (!node) return Infinity;
-  let d = 1;
-  for (let n: BlockNode | undefined = top; n; n = n.child('backing'), d++) if (n === node) return d;
-  return Infinity;
 }
 
 export class StreamJob extends BlockJob {
@@ -64,7 +57,7 @@ export class StreamJob extends BlockJob {
     }, true);
     const filter = this.filter;
     await replaceNode(this.graph, top, filter);
-    const limit = depthOf(top, bottom);
+    const limit = backingDepth(top, bottom);
     // Reading through the copy-on-read filter is what copies the data up (the filter has written
     // the data when the read returns, so the buffer goes back to the pool then).
     await this.copyExtents(top, len, CHUNK, this.o.onError, (e) => needsCopy(e, limit), async (o, l) => {

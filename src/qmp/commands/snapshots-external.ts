@@ -3,7 +3,7 @@
  * blockdev-snapshot-sync (blockd creates the overlay file, qcow2, backed by
  * the node's image). Either way the overlay's backing link becomes the node
  * and then every user of the node — nodes and NBD exports — moves onto the
- * overlay inside a drained section (graph-replace.ts), so no request is lost
+ * overlay inside a drained section (blockdev/surgery/replace.ts), so no request is lost
  * or reordered across the switch. The old node is then made read-only, as
  * qsd 7.2 does. Checks and texts follow qsd 7.2.
  *
@@ -15,7 +15,7 @@
 import { open } from 'node:fs/promises';
 import { enm, obj, opt, req } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
-import { replaceNode, setBacking, withUsersHeld } from '../../blockdev/graph-replace.ts';
+import { replaceNode, setBacking, withUsersHeld } from '../../blockdev/surgery/replace.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';

@@ -1,9 +1,11 @@
 /**
- * Reused copy buffers for mirror and backup: a 1 GiB copy in 1 MiB units
- * would otherwise allocate (and collect) a thousand large buffers. A buffer
- * is handed back once the write that used it has completed.
+ * Reused copy buffers for the copying jobs and filters (mirror, backup,
+ * stream, commit, copy-before-write): a 1 GiB copy in 1 MiB units would
+ * otherwise allocate (and collect) a thousand large buffers. A buffer is
+ * handed back once the write that used it has completed. (The NBD data
+ * path has its own size-class pool, src/util/buffer-pool.ts.)
  */
-export class BufferPool {
+export class CopyBufferPool {
   private readonly free: Buffer[] = [];
 
   constructor(readonly size: number, private readonly keep = 32) {}
@@ -23,4 +25,4 @@ export class BufferPool {
 }
 
 /** The pool the copying jobs share (1 MiB buffers). */
-export const copyBuffers = new BufferPool(1024 * 1024);
+export const copyBuffers = new CopyBufferPool(1024 * 1024);

@@ -14,9 +14,9 @@ import { RangeLock } from '../range-lock.ts';
 import { ReqFlag } from '../request.ts';
 import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
-import { DirtyMap } from '../jobs/mirror-dirty.ts';
-import { zeroUnlessZero } from '../jobs/mirror.ts';
-import { copyBuffers } from '../jobs/mirror-buffers.ts';
+import { DirtyMap } from '../bitmaps/dirty-map.ts';
+import { zeroUnlessZero } from '../zeroes.ts';
+import { copyBuffers } from '../copy-buffers.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';
 

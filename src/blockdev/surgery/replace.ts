@@ -18,19 +18,14 @@
  * opened again on the node's current children (what QEMU's reopen with a new
  * 'backing' does). Filters follow their edges and need nothing.
  */
-import { BlockError } from '../util/errors.ts';
-import { BlockNode } from './node.ts';
-import { attachEdge, checkPermissions, cumulative, detachEdge, type ChildEdge } from './edge.ts';
-import type { BlockGraph } from './graph.ts';
-import type { CommonOptions, Driver, DriverContext, DriverOps, Perm } from './driver.ts';
-import { parseHeader, serializeHeader } from './drivers/qcow2/header.ts';
-import { obj } from '../qapi/types.ts';
-
-/** True if `node` is `top` or can be reached from it through child edges. */
-export function reaches(top: BlockNode, node: BlockNode): boolean {
-  if (top === node) return true;
-  return top.children.some((e) => reaches(e.child, node));
-}
+import { BlockError } from '../../util/errors.ts';
+import { BlockNode } from '../node.ts';
+import { attachEdge, checkPermissions, cumulative, detachEdge, type ChildEdge } from '../edge.ts';
+import type { BlockGraph } from '../graph.ts';
+import type { CommonOptions, Driver, DriverContext, DriverOps, Perm } from '../driver.ts';
+import { parseHeader, serializeHeader } from '../drivers/qcow2/header.ts';
+import { obj } from '../../qapi/types.ts';
+import { ancestry, reaches } from './walk.ts';
 
 /** Users of `from` that replaceNode would move to `to`: all but those at or below `to` (the chain itself). */
 export function movableEdges(from: BlockNode, to: BlockNode): ChildEdge[] {
@@ -200,18 +195,6 @@ async function rewriteBackingName(node: BlockNode, backingFile: string | undefin
   const out = serializeHeader(h);
   await file.write(0, out);
   await file.flush();
-}
-
-/** `node` and every node above it. */
-function ancestry(node: BlockNode): BlockNode[] {
-  const out = new Set<BlockNode>();
-  const visit = (n: BlockNode) => {
-    if (out.has(n)) return;
-    out.add(n);
-    for (const e of n.parents) if (e.parent instanceof BlockNode) visit(e.parent);
-  };
-  visit(node);
-  return [...out];
 }
 
 /**

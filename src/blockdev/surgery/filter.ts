@@ -1,18 +1,19 @@
 /**
- * The graph surgery mirror and backup need, until src/blockdev/graph-replace.ts
- * exists: move parent edges from one node to another (a pivot), insert a
- * filter node above a node, and take it out again. Callers hold a drained
- * section around every move (node.drained), so no request is in flight on
- * the nodes involved; requests queued at a filter's entry while it is being
- * removed still pass through the filter's ops, which forward to wherever
- * the filter points by then.
+ * Filters that jobs put above a node and take out again (mirror_top,
+ * copy-before-write for backup): move parent edges from one node to
+ * another, insert a filter node above a node, and take it out again.
+ * Callers hold a drained section around every move (node.drained), so no
+ * request is in flight on the nodes involved; requests queued at a
+ * filter's entry while it is being removed still pass through the
+ * filter's ops, which forward to wherever the filter points by then.
  */
 import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
-import { checkPermissions, type ChildEdge, type Parent } from '../edge.ts';
+import { checkPermissions, type ChildEdge } from '../edge.ts';
 import type { BlockGraph } from '../graph.ts';
 import type { Driver, DriverOps, Perm } from '../driver.ts';
 import { obj } from '../../qapi/types.ts';
+import { reaches } from './walk.ts';
 
 /**
  * Moves every parent edge of `from` (except those `keep` says stay) onto
@@ -22,7 +23,7 @@ export function moveParents(from: BlockNode, to: BlockNode, keep: (e: ChildEdge)
   const moving = from.parents.filter((e) => !keep(e));
   for (const e of moving) {
     if (e.parent === to) throw new BlockError('EINVAL', `Making '${to.nodeName}' a child of itself would create a cycle`);
-    if (e.parent instanceof BlockNode && isBelow(e.parent, to)) {
+    if (e.parent instanceof BlockNode && reaches(to, e.parent)) {
       throw new BlockError('EINVAL', `Making '${e.parent.nodeName}' a child of '${to.nodeName}' would create a cycle`);
     }
   }
@@ -51,17 +52,6 @@ function detach(e: ChildEdge): void {
   const list = e.child.parents;
   const i = list.indexOf(e);
   if (i >= 0) list.splice(i, 1);
-}
-
-/** True if `maybeChild` is `node` or lies below it. */
-function isBelow(maybeChild: BlockNode, node: BlockNode): boolean {
-  if (maybeChild === node) return true;
-  return node.children.some((e) => isBelow(maybeChild, e.child));
-}
-
-/** True for edges held by jobs (they stay where they are when a filter is put above a node). */
-export function isJobEdge(e: ChildEdge, job: Parent): boolean {
-  return e.parent === job;
 }
 
 let filterCounter = 0;

@@ -11,8 +11,8 @@
 import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
 import { ALL_PERM, type ChildEdge } from '../edge.ts';
-import { replaceNode } from '../graph-replace.ts';
-import { autoFilterName, internalFilterDriver } from './mirror-pivot.ts';
+import { replaceNode } from '../surgery/replace.ts';
+import { autoFilterName, internalFilterDriver } from '../surgery/filter.ts';
 import type { BlockGraph } from '../graph.ts';
 import type { Driver } from '../driver.ts';
 
