@@ -95,7 +95,7 @@ export class Daemon {
   async startNbdServer(item: Item): Promise<void> {
     const opts = parseItem<NbdServerOptionsValue>(NbdServerOptions, item);
     const server = new NbdServer(this.exports, {
-      maxConnections: opts['max-connections'] || undefined,
+      maxConnections: opts['max-connections'],
       handshakeMaxSeconds: opts['handshake-max-seconds'],
       logger: this.log,
     });

@@ -2,8 +2,8 @@
  * The NBD server: listeners (TCP, Unix, an inherited fd) feeding connections
  * that serve the exports of a shared ExportRegistry.
  *
- * max-connections as qsd: once the limit is reached the server stops taking
- * new clients; they wait (connected, not greeted) until a slot frees, as
+ * max-connections as qsd (default 100, see DEFAULT_MAX_CONNECTIONS): once
+ * the limit is reached the server stops taking new clients; they wait (connected, not greeted) until a slot frees, as
  * they would in qsd's listen backlog. Waiting sockets are capped.
  */
 import { createServer, Socket as NetSocket, type Server, type Socket } from 'node:net';
@@ -15,7 +15,7 @@ import type { NegotiationEnv } from './options.ts';
 import { BufferPool } from '../util/buffer-pool.ts';
 
 export interface NbdServerOptions {
-  /** Most clients served at once; 0 or unset = unlimited (qsd 7.2's default). */
+  /** Most clients served at once; 0 = unlimited; unset = DEFAULT_MAX_CONNECTIONS. */
   maxConnections?: number;
   /** Seconds a client may take to negotiate; 0 = no limit. Default 10. */
   handshakeMaxSeconds?: number;
@@ -27,6 +27,11 @@ export interface NbdServerOptions {
 }
 
 export const DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
+/**
+ * max-connections when none is given: 100, as qsd 7.2 with the CVE-2024-7409
+ * fix (Debian's build). Clients beyond it wait to be greeted.
+ */
+export const DEFAULT_MAX_CONNECTIONS = 100;
 /** Clients kept waiting for a slot beyond max-connections; more are turned away. */
 const MAX_WAITING = 1024;
 
@@ -44,13 +49,15 @@ export class NbdServer {
 
   constructor(readonly registry: ExportRegistry, private readonly opts: NbdServerOptions) {
     this.log = opts.logger.child({ component: 'nbd' });
-    const multiConn = (opts.maxConnections ?? 0) !== 1;
+    const multiConn = this.maxConnections !== 1;
     this.env = {
       findExport: (name) => registry.byName(name),
       listExports: () => registry.list().filter((e) => !e.shuttingDown),
       multiConn,
     };
   }
+
+  private get maxConnections(): number { return this.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS; }
 
   /** Clients being served (negotiating or in transmission), not counting those waiting for a slot. */
   get connections(): number { return this.active.size; }
@@ -96,7 +103,7 @@ export class NbdServer {
 
   private accept(socket: Socket): void {
     if (this.closing) return void socket.destroy();
-    const max = this.opts.maxConnections ?? 0;
+    const max = this.maxConnections;
     if (max > 0 && this.active.size >= max) {
       if (this.waiting.length >= MAX_WAITING) {
         this.log.warn('too many NBD clients waiting for a connection slot; turning one away');
@@ -139,7 +146,7 @@ export class NbdServer {
   }
 
   private admitWaiting(): void {
-    const max = this.opts.maxConnections ?? 0;
+    const max = this.maxConnections;
     while (!this.closing && this.waiting.length > 0 && (max === 0 || this.active.size < max)) {
       const s = this.waiting.shift()!;
       if (s.destroyed) continue;

@@ -12,7 +12,7 @@ export const NbdServerOptions: ObjectType = obj('NbdServerOptions', [
   req('addr', SocketAddress, 'address on which to listen'),
   opt('tls-creds', 'str', 'ID of the TLS credentials object'),
   opt('tls-authz', 'str', 'ID of the QAuthZ authorization object'),
-  opt('max-connections', 'uint32', 'maximum number of simultaneous connections, 0 for unlimited (default: 0)'),
+  opt('max-connections', 'uint32', 'maximum number of simultaneous connections, 0 for unlimited (default: 100)'),
   opt('handshake-max-seconds', 'uint32', 'blockd: time limit for a client\'s handshake, 0 for none'),
 ]);
 

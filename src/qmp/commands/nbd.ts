@@ -76,7 +76,7 @@ async function startServer(host: QmpHost, a: { addr: { type: string; data: Recor
   if (host.nbdServers.length > 0) throw genericError('NBD server already running');
   if (a['tls-creds'] !== undefined) throw genericError(`No TLS credentials with id '${a['tls-creds']}'`);
   if (a['tls-authz'] !== undefined) throw genericError(`'tls-authz' requires 'tls-creds'`);
-  const server = new NbdServer(host.exports, { maxConnections: a['max-connections'] || undefined, logger: host.log });
+  const server = new NbdServer(host.exports, { maxConnections: a['max-connections'], logger: host.log });
   const d = a.addr.data;
   try {
     if (a.addr.type === 'inet') {
