@@ -6,6 +6,7 @@
  * the --blockdev it names.
  */
 import yargs from 'yargs';
+import { DEFAULT_LOG_LEVEL } from './logger.ts';
 
 /** One startup item: the option it came from (for error messages) and its text or JSON value. */
 export interface Item { option: string; value: string | Record<string, unknown> }
@@ -61,7 +62,7 @@ blockd: a qemu-storage-daemon compatible block storage daemon
   --pidfile <path>          write process ID to a file after startup
   --config <file>           read blockdevs, objects, chardevs, monitors, the NBD
                             server, exports and start-up QMP commands from a JSON file
-  --log-level <level>       fatal, error, warn, info (default), debug, trace, silent
+  --log-level <level>       fatal, error, warn (default), info, debug, trace, silent
 
 Without any option, blockd serves its embedded default: a qcow2 disk under
 ./var exported as 'disk0' on 127.0.0.1:10809 and ./var/nbd.sock.
@@ -100,7 +101,8 @@ export function parseCli(argv: string[]): ParsedCli {
   if (args.V) return { kind: 'version' };
   const positional = (args._ as unknown[]) ?? [];
   if (positional.length > 0) throw new CliError(`Unexpected argument: ${String(positional[0])}`);
-  const logLevel = single(args['log-level'], 'log-level') ?? 'info';
+  // Quiet by default, as qsd: only warnings and errors reach stderr.
+  const logLevel = single(args['log-level'], 'log-level') ?? DEFAULT_LOG_LEVEL;
   if (args.T) throw new CliError('-T/--trace: tracing is not supported by blockd; use --log-level=trace');
   const items = (o: string): Item[] => ((args[o] as string[] | undefined) ?? []).map((value) => ({ option: o, value }));
   const config: StartupConfig = {

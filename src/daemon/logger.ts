@@ -5,6 +5,9 @@ export type { Logger };
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-export function createLogger(level: string = 'info'): Logger {
+/** As qsd, which prints nothing in a normal run: only warnings and errors. */
+export const DEFAULT_LOG_LEVEL = 'warn';
+
+export function createLogger(level: string = DEFAULT_LOG_LEVEL): Logger {
   return pino({ level, base: { pid: process.pid }, timestamp: stdTimeFunctions.isoTime }, destination({ fd: 2, sync: true }));
 }

@@ -36,7 +36,7 @@ export function tempDir(prefix = 'blockd-test-'): string {
 /** Spawns `cmd args` and resolves once `readyPath` (a Unix socket) accepts connections. */
 export async function startDaemon(which: 'blockd' | 'qsd', args: string[], readyPath: string, timeoutMs = 20_000): Promise<Running> {
   const cmd = which === 'blockd' ? BLOCKD : requireTool('qemu-storage-daemon');
-  const proc = spawn(cmd, which === 'blockd' ? ['--log-level', 'warn', ...args] : args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   proc.stderr!.on('data', (d) => (err += d));
   proc.stdout!.resume();

@@ -144,7 +144,7 @@ for _ in range(2):
     const dir = tempDir();
     const sock = join(dir, 'act.sock');
     const qmp = join(dir, 'qmp.sock');
-    const act = spawn('systemd-socket-activate', ['-l', sock, '-l', qmp, '--fdname=nbd:qmp', BLOCKD, '--log-level', 'warn', ...NULL_NODE, '--export', 'type=nbd,id=e,node-name=n0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const act = spawn('systemd-socket-activate', ['-l', sock, '-l', qmp, '--fdname=nbd:qmp', BLOCKD, ...NULL_NODE, '--export', 'type=nbd,id=e,node-name=n0'], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     act.stderr!.on('data', (d) => (err += d));
     try {
@@ -162,7 +162,7 @@ for _ in range(2):
 
   it('the embedded default (no options) creates and serves a qcow2 disk0 on TCP, a Unix socket and a QMP monitor', async () => {
     const dir = tempDir();
-    const d = spawn(BLOCKD, ['--log-level', 'warn'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    const d = spawn(BLOCKD, [], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     d.stdout!.on('data', (x) => (out += x));
     try {
