@@ -33,7 +33,8 @@ describe('a server under abuse', () => {
     h = await startHarness(
       [{ driver: 'mem', 'node-name': 'n0', size: 64 * MB }, { driver: 'null-co', 'node-name': 'z0', size: 64 * MB }],
       [{ id: 'e0', nodeName: 'n0', name: 'disk', writable: true }, { id: 'e1', nodeName: 'z0', name: 'null', writable: true }],
-      { handshakeMaxSeconds: 1 },
+      // No connection cap (max-connections=0): the 200-client cases below serve everyone at once.
+      { handshakeMaxSeconds: 1, maxConnections: 0 },
     );
   });
   afterAll(async () => h?.close());
