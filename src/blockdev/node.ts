@@ -73,7 +73,10 @@ export class BlockNode implements Parent {
     const own = ops.limits ?? {};
     const passes = this.driver.kind === 'filter';
     this.limits = {
-      alignment: own.alignment ?? child?.limits.alignment ?? 1,
+      // Not inherited (QEMU's bdrv_merge_limits leaves request_alignment alone): a node
+      // whose driver needs aligned requests does the read-modify-write itself, so
+      // the nodes above it (raw, qcow2, filters) and their exports take any byte range.
+      alignment: own.alignment ?? 1,
       maxTransfer: Math.min(own.maxTransfer ?? child?.limits.maxTransfer ?? DEFAULT_MAX_TRANSFER, DEFAULT_MAX_TRANSFER),
       canFua: own.canFua ?? (passes && !ops.write ? !!child?.limits.canFua : false),
       canZero: own.canZero ?? (!!ops.writeZeroes || (passes && !ops.writeZeroes && !!child?.limits.canZero)),
@@ -113,6 +116,8 @@ export class BlockNode implements Parent {
 
   private async readAny(offset: number, buf: Buffer, flags: number): Promise<void> {
     this.checkRange(offset, buf.length);
+    // A zero-length request succeeds without reaching the driver (QEMU's block layer too).
+    if (buf.length === 0) return;
     const waiting = this.enter();
     if (waiting) await waiting;
     try {
@@ -140,7 +145,7 @@ export class BlockNode implements Parent {
   /** Whether a request may go straight to the driver: not quiesced, in range, aligned, one piece. */
   private plainRequest(offset: number, len: number): boolean {
     const { alignment, maxTransfer } = this.limits;
-    return this.quiesceDepth === 0 && !this.closed && len <= maxTransfer && offset % alignment === 0 && len % alignment === 0 &&
+    return this.quiesceDepth === 0 && !this.closed && len !== 0 && len <= maxTransfer && offset % alignment === 0 && len % alignment === 0 &&
       Number.isSafeInteger(offset) && offset >= 0 && offset + len <= this.length();
   }
 
@@ -179,6 +184,7 @@ export class BlockNode implements Parent {
   private async writeAny(offset: number, buf: Buffer, flags: number): Promise<void> {
     this.checkWritable();
     this.checkRange(offset, buf.length);
+    if (buf.length === 0) return;
     const waiting = this.enter();
     if (waiting) await waiting;
     try {
@@ -200,9 +206,15 @@ export class BlockNode implements Parent {
   async writeZeroes(offset: number, length: number, flags = 0): Promise<void> {
     this.checkWritable();
     this.checkRange(offset, length);
+    const a = this.limits.alignment;
+    // As bdrv_co_pwritev_part: a misaligned request cannot be made fast (whatever its length), and
+    // an empty one is done.
+    if (flags & ReqFlag.NO_FALLBACK && (offset % a !== 0 || length % a !== 0)) {
+      throw new BlockError('ENOTSUP', `Cannot zero a misaligned range of node '${this.nodeName}' fast`);
+    }
+    if (length === 0) return;
     await this.enter();
     try {
-      const a = this.limits.alignment;
       const start = roundUp(offset, a);
       const end = Math.max(start, roundDown(offset + length, a));
       // Unaligned head and tail become ordinary (read-modify-write) zero writes.
@@ -222,6 +234,7 @@ export class BlockNode implements Parent {
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
     this.checkRange(offset, length);
+    if (length === 0) return;
     await this.enter();
     try {
       const a = this.limits.alignment;
