@@ -4,6 +4,8 @@
  *
  *   daemon → qmp → nbd (server; fuse later) → export → blockdev
  *          → objects → qapi, nbd-protocol → util, platform
+ *   crypto (LUKS headers, PBKDF2, sector ciphers) sits beside util: it
+ *   imports util and platform only, and blockdev's drivers use it.
  *
  * `npm run lint:layers` (part of `npm test` via test/unit/layers.test.ts)
  * fails on any violation.
@@ -31,7 +33,7 @@ module.exports = {
       name: 'qmp-is-a-client-of-the-layers-below',
       severity: 'error',
       from: { path: layer('qmp') },
-      to: { path: '^src/', pathNot: [layer('qmp'), below('nbd', 'fuse', 'export', 'blockdev', 'objects', 'qapi', 'nbd-protocol', 'util', 'platform')] },
+      to: { path: '^src/', pathNot: [layer('qmp'), below('nbd', 'fuse', 'export', 'blockdev', 'objects', 'qapi', 'nbd-protocol', 'crypto', 'util', 'platform')] },
     },
     {
       name: 'servers-know-no-control-plane',
@@ -92,6 +94,13 @@ module.exports = {
       comment: 'The NBD protocol codecs know no socket, no block layer: util only.',
       from: { path: layer('nbd-protocol') },
       to: { path: '^src/', pathNot: [layer('nbd-protocol'), layer('util')] },
+    },
+    {
+      name: 'crypto-beside-util',
+      severity: 'error',
+      comment: 'The pure crypto modules (LUKS, PBKDF2, sector ciphers) know no block layer: util and platform only.',
+      from: { path: layer('crypto') },
+      to: { path: '^src/', pathNot: [layer('crypto'), below('util', 'platform')] },
     },
     {
       name: 'util-and-platform-are-leaves',

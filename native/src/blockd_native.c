@@ -22,6 +22,8 @@
  *                                           the caller hands the rest (and any error) to it
  *   sdNotify(socketPath, state)          -> void: one sd_notify(3) datagram (node:net has
  *                                           no AF_UNIX SOCK_DGRAM)
+ *   sectorCipherNew/sectorCrypt/sectorCryptAsync/sectorCipherWipe
+ *                                        -> disk-sector encryption (sector_cipher.c)
  *
  * Errors are JS Errors whose message is strerror()'s text, with `code` (the
  * errno name), `errno` and `syscall` set, so callers can build QEMU-style
@@ -493,6 +495,8 @@ static bool set_int(napi_env env, napi_value exports, const char *name, int64_t 
   return napi_create_int64(env, v, &n) == napi_ok && napi_set_named_property(env, exports, name, n) == napi_ok;
 }
 
+bool sector_cipher_init(napi_env env, napi_value exports); /* sector_cipher.c */
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
     { "fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -513,7 +517,8 @@ static napi_value init(napi_env env, napi_value exports) {
   CHECK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||
       !set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) ||
-      !set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE)) {
+      !set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) ||
+      !sector_cipher_init(env, exports)) {
     throw_last_error(env);
     return NULL;
   }

@@ -32,6 +32,7 @@ describe('layer rules', () => {
     ['src/nbd-protocol/f.ts', "import '../platform/f.ts';", 'src/platform/f.ts', 'nbd-codecs-are-pure'],
     ['src/export/g.ts', "import '../nbd/g.ts';", 'src/nbd/g.ts', 'export-layer-knows-no-server'],
     ['src/util/h.ts', "import './i.ts';", 'src/util/i.ts', 'no-circular'],
+    ['src/crypto/j.ts', "import '../blockdev/j.ts';", 'src/blockdev/j.ts', 'crypto-beside-util'],
   ];
 
   it('report a forbidden import of each kind', () => {
