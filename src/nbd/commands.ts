@@ -13,10 +13,10 @@ import { attempt } from '../blockdev/node.ts';
 import { Cmd, CmdFlag, MAX_EXTENTS, NbdErrno } from '../nbd-protocol/constants.ts';
 import { nbdErrno } from './errors.ts';
 import type { NbdExport } from './exports.ts';
-import type { RequestHeader } from './framer.ts';
+import type { RequestHeader } from '../nbd-protocol/requests.ts';
 import type { MetaContext } from './meta.ts';
 import type { BufferPool } from '../util/buffer-pool.ts';
-import { chunkBlockStatus, chunkDataHeader, chunkError, chunkHole, chunkNone, readReplyHeaderSize, simpleReply, writeReadReplyHeader } from './wire.ts';
+import { chunkBlockStatus, chunkDataHeader, chunkError, chunkHole, chunkNone, readReplyHeaderSize, simpleReply, writeReadReplyHeader } from '../nbd-protocol/replies.ts';
 
 export interface CommandContext {
   exp: NbdExport;

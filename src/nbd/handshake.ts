@@ -8,10 +8,14 @@
  * the socket and the timer.
  */
 import {
-  CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, IHAVEOPT, MAX_PAYLOAD, MAX_STRING, Opt, Rep, optName,
+  CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, MAX_PAYLOAD, MAX_STRING, Opt, Rep, optName,
 } from '../nbd-protocol/constants.ts';
+import { ByteQueue } from '../nbd-protocol/byte-queue.ts';
+import { EMPTY } from '../nbd-protocol/bytes.ts';
+import { buildGreeting, decodeClientFlags } from '../nbd-protocol/handshake.ts';
+import { buildOptionError } from '../nbd-protocol/option-replies.ts';
+import { BadOptionMagic, decodeOptionHeader, type OptionHeader } from '../nbd-protocol/option-requests.ts';
 import { OPTIONS_WITH_DATA, handleOption, type Negotiated, type NegotiationEnv, type Session } from './options.ts';
-import { greeting, optionError } from './wire.ts';
 
 export type HandshakeState =
   | 'client-flags' | 'option-header' | 'option-data' | 'option-skip' | 'transmission' | 'closed';
@@ -42,7 +46,7 @@ export interface HandshakeStep {
 
 export class Handshake {
   private current: HandshakeState = 'client-flags';
-  private input: Buffer = Buffer.alloc(0);
+  private readonly input = new ByteQueue();
   private option = 0;
   private length = 0;
   private skipLeft = 0;
@@ -54,7 +58,7 @@ export class Handshake {
   get state(): HandshakeState { return this.current; }
 
   /** The server's opening message; send it before any push(). */
-  greeting(): Buffer { return greeting(); }
+  greeting(): Buffer { return buildGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES); }
 
   private go(to: HandshakeState): void {
     if (!HANDSHAKE_STATES[this.current].next.includes(to)) {
@@ -68,7 +72,7 @@ export class Handshake {
     if (this.current === 'transmission' || this.current === 'closed') {
       throw new Error(`handshake: input in state '${this.current}'`);
     }
-    if (chunk.length) this.input = this.input.length ? Buffer.concat([this.input, chunk]) : chunk;
+    this.input.push(chunk);
   }
 
   /**
@@ -97,22 +101,16 @@ export class Handshake {
   private close(step: HandshakeStep, reason: string, clean = false): false {
     this.go('closed');
     step.done = { kind: 'close', reason, clean };
-    this.input = Buffer.alloc(0);
+    this.input.clear();
     return false;
-  }
-
-  private consume(n: number): Buffer {
-    const b = this.input.subarray(0, n);
-    this.input = this.input.subarray(n);
-    return b;
   }
 
   /** Acts on buffered input if the current state has what it waits for; false when it needs more. */
   private advance(step: HandshakeStep): boolean {
     switch (this.current) {
       case 'client-flags': {
-        if (this.input.length < 4) return false;
-        let flags = this.consume(4).readUInt32BE(0);
+        let flags = decodeClientFlags(this.input);
+        if (flags === undefined) return false;
         this.session.clientFlags = flags;
         this.session.fixedNewstyle = (flags & CLIENT_FIXED_NEWSTYLE) !== 0;
         flags &= ~(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES);
@@ -121,42 +119,45 @@ export class Handshake {
         return true;
       }
       case 'option-header': {
-        if (this.input.length < 16) return false;
-        const h = this.consume(16);
-        if (h.readBigUInt64BE(0) !== IHAVEOPT) return this.close(step, 'Bad magic received');
-        this.option = h.readUInt32BE(8);
-        this.length = h.readUInt32BE(12);
+        let h: OptionHeader | undefined;
+        try {
+          h = decodeOptionHeader(this.input);
+        } catch (e) {
+          if (e instanceof BadOptionMagic) return this.close(step, 'Bad magic received');
+          throw e;
+        }
+        if (!h) return false;
+        this.option = h.option;
+        this.length = h.length;
         if (this.length > MAX_PAYLOAD) return this.close(step, `len (${this.length}) is larger than max len (${MAX_PAYLOAD})`);
         if (!this.session.fixedNewstyle && this.option !== Opt.EXPORT_NAME) {
           return this.close(step, `Unsupported option ${this.option} (${optName(this.option)})`);
         }
         if (this.option === Opt.EXPORT_NAME && this.length > MAX_STRING) return this.close(step, 'Bad length received');
-        if (this.option === Opt.ABORT) return this.handle(step, Buffer.alloc(0));
+        if (this.option === Opt.ABORT) return this.handle(step, EMPTY);
         this.tooBig = OPTIONS_WITH_DATA.has(this.option) && this.length > OPTION_BUFFER_LIMIT;
         if (!OPTIONS_WITH_DATA.has(this.option) || this.tooBig) {
           this.skipLeft = this.length;
           this.go('option-skip');
           return true;
         }
-        if (this.length === 0) return this.handle(step, Buffer.alloc(0));
+        if (this.length === 0) return this.handle(step, EMPTY);
         this.go('option-data');
         return true;
       }
       case 'option-data': {
         if (this.input.length < this.length) return false;
-        return this.handle(step, this.consume(this.length));
+        return this.handle(step, this.input.take(this.length));
       }
       case 'option-skip': {
-        const n = Math.min(this.skipLeft, this.input.length);
-        this.consume(n);
-        this.skipLeft -= n;
+        this.skipLeft -= this.input.skip(this.skipLeft);
         if (this.skipLeft > 0) return false;
         if (this.tooBig) {
-          step.send.push(optionError(this.option, Rep.ERR_TOO_BIG, `option '${optName(this.option)}' too big`));
+          step.send.push(buildOptionError(this.option, Rep.ERR_TOO_BIG, `option '${optName(this.option)}' too big`));
           this.go('option-header');
           return true;
         }
-        return this.handle(step, Buffer.alloc(0));
+        return this.handle(step, EMPTY);
       }
       default:
         return false;
@@ -172,8 +173,8 @@ export class Handshake {
     }
     if (out.next === 'close') return this.close(step, out.reason, out.clean === true);
     this.go('transmission');
-    step.done = { kind: 'transmission', negotiated: out.negotiated, rest: this.input };
-    this.input = Buffer.alloc(0);
+    step.done = { kind: 'transmission', negotiated: out.negotiated, rest: this.input.take(this.input.length) };
+    this.input.clear();
     return false;
   }
 }

@@ -17,7 +17,7 @@ import type { BlockNode } from '../blockdev/node.ts';
 import type { Extent } from '../blockdev/request.ts';
 import { ReqFlag } from '../blockdev/request.ts';
 import { STATE_DIRTY, STATE_HOLE, STATE_ZERO } from '../nbd-protocol/constants.ts';
-import type { WireExtent } from './wire.ts';
+import type { WireExtent } from '../nbd-protocol/replies.ts';
 
 export interface MetaContext {
   readonly name: string;

@@ -6,9 +6,14 @@
 import {
   CLIENT_NO_ZEROES, Info, MAX_STRING, Opt, Rep, TxFlag, optName,
 } from '../nbd-protocol/constants.ts';
+import { NbdProtocolError } from '../nbd-protocol/errors.ts';
+import { buildExportNameReply } from '../nbd-protocol/handshake.ts';
+import {
+  buildInfoPayload, buildMetaContextPayload, buildOptionError as optionError, buildOptionReply as optionReply, buildServerPayload,
+} from '../nbd-protocol/option-replies.ts';
+import { OptionDataReader, parseInfoRequestData, readMetaQueries } from '../nbd-protocol/option-requests.ts';
 import type { NbdExport } from './exports.ts';
 import { selectContexts, type MetaContext } from './meta.ts';
-import { lenString, optionError, optionReply } from './wire.ts';
 
 /** What negotiation needs from the server. */
 export interface NegotiationEnv {
@@ -43,40 +48,6 @@ export type OptionOutcome =
 
 export type OptionHandler = (env: NegotiationEnv, s: Session, option: number, data: Buffer, length: number) => OptionOutcome;
 
-/** Thrown inside a handler: answer NBD_REP_ERR_INVALID with this message and carry on. */
-class Invalid extends Error {}
-
-/** Reads an option's data the way qsd's nbd_opt_read*() do, with its error texts. */
-class OptReader {
-  private pos = 0;
-  constructor(private readonly data: Buffer, private readonly option: number) {}
-  get left(): number { return this.data.length - this.pos; }
-  bytes(n: number): Buffer {
-    if (n > this.left) throw new Invalid(`Inconsistent lengths in option ${optName(this.option)}`);
-    const b = this.data.subarray(this.pos, this.pos + n);
-    this.pos += n;
-    return b;
-  }
-  u16(): number { return this.bytes(2).readUInt16BE(0); }
-  u32(): number { return this.bytes(4).readUInt32BE(0); }
-  /** A string with no NUL bytes. */
-  str(n: number): string {
-    const b = this.bytes(n);
-    if (b.includes(0)) throw new Invalid(`Unexpected embedded NUL in option ${optName(this.option)}`);
-    return b.toString('utf8');
-  }
-  /** uint32 length (at most 4096) and the name. */
-  name(): string {
-    const len = this.u32();
-    if (len > MAX_STRING) throw new Invalid(`Invalid name length: ${len}`);
-    return this.str(len);
-  }
-  discardBytes(n: number): void { this.bytes(n); }
-  end(): void {
-    if (this.left > 0) throw new Invalid(`option '${optName(this.option)}' has unexpected length`);
-  }
-}
-
 const cont = (...replies: Buffer[]): OptionOutcome => ({ replies, next: 'options' });
 
 /** qsd shortens names in error replies to 80 characters. */
@@ -101,49 +72,31 @@ const exportName: OptionHandler = (env, s, option, data) => {
   const exp = env.findExport(data.toString('utf8'));
   if (!exp) return { replies: [], next: 'close', reason: 'export not found' };
   const noZeroes = (s.clientFlags & CLIENT_NO_ZEROES) !== 0;
-  const reply = Buffer.alloc(noZeroes ? 10 : 134);
-  reply.writeBigUInt64BE(BigInt(exp.size), 0);
   const flags = exportFlags(env, s, exp);
-  reply.writeUInt16BE(flags, 8);
   return {
-    replies: [reply],
+    replies: [buildExportNameReply({ size: exp.size, transmissionFlags: flags }, noZeroes)],
     next: 'transmission',
     negotiated: { exp, structured: s.structured, contexts: contextsFor(s, exp), honoursBlockSize: false, transmissionFlags: flags },
   };
 };
 
 const infoOrGo: OptionHandler = (env, s, option, data) => {
-  const r = new OptReader(data, option);
-  const name = r.name();
-  let sendName = false;
-  let blockSize = false;
-  for (let n = r.u16(); n > 0; n--) {
-    const req = r.u16();
-    if (req === Info.NAME) sendName = true;
-    else if (req === Info.BLOCK_SIZE) blockSize = true;
-  }
-  r.end();
+  const { name, requests } = parseInfoRequestData(data, option);
+  const sendName = requests.includes(Info.NAME);
+  const blockSize = requests.includes(Info.BLOCK_SIZE);
   const exp = env.findExport(name);
   if (!exp) return cont(optionError(option, Rep.ERR_UNKNOWN, `export '${sanitize(name)}' not present`));
 
-  const info = (type: number, payload: Buffer) => {
-    const b = Buffer.alloc(2 + payload.length);
-    b.writeUInt16BE(type, 0);
-    payload.copy(b, 2);
-    return optionReply(option, Rep.INFO, b);
-  };
   const replies: Buffer[] = [];
-  if (sendName) replies.push(info(Info.NAME, Buffer.from(name, 'utf8')));
-  if (exp.description !== undefined) replies.push(info(Info.DESCRIPTION, Buffer.from(exp.description, 'utf8')));
+  if (sendName) replies.push(optionReply(option, Rep.INFO, buildInfoPayload({ type: Info.NAME, name })));
+  if (exp.description !== undefined) {
+    replies.push(optionReply(option, Rep.INFO, buildInfoPayload({ type: Info.DESCRIPTION, description: exp.description })));
+  }
   const honours = option === Opt.INFO || blockSize;
-  const sizes = Buffer.alloc(12);
-  exp.blockSizes(honours).forEach((v, i) => sizes.writeUInt32BE(v, 4 * i));
-  replies.push(info(Info.BLOCK_SIZE, sizes));
+  const [minimum, preferred, maximum] = exp.blockSizes(honours);
+  replies.push(optionReply(option, Rep.INFO, buildInfoPayload({ type: Info.BLOCK_SIZE, minimum, preferred, maximum })));
   const flags = exportFlags(env, s, exp);
-  const ex = Buffer.alloc(10);
-  ex.writeBigUInt64BE(BigInt(exp.size), 0);
-  ex.writeUInt16BE(flags, 8);
-  replies.push(info(Info.EXPORT, ex));
+  replies.push(optionReply(option, Rep.INFO, buildInfoPayload({ type: Info.EXPORT, size: exp.size, transmissionFlags: flags })));
   if (option === Opt.INFO && !blockSize && exp.node.limits.alignment > 1) {
     replies.push(optionError(option, Rep.ERR_BLOCK_SIZE_REQD, 'request NBD_INFO_BLOCK_SIZE to use this export'));
     return cont(...replies);
@@ -161,7 +114,7 @@ const list: OptionHandler = (env, s, option, _data, length) => {
   const bad = noDataAllowed(option, length);
   if (bad) return bad;
   const replies = env.listExports().map((e) =>
-    optionReply(option, Rep.SERVER, Buffer.concat([lenString(e.name), Buffer.from(e.description ?? '', 'utf8')])));
+    optionReply(option, Rep.SERVER, buildServerPayload(e.name, e.description ?? '')));
   replies.push(optionReply(option, Rep.ACK));
   return cont(...replies);
 };
@@ -187,24 +140,14 @@ const metaContext: OptionHandler = (env, s, option, data) => {
   }
   // SET forgets the previous selection even if it then fails, as qsd does.
   if (!isList) s.meta = undefined;
-  const r = new OptReader(data, option);
+  // The export is looked up before the queries are read: an unknown export is answered as such, however bad the rest.
+  const r = new OptionDataReader(data, option);
   const name = r.name();
   const exp = env.findExport(name);
   if (!exp) return cont(optionError(option, Rep.ERR_UNKNOWN, `export '${sanitize(name)}' not present`));
-  const queries: string[] = [];
-  for (let n = r.u32(); n > 0; n--) {
-    const len = r.u32();
-    if (len > MAX_STRING) { r.discardBytes(len); continue; }
-    queries.push(r.str(len));
-  }
-  r.end();
+  const queries = readMetaQueries(r, MAX_STRING);
   const chosen = selectContexts(exp.metaContexts, queries, isList);
-  const replies = chosen.map((c) => {
-    const b = Buffer.alloc(4 + Buffer.byteLength(c.name));
-    b.writeUInt32BE(isList ? 0 : c.id, 0);
-    b.write(c.name, 4, 'utf8');
-    return optionReply(option, Rep.META_CONTEXT, b);
-  });
+  const replies = chosen.map((c) => optionReply(option, Rep.META_CONTEXT, buildMetaContextPayload(isList ? 0 : c.id, c.name)));
   replies.push(optionReply(option, Rep.ACK));
   if (!isList) s.meta = { exp, contexts: chosen };
   return cont(...replies);
@@ -237,7 +180,7 @@ export function handleOption(env: NegotiationEnv, s: Session, option: number, da
   try {
     return handler(env, s, option, data, length);
   } catch (e) {
-    if (e instanceof Invalid) return cont(optionError(option, Rep.ERR_INVALID, e.message));
+    if (e instanceof NbdProtocolError) return cont(optionError(option, Rep.ERR_INVALID, e.message));
     throw e;
   }
 }

@@ -13,7 +13,7 @@
  * or write-zeroes past the end also gets the spec's ENOSPC.
  */
 import { Cmd, CmdFlag, MAX_PAYLOAD, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
-import type { RequestHeader } from './framer.ts';
+import type { RequestHeader } from '../nbd-protocol/requests.ts';
 
 export interface ValidationContext {
   /** Export size in bytes. */

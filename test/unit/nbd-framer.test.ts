@@ -1,6 +1,7 @@
 /** The transmission-phase framer, fed the same stream split at every byte boundary. */
 import { describe, it, expect } from 'vitest';
-import { RequestFramer, cookieOf, type Frame } from '../../src/nbd/framer.ts';
+import { RequestFramer, type Frame } from '../../src/nbd-protocol/request-framer.ts';
+import { cookieOf } from '../../src/nbd-protocol/requests.ts';
 import { Cmd, REQUEST_MAGIC } from '../../src/nbd-protocol/constants.ts';
 
 function header(type: number, offset: number | bigint, length: number, cookie: bigint, flags = 0, magic = REQUEST_MAGIC): Buffer {

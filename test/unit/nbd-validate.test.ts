@@ -2,7 +2,7 @@
 import { describe, it, expect } from 'vitest';
 import { validateRequest, checkRequest, type ValidationContext } from '../../src/nbd/validate.ts';
 import { Cmd, CmdFlag, NbdErrno } from '../../src/nbd-protocol/constants.ts';
-import type { RequestHeader } from '../../src/nbd/framer.ts';
+import type { RequestHeader } from '../../src/nbd-protocol/requests.ts';
 
 const SIZE = 64 << 20;
 const MB32 = 32 << 20;
