@@ -25,6 +25,9 @@ function zeroes(len: number): Buffer {
   return zeroBuffer.subarray(0, len);
 }
 
+/** The block layer's unit of size (BDRV_SECTOR_SIZE). */
+const SECTOR = 512;
+
 const roundDown = (x: number, a: number) => x - (x % a);
 const roundUp = (x: number, a: number) => roundDown(x + a - 1, a);
 
@@ -95,8 +98,17 @@ export class BlockNode implements Parent {
 
   get isFilter(): boolean { return this.driver.kind === 'filter'; }
 
+  /**
+   * The node's size, rounded up to whole 512-byte sectors as QEMU's block
+   * layer counts it (bs->total_sectors): a 1000000-byte raw file is a
+   * 1000448-byte disk whose tail reads as zeroes (the file driver zero-fills
+   * reads past its end and a write there extends the file).
+   */
   length(): number {
-    if (this.ops.length) return this.ops.length();
+    if (this.ops.length) {
+      const len = this.ops.length();
+      return len % SECTOR === 0 ? len : len + SECTOR - (len % SECTOR);
+    }
     const c = this.primaryChild;
     if (!c) throw new BlockError('ENOTSUP', `Node '${this.nodeName}' has no length`);
     return c.length();
