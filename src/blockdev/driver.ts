@@ -8,6 +8,8 @@
 import type { Extent, Limits } from './request.ts';
 import type { BlockNode } from './node.ts';
 import type { ObjectType } from '../qapi/types.ts';
+import type { Logger } from 'pino';
+import type { ObjectLookup } from '../objects/lookup.ts';
 
 export type DriverKind = 'protocol' | 'format' | 'filter';
 
@@ -38,6 +40,27 @@ export interface OpenChildOptions {
   shared?: Partial<Perm>;
 }
 
+/**
+ * Where the block layer sends events for the control plane (QEMU's
+ * qapi_event_send_*: BLOCK_IMAGE_CORRUPTED...), with QMP's event name and
+ * data. Whoever composes the graph (the daemon) decides who hears them; the
+ * block layer never imports the QMP layer. QmpEventBus is one.
+ */
+export interface BlockEventSink {
+  emit(event: string, data: Record<string, unknown>): void;
+}
+
+/**
+ * What the graph hands every driver from above: the object registry (secrets,
+ * and later throttle groups), a logger and the event sink. Given to
+ * BlockGraph's constructor by the composition root.
+ */
+export interface BlockEnvironment {
+  readonly objects: ObjectLookup;
+  readonly log: Logger;
+  readonly events: BlockEventSink;
+}
+
 /** What a driver gets while opening. */
 export interface DriverContext {
   readonly nodeName: string;
@@ -45,6 +68,17 @@ export interface DriverContext {
   readonly options: CommonOptions;
   /** Opens (inline options) or references (node-name) a child and creates the edge. */
   openChild(role: ChildRole, ref: ChildRef, opts?: OpenChildOptions): Promise<BlockNode>;
+  /**
+   * User-created objects by id: `objects.secret(id)` for a key or password
+   * (QEMU's texts when it is missing or not a secret), `objects.lookup(id,
+   * type)` for another type, `objects.use(id)` to keep object-del from
+   * taking it away while the node needs it (release it in close()).
+   */
+  readonly objects: ObjectLookup;
+  /** The daemon's logger, bound to this node (`node` field). Drivers never write to stdout/stderr themselves. */
+  readonly log: Logger;
+  /** Events for the control plane; data as in QMP (e.g. BLOCK_IMAGE_CORRUPTED's device, node-name, msg, fatal). */
+  readonly events: BlockEventSink;
 }
 
 /**

@@ -4,17 +4,35 @@
  * been validated against the blockdev schema (src/blockdev/options.ts).
  */
 import { BlockError } from '../util/errors.ts';
+import { VALID_ID } from '../qapi/ids.ts';
 import { BlockNode } from './node.ts';
 import { attachEdge, detachEdge, type ChildEdge, type Parent } from './edge.ts';
-import type { ChildRef, ChildRole, CommonOptions, Driver, DriverContext, OpenChildOptions, Perm } from './driver.ts';
+import { pino } from 'pino';
+import { ObjectRegistry } from '../objects/registry.ts';
+import type { BlockEnvironment, ChildRef, ChildRole, CommonOptions, Driver, DriverContext, OpenChildOptions, Perm } from './driver.ts';
 
-/** QEMU's rule for user-chosen node names (and ids): a letter, then letters, digits, '-', '.', '_'. */
-export const VALID_ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+export { VALID_ID };
 
 export class BlockGraph {
   readonly nodes = new Map<string, BlockNode>();
   private readonly drivers = new Map<string, Driver>();
   private autoName = 0;
+  /** What drivers get from above (DriverContext.objects, log, events). */
+  readonly env: BlockEnvironment;
+
+  /**
+   * `env` comes from the composition root (the daemon: its object registry,
+   * logger and QMP event bus). A graph built without one (blockctl,
+   * blockdev-create's scratch graph, tests) has no objects, logs nothing and
+   * sends events nowhere.
+   */
+  constructor(env: Partial<BlockEnvironment> = {}) {
+    this.env = {
+      objects: env.objects ?? new ObjectRegistry(),
+      log: env.log ?? pino({ level: 'silent' }),
+      events: env.events ?? { emit: () => undefined },
+    };
+  }
 
   register(driver: Driver): void {
     this.drivers.set(driver.name, driver);
@@ -57,6 +75,9 @@ export class BlockGraph {
       nodeName: name,
       readOnly,
       options: common,
+      objects: this.env.objects,
+      log: this.env.log.child({ node: name }),
+      events: this.env.events,
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
         const child = typeof ref === 'string' ? this.findReference(ref) : await this.add(inheritOptions(ref, common), true);
         try {
@@ -78,6 +99,36 @@ export class BlockGraph {
     this.nodes.set(name, node);
     if (driver.options.members.some((m) => m.name === 'backing')) node.autoBacking = autoBackingAtOpen(node);
     return node;
+  }
+
+  /**
+   * Opens `node`'s driver again on the children it has now (after its
+   * children moved: a pivot, a new backing link); its old ops are closed
+   * already. The options stay as given (reopen compares child references
+   * with them); the context hands out the current children whatever the
+   * reference says. Only 'backing' must say whether there is one.
+   */
+  async openOnChildren(node: BlockNode): Promise<void> {
+    const options: Record<string, unknown> = { ...node.options };
+    if (node.driver.options.members.some((m) => m.name === 'backing')) {
+      const backing = node.child('backing');
+      if (!backing) options.backing = null;
+      else if (options.backing === null) options.backing = backing.nodeName;
+    }
+    const ctx: DriverContext = {
+      nodeName: node.nodeName,
+      readOnly: node.readOnly,
+      options: node.options as CommonOptions,
+      objects: this.env.objects,
+      log: this.env.log.child({ node: node.nodeName }),
+      events: this.env.events,
+      openChild: async (role) => {
+        const c = node.child(role);
+        if (!c) throw new BlockError('EINVAL', `Node '${node.nodeName}' has no '${role}' child`);
+        return c;
+      },
+    };
+    node.setOps(await node.driver.open(options, ctx));
   }
 
   /** blockdev-del: refused while anything uses the node. */

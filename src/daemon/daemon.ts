@@ -14,7 +14,8 @@ import { NbdServer } from '../nbd/server.ts';
 import { NbdServerOptions, BlockExportOptions } from '../qapi/block-export.ts';
 import { JobManager } from '../blockdev/jobs/manager.ts';
 import { QmpEventBus } from '../qmp/events.ts';
-import { ObjectRegistry, ObjectOptions } from '../qmp/objects.ts';
+import { ObjectRegistry } from '../objects/registry.ts';
+import { ObjectOptions } from '../objects/table.ts';
 import { QmpService } from '../qmp/service.ts';
 import type { Item, StartupConfig } from './cli.ts';
 import type { Logger } from './logger.ts';
@@ -36,18 +37,20 @@ export function parseItem<T>(type: TypeRef, item: Item, implicitKey?: string): T
 }
 
 export class Daemon {
-  readonly graph = new BlockGraph();
+  readonly events = new QmpEventBus();
+  readonly objects = new ObjectRegistry();
+  /** Drivers reach the objects, the log and the QMP event bus through the graph's environment. */
+  readonly graph: BlockGraph;
   readonly exports = new ExportRegistry({ findBitmap: findBitmapForExport });
   readonly nbdServers: NbdServer[] = [];
-  readonly events = new QmpEventBus();
   readonly jobs = new JobManager((event, data) => this.events.emit(event, data));
-  readonly objects = new ObjectRegistry();
   readonly qmp: QmpService;
   /** What QMP quit does (main.ts's SIGTERM path by default; tests replace it). */
   onQuit: () => void = () => { process.kill(process.pid, 'SIGTERM'); };
   private stopping?: Promise<void>;
 
   constructor(readonly log: Logger) {
+    this.graph = new BlockGraph({ objects: this.objects, log, events: this.events });
     registerDrivers(this.graph);
     this.exports.on('deleted', (id) => this.events.emit('BLOCK_EXPORT_DELETED', { id }));
     this.qmp = new QmpService(this);

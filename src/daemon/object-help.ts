@@ -3,7 +3,7 @@
  * types blockd can create, or one type's properties. Generated from the same
  * ObjectOptions schema that object-add validates against.
  */
-import { ObjectOptions, ObjectTypeEnum } from '../qmp/objects.ts';
+import { ObjectOptions, ObjectTypeEnum } from '../objects/table.ts';
 import type { TypeRef } from '../qapi/types.ts';
 
 function typeLabel(t: TypeRef): string {

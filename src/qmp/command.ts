@@ -11,7 +11,7 @@ import type { ExportRegistry } from '../nbd/exports.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import type { ObjectType, TypeRef } from '../qapi/types.ts';
 import type { QmpEventBus } from './events.ts';
-import type { ObjectRegistry } from './objects.ts';
+import type { ObjectRegistry } from '../objects/registry.ts';
 
 /** What commands need from the daemon (src/daemon/daemon.ts's Daemon is one). */
 export interface QmpHost {

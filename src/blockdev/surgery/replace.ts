@@ -22,7 +22,7 @@ import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
 import { attachEdge, checkPermissions, cumulative, detachEdge, type ChildEdge } from '../edge.ts';
 import type { BlockGraph } from '../graph.ts';
-import type { CommonOptions, Driver, DriverContext, DriverOps, Perm } from '../driver.ts';
+import type { Driver, DriverOps, Perm } from '../driver.ts';
 import { parseHeader, serializeHeader } from '../drivers/qcow2/header.ts';
 import { obj } from '../../qapi/types.ts';
 import { ancestry, reaches } from './walk.ts';
@@ -98,7 +98,7 @@ export async function replaceNode(
       // Node users are held at their own entry: they move now (and reopen on their new child).
       const nodeEdges = edges.filter((e) => e.parent instanceof BlockNode);
       for (const e of nodeEdges) moveEdge(e, to, false);
-      for (const p of new Set(nodeEdges.map((e) => e.parent as BlockNode))) await reopenOnChildren(p);
+      for (const p of new Set(nodeEdges.map((e) => e.parent as BlockNode))) await reopenOnChildren(graph, p);
       const l = link!;
       link = undefined;
       await graph.unlink(gate, l);
@@ -148,38 +148,16 @@ export async function setBacking(
         if (old) await graph.unlink(node, old);
       }
     } finally {
-      await openOnChildren(node);
+      await graph.openOnChildren(node);
     }
   });
 }
 
 /** Reopens a node's driver on its current children (nodes whose children moved). */
-export async function reopenOnChildren(node: BlockNode): Promise<void> {
+export async function reopenOnChildren(graph: BlockGraph, node: BlockNode): Promise<void> {
   if (node.driver.kind !== 'format') return;
   await node.ops.close?.();
-  await openOnChildren(node);
-}
-
-async function openOnChildren(node: BlockNode): Promise<void> {
-  // The options stay as given (reopen compares child references with them); the context hands out the
-  // current children whatever the reference says. Only 'backing' must say whether there is one.
-  const options: Record<string, unknown> = { ...node.options };
-  if (node.driver.options.members.some((m) => m.name === 'backing')) {
-    const backing = node.child('backing');
-    if (!backing) options.backing = null;
-    else if (options.backing === null) options.backing = backing.nodeName;
-  }
-  const ctx: DriverContext = {
-    nodeName: node.nodeName,
-    readOnly: node.readOnly,
-    options: node.options as CommonOptions,
-    openChild: async (role) => {
-      const c = node.child(role);
-      if (!c) throw new BlockError('EINVAL', `Node '${node.nodeName}' has no '${role}' child`);
-      return c;
-    },
-  };
-  node.setOps(await node.driver.open(options, ctx));
+  await graph.openOnChildren(node);
 }
 
 /** Writes a new backing file name (and format) into a qcow2 image's header. */

@@ -1,6 +1,6 @@
 /** object-add and object-del (qapi/qom.json) over the daemon's ObjectRegistry. */
 import { obj, req } from '../../qapi/types.ts';
-import { ObjectOptions } from '../objects.ts';
+import { ObjectOptions } from '../../objects/table.ts';
 import type { CommandDef } from '../command.ts';
 
 export const objectCommands: CommandDef[] = [

@@ -20,6 +20,7 @@
  * dirties nothing, as in QEMU.
  */
 import { BlockError } from '../../../util/errors.ts';
+import type { Logger } from 'pino';
 import type { DriverOps } from '../../driver.ts';
 import { DirtyBitmap } from '../../bitmaps/dirty-bitmap.ts';
 import type { SparseBitmap } from '../../bitmaps/sparse-bitmap.ts';
@@ -433,13 +434,13 @@ export async function loadBitmapStore(img: Qcow2Image, nodeName: string, readOnl
  * Hooks the store into the driver's operations, in place (other modules key
  * on the ops object): writes mark the bitmaps, close stores them.
  */
-export function withBitmapStore(ops: DriverOps, store: Qcow2BitmapStore, nodeName: string, discardUnmap: boolean): DriverOps {
+export function withBitmapStore(ops: DriverOps, store: Qcow2BitmapStore, log: Logger, discardUnmap: boolean): DriverOps {
   const { write, writeZeroes, discard, close } = ops;
   ops.write = (o, buf, flags) => store.beforeWrite(o, buf.length)?.then(() => write!(o, buf, flags)) ?? write!(o, buf, flags);
   ops.writeZeroes = (o, l, flags) => store.beforeWrite(o, l)?.then(() => writeZeroes!(o, l, flags)) ?? writeZeroes!(o, l, flags);
   ops.discard = (o, l) => (discardUnmap ? store.beforeWrite(o, l) : undefined)?.then(() => discard!(o, l)) ?? discard!(o, l);
   ops.close = async () => {
-    try { await store.store(); } catch (e) { console.error(`blockd: could not store bitmaps of '${nodeName}': ${(e as Error).message}`); }
+    try { await store.store(); } catch (err) { log.error({ err }, 'could not store the bitmaps'); }
     await close!();
   };
   store.nb = registerStore(ops, store);

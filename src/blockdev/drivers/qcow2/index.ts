@@ -4,7 +4,6 @@
  * say otherwise) and external data file, and exposes the block-layer
  * operations of Qcow2Image.
  */
-import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { BlockError } from '../../../util/errors.ts';
 import { alt, enm, obj, opt, req } from '../../../qapi/types.ts';
@@ -20,11 +19,6 @@ import { loadBitmapStore, withBitmapStore } from './bitmaps-store.ts';
 
 const MiB = 1024 * 1024;
 
-/**
- * 'corrupt' ({ nodeName, msg, fatal }): an image was marked corrupt — what
- * QMP turns into BLOCK_IMAGE_CORRUPTED.
- */
-export const qcow2Events = new EventEmitter();
 /** The image behind a qcow2 node's operations (internal snapshots work on it directly). */
 export const qcow2Images = new WeakMap<DriverOps, Qcow2Image>();
 /** QEMU's default caps the L2 cache at 32 MiB (256 GiB of 64k clusters); blockd covers 1 TiB. */
@@ -210,9 +204,12 @@ export const qcow2Driver: Driver = {
       dataFile = await ctx.openChild('data-file', { driver: 'file', filename: resolveBacking(h.dataFile, file) });
     }
 
+    // QEMU's qcow2_signal_corruption: the line on stderr (here the log), then BLOCK_IMAGE_CORRUPTED
+    // (device is empty, as in qsd: its exports' BlockBackends have no name).
     const img = new Qcow2Image(h, file, dataFile, readOnly, settings, (m) => {
-      console.error(m);
-      qcow2Events.emit('corrupt', { nodeName: ctx.nodeName, msg: m.replace(/^qcow2: Marking image as corrupt: |; further corruption events will be suppressed$/g, ''), fatal: true });
+      ctx.log.error(m);
+      const msg = m.replace(/^qcow2: Marking image as corrupt: |; further corruption events will be suppressed$/g, '');
+      ctx.events.emit('BLOCK_IMAGE_CORRUPTED', { device: '', 'node-name': ctx.nodeName, msg, fatal: true });
     });
     if (h.nbSnapshots) {
       const want = Math.min(snapshotTableReadSize(h.nbSnapshots), Math.max(0, fileLen - h.snapshotsOffset));
@@ -298,7 +295,7 @@ export const qcow2Driver: Driver = {
       },
       filename: () => file.fileName(),
     };
-    withBitmapStore(ops, bitmapStore, ctx.nodeName, ctx.options.discard === 'unmap');
+    withBitmapStore(ops, bitmapStore, ctx.log, ctx.options.discard === 'unmap');
     qcow2Images.set(ops, img);
     return ops;
   },

@@ -295,7 +295,8 @@ export class Refcounts {
   }
 }
 
-export function hex(n: number): string { return '0x' + n.toString(16); }
+/** C's %#" PRIx64 ", as QEMU's messages print offsets: no 0x prefix for zero. */
+export function hex(n: number): string { return n === 0 ? '0' : '0x' + n.toString(16); }
 
 /** Decodes a refcount table entry (bits 9-63; bits 56-63 must be zero for us to use it). */
 export function reftableEntry(hi: number, lo: number): number {

@@ -1,0 +1,27 @@
+/**
+ * The object types blockd has, and the object-add schema built from them.
+ * A new type (throttle-group, tls-creds-*, authz-*) is one more entry here,
+ * in the order of QEMU's ObjectType enum (qapi/qom.json), which is the order
+ * query-qmp-schema and `--object help` list them in.
+ */
+import { enm, obj, req, type EnumType, type ObjectType } from '../qapi/types.ts';
+import type { ObjectTypeDef } from './object-type.ts';
+import { iothreadType } from './iothread.ts';
+import { secretType } from './secret.ts';
+
+export const OBJECT_TYPES: readonly ObjectTypeDef[] = [iothreadType, secretType];
+
+/** object-add's arguments (and --object's) for a set of types: a flat union on qom-type. */
+export function objectOptionsType(types: readonly ObjectTypeDef[]): { options: ObjectType; typeEnum: EnumType } {
+  const typeEnum = enm('ObjectType', types.map((t) => t.qomType));
+  const variants = Object.fromEntries(types.map((t) => [t.qomType, t.properties]));
+  const options = obj('ObjectOptions', [
+    req('qom-type', typeEnum, 'the class name for the object to be created'),
+    req('id', 'str', 'the name of the new object'),
+  ], { union: { discriminator: 'qom-type', variants }, doc: 'Describes the options of a user creatable QOM object.' });
+  return { options, typeEnum };
+}
+
+const schema = objectOptionsType(OBJECT_TYPES);
+export const ObjectOptions: ObjectType = schema.options;
+export const ObjectTypeEnum: EnumType = schema.typeEnum;
