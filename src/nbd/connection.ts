@@ -8,8 +8,10 @@
  * replies wait to be written, until 'drain'. What a connection
  * holds is therefore bounded: the in-flight limits, one payload being
  * assembled, one socket chunk.
+ *
+ * The connection talks only to its Transport (transport/): the plain
+ * socket, or later a TLS one; it never touches a descriptor itself.
  */
-import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { Cmd, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
 import { errorReply, execute, type CommandContext, type Reply } from './commands.ts';
@@ -19,7 +21,7 @@ import { Handshake, type HandshakeStep } from './handshake.ts';
 import type { BufferPool } from '../util/buffer-pool.ts';
 import type { ExportClient, NbdExport } from './exports.ts';
 import type { Negotiated, NegotiationEnv } from './options.ts';
-import { native } from '../platform/native.ts';
+import type { Transport, TransportEvents } from './transport/transport.ts';
 import { checkRequest, type ValidationContext } from './validate.ts';
 
 export interface ConnectionOptions {
@@ -56,6 +58,8 @@ export class NbdConnection implements ExportClient {
   private valCtx?: ValidationContext;
   private exp?: NbdExport;
   private timer?: NodeJS.Timeout;
+  /** Cuts off a client that never takes our last replies (see endSocket). */
+  private endTimer?: NodeJS.Timeout;
   private inflight = 0;
   private inflightBytes = 0;
   private writeBlocked = false;
@@ -73,7 +77,18 @@ export class NbdConnection implements ExportClient {
 
   private readonly pool: BufferPool;
 
-  constructor(private readonly socket: Socket, private readonly opts: ConnectionOptions) {
+  private readonly events: TransportEvents = {
+    data: (chunk) => this.onData(chunk),
+    end: () => this.onEnd(),
+    error: (err) => this.log.debug({ err }, 'NBD connection error'),
+    close: () => this.onClose(),
+    drain: () => {
+      this.writeBlocked = false;
+      this.pump();
+    },
+  };
+
+  constructor(private transport: Transport, private readonly opts: ConnectionOptions) {
     this.log = opts.log;
     this.pool = opts.pool;
     this.handshake = new Handshake(opts.env);
@@ -88,16 +103,7 @@ export class NbdConnection implements ExportClient {
   get requestsInFlight(): number { return this.inflight; }
 
   start(): void {
-    const s = this.socket;
-    s.setNoDelay?.(true);
-    s.on('data', (chunk: Buffer) => this.onData(chunk));
-    s.on('end', () => this.onEnd());
-    s.on('error', (err) => this.log.debug({ err }, 'NBD connection error'));
-    s.on('close', () => this.onClose());
-    s.on('drain', () => {
-      this.writeBlocked = false;
-      this.pump();
-    });
+    this.transport.attach(this.events);
     if (this.opts.handshakeMaxSeconds > 0) {
       this.timer = setTimeout(() => {
         if (this.phase === 'transmission' || this.socketClosed) return;
@@ -126,37 +132,21 @@ export class NbdConnection implements ExportClient {
   // ---- input ----
 
   /**
-   * Input from a socket that reads into one reused buffer (net.Socket's
-   * `onread`, set up by the server): no allocation per read, which at 1 MiB
-   * writes was mostly garbage-collector time. Nothing may keep a view of
-   * `buf` past this call. Returning false pauses reading (backpressure).
+   * Input. From a transport with transient reads (one reused read buffer:
+   * no allocation per read, which at 1 MiB writes was mostly
+   * garbage-collector time) nothing may keep a view of `chunk` past this
+   * call. Returning false pauses reading (backpressure).
    */
-  onUserRead(nread: number, buf: Buffer): boolean {
-    const chunk = buf.subarray(0, nread);
+  private onData(chunk: Buffer): boolean {
+    const transient = this.transport.transientReads;
     if (this.phase === 'handshake') {
-      this.onHandshakeData(Buffer.from(chunk));
+      this.onHandshakeData(transient ? Buffer.from(chunk) : chunk);
     } else if (this.phase === 'transmission') {
       this.framer!.push(chunk);
       this.pump();
-      this.framer!.retainUnconsumed();
+      if (transient) this.framer!.retainUnconsumed();
     }
     return !this.readingBlocked();
-  }
-
-  /** Whether the server gave this connection a reused read buffer (see onUserRead). */
-  transientReads = false;
-
-  /**
-   * The socket's file descriptor when the server knows it: a reply that
-   * goes out alone is then sent with one non-blocking send(2) (see send()).
-   */
-  directFd = -1;
-
-  private onData(chunk: Buffer): void {
-    if (this.phase === 'handshake') return this.onHandshakeData(chunk);
-    if (this.phase !== 'transmission') return;
-    this.framer!.push(chunk);
-    this.pump();
   }
 
   private onHandshakeData(chunk: Buffer): void {
@@ -213,10 +203,11 @@ export class NbdConnection implements ExportClient {
       specErrnos: this.opts.specErrnos,
     };
     this.log.debug({ structured: n.structured, contexts: n.contexts.map((c) => c.name) }, 'NBD negotiation done');
-    this.framer = new RequestFramer({ alloc: (n) => this.pool.acquire(n), transient: this.transientReads });
+    const transient = this.transport.transientReads;
+    this.framer = new RequestFramer({ alloc: (n) => this.pool.acquire(n), transient });
     this.framer.push(rest);
     this.pump();
-    if (this.transientReads) this.framer.retainUnconsumed();
+    if (transient) this.framer.retainUnconsumed();
   }
 
   /**
@@ -249,8 +240,8 @@ export class NbdConnection implements ExportClient {
 
   private updateReading(): void {
     if (this.socketClosed) return;
-    if (this.readingBlocked()) this.socket.pause();
-    else this.socket.resume();
+    if (this.readingBlocked()) this.transport.pause();
+    else this.transport.resume();
   }
 
   private dispatch(f: Frame): void {
@@ -305,8 +296,8 @@ export class NbdConnection implements ExportClient {
    * WRITE_BUFFER_LIMIT bytes wait to be written.
    */
   private send(bufs: Buffer[], release?: Buffer): void {
-    const s = this.socket;
-    if (bufs.length === 0 || this.socketClosed || s.destroyed || s.writableEnded) return this.pool.release(release);
+    const t = this.transport;
+    if (bufs.length === 0 || this.socketClosed || !t.writable) return this.pool.release(release);
     let total = 0;
     for (const b of bufs) total += b.length;
     if (bufs.length > 1 && total <= SMALL_REPLY) {
@@ -315,33 +306,33 @@ export class NbdConnection implements ExportClient {
       release = undefined;
     }
     // A reply with no other request in flight (queue depth 1) and nothing
-    // queued in node:net goes out in one send(2): node:net's write path
-    // (stream state, write request, after-write callbacks) costs several
-    // times the syscall itself, which at depth 1 is the whole latency.
-    // Whatever the kernel does not take is queued behind it as usual. While
-    // more requests wait in what was read, replies are corked instead.
-    if (this.directFd >= 0 && !this.corked && this.inflight <= 1 && bufs.length === 1 && s.writableLength === 0 &&
+    // queued goes out at once through the transport's fast path (one
+    // send(2) on a plain socket: node:net's write path costs several times
+    // the syscall itself, which at depth 1 is the whole latency). Whatever
+    // is not taken is queued behind it as usual. While more requests wait
+    // in what was read, replies are corked instead.
+    if (t.fastPath && !this.corked && this.inflight <= 1 && bufs.length === 1 && t.writableLength === 0 &&
         !(this.pumping && this.framer!.buffered > 0)) {
-      const sent = native().sendNowait(this.directFd, bufs[0]);
+      const sent = t.trySend(bufs[0]);
       if (sent === bufs[0].length) return this.pool.release(release);
       if (sent > 0) bufs = [bufs[0].subarray(sent)];
     } else if (!this.corked) {
       // Replies completing together in this tick leave in one writev.
       this.corked = true;
-      s.cork();
+      t.cork();
       process.nextTick(this.uncork);
     }
     for (let i = 0; i < bufs.length; i++) {
       if (bufs[i].length === 0) continue;
-      if (i === bufs.length - 1 && release) s.write(bufs[i], () => this.pool.release(release));
-      else s.write(bufs[i]);
+      if (i === bufs.length - 1 && release) t.write(bufs[i], () => this.pool.release(release));
+      else t.write(bufs[i]);
     }
-    if (s.writableLength > WRITE_BUFFER_LIMIT) this.writeBlocked = true;
+    if (t.writableLength > WRITE_BUFFER_LIMIT) this.writeBlocked = true;
   }
 
   private readonly uncork = (): void => {
     this.corked = false;
-    if (!this.socket.destroyed) this.socket.uncork();
+    this.transport.uncork();
   };
 
   // ---- ending ----
@@ -359,7 +350,7 @@ export class NbdConnection implements ExportClient {
   private abort(): void {
     clearTimeout(this.timer);
     if (this.phase !== 'closed') this.phase = 'closing';
-    this.socket.destroy();
+    this.transport.destroy();
   }
 
   private onIdle(): void {
@@ -369,11 +360,10 @@ export class NbdConnection implements ExportClient {
 
   /** Ends our side once queued replies are written; a client that never reads them is cut off after a grace period. */
   private endSocket(): void {
-    if (this.socket.destroyed) return;
-    if (!this.socket.writableEnded) this.socket.end();
-    const t = setTimeout(() => this.socket.destroy(), END_GRACE_MS);
-    t.unref();
-    this.socket.once('close', () => clearTimeout(t));
+    if (this.transport.destroyed || this.endTimer) return;
+    this.transport.end();
+    this.endTimer = setTimeout(() => this.transport.destroy(), END_GRACE_MS);
+    this.endTimer.unref();
   }
 
   private onEnd(): void {
@@ -391,6 +381,7 @@ export class NbdConnection implements ExportClient {
   private onClose(): void {
     this.socketClosed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.endTimer);
     if (this.phase === 'transmission' && this.framer!.midFrame) {
       this.log.info('client disconnected in the middle of a request');
     }

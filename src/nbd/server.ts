@@ -6,10 +6,11 @@
  * the limit is reached the server stops taking new clients; they wait (connected, not greeted) until a slot frees, as
  * they would in qsd's listen backlog. Waiting sockets are capped.
  */
-import { createServer, Socket as NetSocket, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { NbdConnection } from './connection.ts';
+import { PlainSocketTransport } from './transport/plain.ts';
 import type { ExportRegistry } from './exports.ts';
 import type { NegotiationEnv } from './options.ts';
 import { BufferPool } from '../util/buffer-pool.ts';
@@ -122,21 +123,16 @@ export class NbdServer {
 
   private startConnection(accepted: Socket): void {
     const id = this.nextId++;
-    let conn!: NbdConnection;
-    const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-    const socket = adoptWithReadBuffer(accepted, (n, buf) => conn.onUserRead(n, buf)) ?? accepted;
-    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
-    conn = new NbdConnection(socket, {
+    const transport = new PlainSocketTransport(accepted);
+    const conn = new NbdConnection(transport, {
       env: this.env,
-      log: this.log.child({ conn: id, peer }),
+      log: this.log.child({ conn: id, peer: transport.peer }),
       handshakeMaxSeconds: this.opts.handshakeMaxSeconds ?? DEFAULT_HANDSHAKE_MAX_SECONDS,
       maxInflightRequests: this.opts.maxInflightRequests,
       maxInflightBytes: this.opts.maxInflightBytes,
       specErrnos: this.opts.specErrnos,
       pool: this.pool,
     });
-    conn.transientReads = socket !== accepted;
-    if (typeof fd === 'number' && fd >= 0) conn.directFd = fd;
     this.active.add(conn);
     void conn.finished.then(() => {
       this.active.delete(conn);
@@ -181,26 +177,4 @@ export class NbdServer {
     }
     this.log.debug('NBD server stopped');
   }
-}
-
-/** Size of the one buffer each connection's socket reads into. */
-const READ_BUFFER_SIZE = 256 * 1024;
-
-/**
- * Moves an accepted (still paused) socket's handle into a new net.Socket
- * that reads into one reused buffer (`onread`), instead of allocating a new
- * 64 KiB buffer per read. Node offers `onread` only when a socket is
- * created, so the handle is taken over; the accepted socket is then
- * destroyed without closing it (it no longer owns the handle), which also
- * keeps the server's connection count right. Returns undefined (keep the
- * accepted socket) if the handle cannot be taken over.
- */
-function adoptWithReadBuffer(accepted: Socket, onRead: (nread: number, buf: Buffer) => boolean): Socket | undefined {
-  const holder = accepted as unknown as { _handle: unknown };
-  const handle = holder._handle;
-  if (!handle) return undefined;
-  holder._handle = null;
-  accepted.destroy();
-  const buffer = Buffer.allocUnsafe(READ_BUFFER_SIZE);
-  return new NetSocket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: { buffer, callback: onRead } } as unknown as ConstructorParameters<typeof NetSocket>[0]);
 }
