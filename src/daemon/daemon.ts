@@ -45,9 +45,17 @@ export class Daemon {
   readonly nbdServers: NbdServer[] = [];
   readonly jobs = new JobManager((event, data) => this.events.emit(event, data));
   readonly qmp: QmpService;
-  /** What QMP quit does (main.ts's SIGTERM path by default; tests replace it). */
-  onQuit: () => void = () => { process.kill(process.pid, 'SIGTERM'); };
+  /**
+   * What QMP quit does: main.ts's SIGTERM path, and quit's reply waits until
+   * the block side is down, so it follows the shutdown's events as in qsd
+   * (tests replace it).
+   */
+  onQuit: () => Promise<void> | void = () => {
+    process.kill(process.pid, 'SIGTERM');
+    return this.stopBlockSide();
+  };
   private stopping?: Promise<void>;
+  private blockSideStopping?: Promise<void>;
 
   constructor(readonly log: Logger) {
     this.graph = new BlockGraph({ objects: this.objects, log, events: this.events });
@@ -56,7 +64,7 @@ export class Daemon {
     this.qmp = new QmpService(this);
   }
 
-  requestQuit(): void { this.onQuit(); }
+  requestQuit(): Promise<void> | void { return this.onQuit(); }
 
   /** Brings up everything in `config`. On failure, tears down what was started and throws StartupError. */
   async start(config: StartupConfig): Promise<void> {
@@ -130,18 +138,38 @@ export class Daemon {
     this.log.debug({ id: exp.id, name: exp.name, node: exp.node.nodeName }, 'export added');
   }
 
-  /** Stops accepting, lets in-flight requests finish, flushes and closes every node. Idempotent. */
+  /**
+   * SIGINT, SIGTERM and quit: the block side stops (see stopBlockSide), then
+   * the monitors close once their pending output (quit's reply) is written.
+   * Idempotent.
+   */
   shutdown(): Promise<void> {
     this.stopping ??= (async () => {
+      await this.stopBlockSide();
       await this.qmp.close();
-      await Promise.all(this.nbdServers.map((s) => s.close()));
+    })();
+    return this.stopping;
+  }
+
+  /**
+   * qsd's order at exit (blk_exports_kill_all, job_cancel_sync_all,
+   * bdrv_close_all), with the monitors still open so their clients see the
+   * events: NBD listeners close and every client is cut off at once (its
+   * requests still in the block layer finish; their replies are dropped),
+   * each export is deleted (BLOCK_EXPORT_DELETED), running jobs are cancelled
+   * (their JOB_STATUS_CHANGE sequence and BLOCK_JOB_CANCELLED), then every
+   * node is flushed and closed. Idempotent.
+   */
+  stopBlockSide(): Promise<void> {
+    this.blockSideStopping ??= (async () => {
+      await Promise.all(this.nbdServers.map((s) => s.destroy()));
+      for (const e of this.exports.list()) await this.exports.remove(e.id, 'hard').catch(() => undefined);
       // As qsd: running jobs are cancelled (and end consistently) before their nodes close.
       await this.jobs.cancelAll().catch((err: Error) => this.log.error({ err }, 'cancelling jobs at shutdown failed'));
-      for (const e of this.exports.list()) await this.exports.remove(e.id, 'hard').catch(() => undefined);
       for (const err of await this.graph.flushAll()) this.log.error({ err }, 'flush at shutdown failed');
       await this.graph.closeAll();
     })();
-    return this.stopping;
+    return this.blockSideStopping;
   }
 }
 

@@ -23,8 +23,8 @@ export interface QmpHost {
   readonly objects: ObjectRegistry;
   readonly events: QmpEventBus;
   readonly log: Logger;
-  /** QMP quit: a graceful shutdown, as on SIGTERM. Called once the reply is on its way. */
-  requestQuit(): void;
+  /** QMP quit: a graceful shutdown, as on SIGTERM; quit replies once the returned promise settles. */
+  requestQuit(): Promise<void> | void;
 }
 
 /** Per-client protocol state. */

@@ -90,7 +90,9 @@ export class QmpMonitor {
       return void socket.destroy();
     }
     socket.setNoDelay?.(true);
-    this.addSession({ input: socket, output: socket, end: () => socket.end(), destroy: () => socket.destroy() });
+    // Once our last bytes are out the socket is closed, as qsd closes its chardev: a client that
+    // keeps its end open (most do, until they read EOF) does not hold the daemon's shutdown.
+    this.addSession({ input: socket, output: socket, end: () => socket.end(() => socket.destroy()), destroy: () => socket.destroy() });
   }
 
   private addSession(io: ConstructorParameters<typeof QmpSession>[0]): void {

@@ -49,6 +49,10 @@ export class QmpSession implements SessionState {
   private pumping = false;
   private inputEnded = false;
   private closed = false;
+  /** A command is being executed (its reply not yet sent). */
+  private handling = false;
+  /** close() came while a command was executed: end once its reply is out. */
+  private closeAfterReply = false;
   private readonly finishedPromise: Promise<void>;
   private resolveFinished!: () => void;
 
@@ -94,9 +98,14 @@ export class QmpSession implements SessionState {
     this.send(e as unknown as Record<string, unknown>);
   }
 
-  /** Ends the connection once pending output is written; `finished` resolves when it is closed. */
+  /**
+   * Ends the connection once pending output is written; `finished` resolves
+   * when it is closed. A command being executed gets its reply out first
+   * (quit's reply comes after the shutdown's events, as in qsd).
+   */
   close(): void {
     if (this.closed) return;
+    if (this.handling) { this.closeAfterReply = true; return; }
     this.closed = true;
     this.io.end();
     if (this.io.endIsClose) this.resolveFinished();
@@ -144,7 +153,8 @@ export class QmpSession implements SessionState {
         this.send({ error: { class: 'GenericError', desc: msg.error } });
         continue;
       }
-      const response = await this.dispatcher.handle(msg.value, this);
+      this.handling = true;
+      const response = await this.dispatcher.handle(msg.value, this).finally(() => { this.handling = false; });
       try {
         this.send(response);
       } catch (err) {
@@ -153,6 +163,7 @@ export class QmpSession implements SessionState {
         const id = (response as { id?: unknown }).id;
         this.send({ error: { class: 'GenericError', desc: `Internal error: ${(err as Error).message}` }, ...(id === undefined ? {} : { id }) });
       }
+      if (this.closeAfterReply) { this.close(); return; }
     }
   }
 }

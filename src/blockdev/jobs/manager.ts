@@ -75,11 +75,17 @@ export class JobManager {
 
   /**
    * Shutdown: cancels every job that can still be cancelled and waits until
-   * each has concluded (QEMU job_cancel_sync_all); concluded jobs are dismissed.
+   * each has concluded (QEMU job_cancel_sync_all); concluded jobs are
+   * dismissed. As QEMU, one at a time, newest first (its job list is
+   * prepended to), so a QMP client sees each job's whole cancellation
+   * before the next one's.
    */
   async cancelAll(): Promise<void> {
-    const jobs = [...this.jobs];
-    for (const job of jobs) job.cancel(true);
-    await Promise.all(jobs.map((j) => j.concluded));
+    for (let job = this.jobs.at(-1); job; job = this.jobs.at(-1)) {
+      // A concluded job is dismissed at once; a running one winds down (one finalising ends on its own).
+      job.cancel(true);
+      // Still listed once concluded (auto-dismiss off): the next turn's cancel() dismisses it.
+      if (this.jobs.at(-1) === job) await job.concluded;
+    }
   }
 }

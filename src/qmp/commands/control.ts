@@ -55,9 +55,9 @@ export const controlCommands: CommandDef[] = [
   {
     name: 'quit',
     doc: 'This command will cause blockd to exit gracefully, as on SIGTERM: exports end, nodes are flushed and closed.',
-    handler(_args, ctx) {
-      // The reply goes out first; the shutdown then ends every session.
-      setImmediate(() => ctx.host.requestQuit());
+    async handler(_args, ctx) {
+      // As qsd, the reply comes once exports and jobs are gone (after their events), just before the monitors close.
+      await ctx.host.requestQuit();
     },
   },
 ];
