@@ -70,31 +70,43 @@ describe('bitmap write-ahead', () => {
   }, 120_000);
 
   it('costs one small metadata write and flush per newly dirty region, nothing for already-dirty ones', async () => {
-    const results: Record<string, number> = {};
+    // Counted, not timed: the file node's write and flush operations per data write.
+    const cost: Record<string, { writes: number; flushes: number }> = {};
+    const N = 64;
     for (const mode of ['none', 'persistent'] as const) {
       const image = join(dir, `cost-${mode}.qcow2`);
       run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', image, '1G']);
       const node = await open(image, `c${mode}`);
       if (mode === 'persistent') await addBitmap(node, 'p', { persistent: true });
+      const file = node.child('file')!;
       const buf = Buffer.alloc(4096, 1);
-      const N = 400;
+      const measure = async (label: string, body: () => Promise<void>) => {
+        const w = file.stats.wrOps, f = file.stats.flushOps;
+        await body();
+        cost[`${mode} ${label}`] = { writes: (file.stats.wrOps - w) / N, flushes: (file.stats.flushOps - f) / N };
+      };
       // Fresh granules: one 4k write into each of N different 64k granules.
-      let t = performance.now();
-      for (let i = 0; i < N; i++) await node.write(i * 2 * 1048576 % (1 << 30) + (i >> 9) * 65536, buf);
-      results[`${mode} fresh`] = (performance.now() - t) / N;
+      await measure('fresh', async () => { for (let i = 0; i < N; i++) await node.write(i * 2 * 1048576, buf); });
       // The same granules again: already dirty.
-      t = performance.now();
-      for (let i = 0; i < N; i++) await node.write(i * 2 * 1048576 % (1 << 30) + (i >> 9) * 65536 + 8192, buf);
-      results[`${mode} dirty`] = (performance.now() - t) / N;
+      await measure('dirty', async () => { for (let i = 0; i < N; i++) await node.write(i * 2 * 1048576 + 8192, buf); });
       // 32 writes in flight into fresh granules: their records share flushes (group commit).
-      t = performance.now();
-      for (let i = 0; i < N; i += 32) {
-        await Promise.all(Array.from({ length: 32 }, (_, k) => node.write(((i + k) * 2 * 1048576 + 512 * 1024 + 65536 * 3) % (1 << 30), buf)));
-      }
-      results[`${mode} fresh qd32`] = (performance.now() - t) / N;
+      await measure('fresh qd32', async () => {
+        for (let i = 0; i < N; i += 32) {
+          await Promise.all(Array.from({ length: 32 }, (_, k) => node.write((i + k) * 2 * 1048576 + 512 * 1024, buf)));
+        }
+      });
     }
-    console.log('per-write latency (ms):', Object.fromEntries(Object.entries(results).map(([k, v]) => [k, v.toFixed(3)])));
-    // Writes into dirty granules cost no more than without a bitmap (allowing for noise).
-    expect(results['persistent dirty']!).toBeLessThan(results['none dirty']! * 2 + 0.2);
+    // Without a bitmap a write is one file write and no flush.
+    expect(cost['none fresh']).toEqual({ writes: 1, flushes: 0 });
+    expect(cost['none dirty']).toEqual({ writes: 1, flushes: 0 });
+    // A write into a fresh granule adds one small metadata write and one flush (before the data write).
+    expect(cost['persistent fresh']!.writes).toBeGreaterThan(1.9);
+    expect(cost['persistent fresh']!.writes).toBeLessThanOrEqual(2.1);
+    expect(cost['persistent fresh']!.flushes).toBeGreaterThanOrEqual(1);
+    expect(cost['persistent fresh']!.flushes).toBeLessThanOrEqual(1.1);
+    // Writes into already-dirty granules cost exactly what they cost without a bitmap.
+    expect(cost['persistent dirty']).toEqual({ writes: 1, flushes: 0 });
+    // In flight together, fresh writes share their flushes.
+    expect(cost['persistent fresh qd32']!.flushes).toBeLessThan(0.5);
   }, 120_000);
 });
