@@ -271,7 +271,11 @@ async function crashDuring(dir: string, kind: Kind, point: Point, seed: number):
   expect(await rawNegotiate(c, 'disk')).toBe(SIZE);
   const w = new RecordingWriter(c, rng(seed));
   w.start();
-  await sleep(100);
+  // Some writes before the job starts, however loaded the machine (a fixed sleep gave too few under load).
+  for (const end = Date.now() + 30_000; w.recs.length <= 20;) {
+    if (Date.now() > end) throw new Error(`the writer made only ${w.recs.length} writes in 30 s`);
+    await sleep(10);
+  }
   const [cmd, args] = jobCommand(kind, dir, point);
   await d.qmp.execute(cmd, args);
   let note: string;
