@@ -6,6 +6,7 @@
 import { BlockError } from '../util/errors.ts';
 import { VALID_ID } from '../qapi/ids.ts';
 import { BlockNode } from './node.ts';
+import { generateNodeName } from './surgery/node-names.ts';
 import { attachEdge, detachEdge, type ChildEdge, type Parent } from './edge.ts';
 import { pino } from 'pino';
 import { ObjectRegistry } from '../objects/registry.ts';
@@ -16,7 +17,6 @@ export { VALID_ID };
 export class BlockGraph {
   readonly nodes = new Map<string, BlockNode>();
   private readonly drivers = new Map<string, Driver>();
-  private autoName = 0;
   /** What drivers get from above (DriverContext.objects, log, events). */
   readonly env: BlockEnvironment;
 
@@ -65,8 +65,7 @@ export class BlockGraph {
       if (!VALID_ID.test(name)) throw new BlockError('EINVAL', `Invalid node-name: '${name}'`);
       if (this.nodes.has(name)) throw new BlockError('EINVAL', `Duplicate nodes with node-name='${name}'`);
     } else {
-      // QEMU's generated ids: a counter and two random digits, so nobody can rely on them.
-      name = `#block${String(this.autoName++).padStart(3, '0')}${String(Math.floor(Math.random() * 100)).padStart(2, '0')}`;
+      name = generateNodeName((n) => this.nodes.has(n));
     }
     const readOnly = common['read-only'] === true;
     const node = new BlockNode(name, driver, { ...options, 'node-name': name } as never, readOnly, implicit);

@@ -21,6 +21,7 @@ import { BlockNode } from '../node.ts';
 import { alt, enm, obj, opt, ref, req, type ObjectType } from '../../qapi/types.ts';
 import { blockdevOptionsType } from '../options.ts';
 import { BlockGraph } from '../graph.ts';
+import { generateNodeName } from '../surgery/node-names.ts';
 import { registerDrivers } from '../drivers/index.ts';
 import { qcow2Layout, type PreallocMode, type Qcow2Layout, type Qcow2LayoutOptions } from '../drivers/qcow2/create-layout.ts';
 import { PreallocMode as PreallocModeEnum } from './file.ts';
@@ -205,9 +206,6 @@ async function validate(o: Qcow2CreateOptions, refs: Refs): Promise<{ layout: Qc
   };
 }
 
-let implicitNames = 0;
-/** A name in the style of QEMU's automatic node names, for the node QEMU would open to check the image. */
-const implicitName = () => `#block${String((implicitNames++ * 97) % 1000).padStart(3, '0')}`;
 
 /** How QEMU names a user of a node in permission errors. */
 function userName(e: ChildEdge): string {
@@ -229,7 +227,8 @@ function checkFilePermissions(file: BlockNode): void {
 
 /** The data file is a data child of the new image: it may not be resized by anyone else (nor be the file itself). */
 function checkDataPermissions(data: BlockNode, file: BlockNode): void {
-  const fresh = implicitName();
+  // The node QEMU would open to check the image takes a generated name.
+  const fresh = generateNodeName();
   const conflict = (by: string, role: string) => invalid(`Permission conflict on node '${data.nodeName}': permissions 'resize' are both required by `
     + `${by} (uses node '${data.nodeName}' as '${role}' child) and unshared by node '${fresh}' (uses node '${data.nodeName}' as 'data-file' child).`);
   if (data === file) throw conflict(`node '${fresh}'`, 'file');

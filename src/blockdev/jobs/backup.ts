@@ -10,7 +10,8 @@
  * is cancelled). When done the filter is taken out again.
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
-import { insertFilter, internalFilterDriver, removeFilter, type InsertedFilter } from '../surgery/filter.ts';
+import { insertFilter, removeFilter } from '../surgery/filter.ts';
+import { jobFilterDriver } from '../filters/job-filter.ts';
 import { JobCancelledError, jobFailure } from './errors.ts';
 import { BlockError, toBlockError } from '../../util/errors.ts';
 import { ALL_PERM } from '../edge.ts';
@@ -37,7 +38,6 @@ export interface BackupJobOptions extends BlockJobOptions {
   bitmapMode?: 'on-success' | 'never' | 'always';
 }
 
-const cbwDriver = internalFilterDriver('copy-before-write');
 const CHUNK = 1024 * 1024;
 const MAX_INFLIGHT = 16;
 
@@ -50,7 +50,7 @@ export class BackupJob extends BlockJob {
   private readonly onTargetError: BlockdevOnError;
   private readonly filterNodeName?: string;
   private readonly state: CowState;
-  private filter?: InsertedFilter;
+  private filter?: BlockNode;
   private readonly inflight = new Set<Promise<void>>();
   private ioFailure?: unknown;
   private readonly bitmap?: DirtyBitmap;
@@ -82,13 +82,14 @@ export class BackupJob extends BlockJob {
     this.useNode(this.target, 'target', { read: true, write: true, resize: false }, { read: true, write: true, resize: false });
     this.filter = await insertFilter(this.graph, this.source, {
       name: this.filterNodeName,
-      driver: cbwDriver,
+      driver: jobFilterDriver('copy-before-write'),
       role: 'file',
       ops: cowFilterOps(this.state),
+      readOnly: this.source.readOnly,
       keep: (e) => e.parent === this,
       perm: { read: true, write: !this.source.readOnly, resize: false },
       shared: ALL_PERM,
-    });
+    }, 'drain');
     // Writes that queued at the source during the insertion still went straight to it: the snapshot starts after them.
     await this.source.drained(() => {
       const bm = this.bitmap;
@@ -106,7 +107,7 @@ export class BackupJob extends BlockJob {
   async tearDown(): Promise<void> {
     await this.settleBitmap(false);
     this.state.deactivate();
-    if (this.filter) await removeFilter(this.graph, this.filter, this.source);
+    if (this.filter) await removeFilter(this.graph, this.filter, this.source, 'drain');
     this.filter = undefined;
     await this.releaseNodes();
   }
@@ -242,7 +243,7 @@ export class BackupJob extends BlockJob {
     this.state.deactivate();
     const f = this.filter;
     this.filter = undefined;
-    if (f) await removeFilter(this.graph, f, this.source);
+    if (f) await removeFilter(this.graph, f, this.source, 'drain');
   }
 
   protected override async clean(): Promise<void> {

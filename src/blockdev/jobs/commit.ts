@@ -23,7 +23,8 @@ import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-jo
 import { toBlockError } from '../../util/errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { setBacking } from '../surgery/replace.ts';
-import { insertJobFilter, removeJobFilter } from '../filters/job-filter.ts';
+import { insertFilter, removeFilter } from '../surgery/filter.ts';
+import { jobFilterDriver } from '../filters/job-filter.ts';
 import { copyBuffers } from '../copy-buffers.ts';
 import { backingDepth } from '../surgery/walk.ts';
 import type { BlockNode, WriteObserver } from '../node.ts';
@@ -78,12 +79,18 @@ export class CommitJob extends BlockJob {
     // commit also holds the device (qsd's 'main node': it is no root for another job then).
     this.useNode(top, 'commit-top', READ_PERM, ALL_PERM);
     if (!this.isActive) this.useNode(device, 'main node', { read: false, write: false, resize: false }, ALL_PERM);
-    this.filter = await insertJobFilter(this.graph, top, {
-      driver: this.isActive ? 'mirror_top' : 'commit_top',
+    // qsd opens commit_top without read-write, mirror_top with it; both only pass requests on.
+    const readOnly = !this.isActive;
+    this.filter = await insertFilter(this.graph, top, {
       name: this.o.filterNodeName,
-      readOnly: !this.isActive,
+      driver: jobFilterDriver(this.isActive ? 'mirror_top' : 'commit_top'),
+      role: 'backing',
+      ops: {},
+      readOnly,
       keep: (e) => e.parent === this,
-    });
+      perm: { read: true, write: !readOnly, resize: false },
+      shared: ALL_PERM,
+    }, 'gate');
     // The job holds its filter too ('main node'), so the filter is no root for another job.
     if (this.isActive) this.useNode(this.filter, 'main node', { read: false, write: false, resize: false }, ALL_PERM);
   }
@@ -103,7 +110,7 @@ export class CommitJob extends BlockJob {
   private async dropFilter(to: BlockNode, beforeSwitch?: () => Promise<void>): Promise<void> {
     const f = this.filter;
     this.filter = undefined;
-    if (f) await removeJobFilter(this.graph, f, to, beforeSwitch);
+    if (f) await removeFilter(this.graph, f, to, 'gate', beforeSwitch);
     else await beforeSwitch?.();
   }
 

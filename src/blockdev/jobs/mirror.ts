@@ -21,13 +21,15 @@
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { DirtyMap } from '../bitmaps/dirty-map.ts';
 import { copyBuffers } from '../copy-buffers.ts';
-import { insertFilter, internalFilterDriver, moveParents, removeFilter, type InsertedFilter } from '../surgery/filter.ts';
+import { insertFilter, removeFilter } from '../surgery/filter.ts';
+import { moveUsers } from '../surgery/replace.ts';
+import { jobFilterDriver } from '../filters/job-filter.ts';
+import { mirrorTopOps } from '../filters/mirror-top.ts';
 import { JobCancelledError, jobFailure } from './errors.ts';
 import { isZero, zeroUnlessZero } from '../zeroes.ts';
 import { BlockError, toBlockError } from '../../util/errors.ts';
 import { ReqFlag } from '../request.ts';
 import type { BlockNode } from '../node.ts';
-import type { DriverOps } from '../driver.ts';
 import { ALL_PERM } from '../edge.ts';
 
 export type MirrorSync = 'full' | 'top' | 'none';
@@ -57,8 +59,6 @@ export const DEFAULT_MIRROR_BUF_SIZE = 16 * 1024 * 1024;
 /** Largest single copy operation. */
 const MAX_OP = 1024 * 1024;
 
-const mirrorTopDriver = internalFilterDriver('mirror_top');
-
 export class MirrorJob extends BlockJob {
   readonly type = 'mirror' as const;
   readonly source: BlockNode;
@@ -75,7 +75,7 @@ export class MirrorJob extends BlockJob {
   private readonly unmap: boolean;
   private readonly onConcluded?: MirrorJobOptions['onConcluded'];
   private dirty!: DirtyMap;
-  private filter?: InsertedFilter;
+  private filter?: BlockNode;
   /** Where the filter forwards requests: the source, and after a pivot the target. */
   private current: BlockNode;
   private shouldComplete = false;
@@ -123,42 +123,28 @@ export class MirrorJob extends BlockJob {
     this.dirty = new DirtyMap(len, this.granularity);
     this.filter = await insertFilter(this.graph, this.source, {
       name: this.filterNodeName,
-      driver: mirrorTopDriver,
+      driver: jobFilterDriver('mirror_top'),
       role: 'backing',
-      ops: this.filterOps(),
+      ops: mirrorTopOps({
+        current: () => this.current,
+        target: this.target,
+        writeThrough: () => this.copyMode === 'write-blocking' && this.writeThrough,
+        source: this.source,
+      }),
+      readOnly: this.source.readOnly,
       keep: (e) => e.parent === this,
       perm: { read: true, write: !this.source.readOnly, resize: false },
       shared: ALL_PERM,
-    });
+    }, 'drain');
     this.source.writeObservers.add(this.observer);
   }
 
   /** Undoes setUp after a failure before start. */
   async tearDown(): Promise<void> {
     this.source.writeObservers.delete(this.observer);
-    if (this.filter) await removeFilter(this.graph, this.filter, this.source);
+    if (this.filter) await removeFilter(this.graph, this.filter, this.source, 'drain');
     this.filter = undefined;
     await this.releaseNodes();
-  }
-
-  private filterOps(): DriverOps {
-    const blocking = this.copyMode === 'write-blocking';
-    const alsoTarget = async (fn: (n: BlockNode) => Promise<void>) => {
-      await fn(this.current);
-      if (blocking && this.writeThrough) {
-        try { await fn(this.target); } catch { /* the range is dirty anyway and is copied again */ }
-      }
-    };
-    return {
-      length: () => this.current.length(),
-      read: (o, buf) => this.current.read(o, buf),
-      write: (o, buf, flags) => alsoTarget((n) => n.write(o, buf, flags)),
-      writeZeroes: (o, l, flags) => alsoTarget((n) => n.writeZeroes(o, l, flags)),
-      discard: (o, l) => this.current.discard(o, l),
-      flush: () => this.current.flush(),
-      blockStatus: (o, l, flags) => this.current.blockStatus(o, l, flags),
-      limits: { canFua: true, canZero: this.source.limits.canZero, canTrim: this.source.limits.canTrim },
-    };
   }
 
   // ---------------------------------------------------------------- run
@@ -333,7 +319,7 @@ export class MirrorJob extends BlockJob {
     if (this.replaces && this.replaces !== this.source) {
       // Users of the replaced node go to the target; the filter's users stay on the source.
       await this.leaveFilter(this.source);
-      await from.drained(() => moveParents(from, this.target, (e) => e.parent === this));
+      await from.drained(() => moveUsers(from, this.target, (e) => e.parent === this));
     } else {
       await this.leaveFilter(this.target);
     }
@@ -357,7 +343,7 @@ export class MirrorJob extends BlockJob {
     if (f) {
       // Requests queued at the filter (held drain) pass through it once released: they follow `current`.
       this.current = to;
-      await removeFilter(this.graph, f, to);
+      await removeFilter(this.graph, f, to, 'drain');
     }
     await this.endDrainAndWait();
   }

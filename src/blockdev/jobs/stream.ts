@@ -13,6 +13,7 @@
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { replaceNode, setBacking } from '../surgery/replace.ts';
+import { removeFilter } from '../surgery/filter.ts';
 import { needsCopy } from '../filters/copy-on-read.ts';
 import { copyBuffers } from '../copy-buffers.ts';
 import { backingDepth } from '../surgery/walk.ts';
@@ -86,11 +87,8 @@ export class StreamJob extends BlockJob {
     const f = this.filter;
     if (!f) return;
     this.filter = undefined;
-    await replaceNode(this.graph, f, this.o.top);
-    const edge = f.children[0];
-    // The filter is implicit: its last edge going closes it.
-    this.graph.nodes.delete(f.nodeName);
+    await removeFilter(this.graph, f, this.o.top, 'gate');
+    // Opened by its driver (blockdev-add'ed): closed by it too.
     await f.close();
-    if (edge) await this.graph.unlink(f, edge);
   }
 }

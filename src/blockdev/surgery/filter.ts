@@ -1,117 +1,84 @@
 /**
- * Filters that jobs put above a node and take out again (mirror_top,
- * copy-before-write for backup): move parent edges from one node to
- * another, insert a filter node above a node, and take it out again.
- * Callers hold a drained section around every move (node.drained), so no
- * request is in flight on the nodes involved; requests queued at a
- * filter's entry while it is being removed still pass through the
- * filter's ops, which forward to wherever the filter points by then.
+ * Inserting a filter node above a node and taking it out again: the
+ * filters jobs put in for their lifetime (mirror_top, commit_top,
+ * copy-before-write for backup; stream's copy-on-read is a blockdev-add'ed
+ * node that goes in with replaceNode and comes out here).
+ *
+ * The users of the node below move onto the filter, and back (or on to
+ * another node) at the end, in one of two ways:
+ * - 'gate': through replaceNode's gate (replace.ts), for a caller that holds
+ *   nothing drained; no request is lost or reordered, and a `beforeSwitch`
+ *   step can run while the users are held (an active commit's last copy);
+ * - 'drain': at once inside a drained section of the node they leave
+ *   (moveUsers), for a caller whose own drain of the node below is still
+ *   held (a mirror's final sync), which a gate's drain would wait on.
+ *   Requests queued at the filter's entry meanwhile still pass through its
+ *   ops, which forward to wherever the filter points by then.
  */
 import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
-import { checkPermissions, type ChildEdge } from '../edge.ts';
+import type { ChildEdge } from '../edge.ts';
 import type { BlockGraph } from '../graph.ts';
 import type { Driver, DriverOps, Perm } from '../driver.ts';
-import { obj } from '../../qapi/types.ts';
-import { reaches } from './walk.ts';
+import { moveUsers, replaceNode } from './replace.ts';
+import { generateNodeName } from './node-names.ts';
 
-/**
- * Moves every parent edge of `from` (except those `keep` says stay) onto
- * `to`, checking permissions on `to`; all or nothing.
- */
-export function moveParents(from: BlockNode, to: BlockNode, keep: (e: ChildEdge) => boolean): ChildEdge[] {
-  const moving = from.parents.filter((e) => !keep(e));
-  for (const e of moving) {
-    if (e.parent === to) throw new BlockError('EINVAL', `Making '${to.nodeName}' a child of itself would create a cycle`);
-    if (e.parent instanceof BlockNode && reaches(to, e.parent)) {
-      throw new BlockError('EINVAL', `Making '${e.parent.nodeName}' a child of '${to.nodeName}' would create a cycle`);
-    }
-  }
-  // Check against the users `to` keeps and against each other, before changing anything.
-  const moved: ChildEdge[] = [];
+export type UserMove = 'gate' | 'drain';
+
+export interface FilterSpec {
+  /** The user's filter-node-name; a generated '#block…' name without it (the node is implicit then). */
+  name?: string;
+  driver: Driver;
+  /** The filter's role over the node below. */
+  role: 'file' | 'backing';
+  ops: DriverOps;
+  readOnly: boolean;
+  perm: Perm;
+  shared: Perm;
+  /** Users of the node below that stay where they are (the job's own edges). */
+  keep: (e: ChildEdge) => boolean;
+}
+
+/** Refuses a filter name already taken (qsd's text), before anything changes. */
+export function checkFilterName(graph: BlockGraph, name: string | undefined): void {
+  if (name !== undefined && graph.nodes.has(name)) throw new BlockError('EINVAL', `Duplicate nodes with node-name='${name}'`);
+}
+
+/** Puts a filter above `below`; every user of `below` but the kept ones moves onto it. */
+export async function insertFilter(graph: BlockGraph, below: BlockNode, spec: FilterSpec, how: UserMove): Promise<BlockNode> {
+  checkFilterName(graph, spec.name);
+  const name = spec.name ?? generateNodeName((n) => graph.nodes.has(n));
+  const filter = new BlockNode(name, spec.driver, { driver: spec.driver.name, 'node-name': name }, spec.readOnly, spec.name === undefined);
+  const edge = graph.link(filter, below, spec.role, { perm: spec.perm, shared: spec.shared });
+  filter.setOps(spec.ops);
   try {
-    for (const e of moving) {
-      checkPermissions(to, e);
-      detach(e);
-      e.child = to;
-      to.parents.push(e);
-      moved.push(e);
-    }
-    // Image locks follow the users: `to` may be refused by another process's locks.
-    to.refreshPermissions();
-  } catch (err) {
-    for (const e of moved.reverse()) { detach(e); e.child = from; from.parents.push(e); }
-    to.refreshPermissions();
-    throw err;
-  }
-  from.refreshPermissions();
-  return moved;
-}
-
-function detach(e: ChildEdge): void {
-  const list = e.child.parents;
-  const i = list.indexOf(e);
-  if (i >= 0) list.splice(i, 1);
-}
-
-let filterCounter = 0;
-
-/** QEMU-style generated node names for implicit filters when the user gives none. */
-export function autoFilterName(graph: BlockGraph): string {
-  let n: string;
-  do n = `#block${String(900 + (filterCounter++ % 100)).padStart(3, '0')}${String(Math.floor(Math.random() * 100)).padStart(2, '0')}`;
-  while (graph.nodes.has(n));
-  return n;
-}
-
-export interface InsertedFilter {
-  node: BlockNode;
-  /** The filter's edge to the node below. */
-  edge: ChildEdge;
-}
-
-/**
- * Puts a filter node (ops given) above `below`, taking over all of `below`'s
- * parents except `keep` ones, inside a drained section of `below`.
- */
-export async function insertFilter(graph: BlockGraph, below: BlockNode, o: {
-  name?: string; driver: Driver; role: string; ops: DriverOps; keep: (e: ChildEdge) => boolean; perm: Perm; shared: Perm;
-}): Promise<InsertedFilter> {
-  const name = o.name ?? autoFilterName(graph);
-  if (graph.nodes.has(name)) throw new BlockError('EINVAL', `Duplicate nodes with node-name='${name}'`);
-  const node = new BlockNode(name, o.driver, { driver: o.driver.name, 'node-name': name }, below.readOnly, o.name === undefined);
-  const edge = graph.link(node, below, o.role, { perm: o.perm, shared: o.shared });
-  node.setOps(o.ops);
-  try {
-    await below.drained(() => moveParents(below, node, (e) => e === edge || o.keep(e)));
+    const keep = (e: ChildEdge) => e === edge || spec.keep(e);
+    if (how === 'gate') await replaceNode(graph, below, filter, keep);
+    else await below.drained(() => moveUsers(below, filter, keep));
   } catch (e) {
-    await graph.unlink(node, edge);
+    await graph.unlink(filter, edge);
     throw e;
   }
-  graph.nodes.set(name, node);
-  return { node, edge };
+  graph.nodes.set(name, filter);
+  return filter;
 }
 
 /**
- * Takes an inserted filter out again: its parents move to `to` (the node
- * below, or a mirror's target), inside a drained section of the filter.
- * `beforeMove` runs inside that section (e.g. to point the filter at `to`).
+ * Takes a filter out: its users move to `to` (the node below, or the node
+ * a job pivots to; with 'gate', `beforeSwitch` runs while they are held)
+ * and the filter leaves the graph.
  */
-export async function removeFilter(graph: BlockGraph, f: InsertedFilter, to: BlockNode, beforeMove?: () => void): Promise<void> {
-  await f.node.drained(() => {
-    beforeMove?.();
-    moveParents(f.node, to, () => false);
-  });
-  if (graph.nodes.get(f.node.nodeName) === f.node) graph.nodes.delete(f.node.nodeName);
-  await graph.unlink(f.node, f.edge);
-}
-
-/** A driver object for filters that jobs insert and the user cannot blockdev-add. */
-export function internalFilterDriver(name: string): Driver {
-  return {
-    name,
-    kind: 'filter',
-    options: obj(`BlockdevOptions-${name}`, []),
-    open() { return Promise.reject(new BlockError('EINVAL', `Driver '${name}' cannot be opened with blockdev-add`)); },
-  };
+export async function removeFilter(
+  graph: BlockGraph, filter: BlockNode, to: BlockNode, how: UserMove, beforeSwitch?: () => Promise<void>,
+): Promise<void> {
+  if (how === 'drain') {
+    await filter.drained(() => moveUsers(filter, to, () => false));
+  } else if (filter.parents.length === 0) {
+    // Without users there is nothing to hold: the last work runs as it is.
+    await beforeSwitch?.();
+  } else {
+    await replaceNode(graph, filter, to, undefined, { beforeSwitch });
+  }
+  if (graph.nodes.get(filter.nodeName) === filter) graph.nodes.delete(filter.nodeName);
+  for (const e of [...filter.children]) await graph.unlink(filter, e);
 }

@@ -22,10 +22,10 @@ import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
 import { attachEdge, checkPermissions, cumulative, detachEdge, type ChildEdge } from '../edge.ts';
 import type { BlockGraph } from '../graph.ts';
-import type { Driver, DriverOps, Perm } from '../driver.ts';
+import type { Driver, DriverOps } from '../driver.ts';
 import { parseHeader, serializeHeader } from '../drivers/qcow2/header.ts';
 import { obj } from '../../qapi/types.ts';
-import { ancestry, reaches } from './walk.ts';
+import { ancestry, reaches, refuseCycle } from './walk.ts';
 
 /** Users of `from` that replaceNode would move to `to`: all but those at or below `to` (the chain itself). */
 export function movableEdges(from: BlockNode, to: BlockNode): ChildEdge[] {
@@ -119,6 +119,42 @@ export async function replaceNode(
 }
 
 /**
+ * Moves every user of `from` (except those `keep` says stay) onto `to` at
+ * once, checking permissions on `to`; all or nothing. For a caller that
+ * already holds `from` drained (a mirror pivoting while its final drain is
+ * held), where replaceNode's gate would wait on that very drain.
+ */
+export function moveUsers(from: BlockNode, to: BlockNode, keep: (e: ChildEdge) => boolean): ChildEdge[] {
+  const moving = from.parents.filter((e) => !keep(e));
+  for (const e of moving) if (e.parent instanceof BlockNode) refuseCycle(e.parent, to, e.role);
+  // Check against the users `to` keeps and against each other, before changing anything.
+  const moved: ChildEdge[] = [];
+  try {
+    for (const e of moving) {
+      checkPermissions(to, e);
+      removeUser(e);
+      e.child = to;
+      to.parents.push(e);
+      moved.push(e);
+    }
+    // Image locks follow the users: `to` may be refused by another process's locks.
+    to.refreshPermissions();
+  } catch (err) {
+    for (const e of moved.reverse()) { removeUser(e); e.child = from; from.parents.push(e); }
+    to.refreshPermissions();
+    throw err;
+  }
+  from.refreshPermissions();
+  return moved;
+}
+
+function removeUser(e: ChildEdge): void {
+  const list = e.child.parents;
+  const i = list.indexOf(e);
+  if (i >= 0) list.splice(i, 1);
+}
+
+/**
  * Changes the backing link of `node` to `backing` (undefined: none) and, for
  * qcow2, the backing file name in its header (`backingFile`/`backingFormat`;
  * undefined: none). The node is drained meanwhile; layers that lose their
@@ -128,9 +164,7 @@ export async function setBacking(
   graph: BlockGraph, node: BlockNode, backing: BlockNode | undefined,
   header?: { backingFile?: string; backingFormat?: string },
 ): Promise<void> {
-  if (backing && reaches(backing, node)) {
-    throw new BlockError('EINVAL', `Making '${backing.nodeName}' a backing child of '${node.nodeName}' would create a cycle`);
-  }
+  if (backing) refuseCycle(node, backing, 'backing');
   await node.drained(async () => {
     const old = node.children.find((e) => e.role === 'backing');
     if (old?.child === backing && !header) return;

@@ -3,6 +3,7 @@
  * node (the cycle check), above it (everything a drain must hold), and down
  * a backing chain.
  */
+import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../node.ts';
 
 /** True if `node` is `top` or can be reached from it through child edges. */
@@ -29,4 +30,11 @@ export function backingDepth(top: BlockNode, node: BlockNode | undefined): numbe
   let d = 1;
   for (let n: BlockNode | undefined = top; n; n = n.child('backing'), d++) if (n === node) return d;
   return Infinity;
+}
+
+/** Refuses to make `child` a `role` child of `parent` when `parent` lies below `child` (QEMU's text). */
+export function refuseCycle(parent: BlockNode, child: BlockNode, role: string): void {
+  if (reaches(child, parent)) {
+    throw new BlockError('EINVAL', `Making '${child.nodeName}' a ${role} child of '${parent.nodeName}' would create a cycle`);
+  }
 }

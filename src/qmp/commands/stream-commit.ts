@@ -8,7 +8,7 @@ import { enm, obj, opt, req } from '../../qapi/types.ts';
 import { genericError, QmpError } from '../errors.ts';
 import { StreamJob } from '../../blockdev/jobs/stream.ts';
 import { CommitJob } from '../../blockdev/jobs/commit.ts';
-import { checkFilterName } from '../../blockdev/filters/job-filter.ts';
+import { checkFilterName } from '../../blockdev/surgery/filter.ts';
 import { BlockJob, type BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
 import { VALID_ID, type BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
