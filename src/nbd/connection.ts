@@ -10,7 +10,11 @@
  * assembled, one socket chunk.
  *
  * The connection talks only to its Transport (transport/): the plain
- * socket, or later a TLS one; it never touches a descriptor itself.
+ * socket, or later a TLS one; it never touches a descriptor itself. An
+ * option may ask for the transport to be swapped mid-negotiation (STARTTLS):
+ * once its acknowledgement is written, the old transport is detached, the
+ * `upgrade` function turns it into the new one, the connection attaches to
+ * that, and the handshake forgets what was negotiated before.
  */
 import type { Logger } from 'pino';
 import { Cmd, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
@@ -20,7 +24,7 @@ import type { RequestHeader } from '../nbd-protocol/requests.ts';
 import { Handshake, type HandshakeStep } from './handshake.ts';
 import type { BufferPool } from '../util/buffer-pool.ts';
 import type { ExportClient, NbdExport } from './exports.ts';
-import type { Negotiated, NegotiationEnv } from './options.ts';
+import type { Negotiated, NegotiationEnv, OptionHandler } from './options.ts';
 import type { Transport, TransportEvents } from './transport/transport.ts';
 import { checkRequest, type ValidationContext } from './validate.ts';
 
@@ -36,6 +40,10 @@ export interface ConnectionOptions {
   specErrnos?: boolean;
   /** Where large data buffers come from and go back to. */
   pool: BufferPool;
+  /** The option handlers (default: OPTION_HANDLERS). One that answers `next: 'upgrade'` needs `upgrade`. */
+  optionHandlers?: Readonly<Record<number, OptionHandler>>;
+  /** Makes the upgraded transport from the current one (TLS: a TLS session over the same socket). */
+  upgrade?: (current: Transport) => Promise<Transport>;
 }
 
 export const DEFAULT_MAX_INFLIGHT_REQUESTS = 64;
@@ -60,6 +68,8 @@ export class NbdConnection implements ExportClient {
   private timer?: NodeJS.Timeout;
   /** Cuts off a client that never takes our last replies (see endSocket). */
   private endTimer?: NodeJS.Timeout;
+  /** A transport swap in progress: 'flushing' until the last old-transport bytes are out, then 'swapping'. */
+  private upgradeState?: 'flushing' | 'swapping';
   private inflight = 0;
   private inflightBytes = 0;
   private writeBlocked = false;
@@ -84,6 +94,7 @@ export class NbdConnection implements ExportClient {
     close: () => this.onClose(),
     drain: () => {
       this.writeBlocked = false;
+      if (this.upgradeState === 'flushing') return this.swapTransport();
       this.pump();
     },
   };
@@ -91,7 +102,7 @@ export class NbdConnection implements ExportClient {
   constructor(private transport: Transport, private readonly opts: ConnectionOptions) {
     this.log = opts.log;
     this.pool = opts.pool;
-    this.handshake = new Handshake(opts.env);
+    this.handshake = new Handshake(opts.env, opts.optionHandlers);
     this.maxRequests = opts.maxInflightRequests ?? DEFAULT_MAX_INFLIGHT_REQUESTS;
     this.maxBytes = opts.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT_BYTES;
     this.finished = new Promise((r) => (this.finishedResolve = r));
@@ -150,6 +161,8 @@ export class NbdConnection implements ExportClient {
   }
 
   private onHandshakeData(chunk: Buffer): void {
+    // Bytes behind an upgrade request came before the new transport: dropped, as the handshake dropped those it held.
+    if (this.upgradeState) return;
     this.handshake.feed(chunk);
     this.pumpHandshake();
   }
@@ -167,6 +180,7 @@ export class NbdConnection implements ExportClient {
       if (!step) break;
       this.send(step.send);
       if (step.done) return this.endHandshake(step.done);
+      if (step.upgrade) return this.beginUpgrade();
     }
     this.updateReading();
   }
@@ -215,8 +229,40 @@ export class NbdConnection implements ExportClient {
    * hang-up is noticed; otherwise reading stops under backpressure.
    */
   private readingBlocked(): boolean {
-    if (this.phase === 'closing') return false;
+    if (this.phase !== 'transmission') return this.phase === 'handshake' && (this.writeBlocked || this.upgradeState !== undefined);
     return this.writeBlocked || this.inflight >= this.maxRequests || this.inflightBytes >= this.maxBytes;
+  }
+
+  // ---- transport upgrade ----
+
+  private beginUpgrade(): void {
+    if (!this.opts.upgrade) {
+      this.log.error('an NBD option asked for a transport upgrade this server does not offer');
+      return this.abort();
+    }
+    this.upgradeState = 'flushing';
+    this.updateReading();
+    // The acknowledgement is the last message over the old transport: it must be out before the new one starts.
+    if (this.transport.writableLength === 0) this.swapTransport();
+  }
+
+  private swapTransport(): void {
+    this.upgradeState = 'swapping';
+    const old = this.transport;
+    old.detach();
+    this.opts.upgrade!(old).then((next) => {
+      if (this.phase !== 'handshake') return next.destroy(); // aborted meanwhile
+      this.transport = next;
+      this.upgradeState = undefined;
+      next.attach(this.events);
+      this.handshake.upgraded();
+      this.log.debug('NBD transport upgraded');
+      this.pumpHandshake();
+    }, (err: unknown) => {
+      if (this.phase !== 'handshake') return;
+      this.log.warn({ err }, 'NBD transport upgrade failed; disconnecting');
+      this.abort();
+    });
   }
 
   /** Takes frames while backpressure allows, then pauses or resumes the socket to match. */
@@ -351,6 +397,8 @@ export class NbdConnection implements ExportClient {
     clearTimeout(this.timer);
     if (this.phase !== 'closed') this.phase = 'closing';
     this.transport.destroy();
+    // A detached transport (mid-upgrade) reports no close: the connection is closed now.
+    if (this.upgradeState === 'swapping' && !this.socketClosed) this.onClose();
   }
 
   private onIdle(): void {

@@ -5,7 +5,16 @@
  * state, any move the table does not allow.
  *
  * It is pure: bytes in, (bytes to send, outcome) out. The connection owns
- * the socket and the timer.
+ * the transport and the timer.
+ *
+ * Upgrades: an option handler may answer with `next: 'upgrade'` (STARTTLS
+ * once TLS is configured: its ACK is the last plaintext message). The
+ * handshake then waits in 'upgrading', having dropped whatever the client
+ * sent behind that option (plaintext bytes must never be taken as if they
+ * came over the new transport); the connection swaps its transport and calls
+ * upgraded(), which forgets what options negotiated before it (structured
+ * replies, chosen meta contexts: doc/proto.md's TLS section; CVE-2021-3716
+ * was a server that kept them) and waits for the next option.
  */
 import {
   CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, MAX_PAYLOAD, MAX_STRING, Opt, Rep, optName,
@@ -15,19 +24,22 @@ import { EMPTY } from '../nbd-protocol/bytes.ts';
 import { buildGreeting, decodeClientFlags } from '../nbd-protocol/handshake.ts';
 import { buildOptionError } from '../nbd-protocol/option-replies.ts';
 import { BadOptionMagic, decodeOptionHeader, type OptionHeader } from '../nbd-protocol/option-requests.ts';
-import { OPTIONS_WITH_DATA, handleOption, type Negotiated, type NegotiationEnv, type Session } from './options.ts';
+import {
+  OPTIONS_WITH_DATA, OPTION_HANDLERS, handleOption, type Negotiated, type NegotiationEnv, type OptionHandler, type Session,
+} from './options.ts';
 
 export type HandshakeState =
-  | 'client-flags' | 'option-header' | 'option-data' | 'option-skip' | 'transmission' | 'closed';
+  | 'client-flags' | 'option-header' | 'option-data' | 'option-skip' | 'upgrading' | 'transmission' | 'closed';
 
 export const HANDSHAKE_STATES: Readonly<Record<HandshakeState, { waitsFor: string; next: readonly HandshakeState[] }>> = {
   'client-flags': { waitsFor: '4 bytes of client flags after the greeting', next: ['option-header', 'closed'] },
   'option-header': {
     waitsFor: '16 bytes: IHAVEOPT, option, data length',
-    next: ['option-data', 'option-skip', 'option-header', 'transmission', 'closed'],
+    next: ['option-data', 'option-skip', 'option-header', 'upgrading', 'transmission', 'closed'],
   },
-  'option-data': { waitsFor: "the option's data, to be handled", next: ['option-header', 'transmission', 'closed'] },
-  'option-skip': { waitsFor: "the option's data, to be skipped unread", next: ['option-header', 'closed'] },
+  'option-data': { waitsFor: "the option's data, to be handled", next: ['option-header', 'upgrading', 'transmission', 'closed'] },
+  'option-skip': { waitsFor: "the option's data, to be skipped unread", next: ['option-header', 'upgrading', 'closed'] },
+  upgrading: { waitsFor: 'the connection to swap its transport (upgraded())', next: ['option-header', 'closed'] },
   transmission: { waitsFor: 'nothing: negotiation is over', next: ['closed'] },
   closed: { waitsFor: 'nothing: the connection is to be closed', next: [] },
 };
@@ -38,6 +50,8 @@ export const OPTION_BUFFER_LIMIT = 1024 * 1024;
 export interface HandshakeStep {
   /** Bytes to send, in order. */
   send: Buffer[];
+  /** After sending `send`, swap the transport, then call upgraded(); input until then is not taken. */
+  upgrade?: true;
   /** Set once negotiation ended: either transmission starts, or the connection closes. */
   done?:
     | { kind: 'transmission'; negotiated: Negotiated; rest: Buffer }
@@ -53,7 +67,8 @@ export class Handshake {
   private tooBig = false;
   readonly session: Session = { fixedNewstyle: false, clientFlags: 0, structured: false };
 
-  constructor(private readonly env: NegotiationEnv) {}
+  /** `handlers`: the option table (OPTION_HANDLERS; a server with TLS puts its STARTTLS in). */
+  constructor(private readonly env: NegotiationEnv, private readonly handlers: Readonly<Record<number, OptionHandler>> = OPTION_HANDLERS) {}
 
   get state(): HandshakeState { return this.current; }
 
@@ -69,7 +84,7 @@ export class Handshake {
 
   /** Adds client bytes without acting on them (see next()). */
   feed(chunk: Buffer): void {
-    if (this.current === 'transmission' || this.current === 'closed') {
+    if (this.current === 'transmission' || this.current === 'closed' || this.current === 'upgrading') {
       throw new Error(`handshake: input in state '${this.current}'`);
     }
     this.input.push(chunk);
@@ -81,10 +96,22 @@ export class Handshake {
    * caller stop while the client is not reading its replies.
    */
   next(): HandshakeStep | undefined {
-    if (this.current === 'transmission' || this.current === 'closed') return undefined;
+    if (this.current === 'transmission' || this.current === 'closed' || this.current === 'upgrading') return undefined;
     const step: HandshakeStep = { send: [] };
     while (!step.done && step.send.length === 0 && this.advance(step));
-    return step.send.length || step.done ? step : undefined;
+    return step.send.length || step.done || step.upgrade ? step : undefined;
+  }
+
+  /**
+   * The connection now runs over its new transport: what options negotiated
+   * so far is forgotten (the client flags stay: they came before any option)
+   * and the next option is awaited.
+   */
+  upgraded(): void {
+    if (this.current !== 'upgrading') throw new Error(`handshake: upgraded() in state '${this.current}'`);
+    this.session.structured = false;
+    this.session.meta = undefined;
+    this.go('option-header');
   }
 
   /** Feeds client bytes and acts on all of them; returns what to send and, once decided, how negotiation ended. */
@@ -94,6 +121,7 @@ export class Handshake {
     for (let step = this.next(); step; step = this.next()) {
       all.send.push(...step.send);
       if (step.done) { all.done = step.done; break; }
+      if (step.upgrade) { all.upgrade = true; break; }
     }
     return all;
   }
@@ -165,11 +193,17 @@ export class Handshake {
   }
 
   private handle(step: HandshakeStep, data: Buffer): boolean {
-    const out = handleOption(this.env, this.session, this.option, data, this.length);
+    const out = handleOption(this.env, this.session, this.option, data, this.length, this.handlers);
     step.send.push(...out.replies);
     if (out.next === 'options') {
       this.go('option-header');
       return true;
+    }
+    if (out.next === 'upgrade') {
+      this.go('upgrading');
+      this.input.clear();
+      step.upgrade = true;
+      return false;
     }
     if (out.next === 'close') return this.close(step, out.reason, out.clean === true);
     this.go('transmission');

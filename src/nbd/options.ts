@@ -43,6 +43,8 @@ export interface Negotiated {
 
 export type OptionOutcome =
   | { replies: Buffer[]; next: 'options' }
+  /** Send the replies, then swap the connection's transport (STARTTLS) and forget what was negotiated. */
+  | { replies: Buffer[]; next: 'upgrade' }
   | { replies: Buffer[]; next: 'transmission'; negotiated: Negotiated }
   | { replies: Buffer[]; next: 'close'; reason: string; clean?: boolean };
 
@@ -175,8 +177,9 @@ export const OPTIONS_WITH_DATA: ReadonlySet<number> = new Set([
 ]);
 
 /** Runs the handler for `option`; malformed data becomes NBD_REP_ERR_INVALID with qsd's text. */
-export function handleOption(env: NegotiationEnv, s: Session, option: number, data: Buffer, length: number): OptionOutcome {
-  const handler = OPTION_HANDLERS[option] ?? unsupported;
+export function handleOption(env: NegotiationEnv, s: Session, option: number, data: Buffer, length: number,
+  handlers: Readonly<Record<number, OptionHandler>> = OPTION_HANDLERS): OptionOutcome {
+  const handler = handlers[option] ?? unsupported;
   try {
     return handler(env, s, option, data, length);
   } catch (e) {
