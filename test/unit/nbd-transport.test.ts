@@ -37,6 +37,14 @@ function recorder() {
   return { log, chunks, events };
 }
 
+/** Waits until `cond` holds (the machine may be loaded: no fixed sleeps). */
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; !cond(); i++) {
+    if (i > 1000) throw new Error('condition not met in 10 s');
+    await new Promise((res) => setTimeout(res, 10));
+  }
+}
+
 const received = (s: Socket, n: number) => new Promise<Buffer>((resolve) => {
   const got: Buffer[] = [];
   let len = 0;
@@ -53,7 +61,7 @@ describe('PlainSocketTransport', () => {
     t.attach(r.events);
     t.resume();
     client.write('hello');
-    await new Promise((res) => setTimeout(res, 50));
+    await until(() => Buffer.concat(r.chunks).length >= 5);
     expect(Buffer.concat(r.chunks).toString()).toBe('hello');
 
     const out = received(client, 9);
@@ -68,10 +76,9 @@ describe('PlainSocketTransport', () => {
     expect(written).toBe(true);
 
     client.end();
-    await new Promise((res) => setTimeout(res, 50));
-    expect(r.log).toContain('end');
+    await until(() => r.log.includes('end'));
     t.end();
-    await new Promise((res) => setTimeout(res, 50));
+    await until(() => r.log.includes('close'));
     expect(r.log[r.log.length - 1]).toBe('close');
     expect(t.writable).toBe(false);
   });
@@ -83,17 +90,16 @@ describe('PlainSocketTransport', () => {
     t.resume();
     t.detach();
     client.write('after');
-    await new Promise((res) => setTimeout(res, 50));
+    await new Promise((res) => setTimeout(res, 50)); // time for a read that must not happen
     expect(first.chunks).toEqual([]);
     expect(t.destroyed).toBe(false);
     const second = recorder();
     t.attach(second.events);
     t.resume();
-    await new Promise((res) => setTimeout(res, 50));
+    await until(() => Buffer.concat(second.chunks).length >= 5);
     expect(Buffer.concat(second.chunks).toString()).toBe('after');
     t.destroy();
-    await new Promise((res) => setTimeout(res, 20));
-    expect(second.log).toContain('close');
+    await until(() => second.log.includes('close'));
     expect(first.log).toEqual([]);
   });
 });
