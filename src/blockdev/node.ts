@@ -7,6 +7,7 @@
 import { BlockError, toBlockError } from '../util/errors.ts';
 import { COMPLETED, ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
 import { RangeLock } from './range-lock.ts';
+import { DetectZeroes, detectZeroesMode, isAllZero, type DetectZeroesMode } from './detect-zeroes.ts';
 import { cumulative, type ChildEdge, type Parent } from './edge.ts';
 import type { CommonOptions, Driver, DriverOps, Perm } from './driver.ts';
 
@@ -44,6 +45,8 @@ export class BlockNode implements Parent {
   private resumeWaiters: (() => void)[] = [];
   private readonly rmwLock = new RangeLock();
   private closed = false;
+  /** detect-zeroes, parsed once (and again after a reopen): the write fast path tests only this. */
+  private detectZeroes: DetectZeroesMode;
   /**
    * What the node's backing link is judged against when its filename is
    * shown (QEMU's auto_backing_file): the name its image header gives, or the
@@ -60,7 +63,15 @@ export class BlockNode implements Parent {
     public readOnly: boolean,
     /** Created inline by a parent's options rather than by blockdev-add. */
     readonly implicit: boolean,
-  ) {}
+  ) {
+    // Before the driver opens anything, as QEMU's bdrv_open_common refuses detect-zeroes=unmap without discard=unmap.
+    this.detectZeroes = detectZeroesMode(options);
+  }
+
+  /** Takes up options changed in place by blockdev-reopen (checked there with detectZeroesMode()). */
+  optionsChanged(): void {
+    this.detectZeroes = detectZeroesMode(this.options);
+  }
 
   describe(): string { return this.nodeName; }
 
@@ -147,7 +158,7 @@ export class BlockNode implements Parent {
     // As for reads, but only on nodes without an alignment: elsewhere even an
     // aligned write must take the read-modify-write lock.
     const write = this.ops.write;
-    if (write && this.limits.alignment === 1 && !this.readOnly && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
+    if (write && this.detectZeroes === DetectZeroes.OFF && this.limits.alignment === 1 && !this.readOnly && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
         this.plainRequest(offset, buf.length)) {
       return this.direct(attempt(() => write(offset, buf, flags & ReqFlag.FUA)), true, offset, buf.length);
     }
@@ -197,6 +208,10 @@ export class BlockNode implements Parent {
     this.checkWritable();
     this.checkRange(offset, buf.length);
     if (buf.length === 0) return;
+    // detect-zeroes, where the node can zero (QEMU: the driver has bdrv_co_pwrite_zeroes); MAY_UNMAP with 'unmap'.
+    if (this.detectZeroes !== DetectZeroes.OFF && this.limits.canZero && isAllZero(buf)) {
+      return this.writeZeroes(offset, buf.length, (flags & ReqFlag.FUA) | (this.detectZeroes === DetectZeroes.UNMAP ? ReqFlag.MAY_UNMAP : 0));
+    }
     const waiting = this.enter();
     if (waiting) await waiting;
     try {

@@ -24,6 +24,7 @@ import { checkPermissions, type ChildEdge } from '../../blockdev/edge.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
 import type { Perm, ReopenTransaction } from '../../blockdev/driver.ts';
+import { detectZeroesMode } from '../../blockdev/detect-zeroes.ts';
 import { genericError } from '../errors.ts';
 
 const CHILD_ROLES = new Set(['file', 'backing', 'data-file']);
@@ -72,6 +73,7 @@ export async function reopenNodes(graph: BlockGraph, list: Record<string, unknow
       const opts = p.node.options as Record<string, unknown>;
       for (const k of Object.keys(opts)) if (k !== 'node-name') delete opts[k];
       Object.assign(opts, p.options, { 'node-name': p.node.nodeName });
+      p.node.optionsChanged();
     }
   });
 }
@@ -100,6 +102,11 @@ function checkOptions(p: Plan): void {
   }
   if ((options['force-share'] === true) !== (node.options['force-share'] === true)) {
     throw genericError("Cannot change the option 'force-share'");
+  }
+  try {
+    detectZeroesMode(options);
+  } catch (e) {
+    throw genericError((e as Error).message);
   }
 }
 
