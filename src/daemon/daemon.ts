@@ -8,10 +8,12 @@ import { registerDrivers } from '../blockdev/drivers/index.ts';
 import { blockdevOptionsType } from '../blockdev/options.ts';
 import { fromJson, fromOptionText } from '../qapi/visit.ts';
 import type { TypeRef } from '../qapi/types.ts';
-import { ExportRegistry } from '../nbd/exports.ts';
+import { ExportDriverTable } from '../export/drivers.ts';
+import { BlockExports } from '../export/registry.ts';
+import { NbdExportDriver } from '../nbd/exports.ts';
 import { findBitmapForExport } from '../blockdev/bitmaps/registry.ts';
 import { NbdServer } from '../nbd/server.ts';
-import { NbdServerOptions, BlockExportOptions } from '../qapi/block-export.ts';
+import { NbdServerOptions, type BlockExportOptionsValue } from '../qapi/block-export.ts';
 import { JobManager } from '../blockdev/jobs/manager.ts';
 import { QmpEventBus } from '../qmp/events.ts';
 import { ObjectRegistry } from '../objects/registry.ts';
@@ -41,8 +43,14 @@ export class Daemon {
   readonly objects = new ObjectRegistry();
   /** Drivers reach the objects, the log and the QMP event bus through the graph's environment. */
   readonly graph: BlockGraph;
-  readonly exports = new ExportRegistry({ findBitmap: findBitmapForExport });
   readonly nbdServers: NbdServer[] = [];
+  /** The NBD entry of the export table: NBD exports need a running server, as in qsd. */
+  readonly nbdExports = new NbdExportDriver({ findBitmap: findBitmapForExport, serverRunning: () => this.nbdServers.length > 0 });
+  /** Export types, in the order BlockExportType lists them; a new type is one more entry here. */
+  readonly exports = new BlockExports(new ExportDriverTable([this.nbdExports]), {
+    objectType: (id) => this.objects.type(id),
+    onError: (err, id) => this.log.error({ err, id }, 'removing export failed'),
+  });
   readonly jobs = new JobManager((event, data) => this.events.emit(event, data));
   readonly qmp: QmpService;
   /**
@@ -105,7 +113,7 @@ export class Daemon {
 
   async startNbdServer(item: Item): Promise<void> {
     const opts = parseItem<NbdServerOptionsValue>(NbdServerOptions, item);
-    const server = new NbdServer(this.exports, {
+    const server = new NbdServer(this.nbdExports, {
       maxConnections: opts['max-connections'],
       handshakeMaxSeconds: opts['handshake-max-seconds'],
       logger: this.log,
@@ -121,21 +129,8 @@ export class Daemon {
   }
 
   async addExport(item: Item): Promise<void> {
-    const opts = parseItem<Record<string, unknown>>(BlockExportOptions, item, 'type');
-    if (this.nbdServers.length === 0) throw new Error('NBD server not running');
-    // 7.2's bitmaps list takes a name or {node, name}; blockd looks bitmaps up on the exported node.
-    const bitmaps = (opts.bitmaps as (string | { name: string })[] | undefined)?.map((b) => (typeof b === 'string' ? b : b.name));
-    const exp = this.exports.add(this.graph, {
-      id: opts.id as string,
-      nodeName: opts['node-name'] as string,
-      name: opts.name as string | undefined,
-      description: opts.description as string | undefined,
-      writable: opts.writable as boolean | undefined,
-      writethrough: opts.writethrough as boolean | undefined,
-      bitmaps,
-      allocationDepth: opts['allocation-depth'] as boolean | undefined,
-    });
-    this.log.debug({ id: exp.id, name: exp.name, node: exp.node.nodeName }, 'export added');
+    const exp = this.exports.add(this.graph, parseItem<BlockExportOptionsValue>(this.exports.drivers.optionsType(), item, 'type'));
+    this.log.debug({ id: exp.id, type: exp.type, node: exp.node.nodeName }, 'export added');
   }
 
   /**
@@ -163,7 +158,7 @@ export class Daemon {
   stopBlockSide(): Promise<void> {
     this.blockSideStopping ??= (async () => {
       await Promise.all(this.nbdServers.map((s) => s.destroy()));
-      for (const e of this.exports.list()) await this.exports.remove(e.id, 'hard').catch(() => undefined);
+      await this.exports.closeAll();
       // As qsd: running jobs are cancelled (and end consistently) before their nodes close.
       await this.jobs.cancelAll().catch((err: Error) => this.log.error({ err }, 'cancelling jobs at shutdown failed'));
       for (const err of await this.graph.flushAll()) this.log.error({ err }, 'flush at shutdown failed');

@@ -1,85 +1,61 @@
 /**
- * NBD exports and their registry. An export is a user of a node (it holds a
- * 'root' edge to it, like qsd's BlockBackend): a writable export takes the
- * write permission. Like qsd's, it lets other users do anything but resize
- * the node. The registry is shared by every NBD server of the daemon.
+ * NBD as an export type: `NbdExport` (a BlockExport with what the NBD
+ * server needs: name, description, fixed size, metadata contexts) and
+ * `NbdExportDriver`, the NBD entry of the export-driver table
+ * (src/export/drivers.ts), which also keeps the NBD exports the servers
+ * look up by name (QEMU nbd/server.c's export list). Like qsd's, an NBD
+ * export lets other users do anything with its node but resize it.
  */
-import { EventEmitter } from 'node:events';
 import { BlockError } from '../util/errors.ts';
-import { VALID_ID, type BlockGraph } from '../blockdev/graph.ts';
-import type { ChildEdge, Parent } from '../blockdev/edge.ts';
 import type { BlockNode } from '../blockdev/node.ts';
+import { BlockExport, type ExportClient, type ExportCommon, type CloseMode } from '../export/export.ts';
+import type { ExportDriver } from '../export/drivers.ts';
+import { BlockExportOptionsNbd, type BlockExportOptionsNbdValue, type BlockExportOptionsValue } from '../qapi/block-export.ts';
 import { MAX_PAYLOAD, MAX_STRING, PREFERRED_BLOCK_SIZE, TxFlag } from '../nbd-protocol/constants.ts';
 import { DEFAULT_PROVIDERS, type DirtyBitmapView, type MetaContext, type MetaContextProvider } from './meta.ts';
 
-export interface NbdExportOptions {
-  id: string;
-  nodeName: string;
-  /** Export name clients ask for; default: the node name. */
-  name?: string;
+export type { ExportClient, CloseMode };
+
+export const NBD_EXPORT_TYPE = 'nbd';
+
+/** The NBD members of an export's options, as the export uses them. */
+export interface NbdExportSettings {
+  /** Export name clients ask for (default: the node name). */
+  name: string;
   description?: string;
-  writable?: boolean;
-  /** Every write is made stable before it completes (qsd: the write cache is off). */
-  writethrough?: boolean;
-  bitmaps?: string[];
-  allocationDepth?: boolean;
+  bitmaps: string[];
+  allocationDepth: boolean;
 }
 
-/** What a connection needs from its export while it serves it. */
-export interface ExportClient {
-  /** Hard close: drop the client now; resolves once its in-flight requests are done. */
-  destroy(): Promise<void>;
+/** The one conversion of a validated BlockExportOptions (type nbd) into the NBD export's settings. */
+export function nbdExportSettings(o: BlockExportOptionsValue & BlockExportOptionsNbdValue): NbdExportSettings {
+  return {
+    name: o.name ?? o['node-name'],
+    description: o.description,
+    // 7.2's bitmaps list takes a name or {node, name}; blockd looks bitmaps up on the exported node.
+    bitmaps: (o.bitmaps ?? []).map((b) => (typeof b === 'string' ? b : b.name)),
+    allocationDepth: o['allocation-depth'] === true,
+  };
 }
 
-export type CloseMode = 'safe' | 'hard';
-
-export class NbdExport implements Parent {
-  readonly id: string;
+export class NbdExport extends BlockExport {
   readonly name: string;
   readonly description?: string;
-  readonly writable: boolean;
-  readonly writethrough: boolean;
   readonly allocationDepth: boolean;
   readonly bitmaps: readonly DirtyBitmapView[];
   /** Size in bytes, fixed at creation as in qsd (the export forbids resizing the node). */
   readonly size: number;
   readonly metaContexts: readonly MetaContext[];
-  private readonly clients = new Set<ExportClient>();
-  private shutdown?: Promise<void>;
 
-  constructor(
-    private readonly graph: BlockGraph,
-    node: BlockNode,
-    opts: NbdExportOptions,
-    bitmaps: DirtyBitmapView[],
-    providers: readonly MetaContextProvider[],
-  ) {
-    this.id = opts.id;
-    this.name = opts.name ?? opts.nodeName;
-    this.description = opts.description;
-    this.writable = opts.writable === true;
-    this.writethrough = opts.writethrough === true;
-    this.allocationDepth = opts.allocationDepth === true;
+  constructor(common: ExportCommon, s: NbdExportSettings, bitmaps: DirtyBitmapView[], providers: readonly MetaContextProvider[]) {
+    super(common, false);
+    this.name = s.name;
+    this.description = s.description;
+    this.allocationDepth = s.allocationDepth;
     this.bitmaps = bitmaps;
-    this.size = node.length();
-    this.edge = graph.link(this, node, 'root', {
-      perm: { read: true, write: this.writable, resize: false },
-      shared: { read: true, write: true, resize: false },
-    });
+    this.size = common.node.length();
     this.metaContexts = providers.flatMap((p) => p.contexts(this));
   }
-
-  readonly edge: ChildEdge;
-
-  /** The exported node (follows the edge if a job swaps the node under it). */
-  get node(): BlockNode { return this.edge.child; }
-
-  describe(): string { return `block device export '${this.id}'`; }
-
-  /** True once close() started: new clients are refused, query-block-exports shows shutting-down. */
-  get shuttingDown(): boolean { return this.shutdown !== undefined; }
-
-  connections(): number { return this.clients.size; }
 
   /** Transmission flags as qsd sets them; DF is added per connection when structured replies are on. */
   transmissionFlags(multiConn: boolean): number {
@@ -95,95 +71,66 @@ export class NbdExport implements Parent {
     const min = clientHonoursMinimum ? this.node.limits.alignment : 1;
     return [min, Math.max(PREFERRED_BLOCK_SIZE, min), Math.min(this.node.limits.maxTransfer, MAX_PAYLOAD)];
   }
-
-  /** Called by a connection that has chosen this export; false if the export is going away. */
-  attach(client: ExportClient): boolean {
-    if (this.shuttingDown) return false;
-    this.clients.add(client);
-    return true;
-  }
-
-  detach(client: ExportClient): void {
-    this.clients.delete(client);
-  }
-
-  /**
-   * Ends the export. 'safe' refuses while clients are connected (qsd's
-   * "export 'ID' still in use"); 'hard' disconnects them. Resolves once no
-   * request of this export is in flight and the edge to the node is gone.
-   * Idempotent.
-   */
-  close(mode: CloseMode): Promise<void> {
-    if (this.shutdown) return this.shutdown;
-    if (mode === 'safe' && this.clients.size > 0) {
-      return Promise.reject(new BlockError('EBUSY', `export '${this.id}' still in use`));
-    }
-    this.shutdown = (async () => {
-      await Promise.all([...this.clients].map((c) => c.destroy()));
-      this.clients.clear();
-      await this.graph.unlink(this, this.edge);
-    })();
-    return this.shutdown;
-  }
 }
 
-export interface ExportRegistryOptions {
+/** What an NBD server serves: the NBD exports, by name. */
+export interface NbdExportList {
+  /** The export clients reach by this name; exports shutting down are no longer reachable. */
+  byName(name: string): NbdExport | undefined;
+  /** Every NBD export, oldest first (the order NBD_OPT_LIST uses). */
+  list(): NbdExport[];
+}
+
+export interface NbdExportDriverOptions {
   /** Finds a dirty bitmap by name on a node (or below it); none are found without it. */
   findBitmap?: (node: BlockNode, name: string, exportWritable: boolean) => DirtyBitmapView | undefined;
   /** Metadata context providers, in reply order. */
   providers?: readonly MetaContextProvider[];
+  /** Whether an NBD server runs: qsd refuses an NBD export without one. Without it, one always does. */
+  serverRunning?: () => boolean;
 }
 
-/** Every export of the daemon, keyed by id; emits 'deleted' (id) when one is gone. */
-export class ExportRegistry extends EventEmitter<{ deleted: [id: string] }> {
-  private readonly byId = new Map<string, NbdExport>();
+/** The NBD entry of the export-driver table, and the NBD exports' list. */
+export class NbdExportDriver implements ExportDriver<NbdExport>, NbdExportList {
+  readonly type = NBD_EXPORT_TYPE;
+  readonly options = BlockExportOptionsNbd;
+  private readonly exports: NbdExport[] = [];
 
-  constructor(private readonly opts: ExportRegistryOptions = {}) {
-    super();
-  }
+  constructor(private readonly opts: NbdExportDriverOptions = {}) {}
 
-  /** block-export-add for type=nbd; checks and messages in qsd's order. */
-  add(graph: BlockGraph, opts: NbdExportOptions): NbdExport {
-    if (!VALID_ID.test(opts.id)) throw new BlockError('EINVAL', 'Invalid block export id');
-    if (this.byId.has(opts.id)) throw new BlockError('EINVAL', `Block export id '${opts.id}' is already in use`);
-    const node = graph.find(opts.nodeName);
-    if (opts.writable && node.readOnly) throw new BlockError('EINVAL', 'Cannot export read-only node as writable');
-    const name = opts.name ?? opts.nodeName;
-    if (Buffer.byteLength(name) > MAX_STRING) throw new BlockError('EINVAL', `export name '${name}' too long`);
-    if (opts.description !== undefined && Buffer.byteLength(opts.description) > MAX_STRING) {
-      throw new BlockError('EINVAL', `description '${opts.description}' too long`);
+  /** QEMU's nbd_export_create: its checks and messages in its order. */
+  create(common: ExportCommon, options: BlockExportOptionsValue): NbdExport {
+    if (this.opts.serverRunning && !this.opts.serverRunning()) throw new BlockError('EINVAL', 'NBD server not running');
+    const s = nbdExportSettings(options);
+    if (Buffer.byteLength(s.name) > MAX_STRING) throw new BlockError('EINVAL', `export name '${s.name}' too long`);
+    if (s.description !== undefined && Buffer.byteLength(s.description) > MAX_STRING) {
+      throw new BlockError('EINVAL', `description '${s.description}' too long`);
     }
-    if (this.byName(name)) throw new BlockError('EINVAL', `NBD server already has export named '${name}'`);
+    if (this.byName(s.name)) throw new BlockError('EINVAL', `NBD server already has export named '${s.name}'`);
     const bitmaps: DirtyBitmapView[] = [];
-    for (const b of opts.bitmaps ?? []) {
-      const bm = this.opts.findBitmap?.(node, b, opts.writable === true);
+    for (const b of s.bitmaps) {
+      const bm = this.opts.findBitmap?.(common.node, b, common.writable);
       if (!bm) throw new BlockError('ENOENT', `Bitmap '${b}' is not found`);
       bitmaps.push(bm);
     }
-    const exp = new NbdExport(graph, node, { ...opts, name }, bitmaps, this.opts.providers ?? DEFAULT_PROVIDERS);
-    this.byId.set(exp.id, exp);
+    const exp = new NbdExport(common, s, bitmaps, this.opts.providers ?? DEFAULT_PROVIDERS);
+    this.exports.push(exp);
     return exp;
   }
 
-  /** block-export-del. */
-  async remove(id: string, mode: CloseMode = 'safe'): Promise<void> {
-    const exp = this.byId.get(id);
-    if (!exp) throw new BlockError('ENOENT', `Export '${id}' is not found`);
-    await exp.close(mode);
-    if (this.byId.get(id) === exp) {
-      this.byId.delete(id);
-      this.emit('deleted', id);
-    }
+  /** Disconnects the export's clients; resolves once their in-flight requests are answered. */
+  async requestShutdown(exp: NbdExport): Promise<void> {
+    await Promise.all(exp.clients().map((c) => c.destroy()));
   }
 
-  get(id: string): NbdExport | undefined { return this.byId.get(id); }
+  deleted(exp: NbdExport): void {
+    const i = this.exports.indexOf(exp);
+    if (i >= 0) this.exports.splice(i, 1);
+  }
 
-  /** The export clients reach by this name; exports shutting down are no longer reachable. */
   byName(name: string): NbdExport | undefined {
-    for (const e of this.byId.values()) if (e.name === name && !e.shuttingDown) return e;
-    return undefined;
+    return this.exports.find((e) => e.name === name && !e.shuttingDown);
   }
 
-  /** Every export, oldest first (the order NBD_OPT_LIST uses). */
-  list(): NbdExport[] { return [...this.byId.values()]; }
+  list(): NbdExport[] { return [...this.exports]; }
 }

@@ -1,6 +1,6 @@
 /**
  * The NBD server: listeners (TCP, Unix, an inherited fd) feeding connections
- * that serve the exports of a shared ExportRegistry.
+ * that serve the NBD exports (an NbdExportList, shared by every server).
  *
  * max-connections as qsd (default 100, see DEFAULT_MAX_CONNECTIONS): once
  * the limit is reached the server stops taking new clients; they wait (connected, not greeted) until a slot frees, as
@@ -11,7 +11,7 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { NbdConnection } from './connection.ts';
 import { PlainSocketTransport } from './transport/plain.ts';
-import type { ExportRegistry } from './exports.ts';
+import type { NbdExportList } from './exports.ts';
 import type { NegotiationEnv } from './options.ts';
 import { BufferPool } from '../util/buffer-pool.ts';
 
@@ -48,7 +48,7 @@ export class NbdServer {
   private readonly pool = new BufferPool();
   private closing?: Promise<void>;
 
-  constructor(readonly registry: ExportRegistry, private readonly opts: NbdServerOptions) {
+  constructor(readonly registry: NbdExportList, private readonly opts: NbdServerOptions) {
     this.log = opts.logger.child({ component: 'nbd' });
     const multiConn = this.maxConnections !== 1;
     this.env = {

@@ -40,3 +40,33 @@ export const SocketAddress: ObjectType = obj('SocketAddress', [req('type', Socke
     variants: { inet: InetSocketAddress, unix: UnixSocketAddress, vsock: VsockSocketAddress, fd: FdSocketAddress },
   },
 });
+
+const wrap = (name: string, t: ObjectType) => obj(`q_obj_${name}Wrapper`, [req('data', t)]);
+
+/** The older form of SocketAddress, {type, data: {...}}; nbd-server-start still takes it. */
+export const SocketAddressLegacy: ObjectType = obj('SocketAddressLegacy', [req('type', SocketAddressType)], {
+  union: {
+    discriminator: 'type',
+    variants: {
+      inet: wrap('InetSocketAddress', InetSocketAddress),
+      unix: wrap('UnixSocketAddress', UnixSocketAddress),
+      vsock: wrap('VsockSocketAddress', VsockSocketAddress),
+      fd: wrap('String', obj('String', [req('str', 'str')])),
+    },
+  },
+});
+
+/** A validated SocketAddress (the members blockd reads; the others are in the schema as in qsd). */
+export type SocketAddressValue =
+  | { type: 'inet'; host: string; port: string }
+  | { type: 'unix'; path: string }
+  | { type: 'vsock'; cid: string; port: string }
+  | { type: 'fd'; str: string };
+
+/** A validated SocketAddressLegacy. */
+export interface SocketAddressLegacyValue { type: SocketAddressValue['type']; data: Record<string, unknown> }
+
+/** QEMU's socket_address_flatten: the legacy {type, data} form as a flat SocketAddress. */
+export function flattenSocketAddress(legacy: SocketAddressLegacyValue): SocketAddressValue {
+  return { ...legacy.data, type: legacy.type } as SocketAddressValue;
+}

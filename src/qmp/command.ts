@@ -7,7 +7,8 @@ import type { Logger } from 'pino';
 import type { BlockGraph } from '../blockdev/graph.ts';
 import type { JobManager } from '../blockdev/jobs/manager.ts';
 import type { JobTxn } from '../blockdev/jobs/txn.ts';
-import type { ExportRegistry } from '../nbd/exports.ts';
+import type { BlockExports } from '../export/registry.ts';
+import type { NbdExportList } from '../nbd/exports.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import type { ObjectType, TypeRef } from '../qapi/types.ts';
 import type { QmpEventBus } from './events.ts';
@@ -17,7 +18,10 @@ import type { ObjectRegistry } from '../objects/registry.ts';
 export interface QmpHost {
   readonly graph: BlockGraph;
   readonly jobs: JobManager;
-  readonly exports: ExportRegistry;
+  /** Every export, of every type (block-export-add/del, query-block-exports). */
+  readonly exports: BlockExports;
+  /** The NBD exports, which the NBD servers serve. */
+  readonly nbdExports: NbdExportList;
   /** Running NBD servers (--nbd-server and nbd-server-start); nbd-server-stop empties it. */
   readonly nbdServers: NbdServer[];
   readonly objects: ObjectRegistry;

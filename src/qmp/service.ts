@@ -14,7 +14,7 @@ import { greeting } from './version.ts';
 import type { QmpHost, CommandTable } from './command.ts';
 
 export class QmpService {
-  readonly table: CommandTable = commandTable();
+  readonly table: CommandTable;
   readonly dispatcher: Dispatcher;
   readonly monitors: QmpMonitor[] = [];
   private readonly chardevs = new Map<string, ChardevSpec>();
@@ -23,6 +23,7 @@ export class QmpService {
   private readonly texts = new Map<string, string>();
 
   constructor(private readonly host: QmpHost) {
+    this.table = commandTable(host.exports.drivers);
     this.dispatcher = new Dispatcher(host, this.table);
   }
 

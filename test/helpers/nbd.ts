@@ -14,7 +14,7 @@ import { ReqFlag, type Extent } from '../../src/blockdev/request.ts';
 import type { Driver, DriverOps } from '../../src/blockdev/driver.ts';
 import { obj, opt } from '../../src/qapi/types.ts';
 import { nullDriver } from '../../src/blockdev/drivers/null.ts';
-import { ExportRegistry, type NbdExportOptions } from '../../src/nbd/exports.ts';
+import { ExportRegistry, type NbdExportOptions } from './exports.ts';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.ts';
 
 export const BLOCK = 4096;

@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { BlockGraph } from '../../src/blockdev/graph.ts';
-import { ExportRegistry } from '../../src/nbd/exports.ts';
+import { ExportRegistry } from '../helpers/exports.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
 import { memDriver, quietLogger, requireTool, runTool } from '../helpers/nbd.ts';
 
@@ -62,7 +62,7 @@ describe('listeners', () => {
     const script = `
 import { BlockGraph } from '${root}/src/blockdev/graph.ts';
 import { nullDriver } from '${root}/src/blockdev/drivers/null.ts';
-import { ExportRegistry } from '${root}/src/nbd/exports.ts';
+import { ExportRegistry } from '${root}/test/helpers/exports.ts';
 import { NbdServer } from '${root}/src/nbd/server.ts';
 import { pino } from 'pino';
 const g = new BlockGraph(); g.register(nullDriver);

@@ -2,7 +2,7 @@
 import { describe, it, expect, beforeEach, afterAll } from 'vitest';
 import { BlockGraph } from '../../src/blockdev/graph.ts';
 import type { BlockNode } from '../../src/blockdev/node.ts';
-import { ExportRegistry } from '../../src/nbd/exports.ts';
+import { ExportRegistry } from '../helpers/exports.ts';
 import type { DirtyBitmapView, MetaContextProvider } from '../../src/nbd/meta.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
 import { memDriver, nbdsh, quietLogger, runTool } from '../helpers/nbd.ts';

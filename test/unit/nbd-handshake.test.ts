@@ -1,7 +1,7 @@
 /** The negotiation state machine, driven with bytes and no socket. */
 import { describe, it, expect, beforeAll } from 'vitest';
 import { BlockGraph } from '../../src/blockdev/graph.ts';
-import { ExportRegistry } from '../../src/nbd/exports.ts';
+import { ExportRegistry } from '../helpers/exports.ts';
 import { Handshake, HANDSHAKE_STATES, OPTION_BUFFER_LIMIT, type HandshakeState, type HandshakeStep } from '../../src/nbd/handshake.ts';
 import type { NegotiationEnv } from '../../src/nbd/options.ts';
 import { IHAVEOPT, Info, Opt, REPLY_MAGIC, Rep, TxFlag } from '../../src/nbd-protocol/constants.ts';

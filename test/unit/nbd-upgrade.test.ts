@@ -7,7 +7,7 @@
 import { describe, it, expect, beforeAll } from 'vitest';
 import { pino } from 'pino';
 import { BlockGraph } from '../../src/blockdev/graph.ts';
-import { ExportRegistry } from '../../src/nbd/exports.ts';
+import { ExportRegistry } from '../helpers/exports.ts';
 import { Handshake, HANDSHAKE_STATES } from '../../src/nbd/handshake.ts';
 import { NbdConnection } from '../../src/nbd/connection.ts';
 import { OPTION_HANDLERS, type NegotiationEnv, type OptionHandler } from '../../src/nbd/options.ts';

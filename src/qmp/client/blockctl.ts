@@ -14,6 +14,8 @@ import yargs from 'yargs';
 import { BlockGraph } from '../../blockdev/graph.ts';
 import { registerDrivers } from '../../blockdev/drivers/index.ts';
 import { commandTable } from '../commands/index.ts';
+import { ExportDriverTable } from '../../export/drivers.ts';
+import { NbdExportDriver } from '../../nbd/exports.ts';
 import { argsType } from '../command.ts';
 import { commandHelp, commandList } from '../help.ts';
 import { parseKeyval } from '../../qapi/keyval.ts';
@@ -32,11 +34,14 @@ const USAGE = `Usage: blockctl [-s SOCKET] [--json] [--watch] COMMAND [key=value
 
 const DEFAULT_SOCKET = process.env.BLOCKD_QMP ?? './var/qmp.sock';
 
+/** The daemon's command table, for checking arguments: its export types as the daemon composes them (src/daemon/daemon.ts). */
+const daemonTable = () => commandTable(new ExportDriverTable([new NbdExportDriver()]));
+
 class UsageError extends Error {}
 
 /** Builds the arguments object from `key=value ...` words or one JSON object, validated by the command's schema. */
 export function buildArguments(command: string, words: string[]): Record<string, unknown> | undefined {
-  const table = commandTable();
+  const table = daemonTable();
   const def = table.get(command);
   if (!def) throw new UsageError(`unknown command '${command}' (see: blockctl help)`);
   if (words.length === 0) return undefined;
@@ -97,7 +102,7 @@ export async function blockctl(argv: string[]): Promise<number> {
   if (args.h) { out.write(`${USAGE}\n`); return 0; }
   if (!command && !args.watch) throw new UsageError('no command given (see: blockctl help)');
   if (command === 'help') {
-    const table = commandTable();
+    const table = daemonTable();
     if (!rest[0]) { out.write(`${commandList(table)}\n\nevents: streams QMP events\n`); return 0; }
     const graph = new BlockGraph();
     registerDrivers(graph);

@@ -9,9 +9,9 @@
  * "json:{...}" with the options that matter ("strong" options) and its children.
  */
 import { BlockNode } from '../../blockdev/node.ts';
-import { NbdExport } from '../../nbd/exports.ts';
+import { isBlockExport } from '../../export/export.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
-import type { ChildEdge } from '../../blockdev/edge.ts';
+import type { ChildEdge, Parent } from '../../blockdev/edge.ts';
 import { toQmpJson } from '../json-writer.ts';
 
 /** Options that change what a node reads, per driver (QEMU's strong_runtime_opts). */
@@ -229,7 +229,7 @@ export function debugBlockGraph(graph: BlockGraph): { nodes: Record<string, unkn
   const addEdge = (e: ChildEdge) => {
     edges.push({ parent: idOf(e.parent), child: idOf(e.child), name: e.role, perm: permList(e.perm, false), 'shared-perm': permList(e.shared, true) });
   };
-  const users = new Map<unknown, ChildEdge[]>();
+  const users = new Map<Parent, ChildEdge[]>();
   for (const n of graph.nodes.values()) {
     for (const e of n.parents) {
       if (e.parent instanceof BlockNode) continue;
@@ -239,7 +239,7 @@ export function debugBlockGraph(graph: BlockGraph): { nodes: Record<string, unkn
   }
   for (const [user, list] of users) {
     const u = user as { id?: unknown; describe(): string };
-    const isExport = user instanceof NbdExport;
+    const isExport = isBlockExport(user);
     nodes.push({ id: idOf(user), type: isExport ? 'block-backend' : 'block-job', name: isExport ? '' : String(u.id ?? u.describe()) });
     for (const e of list) addEdge(e);
   }

@@ -5,7 +5,7 @@
  */
 import { BlockError } from '../../util/errors.ts';
 import { BlockNode } from '../../blockdev/node.ts';
-import { NbdExport } from '../../nbd/exports.ts';
+import { isBlockExport } from '../../export/export.ts';
 import { blockdevOptionsType, BlockdevDetectZeroesOptions } from '../../blockdev/options.ts';
 import { arr, enm, obj, opt, ref, req, type ObjectType } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
@@ -80,7 +80,7 @@ export const blockCommands: CommandDef[] = [
       const node = ctx.graph.nodes.get(name);
       if (!node) throw genericError(`Failed to find node with node-name='${name}'`);
       const users = node.parents.filter((e) => !(e.parent instanceof BlockNode));
-      if (users.some((e) => e.parent instanceof NbdExport)) throw genericError(`Node ${name} is in use`);
+      if (users.some((e) => isBlockExport(e.parent))) throw genericError(`Node ${name} is in use`);
       if (users.length > 0) throw genericError(`Node '${name}' is busy: block device is in use by ${users[0]!.parent.describe()}`);
       if (node.implicit) throw genericError(`Node ${name} is not owned by the monitor`);
       if (node.parents.length > 0) throw genericError(`Block device ${name} is in use`);

@@ -3,10 +3,12 @@
  * shows them. To add an area: export a CommandDef[] (and EventDef[]) from
  * src/qmp/commands/<area>.ts and list it here.
  */
-import { makeTable, type CommandDef, type CommandTable, type EventDef } from '../command.ts';
+import type { ExportDriverTable } from '../../export/drivers.ts';
+import { makeTable, type CommandTable, type EventDef } from '../command.ts';
 import { controlCommands } from './control.ts';
 import { blockCommands } from './block.ts';
-import { nbdCommands, nbdEvents } from './nbd.ts';
+import { nbdCommands } from './nbd.ts';
+import { exportCommands, exportEvents } from './exports.ts';
 import { objectCommands } from './objects.ts';
 import { jobCommands, jobEvents } from './jobs.ts';
 import { mirrorBackupCommands } from './mirror-backup.ts';
@@ -16,23 +18,24 @@ import { snapshotExternalCommands } from './snapshots-external.ts';
 import { streamCommitCommands } from './stream-commit.ts';
 import { transactionCommand } from './transaction.ts';
 
-export const allCommands: CommandDef[] = [
-  ...blockCommands,
-  ...bitmapCommands,
-  ...snapshotInternalCommands,
-  ...jobCommands,
-  ...mirrorBackupCommands,
-  ...snapshotExternalCommands,
-  ...streamCommitCommands,
-  ...nbdCommands,
-  ...controlCommands,
-  ...objectCommands,
-];
-// Its actions are the commands above that have one.
-allCommands.push(transactionCommand(allCommands));
+export const allEvents: EventDef[] = [...jobEvents, ...exportEvents];
 
-export const allEvents: EventDef[] = [...jobEvents, ...nbdEvents];
-
-export function commandTable(): CommandTable {
-  return makeTable(allCommands, allEvents);
+/** The table for a daemon serving the export types in `exportDrivers` (block-export-add's types come from it). */
+export function commandTable(exportDrivers: ExportDriverTable): CommandTable {
+  const commands = [
+    ...blockCommands,
+    ...bitmapCommands,
+    ...snapshotInternalCommands,
+    ...jobCommands,
+    ...mirrorBackupCommands,
+    ...snapshotExternalCommands,
+    ...streamCommitCommands,
+    ...nbdCommands,
+    ...exportCommands(exportDrivers),
+    ...controlCommands,
+    ...objectCommands,
+  ];
+  // Its actions are the commands above that have one.
+  commands.push(transactionCommand(commands));
+  return makeTable(commands, allEvents);
 }

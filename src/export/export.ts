@@ -1,0 +1,117 @@
+/**
+ * What every block export is, whatever serves it (QEMU's BlockExport in
+ * block/export/export.c): an id, a 'root' edge to the exported node with the
+ * permissions the export needs, writable and writethrough, and the users
+ * (client connections) it serves. An export type's driver subclasses it.
+ *
+ * Its life: created by BlockExports.add, served while user-owned, then
+ * shutting down (no new users; its driver drops the ones it has), then
+ * deleted once no user is left and the edge is gone (BLOCK_EXPORT_DELETED).
+ */
+import type { BlockGraph } from '../blockdev/graph.ts';
+import type { ChildEdge, Parent } from '../blockdev/edge.ts';
+import type { BlockNode } from '../blockdev/node.ts';
+
+/** One user of an export (an NBD connection...): counted, and dropped on a hard shutdown. */
+export interface ExportClient {
+  /** Hard close: drop the client now; resolves once its in-flight requests are done. */
+  destroy(): Promise<void>;
+}
+
+/** block-export-del's mode: 'safe' refuses while users are connected, 'hard' drops them. */
+export type CloseMode = 'safe' | 'hard';
+
+/** What the generic layer has checked and hands to a driver's create (QEMU: the fields blk_exp_add fills). */
+export interface ExportCommon {
+  readonly type: string;
+  readonly id: string;
+  readonly graph: BlockGraph;
+  readonly node: BlockNode;
+  readonly writable: boolean;
+  readonly writethrough: boolean;
+}
+
+/** The permissions an export's edge takes: read, write when writable; it lets others do anything but what `shared` withholds. */
+export function exportPermissions(writable: boolean, sharesResize: boolean) {
+  return {
+    perm: { read: true, write: writable, resize: false },
+    shared: { read: true, write: true, resize: sharesResize },
+  };
+}
+
+export abstract class BlockExport implements Parent {
+  readonly type: string;
+  readonly id: string;
+  readonly writable: boolean;
+  /** Every write is made stable before it completes (qsd: the write cache is off). */
+  readonly writethrough: boolean;
+  readonly edge: ChildEdge;
+  protected readonly graph: BlockGraph;
+  private readonly users = new Set<ExportClient>();
+  private ending?: Promise<void>;
+  private userOwned = true;
+
+  /**
+   * Links the 'root' edge (a conflict throws, leaving nothing behind). A
+   * subclass does its own checks before calling this, so a refused export
+   * holds nothing. `sharesResize`: whether other users may resize the node
+   * (NBD: no, its size is fixed at creation).
+   */
+  protected constructor(common: ExportCommon, sharesResize: boolean) {
+    this.type = common.type;
+    this.id = common.id;
+    this.writable = common.writable;
+    this.writethrough = common.writethrough;
+    this.graph = common.graph;
+    this.edge = common.graph.link(this, common.node, 'root', exportPermissions(this.writable, sharesResize));
+  }
+
+  /** The exported node (follows the edge if a job swaps the node under it). */
+  get node(): BlockNode { return this.edge.child; }
+
+  describe(): string { return `block device export '${this.id}'`; }
+
+  /** True once shutdown began (QEMU: !user_owned): new users are refused, query-block-exports shows shutting-down. */
+  get shuttingDown(): boolean { return !this.userOwned; }
+
+  /** Users being served. */
+  connections(): number { return this.users.size; }
+
+  /** The users being served, for a driver's requestShutdown. */
+  clients(): ExportClient[] { return [...this.users]; }
+
+  /** Called by a user that has chosen this export; false if the export is going away. */
+  attach(client: ExportClient): boolean {
+    if (this.shuttingDown) return false;
+    this.users.add(client);
+    return true;
+  }
+
+  detach(client: ExportClient): void {
+    this.users.delete(client);
+  }
+
+  /**
+   * Runs `end` once (the registry's shutdown: driver's requestShutdown, then
+   * unlinking); later calls get the same promise. Marks the export shutting
+   * down before `end` starts.
+   */
+  endOnce(end: () => Promise<void>): Promise<void> {
+    if (!this.ending) {
+      this.userOwned = false;
+      this.ending = end();
+    }
+    return this.ending;
+  }
+
+  /** Unlinks the edge; called by the registry once no user is left. */
+  async unlink(): Promise<void> {
+    if (this.users.size > 0) throw new Error(`assertion failed: export '${this.id}' unlinked with ${this.users.size} users`);
+    await this.graph.unlink(this, this.edge);
+  }
+}
+
+/** Whether an edge's user is an export (QEMU's "the node has a BlockBackend"): blockdev-del refuses such a node. */
+export function isBlockExport(user: Parent): user is BlockExport {
+  return user instanceof BlockExport;
+}
