@@ -30,6 +30,14 @@ export interface CommonOptions {
   'detect-zeroes'?: 'off' | 'on' | 'unmap';
 }
 
+/**
+ * What a parent needs on a child edge and lets other users of the child do
+ * (QEMU's bdrv_child_perm result). `passThrough`: the edge shares what the
+ * parent's own users share, and follows them as they change (raw's file:
+ * QEMU's filtered child of a format without metadata).
+ */
+export interface ChildPermission { perm: Perm; shared: Perm; passThrough?: boolean }
+
 /** A reference to a child: the node-name of an existing node, or the options of a new (implicit) one. */
 export type ChildRef = string | Record<string, unknown>;
 
@@ -68,6 +76,8 @@ export interface DriverContext {
   readonly options: CommonOptions;
   /** Opens (inline options) or references (node-name) a child and creates the edge. */
   openChild(role: ChildRole, ref: ChildRef, opts?: OpenChildOptions): Promise<BlockNode>;
+  /** The format of the image in `filename`, by the registered drivers' probe() hooks ('raw' if none claims it). */
+  probeFormat(filename: string): Promise<string>;
   /**
    * User-created objects by id: `objects.secret(id)` for a key or password
    * (QEMU's texts when it is missing or not a secret), `objects.lookup(id,
@@ -133,4 +143,62 @@ export interface Driver {
   /** The driver-specific members of its blockdev-add options (QEMU's BlockdevOptions<Driver>). */
   readonly options: ObjectType;
   open(options: Record<string, unknown>, ctx: DriverContext): Promise<DriverOps>;
+  /**
+   * QEMU's bdrv_child_perm: what a node of this driver needs and shares on
+   * its child `role` in the given mode. Without it the default for the
+   * driver's kind applies (perm.ts: a format owns its file, filters and
+   * protocols share everything). Used at open and again by blockdev-reopen;
+   * OpenChildOptions given to openChild() override it for one edge.
+   */
+  childPerm?(role: string, readOnly: boolean): ChildPermission;
+  /**
+   * Format probing (QEMU's BlockDriver.bdrv_probe): how surely `head`, the
+   * first bytes of `filename` (up to probe.ts's PROBE_BYTES; fewer for a
+   * short file), is an image of this format: 0 not at all, 100 certain. Raw
+   * has none: it is what is left when nothing claims a file.
+   */
+  probe?(head: Buffer, filename: string): number;
+  /**
+   * Creates a new, empty image of this format in `filename` (QEMU's
+   * bdrv_img_create for drive-mirror and drive-backup targets in
+   * absolute-paths mode), `size` bytes, on top of `backingFile` (of
+   * `backingFormat`) when given. A format without it cannot be such a target.
+   */
+  createImage?(filename: string, o: { size: number; backingFile?: string; backingFormat?: string }): Promise<void>;
+  /**
+   * QEMU's strong_runtime_opts: the driver's options that change what a node
+   * reads (null-co's size, raw's offset and size, a file's filename). A node
+   * with any of them set (filename aside) cannot be opened from a plain
+   * filename, so query-named-block-nodes names it "json:{...}" with them.
+   * Default: none.
+   */
+  readonly strongOptions?: readonly string[];
+  /**
+   * Whether QEMU's bdrv_get_info succeeds for a node (query-named-block-nodes
+   * then reports its dirty-flag): 'own' for drivers that answer it
+   * themselves (file, host_device), 'file' for drivers that ask their file
+   * child (raw). A format whose info() has a dirty-flag needs neither.
+   */
+  readonly getInfo?: 'own' | 'file';
+  /**
+   * A protocol driver whose nodes hold nothing that depends on their mode
+   * (null-co: no file): blockdev-reopen may make one read-write without a
+   * prepareReopen() hook.
+   */
+  readonly reopenWithoutHook?: boolean;
+  /**
+   * A filter that holds its child for one job (mirror_top, copy-before-write):
+   * mirror refuses a node below one ("Need a root block node") and backup
+   * names the job that holds it.
+   */
+  readonly jobFilter?: boolean;
+  /**
+   * QEMU's bdrv_change_backing_file: records a new backing file name and
+   * format (undefined: none) in the image of `node`, a node of this driver.
+   * Graph surgery (stream, commit) calls it with the node drained and its
+   * ops closed, between closing them and opening them again on the new
+   * children, so it works through the node's children, not open state.
+   * Formats without it record no backing name.
+   */
+  setBackingFile?(node: BlockNode, backingFile: string | undefined, backingFormat: string | undefined): Promise<void>;
 }

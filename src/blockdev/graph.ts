@@ -10,7 +10,9 @@ import { generateNodeName } from './surgery/node-names.ts';
 import { attachEdge, detachEdge, type ChildEdge, type Parent } from './edge.ts';
 import { pino } from 'pino';
 import { ObjectRegistry } from '../objects/registry.ts';
-import type { BlockEnvironment, ChildRef, ChildRole, CommonOptions, Driver, DriverContext, OpenChildOptions, Perm } from './driver.ts';
+import { childPermission } from './perm.ts';
+import { probeFile } from './probe.ts';
+import type { BlockEnvironment, ChildPermission, ChildRef, ChildRole, CommonOptions, Driver, DriverContext, OpenChildOptions } from './driver.ts';
 
 export { VALID_ID };
 
@@ -40,6 +42,9 @@ export class BlockGraph {
 
   driver(name: string): Driver | undefined { return this.drivers.get(name); }
   driverNames(): string[] { return [...this.drivers.keys()].sort(); }
+
+  /** The format of the image in `filename`, by the registered drivers' probe() hooks (probe.ts). */
+  probeFormat(filename: string): Promise<string> { return probeFile(this.drivers.values(), filename); }
 
   /** QEMU's error for a node reference that names nothing. */
   find(name: string): BlockNode {
@@ -77,6 +82,7 @@ export class BlockGraph {
       objects: this.env.objects,
       log: this.env.log.child({ node: name }),
       events: this.env.events,
+      probeFormat: (filename) => this.probeFormat(filename),
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
         const child = typeof ref === 'string' ? this.findReference(ref) : await this.add(inheritOptions(ref, common), true);
         try {
@@ -121,6 +127,7 @@ export class BlockGraph {
       objects: this.env.objects,
       log: this.env.log.child({ node: node.nodeName }),
       events: this.env.events,
+      probeFormat: (filename) => this.probeFormat(filename),
       openChild: async (role) => {
         const c = node.child(role);
         if (!c) throw new BlockError('EINVAL', `Node '${node.nodeName}' has no '${role}' child`);
@@ -140,7 +147,7 @@ export class BlockGraph {
   }
 
   /** Creates an edge parent → child after checking permissions. */
-  link(parent: Parent, child: BlockNode, role: string, p: { perm: Perm; shared: Perm; passThrough?: boolean }): ChildEdge {
+  link(parent: Parent, child: BlockNode, role: string, p: ChildPermission): ChildEdge {
     const edge: ChildEdge = { parent, child, role, perm: p.perm, shared: p.shared };
     if (p.passThrough) {
       edge.passThrough = true;
@@ -202,20 +209,14 @@ function inheritOptions(ref: Record<string, unknown>, parent: CommonOptions): Re
   return out;
 }
 
-/**
- * Default permissions of an edge. Filters pass their parents' needs through and
- * share everything. Format drivers own their file's metadata: read-only or
- * not, nobody else may write or resize it (QEMU's
- * bdrv_default_perms_for_storage); a backing node may change under them.
- */
-function childPerm(driver: Driver, readOnly: boolean, role: ChildRole, opts?: OpenChildOptions): { perm: Perm; shared: Perm; passThrough: boolean } {
-  const writes = !readOnly && role !== 'backing';
-  const owns = driver.kind === 'format' && driver.name !== 'raw';
-  const perm: Perm = { read: true, write: writes, resize: writes && owns, ...opts?.perm };
-  const storage = owns && role !== 'backing';
-  const shared: Perm = { read: true, write: !storage, resize: !storage, ...opts?.shared };
-  // raw lets others do with its file what its own users let others do (QEMU's filtered child).
-  return { perm, shared, passThrough: driver.name === 'raw' && role === 'file' && !opts?.shared };
+/** The edge a driver's openChild() creates: the driver's rule for the role (perm.ts), then what the driver asked for. */
+function childPerm(driver: Driver, readOnly: boolean, role: ChildRole, opts?: OpenChildOptions): ChildPermission {
+  const rule = childPermission(driver, role, readOnly);
+  return {
+    perm: { ...rule.perm, ...opts?.perm },
+    shared: { ...rule.shared, ...opts?.shared },
+    passThrough: rule.passThrough === true && !opts?.shared,
+  };
 }
 
 /** A backing node opened from the header's name stands for that name; otherwise the header's name itself. */

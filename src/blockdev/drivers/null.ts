@@ -18,6 +18,8 @@ export const nullDriver: Driver = {
     opt('latency-ns', 'uint64', 'emulated latency of each request in nanoseconds (default 0)'),
     opt('read-zeroes', 'bool', 'reads return zeroes (default off)'),
   ]),
+  strongOptions: ['size', 'read-zeroes'],
+  reopenWithoutHook: true,
   async open(options): Promise<DriverOps> {
     const size = (options.size as number | undefined) ?? 1 << 30;
     // qsd 7.2 aborts on a negative size; blockd refuses it.
@@ -38,6 +40,8 @@ export const nullDriver: Driver = {
         return [{ offset, length, data: false, zero, allocated: true, depth: 1 }];
       },
       filename: () => 'null-co://',
+      // Nothing is allocated anywhere (QEMU's bdrv_get_allocated_file_size of a null node).
+      info: () => ({ 'actual-size': 0 }),
     };
   },
 };

@@ -5,6 +5,7 @@
 import { BlockError } from '../../util/errors.ts';
 import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
+import { createFile } from '../create/file.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';
 
@@ -16,6 +17,16 @@ export const rawDriver: Driver = {
     opt('offset', 'int', 'position where the block device starts'),
     opt('size', 'int', 'the assumed size of the device'),
   ]),
+  // No metadata of its own: raw needs on its file what its users need, and lets others do with the file
+  // what its own users let them do (QEMU's filtered child); it never resizes the file for itself.
+  strongOptions: ['offset', 'size'],
+  getInfo: 'file',
+  childPerm: (role, readOnly) => ({
+    perm: { read: true, write: !readOnly && role !== 'backing', resize: false },
+    shared: { read: true, write: true, resize: true },
+    passThrough: role === 'file',
+  }),
+  createImage: (filename, o) => createFile({ filename, size: o.size } as never),
   async open(options, ctx): Promise<DriverOps> {
     const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
     const offset = (options.offset as number | undefined) ?? 0;

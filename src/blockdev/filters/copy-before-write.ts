@@ -118,6 +118,7 @@ export function cowClusterSize(target: BlockNode): number {
 export const copyBeforeWriteDriver: Driver = {
   name: 'copy-before-write',
   kind: 'filter',
+  jobFilter: true,
   options: obj('BlockdevOptionsCbw', [
     req('file', BlockdevRef, 'reference to or definition of the data source block device'),
     req('target', BlockdevRef, 'The target for copy-before-write operations.'),

@@ -15,11 +15,18 @@ import type { Driver } from '../driver.ts';
 
 export type JobFilterName = 'mirror_top' | 'commit_top' | 'copy-before-write';
 
+/**
+ * Which job filters hold their child for their job (Driver.jobFilter):
+ * mirror refuses a node below one, backup names the job.
+ */
+const HOLDS_CHILD: Record<JobFilterName, boolean> = { mirror_top: true, 'copy-before-write': true, commit_top: false };
+
 /** A driver object for filters that jobs insert and the user cannot blockdev-add. */
-function internalFilterDriver(name: string): Driver {
+function internalFilterDriver(name: JobFilterName): Driver {
   return {
     name,
     kind: 'filter',
+    jobFilter: HOLDS_CHILD[name],
     options: obj(`BlockdevOptions-${name}`, []),
     open() { return Promise.reject(new BlockError('EINVAL', `Driver '${name}' cannot be opened with blockdev-add`)); },
   };

@@ -23,7 +23,6 @@ import { BlockNode } from '../node.ts';
 import { attachEdge, checkPermissions, cumulative, detachEdge, type ChildEdge } from '../edge.ts';
 import type { BlockGraph } from '../graph.ts';
 import type { Driver, DriverOps } from '../driver.ts';
-import { parseHeader, serializeHeader } from '../drivers/qcow2/header.ts';
 import { obj } from '../../qapi/types.ts';
 import { ancestry, reaches, refuseCycle } from './walk.ts';
 
@@ -156,8 +155,8 @@ function removeUser(e: ChildEdge): void {
 
 /**
  * Changes the backing link of `node` to `backing` (undefined: none) and, for
- * qcow2, the backing file name in its header (`backingFile`/`backingFormat`;
- * undefined: none). The node is drained meanwhile; layers that lose their
+ * a format that records one (Driver.setBackingFile: qcow2), the backing file
+ * name in its image (`backingFile`/`backingFormat`; undefined: none). The node is drained meanwhile; layers that lose their
  * last user and were opened implicitly are closed.
  */
 export async function setBacking(
@@ -170,8 +169,8 @@ export async function setBacking(
     if (old?.child === backing && !header) return;
     await node.ops.close?.();
     try {
-      if (header && node.driver.name === 'qcow2' && !node.readOnly) {
-        await rewriteBackingName(node, header.backingFile, header.backingFormat);
+      if (header && node.driver.setBackingFile && !node.readOnly) {
+        await node.driver.setBackingFile(node, header.backingFile, header.backingFormat);
         node.autoBacking = header.backingFile === undefined ? undefined : { name: header.backingFile };
       }
       if (old?.child !== backing) {
@@ -192,21 +191,6 @@ export async function reopenOnChildren(graph: BlockGraph, node: BlockNode): Prom
   if (node.driver.kind !== 'format') return;
   await node.ops.close?.();
   await graph.openOnChildren(node);
-}
-
-/** Writes a new backing file name (and format) into a qcow2 image's header. */
-async function rewriteBackingName(node: BlockNode, backingFile: string | undefined, backingFormat: string | undefined): Promise<void> {
-  const file = node.child('file');
-  if (!file) return;
-  const first = Buffer.alloc(Math.min(file.length(), 2 * 1024 * 1024));
-  await file.read(0, first);
-  const h = parseHeader(first);
-  h.backingFile = backingFile;
-  h.backingFormat = backingFile === undefined ? undefined : backingFormat;
-  if (backingFile === undefined) { h.backingFileOffset = 0; h.backingFileSize = 0; }
-  const out = serializeHeader(h);
-  await file.write(0, out);
-  await file.flush();
 }
 
 /**

@@ -14,24 +14,13 @@ import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { ChildEdge, Parent } from '../../blockdev/edge.ts';
 import { toQmpJson } from '../json-writer.ts';
 
-/** Options that change what a node reads, per driver (QEMU's strong_runtime_opts). */
-const STRONG_OPTIONS: Record<string, string[]> = {
-  'null-co': ['size', 'read-zeroes'],
-  'null-aio': ['size', 'read-zeroes'],
-  raw: ['offset', 'size'],
-  file: ['filename'],
-  host_device: ['filename'],
-  host_cdrom: ['filename'],
-  qcow2: [],
-  luks: [],
-};
-
 /** Children that hold a node's data (not its backing chain). */
 const DATA_ROLES = new Set(['file', 'data-file']);
 
 function strongOptions(node: BlockNode): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const k of STRONG_OPTIONS[node.driver.name] ?? []) if (node.options[k] !== undefined) out[k] = node.options[k];
+  // QEMU's strong_runtime_opts, which each driver declares (Driver.strongOptions).
+  for (const k of node.driver.strongOptions ?? []) if (node.options[k] !== undefined) out[k] = node.options[k];
   return out;
 }
 
@@ -64,11 +53,10 @@ function fullOptions(node: BlockNode): Record<string, unknown> {
 }
 
 function exactFilename(node: BlockNode): string | undefined {
-  const drv = node.driver.name;
-  if (drv === 'null-co' || drv === 'null-aio') {
-    return Object.keys(strongOptions(node)).length === 0 ? `${drv}://` : undefined;
+  // A protocol node opens from its filename alone unless another strong option is set (null-co's size).
+  if (node.driver.kind === 'protocol') {
+    return Object.keys(strongOptions(node)).some((k) => k !== 'filename') ? undefined : node.ops.filename?.();
   }
-  if (node.driver.kind === 'protocol') return node.ops.filename?.();
   const file = node.child('file');
   if (node.isFilter) return file ? exactFilename(file) : undefined;
   if (Object.keys(strongOptions(node)).length > 0 || !file) return undefined;
@@ -84,17 +72,15 @@ export function nodeFilename(node: BlockNode): string {
 
 /** Whether QEMU's bdrv_get_info succeeds for the node (it then reports dirty-flag). */
 function hasGetInfo(node: BlockNode, info: Record<string, unknown>): boolean {
-  if (info['dirty-flag'] !== undefined) return true;
-  if (node.driver.name === 'file' || node.driver.name === 'host_device') return true;
+  if (info['dirty-flag'] !== undefined || node.driver.getInfo === 'own') return true;
   const file = node.child('file');
-  return node.driver.name === 'raw' && file !== undefined && hasGetInfo(file, driverInfo(file));
+  return node.driver.getInfo === 'file' && file !== undefined && hasGetInfo(file, driverInfo(file));
 }
 
 /** Bytes allocated on disk for the node (QEMU's bdrv_get_allocated_file_size), if known. */
 function actualSize(node: BlockNode): number | undefined {
   const own = driverInfo(node)['actual-size'];
   if (typeof own === 'number') return own;
-  if (node.driver.name === 'null-co' || node.driver.name === 'null-aio') return 0;
   if (node.driver.kind === 'protocol') return undefined;
   if (node.isFilter) return node.primaryChild ? actualSize(node.primaryChild) : undefined;
   let sum = 0;

@@ -11,7 +11,6 @@
  * starts it; abort cancels it before it ever ran. In a grouped transaction
  * the jobs share one job transaction (src/blockdev/jobs/txn.ts).
  */
-import * as fsp from 'node:fs/promises';
 import { BlockError } from '../../util/errors.ts';
 import { VALID_ID, type BlockGraph } from '../../blockdev/graph.ts';
 import { JobError } from '../../blockdev/jobs/errors.ts';
@@ -20,8 +19,6 @@ import { BackupJob, type BackupSync } from '../../blockdev/jobs/backup.ts';
 import { BlockJob, type BlockdevOnError } from '../../blockdev/jobs/block-job.ts';
 import type { JobManager } from '../../blockdev/jobs/manager.ts';
 import { BlockNode } from '../../blockdev/node.ts';
-import { createFile } from '../../blockdev/create/file.ts';
-import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import { bitmapsOf } from '../../blockdev/bitmaps/registry.ts';
 import { CHECK_ALLOW_RO } from '../../blockdev/bitmaps/dirty-bitmap.ts';
 import { enm, obj, opt, req, type Member } from '../../qapi/types.ts';
@@ -107,15 +104,13 @@ function checkJobId(jobs: JobManager, id: string): void {
   if (jobs.get(id)) throw new JobError('EINVAL', `Job ID '${id}' already in use`);
 }
 
-const JOB_FILTERS = new Set(['mirror_top', 'copy-before-write']);
-
 /**
  * A node another mirror or backup works on already has that job's filter
  * above it: mirror refuses it as qsd does ("Need a root block node"),
  * backup names the job that holds it.
  */
 function checkRoot(source: BlockNode, forBackup = false): void {
-  const filtered = source.parents.some((e) => e.parent instanceof BlockNode && e.parent.isFilter && JOB_FILTERS.has(e.parent.driver.name) && !e.parent.isClosed);
+  const filtered = source.parents.some((e) => e.parent instanceof BlockNode && e.parent.driver.jobFilter === true && !e.parent.isClosed);
   if (!filtered) return;
   if (!forBackup) throw new BlockError('EINVAL', 'Need a root block node');
   const job = source.parents.map((e) => e.parent).find((p): p is BlockJob => p instanceof BlockJob);
@@ -158,28 +153,21 @@ function mirrorChecks(a: MirrorArgs, ctx: Ctx): BlockNode {
 /** Creates (absolute-paths) or opens (existing) a drive-* target: an implicit node the job and its users own. */
 async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, format: string | undefined,
   mode: 'existing' | 'absolute-paths' | undefined, nodeName: string | undefined, backing?: BlockNode): Promise<{ node: BlockNode; created: boolean }> {
-  const fmt = format ?? (mode === 'existing' ? await probeFormat(filename) : source.driver.name === 'qcow2' ? 'qcow2' : 'raw');
-  if (fmt !== 'raw' && fmt !== 'qcow2') throw new BlockError('EINVAL', `Unknown driver '${fmt}'`);
+  // QEMU takes the source's format for a new image; blockd's formats that can create one are those
+  // with a createImage() hook, and anything else (a protocol node, null-co) gets raw.
+  const fmt = format ?? (mode === 'existing' ? await ctx.graph.probeFormat(filename) : source.driver.createImage ? source.driver.name : 'raw');
+  const driver = ctx.graph.driver(fmt);
+  if (!driver?.createImage) throw new BlockError('EINVAL', `Unknown driver '${fmt}'`);
   const size = source.length();
   const created = mode !== 'existing';
   if (created) {
-    await createFile({ filename, size: fmt === 'raw' ? size : 0 } as never);
-    if (fmt === 'qcow2') {
-      const backingFile = backing?.ops.filename?.();
-      const layout = qcow2Layout({ size, backingFile, backingFormat: backingFile ? backing!.driver.name : undefined });
-      const fh = await fsp.open(filename, 'r+');
-      try {
-        for (const w of layout.writes) await fh.write(w.data, 0, w.data.length, w.offset);
-        await fh.truncate(layout.fileLength);
-      } finally {
-        await fh.close();
-      }
-    }
+    const backingFile = backing?.ops.filename?.();
+    await driver.createImage(filename, { size, backingFile, backingFormat: backingFile ? backing!.driver.name : undefined });
   }
   const opts: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename } };
   if (nodeName !== undefined) opts['node-name'] = nodeName;
   // The new image's backing file is the source's backing node, which is open already.
-  if (fmt === 'qcow2' && created) opts.backing = backing ? backing.nodeName : null;
+  if (created && driver.options.members.some((m) => m.name === 'backing')) opts.backing = backing ? backing.nodeName : null;
   const node = await ctx.graph.add(opts, true);
   // A zeroed target matters only without a backing file (holes then read as the backing's data).
   return { node, created: created && !backing };
@@ -249,23 +237,6 @@ function backupAction(job: BackupJob, afterAbort?: () => Promise<void>): Prepare
       await afterAbort?.();
     },
   };
-}
-
-/** mode=existing without a format: qcow2 if the file says so, else raw (blockd's two formats). */
-async function probeFormat(filename: string): Promise<string> {
-  let fh: fsp.FileHandle;
-  try {
-    fh = await fsp.open(filename, 'r');
-  } catch (e) {
-    throw new BlockError('ENOENT', `Could not open '${filename}': ${(e as Error).message}`);
-  }
-  try {
-    const head = Buffer.alloc(512);
-    const { bytesRead } = await fh.read(head, 0, 512, 0);
-    return bytesRead >= 4 && head.readUInt32BE(0) === 0x514649fb ? 'qcow2' : 'raw';
-  } finally {
-    await fh.close();
-  }
 }
 
 /** Drops a drive-* target node nobody took (set-up failed). */

@@ -11,7 +11,8 @@
  *   prepareReopen() hook (DriverOps); without it, qsd's "Cannot change the
  *   option 'x'" / "Option 'x' cannot be reset to its default value";
  * - read-only → read-write on a protocol node also needs the hook (the file
- *   must be reopened for writing), except for null-co/null-aio, which hold nothing;
+ *   must be reopened for writing), except for drivers whose nodes hold nothing
+ *   (Driver.reopenWithoutHook: null-co);
  * - children: a child reference must name the current child (blockd does
  *   not swap children in a reopen).
  *
@@ -22,13 +23,13 @@
 import { isDeepStrictEqual } from 'node:util';
 import { checkPermissions, type ChildEdge } from '../../blockdev/edge.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
+import { childPermission } from '../../blockdev/perm.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
 import type { Perm, ReopenTransaction } from '../../blockdev/driver.ts';
 import { detectZeroesMode } from '../../blockdev/detect-zeroes.ts';
 import { genericError } from '../errors.ts';
 
 const CHILD_ROLES = new Set(['file', 'backing', 'data-file']);
-const STATELESS = new Set(['null-co', 'null-aio']);
 
 interface Plan {
   node: BlockNode;
@@ -53,7 +54,7 @@ export async function reopenNodes(graph: BlockGraph, list: Record<string, unknow
     const revertPerms = applyPermissions(plans);
     try {
       for (const p of plans) {
-        const needsHook = p.node.driver.kind === 'protocol' && !STATELESS.has(p.node.driver.name) && p.node.readOnly && !p.readOnly;
+        const needsHook = p.node.driver.kind === 'protocol' && !p.node.driver.reopenWithoutHook && p.node.readOnly && !p.readOnly;
         const direct = p.node.options.cache?.direct === true;
         const newDirect = (p.options.cache as { direct?: boolean } | undefined)?.direct === true;
         if (p.node.ops.prepareReopen) {
@@ -110,12 +111,10 @@ function checkOptions(p: Plan): void {
   }
 }
 
-/** The default permissions of an edge (as the graph gives them at open) for a parent in the given mode. */
+/** The write and resize bits of an edge as the graph gives them at open (perm.ts's one rule) for a parent in the given mode. */
 function defaultWrite(parent: BlockNode, role: string, readOnly: boolean): { perm: Partial<Perm>; shared: Partial<Perm> } {
-  const writes = !readOnly && (role !== 'backing' || parent.isFilter);
-  const owns = parent.driver.kind === 'format' && parent.driver.name !== 'raw';
-  const storage = owns && role !== 'backing';
-  return { perm: { write: writes, resize: writes && owns }, shared: { write: !storage, resize: !storage } };
+  const { perm, shared } = childPermission(parent.driver, role, readOnly);
+  return { perm: { write: perm.write, resize: perm.resize }, shared: { write: shared.write, resize: shared.resize } };
 }
 
 /** Moves edges of nodes changing mode to their new permissions and checks the result; returns the undo. */

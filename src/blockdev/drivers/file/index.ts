@@ -141,6 +141,8 @@ export const fileDriver: Driver = {
   name: 'file',
   kind: 'protocol',
   options: BlockdevOptionsFile,
+  strongOptions: ['filename'],
+  getInfo: 'own',
   open: (options, ctx) => openPosix(options, ctx, false),
 };
 
@@ -148,5 +150,7 @@ export const hostDeviceDriver: Driver = {
   name: 'host_device',
   kind: 'protocol',
   options: BlockdevOptionsFile,
+  strongOptions: ['filename'],
+  getInfo: 'own',
   open: (options, ctx) => openPosix(options, ctx, true),
 };

@@ -5,6 +5,10 @@
  * operations of Qcow2Image.
  */
 import path from 'node:path';
+import { open } from 'node:fs/promises';
+import { createFile } from '../../create/file.ts';
+import { qcow2Layout } from './create-layout.ts';
+import { setBackingFileName } from './backing-name.ts';
 import { BlockError } from '../../../util/errors.ts';
 import { alt, enm, obj, opt, req } from '../../../qapi/types.ts';
 import { BlockdevRef, BlockdevRefOrNull } from '../../options.ts';
@@ -123,23 +127,13 @@ function resolveBacking(name: string, image: BlockNode): string {
   return path.join(path.dirname(base), name);
 }
 
-/** QEMU probes backing files without a recorded format; blockd knows qcow2 and raw. */
-async function probeFormat(ctx: DriverContext, filename: string): Promise<string> {
-  const { open } = await import('node:fs/promises');
-  let fh;
+/** QEMU probes backing files without a recorded format (with the registered drivers' probe() hooks). */
+async function probeBacking(ctx: DriverContext, filename: string): Promise<string> {
   try {
-    fh = await open(filename, 'r');
+    return await ctx.probeFormat(filename);
   } catch (e) {
-    throw new BlockError('ENOENT', `Could not open backing file: Could not open '${filename}': ${(e as Error).message}`);
+    throw new BlockError('ENOENT', `Could not open backing file: ${(e as Error).message}`);
   }
-  try {
-    const b = Buffer.alloc(4);
-    const { bytesRead } = await fh.read(b, 0, 4, 0);
-    return bytesRead === 4 && b.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
-  } finally {
-    await fh.close();
-  }
-  void ctx;
 }
 
 /** Validated runtime settings from the options (open and reopen). */
@@ -180,6 +174,19 @@ export const qcow2Driver: Driver = {
   name: 'qcow2',
   kind: 'format',
   options: qcow2Options,
+  setBackingFile: setBackingFileName,
+  probe: (head) => (head.length >= 4 && head.readUInt32BE(0) === QCOW2_MAGIC ? 100 : 0),
+  async createImage(filename, o) {
+    await createFile({ filename, size: 0 } as never);
+    const layout = qcow2Layout(o);
+    const fh = await open(filename, 'r+');
+    try {
+      for (const w of layout.writes) await fh.write(w.data, 0, w.data.length, w.offset);
+      await fh.truncate(layout.fileLength);
+    } finally {
+      await fh.close();
+    }
+  },
   async open(options, ctx): Promise<DriverOps> {
     const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
     const fileLen = file.length();
@@ -236,7 +243,7 @@ export const qcow2Driver: Driver = {
       img.backing = await ctx.openChild('backing', backingOpt as string | Record<string, unknown>);
     } else if (h.backingFile !== undefined) {
       const filename = resolveBacking(h.backingFile, file);
-      const fmt = h.backingFormat ?? await probeFormat(ctx, filename);
+      const fmt = h.backingFormat ?? await probeBacking(ctx, filename);
       img.backing = await ctx.openChild('backing', { driver: fmt, file: { driver: 'file', filename }, 'read-only': true });
     }
 
