@@ -64,6 +64,8 @@ export class PlainSocketTransport implements Transport {
   detach(): void {
     this.socket.pause();
     for (const [name, fn] of this.listeners) this.socket.off(name, fn);
+    // An 'error' with no listener would throw; whoever takes the socket over listens for its own.
+    if (this.socket.listenerCount('error') === 0) this.socket.on('error', ignore);
     this.events = undefined;
   }
 
@@ -87,6 +89,8 @@ export class PlainSocketTransport implements Transport {
   end(): void { if (!this.socket.writableEnded) this.socket.end(); }
   destroy(): void { this.socket.destroy(); }
 }
+
+function ignore(): void {}
 
 /** Moves an accepted socket's handle into a socket reading into one reused buffer; undefined if it cannot. */
 function adoptWithReadBuffer(accepted: Socket, onRead: (nread: number, buf: Buffer) => boolean): Socket | undefined {
