@@ -108,6 +108,15 @@ export interface DriverOps {
   blockStatus?(offset: number, length: number, flags: number): Promise<Extent[]>;
   truncate?(size: number): Promise<void>;
   close?(): Promise<void>;
+  /**
+   * Drain begin and end (QEMU's bdrv_co_drain_begin/end): called when the
+   * node becomes quiesced (before waiting for its in-flight requests) and
+   * when it resumes; also drainBegin when it closes. A driver that holds
+   * requests back (throttle) lets them go at once while drained, so a graph
+   * change never waits on it.
+   */
+  drainBegin?(): void;
+  drainEnd?(): void;
   /** Per-driver limits; unset fields are derived from the primary child. */
   limits?: Partial<Limits>;
   /** Driver-specific information for query-named-block-nodes (QEMU's image info). */

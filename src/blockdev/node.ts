@@ -368,7 +368,7 @@ export class BlockNode implements Parent {
     const quiesced: BlockNode[] = [];
     try {
       for (const n of nodes) {
-        n.quiesceDepth++;
+        if (n.quiesceDepth++ === 0) n.ops.drainBegin?.();
         quiesced.push(n);
         await n.waitIdle();
       }
@@ -399,6 +399,7 @@ export class BlockNode implements Parent {
 
   private resume(): void {
     if (--this.quiesceDepth > 0) return;
+    this.ops.drainEnd?.();
     const waiters = this.resumeWaiters;
     this.resumeWaiters = [];
     for (const w of waiters) w();
@@ -432,6 +433,8 @@ export class BlockNode implements Parent {
   /** Waits for in-flight requests, then closes the driver. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
+    // Requests a driver holds back (a throttle's queue) go now: closing never waits on them.
+    if (this.quiesceDepth === 0) this.ops.drainBegin?.();
     await this.waitIdle();
     this.closed = true;
     await this.ops.close?.();

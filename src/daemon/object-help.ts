@@ -20,6 +20,7 @@ export function objectHelp(value: string): string | undefined {
   if (!m) return undefined;
   const variant = ObjectOptions.union!.variants[m[1]];
   if (!variant) return undefined;
-  const lines = [...variant.members].sort((a, b) => a.name.localeCompare(b.name)).map((p) => `  ${p.name}=<${typeLabel(p.type)}>`);
+  // Sorted as whole lines, byte-wise, as QEMU does ("x-bps-read-max-length=<int>" before "x-bps-read-max=<int>").
+  const lines = variant.members.map((p) => `  ${p.name}=<${typeLabel(p.type)}>`).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   return `${m[1]} options:\n${lines.join('\n')}\n`;
 }

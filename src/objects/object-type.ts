@@ -27,4 +27,15 @@ export interface ObjectTypeDef<State = unknown> {
   canBeDeleted?(state: State): boolean;
   /** Releases what the object holds, once it is out of the registry. */
   delete?(state: State): void;
+  /**
+   * qom-get of a property of the type's own (every object also has `type`):
+   * `{ value }`, or undefined when the type has no such property.
+   */
+  getProperty?(state: State, name: string): { value: unknown } | undefined;
+  /**
+   * qom-set: validates and applies `value` (QMP JSON); false when the type
+   * has no such property. Throws QEMU's text for a property that cannot be
+   * set or a bad value.
+   */
+  setProperty?(state: State, name: string, value: unknown): boolean;
 }

@@ -13,6 +13,9 @@ import { OBJECT_TYPES } from './table.ts';
 
 interface Entry { def: ObjectTypeDef; state: unknown; users: number }
 
+/** What a qom-get/qom-set path resolves to: the /objects container, or an object by id. */
+export type QomPath = { container: true } | { id: string };
+
 export class ObjectRegistry implements ObjectLookup {
   private readonly objects = new Map<string, Entry>();
   private readonly types: Map<string, ObjectTypeDef>;
@@ -55,6 +58,31 @@ export class ObjectRegistry implements ObjectLookup {
     if (!e) throw new BlockError('ENOENT', `No secret with id '${id}'`);
     if (e.def.qomType !== 'secret') throw new BlockError('EINVAL', `Object '${id}' is not a secret object`);
     return Buffer.from((e.state as Secret).bytes);
+  }
+
+  /** qom-get: `{ value }`, or undefined when there is no such object. Unknown properties get QEMU's text. */
+  getProperty(at: QomPath, name: string): { value: unknown } | undefined {
+    if ('container' in at) {
+      if (name === 'type') return { value: 'container' };
+      if (this.objects.has(name)) return { value: `/objects/${name}` };
+      throw new BlockError('EINVAL', `Property 'container.${name}' not found`);
+    }
+    const e = this.objects.get(at.id);
+    if (!e) return undefined;
+    if (name === 'type') return { value: e.def.qomType };
+    const got = e.def.getProperty?.(e.state, name);
+    if (!got) throw new BlockError('EINVAL', `Property '${e.def.qomType}.${name}' not found`);
+    return got;
+  }
+
+  /** qom-set: false when there is no such object. */
+  setProperty(at: QomPath, name: string, value: unknown): boolean {
+    const type = 'container' in at ? 'container' : this.objects.get(at.id)?.def.qomType;
+    if (type === undefined) return false;
+    const e = 'id' in at ? this.objects.get(at.id) : undefined;
+    if (name === 'type' || (!e && this.objects.has(name))) throw new BlockError('EINVAL', `Property '${type}.${name}' is not writable`);
+    if (!e || !e.def.setProperty?.(e.state, name, value)) throw new BlockError('EINVAL', `Property '${type}.${name}' not found`);
+    return true;
   }
 
   use(id: string): () => void {

@@ -8,8 +8,9 @@ import { enm, obj, req, type EnumType, type ObjectType } from '../qapi/types.ts'
 import type { ObjectTypeDef } from './object-type.ts';
 import { iothreadType } from './iothread.ts';
 import { secretType } from './secret.ts';
+import { throttleGroupType } from './throttle-group.ts';
 
-export const OBJECT_TYPES: readonly ObjectTypeDef[] = [iothreadType, secretType];
+export const OBJECT_TYPES: readonly ObjectTypeDef[] = [iothreadType, secretType, throttleGroupType as ObjectTypeDef];
 
 /** object-add's arguments (and --object's) for a set of types: a flat union on qom-type. */
 export function objectOptionsType(types: readonly ObjectTypeDef[]): { options: ObjectType; typeEnum: EnumType } {

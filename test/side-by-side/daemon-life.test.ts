@@ -22,7 +22,7 @@ describe('command line', () => {
   });
 
   it('--object help lists the object types, TYPE,help their properties', () => {
-    expect(blockdSync(['--object', 'help']).stdout).toBe('List of user creatable objects:\n  iothread\n  secret\n');
+    expect(blockdSync(['--object', 'help']).stdout).toBe('List of user creatable objects:\n  iothread\n  secret\n  throttle-group\n');
     const r = blockdSync(['--object', 'secret,help']);
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^secret options:\n  data=<string>\n  file=<string>\n/);

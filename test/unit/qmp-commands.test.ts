@@ -169,8 +169,8 @@ describe('objects', () => {
   });
 
   it('refuses object types blockd does not have', async () => {
-    expect(await run('object-add', { 'qom-type': 'throttle-group', id: 't0' }))
-      .toEqual({ error: { class: 'GenericError', desc: "Parameter 'qom-type' does not accept value 'throttle-group'" } });
+    expect(await run('object-add', { 'qom-type': 'tls-creds-x509', id: 't0' }))
+      .toEqual({ error: { class: 'GenericError', desc: "Parameter 'qom-type' does not accept value 'tls-creds-x509'" } });
   });
 });
 

@@ -58,7 +58,7 @@ function exactFilename(node: BlockNode): string | undefined {
     return Object.keys(strongOptions(node)).some((k) => k !== 'filename') ? undefined : node.ops.filename?.();
   }
   const file = node.child('file');
-  if (node.isFilter) return file ? exactFilename(file) : undefined;
+  if (node.isFilter) return file && Object.keys(strongOptions(node)).length === 0 ? exactFilename(file) : undefined;
   if (Object.keys(strongOptions(node)).length > 0 || !file) return undefined;
   if (node.child('data-file') || backingOverridden(node)) return undefined;
   return exactFilename(file);
@@ -66,7 +66,8 @@ function exactFilename(node: BlockNode): string | undefined {
 
 /** The filename query-named-block-nodes shows for a node. */
 export function nodeFilename(node: BlockNode): string {
-  if (node.isFilter && node.primaryChild) return nodeFilename(node.primaryChild);
+  // A filter shows its child's filename, unless options of its own matter (throttle's group).
+  if (node.isFilter && node.primaryChild && Object.keys(strongOptions(node)).length === 0) return nodeFilename(node.primaryChild);
   return exactFilename(node) ?? `json:${toQmpJson(fullOptions(node))}`;
 }
 

@@ -10,6 +10,7 @@ import { blockCommands } from './block.ts';
 import { nbdCommands } from './nbd.ts';
 import { exportCommands, exportEvents } from './exports.ts';
 import { objectCommands } from './objects.ts';
+import { qomCommands } from './qom.ts';
 import { jobCommands, jobEvents } from './jobs.ts';
 import { mirrorBackupCommands } from './mirror-backup.ts';
 import { bitmapCommands } from './bitmaps.ts';
@@ -34,6 +35,7 @@ export function commandTable(exportDrivers: ExportDriverTable): CommandTable {
     ...exportCommands(exportDrivers),
     ...controlCommands,
     ...objectCommands,
+    ...qomCommands,
   ];
   // Its actions are the commands above that have one.
   commands.push(transactionCommand(commands));

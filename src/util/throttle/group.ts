@@ -208,6 +208,18 @@ export class ThrottleMember {
     this.group.leave(this);
   }
 
+  /**
+   * Leaves this group and joins `other` (blockdev-reopen naming another
+   * group, with the node drained): the new member keeps the drain state.
+   */
+  moveTo(other: ThrottleGroup): ThrottleMember {
+    if (other === this.group) return this;
+    this.leave();
+    const m = other.join();
+    m.disableCount = this.disableCount;
+    return m;
+  }
+
   /** @internal QEMU's throttle_group_restart_tgm: fire a pending timer now, else run the next queued request. */
   restart(): void {
     for (const d of DIRECTIONS) {
