@@ -65,26 +65,40 @@ export class BlockGraph {
     const common = options as unknown as CommonOptions;
     const driver = this.drivers.get(common.driver);
     if (!driver) throw new BlockError('EINVAL', `Parameter 'driver' does not accept value '${common.driver}'`);
-    let name = common['node-name'];
-    if (name !== undefined) {
-      if (!VALID_ID.test(name)) throw new BlockError('EINVAL', `Invalid node-name: '${name}'`);
-      if (this.nodes.has(name)) throw new BlockError('EINVAL', `Duplicate nodes with node-name='${name}'`);
-    } else {
-      name = generateNodeName((n) => this.nodes.has(n));
+    const given = common['node-name'];
+    if (given !== undefined) {
+      if (!VALID_ID.test(given)) throw new BlockError('EINVAL', `Invalid node-name: '${given}'`);
+      if (this.nodes.has(given)) throw new BlockError('EINVAL', `Duplicate nodes with node-name='${given}'`);
     }
     const readOnly = common['read-only'] === true;
-    const node = new BlockNode(name, driver, { ...options, 'node-name': name } as never, readOnly, implicit);
+    const node = new BlockNode(given ?? '', driver, { ...options, 'node-name': given } as never, readOnly, implicit);
+    // QEMU names a node (bdrv_open_common) once its file child is open and before any other child
+    // (backing, data file) opens: generated names are numbered, and nodes listed, in that order.
+    let named = false;
+    const nameNode = () => {
+      if (named) return;
+      named = true;
+      node.assignName(given ?? generateNodeName((n) => this.nodes.has(n)));
+    };
     const opened: ChildEdge[] = [];
+    const graph = this;
     const ctx: DriverContext = {
-      nodeName: name,
+      get nodeName() { nameNode(); return node.nodeName; },
       readOnly,
       options: common,
       objects: this.env.objects,
-      log: this.env.log.child({ node: name }),
+      get log() { nameNode(); return graph.env.log.child({ node: node.nodeName }); },
       events: this.env.events,
       probeFormat: (filename) => this.probeFormat(filename),
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
-        const child = typeof ref === 'string' ? this.findReference(ref) : await this.add(inheritOptions(ref, common), true);
+        if (role !== 'file') nameNode();
+        let child: BlockNode;
+        if (typeof ref === 'string') {
+          child = this.findReference(ref);
+        } else {
+          child = await this.add(inheritOptions(ref, common), true);
+          child.readOnlyInherited = ref['read-only'] === undefined;
+        }
         try {
           const edge = this.link(node, child, role, childPerm(driver, readOnly, role, opts));
           opened.push(edge);
@@ -101,7 +115,8 @@ export class BlockGraph {
       for (const edge of opened.reverse()) await this.unlink(node, edge);
       throw e;
     }
-    this.nodes.set(name, node);
+    nameNode();
+    this.nodes.set(node.nodeName, node);
     if (driver.options.members.some((m) => m.name === 'backing')) node.autoBacking = autoBackingAtOpen(node);
     return node;
   }

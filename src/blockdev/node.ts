@@ -4,6 +4,7 @@
  * (read-modify-write), emulates write-zeroes and FUA, counts in-flight
  * requests for drain, tells write observers (dirty bitmaps) and keeps stats.
  */
+import { nextNameSeq } from './surgery/node-names.ts';
 import { BlockError, toBlockError } from '../util/errors.ts';
 import { COMPLETED, ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
 import { RangeLock } from './range-lock.ts';
@@ -54,9 +55,18 @@ export class BlockNode implements Parent {
    * makes the node's filename a json: description with the backing inside.
    */
   autoBacking?: { name: string } | { node: BlockNode };
+  /**
+   * Its read-only flag follows its parent's (an inline child or a backing
+   * node opened from a header, without a read-only option of its own): a
+   * reopen of the parent changes it too, as QEMU's reopen queue does. A
+   * node added by itself has its own (blockdev-add defaults it to off).
+   */
+  readOnlyInherited = false;
+  private name: string;
+  private nameSeqValue: number;
 
   constructor(
-    readonly nodeName: string,
+    nodeName: string,
     readonly driver: Driver,
     /** Every option it was opened with (common and driver-specific), for queries and reopen. */
     readonly options: CommonOptions & Record<string, unknown>,
@@ -66,11 +76,28 @@ export class BlockNode implements Parent {
   ) {
     // Before the driver opens anything, as QEMU's bdrv_open_common refuses detect-zeroes=unmap without discard=unmap.
     this.detectZeroes = detectZeroesMode(options);
+    this.name = nodeName;
+    this.nameSeqValue = nextNameSeq();
   }
 
   /** Takes up options changed in place by blockdev-reopen (checked there with detectZeroesMode()). */
   optionsChanged(): void {
     this.detectZeroes = detectZeroesMode(this.options);
+  }
+
+  get nodeName(): string { return this.name; }
+
+  /** When the node got its name, relative to the others (query-named-block-nodes lists the newest first). */
+  get nameSeq(): number { return this.nameSeqValue; }
+
+  /**
+   * Names the node while it opens (BlockGraph.add does, at the point QEMU's
+   * bdrv_open_common does: after the file child is open, before any other).
+   */
+  assignName(name: string): void {
+    this.name = name;
+    this.options['node-name'] = name;
+    this.nameSeqValue = nextNameSeq();
   }
 
   describe(): string { return this.nodeName; }

@@ -6,11 +6,17 @@
  * and two random digits, so nobody can rely on a name.
  */
 let counter = 0;
+let seq = 0;
 
 /** The next generated name; one `taken` says is in use is skipped. */
 export function generateNodeName(taken: (name: string) => boolean = () => false): string {
   let name: string;
-  do name = `#block${String(counter++).padStart(3, '0')}${String(Math.floor(Math.random() * 100)).padStart(2, '0')}`;
+  do name = `#block${counter++}${String(Math.floor(Math.random() * 100)).padStart(2, '0')}`;
   while (taken(name));
   return name;
+}
+
+/** A number for "a node got its name now": QEMU lists named nodes newest first (graph_bdrv_states, prepended). */
+export function nextNameSeq(): number {
+  return seq++;
 }

@@ -185,9 +185,9 @@ export function blockDeviceInfo(node: BlockNode, flat: boolean): Record<string, 
   return out;
 }
 
-/** query-named-block-nodes: newest node first, as qsd lists them. */
+/** query-named-block-nodes: the node named last first, as qsd lists them. */
 export function queryNamedBlockNodes(graph: BlockGraph, flat: boolean): Record<string, unknown>[] {
-  return [...graph.nodes.values()].reverse().map((n) => blockDeviceInfo(n, flat));
+  return [...graph.nodes.values()].sort((a, b) => b.nameSeq - a.nameSeq).map((n) => blockDeviceInfo(n, flat));
 }
 
 const permList = (p: { read: boolean; write: boolean; resize: boolean }, shared: boolean): string[] => {

@@ -16,6 +16,7 @@ import { open } from 'node:fs/promises';
 import { enm, obj, opt, req } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
 import { replaceNode, setBacking, withUsersHeld } from '../../blockdev/surgery/replace.ts';
+import { generateNodeName } from '../../blockdev/surgery/node-names.ts';
 import { qcow2Layout } from '../../blockdev/drivers/qcow2/create-layout.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { BlockNode } from '../../blockdev/node.ts';
@@ -80,12 +81,16 @@ async function dropOverlay(graph: BlockGraph, overlay: BlockNode): Promise<void>
  * Reopens a node and its protocol child read-only or read-write, one node at
  * a time (the format layer writes through its file while it changes mode, so
  * the two are not drained together): the file first when it gains write, last
- * when it drops it.
+ * when it drops it. Only a file whose read-only flag follows the node's
+ * changes with it (an inline one); a file node added by itself keeps its own
+ * (qsd: after a snapshot the old top is read-only, its blockdev-add'ed file
+ * node still read-write).
  */
 export async function setReadOnly(graph: BlockGraph, node: BlockNode, readOnly: boolean): Promise<void> {
   if (node.readOnly === readOnly) return;
   const files = node.children
-    .filter((e) => (e.role === 'file' || e.role === 'data-file') && e.child.readOnly !== readOnly && e.child.parents.length === 1)
+    .filter((e) => (e.role === 'file' || e.role === 'data-file') && e.child.readOnly !== readOnly
+      && e.child.readOnlyInherited && e.child.parents.length === 1)
     .map((e) => e.child);
   // Users above are held meanwhile: reopen drains the node with everything above it.
   const one = (n: BlockNode) => withUsersHeld(n, () => reopenNodes(graph, [{ ...n.options, 'read-only': readOnly }]));
@@ -94,8 +99,14 @@ export async function setReadOnly(graph: BlockGraph, node: BlockNode, readOnly: 
   if (readOnly) for (const f of files) await one(f);
 }
 
-/** Writes a new, empty qcow2 image backed by `backing`. */
+/**
+ * Writes a new, empty qcow2 image backed by `backing`. qsd's bdrv_img_create
+ * opens three nodes to do so (the new file's protocol node, then the qcow2
+ * and its file to write the header); their generated names are drawn here
+ * too, so the names after it are numbered as qsd's.
+ */
 async function createOverlay(filename: string, size: number, backingFile: string, backingFormat: string): Promise<void> {
+  for (let i = 0; i < 3; i++) generateNodeName();
   const layout = qcow2Layout({ size, backingFile, backingFormat });
   let fh;
   try {
