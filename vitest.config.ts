@@ -9,7 +9,9 @@ const kinds = ['unit', 'interop', 'side-by-side'] as const;
 
 export default defineConfig({
   test: {
+    // A temporary root per run, checked empty at the end (global-setup.ts); tempDir()'s clean-up per file (temp-cleanup.ts).
     globalSetup: ['test/helpers/global-setup.ts'],
+    setupFiles: ['test/helpers/temp-cleanup.ts'],
     // Child processes (forks), not worker threads: the native addon and the
     // daemons the tests spawn behave as they do in production.
     pool: 'forks',

@@ -1,10 +1,12 @@
 /** Starts blockd and qemu-storage-daemon as processes with the same qsd-style arguments. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { requireTool } from './tools.ts';
+
+// Scratch directories live in temp.ts; re-exported for the tests that import them from here.
+export { tempDir } from './temp.ts';
 
 export const BLOCKD = resolve(import.meta.dirname, '../../bin/blockd');
 
@@ -12,25 +14,6 @@ export interface Running {
   proc: ChildProcess;
   stderr: () => string;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
-}
-
-const made: string[] = [];
-let cleanupArmed = false;
-
-/** A fresh temporary directory, removed when the test process exits (images add up to gigabytes). */
-export function tempDir(prefix = 'blockd-test-'): string {
-  const run = process.env.BLOCKD_TEST_RUN;
-  const dir = mkdtempSync(join(tmpdir(), run && prefix === 'blockd-test-' ? `${prefix}${run}-` : prefix));
-  made.push(dir);
-  if (!cleanupArmed) {
-    cleanupArmed = true;
-    process.once('exit', () => {
-      for (const d of made) {
-        try { rmSync(d, { recursive: true, force: true }); } catch { /* a mount still busy: leave it */ }
-      }
-    });
-  }
-  return dir;
 }
 
 /** Spawns `cmd args` and resolves once `readyPath` (a Unix socket) accepts connections. */

@@ -5,8 +5,6 @@
  */
 import { connect, type Socket } from 'node:net';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { BlockGraph } from '../../src/blockdev/graph.ts';
@@ -16,6 +14,7 @@ import { obj, opt } from '../../src/qapi/types.ts';
 import { nullDriver } from '../../src/blockdev/drivers/null.ts';
 import { ExportRegistry, type NbdExportOptions } from './exports.ts';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.ts';
+import { tempDir } from './temp.ts';
 
 export const BLOCK = 4096;
 
@@ -114,7 +113,7 @@ export async function startHarness(
   const registry = new ExportRegistry();
   for (const e of exports) registry.add(graph, e);
   const server = new NbdServer(registry, { logger: quietLogger(), ...serverOpts });
-  const dir = mkdtempSync(join(tmpdir(), 'blockd-nbd-'));
+  const dir = tempDir('blockd-nbd-');
   const sock = join(dir, 'nbd.sock');
   await server.listenUnix(sock);
   await server.listenTcp('127.0.0.1', 0);

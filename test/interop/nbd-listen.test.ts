@@ -2,13 +2,13 @@
 import { describe, it, expect } from 'vitest';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { existsSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { BlockGraph } from '../../src/blockdev/graph.ts';
 import { ExportRegistry } from '../helpers/exports.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
 import { memDriver, quietLogger, requireTool, runTool } from '../helpers/nbd.ts';
+import { tempDir } from '../helpers/temp.ts';
 
 const root = resolve(import.meta.dirname, '../..');
 
@@ -23,7 +23,7 @@ async function registry(): Promise<ExportRegistry> {
 
 describe('listeners', () => {
   it('a stale Unix socket file is replaced, and removed again on close', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'blockd-nbd-l-'));
+    const dir = tempDir('blockd-nbd-l-');
     const path = join(dir, 's');
     const stale = createServer();
     await new Promise<void>((r) => stale.listen(path, r));
@@ -57,7 +57,7 @@ describe('listeners', () => {
 
   it('an inherited listening fd (systemd-socket-activate) serves clients', async () => {
     requireTool('systemd-socket-activate');
-    const dir = mkdtempSync(join(tmpdir(), 'blockd-nbd-fd-'));
+    const dir = tempDir('blockd-nbd-fd-');
     const path = join(dir, 's');
     const script = `
 import { BlockGraph } from '${root}/src/blockdev/graph.ts';

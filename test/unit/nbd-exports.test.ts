@@ -6,8 +6,7 @@ import { ExportRegistry } from '../helpers/exports.ts';
 import type { DirtyBitmapView, MetaContextProvider } from '../../src/nbd/meta.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
 import { memDriver, nbdsh, quietLogger, runTool } from '../helpers/nbd.ts';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tempDir } from '../helpers/temp.ts';
 import { join } from 'node:path';
 
 let graph: BlockGraph;
@@ -90,7 +89,7 @@ describe('ExportRegistry.add', () => {
 });
 
 describe('pluggable metadata contexts', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'blockd-nbd-meta-'));
+  const dir = tempDir('blockd-nbd-meta-');
   let server: NbdServer | undefined;
   afterAll(async () => server?.destroy());
 
