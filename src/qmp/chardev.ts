@@ -1,7 +1,8 @@
 /**
  * --chardev and --monitor, as qemu-storage-daemon parses them, for the
  * character devices a QMP monitor can use: socket (Unix path or TCP
- * host/port, server=on) and stdio.
+ * host/port; listening with server=on, else connecting out to a listening
+ * peer, with reconnect=SECONDS to retry) and stdio.
  *
  * --chardev is QemuOpts syntax (not keyval): "socket,id=m,path=/x,server=on,wait=off",
  * backend first, ",," for a comma, bare "server" meaning server=on and
@@ -23,6 +24,13 @@ export interface ChardevSpec {
   addr: ListenAddress;
   /** Wait for the first client before start-up goes on (server=on without wait=off). */
   wait: boolean;
+  /**
+   * Client mode (no server=on): connect to a peer listening at addr (unix or
+   * inet) instead of listening. reconnect > 0: connect in the background and
+   * again that many seconds after a failure or a hang-up; otherwise start-up
+   * fails if the peer is not there, and a hang-up ends the monitor.
+   */
+  client?: { reconnect: number };
 }
 
 export interface MonitorSpec {
@@ -99,17 +107,24 @@ export function parseChardev(value: string | Record<string, unknown>): ChardevSp
   if (backend !== 'socket') fail(`chardev backend '${backend}' is not supported by blockd (QMP monitors use socket or stdio)`);
   for (const k of UNSUPPORTED_ON) if (opts.get(k) === true) fail(`chardev: socket: '${k}' is not supported by blockd`);
   if (opts.get('tls-creds') !== undefined) fail(`No TLS credentials with id '${opts.get('tls-creds')}'`);
-  if (opts.get('reconnect') !== undefined) fail("chardev: socket: 'reconnect' option is incompatible with 'server' option");
   if (opts.get('logfile') !== undefined) fail('chardev: socket: logfile is not supported by blockd');
   const path = opts.get('path') as string | undefined;
   const host = opts.get('host') as string | undefined;
   const fd = opts.get('fd') as string | undefined;
   if ([path, host, fd].filter((x) => x !== undefined).length > 1) fail("None or one of 'path', 'fd' or 'host' option required.");
   const server = opts.get('server') === true;
-  if (!server) fail('chardev: socket: blockd only listens (server=on); connecting out is not supported');
-  const wait = opts.get('wait') !== false;
-  if (path !== undefined) return { id: id!, addr: { type: 'unix', path }, wait };
+  // qemu_chr_parse_socket's order: wait, then reconnect, against the mode.
+  if (!server && opts.get('wait') !== undefined) fail("'wait' option is incompatible with socket in client connect mode");
+  const reconnectText = opts.get('reconnect') as string | undefined;
+  if (server && reconnectText !== undefined) fail("'reconnect' option is incompatible with socket in server listen mode");
+  // QemuOpts numbers: decimal digits (a leading minus wraps; QEMU then treats the value as no reconnect).
+  if (reconnectText !== undefined && !/^-?\d+$/.test(reconnectText)) fail("Parameter 'reconnect' expects a number");
+  const reconnect = reconnectText === undefined ? 0 : Math.max(0, Number(reconnectText));
+  const wait = server && opts.get('wait') !== false;
+  const client = server ? undefined : { reconnect };
+  if (path !== undefined) return { id: id!, addr: { type: 'unix', path }, wait, client };
   if (fd !== undefined) {
+    if (!server) fail('chardev: socket: an inherited fd is a listening socket for blockd (server=on)');
     if (!/^\d+$/.test(fd)) fail(`File descriptor named '${fd}' has not been found`);
     return { id: id!, addr: { type: 'fd', fd: Number(fd) }, wait };
   }
@@ -118,7 +133,7 @@ export function parseChardev(value: string | Record<string, unknown>): ChardevSp
     if (port === undefined) fail('chardev: socket: no port given');
     const p = Number(port);
     if (!/^\d+$/.test(port!) || p > 65535) fail(`address resolution failed for ${host ?? ''}:${port}: Servname not supported for ai_socktype`);
-    return { id: id!, addr: { type: 'inet', host: host ?? '', port: p }, wait };
+    return { id: id!, addr: { type: 'inet', host: host ?? '', port: p }, wait, client };
   }
   return fail("chardev: socket: one of 'path', 'host' or 'fd' is required");
 }

@@ -5,7 +5,7 @@
  * many clients can talk to one monitor at once. Events go to every
  * negotiated client of every monitor.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Dispatcher } from './dispatcher.ts';
@@ -34,6 +34,9 @@ export class QmpMonitor {
   private readonly unsubscribe: () => void;
   private closing?: Promise<void>;
   private firstClient?: () => void;
+  /** Client mode: the next connection attempt (reconnect), and the attempt under way. */
+  private retryTimer?: NodeJS.Timeout;
+  private connecting?: Socket;
 
   constructor(readonly id: string, private readonly dispatcher: Dispatcher, events: QmpEventBus, private readonly opts: MonitorOptions) {
     this.unsubscribe = events.subscribe((e) => this.broadcast(e));
@@ -77,6 +80,61 @@ export class QmpMonitor {
     if (addr.type === 'unix') this.unixPath = addr.path;
   }
 
+  /**
+   * Client mode (a chardev without server=on): connects out to a peer
+   * listening at `addr` and serves QMP on that connection, as qsd. Without
+   * reconnect a failure is thrown (start-up fails: "Failed to connect to
+   * 'PATH': No such file or directory") and a hang-up ends the monitor. With
+   * reconnect > 0 it connects in the background, and tries again that many
+   * seconds after a failure or a hang-up; the first failure in a row is
+   * reported through `report` ("Unable to connect character device ID: ...").
+   */
+  async connectOut(addr: Extract<ListenAddress, { type: 'unix' | 'inet' }>, reconnectSeconds: number, report: (line: string) => void): Promise<void> {
+    if (reconnectSeconds <= 0) {
+      this.adopt(await this.attempt(addr));
+      return;
+    }
+    let reported = false;
+    const retry = () => {
+      if (this.closing) return;
+      this.retryTimer = setTimeout(tryOnce, reconnectSeconds * 1000);
+    };
+    const tryOnce = () => {
+      this.retryTimer = undefined;
+      this.attempt(addr).then((socket) => {
+        if (this.closing) return void socket.destroy();
+        reported = false;
+        void this.adopt(socket).finished.then(retry);
+      }, (e: Error) => {
+        if (!reported) report(`Unable to connect character device ${this.id}: ${e.message}`);
+        reported = true;
+        retry();
+      });
+    };
+    tryOnce();
+  }
+
+  /** One connection attempt; rejects with qsd's text. */
+  private attempt(addr: Extract<ListenAddress, { type: 'unix' | 'inet' }>): Promise<Socket> {
+    const where = addr.type === 'unix' ? addr.path : `${addr.host}:${addr.port}`;
+    return new Promise((resolve, reject) => {
+      const socket = addr.type === 'unix'
+        ? connect({ path: addr.path, allowHalfOpen: true })
+        : connect({ host: addr.host || 'localhost', port: addr.port, allowHalfOpen: true });
+      this.connecting = socket;
+      socket.once('connect', () => {
+        socket.off('error', onError);
+        this.connecting = undefined;
+        resolve(socket);
+      });
+      const onError = (err: NodeJS.ErrnoException) => {
+        this.connecting = undefined;
+        reject(new Error(`Failed to connect to '${where}': ${strerror(err)}`));
+      };
+      socket.once('error', onError);
+    });
+  }
+
   /** Resolves when the first client connects (chardev wait=on). */
   waitForClient(): Promise<void> {
     if (this.sessions.size > 0) return Promise.resolve();
@@ -89,13 +147,18 @@ export class QmpMonitor {
       this.opts.log.warn({ monitor: this.id }, 'too many QMP clients; refusing one');
       return void socket.destroy();
     }
+    this.adopt(socket);
+  }
+
+  /** Serves QMP on a connected socket (accepted, or connected out in client mode). */
+  private adopt(socket: Socket): QmpSession {
     socket.setNoDelay?.(true);
     // Once our last bytes are out the socket is closed, as qsd closes its chardev: a client that
     // keeps its end open (most do, until they read EOF) does not hold the daemon's shutdown.
-    this.addSession({ input: socket, output: socket, end: () => socket.end(() => socket.destroy()), destroy: () => socket.destroy() });
+    return this.addSession({ input: socket, output: socket, end: () => socket.end(() => socket.destroy()), destroy: () => socket.destroy() });
   }
 
-  private addSession(io: ConstructorParameters<typeof QmpSession>[0]): void {
+  private addSession(io: ConstructorParameters<typeof QmpSession>[0]): QmpSession {
     const session = new QmpSession(io, this.dispatcher, {
       pretty: this.opts.pretty, greeting: this.opts.greeting, log: this.opts.log, limits: this.opts.limits,
     });
@@ -104,6 +167,7 @@ export class QmpMonitor {
     session.start();
     this.firstClient?.();
     this.firstClient = undefined;
+    return session;
   }
 
   private broadcast(e: QmpEvent): void {
@@ -114,6 +178,8 @@ export class QmpMonitor {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.unsubscribe();
+      clearTimeout(this.retryTimer);
+      this.connecting?.destroy();
       const server = this.server;
       const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
       const sessions = [...this.sessions];
@@ -129,5 +195,19 @@ export class QmpMonitor {
       }
     })();
     return this.closing;
+  }
+}
+
+/** The C library's text for the errors a connect() gives (what qsd prints). */
+function strerror(err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case 'ENOENT': return 'No such file or directory';
+    case 'ECONNREFUSED': return 'Connection refused';
+    case 'EACCES': return 'Permission denied';
+    case 'ENOTSOCK': return 'Socket operation on non-socket';
+    case 'ETIMEDOUT': return 'Connection timed out';
+    case 'EHOSTUNREACH': return 'No route to host';
+    case 'ENETUNREACH': return 'Network is unreachable';
+    default: return err.message;
   }
 }

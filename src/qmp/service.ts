@@ -58,14 +58,18 @@ export class QmpService {
       const mon = new QmpMonitor(spec.id ?? spec.chardev, this.dispatcher, this.host.events, {
         pretty: spec.pretty, greeting: greeting(), log: this.host.log.child({ component: 'qmp', monitor: spec.chardev }),
       });
+      const client = chardev.client && (chardev.addr.type === 'unix' || chardev.addr.type === 'inet') ? chardev.addr : undefined;
       try {
-        await mon.listen(chardev.addr);
+        // Client mode: qsd reports a later failure as one plain line on stderr, as its start-up errors.
+        if (client) await mon.connectOut(client, chardev.client!.reconnect, (line) => process.stderr.write(`blockd: ${line}\n`));
+        else await mon.listen(chardev.addr);
       } catch (e) {
         const text = this.texts.get(spec.chardev);
-        throw new BlockError('EINVAL', `${text !== undefined ? `--chardev ${text}: ` : ''}${listenError(chardev, e)}`);
+        const message = client ? (e as Error).message : listenError(chardev, e);
+        throw new BlockError('EINVAL', `${text !== undefined ? `--chardev ${text}: ` : ''}${message}`);
       }
       this.monitors.push(mon);
-      this.host.log.info({ chardev: spec.chardev, addr: chardev.addr }, 'QMP monitor listening');
+      this.host.log.info({ chardev: spec.chardev, addr: chardev.addr }, client ? 'QMP monitor connecting out' : 'QMP monitor listening');
       if (chardev.wait && chardev.addr.type !== 'stdio') {
         this.host.log.info({ chardev: spec.chardev }, 'waiting for a QMP client to connect (wait=on)');
         await mon.waitForClient();
