@@ -138,6 +138,17 @@ export interface DriverOps {
    * a conflict with another process throws and leaves the old state.
    */
   setPermissions?(users: { perm: Perm; shared: Perm } | undefined): void;
+  /**
+   * The node is being drained (QEMU's bdrv_drain_begin): BlockNode calls it,
+   * top-down through the nodes above the drained one, as it quiesces this
+   * node and before it waits for the node's in-flight requests, which must
+   * therefore finish without new input (a throttle lets its queued requests
+   * through at once). New requests wait in BlockNode until drainEnd().
+   * Nested sections call it once, at the outermost.
+   */
+  drainBegin?(): void;
+  /** The last drained section holding the node ended (QEMU's bdrv_drain_end); requests flow again after it. */
+  drainEnd?(): void;
 }
 
 /** A prepared reopen (see DriverOps.prepareReopen). */

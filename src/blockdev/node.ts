@@ -110,6 +110,8 @@ export class BlockNode implements Parent {
   /** Finishes opening: called by the graph once the driver returned its ops. */
   setOps(ops: DriverOps): void {
     this.ops = ops;
+    // Ops opened inside a drained section (graph surgery reopens a node on new children) start drained.
+    if (this.quiesceDepth > 0) ops.drainBegin?.();
     const child = this.primaryChild;
     const own = ops.limits ?? {};
     const passes = this.driver.kind === 'filter';
@@ -384,7 +386,10 @@ export class BlockNode implements Parent {
   /**
    * Runs `fn` while no request is in flight on this node or on any node or
    * user above it; new requests wait (in order) until it returns. Graph
-   * changes happen only inside such a section.
+   * changes happen only inside such a section. Each node's driver hears
+   * drainBegin() as the node is quiesced, before the wait for its in-flight
+   * requests (a throttle lets its queue through), and drainEnd() when the
+   * last section holding it ends; both top-down (QEMU's bdrv_drain_begin/end).
    */
   async drained<T>(fn: () => Promise<T> | T): Promise<T> {
     // Top-down, one node at a time: a request already running in a node
