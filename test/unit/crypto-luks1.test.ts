@@ -103,3 +103,12 @@ describe('LUKS1 header checks (QEMU 7.2 texts)', () => {
     expect(opening(damaged((h) => { h.cipherMode = 'xts-plain64:sha256'; }))).not.toThrow();
   });
 });
+
+describe('passphrases from secrets (QEMU\'s qcrypto_secret_lookup_as_utf8, then strlen)', () => {
+  it('takes valid UTF-8 up to the first NUL and refuses anything else', async () => {
+    const { passwordFromSecret } = await import('../../src/crypto/luks1-open.ts');
+    expect(passwordFromSecret('s', Buffer.from('p\u00e4ss')).toString()).toBe('p\u00e4ss');
+    expect(passwordFromSecret('s', Buffer.from('ab\0cd')).toString()).toBe('ab');
+    expect(() => passwordFromSecret('s0', Buffer.from([0x61, 0xff]))).toThrow('Data from secret s0 is not valid UTF-8');
+  });
+});
