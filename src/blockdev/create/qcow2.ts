@@ -26,6 +26,7 @@ import { registerDrivers } from '../drivers/index.ts';
 import { qcow2Layout, type PreallocMode, type Qcow2Layout, type Qcow2LayoutOptions } from '../drivers/qcow2/create-layout.ts';
 import { PreallocMode as PreallocModeEnum } from './file.ts';
 import type { CreateContext, ImageCreator } from './types.ts';
+import { QCRYPTO_LUKS_CREATE_MEMBERS } from './luks-options.ts';
 
 /** qemu-storage-daemon 7.2's BlockdevDriver values (what 'backing-fmt' accepts). */
 const QSD_BLOCKDEV_DRIVERS: readonly string[] = [
@@ -50,7 +51,7 @@ function staticBlockdevOptions(): ObjectType {
   }
   return schemaOptions;
 }
-const BlockdevRef = alt('BlockdevRef', ['str', ref('BlockdevOptions', staticBlockdevOptions)]);
+export const BlockdevRef = alt('BlockdevRef', ['str', ref('BlockdevOptions', staticBlockdevOptions)]);
 
 export const BlockdevQcow2Version = enm('BlockdevQcow2Version', ['v2', 'v3'], 'qcow2 format version');
 export const Qcow2CompressionType = enm('Qcow2CompressionType', ['zlib', 'zstd'], 'Compression type used in qcow2 image file');
@@ -62,15 +63,7 @@ const QCryptoBlockCreateOptions = obj('QCryptoBlockCreateOptions', [
     discriminator: 'format',
     variants: {
       qcow: obj('QCryptoBlockOptionsQCow', [opt('key-secret', 'str', 'the ID of a QCryptoSecret object providing the decryption key')]),
-      luks: obj('QCryptoBlockCreateOptionsLUKS', [
-        opt('key-secret', 'str', 'the ID of a QCryptoSecret object providing the decryption key'),
-        opt('cipher-alg', enm('QCryptoCipherAlgorithm', ['aes-128', 'aes-192', 'aes-256', 'des', '3des', 'cast5-128', 'serpent-128', 'serpent-192', 'serpent-256', 'twofish-128', 'twofish-192', 'twofish-256'])),
-        opt('cipher-mode', enm('QCryptoCipherMode', ['ecb', 'cbc', 'xts', 'ctr'])),
-        opt('ivgen-alg', enm('QCryptoIVGenAlgorithm', ['plain', 'plain64', 'essiv'])),
-        opt('ivgen-hash-alg', enm('QCryptoHashAlgorithm', ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'])),
-        opt('hash-alg', enm('QCryptoHashAlgorithm', ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'])),
-        opt('iter-time', 'int', 'number of milliseconds to spend in PBKDF passphrase processing'),
-      ]),
+      luks: obj('QCryptoBlockCreateOptionsLUKS', QCRYPTO_LUKS_CREATE_MEMBERS),
     },
   },
   doc: 'Options for creating a block device encryption format (blockd refuses encrypted qcow2 images)',
@@ -130,7 +123,7 @@ const creatorUser: Parent = { describe: () => 'an unnamed block device' };
  * Node references used by one creation, each held through an edge of the
  * creating user; unlinking them at the end closes inline definitions again.
  */
-class Refs {
+export class Refs {
   private readonly edges: ChildEdge[] = [];
   constructor(private readonly graph: BlockGraph) {}
 
@@ -213,7 +206,7 @@ function userName(e: ChildEdge): string {
 }
 
 /** The file node is written by an unnamed user taking write and resize and sharing everything (QEMU's BlockBackend). */
-function checkFilePermissions(file: BlockNode): void {
+export function checkFilePermissions(file: BlockNode): void {
   for (const e of file.parents) {
     const missing = (['write', 'resize'] as const).filter((p) => !e.shared[p]);
     if (missing.length) {
@@ -307,7 +300,7 @@ async function sizeDataFile(node: BlockNode, d: NonNullable<Qcow2Layout['dataFil
 }
 
 /** Allocates [from, to) of a node: falloc reserves the space (write-zeroes without unmapping), full writes zeroes. */
-async function preallocate(node: BlockNode, from: number, to: number, mode: 'falloc' | 'full', signal?: AbortSignal): Promise<void> {
+export async function preallocate(node: BlockNode, from: number, to: number, mode: 'falloc' | 'full', signal?: AbortSignal): Promise<void> {
   if (to <= from) return;
   if (mode === 'falloc') {
     await node.writeZeroes(from, to - from, 0);
