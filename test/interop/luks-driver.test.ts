@@ -12,14 +12,15 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { BLOCKD, startDaemon, tempDir } from '../helpers/daemons.ts';
 import { run } from '../helpers/tools.ts';
+import { qemuImgCreateLuks } from '../helpers/luks.ts';
 
 const dir = tempDir('blockd-luks-drv-');
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const pw = join(dir, 'pw');
 writeFileSync(pw, 'p\u00e4ssw\u00f6rd');
 
-const images: [string, (f: string) => void][] = [
-  ['qemu-img', (f) => run('qemu-img', ['create', '-q', '-f', 'luks', '--object', `secret,id=s,file=${pw}`, '-o', 'key-secret=s,iter-time=10', f, '32M'])],
+const images: [string, (f: string) => void | Promise<void>][] = [
+  ['qemu-img', (f) => qemuImgCreateLuks(f, pw, ['iter-time=10'], '32M')],
   ['cryptsetup', (f) => {
     run('truncate', ['-s', '34M', f]);
     run('cryptsetup', ['luksFormat', '--type', 'luks1', '-q', '--pbkdf-force-iterations', '1000', '--key-file', pw, f]);
@@ -29,7 +30,7 @@ const images: [string, (f: string) => void][] = [
 describe('luks images through blockd', () => {
   it.each(images)('%s image: written through blockd, read back by qemu-io and still unlocked by cryptsetup', async (name, make) => {
     const img = join(dir, `${name}.img`);
-    make(img);
+    await make(img);
     const secret = ['--object', `secret,id=s,file=${pw}`];
     const imageOpts = `driver=luks,key-secret=s,file.filename=${img}`;
     run('qemu-io', [...secret, '--image-opts', imageOpts, '-c', 'write -P 0x61 0 1M', '-c', 'write -P 0x62 31M 1M']);

@@ -9,6 +9,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../helpers/tools.ts';
+import { qemuImgCreateLuks } from '../helpers/luks.ts';
 import { tempDir } from '../helpers/daemons.ts';
 import { parseLuks1Header } from '../../src/crypto/luks1-header.ts';
 import { parseCipherSpec } from '../../src/crypto/cipher-spec.ts';
@@ -49,7 +50,7 @@ describe('LUKS1 images made by the real tools', () => {
     ['qemu-img aes-128 cbc essiv sha512', ['cipher-alg=aes-128', 'cipher-mode=cbc', 'ivgen-alg=essiv', 'hash-alg=sha512']],
   ])('%s', async (_name, opts) => {
     const image = join(dir, `q${opts.length}.img`);
-    run('qemu-img', ['create', '-q', '-f', 'luks', '--object', `secret,id=s0,file=${keyFile}`, '-o', ['key-secret=s0', 'iter-time=10', ...opts].join(','), image, '1M']);
+    await qemuImgCreateLuks(image, keyFile, ['iter-time=10', ...opts], '1M');
     const { key, slot, header } = await unlock(image, 'correct horse');
     expect(slot).toBe(0);
     expect(header.payloadOffsetSector).toBe(opts.length ? 1032 : 4040);

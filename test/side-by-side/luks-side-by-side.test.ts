@@ -13,12 +13,13 @@ import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { tempDir, type Running } from '../helpers/daemons.ts';
 import { qmpDaemon } from '../helpers/live.ts';
 import { run } from '../helpers/tools.ts';
+import { qemuImgCreateLuks } from '../helpers/luks.ts';
 
 const PASS = 'blockd luks test';
-const IMAGES: { name: string; make: (file: string, pw: string) => void }[] = [
-  { name: 'qemu-xts', make: (f, pw) => run('qemu-img', ['create', '-q', '-f', 'luks', '--object', `secret,id=s,file=${pw}`, '-o', 'key-secret=s,iter-time=10', f, '8M']) },
-  { name: 'qemu-essiv', make: (f, pw) => run('qemu-img', ['create', '-q', '-f', 'luks', '--object', `secret,id=s,file=${pw}`, '-o', 'key-secret=s,iter-time=10,cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv,hash-alg=sha512', f, '8M']) },
-  { name: 'qemu-cbc-plain64', make: (f, pw) => run('qemu-img', ['create', '-q', '-f', 'luks', '--object', `secret,id=s,file=${pw}`, '-o', 'key-secret=s,iter-time=10,cipher-alg=aes-256,cipher-mode=cbc,ivgen-alg=plain64', f, '8M']) },
+const IMAGES: { name: string; make: (file: string, pw: string) => void | Promise<void> }[] = [
+  { name: 'qemu-xts', make: (f, pw) => qemuImgCreateLuks(f, pw, ['iter-time=10'], '8M') },
+  { name: 'qemu-essiv', make: (f, pw) => qemuImgCreateLuks(f, pw, ['iter-time=10', 'cipher-alg=aes-128', 'cipher-mode=cbc', 'ivgen-alg=essiv', 'hash-alg=sha512'], '8M') },
+  { name: 'qemu-cbc-plain64', make: (f, pw) => qemuImgCreateLuks(f, pw, ['iter-time=10', 'cipher-alg=aes-256', 'cipher-mode=cbc', 'ivgen-alg=plain64'], '8M') },
   {
     name: 'cryptsetup', make: (f, pw) => {
       run('truncate', ['-s', '10M', f]);
@@ -36,7 +37,7 @@ describe('luks side by side with qemu-storage-daemon', () => {
     writeFileSync(pw, PASS);
     for (const img of IMAGES) {
       const f = join(dir, `${img.name}.img`);
-      img.make(f, pw);
+      await img.make(f, pw);
       const opts = `driver=luks,key-secret=s,file.filename=${f}`;
       run('qemu-io', ['--object', `secret,id=s,file=${pw}`, '--image-opts', opts, '-c', 'write -P 0x5a 0 64k', '-c', 'write -P 0xa5 3M 1M']);
     }
