@@ -8,7 +8,7 @@
  * wrote through NBD.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
@@ -70,7 +70,10 @@ describe('blockdev-create luks side by side with qemu-storage-daemon', () => {
       d[which] = { proc: r.proc, qmp: r.qmp, dir: sub };
     }
   }, 60_000);
-  afterAll(async () => { for (const x of Object.values(d)) { x.qmp.close(); await x.proc.stop(); } });
+  afterAll(async () => {
+    for (const x of Object.values(d)) { x.qmp.close(); await x.proc.stop(); }
+    rmSync(dir, { recursive: true, force: true });
+  });
 
   it.each(CASES)('%s', async (name, extra, error) => {
     const results: Record<string, { error?: string; header?: Luks1Header; length?: number }> = {};

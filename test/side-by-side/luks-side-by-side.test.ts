@@ -7,7 +7,7 @@
  * byte-identical files (same master key, deterministic sector encryption).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { tempDir, type Running } from '../helpers/daemons.ts';
@@ -58,6 +58,7 @@ describe('luks side by side with qemu-storage-daemon', () => {
 
   afterAll(async () => {
     for (const x of Object.values(d)) { x.qmp.close(); await x.proc.stop(); }
+    rmSync(dir, { recursive: true, force: true });
   });
 
   const both = async (f: (qmp: QmpClient, sub: string) => Promise<unknown>) =>
