@@ -101,7 +101,7 @@ export class ByteQueue {
   }
 
   /** Drops up to `n` bytes without reading them; returns how many. */
-  skip(n: number): number {
+  discard(n: number): number {
     let skipped = 0;
     while (skipped < n && this.available > 0) {
       const k = Math.min(n - skipped, this.chunks[this.first].length - this.pos);

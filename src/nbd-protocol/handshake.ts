@@ -42,7 +42,7 @@ export function decodeGreeting(q: ByteQueue): { handshakeFlags: number } | undef
   if (q.length < GREETING_SIZE) return undefined;
   const b = q.peek(GREETING_SIZE);
   const g = parseGreeting(b, q.at);
-  q.skip(GREETING_SIZE);
+  q.discard(GREETING_SIZE);
   return g;
 }
 
@@ -84,6 +84,6 @@ export function decodeExportNameReply(q: ByteQueue, noZeroes: boolean): ExportIn
   if (q.length < size) return undefined;
   const b = q.peek(EXPORT_NAME_REPLY_SIZE);
   const info = parseExportNameReply(b, q.at);
-  q.skip(size);
+  q.discard(size);
   return info;
 }

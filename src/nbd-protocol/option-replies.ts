@@ -65,7 +65,7 @@ export function decodeOptionReply(q: ByteQueue, maxLength = MAX_PAYLOAD): Option
   const h = readOptionReplyHeader(q.peek(OPTION_REPLY_HEADER_SIZE), q.at);
   if (h.length > maxLength) throw new NbdProtocolError(`option reply length ${h.length} over the limit of ${maxLength}`);
   if (q.length < OPTION_REPLY_HEADER_SIZE + h.length) return undefined;
-  q.skip(OPTION_REPLY_HEADER_SIZE);
+  q.discard(OPTION_REPLY_HEADER_SIZE);
   return { option: h.option, type: h.type, payload: q.take(h.length) };
 }
 

@@ -38,7 +38,7 @@ export function readOptionHeader(b: Buffer, at: number): OptionHeader {
 export function decodeOptionHeader(q: ByteQueue): OptionHeader | undefined {
   if (q.length < OPTION_HEADER_SIZE) return undefined;
   const h = readOptionHeader(q.peek(OPTION_HEADER_SIZE), q.at);
-  q.skip(OPTION_HEADER_SIZE);
+  q.discard(OPTION_HEADER_SIZE);
   return h;
 }
 
@@ -48,7 +48,7 @@ export function decodeOptionRequest(q: ByteQueue, maxLength = MAX_PAYLOAD): { op
   const h = readOptionHeader(q.peek(OPTION_HEADER_SIZE), q.at);
   if (h.length > maxLength) throw new NbdProtocolError(`option ${h.option} data length ${h.length} over the limit of ${maxLength}`);
   if (q.length < OPTION_HEADER_SIZE + h.length) return undefined;
-  q.skip(OPTION_HEADER_SIZE);
+  q.discard(OPTION_HEADER_SIZE);
   return { option: h.option, data: q.take(h.length) };
 }
 

@@ -52,7 +52,7 @@ export class ReplyDecoder {
       const r = readSimpleReply(h, q.at);
       const n = r.error === 0 ? this.opts.readLength(r) : 0;
       if (q.length < SIMPLE_REPLY_SIZE + n) return undefined;
-      q.skip(SIMPLE_REPLY_SIZE);
+      q.discard(SIMPLE_REPLY_SIZE);
       return { kind: 'simple', cookieHi: r.cookieHi, cookieLo: r.cookieLo, error: r.error, data: n > 0 ? q.take(n) : undefined };
     }
     if (magic === STRUCTURED_REPLY_MAGIC) {
@@ -63,7 +63,7 @@ export class ReplyDecoder {
         throw new NbdProtocolError(`structured reply chunk length ${c.length} over the limit of ${this.maxPayload}`);
       }
       if (q.length < CHUNK_HEADER_SIZE + c.length) return undefined;
-      q.skip(CHUNK_HEADER_SIZE);
+      q.discard(CHUNK_HEADER_SIZE);
       const chunk = parseChunkPayload(c.type, q.take(c.length));
       return { kind: 'chunk', cookieHi: c.cookieHi, cookieLo: c.cookieLo, flags: c.flags, done: (c.flags & ReplyFlag.DONE) !== 0, chunk };
     }

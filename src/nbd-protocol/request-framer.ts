@@ -119,7 +119,7 @@ export class RequestFramer {
           return this.finishPayload(req, payload);
         }
         case 'discard': {
-          this.skip -= this.q.skip(this.skip);
+          this.skip -= this.q.discard(this.skip);
           if (this.skip > 0) return undefined;
           const req = this.pending!;
           this.pending = undefined;

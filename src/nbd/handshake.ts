@@ -178,7 +178,7 @@ export class Handshake {
         return this.handle(step, this.input.take(this.length));
       }
       case 'option-skip': {
-        this.skipLeft -= this.input.skip(this.skipLeft);
+        this.skipLeft -= this.input.discard(this.skipLeft);
         if (this.skipLeft > 0) return false;
         if (this.tooBig) {
           step.send.push(buildOptionError(this.option, Rep.ERR_TOO_BIG, `option '${optName(this.option)}' too big`));

@@ -13,6 +13,7 @@ export default function setup(): () => void {
   // vitest calls a global setup once more for a project that inherits it (vitest.config.ts's
   // projects extend the root): the first call owns the run's root.
   if (process.env.BLOCKD_TEST_ROOT) return () => undefined;
+  removeRootsOfDeadRuns();
   const run = `${process.pid}x${Date.now().toString(36)}`;
   const root = join(tmpdir(), `blockd-test-${run}`);
   mkdirSync(root);
@@ -30,4 +31,14 @@ export default function setup(): () => void {
         'A test removes what it makes, also on failure: use tempDir() from test/helpers/temp.ts (see test/helpers/README.md).');
     }
   };
+}
+
+/** A run that was killed (timeout, SIGKILL) never ran its teardown: remove roots whose vitest process is gone. */
+function removeRootsOfDeadRuns(): void {
+  for (const name of readdirSync(tmpdir())) {
+    const m = /^blockd-test-(\d+)x/.exec(name);
+    if (!m) continue;
+    try { process.kill(Number(m[1]), 0); continue; } catch { /* no such process: the run is over */ }
+    try { rmSync(join(tmpdir(), name), { recursive: true, force: true }); } catch { /* still mounted: leave it */ }
+  }
 }

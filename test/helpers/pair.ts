@@ -13,6 +13,18 @@ import { qmpDaemon, type Ev } from './live.ts';
 import { nbdsh } from './nbd.ts';
 
 export type Who = 'qsd' | 'blockd';
+
+/** Python for Side.py scripts: emap(h) is the whole export's base:allocation map, [length, flags, ...]. */
+export const EMAP = `def emap(h):
+    out = []
+    def cb(meta, off, ents, err):
+        out.extend(ents); return 0
+    pos, size = 0, h.get_size()
+    while pos < size:
+        n = len(out); h.block_status(size - pos, pos, cb)
+        pos += sum(out[n::2])
+    return out
+`;
 export const BOTH: readonly Who[] = ['qsd', 'blockd'];
 
 export interface Side {

@@ -11,7 +11,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { join } from 'node:path';
 import { SYSTEM_PYTHON, run, tryRun } from '../helpers/tools.ts';
-import { startPair, type Pair, type Side } from '../helpers/pair.ts';
+import { startPair, type Pair, type Side, EMAP } from '../helpers/pair.ts';
 import { QmpCommandError } from '../../src/qmp/client/qmp-client.ts';
 
 const MiB = 1024 * 1024;
@@ -19,16 +19,7 @@ const SIZE = 8 * MiB;
 
 /** Writes, then the map over NBD. */
 const WRITES = `
-def emap(h):
-    out = []
-    def cb(meta, off, ents, err):
-        out.extend(ents); return 0
-    pos, size = 0, h.get_size()
-    while pos < size:
-        n = len(out); h.block_status(size - pos, pos, cb)
-        pos += sum(out[n::2])
-    return out
-h = nbd.NBD(); h.add_meta_context("base:allocation"); h.connect_uri(uri)
+${EMAP}h = nbd.NBD(); h.add_meta_context("base:allocation"); h.connect_uri(uri)
 z = lambda n: bytes(n)
 h.pwrite(z(65536), 0)                          # over data, cluster-aligned
 h.pwrite(z(65536), 1048576 + 4096)             # over data, not cluster-aligned

@@ -12,7 +12,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpCommandError } from '../../src/qmp/client/qmp-client.ts';
-import { startPair, type Pair, type Side } from '../helpers/pair.ts';
+import { startPair, type Pair, type Side, EMAP } from '../helpers/pair.ts';
 
 const LENGTH = 1_000_000;
 
@@ -26,16 +26,7 @@ const setup = (d: string) => writeFileSync(join(d, 'odd.raw'), Buffer.alloc(LENG
 
 /** Size, the tail, the map; a write into the tail; the tail and the map again. */
 const TAIL = `
-def emap(h):
-    out = []
-    def cb(meta, off, ents, err):
-        out.extend(ents); return 0
-    pos, size = 0, h.get_size()
-    while pos < size:
-        n = len(out); h.block_status(size - pos, pos, cb)
-        pos += sum(out[n::2])
-    return out
-h = nbd.NBD(); h.add_meta_context("base:allocation"); h.connect_uri(uri)
+${EMAP}h = nbd.NBD(); h.add_meta_context("base:allocation"); h.connect_uri(uri)
 size = h.get_size()
 res = {"size": size, "tail": h.pread(1024, size - 1024).hex(), "map": emap(h)}
 h.pwrite(b"\\x55" * 100, ${LENGTH} + 100)

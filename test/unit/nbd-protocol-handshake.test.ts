@@ -66,7 +66,7 @@ describe('ByteQueue', () => {
     expect(q.take(4).toString()).toBe('2345');
     q.retain();
     a.fill(0);
-    expect(q.skip(10)).toBe(2);
+    expect(q.discard(10)).toBe(2);
     q.push(Buffer.from('xy'));
     q.clear();
     expect(q.length).toBe(0);
