@@ -3,13 +3,16 @@
  * the operations it implements. Anything it leaves out is handled by the
  * generic layer in BlockNode: a filter's missing operation passes to its
  * primary child, write-zeroes and FUA are emulated, block-status defaults to
- * "all data".
+ * "all data". What generic code needs to know about a driver is a hook or
+ * an optional capability here (see README.md), never a test of its name.
  */
 import type { Extent, Limits } from './request.ts';
 import type { BlockNode } from './node.ts';
 import type { ObjectType } from '../qapi/types.ts';
 import type { Logger } from 'pino';
 import type { ObjectLookup } from '../objects/lookup.ts';
+import type { BitmapStore } from './bitmaps/node-bitmaps.ts';
+import type { InternalSnapshots } from './internal-snapshots.ts';
 
 export type DriverKind = 'protocol' | 'format' | 'filter';
 
@@ -108,15 +111,6 @@ export interface DriverOps {
   blockStatus?(offset: number, length: number, flags: number): Promise<Extent[]>;
   truncate?(size: number): Promise<void>;
   close?(): Promise<void>;
-  /**
-   * Drain begin and end (QEMU's bdrv_co_drain_begin/end): called when the
-   * node becomes quiesced (before waiting for its in-flight requests) and
-   * when it resumes; also drainBegin when it closes. A driver that holds
-   * requests back (throttle) lets them go at once while drained, so a graph
-   * change never waits on it.
-   */
-  drainBegin?(): void;
-  drainEnd?(): void;
   /** Per-driver limits; unset fields are derived from the primary child. */
   limits?: Partial<Limits>;
   /** Driver-specific information for query-named-block-nodes (QEMU's image info). */
@@ -149,6 +143,10 @@ export interface DriverOps {
   drainBegin?(): void;
   /** The last drained section holding the node ended (QEMU's bdrv_drain_end); requests flow again after it. */
   drainEnd?(): void;
+  /** Persistent dirty bitmaps kept in the image (qcow2); the bitmap registry hands out its nodeBitmaps. */
+  readonly bitmapStore?: BitmapStore;
+  /** Internal snapshots kept in the image (qcow2), for the blockdev-snapshot-*-internal-sync commands. */
+  readonly internalSnapshots?: InternalSnapshots;
 }
 
 /** A prepared reopen (see DriverOps.prepareReopen). */

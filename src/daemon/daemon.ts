@@ -12,7 +12,8 @@ import { ExportDriverTable } from '../export/drivers.ts';
 import { BlockExports } from '../export/registry.ts';
 import { NbdExportDriver } from '../nbd/exports.ts';
 import { findBitmapForExport } from '../blockdev/bitmaps/registry.ts';
-import { NbdServer } from '../nbd/server.ts';
+import type { NbdServer } from '../nbd/server.ts';
+import { startNbdServer, type NbdServerStart } from '../nbd/start.ts';
 import { NbdServerOptions, type BlockExportOptionsValue } from '../qapi/block-export.ts';
 import { JobManager } from '../blockdev/jobs/manager.ts';
 import { QmpEventBus } from '../qmp/events.ts';
@@ -112,20 +113,7 @@ export class Daemon {
   }
 
   async startNbdServer(item: Item): Promise<void> {
-    const opts = parseItem<NbdServerOptionsValue>(NbdServerOptions, item);
-    const server = new NbdServer(this.nbdExports, {
-      maxConnections: opts['max-connections'],
-      handshakeMaxSeconds: opts['handshake-max-seconds'],
-      logger: this.log,
-    });
-    const addr = opts.addr;
-    if (opts['tls-creds'] || opts['tls-authz']) throw new Error('TLS is not supported by blockd yet');
-    if (addr.type === 'inet') await server.listenTcp(addr.host, Number(addr.port));
-    else if (addr.type === 'unix') await server.listenUnix(addr.path);
-    else if (addr.type === 'fd') await server.listenFd(Number(addr.str));
-    else throw new Error(`Parameter 'addr.type' does not accept value '${addr.type}'`);
-    this.nbdServers.push(server);
-    this.log.debug({ addr }, 'NBD server listening');
+    this.nbdServers.push(await startNbdServer(this.nbdExports, parseItem<NbdServerStart>(NbdServerOptions, item), this.log));
   }
 
   async addExport(item: Item): Promise<void> {
@@ -166,12 +154,4 @@ export class Daemon {
     })();
     return this.blockSideStopping;
   }
-}
-
-interface NbdServerOptionsValue {
-  addr: { type: string; host: string; port: string; path: string; str: string };
-  'tls-creds'?: string;
-  'tls-authz'?: string;
-  'max-connections'?: number;
-  'handshake-max-seconds'?: number;
 }

@@ -3,8 +3,7 @@
  * the monitors (--chardev/--monitor) and the start-up commands of a config
  * file. src/daemon/daemon.ts owns one.
  */
-import { existsSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { bindErrorText } from '../platform/bind-error.ts';
 import { BlockError } from '../util/errors.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { QmpMonitor } from './monitor.ts';
@@ -91,14 +90,6 @@ export class QmpService {
 }
 
 function listenError(c: ChardevSpec, e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  const text = err.code === 'EADDRINUSE' ? 'Address already in use'
-    : err.code === 'ENOENT' ? 'No such file or directory'
-      : err.code === 'EACCES' ? 'Permission denied'
-        : err.code === 'EBADF' || err.code === 'ENOTSOCK' ? 'Bad file descriptor'
-          : err.message;
-  // libuv reports EACCES for a path whose directory does not exist.
-  if (c.addr.type === 'unix') return `Failed to bind socket to ${c.addr.path}: ${existsSync(dirname(c.addr.path)) ? text : 'No such file or directory'}`;
   if (c.addr.type === 'fd') return `File descriptor '${c.addr.fd}' is not a socket`;
-  return `Failed to bind socket: ${text}`;
+  return bindErrorText(e, c.addr.type === 'unix' ? c.addr.path : undefined);
 }

@@ -1,72 +1,23 @@
 /**
  * Which dirty bitmaps each node has. A node's bitmaps mark every write,
  * write-zeroes and discard that reaches it while they record. Nodes whose
- * format stores bitmaps (qcow2) come with a BitmapStore, registered by the
- * driver against the ops it returned: the store loads bitmaps at open, keeps
+ * format stores bitmaps (qcow2) have a BitmapStore among their operations
+ * (DriverOps.bitmapStore): the store loads bitmaps at open, keeps
  * them on disk and marks writes itself (before the driver writes, so what is
  * on disk is never less dirty than the data). Other nodes get their bitmaps
  * marked through BlockNode.writeObservers.
  */
 import { BlockError } from '../../util/errors.ts';
 import type { BlockNode } from '../node.ts';
-import type { DriverOps } from '../driver.ts';
 import { CHECK_ALLOW_RO, DirtyBitmap, MAX_NAME_SIZE } from './dirty-bitmap.ts';
+import { NodeBitmaps } from './node-bitmaps.ts';
 
-/** What a format driver that persists bitmaps offers (see drivers/qcow2/bitmaps-store.ts). */
-export interface BitmapStore {
-  /** The node's bitmaps, newest first; the store owns the list. */
-  readonly bitmaps: DirtyBitmap[];
-  /** Refuses (QEMU's text) a new persistent bitmap it cannot store. */
-  checkCanStore(name: string, granularity: number): void;
-  /** A persistent bitmap was added (or made persistent). */
-  added(bm: DirtyBitmap): Promise<void>;
-  /** A persistent bitmap is going away: drop it from the image. */
-  removed(bm: DirtyBitmap): Promise<void>;
-  /** A persistent bitmap's contents or flags changed outside writes (clear, merge, enable, disable). */
-  changed(bm: DirtyBitmap): Promise<void>;
-}
-
-/** The bitmaps of one node. */
-export class NodeBitmaps {
-  readonly bitmaps: DirtyBitmap[];
-  constructor(readonly store?: BitmapStore, private readonly lengthOf?: () => number) {
-    this.bitmaps = store?.bitmaps ?? [];
-  }
-
-  find(name: string): DirtyBitmap | undefined {
-    this.syncSize();
-    return this.bitmaps.find((b) => b.name === name);
-  }
-
-  /** Follows the node's size (block_resize): bitmaps grow with it, or lose what lies past a smaller end, as in QEMU. */
-  syncSize(): void {
-    if (!this.lengthOf || this.bitmaps.length === 0) return;
-    let len: number;
-    try { len = this.lengthOf(); } catch { return; }
-    for (const b of this.bitmaps) if (b.size !== len) b.resize(len);
-  }
-
-  /** Marks a change in every recording bitmap. */
-  readonly observe = (offset: number, length: number): void => {
-    if (this.bitmaps.length === 0) return;
-    this.syncSize();
-    for (const b of this.bitmaps) if (b.recording && !b.readOnly) b.mark(offset, length);
-  };
-}
-
-const byOps = new WeakMap<DriverOps, NodeBitmaps>();
+/** Bitmaps of nodes whose format keeps none (a node with a store has the store's own). */
 const byNode = new WeakMap<BlockNode, NodeBitmaps>();
-
-/** Called by a format driver at open with the ops it returns. */
-export function registerStore(ops: DriverOps, store: BitmapStore): NodeBitmaps {
-  const nb = new NodeBitmaps(store, ops.length);
-  byOps.set(ops, nb);
-  return nb;
-}
 
 /** The node's bitmaps (created empty, and hooked to its writes, on first use). */
 export function bitmapsOf(node: BlockNode): NodeBitmaps {
-  const own = byOps.get(node.ops);
+  const own = node.ops.bitmapStore?.nodeBitmaps;
   if (own) return own;
   let nb = byNode.get(node);
   if (!nb) {
@@ -90,7 +41,7 @@ export function bitmapsOf(node: BlockNode): NodeBitmaps {
 
 /** Bitmaps of a node without creating anything (for queries). */
 export function existingBitmaps(node: BlockNode): DirtyBitmap[] {
-  const nb = byOps.get(node.ops) ?? byNode.get(node);
+  const nb = node.ops.bitmapStore?.nodeBitmaps ?? byNode.get(node);
   nb?.syncSize();
   return nb?.bitmaps ?? [];
 }

@@ -8,9 +8,7 @@
  * --nbd-server). nbd-server-start refuses while any runs, nbd-server-stop
  * stops them all and removes every NBD export first, as qsd does.
  */
-import { BlockError } from '../../util/errors.ts';
-import { errorText } from '../../platform/native.ts';
-import { NbdServer } from '../../nbd/server.ts';
+import { startNbdServer, type NbdServerStart } from '../../nbd/start.ts';
 import { NBD_EXPORT_TYPE } from '../../nbd/exports.ts';
 import { BlockExportRemoveMode, type BlockExportOptionsNbdValue, type BlockExportOptionsValue } from '../../qapi/block-export.ts';
 import { SocketAddressLegacy } from '../../qapi/sockets.ts';
@@ -23,33 +21,10 @@ function requireServer(host: QmpHost): void {
   if (host.nbdServers.length === 0) throw genericError('NBD server not running');
 }
 
-async function startServer(host: QmpHost, a: { addr: { type: string; data: Record<string, string> }; 'tls-creds'?: string; 'tls-authz'?: string; 'max-connections'?: number }): Promise<void> {
+async function startServer(host: QmpHost, a: Omit<NbdServerStart, 'addr'> & { addr: { type: string; data: Record<string, string> } }): Promise<void> {
   if (host.nbdServers.length > 0) throw genericError('NBD server already running');
-  if (a['tls-creds'] !== undefined) throw genericError(`No TLS credentials with id '${a['tls-creds']}'`);
-  if (a['tls-authz'] !== undefined) throw genericError(`'tls-authz' requires 'tls-creds'`);
-  const server = new NbdServer(host.nbdExports, { maxConnections: a['max-connections'], logger: host.log });
-  const d = a.addr.data;
-  try {
-    if (a.addr.type === 'inet') {
-      const port = Number(d.port);
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw genericError(`address resolution failed for ${d.host}:${d.port}: Servname not supported for ai_socktype`);
-      await server.listenTcp(d.host!, port);
-    } else if (a.addr.type === 'unix') {
-      await server.listenUnix(d.path!);
-    } else if (a.addr.type === 'fd') {
-      const fd = Number(d.str);
-      if (!/^\d+$/.test(d.str ?? '')) throw genericError(`File descriptor named '${d.str}' has not been found`);
-      await server.listenFd(fd);
-    } else {
-      throw genericError(`blockd does not support ${a.addr.type} sockets`);
-    }
-  } catch (e) {
-    if (e instanceof BlockError || (e as { qmpClass?: string }).qmpClass) throw e;
-    const where = a.addr.type === 'unix' ? ` to ${d.path}` : '';
-    throw genericError(`Failed to bind socket${where}: ${errorText(e)}`);
-  }
-  host.nbdServers.push(server);
-  host.log.info({ addr: a.addr }, 'NBD server listening');
+  // SocketAddressLegacy's {type, data} is SocketAddress flattened.
+  host.nbdServers.push(await startNbdServer(host.nbdExports, { ...a, addr: { type: a.addr.type, ...a.addr.data } }, host.log));
 }
 
 async function stopServers(host: QmpHost): Promise<void> {

@@ -2,17 +2,13 @@
  * Internal snapshots on a running node: blockdev-snapshot-internal-sync and
  * blockdev-snapshot-delete-internal-sync (qapi/block-core.json), with
  * qemu-storage-daemon 7.2's checks, in its order, and its error texts. The
- * node is drained while its image changes; the work itself is in
- * drivers/qcow2/snapshot-write.ts. blockdev-snapshot-internal-sync is also a
+ * node is drained while its image changes; the work itself is the node's
+ * internal-snapshots capability (blockdev/internal-snapshots.ts; qcow2's is
+ * drivers/qcow2/snapshot-write.ts). blockdev-snapshot-internal-sync is also a
  * `transaction` action: prepare takes the snapshot, abort deletes it again.
  */
 import { BlockNode } from '../../blockdev/node.ts';
-import { qcow2Images } from '../../blockdev/drivers/qcow2/index.ts';
-import {
-  SnapshotError, checkSnapshotsSupported, createSnapshot, deleteSnapshot, errnoText, findSnapshot,
-} from '../../blockdev/drivers/qcow2/snapshot-write.ts';
-import { snapshotInfo } from '../../blockdev/drivers/qcow2/snapshots.ts';
-import type { Qcow2Image } from '../../blockdev/drivers/qcow2/image.ts';
+import { SnapshotError, errnoText, snapshotInfo, type InternalSnapshots } from '../../blockdev/internal-snapshots.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import { obj, opt, req } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
@@ -43,10 +39,10 @@ function rootNode(graph: BlockGraph, device: string): BlockNode {
   return node;
 }
 
-/** The qcow2 image that takes a snapshot of `node`: its own, or (QEMU's fallback) that of its file child, down the chain. */
-function snapshotImage(node: BlockNode): { image?: Qcow2Image; node: BlockNode } {
+/** The node that takes a snapshot of `node`: itself, or (QEMU's fallback) its file child, down the chain. */
+function snapshotImage(node: BlockNode): { image?: InternalSnapshots; node: BlockNode } {
   for (let n: BlockNode | undefined = node; n; n = n.child('file') ?? (n.isFilter ? n.primaryChild : undefined)) {
-    const image = qcow2Images.get(n.ops);
+    const image = n.ops.internalSnapshots;
     if (image) return { image, node: n };
   }
   return { node };
@@ -78,14 +74,14 @@ export const snapshotInternalCommands: CommandDef[] = [
         if (!image || image.readOnly) throw genericError(`Block format '${node.driver.name}' used by device '${device}' does not support internal snapshots`);
         if (name === '') throw genericError('Name is empty');
         try {
-          checkSnapshotsSupported(image);
+          image.check();
         } catch (e) {
           throw withErrno('Failed to get a snapshot list', e);
         }
-        if (findSnapshot(image, undefined, name)) throw genericError(`Snapshot with name '${name}' already exists on device '${device}'`);
+        if (image.find(undefined, name)) throw genericError(`Snapshot with name '${name}' already exists on device '${device}'`);
         const t = now();
         try {
-          return await createSnapshot(image, { name, dateSec: t.sec, dateNsec: t.nsec, vmClockNsec: t.clockNsec, icount: -1 });
+          return await image.create({ name, dateSec: t.sec, dateNsec: t.nsec, vmClockNsec: t.clockNsec, icount: -1 });
         } catch (e) {
           throw withErrno(`Failed to create snapshot '${name}' on device '${device}'`, e);
         }
@@ -95,7 +91,7 @@ export const snapshotInternalCommands: CommandDef[] = [
         // A later action failed: the snapshot goes again (QEMU only reports a failure here).
         abort: async () => {
           try {
-            await target.drained(() => deleteSnapshot(image!, snap.id, snap.name));
+            await target.drained(() => image!.remove(snap.id, snap.name));
           } catch (e) {
             ctx.host.log.error({ err: e, node: target.nodeName, snapshot: name }, 'could not delete the snapshot of an aborted transaction');
           }
@@ -120,15 +116,15 @@ export const snapshotInternalCommands: CommandDef[] = [
       const deleted = await target.drained(async () => {
         if (!image) throw genericError('Failed to get a snapshot list: Operation not supported');
         try {
-          checkSnapshotsSupported(image);
+          image.check();
         } catch (e) {
           throw withErrno('Failed to get a snapshot list', e);
         }
-        if (!findSnapshot(image, id, name)) {
+        if (!image.find(id, name)) {
           throw genericError(`Snapshot with id '${id ?? 'null'}' and name '${name ?? 'null'}' does not exist on device '${device}'`);
         }
         try {
-          return await deleteSnapshot(image, id, name);
+          return await image.remove(id, name);
         } catch (e) {
           throw e instanceof SnapshotError ? genericError(e.message) : withErrno('Failed to remove snapshot from snapshot list', e);
         }

@@ -21,10 +21,9 @@
  */
 import { BlockError } from '../../../util/errors.ts';
 import type { Logger } from 'pino';
-import type { DriverOps } from '../../driver.ts';
 import { DirtyBitmap } from '../../bitmaps/dirty-bitmap.ts';
 import type { SparseBitmap } from '../../bitmaps/sparse-bitmap.ts';
-import { registerStore, type BitmapStore, type NodeBitmaps } from '../../bitmaps/registry.ts';
+import { NodeBitmaps, type BitmapStore } from '../../bitmaps/node-bitmaps.ts';
 import { Autoclear, ExtType, Limit, parseHeader, serializeHeader } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import type { BitmapInfo } from './bitmaps.ts';
@@ -99,7 +98,8 @@ export class Qcow2BitmapStore implements BitmapStore {
   /** Everything the on-disk bitmaps occupy (freed once a new version is stored). */
   private onDisk: DirEntry[] = [];
   private dirty = false;
-  nb!: NodeBitmaps;
+  /** What the registry hands out for this node (DriverOps.bitmapStore.nodeBitmaps). */
+  readonly nodeBitmaps: NodeBitmaps = new NodeBitmaps(this, () => this.img.size);
 
   constructor(private readonly img: Qcow2Image, private readonly nodeName: string) {}
 
@@ -189,6 +189,12 @@ export class Qcow2BitmapStore implements BitmapStore {
     return run;
   }
 
+  /** Runs a write, write-zeroes or discard of [offset, offset+length) after its write-ahead (beforeWrite). */
+  guarded(offset: number, length: number, run: () => Promise<void>): Promise<void> {
+    const ahead = this.beforeWrite(offset, length);
+    return ahead ? ahead.then(run) : run();
+  }
+
   /**
    * Write-ahead for a write, write-zeroes or discard about to change
    * [offset, offset+length): the bitmaps are marked in memory, and where that
@@ -199,7 +205,7 @@ export class Qcow2BitmapStore implements BitmapStore {
    * promise at all (undefined) when nothing has to reach the disk first.
    */
   beforeWrite(offset: number, length: number): Promise<void> | undefined {
-    this.nb.observe(offset, length);
+    this.nodeBitmaps.observe(offset, length);
     if (this.bitmaps.length === 0) return undefined;
     if (!this.writable) return undefined;
     const pending: DirtyBitmap[] = [];
@@ -322,7 +328,7 @@ export class Qcow2BitmapStore implements BitmapStore {
     const entries: Buffer[] = [];
     const keptTables = new Set<number>();
     const live = new Map<DirtyBitmap, { tableOffset: number; table: Buffer; persisted: SparseBitmap }>();
-    this.nb?.syncSize();
+    this.nodeBitmaps.syncSize();
     await img.meta.run(async () => {
       for (const bm of [...this.bitmaps].reverse()) {
         if (!bm.persistent) continue;
@@ -428,21 +434,4 @@ export async function loadBitmapStore(img: Qcow2Image, nodeName: string, readOnl
   void readOnly;
   await store.load();
   return store;
-}
-
-/**
- * Hooks the store into the driver's operations, in place (other modules key
- * on the ops object): writes mark the bitmaps, close stores them.
- */
-export function withBitmapStore(ops: DriverOps, store: Qcow2BitmapStore, log: Logger, discardUnmap: boolean): DriverOps {
-  const { write, writeZeroes, discard, close } = ops;
-  ops.write = (o, buf, flags) => store.beforeWrite(o, buf.length)?.then(() => write!(o, buf, flags)) ?? write!(o, buf, flags);
-  ops.writeZeroes = (o, l, flags) => store.beforeWrite(o, l)?.then(() => writeZeroes!(o, l, flags)) ?? writeZeroes!(o, l, flags);
-  ops.discard = (o, l) => (discardUnmap ? store.beforeWrite(o, l) : undefined)?.then(() => discard!(o, l)) ?? discard!(o, l);
-  ops.close = async () => {
-    try { await store.store(); } catch (err) { log.error({ err }, 'could not store the bitmaps'); }
-    await close!();
-  };
-  store.nb = registerStore(ops, store);
-  return ops;
 }

@@ -16,15 +16,15 @@ import type { Driver, DriverContext, DriverOps } from '../../driver.ts';
 import type { BlockNode } from '../../node.ts';
 import { Compat, Incompat, Limit, QCOW2_MAGIC, parseHeader, type Qcow2Header } from './header.ts';
 import { Qcow2Image, type ImageSettings, type OverlapName } from './image.ts';
-import { parseSnapshotTable, snapshotInfo, snapshotTableReadSize } from './snapshots.ts';
+import { parseSnapshotTable, snapshotTableReadSize } from './snapshots.ts';
+import { snapshotInfo } from '../../internal-snapshots.ts';
 import { repairRefcounts } from './check.ts';
 import { bitmapDirectoryReadSize, parseBitmapDirectory, type BitmapInfo } from './bitmaps.ts';
-import { loadBitmapStore, withBitmapStore } from './bitmaps-store.ts';
+import { loadBitmapStore } from './bitmaps-store.ts';
+import { qcow2InternalSnapshots } from './snapshot-write.ts';
 
 const MiB = 1024 * 1024;
 
-/** The image behind a qcow2 node's operations (internal snapshots work on it directly). */
-export const qcow2Images = new WeakMap<DriverOps, Qcow2Image>();
 /** QEMU's default caps the L2 cache at 32 MiB (256 GiB of 64k clusters); blockd covers 1 TiB. */
 export const DEFAULT_L2_CACHE_MAX = 128 * MiB;
 const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
@@ -234,6 +234,7 @@ export const qcow2Driver: Driver = {
       bitmaps = parseBitmapDirectory(dir, h.bitmaps.nbBitmaps);
     }
     const bitmapStore = await loadBitmapStore(img, ctx.nodeName, readOnly);
+    const discardUnmap = ctx.options.discard === 'unmap';
 
     // Backing file.
     const backingOpt = options.backing;
@@ -262,13 +263,19 @@ export const qcow2Driver: Driver = {
       length: () => img.size,
       limits: { alignment: 1, canFua: false, canZero: true, canTrim: true },
       read: (o, buf) => img.read(o, buf),
-      write: (o, buf) => img.write(o, buf),
-      writeZeroes: (o, l, flags) => img.writeZeroes(o, l, flags),
-      discard: (o, l) => img.discard(o, l),
+      // Writes, write-zeroes and (with discard=unmap) discards mark the bitmaps first, on disk where it matters.
+      write: (o, buf) => bitmapStore.guarded(o, buf.length, () => img.write(o, buf)),
+      writeZeroes: (o, l, flags) => bitmapStore.guarded(o, l, () => img.writeZeroes(o, l, flags)),
+      discard: (o, l) => (discardUnmap ? bitmapStore.guarded(o, l, () => img.discard(o, l)) : img.discard(o, l)),
       flush: () => img.flush(),
       blockStatus: (o, l, flags) => img.blockStatus(o, l, flags),
       truncate: (size) => img.truncate(size),
-      close: () => img.close(),
+      async close() {
+        try { await bitmapStore.store(); } catch (err) { ctx.log.error({ err }, 'could not store the bitmaps'); }
+        await img.close();
+      },
+      bitmapStore,
+      internalSnapshots: qcow2InternalSnapshots(img),
       info: () => imageInfo(img, bitmapStore.directoryInfo()),
       async prepareReopen(next, ro) {
         for (const k of ['file', 'data-file'] as const) {
@@ -302,8 +309,6 @@ export const qcow2Driver: Driver = {
       },
       filename: () => file.fileName(),
     };
-    withBitmapStore(ops, bitmapStore, ctx.log, ctx.options.discard === 'unmap');
-    qcow2Images.set(ops, img);
     return ops;
   },
 };

@@ -19,42 +19,17 @@
  * any COPIED flag is set again.
  */
 import { BlockError } from '../../../util/errors.ts';
+import { SnapshotError, errnoText, type InternalSnapshots, type SnapshotRequest } from '../../internal-snapshots.ts';
 import { Limit } from './header.ts';
 import { COPIED_HI, clusterType, compressedDescriptor, entryOffset } from './l2.ts';
 import { hex } from './refcount.ts';
 import type { Qcow2Image } from './image.ts';
 import type { Qcow2Snapshot } from './snapshots.ts';
 
-/** What the caller decides about a new snapshot (QEMU's QEMUSnapshotInfo for a disk-only snapshot). */
-export interface SnapshotRequest {
-  name: string;
-  dateSec: number;
-  dateNsec: number;
-  vmClockNsec: number;
-  /** -1: no instruction count (QEMU without record/replay). */
-  icount: number;
-}
-
 /** QEMU's snapshot names are at most 255 bytes (longer ones are cut). */
 const MAX_NAME_BYTES = 255;
 const EXTRA_BYTES = 24;
 const MAX_TABLE_BYTES = 64 * 1024 * 1024;
-
-/** An error worded as QEMU words it for the step that failed. */
-export class SnapshotError extends BlockError {}
-
-/** glibc's texts for the errno values these operations end with. */
-const STRERROR: Partial<Record<BlockError['code'], string>> = {
-  EIO: 'Input/output error', EINVAL: 'Invalid argument', ENOSPC: 'No space left on device', EPERM: 'Operation not permitted',
-  ENOTSUP: 'Operation not supported', EOVERFLOW: 'File too large', ENOMEM: 'Cannot allocate memory', ENOENT: 'No such file or directory',
-  EBUSY: 'Device or resource busy', ESHUTDOWN: 'Cannot send after transport endpoint shutdown',
-};
-
-/** The errno text QEMU would print for an error (EIO for anything unexpected). */
-export function errnoText(e: unknown): string {
-  const code = e instanceof BlockError ? e.code : 'EIO';
-  return STRERROR[code] ?? STRERROR.EIO!;
-}
 
 const errnoError = (code: 'EOVERFLOW' | 'ENOTSUP' | 'EPERM' | 'EIO', text: string) => new SnapshotError(code, text);
 
@@ -312,4 +287,15 @@ async function writeSnapshotTable(img: Qcow2Image, list: Qcow2Snapshot[]): Promi
   img.h.snapshotsOffset = offset;
   if (oldClusters) await img.free(oldOffset, oldClusters, 'snapshot');
   await flushAll(img);
+}
+
+/** The internal-snapshots capability of a qcow2 node's operations. */
+export function qcow2InternalSnapshots(img: Qcow2Image): InternalSnapshots {
+  return {
+    get readOnly() { return img.readOnly; },
+    check: () => checkSnapshotsSupported(img),
+    find: (id, name) => findSnapshot(img, id, name),
+    create: (req) => createSnapshot(img, req),
+    remove: (id, name) => deleteSnapshot(img, id, name),
+  };
 }

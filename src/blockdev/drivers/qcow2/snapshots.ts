@@ -66,13 +66,3 @@ export function snapshotTableReadSize(count: number): number {
   return Math.min(MAX_TABLE_BYTES, count * (40 + MAX_EXTRA + 2 * 65535 + 8));
 }
 
-/** QEMU's query format for snapshots (ImageInfo 'snapshots' members). */
-export function snapshotInfo(s: Qcow2Snapshot): Record<string, unknown> {
-  const r: Record<string, unknown> = {
-    id: s.id, name: s.name, 'vm-state-size': s.vmStateSize,
-    'date-sec': s.dateSec, 'date-nsec': s.dateNsec,
-    'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9), 'vm-clock-nsec': s.vmClockNsec % 1e9,
-  };
-  if (s.icount !== undefined && s.icount !== -1) r.icount = s.icount;
-  return r;
-}
