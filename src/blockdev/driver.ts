@@ -111,12 +111,18 @@ export interface DriverOps {
   blockStatus?(offset: number, length: number, flags: number): Promise<Extent[]>;
   truncate?(size: number): Promise<void>;
   close?(): Promise<void>;
+  /**
+   * The node asked for read-write got read-only instead (auto-read-only on
+   * a read-only NBD export: QEMU's bdrv_apply_auto_read_only); it then
+   * reports ro and refuses writes.
+   */
+  readonly openedReadOnly?: boolean;
   /** Per-driver limits; unset fields are derived from the primary child. */
   limits?: Partial<Limits>;
   /** Driver-specific information for query-named-block-nodes (QEMU's image info). */
   info?(): Record<string, unknown>;
-  /** Filename as QEMU reports it in query-named-block-nodes ("file" member). */
-  filename?(): string;
+  /** Filename as QEMU reports it in query-named-block-nodes ("file" member); see Driver.filenameIsExact. */
+  filename?(): string | undefined;
   /**
    * blockdev-reopen: get ready to run with `options` (the node's complete new
    * options, common ones included) and `readOnly`, leaving the current state
@@ -191,6 +197,13 @@ export interface Driver {
    * Default: none.
    */
   readonly strongOptions?: readonly string[];
+  /**
+   * A protocol driver that names its nodes itself (QEMU's
+   * bdrv_refresh_filename hook, nbd's nbd://host:port/export): its ops'
+   * filename() is the exact filename whatever its strong options, and
+   * undefined means it has none (the node shows as json:{...}).
+   */
+  readonly filenameIsExact?: boolean;
   /**
    * Whether QEMU's bdrv_get_info succeeds for a node (query-named-block-nodes
    * then reports its dirty-flag): 'own' for drivers that answer it

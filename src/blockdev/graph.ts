@@ -110,7 +110,9 @@ export class BlockGraph {
       },
     };
     try {
-      node.setOps(await driver.open(options, ctx));
+      const ops = await driver.open(options, ctx);
+      if (ops.openedReadOnly) node.readOnly = true;
+      node.setOps(ops);
     } catch (e) {
       for (const edge of opened.reverse()) await this.unlink(node, edge);
       throw e;

@@ -5,12 +5,13 @@ import { rawDriver } from './raw.ts';
 import { fileDriver, hostDeviceDriver } from './file/index.ts';
 import { qcow2Driver } from './qcow2/index.ts';
 import { luksDriver } from './luks/index.ts';
+import { nbdDriver } from './nbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
 import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
 import { throttleDriver } from '../filters/throttle.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
-  for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver, qcow2Driver, luksDriver, copyBeforeWriteDriver]) graph.register(d);
+  for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, copyBeforeWriteDriver]) graph.register(d);
   graph.register(copyOnReadDriver);
   graph.register(throttleDriver);
 }

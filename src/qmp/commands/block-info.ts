@@ -20,7 +20,12 @@ const DATA_ROLES = new Set(['file', 'data-file']);
 function strongOptions(node: BlockNode): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   // QEMU's strong_runtime_opts, which each driver declares (Driver.strongOptions).
-  for (const k of node.driver.strongOptions ?? []) if (node.options[k] !== undefined) out[k] = node.options[k];
+  // bs->options is a flat dictionary: an object-valued one (nbd's server) shows as dotted keys.
+  const put = (k: string, v: unknown) => {
+    if (v && typeof v === 'object' && !Array.isArray(v)) for (const [kk, vv] of Object.entries(v)) put(`${k}.${kk}`, vv);
+    else if (v !== undefined) out[k] = v;
+  };
+  for (const k of node.driver.strongOptions ?? []) put(k, node.options[k]);
   return out;
 }
 
@@ -55,6 +60,7 @@ function fullOptions(node: BlockNode): Record<string, unknown> {
 function exactFilename(node: BlockNode): string | undefined {
   // A protocol node opens from its filename alone unless another strong option is set (null-co's size).
   if (node.driver.kind === 'protocol') {
+    if (node.driver.filenameIsExact) return node.ops.filename?.();
     return Object.keys(strongOptions(node)).some((k) => k !== 'filename') ? undefined : node.ops.filename?.();
   }
   const file = node.child('file');

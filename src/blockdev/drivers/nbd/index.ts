@@ -1,0 +1,45 @@
+/**
+ * driver=nbd: a protocol node backed by an export of a remote NBD server
+ * (QEMU's block/nbd.c). Files: options.ts (BlockdevOptionsNbd, filename),
+ * connect.ts (the socket), negotiate.ts (fixed newstyle handshake),
+ * client.ts (requests in flight, reconnect), requests.ts (one request and
+ * its replies), ops.ts (the block layer's operations as NBD commands).
+ */
+import { BlockError } from '../../../util/errors.ts';
+import type { Driver, DriverOps } from '../../driver.ts';
+import { BlockdevOptionsNbd, nbdFilename, parseNbdOptions } from './options.ts';
+import { NbdClient } from './client.ts';
+import { nbdOps } from './ops.ts';
+import { TxFlag } from './protocol.ts';
+
+export const nbdDriver: Driver = {
+  name: 'nbd',
+  kind: 'protocol',
+  options: BlockdevOptionsNbd,
+  strongOptions: ['server', 'export', 'tls-creds', 'tls-hostname'],
+  filenameIsExact: true,
+  async open(options, ctx): Promise<DriverOps> {
+    if (options['tls-creds'] !== undefined || options['tls-hostname'] !== undefined) {
+      throw new BlockError('ENOTSUP', "blockd's nbd driver does not support TLS yet: 'tls-creds' and 'tls-hostname' cannot be used");
+    }
+    const cfg = parseNbdOptions(options);
+    const client = await NbdClient.open(cfg, ctx.log);
+    const info = client.info;
+    let writable = !ctx.readOnly;
+    try {
+      if (cfg.xDirtyBitmap !== undefined && info.contextId === undefined) {
+        // QEMU loses this message ("requested x-dirty-bitmap %s not found") and reports the errno.
+        throw new BlockError('EINVAL', 'Could not open image: Invalid argument');
+      }
+      if (info.flags & TxFlag.READ_ONLY && writable) {
+        if (!ctx.options['auto-read-only']) throw new BlockError('EPERM', 'Could not open image: Permission denied');
+        writable = false;
+      }
+    } catch (e) {
+      await client.close();
+      throw e;
+    }
+    const filename = nbdFilename(cfg);
+    return { ...nbdOps(client, writable), openedReadOnly: !ctx.readOnly && !writable, filename: () => filename, info: () => ({}) };
+  },
+};
