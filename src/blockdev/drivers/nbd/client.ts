@@ -202,7 +202,7 @@ export class NbdClient {
           this.state = 'connected';
           this.stats.reconnects++;
           this.attach(sock, info);
-          this.log.info({ waiting: this.waiting.length }, 'nbd: reconnected');
+          this.log.warn({ waiting: this.waiting.length, reconnects: this.stats.reconnects }, 'nbd: reconnected');
           this.pump();
           return;
         } catch (e) {
