@@ -15,10 +15,10 @@ import { ReqFlag } from '../request.ts';
 import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import { DirtyMap } from '../bitmaps/dirty-map.ts';
-import { zeroUnlessZero } from '../zeroes.ts';
 import { copyBuffers } from '../copy-buffers.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';
+import type { Extent } from '../request.ts';
 
 const DEFAULT_CLUSTER = 65536;
 const MAX_COPY = 1024 * 1024;
@@ -32,7 +32,7 @@ export class CowState {
   /** Bytes copied so far, by either path (the backup's progress). */
   onCopied?: (bytes: number) => void;
 
-  constructor(readonly source: BlockNode, readonly target: BlockNode, readonly cluster: number, readonly targetZeroed = false) {
+  constructor(readonly source: BlockNode, readonly target: BlockNode, readonly cluster: number) {
     this.map = new DirtyMap(source.length(), cluster);
   }
 
@@ -66,12 +66,16 @@ export class CowState {
     }
   }
 
-  /** Copies [offset, offset+length) from source to target, zero runs as write-zeroes (or not at all onto a zeroed target). */
+  /**
+   * Copies [offset, offset+length) from source to target, what the source's status calls zero as
+   * write-zeroes without unmap (QEMU's block-copy: the target gets zero clusters, also a new image).
+   */
   private async copyNow(offset: number, length: number): Promise<void> {
     const extents = await this.source.blockStatus(offset, length).catch(markRead);
-    for (const e of extents) {
+    // One write per run of the same kind: a target with detect-zeroes judges each write as a whole, as QEMU's block-copy task.
+    for (const e of mergeRuns(extents, (a, b) => a.zero === b.zero)) {
       if (e.zero) {
-        if (!this.targetZeroed) await zeroUnlessZero(this.target, e.offset, e.length, ReqFlag.MAY_UNMAP);
+        await this.target.writeZeroes(e.offset, e.length, 0);
         continue;
       }
       const buf = copyBuffers.get(e.length);
@@ -83,6 +87,29 @@ export class CowState {
       }
     }
   }
+
+  /**
+   * The length of the piece QEMU's block-copy would copy as one task at
+   * `offset` (at most `max`): one run of the source's block status (one
+   * layer, one kind), never less than a cluster.
+   */
+  async pieceAt(offset: number, max: number): Promise<number> {
+    const [run] = mergeRuns(await this.source.blockStatus(offset, max).catch(markRead), (a, b) => a.zero === b.zero && a.data === b.data && a.depth === b.depth);
+    if (!run) return max;
+    const n = run.length - (run.length % this.cluster);
+    return Math.min(max, Math.max(this.cluster, n));
+  }
+}
+
+/** Consecutive extents `same` calls alike, merged. */
+function mergeRuns(ext: readonly Extent[], same: (a: Extent, b: Extent) => boolean): Extent[] {
+  const out: Extent[] = [];
+  for (const e of ext) {
+    const last = out[out.length - 1];
+    if (last && last.offset + last.length === e.offset && same(last, e)) out[out.length - 1] = { ...last, length: last.length + e.length };
+    else out.push({ ...e });
+  }
+  return out;
 }
 
 /** Tags an error as the source's (on-source-error) rather than the target's. */

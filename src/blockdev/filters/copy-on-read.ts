@@ -16,6 +16,7 @@ import { BlockdevRef } from '../options.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';
 import type { Extent } from '../request.ts';
+import { clusterSizeOf, isZero } from '../zeroes.ts';
 
 /** Depth (1 = the node itself) of `bottom` in the backing chain of `top`; Infinity without a bottom. */
 function chainDepth(top: BlockNode, bottom: BlockNode | undefined): number {
@@ -31,6 +32,45 @@ function chainDepth(top: BlockNode, bottom: BlockNode | undefined): number {
 export function needsCopy(e: Extent, limit: number): boolean {
   return !e.allocated && e.depth > 1 && e.depth <= limit;
 }
+
+export interface CopyRun { offset: number; length: number; copy: boolean }
+
+/**
+ * The pieces QEMU copies up as one (each written as write-zeroes when its
+ * bounce buffer is all zeroes, as bdrv_co_do_copy_on_readv does), from the
+ * child's block status. Without a bottom (`limit` undefined) every run the
+ * child does not hold itself is copied, whatever lies below; with one, a run
+ * is one layer's allocation of one kind (QEMU's bdrv_is_allocated_above
+ * pieces), copied when that layer is no deeper than `limit`.
+ */
+export function copyRuns(ext: readonly Extent[], limit: number | undefined): CopyRun[] {
+  const key = (e: Extent): string => {
+    if (e.allocated) return 'held';
+    if (limit === undefined) return 'copy';
+    return needsCopy(e, limit) ? `copy:${e.depth}:${e.zero}` : 'skip';
+  };
+  const out: (CopyRun & { key: string })[] = [];
+  for (const e of ext) {
+    const k = key(e);
+    const last = out[out.length - 1];
+    if (last && last.key === k && last.offset + last.length === e.offset) last.length += e.length;
+    else out.push({ offset: e.offset, length: e.length, copy: k.startsWith('copy'), key: k });
+  }
+  return out.map(({ offset, length, copy }) => ({ offset, length, copy }));
+}
+
+/** QEMU's MAX_BOUNCE_BUFFER: the largest piece copied (and checked for zeroes) at once. */
+const MAX_BOUNCE = 16 * 1024 * 1024;
+
+/** Writes `part` (the data at `offset`) into `node`: zeroes as write-zeroes (no unmap), as QEMU's copy-on-read. */
+async function writeCopy(node: BlockNode, offset: number, part: Buffer): Promise<void> {
+  for (let o = 0; o < part.length; o += MAX_BOUNCE) {
+    const piece = part.subarray(o, Math.min(part.length, o + MAX_BOUNCE));
+    if (isZero(piece)) await node.writeZeroes(offset + o, piece.length, 0);
+    else await node.write(offset + o, piece);
+  }
+}
+
 
 export const copyOnReadDriver: Driver = {
   name: 'copy-on-read',
@@ -55,15 +95,21 @@ export const copyOnReadDriver: Driver = {
     return {
       async read(offset, buf) {
         const f = child();
-        const limit = chainDepth(f, bottom);
+        const limit = bottom ? chainDepth(f, bottom) : undefined;
         const ext = await f.blockStatus(offset, buf.length);
-        if (!ext.some((e) => needsCopy(e, limit)) || f.readOnly) return f.read(offset, buf);
-        const release = await lock.acquire(offset, offset + buf.length);
+        if (f.readOnly || !copyRuns(ext, limit).some((r) => r.copy)) return f.read(offset, buf);
+        // Whole clusters are read and copied, so the child needs no partial-cluster COW.
+        const cs = clusterSizeOf(f);
+        const start = Math.floor(offset / cs) * cs;
+        const end = Math.min(f.length(), Math.ceil((offset + buf.length) / cs) * cs);
+        const release = await lock.acquire(start, end);
         try {
-          await f.read(offset, buf);
+          const bounce = start === offset && end === offset + buf.length ? buf : Buffer.alloc(end - start);
+          await f.read(start, bounce);
+          if (bounce !== buf) bounce.copy(buf, 0, offset - start, offset - start + buf.length);
           // Status again under the lock: a write may have landed meanwhile.
-          for (const e of await f.blockStatus(offset, buf.length)) {
-            if (needsCopy(e, limit)) await f.write(e.offset, buf.subarray(e.offset - offset, e.offset - offset + e.length));
+          for (const r of copyRuns(await f.blockStatus(start, end - start), limit)) {
+            if (r.copy) await writeCopy(f, r.offset, bounce.subarray(r.offset - start, r.offset - start + r.length));
           }
         } finally {
           release();

@@ -30,8 +30,6 @@ export interface BackupJobOptions extends BlockJobOptions {
   onSourceError?: BlockdevOnError;
   onTargetError?: BlockdevOnError;
   filterNodeName?: string;
-  /** The target is a new image that reads as zeroes. */
-  targetZeroed?: boolean;
   /** sync=bitmap/incremental: copy only what this bitmap (of the source) marks. */
   bitmap?: DirtyBitmap;
   /** What becomes of the bitmap (QAPI BitmapSyncMode); incremental is bitmap + on-success. */
@@ -69,7 +67,7 @@ export class BackupJob extends BlockJob {
     this.onSourceError = opts.onSourceError ?? 'report';
     this.onTargetError = opts.onTargetError ?? 'report';
     this.filterNodeName = opts.filterNodeName;
-    this.state = new CowState(opts.source, opts.target, cowClusterSize(opts.target), opts.targetZeroed ?? false);
+    this.state = new CowState(opts.source, opts.target, cowClusterSize(opts.target));
     this.state.onCopied = (n) => this.progressUpdate(n);
     this.bitmap = opts.bitmap;
     this.bitmapMode = opts.bitmapMode ?? 'on-success';
@@ -144,10 +142,13 @@ export class BackupJob extends BlockJob {
         pos = 0;
         continue;
       }
-      pos = run.offset + run.length;
-      const p = this.copyChunk(run.offset, run.length).finally(() => this.inflight.delete(p));
+      // QEMU's pieces (block-copy tasks): a chunk stops at the end of the source's status run.
+      let n = run.length;
+      try { n = await this.state.pieceAt(run.offset, run.length); } catch { /* the copy reports it */ }
+      pos = run.offset + n;
+      const p = this.copyChunk(run.offset, n).finally(() => this.inflight.delete(p));
       this.inflight.add(p);
-      if (this.speed > 0) await this.throttle(run.length);
+      if (this.speed > 0) await this.throttle(n);
     }
     if (this.isCancelled) throw new JobCancelledError();
     if (this.ioFailure !== undefined) throw this.ioFailure;

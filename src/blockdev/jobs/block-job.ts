@@ -201,6 +201,46 @@ export abstract class BlockJob extends Job implements Parent {
     return true;
   }
 
+  /**
+   * The copy loop of stream: like copyExtents, but the pieces are the job's
+   * own (`piece(offset)` says how long the piece at `offset` is and whether
+   * it is copied), walked from each piece's end as QEMU's stream_run does,
+   * so each copy covers exactly the piece qsd copies as one. Up to
+   * COPY_PARALLEL copies run at once without a speed limit.
+   */
+  protected async copyPieces(
+    length: number, onError: BlockdevOnError,
+    piece: (offset: number) => Promise<{ length: number; copy: boolean }>, copy: (offset: number, length: number) => Promise<void>,
+  ): Promise<boolean> {
+    for (let off = 0; off < length;) {
+      await this.pausePoint();
+      if (this.isCancelled) return false;
+      const batch: { off: number; n: number; copy: boolean }[] = [];
+      for (let o = off, k = this.speedValue > 0 ? 1 : COPY_PARALLEL; k > 0 && o < length && batch.length < 256;) {
+        const p = await piece(o);
+        batch.push({ off: o, n: p.length, copy: p.copy });
+        o += p.length;
+        if (p.copy) k--;
+      }
+      const results = await Promise.allSettled(batch.map(async (c) => { if (c.copy) await copy(c.off, c.n); return c.copy ? c.n : 0; }));
+      let copied = 0;
+      for (let i = 0; i < batch.length; i++) {
+        const r = results[i]!;
+        if (r.status === 'rejected') {
+          const action = this.errorAction(onError, true, toBlockError(r.reason));
+          if (action === 'report') throw r.reason;
+          if (action === 'stop') break;
+        } else {
+          copied += r.value;
+        }
+        off += batch[i]!.n;
+        this.progressUpdate(batch[i]!.n);
+      }
+      await this.throttle(copied);
+    }
+    return true;
+  }
+
   /** Attaches the job to `node` as a user; conflicts are refused here. */
   protected useNode(node: BlockNode, role: string, perm: Perm, shared: Perm): ChildEdge {
     const edge = this.graph.link(this, node, role, { perm, shared });

@@ -26,6 +26,8 @@ import { setBacking } from '../surgery/replace.ts';
 import { insertFilter, removeFilter } from '../surgery/filter.ts';
 import { jobFilterDriver } from '../filters/job-filter.ts';
 import { copyBuffers } from '../copy-buffers.ts';
+import { clusterSizeOf, mirrorPieces } from '../zeroes.ts';
+import { ReqFlag } from '../request.ts';
 import { backingDepth } from '../surgery/walk.ts';
 import type { BlockNode, WriteObserver } from '../node.ts';
 
@@ -137,6 +139,14 @@ export class CommitJob extends BlockJob {
 
   // ---- active
 
+  /** An active commit copies as QEMU's mirror does (it is one there): zero runs as write-zeroes with unmap. */
+  private async copyActive(offset: number, length: number): Promise<void> {
+    for (const p of await mirrorPieces(this.o.top, offset, length, clusterSizeOf(this.o.base))) {
+      if (p.zero) await this.o.base.writeZeroes(p.offset, p.length, ReqFlag.MAY_UNMAP);
+      else await this.copy(p.offset, p.length);
+    }
+  }
+
   private async runActive(): Promise<void> {
     const { top, base } = this.o;
     const len = top.length();
@@ -199,7 +209,7 @@ export class CommitJob extends BlockJob {
     const offset = first * GRANULE;
     const length = Math.min((last + 1) * GRANULE, len) - offset;
     try {
-      await this.copy(offset, length);
+      await this.copyActive(offset, length);
     } catch (err) {
       this.markDirtyQuiet(first, last);
       const action = this.errorAction(this.o.onError, true, toBlockError(err));

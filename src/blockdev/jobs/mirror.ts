@@ -9,9 +9,11 @@
  *   again, its users moving onto the target (complete) or back onto the
  *   source (cancel, failure).
  * - A write observer on the source marks what changes in a DirtyMap; the
- *   copy loop copies dirty runs (buf-size bytes in flight at most), skipping
- *   holes of the initial pass by block status (zero extents become
- *   write-zeroes on the target unless it is known to read as zeroes).
+ *   copy loop copies dirty runs (buf-size bytes in flight at most). As in
+ *   QEMU, the initial pass marks what the chain holds (all of it with
+ *   zero_target, unless the target was zeroed first), and a run is copied
+ *   by the source's block status: zero runs as write-zeroes, the rest as
+ *   data, whatever its bytes (zeroes.ts, mirrorPieces).
  * - Nothing dirty and nothing in flight: READY. job-complete (or a soft
  *   cancel, which leaves the target as a point-in-time copy without the
  *   pivot, as qsd does) then drains the source; if still clean, the target
@@ -26,7 +28,7 @@ import { moveUsers } from '../surgery/replace.ts';
 import { jobFilterDriver } from '../filters/job-filter.ts';
 import { mirrorTopOps } from '../filters/mirror-top.ts';
 import { JobCancelledError, jobFailure } from './errors.ts';
-import { isZero, zeroUnlessZero } from '../zeroes.ts';
+import { clusterSizeOf, mirrorPieces, type CopyPiece } from '../zeroes.ts';
 import { BlockError, toBlockError } from '../../util/errors.ts';
 import { ReqFlag } from '../request.ts';
 import type { BlockNode } from '../node.ts';
@@ -47,8 +49,12 @@ export interface MirrorJobOptions extends BlockJobOptions {
   /** The node whose users move to the target on completion (default: the source). */
   replaces?: BlockNode;
   filterNodeName?: string;
-  /** The target is known to read as zeroes (a new image): holes need no write-zeroes. */
-  targetZeroed?: boolean;
+  /**
+   * QEMU's zero_target (sync=full of blockdev-mirror, or of drive-mirror onto an image it did not
+   * create): the whole target is zeroed first (with unmap, when its node has discard=unmap), or else
+   * every cluster is copied, holes as write-zeroes.
+   */
+  zeroTarget?: boolean;
   /** Zero runs may be unmapped on the target (drive-mirror unmap, default true). */
   unmap?: boolean;
   /** Runs once the job has concluded (drive-mirror drops an unused target node). */
@@ -71,7 +77,8 @@ export class MirrorJob extends BlockJob {
   private readonly onTargetError: BlockdevOnError;
   private readonly replaces?: BlockNode;
   private readonly filterNodeName?: string;
-  private readonly targetZeroed: boolean;
+  private readonly zeroTarget: boolean;
+  private readonly targetCluster: number;
   private readonly unmap: boolean;
   private readonly onConcluded?: MirrorJobOptions['onConcluded'];
   private dirty!: DirtyMap;
@@ -106,7 +113,8 @@ export class MirrorJob extends BlockJob {
     this.onTargetError = opts.onTargetError ?? 'report';
     this.replaces = opts.replaces;
     this.filterNodeName = opts.filterNodeName;
-    this.targetZeroed = opts.targetZeroed ?? false;
+    this.zeroTarget = opts.zeroTarget ?? false;
+    this.targetCluster = clusterSizeOf(opts.target);
     this.unmap = opts.unmap ?? true;
     this.onConcluded = opts.onConcluded;
   }
@@ -201,25 +209,21 @@ export class MirrorJob extends BlockJob {
     }
   }
 
-  /** Marks what the initial pass must copy; zero runs are zeroed (or skipped) right here. */
+  /** QEMU's mirror_dirty_init: marks what the copy loop must copy. */
   private async initialPass(len: number): Promise<void> {
     if (this.sync === 'none') { this.progressSetRemaining(0); return; }
+    if (this.zeroTarget) {
+      if (this.target.options.discard !== 'unmap' || !this.target.limits.canZero) { this.dirty.set(0, len); return; }
+      await this.guard(false, () => this.target.writeZeroes(0, len, this.unmap ? ReqFlag.MAY_UNMAP : 0), () => this.dirty.set(0, len));
+    }
     for (let off = 0; off < len;) {
       await this.pausePoint();
       if (this.isCancelled) return;
       const extents = await this.source.blockStatus(off, Math.min(len - off, 1024 * 1024 * 1024));
       for (const e of extents) {
-        if (this.sync === 'top' && !e.allocated) {
-          this.progressUpdate(e.length);
-        } else if (e.zero) {
-          if (!this.targetZeroed) {
-            await this.guard(false, () => zeroUnlessZero(this.target, e.offset, e.length, this.unmap ? ReqFlag.MAY_UNMAP : 0),
-              () => this.dirty.set(e.offset, e.length));
-          }
-          this.progressUpdate(e.length);
-        } else {
-          this.dirty.set(e.offset, e.length);
-        }
+        // sync=top: what the source holds itself; full: what any layer of its chain holds.
+        if (this.sync === 'top' ? e.allocated : e.depth !== 0) this.dirty.set(e.offset, e.length);
+        else this.progressUpdate(e.length);
         off = e.offset + e.length;
       }
     }
@@ -235,18 +239,23 @@ export class MirrorJob extends BlockJob {
   }
 
   private async copy(offset: number, length: number): Promise<void> {
-    const buf = copyBuffers.get(length);
-    try {
-      const redirty = () => this.dirty.set(offset, length);
-      if (!await this.guard(true, () => this.source.read(offset, buf), redirty)) return;
-      const zero = isZero(buf);
-      const ok = await this.guard(false, () => zero
-        ? this.target.writeZeroes(offset, length, this.unmap ? ReqFlag.MAY_UNMAP : 0)
-        : this.target.write(offset, buf), redirty);
-      if (ok) this.progressUpdate(length);
-    } finally {
-      copyBuffers.put(buf);
+    const redirty = () => this.dirty.set(offset, length);
+    let pieces: CopyPiece[] = [];
+    if (!await this.guard(true, async () => { pieces = await mirrorPieces(this.source, offset, length, this.targetCluster); }, redirty)) return;
+    for (const p of pieces) {
+      if (p.zero) {
+        if (!await this.guard(false, () => this.target.writeZeroes(p.offset, p.length, this.unmap ? ReqFlag.MAY_UNMAP : 0), redirty)) return;
+        continue;
+      }
+      const buf = copyBuffers.get(p.length);
+      try {
+        if (!await this.guard(true, () => this.source.read(p.offset, buf), redirty)) return;
+        if (!await this.guard(false, () => this.target.write(p.offset, buf), redirty)) return;
+      } finally {
+        copyBuffers.put(buf);
+      }
     }
+    this.progressUpdate(length);
   }
 
   /** Runs an I/O and applies the on-error policy: false (after `redo`) if it failed. */

@@ -7,14 +7,15 @@
  * user of `top` is moved onto the filter for the job's life, so a user's
  * write never races with older data being copied up. Reading a range
  * through the filter is what copies it; a range `top` already holds is
- * skipped. Copying is idempotent, so a cancelled stream can simply be
+ * skipped. The pieces are qsd's (see run()), so what reads as zeroes
+ * becomes zero clusters exactly where qsd's copy-on-read makes them. Copying is idempotent, so a cancelled stream can simply be
  * started again. Progress counts the whole length (as qsd does).
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
 import { replaceNode, setBacking } from '../surgery/replace.ts';
 import { removeFilter } from '../surgery/filter.ts';
-import { needsCopy } from '../filters/copy-on-read.ts';
+import { copyRuns } from '../filters/copy-on-read.ts';
 import { copyBuffers } from '../copy-buffers.ts';
 import { backingDepth } from '../surgery/walk.ts';
 import type { BlockNode } from '../node.ts';
@@ -59,9 +60,14 @@ export class StreamJob extends BlockJob {
     const filter = this.filter;
     await replaceNode(this.graph, top, filter);
     const limit = backingDepth(top, bottom);
-    // Reading through the copy-on-read filter is what copies the data up (the filter has written
-    // the data when the read returns, so the buffer goes back to the pool then).
-    await this.copyExtents(top, len, CHUNK, this.o.onError, (e) => needsCopy(e, limit), async (o, l) => {
+    // QEMU's stream_run: from each offset, one run of at most CHUNK that `top` holds, or that one
+    // layer holds alike (copied up when that layer lies above the base), or that nothing above the
+    // base holds. Reading a piece through the copy-on-read filter is what copies it (the filter has
+    // written the data, or write-zeroes for an all-zero piece, when the read returns).
+    await this.copyPieces(len, this.o.onError, async (off) => {
+      const [run] = copyRuns(await top.blockStatus(off, Math.min(CHUNK, len - off)), limit);
+      return { length: run!.length, copy: run!.copy };
+    }, async (o, l) => {
       const buf = copyBuffers.get(l);
       try { await filter.read(o, buf); } finally { copyBuffers.put(buf); }
     });

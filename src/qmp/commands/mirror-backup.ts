@@ -126,7 +126,8 @@ async function startMirror(a: MirrorArgs, ctx: Ctx, source: BlockNode, target: B
     source, target, sync: a.sync as MirrorSync, granularity: a.granularity, bufSize: a['buf-size'],
     copyMode: a['copy-mode'], onSourceError: a['on-source-error'], onTargetError: a['on-target-error'],
     replaces: a.replaces !== undefined ? ctx.graph.find(a.replaces) : undefined,
-    filterNodeName: a['filter-node-name'], targetZeroed: created, unmap: a.unmap,
+    // QEMU's zero_target: drive-mirror trusts a new image to read as zeroes, blockdev-mirror never does.
+    filterNodeName: a['filter-node-name'], zeroTarget: a.sync === 'full' && !created, unmap: a.unmap,
   });
   ctx.jobs.add(job);
   // qsd creates the job before it checks the speed (created → null).
@@ -152,7 +153,7 @@ function mirrorChecks(a: MirrorArgs, ctx: Ctx): BlockNode {
 
 /** Creates (absolute-paths) or opens (existing) a drive-* target: an implicit node the job and its users own. */
 async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, format: string | undefined,
-  mode: 'existing' | 'absolute-paths' | undefined, nodeName: string | undefined, backing?: BlockNode): Promise<{ node: BlockNode; created: boolean }> {
+  mode: 'existing' | 'absolute-paths' | undefined, nodeName: string | undefined, backing?: BlockNode, forBackup = false): Promise<{ node: BlockNode; created: boolean }> {
   // QEMU takes the source's format for a new image; blockd's formats that can create one are those
   // with a createImage() hook, and anything else (a protocol node, null-co) gets raw.
   const fmt = format ?? (mode === 'existing' ? await ctx.graph.probeFormat(filename) : source.driver.createImage ? source.driver.name : 'raw');
@@ -166,6 +167,8 @@ async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, form
   }
   const opts: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename } };
   if (nodeName !== undefined) opts['node-name'] = nodeName;
+  // QEMU's drive-backup opens its target so that zeroes written to it become (unmapped) zero clusters.
+  if (forBackup) Object.assign(opts, { discard: 'unmap', 'detect-zeroes': 'unmap' });
   // The new image's backing file is the source's backing node, which is open already.
   if (created && driver.options.members.some((m) => m.name === 'backing')) opts.backing = backing ? backing.nodeName : null;
   const node = await ctx.graph.add(opts, true);
@@ -214,7 +217,7 @@ async function prepareBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target:
     bitmap: a.bitmap !== undefined ? bitmapsOf(source).find(a.bitmap) : undefined,
     bitmapMode: a.sync === 'incremental' ? 'on-success' : a['bitmap-mode'] as 'on-success' | 'never' | 'always' | undefined,
     onSourceError: a['on-source-error'], onTargetError: a['on-target-error'],
-    filterNodeName: a['filter-node-name'], targetZeroed: created, txn: ctx.jobTxn,
+    filterNodeName: a['filter-node-name'], txn: ctx.jobTxn,
   });
   ctx.jobs.add(job);
   try {
@@ -294,7 +297,7 @@ export const mirrorBackupCommands: CommandDef[] = [
     async action(a: BackupArgs, ctx) {
       const source = await backupChecks(a, ctx);
       const backing = a.sync === 'top' ? source.child('backing') : undefined;
-      const { node, created } = await openNewTarget(ctx, source, a.target, a.format, a.mode, undefined, backing);
+      const { node, created } = await openNewTarget(ctx, source, a.target, a.format, a.mode, undefined, backing, true);
       try {
         return backupAction(await prepareBackup(a, ctx, source, node, created), () => dropUnused(ctx, node));
       } catch (e) {
