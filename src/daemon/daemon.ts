@@ -113,7 +113,7 @@ export class Daemon {
   }
 
   async startNbdServer(item: Item): Promise<void> {
-    this.nbdServers.push(await startNbdServer(this.nbdExports, parseItem<NbdServerStart>(NbdServerOptions, item), this.log));
+    this.nbdServers.push(await startNbdServer(this.nbdExports, parseItem<NbdServerStart>(NbdServerOptions, item), this.log, this.objects));
   }
 
   async addExport(item: Item): Promise<void> {

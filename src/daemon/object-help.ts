@@ -8,7 +8,8 @@ import type { TypeRef } from '../qapi/types.ts';
 
 function typeLabel(t: TypeRef): string {
   if (typeof t === 'string') return t === 'str' ? 'string' : t;
-  return t.kind === 'array' ? 'list' : (t as { name: string }).name;
+  // A list is shown by its element type, as QEMU shows authz-list's rules=<QAuthZListRule>.
+  return t.kind === 'array' ? typeLabel(t.element) : (t as { name: string }).name;
 }
 
 /** The help text for an --object value, or undefined when the value asks for none. */
@@ -21,6 +22,7 @@ export function objectHelp(value: string): string | undefined {
   const variant = ObjectOptions.union!.variants[m[1]];
   if (!variant) return undefined;
   // Sorted as whole lines, byte-wise, as QEMU does ("x-bps-read-max-length=<int>" before "x-bps-read-max=<int>").
-  const lines = variant.members.map((p) => `  ${p.name}=<${typeLabel(p.type)}>`).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  // QEMU's help leaves out the tls-creds' deprecated `loaded` (a QAPI member, still accepted).
+  const lines = variant.members.filter((p) => p.name !== 'loaded').map((p) => `  ${p.name}=<${typeLabel(p.type)}>`).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   return `${m[1]} options:\n${lines.join('\n')}\n`;
 }

@@ -260,7 +260,7 @@ export class NbdConnection implements ExportClient {
       this.pumpHandshake();
     }, (err: unknown) => {
       if (this.phase !== 'handshake') return;
-      this.log.warn({ err }, 'NBD transport upgrade failed; disconnecting');
+      this.log.warn(`NBD transport upgrade failed, disconnecting: ${(err as Error).message}`);
       this.abort();
     });
   }

@@ -158,6 +158,9 @@ const metaContext: OptionHandler = (env, s, option, data) => {
 const unsupported: OptionHandler = (_env, _s, option) =>
   cont(optionError(option, Rep.ERR_UNSUP, `Unsupported option ${option} (${optName(option)})`));
 
+/** Key of a table's handler for options it has no entry for (a TLS-only server's refusal); without one, NBD_REP_ERR_UNSUP. */
+export const ANY_OTHER_OPTION = -1;
+
 /** Handlers by option; anything else is answered NBD_REP_ERR_UNSUP. */
 export const OPTION_HANDLERS: Readonly<Record<number, OptionHandler>> = {
   [Opt.EXPORT_NAME]: exportName,
@@ -179,7 +182,7 @@ export const OPTIONS_WITH_DATA: ReadonlySet<number> = new Set([
 /** Runs the handler for `option`; malformed data becomes NBD_REP_ERR_INVALID with qsd's text. */
 export function handleOption(env: NegotiationEnv, s: Session, option: number, data: Buffer, length: number,
   handlers: Readonly<Record<number, OptionHandler>> = OPTION_HANDLERS): OptionOutcome {
-  const handler = handlers[option] ?? unsupported;
+  const handler = handlers[option] ?? handlers[ANY_OTHER_OPTION] ?? unsupported;
   try {
     return handler(env, s, option, data, length);
   } catch (e) {

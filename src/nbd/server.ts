@@ -11,6 +11,13 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { NbdConnection } from './connection.ts';
 import { PlainSocketTransport } from './transport/plain.ts';
+import { TlsTransport } from './transport/tls.ts';
+import type { Transport } from './transport/transport.ts';
+import { tlsOptionHandlers } from './tls-options.ts';
+import type { TlsCreds } from '../objects/tls/creds.ts';
+import type { ObjectLookup } from '../objects/lookup.ts';
+import { TlsSessionError, serverContext, startServerSession } from '../objects/tls/session.ts';
+import type { SecureContext } from 'node:tls';
 import type { NbdExportList } from './exports.ts';
 import type { NegotiationEnv } from './options.ts';
 import { BufferPool } from '../util/buffer-pool.ts';
@@ -25,6 +32,8 @@ export interface NbdServerOptions {
   specErrnos?: boolean;
   maxInflightRequests?: number;
   maxInflightBytes?: number;
+  /** TLS-only server (FORCEDTLS): the credentials, the authz object's id, and where to look it up. */
+  tls?: { creds: TlsCreds; authz?: string; objects: ObjectLookup };
 }
 
 export const DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
@@ -47,6 +56,8 @@ export class NbdServer {
   private nextId = 1;
   private readonly pool = new BufferPool();
   private closing?: Promise<void>;
+  /** The TLS context every session uses, or why no session can start (an unusable priority string). */
+  private tlsContext?: SecureContext | TlsSessionError;
 
   constructor(readonly registry: NbdExportList, private readonly opts: NbdServerOptions) {
     this.log = opts.logger.child({ component: 'nbd' });
@@ -56,6 +67,16 @@ export class NbdServer {
       listExports: () => registry.list().filter((e) => !e.shuttingDown),
       multiConn,
     };
+    if (opts.tls) {
+      try {
+        this.tlsContext = serverContext(opts.tls.creds);
+      } catch (e) {
+        if (!(e instanceof TlsSessionError)) throw e;
+        // As qsd: the server starts, and every handshake fails with the reason.
+        this.tlsContext = e;
+        this.log.error(`${opts.tls.creds.type} '${opts.tls.creds.id}': ${e.message}; every TLS handshake will fail`);
+      }
+    }
   }
 
   private get maxConnections(): number { return this.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS; }
@@ -124,9 +145,11 @@ export class NbdServer {
   private startConnection(accepted: Socket): void {
     const id = this.nextId++;
     const transport = new PlainSocketTransport(accepted);
+    const log = this.log.child({ conn: id, peer: transport.peer });
     const conn = new NbdConnection(transport, {
       env: this.env,
-      log: this.log.child({ conn: id, peer: transport.peer }),
+      log,
+      ...(this.opts.tls ? this.tlsUpgrade(log) : {}),
       handshakeMaxSeconds: this.opts.handshakeMaxSeconds ?? DEFAULT_HANDSHAKE_MAX_SECONDS,
       maxInflightRequests: this.opts.maxInflightRequests,
       maxInflightBytes: this.opts.maxInflightBytes,
@@ -139,6 +162,28 @@ export class NbdServer {
       this.admitWaiting();
     });
     conn.start();
+  }
+
+  /** STARTTLS for one connection: the FORCEDTLS option table and the upgrade to a checked TLS session. */
+  private tlsUpgrade(log: Logger): { optionHandlers: ReturnType<typeof tlsOptionHandlers>; upgrade: (t: Transport) => Promise<Transport> } {
+    const tls = this.opts.tls!;
+    let active = false;
+    const upgrade = async (current: Transport): Promise<Transport> => {
+      if (!(current instanceof PlainSocketTransport)) throw new Error('STARTTLS on a transport that is not a plain socket');
+      const context = this.tlsContext;
+      try {
+        if (context instanceof TlsSessionError) throw context;
+        const session = await startServerSession(tls.creds, current.socket, { authz: tls.authz, objects: tls.objects, context });
+        active = true;
+        log.info({ identity: session.identity, protocol: session.socket.getProtocol() }, 'NBD client upgraded to TLS');
+        return new TlsTransport(session.socket, current.peer, session.identity);
+      } catch (e) {
+        current.socket.destroy();
+        // One line a user can act on: which credentials, which client, why.
+        throw new Error(`${tls.creds.type} '${tls.creds.id}': TLS session with ${current.peer} refused: ${(e as Error).message}`);
+      }
+    };
+    return { optionHandlers: tlsOptionHandlers(() => active), upgrade };
   }
 
   private admitWaiting(): void {

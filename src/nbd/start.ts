@@ -10,6 +10,8 @@ import { BlockError } from '../util/errors.ts';
 import { bindErrorText } from '../platform/bind-error.ts';
 import { NbdServer } from './server.ts';
 import type { NbdExportList } from './exports.ts';
+import type { ObjectLookup } from '../objects/lookup.ts';
+import { checkAuthzUsable, findTlsCreds } from '../objects/tls/lookup.ts';
 
 /** SocketAddress, flat (qapi/sockets.json); only the members of its type are set. */
 export interface NbdListenAddress {
@@ -32,13 +34,27 @@ export interface NbdServerStart {
 const fail = (text: string) => new BlockError('EINVAL', text);
 
 /** Starts a server listening on `o.addr` and serving `exports`; throws with qsd's text. */
-export async function startNbdServer(exports: NbdExportList, o: NbdServerStart, logger: Logger): Promise<NbdServer> {
+export async function startNbdServer(exports: NbdExportList, o: NbdServerStart, logger: Logger, objects: ObjectLookup): Promise<NbdServer> {
   // qsd accepts tls-authz alone and ignores it; blockd refuses a server that would authorize nobody.
   if (o['tls-authz'] !== undefined && o['tls-creds'] === undefined) throw fail("'tls-authz' requires 'tls-creds'");
+  // The credentials are resolved before anything listens, but a failure is reported after the bind
+  // (below): qsd binds first, so a bad address wins over bad credentials.
+  let tls: { creds: ReturnType<typeof findTlsCreds>; authz?: string; objects: ObjectLookup } | undefined;
+  let credsError: unknown;
+  if (o['tls-creds'] !== undefined) {
+    try {
+      const creds = findTlsCreds(objects, o['tls-creds'], 'server');
+      checkAuthzUsable(creds, o['tls-authz']);
+      tls = { creds, authz: o['tls-authz'], objects };
+    } catch (e) {
+      credsError = e;
+    }
+  }
   const server = new NbdServer(exports, {
     maxConnections: o['max-connections'],
     handshakeMaxSeconds: o['handshake-max-seconds'],
     logger,
+    tls,
   });
   const a = o.addr;
   try {
@@ -56,14 +72,12 @@ export async function startNbdServer(exports: NbdExportList, o: NbdServerStart, 
     } else {
       throw fail(`blockd does not support ${a.type} sockets`);
     }
-    // As qsd: the credentials are looked up after the socket is bound. None can exist yet
-    // (object-add refuses the tls-creds-* types), so any id is unknown.
-    if (o['tls-creds'] !== undefined) throw fail(`No TLS credentials with id '${o['tls-creds']}'`);
+    if (credsError !== undefined) throw credsError;
   } catch (e) {
     await server.destroy();
     if (e instanceof BlockError) throw e;
     throw fail(bindErrorText(e, a.type === 'unix' ? a.path : undefined));
   }
-  logger.info({ addr: a }, 'NBD server listening');
+  logger.info({ addr: a, tls: tls ? tls.creds.id : undefined, authz: tls?.authz }, 'NBD server listening');
   return server;
 }

@@ -11,6 +11,8 @@ export interface ObjectLookup {
    * undefined (the caller words the error: each QEMU user has its own text).
    */
   lookup<T>(id: string, qomType: string): T | undefined;
+  /** The qom-type of object `id`, undefined if there is none. */
+  type(id: string): string | undefined;
   /** Marks object `id` in use (object-del refuses it) until the returned function is called. */
   use(id: string): () => void;
 }

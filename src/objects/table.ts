@@ -9,8 +9,18 @@ import type { ObjectTypeDef } from './object-type.ts';
 import { iothreadType } from './iothread.ts';
 import { secretType } from './secret.ts';
 import { throttleGroupType } from './throttle-group.ts';
+import { authzListType } from './authz/list.ts';
+import { authzListFileType } from './authz/listfile.ts';
+import { authzSimpleType } from './authz/simple.ts';
+import { tlsCredsAnonType } from './tls/anon.ts';
+import { tlsCredsPskType } from './tls/psk.ts';
+import { tlsCredsX509Type } from './tls/x509.ts';
 
-export const OBJECT_TYPES: readonly ObjectTypeDef[] = [iothreadType, secretType, throttleGroupType as ObjectTypeDef];
+export const OBJECT_TYPES: readonly ObjectTypeDef[] = [
+  authzListType, authzListFileType, authzSimpleType,
+  iothreadType, secretType, throttleGroupType,
+  tlsCredsAnonType, tlsCredsPskType, tlsCredsX509Type,
+] as ObjectTypeDef[];
 
 /** object-add's arguments (and --object's) for a set of types: a flat union on qom-type. */
 export function objectOptionsType(types: readonly ObjectTypeDef[]): { options: ObjectType; typeEnum: EnumType } {

@@ -22,7 +22,12 @@ describe('command line', () => {
   });
 
   it('--object help lists the object types, TYPE,help their properties', () => {
-    expect(blockdSync(['--object', 'help']).stdout).toBe('List of user creatable objects:\n  iothread\n  secret\n  throttle-group\n');
+    expect(blockdSync(['--object', 'help']).stdout).toBe('List of user creatable objects:\n  authz-list\n  authz-list-file\n  authz-simple\n' +
+      '  iothread\n  secret\n  throttle-group\n  tls-creds-anon\n  tls-creds-psk\n  tls-creds-x509\n');
+    // The TLS and authz types' properties are listed as qsd lists them.
+    for (const t of ['tls-creds-x509', 'tls-creds-psk', 'tls-creds-anon', 'authz-list', 'authz-simple', 'authz-list-file']) {
+      expect(blockdSync(['--object', `${t},help`]).stdout, t).toBe(spawnSync(requireTool('qemu-storage-daemon'), ['--object', `${t},help`], { encoding: 'utf8' }).stdout);
+    }
     const r = blockdSync(['--object', 'secret,help']);
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^secret options:\n  data=<string>\n  file=<string>\n/);

@@ -24,7 +24,7 @@ function requireServer(host: QmpHost): void {
 async function startServer(host: QmpHost, a: Omit<NbdServerStart, 'addr'> & { addr: { type: string; data: Record<string, string> } }): Promise<void> {
   if (host.nbdServers.length > 0) throw genericError('NBD server already running');
   // SocketAddressLegacy's {type, data} is SocketAddress flattened.
-  host.nbdServers.push(await startNbdServer(host.nbdExports, { ...a, addr: { type: a.addr.type, ...a.addr.data } }, host.log));
+  host.nbdServers.push(await startNbdServer(host.nbdExports, { ...a, addr: { type: a.addr.type, ...a.addr.data } }, host.log, host.objects));
 }
 
 async function stopServers(host: QmpHost): Promise<void> {

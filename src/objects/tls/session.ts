@@ -1,0 +1,199 @@
+/**
+ * A server-side TLS session over an accepted socket, from a tls-creds-*
+ * object (QEMU's crypto/tlssession.c with io/channel-tls.c): the handshake,
+ * then the credential checks QEMU makes once it is over (the peer's
+ * certificate against the CA and CRL, its dates, its distinguished name
+ * against the authz object). Used by the NBD server after STARTTLS and by
+ * QMP sockets with tls-creds.
+ *
+ * node:tls is told not to reject an unverified client itself
+ * (rejectUnauthorized false): as in QEMU the handshake completes and the
+ * checks come after, so that a refusal can say why ("The certificate hasn't
+ * got a known issuer", "TLS x509 authz check for CN=... is denied").
+ *
+ * Unlike qsd 7.2, a PSK session is checked against the authz object too
+ * (the identity is the PSK username): qsd ignores tls-authz for PSK.
+ */
+import type { Socket } from 'node:net';
+import { TLSSocket, createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import type { ObjectLookup } from '../lookup.ts';
+import { findAuthz } from '../authz/authz.ts';
+import { PriorityError, translatePriority, type TlsSettings } from './priority.ts';
+import type { TlsCreds } from './creds.ts';
+import { lookupKey } from './psk.ts';
+
+/** QEMU's CONFIG_TLS_PRIORITY (Debian builds it as NORMAL) and the key exchanges QEMU adds per type. */
+const DEFAULT_PRIORITY = 'NORMAL';
+const EXTRA: Record<TlsCreds['type'], string> = {
+  'tls-creds-x509': '',
+  'tls-creds-psk': ':+ECDHE-PSK:+DHE-PSK:+PSK',
+  'tls-creds-anon': ':+ANON-DH',
+};
+
+/** A refused or failed session: `message` is the reason, in QEMU's words where QEMU has them. */
+export class TlsSessionError extends Error {}
+
+export interface TlsSession {
+  socket: TLSSocket;
+  /** The authorized identity: the peer's distinguished name (x509 with verify-peer) or PSK username. */
+  identity?: string;
+}
+
+/** The node:tls settings for `creds`'s priority string; throws QEMU's text when it cannot be used. */
+export function sessionSettings(creds: TlsCreds): TlsSettings {
+  const prio = (creds.priority ?? DEFAULT_PRIORITY) + EXTRA[creds.type];
+  let s: TlsSettings;
+  try {
+    s = translatePriority(prio);
+  } catch (e) {
+    if (e instanceof PriorityError) throw new TlsSessionError(`Unable to set TLS session priority ${prio}: ${e.message}`);
+    throw e;
+  }
+  // node:tls has no TLS 1.3 PSK or anonymous key exchange: those sessions are TLS 1.2.
+  if (creds.type !== 'tls-creds-x509') {
+    if (s.minVersion === 'TLSv1.3') throw new TlsSessionError(`Unable to set TLS session priority ${prio}: ${creds.type} needs TLS 1.2, which it disables`);
+    s = { ...s, maxVersion: 'TLSv1.2' };
+  }
+  return s;
+}
+
+/** Builds the secure context of a server session (validated once: the same for every client). */
+export function serverContext(creds: TlsCreds): SecureContext {
+  const s = sessionSettings(creds);
+  const o: SecureContextOptions & { ciphersuites?: string } = {
+    minVersion: s.minVersion,
+    maxVersion: s.maxVersion,
+    ciphers: s.ciphers || undefined,
+    ciphersuites: s.ciphersuites,
+    honorCipherOrder: s.honorCipherOrder,
+  };
+  if (creds.x509) {
+    Object.assign(o, { ca: creds.x509.ca, cert: creds.x509.cert, key: creds.x509.key, passphrase: creds.x509.passphrase, crl: creds.x509.crl });
+    o.dhparam = creds.x509.dhparam ?? 'auto';
+  } else {
+    o.dhparam = creds.dhparam ?? 'auto';
+  }
+  try {
+    return createSecureContext(o);
+  } catch (e) {
+    throw new TlsSessionError(`Cannot set session credentials: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Runs the server side of a TLS handshake on `raw` and checks the peer.
+ * Resolves once the session may carry data; rejects with a TlsSessionError
+ * saying why not (the socket is then destroyed).
+ */
+export function startServerSession(creds: TlsCreds, raw: Socket, o: { authz?: string; objects: ObjectLookup; context?: SecureContext }): Promise<TlsSession> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const done = (err?: Error, session?: TlsSession) => {
+      if (settled) return;
+      settled = true;
+      if (err) { tls.destroy(); reject(err); } else resolve(session!);
+    };
+    let context: SecureContext;
+    try {
+      context = o.context ?? serverContext(creds);
+    } catch (e) {
+      raw.destroy();
+      return reject(e);
+    }
+    let pskUser: string | undefined;
+    const options: Record<string, unknown> = {
+      isServer: true,
+      secureContext: context,
+      requestCert: creds.type === 'tls-creds-x509' && creds.verifyPeer,
+      rejectUnauthorized: false,
+    };
+    if (creds.type === 'tls-creds-psk') {
+      options.pskCallback = (_s: unknown, identity: string): Buffer | null => {
+        try {
+          const hex = lookupKey(creds.psk!.file, identity);
+          if (hex === undefined || !/^([0-9a-fA-F]{2})+$/.test(hex)) return null;
+          pskUser = identity;
+          return Buffer.from(hex, 'hex');
+        } catch {
+          return null;
+        }
+      };
+    }
+    const tls = new TLSSocket(raw, options);
+    tls.once('error', (err) => done(new TlsSessionError(`TLS handshake failed: ${err.message}`)));
+    tls.once('close', () => done(new TlsSessionError('TLS handshake failed: The TLS connection was non-properly terminated.')));
+    tls.once('secure', () => {
+      try {
+        const identity = checkPeer(creds, tls, pskUser);
+        if (o.authz !== undefined && identity !== undefined) {
+          const allowed = findAuthz(o.objects, o.authz).isAllowed(identity);
+          if (!allowed) {
+            throw new TlsSessionError(creds.type === 'tls-creds-psk'
+              ? `TLS PSK authz check for ${identity} is denied`
+              : `TLS x509 authz check for ${identity} is denied`);
+          }
+        }
+        tls.removeAllListeners('error');
+        tls.removeAllListeners('close');
+        done(undefined, { socket: tls, identity });
+      } catch (e) {
+        done(e instanceof TlsSessionError ? e : new TlsSessionError((e as Error).message));
+      }
+    });
+  });
+}
+
+/** QEMU's qcrypto_tls_session_check_credentials: the peer's identity, or a TlsSessionError. */
+function checkPeer(creds: TlsCreds, tls: TLSSocket, pskUser: string | undefined): string | undefined {
+  if (creds.type === 'tls-creds-psk') return pskUser;
+  if (creds.type !== 'tls-creds-x509' || !creds.verifyPeer) return undefined;
+  const cert = tls.getPeerX509Certificate();
+  if (!cert) throw new TlsSessionError('No certificate peers');
+  const error = verifyError(tls);
+  if (error !== null) throw new TlsSessionError(verifyReason(error));
+  return distinguishedName(cert.subject);
+}
+
+/**
+ * OpenSSL's verification result of the peer's chain. A TLSSocket made by
+ * hand (not by a tls.Server) does not fill in `authorized`; the same
+ * result is on its handle, which is what tls.Server reads too.
+ */
+function verifyError(tls: TLSSocket): Error | null {
+  const handle = (tls as unknown as { _handle?: { verifyError?: () => Error | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return new Error('NO_VERIFY_RESULT');
+  return handle.verifyError();
+}
+
+/** OpenSSL's verification result in QEMU's words (GnuTLS status bits), more precise where OpenSSL says more. */
+function verifyReason(err: Error | string | null | undefined): string {
+  const code = typeof err === 'string' ? err : (err as { code?: string } | null)?.code ?? String(err);
+  switch (code) {
+    case 'CERT_HAS_EXPIRED': return 'The certificate has expired';
+    case 'CERT_NOT_YET_VALID': return 'The certificate is not yet activated';
+    case 'CERT_REVOKED': return 'The certificate has been revoked';
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+      return "The certificate hasn't got a known issuer";
+    case 'CERT_SIGNATURE_FAILURE': return 'The certificate is not trusted';
+    case 'CA_KEY_TOO_SMALL':
+    case 'EE_KEY_TOO_SMALL':
+    case 'CA_MD_TOO_WEAK':
+      return 'The certificate uses an insecure algorithm';
+    default: return `The certificate is not trusted (${code})`;
+  }
+}
+
+/**
+ * The subject as QEMU sees it: gnutls_x509_crt_get_dn, which writes the
+ * RDNs in certificate order (not RFC 4514's reversed order), comma
+ * separated: "C=GB,O=Example Org,CN=client1" for what certtool prints as
+ * "CN=client1,O=Example Org,C=GB". node gives one RDN a line, in
+ * certificate order, values already escaped RFC 2253-style.
+ */
+export function distinguishedName(subject: string): string {
+  return subject.split('\n').filter((l) => l.length > 0).join(',');
+}
