@@ -194,7 +194,7 @@ export interface Driver {
    * reads (null-co's size, raw's offset and size, a file's filename). A node
    * with any of them set (filename aside) cannot be opened from a plain
    * filename, so query-named-block-nodes names it "json:{...}" with them.
-   * Default: none.
+   * Default: none. A dotted name is a nested option ('encrypt.key-secret').
    */
   readonly strongOptions?: readonly string[];
   /**

@@ -33,6 +33,27 @@ export interface Luks1Created {
   payloadOffset: number;
 }
 
+/** The cipher of a new volume, QEMU's defaults filled in; refuses what blockd cannot run. */
+export function luks1CreateSpec(o: Luks1CreateOptions): CipherSpec {
+  const cipherAlg = o.cipherAlg ?? 'aes-256';
+  const cipherMode = o.cipherMode ?? 'xts';
+  const ivgenAlg = o.ivgenAlg ?? 'plain64';
+  const hashAlg = o.hashAlg ?? 'sha256';
+  const ivgenHashAlg = o.ivgenHashAlg ?? (ivgenAlg === 'essiv' ? 'sha256' : undefined);
+  luksCipherName(cipherAlg); // QEMU's first refusal: a cipher LUKS has no name for
+  const ivgenCipherAlg = ivgenAlg === 'essiv' ? essivCipher(cipherAlg, ivgenHashAlg!) : cipherAlg;
+  const masterKeyLen = KEY_LEN[cipherAlg] * (cipherMode === 'xts' ? 2 : 1);
+  opensslCipher(cipherAlg, cipherMode);
+  if (ivgenAlg === 'essiv') opensslCipher(ivgenCipherAlg, 'ecb');
+  return { cipherAlg, cipherMode, ivgenAlg, ivgenHashAlg, ivgenCipherAlg, hashAlg, masterKeyLen };
+}
+
+/** Bytes of header and key material a new volume with these options takes (its payload offset). */
+export function luks1HeaderSize(o: Luks1CreateOptions): number {
+  const headerSectors = LUKS_KEY_SLOT_OFFSET / LUKS_SECTOR_SIZE;
+  return (headerSectors + LUKS_NUM_KEY_SLOTS * splitKeySectors(luks1CreateSpec(o).masterKeyLen, LUKS_STRIPES)) * LUKS_SECTOR_SIZE;
+}
+
 /**
  * Builds the header and slot 0. `init(headerSize)` is called once the layout
  * is known (the caller sizes its file or clusters), then the key material and
@@ -40,18 +61,11 @@ export interface Luks1Created {
  */
 export async function createLuks1(o: Luks1CreateOptions, password: Buffer, init: (headerSize: number) => Promise<void>, write: WriteAt): Promise<Luks1Created> {
   const iterTime = o.iterTime ?? DEFAULT_ITER_TIME_MS;
-  const cipherAlg = o.cipherAlg ?? 'aes-256';
-  const cipherMode = o.cipherMode ?? 'xts';
-  const ivgenAlg = o.ivgenAlg ?? 'plain64';
-  const hashAlg = o.hashAlg ?? 'sha256';
-  const ivgenHashAlg = o.ivgenHashAlg ?? (ivgenAlg === 'essiv' ? 'sha256' : undefined);
+  // Refuses what blockd cannot run before anything is written.
+  const spec = luks1CreateSpec(o);
+  const { cipherAlg, cipherMode, ivgenAlg, ivgenHashAlg, hashAlg, masterKeyLen } = spec;
   const cipherName = luksCipherName(cipherAlg);
   const modeSpec = ivgenHashAlg ? `${cipherMode}-${ivgenAlg}:${ivgenHashAlg}` : `${cipherMode}-${ivgenAlg}`;
-  const ivgenCipherAlg = ivgenAlg === 'essiv' ? essivCipher(cipherAlg, ivgenHashAlg!) : cipherAlg;
-  const masterKeyLen = KEY_LEN[cipherAlg] * (cipherMode === 'xts' ? 2 : 1);
-  const spec: CipherSpec = { cipherAlg, cipherMode, ivgenAlg, ivgenHashAlg, ivgenCipherAlg, hashAlg, masterKeyLen };
-  opensslCipher(cipherAlg, cipherMode); // refuse what blockd cannot run before anything is written
-  if (ivgenAlg === 'essiv') opensslCipher(ivgenCipherAlg, 'ecb');
 
   const area = splitKeySectors(masterKeyLen, LUKS_STRIPES);
   const headerSectors = LUKS_KEY_SLOT_OFFSET / LUKS_SECTOR_SIZE;

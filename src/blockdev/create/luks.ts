@@ -6,11 +6,11 @@
  */
 import { BlockError } from '../../util/errors.ts';
 import { obj, opt, req, type ObjectType } from '../../qapi/types.ts';
-import { createLuks1, type Luks1CreateOptions } from '../../crypto/luks1-create.ts';
+import { createLuks1 } from '../../crypto/luks1-create.ts';
 import { lookupPassword } from '../drivers/luks/index.ts';
 import { PreallocMode } from './file.ts';
 import { BlockdevRef, checkFilePermissions, preallocate, Refs } from './qcow2.ts';
-import { QCRYPTO_LUKS_CREATE_MEMBERS } from './luks-options.ts';
+import { QCRYPTO_LUKS_CREATE_MEMBERS, luksCreateOptions, type LuksCreateMembers } from './luks-options.ts';
 import type { CreateContext, ImageCreator } from './types.ts';
 
 export const BlockdevCreateOptionsLUKS: ObjectType = obj('BlockdevCreateOptionsLUKS', [
@@ -20,22 +20,10 @@ export const BlockdevCreateOptionsLUKS: ObjectType = obj('BlockdevCreateOptionsL
   opt('preallocation', PreallocMode, 'Preallocation mode for the new image (default: off; allowed values: off, metadata, falloc, full)'),
 ], { doc: 'Driver specific image creation options for LUKS.' });
 
-interface LuksCreateOptions {
-  'key-secret'?: string;
-  'cipher-alg'?: Luks1CreateOptions['cipherAlg'];
-  'cipher-mode'?: Luks1CreateOptions['cipherMode'];
-  'ivgen-alg'?: Luks1CreateOptions['ivgenAlg'];
-  'ivgen-hash-alg'?: Luks1CreateOptions['ivgenHashAlg'];
-  'hash-alg'?: Luks1CreateOptions['hashAlg'];
-  'iter-time'?: number;
+interface LuksCreateOptions extends LuksCreateMembers {
   file: string | Record<string, unknown>;
   size: number;
   preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
-}
-
-/** The creation options of QCryptoBlockCreateOptionsLUKS, in crypto/'s terms. */
-export function luksCreateOptions(o: Omit<LuksCreateOptions, 'file' | 'size' | 'preallocation'>): Luks1CreateOptions {
-  return { cipherAlg: o['cipher-alg'], cipherMode: o['cipher-mode'], ivgenAlg: o['ivgen-alg'], ivgenHashAlg: o['ivgen-hash-alg'], hashAlg: o['hash-alg'], iterTime: o['iter-time'] };
 }
 
 export const luksCreator: ImageCreator = {

@@ -9,7 +9,10 @@
  * needs a backing file; backing file with preallocation needs extended L2;
  * lazy refcounts need v3; refcount width; data-file-raw needs a data file
  * and no backing file; the data file node, which needs v3; zstd needs v3;
- * encryption (refused: blockd does not create encrypted images).
+ * encryption (key-secret given; blockd checks it and the LUKS cipher before
+ * writing anything, where QEMU finds them wrong only after the image is laid
+ * out). The LUKS header is written into its clusters last, as
+ * qcow2_set_up_encryption does.
  *
  * Also here: createQcow2() (lay out an image on a node) and
  * createQcow2File() (a default image in a new file, without any node).
@@ -26,7 +29,9 @@ import { registerDrivers } from '../drivers/index.ts';
 import { qcow2Layout, type PreallocMode, type Qcow2Layout, type Qcow2LayoutOptions } from '../drivers/qcow2/create-layout.ts';
 import { PreallocMode as PreallocModeEnum } from './file.ts';
 import type { CreateContext, ImageCreator } from './types.ts';
-import { QCRYPTO_LUKS_CREATE_MEMBERS } from './luks-options.ts';
+import { QCRYPTO_LUKS_CREATE_MEMBERS, luksCreateOptions, type LuksCreateMembers } from './luks-options.ts';
+import { createLuks1, luks1HeaderSize, type Luks1CreateOptions } from '../../crypto/luks1-create.ts';
+import { lookupPassword } from '../drivers/luks/index.ts';
 
 /** qemu-storage-daemon 7.2's BlockdevDriver values (what 'backing-fmt' accepts). */
 const QSD_BLOCKDEV_DRIVERS: readonly string[] = [
@@ -66,7 +71,7 @@ const QCryptoBlockCreateOptions = obj('QCryptoBlockCreateOptions', [
       luks: obj('QCryptoBlockCreateOptionsLUKS', QCRYPTO_LUKS_CREATE_MEMBERS),
     },
   },
-  doc: 'Options for creating a block device encryption format (blockd refuses encrypted qcow2 images)',
+  doc: 'Options for creating a block device encryption format',
 });
 
 export const BlockdevCreateOptionsQcow2: ObjectType = obj('BlockdevCreateOptionsQcow2', [
@@ -78,7 +83,7 @@ export const BlockdevCreateOptionsQcow2: ObjectType = obj('BlockdevCreateOptions
   opt('version', BlockdevQcow2Version, 'Compatibility level (default: v3)'),
   opt('backing-file', 'str', 'File name of the backing file if a backing file should be used'),
   opt('backing-fmt', enm('BlockdevDriver', [...QSD_BLOCKDEV_DRIVERS]), 'Name of the block driver to use for the backing file'),
-  opt('encrypt', QCryptoBlockCreateOptions, 'Encryption options if the image should be encrypted (not supported by blockd)'),
+  opt('encrypt', QCryptoBlockCreateOptions, 'Encryption options if the image should be encrypted'),
   opt('cluster-size', 'size', 'qcow2 cluster size in bytes (default: 65536)'),
   opt('preallocation', PreallocModeEnum, 'Preallocation mode for the new image (default: off; allowed values: off, falloc, full, metadata)'),
   opt('lazy-refcounts', 'bool', 'True if refcounts may be updated lazily (default: off)'),
@@ -97,7 +102,7 @@ export interface Qcow2CreateOptions {
   version?: 'v2' | 'v3';
   'backing-file'?: string;
   'backing-fmt'?: string;
-  encrypt?: { format: 'qcow' | 'luks'; 'key-secret'?: string };
+  encrypt?: { format: 'qcow' | 'luks' } & LuksCreateMembers;
   'cluster-size'?: number;
   preallocation?: PreallocMode;
   'lazy-refcounts'?: boolean;
@@ -184,9 +189,10 @@ async function validate(o: Qcow2CreateOptions, refs: Refs): Promise<{ layout: Qc
   if (o['compression-type'] === 'zstd' && version < 3) {
     throw invalid(`Non-zlib compression type is only supported with compatibility level 1.1 and above ${V3_ONLY}`);
   }
+  let encryption: Qcow2LayoutOptions['encryption'];
   if (o.encrypt) {
     if (o.encrypt['key-secret'] === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
-    throw new BlockError('ENOTSUP', 'blockd cannot create encrypted qcow2 images');
+    encryption = o.encrypt.format === 'luks' ? { method: 2, headerBytes: luks1HeaderSize(luksCreateOptions(o.encrypt)) } : { method: 1 };
   }
   return {
     data,
@@ -194,7 +200,7 @@ async function validate(o: Qcow2CreateOptions, refs: Refs): Promise<{ layout: Qc
       size: o.size, version, clusterSize: cs, refcountBits: bits, lazyRefcounts: o['lazy-refcounts'] === true,
       extendedL2: extL2, compressionType: o['compression-type'] ?? 'zlib', preallocation: prealloc,
       backingFile: o['backing-file'], backingFormat: o['backing-fmt'],
-      dataFile: data ? data.fileName() : undefined, dataFileRaw: raw,
+      dataFile: data ? data.fileName() : undefined, dataFileRaw: raw, encryption,
     },
   };
 }
@@ -238,7 +244,14 @@ async function blockdevCreateQcow2(o: Qcow2CreateOptions, ctx: CreateContext): P
     if (data) checkDataPermissions(data, file);
     refs.link(file, 'root', { write: true, resize: true });
     if (data) refs.link(data, 'data-file', { write: true, resize: true });
-    await createQcow2(file, { ...layout, dataNode: data }, ctx.signal);
+    // The passphrase is looked up (QEMU's texts for a missing or unusable secret) before anything is written.
+    const password = o.encrypt ? lookupPassword(ctx.graph.env, o.encrypt['key-secret'], 'encrypt.') : undefined;
+    try {
+      const made = await createQcow2(file, { ...layout, dataNode: data }, ctx.signal);
+      if (made.header.crypto) await writeLuksHeader(file, made.header.crypto, luksCreateOptions(o.encrypt!), password!);
+    } finally {
+      password?.fill(0);
+    }
   } finally {
     await refs.close();
   }
@@ -257,7 +270,7 @@ const FIRST_BLOCK = 4096;
  * file, as qemu-img / qsd 7.2 do for the same options. The file only ever
  * grows. Throws BlockError with QEMU's message.
  */
-export async function createQcow2(file: BlockNode, opts: Qcow2CreateParams, signal?: AbortSignal): Promise<void> {
+export async function createQcow2(file: BlockNode, opts: Qcow2CreateParams, signal?: AbortSignal): Promise<Qcow2Layout> {
   const { dataNode, ...layoutOpts } = opts;
   if (layoutOpts.dataFile !== undefined && !dataNode) throw new BlockError('EINVAL', "'data-file' is required for this image");
   const layout = qcow2Layout(layoutOpts);
@@ -277,6 +290,17 @@ export async function createQcow2(file: BlockNode, opts: Qcow2CreateParams, sign
   await file.flush();
   if (dataNode && layout.dataFile) await sizeDataFile(dataNode, layout.dataFile, signal);
   if (layout.error) throw layout.error;
+  return layout;
+}
+
+/** The LUKS header and key slot 0 of an encrypted image, into the (zeroed) clusters the layout gave it. */
+async function writeLuksHeader(file: BlockNode, region: { offset: number; length: number }, o: Luks1CreateOptions, password: Buffer): Promise<void> {
+  const created = await createLuks1(o, password, async () => undefined, async (offset, data) => {
+    if (offset + data.length > region.length) throw new BlockError('EINVAL', 'Request for data outside of extension header');
+    await file.write(region.offset + offset, data);
+  });
+  created.masterKey.fill(0);
+  await file.flush();
 }
 
 /** Sizes the external data file as QEMU does when it creates the image. */

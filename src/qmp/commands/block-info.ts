@@ -20,12 +20,15 @@ const DATA_ROLES = new Set(['file', 'data-file']);
 function strongOptions(node: BlockNode): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   // QEMU's strong_runtime_opts, which each driver declares (Driver.strongOptions).
-  // bs->options is a flat dictionary: an object-valued one (nbd's server) shows as dotted keys.
+  // bs->options is a flat dictionary: an object-valued one (nbd's server) shows as dotted keys,
+  // and a dotted name ('encrypt.key-secret') names a nested option.
   const put = (k: string, v: unknown) => {
     if (v && typeof v === 'object' && !Array.isArray(v)) for (const [kk, vv] of Object.entries(v)) put(`${k}.${kk}`, vv);
     else if (v !== undefined) out[k] = v;
   };
-  for (const k of node.driver.strongOptions ?? []) put(k, node.options[k]);
+  for (const k of node.driver.strongOptions ?? []) {
+    put(k, k.split('.').reduce<unknown>((o, part) => (o as Record<string, unknown> | undefined)?.[part], node.options));
+  }
   return out;
 }
 

@@ -56,6 +56,12 @@ export interface Qcow2LayoutOptions {
   /** External data file: the name recorded in the image. Guest data then lives there, 1:1. */
   dataFile?: string;
   dataFileRaw?: boolean;
+  /**
+   * Encryption, set up last as qcow2_set_up_encryption does: the crypt
+   * method, and for LUKS (2) the size of its header, which gets zeroed
+   * clusters of its own (the caller writes the LUKS header into them).
+   */
+  encryption?: { method: 1 | 2; headerBytes?: number };
 }
 
 /** Bytes to write into the image file (non-overlapping, in offset order). */
@@ -489,6 +495,12 @@ function setExtensions(h: Qcow2Header, o: Qcow2LayoutOptions, withBacking: boole
     exts.push({ type: ExtType.BACKING_FORMAT, data: Buffer.from(o.backingFormat) });
     h.backingFormat = o.backingFormat;
   }
+  if (h.crypto) {
+    const b = Buffer.alloc(16);
+    b.writeBigUInt64BE(BigInt(h.crypto.offset), 0);
+    b.writeBigUInt64BE(BigInt(h.crypto.length), 8);
+    exts.push({ type: ExtType.CRYPTO, data: b });
+  }
   if (h.version === 3 && cs >= FEATURE_TABLE_MIN_CLUSTER) {
     exts.push({ type: ExtType.FEATURE_TABLE, data: featureTable(DEFAULT_FEATURE_NAMES) });
     h.featureNames = DEFAULT_FEATURE_NAMES;
@@ -574,17 +586,31 @@ export function qcow2Layout(opts: Qcow2LayoutOptions): Qcow2Layout {
     step(resize('Mapping clusters failed'), () => m.link(0, start / cs, dataClusters));
   }
 
-  // The backing file (and its format) is recorded last.
+  // The backing file (and its format) is recorded next.
   let error: LayoutError | undefined;
+  let withBacking = false;
   if (o.backingFile !== undefined) {
     try {
       if (Buffer.byteLength(o.backingFile) > Limit.MAX_BACKING_NAME) throw new ModelError('EINVAL', EINVAL_TEXT);
-      const withBacking: Qcow2Header = { ...h, extensions: [...h.extensions] };
-      setExtensions(withBacking, o, true);
-      Object.assign(h, withBacking);
+      const backed: Qcow2Header = { ...h, extensions: [...h.extensions] };
+      setExtensions(backed, o, true);
+      Object.assign(h, backed);
+      withBacking = true;
     } catch (e) {
       if (!(e instanceof ModelError)) throw e;
       error = new LayoutError(e.code, `Could not assign backing file '${o.backingFile}' with format '${o.backingFormat ?? '(null)'}': ${e.text}`);
+    }
+  }
+  // Then encryption (qcow2_crypto_hdr_init_func: the LUKS header's clusters, zero-filled).
+  if (o.encryption && !error) {
+    h.cryptMethod = o.encryption.method;
+    const bytes = o.encryption.headerBytes;
+    if (bytes) {
+      const n = Math.ceil(bytes / cs);
+      const at = step((e) => `Cannot allocate cluster for LUKS header size ${bytes}: ${e.text}`, () => m.allocClusters(n)) * cs;
+      m.file.write(at, Buffer.alloc(n * cs));
+      h.crypto = { offset: at, length: bytes };
+      step((e) => `Could not write encryption header: ${e.text}`, () => setExtensions(h, o, withBacking));
     }
   }
   h.refcountTableOffset = m.reftableOffset;

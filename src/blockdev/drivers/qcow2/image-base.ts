@@ -14,6 +14,7 @@ import {
   clusterType, compressedDescriptor, entryOffset, subclusterType, type ClusterType, type SubclusterType,
 } from './l2.ts';
 import { Mutex } from './mutex.ts';
+import { cryptData, type Qcow2Crypto } from './encryption.ts';
 import { Refcounts, hex } from './refcount.ts';
 import type { Qcow2Snapshot } from './snapshots.ts';
 
@@ -94,6 +95,8 @@ export abstract class Qcow2Base {
   readonly clusterLock = new RangeLock();
   readonly data: BlockNode;
   backing?: BlockNode;
+  /** Set for encrypted images (encryption.ts): data clusters pass through its cipher. */
+  crypto?: Qcow2Crypto;
   snapshots: Qcow2Snapshot[] = [];
   snapshotTableSize = 0;
   corrupt = false;
@@ -430,7 +433,7 @@ export abstract class Qcow2Base {
       switch (r.kind) {
         case 'zero': sub.fill(0); break;
         case 'unallocated': await this.readBacking(offset + pos, sub); break;
-        case 'data': await this.readData(r.host, sub); break;
+        case 'data': await this.readData(r.host, sub, offset + pos); break;
         case 'compressed': {
           const c = await this.compressedCluster(r.hi, r.lo);
           const inCluster = (offset + pos) % this.cs;
@@ -442,11 +445,21 @@ export abstract class Qcow2Base {
     }
   }
 
-  /** Reads guest data from the host; bytes past the end of the data file read as zeroes. */
-  protected async readData(host: number, buf: Buffer): Promise<void> {
+  /** Reads guest data (at `guest`) from the host; bytes past the end of the data file read as zeroes (then decrypted, as in QEMU). */
+  protected async readData(host: number, buf: Buffer, guest: number): Promise<void> {
     const n = Math.max(0, Math.min(buf.length, this.data.length() - host));
     if (n > 0) await this.data.read(host, buf.subarray(0, n));
     if (n < buf.length) buf.fill(0, n);
+    if (this.crypto) await cryptData(this.crypto, buf, host, guest, false);
+  }
+
+  /** Writes guest data (at `guest`) to the host, encrypted in a copy when the image is (the caller's buffer is never changed). */
+  protected writeData(host: number, buf: Buffer, guest: number, minEnd = 0): Promise<void> {
+    const c = this.crypto;
+    if (!c) return this.writeTo(this.data, host, buf, minEnd);
+    const enc = Buffer.from(buf);
+    const pending = cryptData(c, enc, host, guest, true);
+    return pending ? pending.then(() => this.writeTo(this.data, host, enc, minEnd)) : this.writeTo(this.data, host, enc, minEnd);
   }
 
   async readBacking(offset: number, buf: Buffer): Promise<void> {

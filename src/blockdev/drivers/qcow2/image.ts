@@ -75,7 +75,7 @@ export class Qcow2Image extends Qcow2Base {
         throw this.signalCorruption(`Data cluster offset ${hex(e0.host)} beyond the end of the image file`);
       }
       this.checkOverlap(host, len, 'write');
-      await this.writeTo(this.data, host, buf.subarray(0, len));
+      await this.writeData(host, buf.subarray(0, len), offset);
       return len;
     }
     if (this.extL2 && e0.type === 'normal' && isCopied(e0.hi)) {
@@ -139,7 +139,8 @@ export class Qcow2Image extends Qcow2Base {
     const wEnd = Math.min(runEnd, Math.ceil((end - runStart) / gTail) * gTail + runStart);
     // Copy-on-write regions of clusters that read as zeroes without a backing file need
     // not be read (QEMU's is_zero_cow): most allocating writes into a fresh image.
-    const cowZero = !this.extL2 && !this.backing && (offset === wStart || readsAsZero(olds[0])) && (end === wEnd || readsAsZero(olds[n - 1]));
+    // Encrypted clusters hold no plain zeroes: every byte of a new cluster is written, encrypted.
+    const cowZero = !this.crypto && !this.extL2 && !this.backing && (offset === wStart || readsAsZero(olds[0])) && (end === wEnd || readsAsZero(olds[n - 1]));
     let data: Buffer | undefined;
     if (!cowZero) {
       data = Buffer.alloc(wEnd - wStart);
@@ -175,7 +176,7 @@ export class Qcow2Image extends Qcow2Base {
           buf.copy(data, offset - wStart, 0, end - offset);
         }
         out = data;
-        if (fresh) {
+        if (fresh && !this.crypto) {
           // Zero copy-on-write regions need not be written into never-used clusters (QEMU
           // writes zeroes efficiently there too).
           const head = offset - wStart;
@@ -189,7 +190,7 @@ export class Qcow2Image extends Qcow2Base {
         }
       }
       // Into never-used clusters, the file is extended over all of them all the same.
-      await this.writeTo(this.data, at, out, fresh ? host + n * cs : 0);
+      await this.writeData(at, out, runStart + (at - host), fresh ? host + n * cs : 0);
     } catch (e) {
       if (!this.hasDataFile) await this.meta.run(() => this.free(host, n, 'other')).catch(() => undefined);
       throw e;
@@ -236,7 +237,7 @@ export class Qcow2Image extends Qcow2Base {
     if (wEnd > end) await this.readGuest(end, data.subarray(end - wStart));
     const at = e.host + (wStart - cStart);
     this.checkOverlap(at, data.length, 'write');
-    await this.writeTo(this.data, at, data);
+    await this.writeData(at, data, wStart);
     await this.meta.run(async () => {
       this.l2Cache.needsBarrier = true;
       const mask = rangeMask((wStart - cStart) / sc, (wEnd - cStart) / sc);

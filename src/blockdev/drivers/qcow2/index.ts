@@ -22,6 +22,7 @@ import { repairRefcounts } from './check.ts';
 import { bitmapDirectoryReadSize, parseBitmapDirectory, type BitmapInfo } from './bitmaps.ts';
 import { loadBitmapStore } from './bitmaps-store.ts';
 import { qcow2InternalSnapshots } from './snapshot-write.ts';
+import { BlockdevQcow2Encryption, CRYPT_SECTOR, openEncryption, type EncryptOptions } from './encryption.ts';
 
 const MiB = 1024 * 1024;
 
@@ -51,6 +52,7 @@ export const qcow2Options = obj('BlockdevOptionsQcow2', [
   opt('refcount-cache-size', 'int', 'the maximum size of the refcount block cache in bytes'),
   opt('cache-clean-interval', 'int', 'clean unused entries in the L2 and refcount caches. The interval is in seconds. The default value is 600 on supporting platforms, and 0 on other platforms. 0 disables this feature.'),
   opt('data-file', BlockdevRef, 'reference to or definition of the external data file'),
+  opt('encrypt', BlockdevQcow2Encryption, 'Image decryption options. Mandatory for encrypted images, except when doing a metadata-only probe of the image.'),
 ]);
 
 const MODE_FLAGS: Record<string, OverlapName[]> = {
@@ -174,6 +176,8 @@ export const qcow2Driver: Driver = {
   name: 'qcow2',
   kind: 'format',
   options: qcow2Options,
+  // QEMU's qcow2_strong_runtime_opts: the json: filename of an encrypted image names its secret.
+  strongOptions: ['encrypt.key-secret'],
   setBackingFile: setBackingFileName,
   probe: (head) => (head.length >= 4 && head.readUInt32BE(0) === QCOW2_MAGIC ? 100 : 0),
   async createImage(filename, o) {
@@ -188,130 +192,149 @@ export const qcow2Driver: Driver = {
     }
   },
   async open(options, ctx): Promise<DriverOps> {
-    const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
-    const fileLen = file.length();
-    const first = Buffer.alloc(Math.min(fileLen, 2 * MiB));
-    if (first.length) await file.read(0, first);
-    const h = parseHeader(first);
-    const readOnly = ctx.readOnly;
-    if ((h.incompatible & Incompat.CORRUPT) && !readOnly) {
-      throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
+    const opened: { img?: Qcow2Image } = {};
+    try {
+      return await openImage(options, ctx, opened);
+    } catch (e) {
+      // A failed open erases the key at once, not when the collector gets to it.
+      opened.img?.crypto?.cipher.wipe();
+      throw e;
     }
-    if (h.cryptMethod !== 0) throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
-    const { settings, interval } = computeSettings(options, h, ctx.options.discard === 'unmap');
-
-    // External data file.
-    let dataFile: BlockNode | undefined;
-    const hasDataBit = (h.incompatible & Incompat.DATA_FILE) !== 0n;
-    if (options['data-file'] !== undefined) {
-      if (!hasDataBit) throw new BlockError('EINVAL', "'data-file' can only be set for images with an external data file");
-      dataFile = await ctx.openChild('data-file', options['data-file'] as string | Record<string, unknown>);
-    } else if (hasDataBit) {
-      if (!h.dataFile) throw new BlockError('EINVAL', "'data-file' is required for this image");
-      dataFile = await ctx.openChild('data-file', { driver: 'file', filename: resolveBacking(h.dataFile, file) });
-    }
-
-    // QEMU's qcow2_signal_corruption: the line on stderr (here the log), then BLOCK_IMAGE_CORRUPTED
-    // (device is empty, as in qsd: its exports' BlockBackends have no name).
-    const img = new Qcow2Image(h, file, dataFile, readOnly, settings, (m) => {
-      ctx.log.error(m);
-      const msg = m.replace(/^qcow2: Marking image as corrupt: |; further corruption events will be suppressed$/g, '');
-      ctx.events.emit('BLOCK_IMAGE_CORRUPTED', { device: '', 'node-name': ctx.nodeName, msg, fatal: true });
-    });
-    if (h.nbSnapshots) {
-      const want = Math.min(snapshotTableReadSize(h.nbSnapshots), Math.max(0, fileLen - h.snapshotsOffset));
-      const buf = Buffer.alloc(want);
-      await img.readMeta(h.snapshotsOffset, buf);
-      const t = parseSnapshotTable(buf, h.nbSnapshots, img.cs);
-      img.snapshots = t.snapshots;
-      img.snapshotTableSize = t.size;
-    }
-    await img.load();
-    let bitmaps: BitmapInfo[] = [];
-    if (h.bitmaps && (h.autoclear & 1n)) {
-      const dir = Buffer.alloc(bitmapDirectoryReadSize(h.bitmaps.directorySize));
-      await img.readMeta(h.bitmaps.directoryOffset, dir);
-      bitmaps = parseBitmapDirectory(dir, h.bitmaps.nbBitmaps);
-    }
-    const bitmapStore = await loadBitmapStore(img, ctx.nodeName, readOnly);
-    const discardUnmap = ctx.options.discard === 'unmap';
-
-    // Backing file.
-    const backingOpt = options.backing;
-    if (backingOpt === null) {
-      // Explicitly none.
-    } else if (backingOpt !== undefined) {
-      img.backing = await ctx.openChild('backing', backingOpt as string | Record<string, unknown>);
-    } else if (h.backingFile !== undefined) {
-      const filename = resolveBacking(h.backingFile, file);
-      const fmt = h.backingFormat ?? await probeBacking(ctx, filename);
-      img.backing = await ctx.openChild('backing', { driver: fmt, file: { driver: 'file', filename }, 'read-only': true });
-    }
-
-    if (!readOnly) {
-      if (img.dirty) {
-        await repairRefcounts(img);
-        await img.setIncompat(h.incompatible & ~Incompat.DIRTY);
-        img.dirty = false;
-      }
-      await img.clearUnknownAutoclear();
-      await img.markBitmapsInUse();
-    }
-    img.startCleanTimer(interval);
-
-    const ops: DriverOps = {
-      length: () => img.size,
-      limits: { alignment: 1, canFua: false, canZero: true, canTrim: true },
-      read: (o, buf) => img.read(o, buf),
-      // Writes, write-zeroes and (with discard=unmap) discards mark the bitmaps first, on disk where it matters.
-      write: (o, buf) => bitmapStore.guarded(o, buf.length, () => img.write(o, buf)),
-      writeZeroes: (o, l, flags) => bitmapStore.guarded(o, l, () => img.writeZeroes(o, l, flags)),
-      discard: (o, l) => (discardUnmap ? bitmapStore.guarded(o, l, () => img.discard(o, l)) : img.discard(o, l)),
-      flush: () => img.flush(),
-      blockStatus: (o, l, flags) => img.blockStatus(o, l, flags),
-      truncate: (size) => img.truncate(size),
-      async close() {
-        try { await bitmapStore.store(); } catch (err) { ctx.log.error({ err }, 'could not store the bitmaps'); }
-        await img.close();
-      },
-      bitmapStore,
-      internalSnapshots: qcow2InternalSnapshots(img),
-      info: () => imageInfo(img, bitmapStore.directoryInfo()),
-      async prepareReopen(next, ro) {
-        for (const k of ['file', 'data-file'] as const) {
-          const child = k === 'file' ? file : dataFile;
-          if (!sameChild(next[k], child, options[k])) throw new BlockError('EINVAL', `Cannot change the option '${k}'`);
-        }
-        const n = computeSettings(next, h, (next.discard ?? ctx.options.discard) === 'unmap');
-        if (n.settings.l2SliceSize !== img.settings.l2SliceSize) {
-          throw new BlockError('EINVAL', "Cannot change the option 'l2-cache-entry-size'");
-        }
-        if (!ro && (img.corrupt || (h.incompatible & Incompat.CORRUPT))) {
-          throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
-        }
-        // Going read-only: finish read-write use while the file can still be written.
-        if (ro && !img.readOnly) {
-          await img.deactivate();
-          img.pendingActivation = true;
-        }
-        return {
-          commit() {
-            Object.assign(img.settings, n.settings);
-            img.l2Cache.capacity = Math.max(2, Math.floor(n.settings.l2CacheBytes / n.settings.l2SliceSize));
-            img.refcounts.cache.capacity = Math.max(4, Math.floor(n.settings.refcountCacheBytes / img.cs));
-            img.startCleanTimer(n.interval);
-            if (!ro && img.readOnly) img.pendingActivation = true;
-            img.readOnly = ro;
-          },
-          // A read-only reopen that does not happen: redo the open-time work before the next write.
-          abort() { if (ro && !img.readOnly) img.pendingActivation = true; },
-        };
-      },
-      filename: () => file.fileName(),
-    };
-    return ops;
   },
 };
+
+/** The work of open(); `opened.img` is set as soon as the image object exists. */
+async function openImage(options: Record<string, unknown>, ctx: DriverContext, opened: { img?: Qcow2Image }): Promise<DriverOps> {
+  const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
+  const fileLen = file.length();
+  const first = Buffer.alloc(Math.min(fileLen, 2 * MiB));
+  if (first.length) await file.read(0, first);
+  const h = parseHeader(first);
+  const readOnly = ctx.readOnly;
+  if ((h.incompatible & Incompat.CORRUPT) && !readOnly) {
+    throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
+  }
+  const { settings, interval } = computeSettings(options, h, ctx.options.discard === 'unmap');
+
+  // External data file.
+  let dataFile: BlockNode | undefined;
+  const hasDataBit = (h.incompatible & Incompat.DATA_FILE) !== 0n;
+  if (options['data-file'] !== undefined) {
+    if (!hasDataBit) throw new BlockError('EINVAL', "'data-file' can only be set for images with an external data file");
+    dataFile = await ctx.openChild('data-file', options['data-file'] as string | Record<string, unknown>);
+  } else if (hasDataBit) {
+    if (!h.dataFile) throw new BlockError('EINVAL', "'data-file' is required for this image");
+    dataFile = await ctx.openChild('data-file', { driver: 'file', filename: resolveBacking(h.dataFile, file) });
+  }
+
+  // QEMU's qcow2_signal_corruption: the line on stderr (here the log), then BLOCK_IMAGE_CORRUPTED
+  // (device is empty, as in qsd: its exports' BlockBackends have no name).
+  const img = new Qcow2Image(h, file, dataFile, readOnly, settings, (m) => {
+    ctx.log.error(m);
+    const msg = m.replace(/^qcow2: Marking image as corrupt: |; further corruption events will be suppressed$/g, '');
+    ctx.events.emit('BLOCK_IMAGE_CORRUPTED', { device: '', 'node-name': ctx.nodeName, msg, fatal: true });
+  });
+  opened.img = img;
+  if (h.nbSnapshots) {
+    const want = Math.min(snapshotTableReadSize(h.nbSnapshots), Math.max(0, fileLen - h.snapshotsOffset));
+    const buf = Buffer.alloc(want);
+    await img.readMeta(h.snapshotsOffset, buf);
+    const t = parseSnapshotTable(buf, h.nbSnapshots, img.cs);
+    img.snapshots = t.snapshots;
+    img.snapshotTableSize = t.size;
+  }
+  img.crypto = await openEncryption(h, file, img.cs, options.encrypt as EncryptOptions | undefined, ctx);
+  await img.load();
+  let bitmaps: BitmapInfo[] = [];
+  if (h.bitmaps && (h.autoclear & 1n)) {
+    const dir = Buffer.alloc(bitmapDirectoryReadSize(h.bitmaps.directorySize));
+    await img.readMeta(h.bitmaps.directoryOffset, dir);
+    bitmaps = parseBitmapDirectory(dir, h.bitmaps.nbBitmaps);
+  }
+  const bitmapStore = await loadBitmapStore(img, ctx.nodeName, readOnly);
+  const discardUnmap = ctx.options.discard === 'unmap';
+
+  // Backing file.
+  const backingOpt = options.backing;
+  if (backingOpt === null) {
+    // Explicitly none.
+  } else if (backingOpt !== undefined) {
+    img.backing = await ctx.openChild('backing', backingOpt as string | Record<string, unknown>);
+  } else if (h.backingFile !== undefined) {
+    const filename = resolveBacking(h.backingFile, file);
+    const fmt = h.backingFormat ?? await probeBacking(ctx, filename);
+    img.backing = await ctx.openChild('backing', { driver: fmt, file: { driver: 'file', filename }, 'read-only': true });
+  }
+
+  if (!readOnly) {
+    if (img.dirty) {
+      await repairRefcounts(img);
+      await img.setIncompat(h.incompatible & ~Incompat.DIRTY);
+      img.dirty = false;
+    }
+    await img.clearUnknownAutoclear();
+    await img.markBitmapsInUse();
+  }
+  img.startCleanTimer(interval);
+
+  const ops: DriverOps = {
+    length: () => img.size,
+    // Encrypted data is whole 512-byte sectors (QEMU's request_alignment = the crypto sector size).
+    limits: { alignment: img.crypto ? CRYPT_SECTOR : 1, canFua: false, canZero: true, canTrim: true },
+    read: (o, buf) => img.read(o, buf),
+    // Writes, write-zeroes and (with discard=unmap) discards mark the bitmaps first, on disk where it matters.
+    write: (o, buf) => bitmapStore.guarded(o, buf.length, () => img.write(o, buf)),
+    writeZeroes: (o, l, flags) => bitmapStore.guarded(o, l, () => img.writeZeroes(o, l, flags)),
+    discard: (o, l) => (discardUnmap ? bitmapStore.guarded(o, l, () => img.discard(o, l)) : img.discard(o, l)),
+    flush: () => img.flush(),
+    blockStatus: (o, l, flags) => img.blockStatus(o, l, flags),
+    truncate: (size) => img.truncate(size),
+    async close() {
+      try { await bitmapStore.store(); } catch (err) { ctx.log.error({ err }, 'could not store the bitmaps'); }
+      try {
+        await img.close();
+      } finally {
+        img.crypto?.cipher.wipe();
+      }
+    },
+    bitmapStore,
+    internalSnapshots: qcow2InternalSnapshots(img),
+    info: () => imageInfo(img, bitmapStore.directoryInfo()),
+    async prepareReopen(next, ro) {
+      for (const k of ['file', 'data-file'] as const) {
+        const child = k === 'file' ? file : dataFile;
+        if (!sameChild(next[k], child, options[k])) throw new BlockError('EINVAL', `Cannot change the option '${k}'`);
+      }
+      const n = computeSettings(next, h, (next.discard ?? ctx.options.discard) === 'unmap');
+      if (n.settings.l2SliceSize !== img.settings.l2SliceSize) {
+        throw new BlockError('EINVAL', "Cannot change the option 'l2-cache-entry-size'");
+      }
+      if (!ro && (img.corrupt || (h.incompatible & Incompat.CORRUPT))) {
+        throw new BlockError('EPERM', 'qcow2: Image is corrupt; cannot be opened read/write');
+      }
+      // Going read-only: finish read-write use while the file can still be written.
+      if (ro && !img.readOnly) {
+        await img.deactivate();
+        img.pendingActivation = true;
+      }
+      return {
+        commit() {
+          Object.assign(img.settings, n.settings);
+          img.l2Cache.capacity = Math.max(2, Math.floor(n.settings.l2CacheBytes / n.settings.l2SliceSize));
+          img.refcounts.cache.capacity = Math.max(4, Math.floor(n.settings.refcountCacheBytes / img.cs));
+          img.startCleanTimer(n.interval);
+          if (!ro && img.readOnly) img.pendingActivation = true;
+          img.readOnly = ro;
+        },
+        // A read-only reopen that does not happen: redo the open-time work before the next write.
+        abort() { if (ro && !img.readOnly) img.pendingActivation = true; },
+      };
+    },
+    filename: () => file.fileName(),
+  };
+  return ops;
+}
+
 
 /** The ImageInfo members a qcow2 node contributes (QEMU's query-named-block-nodes 'image'). */
 export function imageInfo(img: Qcow2Image, bitmaps: BitmapInfo[] = []): Record<string, unknown> {
@@ -327,16 +350,19 @@ export function imageInfo(img: Qcow2Image, bitmaps: BitmapInfo[] = []): Record<s
     if (bitmaps.length && (h.autoclear & 1n)) data.bitmaps = bitmaps;
     data['lazy-refcounts'] = img.settings.lazyRefcounts;
     data['refcount-bits'] = 2 ** h.refcountOrder;
+    if (img.crypto) data.encrypt = img.crypto.info;
     data.corrupt = img.corrupt || (h.incompatible & Incompat.CORRUPT) !== 0n;
     data['extended-l2'] = img.extL2;
   } else {
     data['refcount-bits'] = 16;
+    if (img.crypto) data.encrypt = img.crypto.info;
   }
   const info: Record<string, unknown> = {
     'cluster-size': img.cs,
     'dirty-flag': img.dirty,
     'format-specific': { type: 'qcow2', data },
   };
+  if (img.crypto) info.encrypted = true;
   if (h.backingFile !== undefined) info['backing-filename'] = h.backingFile;
   if (h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
   if (img.snapshots.length) info.snapshots = img.snapshots.map(snapshotInfo);
