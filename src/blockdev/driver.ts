@@ -13,11 +13,13 @@ import type { Logger } from 'pino';
 import type { ObjectLookup } from '../objects/lookup.ts';
 import type { BitmapStore } from './bitmaps/node-bitmaps.ts';
 import type { InternalSnapshots } from './internal-snapshots.ts';
+import type { BlkdebugEvent } from './debug-events.ts';
 
 export type DriverKind = 'protocol' | 'format' | 'filter';
 
 /** Roles a child can have under its parent (QEMU's names). */
-export type ChildRole = 'file' | 'backing' | 'data-file' | 'target';
+/** 'image': blkdebug's child, its file child under QEMU's name for it. */
+export type ChildRole = 'file' | 'backing' | 'data-file' | 'target' | 'image';
 
 export interface Perm { read: boolean; write: boolean; resize: boolean }
 
@@ -147,6 +149,13 @@ export interface DriverOps {
    * Nested sections call it once, at the outermost.
    */
   drainBegin?(): void;
+  /**
+   * An event of QEMU's BlkdebugEvent happened to this node (QEMU's
+   * bdrv_debug_event): its parent is about to read from it (read_aio), the
+   * block layer is writing it (pwritev)... Only blkdebug listens; whoever
+   * raises one calls BlockNode.debugEvent(), which costs nothing elsewhere.
+   */
+  debugEvent?(event: BlkdebugEvent): void;
   /** The last drained section holding the node ended (QEMU's bdrv_drain_end); requests flow again after it. */
   drainEnd?(): void;
   /** Persistent dirty bitmaps kept in the image (qcow2); the bitmap registry hands out its nodeBitmaps. */
@@ -231,5 +240,18 @@ export interface Driver {
    * children, so it works through the node's children, not open state.
    * Formats without it record no backing name.
    */
+  /**
+   * The node's own exact filename (QEMU's bdrv_refresh_filename hook), given
+   * its primary child's (undefined: the child has none, so neither has the
+   * node); undefined when the options cannot be said in a filename (then it
+   * is json:{...}). blkdebug's "blkdebug:CONFIG:FILE". Without it a filter
+   * shows its child's filename.
+   */
+  exactFilename?(options: Record<string, unknown>, childFilename: string): string | undefined;
+  /**
+   * QEMU's driver has a protocol name but no bdrv_get_allocated_file_size
+   * (blkdebug): query-named-block-nodes shows no actual-size for its nodes.
+   */
+  readonly noAllocatedSize?: boolean;
   setBackingFile?(node: BlockNode, backingFile: string | undefined, backingFormat: string | undefined): Promise<void>;
 }

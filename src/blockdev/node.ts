@@ -11,6 +11,7 @@ import { RangeLock } from './range-lock.ts';
 import { DetectZeroes, detectZeroesMode, isAllZero, type DetectZeroesMode } from './detect-zeroes.ts';
 import { cumulative, type ChildEdge, type Parent } from './edge.ts';
 import type { CommonOptions, Driver, DriverOps, Perm } from './driver.ts';
+import type { BlkdebugEvent } from './debug-events.ts';
 
 export interface NodeStats {
   rdBytes: number; wrBytes: number; rdOps: number; wrOps: number;
@@ -133,10 +134,15 @@ export class BlockNode implements Parent {
 
   /** The child a filter forwards to and whose limits are inherited: 'file', else 'backing'. */
   get primaryChild(): BlockNode | undefined {
-    return this.child('file') ?? (this.driver.kind === 'filter' ? this.child('backing') : undefined);
+    return this.child('file') ?? this.child('image') ?? (this.driver.kind === 'filter' ? this.child('backing') : undefined);
   }
 
   get isFilter(): boolean { return this.driver.kind === 'filter'; }
+
+  /** A blkdebug event happened to this node (DriverOps.debugEvent); nothing unless its driver listens. */
+  debugEvent(event: BlkdebugEvent): void {
+    this.ops.debugEvent?.(event);
+  }
 
   /**
    * The node's size, rounded up to whole 512-byte sectors as QEMU's block
@@ -187,7 +193,7 @@ export class BlockNode implements Parent {
     // As for reads, but only on nodes without an alignment: elsewhere even an
     // aligned write must take the read-modify-write lock.
     const write = this.ops.write;
-    if (write && this.detectZeroes === DetectZeroes.OFF && this.limits.alignment === 1 && !this.readOnly && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
+    if (write && !this.ops.debugEvent && this.detectZeroes === DetectZeroes.OFF && this.limits.alignment === 1 && !this.readOnly && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
         this.plainRequest(offset, buf.length)) {
       return this.direct(attempt(() => write(offset, buf, flags & ReqFlag.FUA)), true, offset, buf.length);
     }
@@ -245,7 +251,7 @@ export class BlockNode implements Parent {
     if (waiting) await waiting;
     try {
       await this.withAlignedSpan(offset, buf.length, async (head, tail) => {
-        if (head === 0 && tail === 0) await this.splitWrite(offset, buf, flags);
+        if (head === 0 && tail === 0) await this.eventWrite(() => this.splitWrite(offset, buf, flags));
         else await this.readModifyWrite(offset, buf, flags);
       });
       if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
@@ -275,7 +281,10 @@ export class BlockNode implements Parent {
       const end = Math.max(start, roundDown(offset + length, a));
       // Unaligned head and tail become ordinary (read-modify-write) zero writes.
       if (start > offset) await this.zeroWrite(offset, Math.min(start, offset + length) - offset, flags);
-      if (end > start) await this.zeroAligned(start, end - start, flags);
+      if (end > start) {
+        this.debugEvent('pwritev_zero');
+        try { await this.zeroAligned(start, end - start, flags); } finally { this.debugEvent('pwritev_done'); }
+      }
       if (offset + length > end && end >= start) await this.zeroWrite(end, offset + length - end, flags);
       if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
       this.stats.zeroOps++;
@@ -497,11 +506,14 @@ export class BlockNode implements Parent {
   }
 
   private async flushInner(): Promise<void> {
+    // QEMU's bdrv_co_flush raises these on the node's primary child before the driver flushes.
+    this.primaryChild?.debugEvent('flush_to_os');
     if (this.options.cache?.['no-flush']) return;
+    this.primaryChild?.debugEvent('flush_to_disk');
     if (this.ops.flush) await this.ops.flush();
     // Data reaches the disk only when every child that holds our writes is flushed too.
     for (const e of this.children) {
-      if (e.perm.write && (e.role === 'file' || e.role === 'data-file' || (this.isFilter && e.role === 'backing'))) {
+      if (e.perm.write && (e.role === 'file' || e.role === 'image' || e.role === 'data-file' || (this.isFilter && e.role === 'backing'))) {
         await e.child.flush();
       }
     }
@@ -559,11 +571,28 @@ export class BlockNode implements Parent {
     const start = roundDown(offset, a);
     const end = roundUp(offset + buf.length, a);
     const bounce = Buffer.alloc(end - start);
-    // Only the first and last aligned blocks need their old contents.
+    const head = offset !== start;
+    const tail = offset + buf.length !== end;
+    const oneBlock = end - start === a;
+    // Only the first and last aligned blocks need their old contents (QEMU's pwritev_rmw_* events around each read).
+    if (head) this.debugEvent('pwritev_rmw_head');
+    if (oneBlock && tail) this.debugEvent('pwritev_rmw_tail');
     await this.splitRead(start, bounce.subarray(0, a), 0);
-    if (end - a > start) await this.splitRead(end - a, bounce.subarray(end - a - start), 0);
+    if (head) this.debugEvent('pwritev_rmw_after_head');
+    if (oneBlock && tail) this.debugEvent('pwritev_rmw_after_tail');
+    if (end - a > start) {
+      if (tail) this.debugEvent('pwritev_rmw_tail');
+      await this.splitRead(end - a, bounce.subarray(end - a - start), 0);
+      if (tail) this.debugEvent('pwritev_rmw_after_tail');
+    }
     buf.copy(bounce, offset - start);
-    await this.splitWrite(start, bounce, flags);
+    await this.eventWrite(() => this.splitWrite(start, bounce, flags));
+  }
+
+  /** A write reaching the driver, between QEMU's pwritev and pwritev_done events. */
+  private async eventWrite(write: () => Promise<void>): Promise<void> {
+    this.debugEvent('pwritev');
+    try { await write(); } finally { this.debugEvent('pwritev_done'); }
   }
 
   private async zeroWrite(offset: number, length: number, flags: number): Promise<void> {

@@ -36,8 +36,9 @@ export const rawDriver: Driver = {
     return {
       length,
       limits: { canFua: file.limits.canFua, canZero: file.limits.canZero, canTrim: file.limits.canTrim },
-      read: (o, buf) => file.read(o + offset, buf),
-      write: (o, buf, flags) => file.write(o + offset, buf, flags),
+      // read_aio and write_aio: QEMU's raw raises them on its file before each request (blkdebug listens).
+      read: (o, buf) => { file.debugEvent('read_aio'); return file.read(o + offset, buf); },
+      write: (o, buf, flags) => { file.debugEvent('write_aio'); return file.write(o + offset, buf, flags); },
       writeZeroes: (o, l, flags) => file.writeZeroes(o + offset, l, flags),
       discard: (o, l) => file.discard(o + offset, l),
       async blockStatus(o, l, flags) {

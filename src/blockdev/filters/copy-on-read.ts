@@ -66,6 +66,8 @@ const MAX_BOUNCE = 16 * 1024 * 1024;
 async function writeCopy(node: BlockNode, offset: number, part: Buffer): Promise<void> {
   for (let o = 0; o < part.length; o += MAX_BOUNCE) {
     const piece = part.subarray(o, Math.min(part.length, o + MAX_BOUNCE));
+    // cor_write: QEMU's block layer raises it on the node it copies into (blkdebug listens).
+    node.debugEvent('cor_write');
     if (isZero(piece)) await node.writeZeroes(offset + o, piece.length, 0);
     else await node.write(offset + o, piece);
   }

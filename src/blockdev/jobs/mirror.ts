@@ -176,7 +176,9 @@ export class MirrorJob extends BlockJob {
       this.checkFailure();
       // Fill the pipeline.
       let started = false;
-      while (this.inflightBytes < this.bufSize && !this.isCancelled) {
+      // Not after a reported error: a source failing at once would re-dirty its run within
+      // the throttle's turn of the loop and be copied again forever (found with blkdebug).
+      while (this.inflightBytes < this.bufSize && !this.isCancelled && this.ioFailure === undefined) {
         const run = this.dirty.nextRun(this.cursor, Math.min(MAX_OP, this.bufSize));
         if (!run) break;
         this.dirty.clear(run.offset, run.length);

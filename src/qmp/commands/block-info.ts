@@ -13,6 +13,8 @@ import { isBlockExport } from '../../export/export.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { ChildEdge, Parent } from '../../blockdev/edge.ts';
 import { toQmpJson } from '../json-writer.ts';
+import { qdictOrder } from '../../qapi/qdict-order.ts';
+import type { TypeRef } from '../../qapi/types.ts';
 
 /** Children that hold a node's data (not its backing chain). */
 const DATA_ROLES = new Set(['file', 'data-file']);
@@ -27,9 +29,31 @@ function strongOptions(node: BlockNode): Record<string, unknown> {
     else if (v !== undefined) out[k] = v;
   };
   for (const k of node.driver.strongOptions ?? []) {
-    put(k, k.split('.').reduce<unknown>((o, part) => (o as Record<string, unknown> | undefined)?.[part], node.options));
+    const v = k.split('.').reduce<unknown>((o, part) => (o as Record<string, unknown> | undefined)?.[part], node.options);
+    if (!Array.isArray(v)) { put(k, v); continue; }
+    // A list (blkdebug's inject-error) is flat too ("inject-error.0.event"): flattened in the
+    // order qdict_flatten inserts the keys, then copied out (append_strong_runtime_options) in
+    // the order the flat dictionary lists them.
+    const flat = new Map<string, unknown>();
+    flattenInto(flat, k, v, node.driver.options.members.find((m) => m.name === k)?.type);
+    for (const fk of qdictOrder([...flat.keys()])) out[fk] = flat.get(fk);
   }
   return out;
+}
+
+/** qdict_flatten of `v` under `key`: a struct's members (in schema order as QAPI's output visitor puts them) walked in hash order. */
+function flattenInto(out: Map<string, unknown>, key: string, v: unknown, type: TypeRef | undefined): void {
+  if (Array.isArray(v)) {
+    const element = type && typeof type === 'object' && type.kind === 'array' ? type.element : undefined;
+    v.forEach((x, i) => flattenInto(out, `${key}.${i}`, x, element));
+  } else if (v !== null && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    const members = type && typeof type === 'object' && type.kind === 'object' ? type.members.map((m) => m.name) : [];
+    const keys = [...members.filter((m) => m in o), ...Object.keys(o).filter((k) => !members.includes(k))];
+    for (const k of qdictOrder(keys)) flattenInto(out, `${key}.${k}`, o[k], type && typeof type === 'object' && type.kind === 'object' ? type.members.find((m) => m.name === k)?.type : undefined);
+  } else {
+    out.set(key, v);
+  }
 }
 
 /**
@@ -67,6 +91,10 @@ function exactFilename(node: BlockNode): string | undefined {
     return Object.keys(strongOptions(node)).some((k) => k !== 'filename') ? undefined : node.ops.filename?.();
   }
   const file = node.child('file');
+  if (node.driver.exactFilename) {
+    const below = node.primaryChild && exactFilename(node.primaryChild);
+    return below === undefined ? undefined : node.driver.exactFilename(node.options, below);
+  }
   if (node.isFilter) return file && Object.keys(strongOptions(node)).length === 0 ? exactFilename(file) : undefined;
   if (Object.keys(strongOptions(node)).length > 0 || !file) return undefined;
   if (node.child('data-file') || backingOverridden(node)) return undefined;
@@ -76,14 +104,14 @@ function exactFilename(node: BlockNode): string | undefined {
 /** The filename query-named-block-nodes shows for a node. */
 export function nodeFilename(node: BlockNode): string {
   // A filter shows its child's filename, unless options of its own matter (throttle's group).
-  if (node.isFilter && node.primaryChild && Object.keys(strongOptions(node)).length === 0) return nodeFilename(node.primaryChild);
+  if (node.isFilter && node.primaryChild && !node.driver.exactFilename && Object.keys(strongOptions(node)).length === 0) return nodeFilename(node.primaryChild);
   return exactFilename(node) ?? `json:${toQmpJson(fullOptions(node))}`;
 }
 
 /** Whether QEMU's bdrv_get_info succeeds for the node (it then reports dirty-flag). */
 function hasGetInfo(node: BlockNode, info: Record<string, unknown>): boolean {
   if (info['dirty-flag'] !== undefined || node.driver.getInfo === 'own') return true;
-  const file = node.child('file');
+  const file = node.child('file') ?? node.child('image');
   return node.driver.getInfo === 'file' && file !== undefined && hasGetInfo(file, driverInfo(file));
 }
 
@@ -91,7 +119,7 @@ function hasGetInfo(node: BlockNode, info: Record<string, unknown>): boolean {
 function actualSize(node: BlockNode): number | undefined {
   const own = driverInfo(node)['actual-size'];
   if (typeof own === 'number') return own;
-  if (node.driver.kind === 'protocol') return undefined;
+  if (node.driver.kind === 'protocol' || node.driver.noAllocatedSize) return undefined;
   if (node.isFilter) return node.primaryChild ? actualSize(node.primaryChild) : undefined;
   let sum = 0;
   for (const e of node.children) {

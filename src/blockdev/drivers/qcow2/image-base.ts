@@ -448,6 +448,8 @@ export abstract class Qcow2Base {
   /** Reads guest data (at `guest`) from the host; bytes past the end of the data file read as zeroes (then decrypted, as in QEMU). */
   protected async readData(host: number, buf: Buffer, guest: number): Promise<void> {
     const n = Math.max(0, Math.min(buf.length, this.data.length() - host));
+    // QEMU's qcow2 raises read_aio on its file (not a data file) before a data read (blkdebug).
+    this.file.debugEvent('read_aio');
     if (n > 0) await this.data.read(host, buf.subarray(0, n));
     if (n < buf.length) buf.fill(0, n);
     if (this.crypto) await cryptData(this.crypto, buf, host, guest, false);
@@ -465,6 +467,7 @@ export abstract class Qcow2Base {
   async readBacking(offset: number, buf: Buffer): Promise<void> {
     const b = this.backing;
     const n = b ? Math.max(0, Math.min(buf.length, b.length() - offset)) : 0;
+    if (b) this.file.debugEvent('read_backing_aio');
     if (n > 0) await b!.read(offset, buf.subarray(0, n));
     if (n < buf.length) buf.fill(0, n);
   }
@@ -476,6 +479,7 @@ export abstract class Qcow2Base {
     // A descriptor can claim at most a little over two clusters of input.
     const len = Math.min(d.length, 2 * this.cs + 512);
     const input = Buffer.alloc(len);
+    this.file.debugEvent('read_compressed');
     await this.readMeta(d.offset, input);
     const out = await decompressCluster(this.h.compressionType, input, this.cs);
     this.lastCompressed = { key, buf: out };
