@@ -457,6 +457,8 @@ export abstract class Qcow2Base {
 
   /** Writes guest data (at `guest`) to the host, encrypted in a copy when the image is (the caller's buffer is never changed). */
   protected writeData(host: number, buf: Buffer, guest: number, minEnd = 0): Promise<void> {
+    // QEMU's qcow2 raises write_aio on its file (not a data file) before a data write (blkdebug).
+    this.file.debugEvent('write_aio');
     const c = this.crypto;
     if (!c) return this.writeTo(this.data, host, buf, minEnd);
     const enc = Buffer.from(buf);

@@ -75,7 +75,6 @@ export class Qcow2Image extends Qcow2Base {
         throw this.signalCorruption(`Data cluster offset ${hex(e0.host)} beyond the end of the image file`);
       }
       this.checkOverlap(host, len, 'write');
-      this.file.debugEvent('write_aio');
       await this.writeData(host, buf.subarray(0, len), offset);
       return len;
     }
@@ -191,7 +190,6 @@ export class Qcow2Image extends Qcow2Base {
         }
       }
       // Into never-used clusters, the file is extended over all of them all the same.
-      this.file.debugEvent('write_aio');
       await this.writeData(at, out, runStart + (at - host), fresh ? host + n * cs : 0);
     } catch (e) {
       if (!this.hasDataFile) await this.meta.run(() => this.free(host, n, 'other')).catch(() => undefined);
