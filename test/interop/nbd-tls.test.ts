@@ -132,6 +132,19 @@ describe('NBD over TLS: PSK', () => {
   });
 });
 
+describe('NBD over TLS: anonymous', () => {
+  it('qemu-io with tls-creds-anon reads and writes; blockd\'s own nbd client too', async () => {
+    const up = await blockd(['tls-creds-anon,id=tls0,endpoint=server'], 'tls-creds=tls0');
+    const obj = 'tls-creds-anon,id=a0,endpoint=client';
+    const opts = `driver=nbd,host=127.0.0.1,port=${up.port},export=disk0,tls-creds=a0`;
+    run('qemu-io', ['--object', obj, '--image-opts', opts, '-c', 'write -P 0x33 0 64k']);
+    expect(run('qemu-io', ['--object', obj, '--image-opts', opts, '-c', 'read -P 0x33 0 64k'])).toMatch(/read 65536\/65536 bytes/);
+    await up.qmp.execute('object-add', { 'qom-type': 'tls-creds-anon', id: 'a1', endpoint: 'client' });
+    await up.qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': 'loop', server: { type: 'inet', host: '127.0.0.1', port: String(up.port) }, export: 'disk0', 'tls-creds': 'a1' });
+    expect(await logged(up, 'upgraded to TLS')).toContain('"protocol":"TLSv1.2"');
+  });
+});
+
 describe('TLS configuration errors', () => {
   const start = (args: string[]) => spawnSync(BLOCKD, args, { encoding: 'utf8', timeout: 20_000 });
 

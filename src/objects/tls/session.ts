@@ -14,8 +14,10 @@
  * Unlike qsd 7.2, a PSK session is checked against the authz object too
  * (the identity is the PSK username): qsd ignores tls-authz for PSK.
  */
-import type { Socket } from 'node:net';
-import { TLSSocket, createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import { isIP, type Socket } from 'node:net';
+import {
+  TLSSocket, checkServerIdentity, connect as tlsConnect, createSecureContext, type ConnectionOptions, type SecureContext, type SecureContextOptions,
+} from 'node:tls';
 import type { ObjectLookup } from '../lookup.ts';
 import { findAuthz } from '../authz/authz.ts';
 import { PriorityError, translatePriority, type TlsSettings } from './priority.ts';
@@ -52,7 +54,12 @@ export function sessionSettings(creds: TlsCreds): TlsSettings {
   // node:tls has no TLS 1.3 PSK or anonymous key exchange: those sessions are TLS 1.2.
   if (creds.type !== 'tls-creds-x509') {
     if (s.minVersion === 'TLSv1.3') throw new TlsSessionError(`Unable to set TLS session priority ${prio}: ${creds.type} needs TLS 1.2, which it disables`);
-    s = { ...s, maxVersion: 'TLSv1.2' };
+    // Only the key exchanges these credentials can do: a peer that picks a certificate suite we
+    // offered (a GnuTLS server takes the client's order) would fail for want of a certificate.
+    const mine = creds.type === 'tls-creds-psk' ? (c: string) => c.includes('PSK') : (c: string) => c.startsWith('ADH') || c.startsWith('@');
+    const ciphers = s.ciphers.split(':').filter(mine);
+    if (!ciphers.some((c) => !c.startsWith('@'))) throw new TlsSessionError(`Unable to set TLS session priority ${prio}: no cipher suite for ${creds.type}`);
+    s = { ...s, maxVersion: 'TLSv1.2', ciphers: ciphers.join(':') };
   }
   return s;
 }
@@ -120,7 +127,8 @@ export function startServerSession(creds: TlsCreds, raw: Socket, o: { authz?: st
       };
     }
     const tls = new TLSSocket(raw, options);
-    tls.once('error', (err) => done(new TlsSessionError(`TLS handshake failed: ${err.message}`)));
+    // OpenSSL's short reason ("decryption failed or bad record mac": a wrong PSK key), not its error-stack line.
+    tls.once('error', (err) => done(new TlsSessionError(`TLS handshake failed: ${(err as { reason?: string }).reason ?? err.message}`)));
     tls.once('close', () => done(new TlsSessionError('TLS handshake failed: The TLS connection was non-properly terminated.')));
     tls.once('secure', () => {
       try {
@@ -196,4 +204,57 @@ function verifyReason(err: Error | string | null | undefined): string {
  */
 export function distinguishedName(subject: string): string {
   return subject.split('\n').filter((l) => l.length > 0).join(',');
+}
+
+/**
+ * The client side (QEMU's block/nbd.c over qio_channel_tls_new_client):
+ * the handshake on `raw`, then, with verify-peer, the server's certificate
+ * against the CA and `hostname` (QEMU's texts: "No hostname for
+ * certificate validation", "Certificate does not match the hostname H").
+ */
+export function startClientSession(creds: TlsCreds, raw: Socket, hostname: string | undefined): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    let s: TlsSettings;
+    try {
+      s = sessionSettings(creds);
+    } catch (e) {
+      raw.destroy();
+      return reject(e);
+    }
+    const o: Record<string, unknown> = {
+      socket: raw,
+      minVersion: s.minVersion, maxVersion: s.maxVersion, ciphers: s.ciphers || undefined, ciphersuites: s.ciphersuites,
+      // Verified below, after the handshake, with QEMU's texts.
+      rejectUnauthorized: false,
+      checkServerIdentity: () => undefined,
+    };
+    // SNI takes a name, never an address (RFC 6066).
+    if (hostname !== undefined && isIP(hostname) === 0) o.servername = hostname;
+    if (creds.x509) Object.assign(o, { ca: creds.x509.ca, cert: creds.x509.cert, key: creds.x509.key, passphrase: creds.x509.passphrase });
+    if (creds.type === 'tls-creds-psk') o.pskCallback = () => ({ psk: creds.psk!.key!, identity: creds.psk!.username! });
+    let t: TLSSocket;
+    try {
+      t = tlsConnect(o as ConnectionOptions);
+    } catch (e) {
+      raw.destroy();
+      return reject(new TlsSessionError(`Cannot set session credentials: ${(e as Error).message}`));
+    }
+    let settled = false;
+    const done = (err?: Error) => {
+      if (settled) return;
+      settled = true;
+      if (err) { t.destroy(); reject(err); } else { t.removeAllListeners('error'); t.removeAllListeners('close'); resolve(t); }
+    };
+    t.once('error', (err) => done(new TlsSessionError(`TLS handshake failed: ${(err as { reason?: string }).reason ?? err.message}`)));
+    t.once('close', () => done(new TlsSessionError('TLS handshake failed: The TLS connection was non-properly terminated.')));
+    t.once('secureConnect', () => {
+      if (creds.type !== 'tls-creds-x509' || !creds.verifyPeer) return done();
+      if (!t.authorized) return done(new TlsSessionError(verifyReason(t.authorizationError)));
+      if (hostname === undefined) return done(new TlsSessionError('No hostname for certificate validation'));
+      if (checkServerIdentity(hostname, t.getPeerCertificate()) !== undefined) {
+        return done(new TlsSessionError(`Certificate does not match the hostname ${hostname}`));
+      }
+      done();
+    });
+  });
 }

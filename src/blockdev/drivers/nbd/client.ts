@@ -20,6 +20,7 @@ import type { Logger } from 'pino';
 import { BlockError } from '../../../util/errors.ts';
 import { buildRequest, Cmd, ReplyDecoder, type DecodedReply } from './protocol.ts';
 import { connectSocket } from './connect.ts';
+import { TlsSessionError, startClientSession } from '../../../objects/tls/session.ts';
 import { negotiate, type NegotiatedExport } from './negotiate.ts';
 import { applyReply, type NbdRequest } from './requests.ts';
 import type { NbdConfig } from './options.ts';
@@ -40,11 +41,14 @@ function eio(what = 'Input/output error'): BlockError {
 /** Connects and negotiates once. */
 async function establish(cfg: NbdConfig): Promise<{ sock: Socket; info: NegotiatedExport }> {
   const sock = await connectSocket(cfg.server);
+  const tls = cfg.tls;
+  const upgrade = tls ? (plain: Socket) => startClientSession(tls.creds, plain, tls.hostname) : undefined;
   try {
-    const info = await negotiate(sock, { exportName: cfg.export, context: cfg.xDirtyBitmap ?? 'base:allocation' });
-    return { sock, info };
+    const info = await negotiate(sock, { exportName: cfg.export, context: cfg.xDirtyBitmap ?? 'base:allocation', upgrade });
+    return { sock: info.socket, info };
   } catch (e) {
     sock.destroy();
+    if (e instanceof TlsSessionError) throw new BlockError('EIO', e.message);
     throw e;
   }
 }

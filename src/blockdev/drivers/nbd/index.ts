@@ -6,6 +6,7 @@
  * its replies), ops.ts (the block layer's operations as NBD commands).
  */
 import { BlockError } from '../../../util/errors.ts';
+import { findTlsCreds } from '../../../objects/tls/lookup.ts';
 import type { Driver, DriverOps } from '../../driver.ts';
 import { BlockdevOptionsNbd, nbdFilename, parseNbdOptions } from './options.ts';
 import { NbdClient } from './client.ts';
@@ -19,10 +20,14 @@ export const nbdDriver: Driver = {
   strongOptions: ['server', 'export', 'tls-creds', 'tls-hostname'],
   filenameIsExact: true,
   async open(options, ctx): Promise<DriverOps> {
-    if (options['tls-creds'] !== undefined || options['tls-hostname'] !== undefined) {
-      throw new BlockError('ENOTSUP', "blockd's nbd driver does not support TLS yet: 'tls-creds' and 'tls-hostname' cannot be used");
-    }
     const cfg = parseNbdOptions(options);
+    // As QEMU: the credentials are looked up when the node opens; tls-hostname defaults to an inet server's host
+    // (and, as in QEMU, means nothing without tls-creds).
+    if (options['tls-creds'] !== undefined) {
+      const creds = findTlsCreds(ctx.objects, options['tls-creds'] as string, 'client');
+      const hostname = (options['tls-hostname'] as string | undefined) ?? (cfg.server.type === 'inet' ? cfg.server.host : undefined);
+      cfg.tls = { creds, hostname };
+    }
     const client = await NbdClient.open(cfg, ctx.log);
     const info = client.info;
     let writable = !ctx.readOnly;

@@ -24,12 +24,16 @@ export interface NegotiatedExport {
   maxBlock: number;
   /** Bytes that arrived after the handshake (normally none). */
   rest: ByteQueue;
+  /** The socket transmission runs on: the TLS socket after STARTTLS, else the one negotiate() was given. */
+  socket: Socket;
 }
 
 export interface NegotiateRequest {
   exportName: string;
   /** The meta context to ask for: x-dirty-bitmap, else base:allocation. */
   context: string;
+  /** With tls-creds: STARTTLS first, then this turns the plain socket into the TLS one the rest runs over. */
+  upgrade?: (plain: Socket) => Promise<Socket>;
 }
 
 /** Waits for whole messages on a socket during the handshake. */
@@ -86,17 +90,18 @@ function fail(message: string): never {
 }
 
 export async function negotiate(sock: Socket, req: NegotiateRequest): Promise<NegotiatedExport> {
-  const rd = new HandshakeReader(sock);
+  const at = { sock, rd: new HandshakeReader(sock) };
   try {
-    return await run(sock, rd, req);
+    return await run(at, req);
   } finally {
-    rd.detach();
+    at.rd.detach();
   }
 }
 
-async function run(sock: Socket, rd: HandshakeReader, req: NegotiateRequest): Promise<NegotiatedExport> {
+async function run(at: { sock: Socket; rd: HandshakeReader }, req: NegotiateRequest): Promise<NegotiatedExport> {
+  let { sock, rd } = at;
   const g = await rd.next(decodeGreeting);
-  if (!(g.handshakeFlags & FLAG_FIXED_NEWSTYLE)) fail('Server does not support fixed newstyle negotiation');
+  if (!(g.handshakeFlags & FLAG_FIXED_NEWSTYLE)) fail(req.upgrade ? 'Server does not support STARTTLS' : 'Server does not support fixed newstyle negotiation');
   const noZeroes = (g.handshakeFlags & FLAG_NO_ZEROES) !== 0;
   sock.write(buildClientFlags(CLIENT_FIXED_NEWSTYLE | (noZeroes ? CLIENT_NO_ZEROES : 0)));
   const reply = () => rd.next((q) => decodeOptionReply(q));
@@ -104,11 +109,26 @@ async function run(sock: Socket, rd: HandshakeReader, req: NegotiateRequest): Pr
     if (r.option !== option) fail(`Unexpected option type ${r.option} (${optName(r.option)}), expected ${option} (${optName(option)})`);
   };
 
+  if (req.upgrade) {
+    // QEMU's nbd_receive_starttls: the ACK is the last plaintext message; everything after runs over TLS.
+    sock.write(buildOptionRequest(Opt.STARTTLS));
+    const r = await reply();
+    expect(r, Opt.STARTTLS);
+    if (r.type === Rep.ERR_UNSUP) fail("Server don't support STARTTLS option");
+    if (r.type !== Rep.ACK) fail(isErrorReply(r.type) ? replyErrorText(r) : `Unexpected reply type ${r.type}, expected ${Rep.ACK}`);
+    rd.detach();
+    sock = await req.upgrade(sock);
+    rd = new HandshakeReader(sock);
+    at.sock = sock;
+    at.rd = rd;
+  }
+
   sock.write(buildOptionRequest(Opt.STRUCTURED_REPLY));
   let r = await reply();
   expect(r, Opt.STRUCTURED_REPLY);
   const structured = r.type === Rep.ACK;
-  if (!structured && r.type !== Rep.ERR_UNSUP) fail(replyErrorText(r));
+  // Asked for non-strictly, as QEMU does: any error reply just means simple replies (a TLS-only server's TLS_REQD too).
+  if (!structured && !isErrorReply(r.type)) fail(`Unexpected reply type ${r.type}, expected ${Rep.ACK}`);
 
   let contextId: number | undefined;
   if (structured) {
@@ -153,7 +173,7 @@ async function run(sock: Socket, rd: HandshakeReader, req: NegotiateRequest): Pr
   } else if (size === undefined) fail('broken server omitted NBD_INFO_EXPORT');
   if (minBlock && size! % minBlock !== 0) fail(`export size ${size} is not multiple of minimum block size ${minBlock}`);
   rd.q.retain();
-  return { size: size!, flags, structured, contextId, minBlock, preferredBlock, maxBlock, rest: rd.q };
+  return { size: size!, flags, structured, contextId, minBlock, preferredBlock, maxBlock, rest: rd.q, socket: sock };
 }
 
 /** QEMU's checks of NBD_INFO_BLOCK_SIZE (nbd_opt_info_or_go). */

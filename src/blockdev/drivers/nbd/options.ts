@@ -5,6 +5,7 @@
  */
 import { obj, opt, req, type ObjectType } from '../../../qapi/types.ts';
 import { SocketAddress, type SocketAddressValue } from '../../../qapi/sockets.ts';
+import type { TlsCreds } from '../../../objects/tls/creds.ts';
 
 export const BlockdevOptionsNbd: ObjectType = obj('BlockdevOptionsNbd', [
   req('server', SocketAddress, 'NBD server address'),
@@ -24,6 +25,8 @@ export interface NbdConfig {
   xDirtyBitmap?: string;
   reconnectDelayMs: number;
   openTimeoutMs: number;
+  /** tls-creds (a client endpoint's) and the name the server's certificate must carry. */
+  tls?: { creds: TlsCreds; hostname?: string };
 }
 
 export function parseNbdOptions(o: Record<string, unknown>): NbdConfig {
