@@ -13,9 +13,10 @@
  *       cipher: an OpenSSL name ("aes-256-xts", "aes-128-cbc"...); ivgen:
  *       0 plain (le32 sector), 1 plain64 (le64 sector), 2 essiv (the plain64
  *       IV encrypted in ECB mode by essivCipher with essivKey)
- *   sectorCrypt(handle, buf, sector, sectorSize, encrypt) -> void (in place,
- *       on the calling thread)
- *   sectorCryptAsync(handle, buf, sector, sectorSize, encrypt) -> Promise<void>
+ *   sectorCrypt(handle, buf, sector, sectorSize, encrypt[, ivStep]) -> void (in
+ *       place, on the calling thread); the IV number grows by ivStep (default
+ *       1) per sector: LUKS2 numbers 4 KiB sectors in 512-byte units (8)
+ *   sectorCryptAsync(handle, buf, sector, sectorSize, encrypt[, ivStep]) -> Promise<void>
  *       (in place, on the thread pool; buf must stay untouched until settled)
  *   sectorCipherWipe(handle) -> void: the key material is erased now (or when
  *       the last request in flight ends); later calls throw
@@ -142,7 +143,7 @@ fail:
 
 /* Encrypts or decrypts `len` bytes (whole sectors) in place. Runs on any
  * thread: no napi calls. Returns false if OpenSSL failed. */
-static bool run(const sector_cipher *c, unsigned char *p, size_t len, uint64_t sector, size_t sector_size, int enc) {
+static bool run(const sector_cipher *c, unsigned char *p, size_t len, uint64_t sector, size_t sector_size, uint64_t iv_step, int enc) {
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new(), *ectx = NULL;
   unsigned char iv[MAX_IV], plain[MAX_IV];
   int outl;
@@ -155,7 +156,7 @@ static bool run(const sector_cipher *c, unsigned char *p, size_t len, uint64_t s
     ok = EVP_CipherUpdate(ctx, p, &outl, p, (int)len) == 1;
     len = 0;
   }
-  for (size_t off = 0; ok && off < len; off += sector_size, sector++) {
+  for (size_t off = 0; ok && off < len; off += sector_size, sector += iv_step) {
     memset(plain, 0, sizeof plain);
     uint64_t s = c->ivgen == 0 ? (sector & 0xffffffffu) : sector;
     for (int i = 0; i < 8; i++) plain[i] = (unsigned char)(s >> (8 * i));
@@ -179,7 +180,7 @@ typedef struct {
   sector_cipher *c;
   unsigned char *p;
   size_t len, sector_size;
-  uint64_t sector;
+  uint64_t sector, iv_step;
   int enc;
   bool ok;
 } crypt_req;
@@ -199,16 +200,19 @@ static sector_cipher *get_handle(napi_env env, napi_value v) {
   return c;
 }
 
-/* Parses (handle, buf, sector, sectorSize, encrypt) into r. */
+/* Parses (handle, buf, sector, sectorSize, encrypt[, ivStep]) into r. */
 static bool parse(napi_env env, napi_callback_info info, napi_value *argv, crypt_req *r) {
-  size_t argc = 5;
-  double sector, ssize;
+  size_t argc = 6;
+  double sector, ssize, step = 1;
   bool enc;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) return throw_msg(env, "sectorCrypt: too few arguments");
   if (!(r->c = get_handle(env, argv[0])) || !get_buffer(env, argv[1], &r->p, &r->len)) return false;
   if (napi_get_value_double(env, argv[2], &sector) != napi_ok || napi_get_value_double(env, argv[3], &ssize) != napi_ok ||
       napi_get_value_bool(env, argv[4], &enc) != napi_ok)
     return throw_msg(env, "sectorCrypt: bad arguments");
+  if (argc >= 6 && napi_get_value_double(env, argv[5], &step) != napi_ok) return throw_msg(env, "sectorCrypt: bad arguments");
+  if (!(step >= 1 && step <= 128 && step == (double)(uint64_t)step)) return throw_msg(env, "sectorCrypt: bad IV step");
+  r->iv_step = (uint64_t)step;
   if (!(sector >= 0 && sector <= MAX_SAFE_INTEGER && sector == (double)(uint64_t)sector)) return throw_msg(env, "sectorCrypt: bad sector");
   if (!(ssize >= 16 && ssize <= 65536 && ssize == (double)(size_t)ssize)) return throw_msg(env, "sectorCrypt: bad sector size");
   r->sector = (uint64_t)sector;
@@ -219,16 +223,16 @@ static bool parse(napi_env env, napi_callback_info info, napi_value *argv, crypt
 }
 
 static napi_value js_crypt(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
+  napi_value argv[6];
   crypt_req r = {0};
   if (!parse(env, info, argv, &r)) return NULL;
-  if (!run(r.c, r.p, r.len, r.sector, r.sector_size, r.enc)) throw_msg(env, "sectorCrypt: OpenSSL failed");
+  if (!run(r.c, r.p, r.len, r.sector, r.sector_size, r.iv_step, r.enc)) throw_msg(env, "sectorCrypt: OpenSSL failed");
   return NULL;
 }
 
 static void crypt_execute(napi_env env, void *data) {
   crypt_req *r = data;
-  r->ok = run(r->c, r->p, r->len, r->sector, r->sector_size, r->enc);
+  r->ok = run(r->c, r->p, r->len, r->sector, r->sector_size, r->iv_step, r->enc);
 }
 
 static void crypt_complete(napi_env env, napi_status status, void *data) {
@@ -251,7 +255,7 @@ static void crypt_complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value js_crypt_async(napi_env env, napi_callback_info info) {
-  napi_value argv[5], promise, name;
+  napi_value argv[6], promise, name;
   crypt_req *r = calloc(1, sizeof *r);
   if (!r) {
     throw_msg(env, "out of memory");

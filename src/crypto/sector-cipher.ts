@@ -18,10 +18,14 @@ import { opensslCipher, type CipherSpec } from './cipher-spec.ts';
 export const ASYNC_MIN = 64 * 1024;
 
 export class SectorCipher {
-  private constructor(private readonly handle: SectorCipherHandle, readonly sectorSize: number) {}
+  private constructor(private readonly handle: SectorCipherHandle, readonly sectorSize: number, private readonly ivStep: number) {}
 
-  /** A cipher keyed with `key` (the master key, or a key slot's PBKDF2 output). */
-  static create(spec: CipherSpec, key: Buffer, sectorSize = 512): SectorCipher {
+  /**
+   * A cipher keyed with `key` (the master key, or a key slot's PBKDF2 output),
+   * for sectors of `sectorSize` bytes whose IVs count `ivUnit`-byte units
+   * (dm-crypt without iv_large_sectors, as LUKS2 maps 4 KiB sectors: 512).
+   */
+  static create(spec: CipherSpec, key: Buffer, sectorSize = 512, ivUnit = sectorSize): SectorCipher {
     const name = opensslCipher(spec.cipherAlg, spec.cipherMode);
     let essivName: string | null = null;
     let essivKey: Buffer | null = null;
@@ -30,7 +34,7 @@ export class SectorCipher {
       essivKey = createHash(spec.ivgenHashAlg!).update(key).digest();
     }
     try {
-      return new SectorCipher(sectorCipherNew(name, key, IVGEN[spec.ivgenAlg], essivName, essivKey), sectorSize);
+      return new SectorCipher(sectorCipherNew(name, key, IVGEN[spec.ivgenAlg], essivName, essivKey), sectorSize, sectorSize / ivUnit);
     } finally {
       essivKey?.fill(0);
     }
@@ -38,13 +42,13 @@ export class SectorCipher {
 
   /** Encrypts (or decrypts) `buf` in place; `sector` is the IV number of its first sector. Inline. */
   cryptSync(buf: Buffer, sector: number, encrypt: boolean): void {
-    sectorCrypt(this.handle, buf, sector, this.sectorSize, encrypt);
+    sectorCrypt(this.handle, buf, sector, this.sectorSize, encrypt, this.ivStep);
   }
 
   /** As cryptSync, on the thread pool for large runs; undefined when it was done inline. */
   crypt(buf: Buffer, sector: number, encrypt: boolean): Promise<void> | undefined {
-    if (buf.length >= ASYNC_MIN) return sectorCryptAsync(this.handle, buf, sector, this.sectorSize, encrypt);
-    sectorCrypt(this.handle, buf, sector, this.sectorSize, encrypt);
+    if (buf.length >= ASYNC_MIN) return sectorCryptAsync(this.handle, buf, sector, this.sectorSize, encrypt, this.ivStep);
+    sectorCrypt(this.handle, buf, sector, this.sectorSize, encrypt, this.ivStep);
     return undefined;
   }
 

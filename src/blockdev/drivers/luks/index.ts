@@ -1,8 +1,11 @@
 /**
- * luks: the format driver for LUKS1 volumes (QEMU block/crypto.c over
- * crypto/block-luks.c). The payload after the header and key material is the
- * guest's disk, encrypted in 512-byte sectors numbered from the payload's
- * start. Reads decrypt in the caller's buffer; writes encrypt a copy.
+ * luks: the format driver for LUKS volumes (QEMU block/crypto.c over
+ * crypto/block-luks.c for LUKS1; LUKS2, which qsd 7.2 cannot open, from
+ * cryptsetup's specification). The payload after the header and key
+ * material is the guest's disk, encrypted in sectors (512 bytes in LUKS1,
+ * the segment's sector size in LUKS2) whose IVs count 512-byte units from
+ * the payload's start (plus LUKS2's iv_tweak). Reads decrypt in the caller's
+ * buffer; writes encrypt a copy.
  */
 import { BlockError } from '../../../util/errors.ts';
 import { obj, opt, req } from '../../../qapi/types.ts';
@@ -11,6 +14,9 @@ import { CopyBufferPool } from '../../copy-buffers.ts';
 import type { Driver, DriverOps } from '../../driver.ts';
 import type { BlockNode } from '../../node.ts';
 import { luks1Info, openLuks1, passwordFromSecret } from '../../../crypto/luks1-open.ts';
+import { luks2Info, openLuks2 } from '../../../crypto/luks2-open.ts';
+import { isLuks2 } from '../../../crypto/luks2-header.ts';
+import type { SectorCipher } from '../../../crypto/sector-cipher.ts';
 import { LUKS_SECTOR_SIZE } from '../../../crypto/luks1-header.ts';
 import type { ReadAt } from '../../../crypto/luks1-keyslot.ts';
 
@@ -48,26 +54,26 @@ export const luksDriver: Driver = {
   async open(options, ctx): Promise<DriverOps> {
     const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
     const password = lookupPassword(ctx, options['key-secret']);
-    let volume;
+    let v: OpenVolume;
     try {
-      volume = await openLuks1(childReader(file), password);
+      v = await openVolume(file, password);
     } finally {
       password.fill(0);
     }
-    const { cipher, payloadOffset, header, spec } = volume;
-    const SECTOR = LUKS_SECTOR_SIZE;
+    const { cipher, payloadOffset, sectorSize, ivBase } = v;
+    const iv = (o: number) => ivBase + o / LUKS_SECTOR_SIZE;
     return {
-      length: () => Math.max(0, file.length() - payloadOffset),
-      limits: { alignment: SECTOR, maxTransfer: LUKS_MAX_IO, canFua: file.limits.canFua, canZero: false, canTrim: false },
+      length: () => Math.max(0, (v.size ?? file.length() - payloadOffset)),
+      limits: { alignment: sectorSize, maxTransfer: LUKS_MAX_IO, canFua: file.limits.canFua, canZero: false, canTrim: false },
       async read(o, buf) {
         await file.read(payloadOffset + o, buf);
-        await cipher.crypt(buf, o / SECTOR, false);
+        await cipher.crypt(buf, iv(o), false);
       },
       async write(o, buf, flags) {
         const enc = bounce.get(buf.length);
         try {
           buf.copy(enc);
-          await cipher.crypt(enc, o / SECTOR, true);
+          await cipher.crypt(enc, iv(o), true);
           await file.write(payloadOffset + o, enc, flags);
         } finally {
           bounce.put(enc);
@@ -75,8 +81,31 @@ export const luksDriver: Driver = {
       },
       truncate: (size) => file.truncate(payloadOffset + size),
       async close() { cipher.wipe(); },
-      info: () => ({ 'format-specific': { type: 'luks', data: luks1Info(header, spec) }, encrypted: true, 'dirty-flag': false }),
+      info: () => ({ 'format-specific': { type: 'luks', data: v.info() }, encrypted: true, 'dirty-flag': false }),
       filename: () => file.fileName(),
     };
   },
 };
+
+/** An unlocked volume of either version, as the driver uses it. */
+interface OpenVolume {
+  cipher: SectorCipher;
+  payloadOffset: number;
+  /** Encryption unit and request alignment. */
+  sectorSize: number;
+  /** IV number of the payload's first 512 bytes. */
+  ivBase: number;
+  /** Fixed payload size (a LUKS2 segment's), else to the end of the file. */
+  size?: number;
+  info(): Record<string, unknown>;
+}
+
+async function openVolume(file: BlockNode, password: Buffer): Promise<OpenVolume> {
+  const read = childReader(file);
+  if (isLuks2(await read(0, 8))) {
+    const v = await openLuks2(read, password);
+    return { cipher: v.cipher, payloadOffset: v.segment.offset, sectorSize: v.segment.sectorSize, ivBase: v.segment.ivTweak, size: v.segment.size, info: () => luks2Info(v) };
+  }
+  const { cipher, payloadOffset, header, spec } = await openLuks1(read, password);
+  return { cipher, payloadOffset, sectorSize: LUKS_SECTOR_SIZE, ivBase: 0, info: () => luks1Info(header, spec) };
+}
