@@ -43,6 +43,8 @@ export class BlockNode implements Parent {
   limits: Limits = { alignment: 1, maxTransfer: DEFAULT_MAX_TRANSFER, canFua: false, canZero: false, canTrim: false };
   private inflight = 0;
   private quiesceDepth = 0;
+  /** Drained sections holding this node's driver hooks (drainBegin called, drainEnd not yet). */
+  private drainHookDepth = 0;
   private idleWaiters: (() => void)[] = [];
   private resumeWaiters: (() => void)[] = [];
   private readonly rmwLock = new RangeLock();
@@ -112,7 +114,7 @@ export class BlockNode implements Parent {
   setOps(ops: DriverOps): void {
     this.ops = ops;
     // Ops opened inside a drained section (graph surgery reopens a node on new children) start drained.
-    if (this.quiesceDepth > 0) ops.drainBegin?.();
+    if (this.drainHookDepth > 0) ops.drainBegin?.();
     const child = this.primaryChild;
     const own = ops.limits ?? {};
     const passes = this.driver.kind === 'filter';
@@ -395,27 +397,32 @@ export class BlockNode implements Parent {
   /**
    * Runs `fn` while no request is in flight on this node or on any node or
    * user above it; new requests wait (in order) until it returns. Graph
-   * changes happen only inside such a section. Each node's driver hears
-   * drainBegin() as the node is quiesced, before the wait for its in-flight
-   * requests (a throttle lets its queue through), and drainEnd() when the
-   * last section holding it ends; both top-down (QEMU's bdrv_drain_begin/end).
+   * changes happen only inside such a section. Every node's driver hears
+   * drainBegin() as the section starts, all of them (top-down) before the
+   * first wait for in-flight requests (a throttle lets its queue through,
+   * also a request of a node above held in it), and drainEnd() when the
+   * last section holding it ends, top-down (QEMU's bdrv_drain_begin/end).
    */
   async drained<T>(fn: () => Promise<T> | T): Promise<T> {
     // Top-down, one node at a time: a request already running in a node
     // above must still reach the nodes below it to finish, so a node is
     // quiesced only once everything above it is idle (as QEMU lets
     // in-flight requests through a drained child).
+    // Every driver hears drainBegin before any wait: a request in flight in a node above
+    // may be held in a throttle below, which must let it go before the node above is idle.
     const nodes = this.withAncestors();
+    for (const n of nodes) if (n.drainHookDepth++ === 0) n.ops.drainBegin?.();
     const quiesced: BlockNode[] = [];
     try {
       for (const n of nodes) {
-        if (n.quiesceDepth++ === 0) n.ops.drainBegin?.();
+        n.quiesceDepth++;
         quiesced.push(n);
         await n.waitIdle();
       }
       return await fn();
     } finally {
       for (const n of quiesced) n.resume();
+      for (const n of nodes) if (--n.drainHookDepth === 0) n.ops.drainEnd?.();
     }
   }
 
@@ -440,7 +447,6 @@ export class BlockNode implements Parent {
 
   private resume(): void {
     if (--this.quiesceDepth > 0) return;
-    this.ops.drainEnd?.();
     const waiters = this.resumeWaiters;
     this.resumeWaiters = [];
     for (const w of waiters) w();
@@ -475,7 +481,7 @@ export class BlockNode implements Parent {
   async close(): Promise<void> {
     if (this.closed) return;
     // Requests a driver holds back (a throttle's queue) go now: closing never waits on them.
-    if (this.quiesceDepth === 0) this.ops.drainBegin?.();
+    if (this.drainHookDepth === 0) this.ops.drainBegin?.();
     await this.waitIdle();
     this.closed = true;
     await this.ops.close?.();

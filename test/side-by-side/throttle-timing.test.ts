@@ -10,12 +10,15 @@
  * a client's reads queued at iops-read=2 (seconds of queue), blockdev-snapshot
  * of the node under the filter and blockdev-del of a sibling in the same
  * group complete in well under a second on both daemons, and the queued
- * reads go through with the drain.
+ * reads go through with the drain; so does the pivot of a mirror of the filter
+ * that holds the queued reads (job-complete to BLOCK_JOB_COMPLETED), the
+ * export then reading the target.
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { startPair, BOTH, type Pair, type Side } from '../helpers/pair.ts';
+import { waitFor } from '../helpers/live.ts';
 import { requireTool, run, SYSTEM_PYTHON } from '../helpers/tools.ts';
 import { applyLimits, emptyConfig, type ThrottleLimits } from '../../src/util/throttle/config.ts';
 import { ThrottleState } from '../../src/util/throttle/leaky-bucket.ts';
@@ -164,6 +167,47 @@ describe('a drain under a throttled client does not wait on the throttle', () =>
         expect(snapshot, got).toBeLessThan(500);
         expect(del, got).toBeLessThan(500);
         expect(clientMs, got).toBeLessThan(1500);
+      }
+    } finally {
+      await pair.stop();
+    }
+  });
+
+  it('a mirror pivot of the node under the filter finishes at once', async () => {
+    const pair = await startPair((dir) => {
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'base.qcow2'), '64M']);
+      run('qemu-io', ['-c', 'write -P 0xab 0 1M', join(dir, 'base.qcow2')]);
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'tgt.qcow2'), '64M']);
+    }, (dir) => [
+      '--object', 'throttle-group,id=tg0,limits.iops-read=2',
+      '--blockdev', `driver=qcow2,node-name=q0,file.driver=file,file.filename=${join(dir, 'base.qcow2')}`,
+      '--blockdev', `driver=qcow2,node-name=m0,file.driver=file,file.filename=${join(dir, 'tgt.qcow2')}`,
+      '--blockdev', 'throttle,node-name=t0,throttle-group=tg0,file=q0',
+      '--export', 'nbd,id=e0,node-name=t0,name=e0',
+    ]);
+    pairs.push(pair);
+    try {
+      for (const who of BOTH) {
+        const side = pair[who];
+        // Mirror wants a root node: the filter, so the pivot drains it with the reads queued in it.
+        await side.qmp.execute('blockdev-mirror', { 'job-id': 'j0', device: 't0', target: 'm0', sync: 'full' });
+        await waitFor(side.events, (e) => e.event === 'BLOCK_JOB_READY');
+        const client = throttledClient(side.uri('e0'));
+        await client.sent;
+        await new Promise((r) => setTimeout(r, 300)); // one read ran, seven wait in the throttle
+        const pivot = await timed(async () => {
+          await side.qmp.execute('job-complete', { id: 'j0' });
+          await waitFor(side.events, (e) => e.event === 'BLOCK_JOB_COMPLETED', 10_000);
+        });
+        const clientMs = await client.done;
+        const completed = side.events.find((e) => e.event === 'BLOCK_JOB_COMPLETED')!;
+        const got = JSON.stringify({ who, pivot, clientMs, completed: completed.data });
+        expect(completed.data.error, got).toBeUndefined();
+        expect(pivot, got).toBeLessThan(500);
+        expect(clientMs, got).toBeLessThan(1500);
+        // The export reads the target now.
+        const exports = (await side.qmp.execute('query-block-exports', {})) as { 'node-name': string }[];
+        expect(exports[0]!['node-name'], got).toBe('m0');
       }
     } finally {
       await pair.stop();

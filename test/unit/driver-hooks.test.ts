@@ -70,6 +70,33 @@ describe('driver hooks', () => {
     expect(calls).toEqual(['queued', 'drainBegin', 'section']);
   });
 
+  it('a request in flight above, held in a node below, is let go: every drainBegin comes before the first wait (a mirror pivot under a throttled client)', async () => {
+    const calls: string[] = [];
+    let release: (() => void) | undefined;
+    const holding: Driver = {
+      name: 'holding', kind: 'protocol', options: obj('BlockdevOptions-holding2', []),
+      async open(): Promise<DriverOps> {
+        return {
+          length: () => 4096,
+          read: () => new Promise<void>((r) => { release = r; calls.push('queued'); }),
+          drainBegin: () => { calls.push('h.drainBegin'); release?.(); },
+          drainEnd: () => { calls.push('h.drainEnd'); },
+        };
+      },
+    };
+    const g = new BlockGraph();
+    g.register(holding);
+    g.register(layer('flt', 'filter', calls));
+    await g.add({ driver: 'holding', 'node-name': 'h' });
+    const top = await g.add({ driver: 'flt', 'node-name': 'f1', file: 'h' });
+    const read = top.read(0, Buffer.alloc(512));
+    await new Promise((r) => setImmediate(r));
+    const timeout = new Promise((_, rej) => setTimeout(() => rej(new Error('drain waited on the held request')), 2000));
+    await Promise.race([g.find('h').drained(() => { calls.push('section'); }), timeout]);
+    await read;
+    expect(calls).toEqual(['queued', 'f1.drainBegin', 'h.drainBegin', 'section', 'f1.drainEnd', 'h.drainEnd']);
+  });
+
   it('child permissions: one rule, the driver\'s hook first (raw passes its users\' sharing through)', () => {
     expect(childPermission(rawDriver, 'file', false)).toEqual({
       perm: { read: true, write: true, resize: false }, shared: { read: true, write: true, resize: true }, passThrough: true,
