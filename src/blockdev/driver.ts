@@ -162,6 +162,13 @@ export interface DriverOps {
   readonly bitmapStore?: BitmapStore;
   /** Internal snapshots kept in the image (qcow2), for the blockdev-snapshot-*-internal-sync commands. */
   readonly internalSnapshots?: InternalSnapshots;
+  /**
+   * x-blockdev-amend (QEMU's bdrv_co_amend): changes format options of the
+   * open image, `options` being the driver's members of BlockdevAmendOptions
+   * (Driver.amendOptions), already validated; `force` allows what QEMU calls
+   * unsafe (erasing the last LUKS key slot).
+   */
+  amend?(options: Record<string, unknown>, force: boolean): Promise<void>;
 }
 
 /** A prepared reopen (see DriverOps.prepareReopen). */
@@ -254,4 +261,6 @@ export interface Driver {
    */
   readonly noAllocatedSize?: boolean;
   setBackingFile?(node: BlockNode, backingFile: string | undefined, backingFormat: string | undefined): Promise<void>;
+  /** The driver's members of x-blockdev-amend's BlockdevAmendOptions; drivers without it cannot amend. */
+  readonly amendOptions?: ObjectType;
 }

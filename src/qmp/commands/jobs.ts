@@ -13,6 +13,7 @@ import { arr, enm, obj, opt, req, type ObjectType } from '../../qapi/types.ts';
 import { JOB_STATUSES, JOB_TYPES } from '../../blockdev/jobs/status.ts';
 import { JobError } from '../../blockdev/jobs/errors.ts';
 import { blockdevCreateOptionsType, startCreateJob } from '../../blockdev/create/index.ts';
+import { blockdevAmendOptionsType, startAmendJob } from '../../blockdev/jobs/amend.ts';
 import type { JobManager } from '../../blockdev/jobs/manager.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
 import type { CommandDef, EventDef } from '../command.ts';
@@ -211,6 +212,22 @@ export const jobCommands: CommandDef[] = [
     doc: 'Starts a job to create an image format on a given node. The job is automatically finalized, but a manual job-dismiss is required.',
     handler: ({ 'job-id': jobId, options }: { 'job-id': string; options: Record<string, unknown> }, ctx: JobCommandContext) => {
       startCreateJob(ctx.jobs, ctx.graph, jobId, options);
+      return {};
+    },
+  },
+  {
+    name: 'x-blockdev-amend',
+    args: ({ graph }) => obj('q_obj_x-blockdev-amend-arg', [
+      req('job-id', 'str', 'Identifier for the newly created job.'),
+      req('node-name', 'str', 'Name of the block node to work on'),
+      req('options', blockdevAmendOptionsType(graph), 'Options (driver specific)'),
+      opt('force', 'bool', 'Allow unsafe operations, format specific For luks that allows erase of the last active keyslot (permanent loss of data), and replacement of an active keyslot (possible loss of data if IO error happens)'),
+    ]),
+    returns: Empty,
+    features: ['unstable'],
+    doc: 'Starts a job to amend format specific options of an existing open block device The job is automatically finalized, but a manual job-dismiss is required.',
+    handler: (a: { 'job-id': string; 'node-name': string; options: Record<string, unknown>; force?: boolean }, ctx: JobCommandContext) => {
+      startAmendJob(ctx.jobs, ctx.graph, a['job-id'], a['node-name'], a.options, a.force ?? false);
       return {};
     },
   },

@@ -17,6 +17,10 @@ import { luks1Info, openLuks1, passwordFromSecret } from '../../../crypto/luks1-
 import { luks2Info, openLuks2 } from '../../../crypto/luks2-open.ts';
 import { isLuks2 } from '../../../crypto/luks2-header.ts';
 import type { SectorCipher } from '../../../crypto/sector-cipher.ts';
+import type { CipherSpec } from '../../../crypto/cipher-spec.ts';
+import type { Luks1Header } from '../../../crypto/luks1-header.ts';
+import type { Luks1AmendOptions } from '../../../crypto/luks1-amend.ts';
+import { QCRYPTO_LUKS_AMEND_MEMBERS, amendVolume } from './amend.ts';
 import { LUKS_SECTOR_SIZE } from '../../../crypto/luks1-header.ts';
 import type { ReadAt } from '../../../crypto/luks1-keyslot.ts';
 
@@ -51,6 +55,7 @@ export const luksDriver: Driver = {
     req('file', BlockdevRef, 'reference to or definition of the data source block device'),
     opt('key-secret', 'str', 'the ID of a QCryptoSecret object providing the decryption key'),
   ]),
+  amendOptions: obj('BlockdevAmendOptionsLUKS', QCRYPTO_LUKS_AMEND_MEMBERS),
   async open(options, ctx): Promise<DriverOps> {
     const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
     const password = lookupPassword(ctx, options['key-secret']);
@@ -80,6 +85,12 @@ export const luksDriver: Driver = {
         }
       },
       truncate: (size) => file.truncate(payloadOffset + size),
+      async amend(o, force) {
+        if (!v.luks1) throw new BlockError('ENOTSUP', 'blockd cannot amend the key slots of a LUKS2 volume');
+        if (ctx.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
+        const amendable = { ...v.luks1, openSecret: options['key-secret'] as string, read: childReader(file), write: (off: number, d: Buffer) => file.write(off, d) };
+        await amendVolume(amendable, ctx.objects, o as unknown as Luks1AmendOptions, force);
+      },
       async close() { cipher.wipe(); },
       info: () => ({ 'format-specific': { type: 'luks', data: v.info() }, encrypted: true, 'dirty-flag': false }),
       filename: () => file.fileName(),
@@ -98,6 +109,8 @@ interface OpenVolume {
   /** Fixed payload size (a LUKS2 segment's), else to the end of the file. */
   size?: number;
   info(): Record<string, unknown>;
+  /** A LUKS1 volume's header, which x-blockdev-amend changes. */
+  luks1?: { header: Luks1Header; spec: CipherSpec };
 }
 
 async function openVolume(file: BlockNode, password: Buffer): Promise<OpenVolume> {
@@ -107,5 +120,5 @@ async function openVolume(file: BlockNode, password: Buffer): Promise<OpenVolume
     return { cipher: v.cipher, payloadOffset: v.segment.offset, sectorSize: v.segment.sectorSize, ivBase: v.segment.ivTweak, size: v.segment.size, info: () => luks2Info(v) };
   }
   const { cipher, payloadOffset, header, spec } = await openLuks1(read, password);
-  return { cipher, payloadOffset, sectorSize: LUKS_SECTOR_SIZE, ivBase: 0, info: () => luks1Info(header, spec) };
+  return { cipher, payloadOffset, sectorSize: LUKS_SECTOR_SIZE, ivBase: 0, info: () => luks1Info(header, spec), luks1: { header, spec } };
 }

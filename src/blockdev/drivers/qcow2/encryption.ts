@@ -13,7 +13,8 @@ import { enm, obj, opt, req } from '../../../qapi/types.ts';
 import { luks1Info, openLuks1, passwordFromSecret } from '../../../crypto/luks1-open.ts';
 import { SectorCipher } from '../../../crypto/sector-cipher.ts';
 import type { CipherSpec } from '../../../crypto/cipher-spec.ts';
-import type { ReadAt } from '../../../crypto/luks1-keyslot.ts';
+import type { ReadAt, WriteAt } from '../../../crypto/luks1-keyslot.ts';
+import type { AmendableVolume } from '../luks/amend.ts';
 import type { BlockNode } from '../../node.ts';
 import type { Qcow2Header } from './header.ts';
 
@@ -44,8 +45,10 @@ export interface Qcow2Crypto {
   readonly cipher: SectorCipher;
   /** Sectors numbered by host offset (LUKS) rather than guest offset (AES). */
   readonly physical: boolean;
-  /** ImageInfoSpecificQCow2's `encrypt` member. */
-  readonly info: Record<string, unknown>;
+  /** ImageInfoSpecificQCow2's `encrypt` member (as it is now: amend changes the key slots). */
+  info(): Record<string, unknown>;
+  /** LUKS: what x-blockdev-amend works on (the header, and the region it lives in). */
+  readonly luks?: AmendableVolume;
 }
 
 const FORMAT_NAME: Record<number, 'aes' | 'luks'> = { [CryptMethod.AES]: 'aes', [CryptMethod.LUKS]: 'luks' };
@@ -87,8 +90,13 @@ export async function openEncryption(h: Qcow2Header, file: BlockNode, clusterSiz
   }
   const password = passwordOf(ctx, o);
   try {
-    const volume = await openLuks1(regionReader(file, region), password);
-    return { cipher: volume.cipher, physical: true, info: { format: 'luks', ...luks1Info(volume.header, volume.spec) } };
+    const read = regionReader(file, region);
+    const volume = await openLuks1(read, password);
+    return {
+      cipher: volume.cipher, physical: true,
+      info: () => ({ format: 'luks', ...luks1Info(volume.header, volume.spec) }),
+      luks: { header: volume.header, spec: volume.spec, openSecret: o!['key-secret']!, read, write: regionWriter(file, region) },
+    };
   } finally {
     password.fill(0);
   }
@@ -105,6 +113,14 @@ function regionReader(file: BlockNode, region: { offset: number; length: number 
   };
 }
 
+/** Writes inside the LUKS header region only (QEMU's qcow2_crypto_hdr_write_func). */
+function regionWriter(file: BlockNode, region: { offset: number; length: number }): WriteAt {
+  return async (offset, data) => {
+    if (offset + data.length > region.length) throw new BlockError('EINVAL', 'Request for data outside of extension header');
+    await file.write(region.offset + offset, data);
+  };
+}
+
 /** The legacy method's cipher (hash unused: the key is not derived). */
 const AES_SPEC: CipherSpec = { cipherAlg: 'aes-128', cipherMode: 'cbc', ivgenAlg: 'plain64', ivgenCipherAlg: 'aes-128', hashAlg: 'sha256', masterKeyLen: 16 };
 
@@ -115,7 +131,7 @@ function openAes(password: Buffer): Qcow2Crypto {
   password.fill(0);
   try {
     const cipher = SectorCipher.create(AES_SPEC, key, CRYPT_SECTOR);
-    return { cipher, physical: false, info: { format: 'aes' } };
+    return { cipher, physical: false, info: () => ({ format: 'aes' }) };
   } finally {
     key.fill(0);
   }

@@ -23,6 +23,8 @@ import { bitmapDirectoryReadSize, parseBitmapDirectory, type BitmapInfo } from '
 import { loadBitmapStore } from './bitmaps-store.ts';
 import { qcow2InternalSnapshots } from './snapshot-write.ts';
 import { BlockdevQcow2Encryption, CRYPT_SECTOR, openEncryption, type EncryptOptions } from './encryption.ts';
+import { QCryptoBlockAmendOptions, amendVolume } from '../luks/amend.ts';
+import type { Luks1AmendOptions } from '../../../crypto/luks1-amend.ts';
 
 const MiB = 1024 * 1024;
 
@@ -178,6 +180,7 @@ export const qcow2Driver: Driver = {
   options: qcow2Options,
   // QEMU's qcow2_strong_runtime_opts: the json: filename of an encrypted image names its secret.
   strongOptions: ['encrypt.key-secret'],
+  amendOptions: obj('BlockdevAmendOptionsQcow2', [opt('encrypt', QCryptoBlockAmendOptions, 'Encryption options to be target of the change')]),
   setBackingFile: setBackingFileName,
   probe: (head) => (head.length >= 4 && head.readUInt32BE(0) === QCOW2_MAGIC ? 100 : 0),
   async createImage(filename, o) {
@@ -299,6 +302,16 @@ async function openImage(options: Record<string, unknown>, ctx: DriverContext, o
     },
     bitmapStore,
     internalSnapshots: qcow2InternalSnapshots(img),
+    // qcow2_co_amend: only the LUKS key slots of an encrypted image.
+    async amend(o, force) {
+      const enc = o.encrypt as ({ format: string } & Luks1AmendOptions) | undefined;
+      if (!enc) return;
+      if (!img.crypto) throw new BlockError('ENOTSUP', "image is not encrypted, can't amend");
+      if (enc.format !== 'luks') throw new BlockError('ENOTSUP', "Amend can't be used to change the qcow2 encryption format");
+      if (!img.crypto.luks) throw new BlockError('ENOTSUP', 'Only LUKS encryption options can be amended for qcow2 with blockdev-amend');
+      if (img.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
+      await amendVolume(img.crypto.luks, ctx.objects, enc, force);
+    },
     info: () => imageInfo(img, bitmapStore.directoryInfo()),
     async prepareReopen(next, ro) {
       for (const k of ['file', 'data-file'] as const) {
@@ -350,12 +363,12 @@ export function imageInfo(img: Qcow2Image, bitmaps: BitmapInfo[] = []): Record<s
     if (bitmaps.length && (h.autoclear & 1n)) data.bitmaps = bitmaps;
     data['lazy-refcounts'] = img.settings.lazyRefcounts;
     data['refcount-bits'] = 2 ** h.refcountOrder;
-    if (img.crypto) data.encrypt = img.crypto.info;
+    if (img.crypto) data.encrypt = img.crypto.info();
     data.corrupt = img.corrupt || (h.incompatible & Incompat.CORRUPT) !== 0n;
     data['extended-l2'] = img.extL2;
   } else {
     data['refcount-bits'] = 16;
-    if (img.crypto) data.encrypt = img.crypto.info;
+    if (img.crypto) data.encrypt = img.crypto.info();
   }
   const info: Record<string, unknown> = {
     'cluster-size': img.cs,
