@@ -221,6 +221,14 @@ export interface Driver {
    */
   readonly filenameIsExact?: boolean;
   /**
+   * QEMU's protocol_name(s) with bdrv_parse_filename: a filename starting
+   * with `<protocol>:` (drive-mirror's target "nbd+unix:///disk?socket=...")
+   * is opened by this driver with the options parseFilename() makes of it
+   * (BlockGraph.protocolOptions).
+   */
+  readonly protocols?: readonly string[];
+  parseFilename?(filename: string): Record<string, unknown>;
+  /**
    * Whether QEMU's bdrv_get_info succeeds for a node (query-named-block-nodes
    * then reports its dirty-flag): 'own' for drivers that answer it
    * themselves (file, host_device), 'file' for drivers that ask their file

@@ -46,6 +46,21 @@ export class BlockGraph {
   /** The format of the image in `filename`, by the registered drivers' probe() hooks (probe.ts). */
   probeFormat(filename: string): Promise<string> { return probeFile(this.drivers.values(), filename); }
 
+  /**
+   * The options of the protocol node that opens `filename` (QEMU's
+   * bdrv_find_protocol: a `name:` prefix before any '/' picks the driver
+   * whose protocols list it; anything else is a file).
+   */
+  protocolOptions(filename: string): Record<string, unknown> {
+    const m = /^([a-zA-Z0-9.+-]+):/.exec(filename);
+    if (m && !filename.slice(0, m[0].length).includes('/')) {
+      for (const d of this.drivers.values()) {
+        if (d.protocols?.includes(m[1]!) && d.parseFilename) return { driver: d.name, ...d.parseFilename(filename) };
+      }
+    }
+    return { driver: 'file', filename };
+  }
+
   /** QEMU's error for a node reference that names nothing. */
   find(name: string): BlockNode {
     const n = this.nodes.get(name);

@@ -24,7 +24,9 @@ const cleanups = cleanupsAfterEach();
 
 interface Outcome { seq: string[]; writes: number }
 
-async function migrate(src: Who, dst: Who, sync: 'full' | 'top', finish: 'block-job-cancel' | 'job-complete'): Promise<Outcome> {
+type Via = 'blockdev-mirror' | 'drive-mirror';
+
+async function migrate(src: Who, dst: Who, sync: 'full' | 'top', finish: 'block-job-cancel' | 'job-complete', via: Via): Promise<Outcome> {
   const root = tempDir('blockd-migr-');
   const initial = makeChain(root, SIZE);
   const source = await side(src, root, 'src', [
@@ -36,7 +38,7 @@ async function migrate(src: Who, dst: Who, sync: 'full' | 'top', finish: 'block-
   const dest = await side(dst, root, 'dst', []);
   cleanups.push(() => stopSide(dest));
   const image = await prepareDestination(dest, SIZE, sync === 'top' ? join(root, 'base.qcow2') : undefined);
-  await addRemote(source, dest);
+  if (via === 'blockdev-mirror') await addRemote(source, dest);
 
   const c = new RawClient(source.nbdSock);
   cleanups.push(async () => c.destroy());
@@ -44,7 +46,12 @@ async function migrate(src: Who, dst: Who, sync: 'full' | 'top', finish: 'block-
   const w = new Writer(c, initial, 4);
   w.start();
   await new Promise((r) => setTimeout(r, 200));
-  await source.qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'disk', target: 'remote', sync });
+  if (via === 'blockdev-mirror') await source.qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'disk', target: 'remote', sync });
+  else {
+    // libvirt's older form: the target by its NBD URI, an existing image of a given format.
+    const target = `nbd+unix:///tgt?socket=${dest.nbdSock}`;
+    await source.qmp.execute('drive-mirror', { 'job-id': 'm0', device: 'disk', target, format: 'raw', mode: 'existing', sync });
+  }
   await waitFor(source.events, (e) => e.event === 'BLOCK_JOB_READY', 60_000);
   await new Promise((r) => setTimeout(r, 300));
   // The guest pauses: nothing more is written, and the mirror has everything once it is in sync.
@@ -56,24 +63,31 @@ async function migrate(src: Who, dst: Who, sync: 'full' | 'top', finish: 'block-
   await waitFor(source.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 'm0' && e.data.status === 'null', 60_000);
   const exported = (await source.qmp.execute('query-block-exports')) as { 'node-name': string }[];
   // Cancelled in sync: the source keeps its disk; completed: the export now writes to the remote node.
-  expect(exported[0]!['node-name']).toBe(finish === 'block-job-cancel' ? 'disk' : 'remote');
+  if (finish === 'block-job-cancel') expect(exported[0]!['node-name']).toBe('disk');
+  else expect(exported[0]!['node-name']).not.toBe('disk');
   c.destroy();
   await stopSide(source);
   await stopSide(dest);
   cleanups.length = 0;
   run('qemu-img', ['check', image]);
-  expect(imageContents(root, 'src/../disk.qcow2').equals(w.model)).toBe(true);
-  expect(imageContents(join(root, 'dst'), 'tgt.qcow2').equals(w.model)).toBe(true);
+  const what = `${src}→${dst} ${via} sync=${sync} ${finish}`;
+  expect(imageContents(root, 'disk.qcow2').equals(w.model), `${what}: source`).toBe(true);
+  expect(imageContents(join(root, 'dst'), 'tgt.qcow2').equals(w.model), `${what}: destination`).toBe(true);
   if (sync === 'top') expect(run('qemu-img', ['info', image])).toContain('backing file: ');
   return { seq: sequence(source.events, 'm0'), writes: w.writes };
 }
 
 describe('live storage migration over NBD', () => {
-  for (const [sync, finish] of [['full', 'job-complete'], ['full', 'block-job-cancel'], ['top', 'job-complete'], ['top', 'block-job-cancel']] as const) {
-    it(`sync=${sync}, ${finish}: blockd→blockd, blockd→qsd, qsd→blockd give the same result, and blockd's events as the source are qsd's`, async () => {
-      const bb = await migrate('blockd', 'blockd', sync, finish);
-      const bq = await migrate('blockd', 'qsd', sync, finish);
-      const qb = await migrate('qsd', 'blockd', sync, finish);
+  const cases = [
+    ['full', 'job-complete', 'blockdev-mirror'], ['full', 'block-job-cancel', 'blockdev-mirror'],
+    ['top', 'job-complete', 'blockdev-mirror'], ['top', 'block-job-cancel', 'blockdev-mirror'],
+    ['full', 'job-complete', 'drive-mirror'], ['top', 'block-job-cancel', 'drive-mirror'],
+  ] as const;
+  for (const [sync, finish, via] of cases) {
+    it(`${via} sync=${sync}, ${finish}: blockd→blockd, blockd→qsd, qsd→blockd give the same result, and blockd's events as the source are qsd's`, async () => {
+      const bb = await migrate('blockd', 'blockd', sync, finish, via);
+      const bq = await migrate('blockd', 'qsd', sync, finish, via);
+      const qb = await migrate('qsd', 'blockd', sync, finish, via);
       for (const o of [bb, bq, qb]) expect(o.writes).toBeGreaterThan(20);
       expect(bb.seq).toEqual(qb.seq);
       expect(bq.seq).toEqual(qb.seq);

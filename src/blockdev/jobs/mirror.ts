@@ -92,6 +92,8 @@ export class MirrorJob extends BlockJob {
   private releaseDrain?: () => void;
   private drainSection?: Promise<unknown>;
   private readonly inflight = new Set<Promise<void>>();
+  /** The ranges of the copies in `inflight`: a run dirtied again while its copy runs waits for it (QEMU's mirror_wait_on_conflicts). */
+  private readonly inflightRanges = new Set<{ offset: number; length: number }>();
   private inflightBytes = 0;
   private ioFailure?: unknown;
   private cursor = 0;
@@ -181,6 +183,9 @@ export class MirrorJob extends BlockJob {
       while (this.inflightBytes < this.bufSize && !this.isCancelled && this.ioFailure === undefined) {
         const run = this.dirty.nextRun(this.cursor, Math.min(MAX_OP, this.bufSize));
         if (!run) break;
+        // A second copy of a range whose first copy is still under way could land before it
+        // (a zero piece's write-zeroes decided on the old data after the new data's write): wait.
+        if (this.overlapsInflight(run.offset, run.length)) break;
         this.dirty.clear(run.offset, run.length);
         this.cursor = run.offset + run.length;
         this.startCopy(run.offset, run.length);
@@ -231,9 +236,17 @@ export class MirrorJob extends BlockJob {
     }
   }
 
+  private overlapsInflight(offset: number, length: number): boolean {
+    for (const r of this.inflightRanges) if (r.offset < offset + length && offset < r.offset + r.length) return true;
+    return false;
+  }
+
   private startCopy(offset: number, length: number): void {
     this.inflightBytes += length;
+    const range = { offset, length };
+    this.inflightRanges.add(range);
     const p = this.copy(offset, length).finally(() => {
+      this.inflightRanges.delete(range);
       this.inflight.delete(p);
       this.inflightBytes -= length;
     });

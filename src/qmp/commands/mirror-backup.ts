@@ -156,16 +156,21 @@ async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, form
   mode: 'existing' | 'absolute-paths' | undefined, nodeName: string | undefined, backing?: BlockNode, forBackup = false): Promise<{ node: BlockNode; created: boolean }> {
   // QEMU takes the source's format for a new image; blockd's formats that can create one are those
   // with a createImage() hook, and anything else (a protocol node, null-co) gets raw.
+  // A filename with a protocol prefix (an nbd:// URI) names a remote image the protocol driver opens.
+  const file = ctx.graph.protocolOptions(filename);
+  const remote = file.driver !== 'file';
+  const created = mode !== 'existing';
+  if (remote && created) throw new BlockError('ENOTSUP', `blockd cannot create an image on a '${String(file.driver)}' target: use mode=existing`);
+  if (remote && format === undefined) throw new BlockError('ENOTSUP', `blockd does not probe the format of a '${String(file.driver)}' target: give 'format'`);
   const fmt = format ?? (mode === 'existing' ? await ctx.graph.probeFormat(filename) : source.driver.createImage ? source.driver.name : 'raw');
   const driver = ctx.graph.driver(fmt);
   if (!driver?.createImage) throw new BlockError('EINVAL', `Unknown driver '${fmt}'`);
   const size = source.length();
-  const created = mode !== 'existing';
   if (created) {
     const backingFile = backing?.ops.filename?.();
     await driver.createImage(filename, { size, backingFile, backingFormat: backingFile ? backing!.driver.name : undefined });
   }
-  const opts: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename } };
+  const opts: Record<string, unknown> = { driver: fmt, file };
   if (nodeName !== undefined) opts['node-name'] = nodeName;
   // QEMU's drive-backup opens its target so that zeroes written to it become (unmapped) zero clusters.
   if (forBackup) Object.assign(opts, { discard: 'unmap', 'detect-zeroes': 'unmap' });

@@ -12,6 +12,7 @@ import { BlockdevOptionsNbd, nbdFilename, parseNbdOptions } from './options.ts';
 import { NbdClient } from './client.ts';
 import { nbdOps } from './ops.ts';
 import { TxFlag } from './protocol.ts';
+import { parseNbdFilename } from './filename.ts';
 
 export const nbdDriver: Driver = {
   name: 'nbd',
@@ -19,6 +20,8 @@ export const nbdDriver: Driver = {
   options: BlockdevOptionsNbd,
   strongOptions: ['server', 'export', 'tls-creds', 'tls-hostname'],
   filenameIsExact: true,
+  protocols: ['nbd', 'nbd+tcp', 'nbd+unix'],
+  parseFilename: parseNbdFilename,
   async open(options, ctx): Promise<DriverOps> {
     const cfg = parseNbdOptions(options);
     // As QEMU: the credentials are looked up when the node opens; tls-hostname defaults to an inet server's host
