@@ -31,6 +31,8 @@ export interface ChardevSpec {
    * fails if the peer is not there, and a hang-up ends the monitor.
    */
   client?: { reconnect: number };
+  /** tls-creds (and tls-authz): TLS on every connection; the ids are resolved when the monitor is added. */
+  tls?: { creds: string; authz?: string };
 }
 
 export interface MonitorSpec {
@@ -106,7 +108,10 @@ export function parseChardev(value: string | Record<string, unknown>): ChardevSp
   if (backend === 'stdio') return { id: id!, addr: { type: 'stdio' }, wait: false };
   if (backend !== 'socket') fail(`chardev backend '${backend}' is not supported by blockd (QMP monitors use socket or stdio)`);
   for (const k of UNSUPPORTED_ON) if (opts.get(k) === true) fail(`chardev: socket: '${k}' is not supported by blockd`);
-  if (opts.get('tls-creds') !== undefined) fail(`No TLS credentials with id '${opts.get('tls-creds')}'`);
+  const tlsCreds = opts.get('tls-creds') as string | undefined;
+  const tlsAuthz = opts.get('tls-authz') as string | undefined;
+  if (tlsAuthz !== undefined && tlsCreds === undefined) fail("'tls_authz' option requires 'tls_creds' option");
+  const tls = tlsCreds !== undefined ? { creds: tlsCreds, authz: tlsAuthz } : undefined;
   if (opts.get('logfile') !== undefined) fail('chardev: socket: logfile is not supported by blockd');
   const path = opts.get('path') as string | undefined;
   const host = opts.get('host') as string | undefined;
@@ -122,18 +127,18 @@ export function parseChardev(value: string | Record<string, unknown>): ChardevSp
   const reconnect = reconnectText === undefined ? 0 : Math.max(0, Number(reconnectText));
   const wait = server && opts.get('wait') !== false;
   const client = server ? undefined : { reconnect };
-  if (path !== undefined) return { id: id!, addr: { type: 'unix', path }, wait, client };
+  if (path !== undefined) return { id: id!, addr: { type: 'unix', path }, wait, client, tls };
   if (fd !== undefined) {
     if (!server) fail('chardev: socket: an inherited fd is a listening socket for blockd (server=on)');
     if (!/^\d+$/.test(fd)) fail(`File descriptor named '${fd}' has not been found`);
-    return { id: id!, addr: { type: 'fd', fd: Number(fd) }, wait };
+    return { id: id!, addr: { type: 'fd', fd: Number(fd) }, wait, tls };
   }
   if (host !== undefined || opts.get('port') !== undefined) {
     const port = opts.get('port') as string | undefined;
     if (port === undefined) fail('chardev: socket: no port given');
     const p = Number(port);
     if (!/^\d+$/.test(port!) || p > 65535) fail(`address resolution failed for ${host ?? ''}:${port}: Servname not supported for ai_socktype`);
-    return { id: id!, addr: { type: 'inet', host: host ?? '', port: p }, wait, client };
+    return { id: id!, addr: { type: 'inet', host: host ?? '', port: p }, wait, client, tls };
   }
   return fail("chardev: socket: one of 'path', 'host' or 'fd' is required");
 }

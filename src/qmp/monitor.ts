@@ -11,6 +11,9 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from './dispatcher.ts';
 import { QmpSession, type SessionLimits } from './session.ts';
 import type { QmpEvent, QmpEventBus } from './events.ts';
+import type { TlsCreds } from '../objects/tls/creds.ts';
+import type { ObjectLookup } from '../objects/lookup.ts';
+import { startClientSession, startServerSession } from '../objects/tls/session.ts';
 
 export type ListenAddress =
   | { type: 'unix'; path: string }
@@ -25,6 +28,8 @@ export interface MonitorOptions {
   limits?: SessionLimits;
   /** Most clients at once; more are refused (closed). Default 128. */
   maxClients?: number;
+  /** TLS on every connection (chardev tls-creds/tls-authz), as qsd: a server session when listening, a client's when connecting out. */
+  tls?: { creds: TlsCreds; authz?: string; objects: ObjectLookup };
 }
 
 export class QmpMonitor {
@@ -125,7 +130,10 @@ export class QmpMonitor {
       socket.once('connect', () => {
         socket.off('error', onError);
         this.connecting = undefined;
-        resolve(socket);
+        const tls = this.opts.tls;
+        if (!tls) return resolve(socket);
+        // As QEMU's chardev: the server's certificate must name the host connected to.
+        startClientSession(tls.creds, socket, addr.type === 'inet' ? addr.host || 'localhost' : undefined).then(resolve, reject);
       });
       const onError = (err: NodeJS.ErrnoException) => {
         this.connecting = undefined;
@@ -147,7 +155,17 @@ export class QmpMonitor {
       this.opts.log.warn({ monitor: this.id }, 'too many QMP clients; refusing one');
       return void socket.destroy();
     }
-    this.adopt(socket);
+    const tls = this.opts.tls;
+    if (!tls) return void this.adopt(socket);
+    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
+    startServerSession(tls.creds, socket, { authz: tls.authz, objects: tls.objects }).then((s) => {
+      if (this.closing) return void s.socket.destroy();
+      this.opts.log.info({ monitor: this.id, identity: s.identity }, 'QMP client connected over TLS');
+      this.adopt(s.socket);
+    }, (e: Error) => {
+      // One line a user can act on: which credentials, which client, why.
+      this.opts.log.warn(`${tls.creds.type} '${tls.creds.id}': TLS session with ${peer} on monitor ${this.id} refused: ${e.message}`);
+    });
   }
 
   /** Serves QMP on a connected socket (accepted, or connected out in client mode). */

@@ -5,6 +5,7 @@
  */
 import { bindErrorText } from '../platform/bind-error.ts';
 import { BlockError } from '../util/errors.ts';
+import { checkAuthzUsable, findTlsCreds } from '../objects/tls/lookup.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { QmpMonitor } from './monitor.ts';
 import { parseChardev, parseMonitor, type ChardevSpec, type MonitorSpec } from './chardev.ts';
@@ -31,6 +32,8 @@ export class QmpService {
     const spec = parseChardev(value);
     this.texts.set(spec.id, typeof value === 'string' ? value : JSON.stringify(value));
     if (this.chardevs.has(spec.id)) throw new BlockError('EINVAL', 'duplicate yank instance');
+    // As qsd: the credentials must exist, be TLS credentials, and suit the mode, when the chardev is made.
+    if (spec.tls) checkAuthzUsable(findTlsCreds(this.host.objects, spec.tls.creds, spec.client ? 'client' : 'server'), spec.tls.authz);
     this.chardevs.set(spec.id, spec);
   }
 
@@ -56,6 +59,9 @@ export class QmpService {
       const chardev = this.chardevs.get(spec.chardev)!;
       const mon = new QmpMonitor(spec.id ?? spec.chardev, this.dispatcher, this.host.events, {
         pretty: spec.pretty, greeting: greeting(), log: this.host.log.child({ component: 'qmp', monitor: spec.chardev }),
+        tls: chardev.tls
+          ? { creds: findTlsCreds(this.host.objects, chardev.tls.creds, chardev.client ? 'client' : 'server'), authz: chardev.tls.authz, objects: this.host.objects }
+          : undefined,
       });
       const client = chardev.client && (chardev.addr.type === 'unix' || chardev.addr.type === 'inet') ? chardev.addr : undefined;
       try {
