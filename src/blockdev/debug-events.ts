@@ -36,8 +36,8 @@ export const BlkdebugEventType = enm('BlkdebugEvent', [...BLKDEBUG_EVENTS]);
  * - none: the blkdebug node itself, once, at the end of its open (rules for it are active from the start);
  * - read_aio, write_aio: raw and qcow2 on their file child, before a guest read or write goes there
  *   (qcow2: before guest data is read or written, also in a data file);
- * - read_backing_aio, read_compressed: qcow2 on its file, before it reads from its backing node
- *   or reads a compressed cluster;
+ * - read_backing_aio, read_compressed, write_compressed: qcow2 on its file, before it reads from
+ *   its backing node, reads a compressed cluster or writes one;
  * - flush_to_os, flush_to_disk: BlockNode on a node's primary child when the node is flushed
  *   (flush_to_disk not with cache.no-flush);
  * - pwritev, pwritev_zero, pwritev_done and the pwritev_rmw_* events: BlockNode on the node
@@ -45,7 +45,7 @@ export const BlkdebugEventType = enm('BlkdebugEvent', [...BLKDEBUG_EVENTS]);
  * - cor_write: copy-on-read on its file child, before it writes copied data there.
  */
 export const RAISED_EVENTS: ReadonlySet<BlkdebugEvent> = new Set<BlkdebugEvent>([
-  'none', 'read_aio', 'write_aio', 'read_backing_aio', 'read_compressed', 'flush_to_os', 'flush_to_disk',
+  'none', 'read_aio', 'write_aio', 'read_backing_aio', 'read_compressed', 'write_compressed', 'flush_to_os', 'flush_to_disk',
   'pwritev', 'pwritev_zero', 'pwritev_done',
   'pwritev_rmw_head', 'pwritev_rmw_after_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_tail',
   'cor_write',

@@ -107,6 +107,15 @@ export interface DriverOps {
   read?(offset: number, buf: Buffer): Promise<void>;
   write?(offset: number, buf: Buffer, flags: number): Promise<void>;
   writeZeroes?(offset: number, length: number, flags: number): Promise<void>;
+  /**
+   * A compressed write (QEMU's bdrv_co_pwritev_compressed; qcow2): `offset`
+   * on a cluster boundary, whole clusters but for the image's last. Only
+   * through BlockNode.writeCompressed (the compress filter, backup's
+   * compress=true); a driver without it cannot take compressed writes.
+   */
+  writeCompressed?(offset: number, buf: Buffer): Promise<void>;
+  /** Why writeCompressed would fail on this node though the driver has it (qcow2 with zstd: no compressor in blockd). */
+  compressRefusal?(): string | undefined;
   discard?(offset: number, length: number): Promise<void>;
   flush?(): Promise<void>;
   /** Extents covering a prefix (at least one byte) of [offset, offset+length). */

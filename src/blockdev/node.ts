@@ -298,6 +298,35 @@ export class BlockNode implements Parent {
     }
   }
 
+  /** Whether the node takes compressed writes (QEMU's bdrv_supports_compressed_writes). */
+  get canCompress(): boolean { return !!this.ops.writeCompressed; }
+
+  /** Why compressed writes would fail here though the driver has them (DriverOps.compressRefusal). */
+  compressRefusal(): string | undefined { return this.ops.compressRefusal?.(); }
+
+  /**
+   * A compressed write (DriverOps.writeCompressed): counted, observed and
+   * reported as a write. ENOTSUP where the driver has none.
+   */
+  async writeCompressed(offset: number, buf: Buffer): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, buf.length);
+    const op = this.ops.writeCompressed;
+    if (!op) throw new BlockError('ENOTSUP', `Compression is not supported for this drive ${this.nodeName}`);
+    if (buf.length === 0) return;
+    await this.enter();
+    try {
+      await op(offset, buf);
+      this.stats.wrOps++;
+      this.stats.wrBytes += buf.length;
+      this.notify(offset, buf.length);
+    } catch (e) {
+      throw this.fail(e, 'write');
+    } finally {
+      this.leave();
+    }
+  }
+
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
     this.checkRange(offset, length);

@@ -32,7 +32,8 @@ export class CowState {
   /** Bytes copied so far, by either path (the backup's progress). */
   onCopied?: (bytes: number) => void;
 
-  constructor(readonly source: BlockNode, readonly target: BlockNode, readonly cluster: number) {
+  /** `compress`: data is written with compressed writes (backup's compress=true; zeroes stay write-zeroes, as QEMU's block-copy). */
+  constructor(readonly source: BlockNode, readonly target: BlockNode, readonly cluster: number, readonly compress = false) {
     this.map = new DirtyMap(source.length(), cluster);
   }
 
@@ -71,7 +72,9 @@ export class CowState {
    * write-zeroes without unmap (QEMU's block-copy: the target gets zero clusters, also a new image).
    */
   private async copyNow(offset: number, length: number): Promise<void> {
-    const extents = await this.source.blockStatus(offset, length).catch(markRead);
+    let extents = await this.source.blockStatus(offset, length).catch(markRead);
+    // Compressed writes take whole clusters: a cluster is zero only if all of it is (block-copy's cluster granularity).
+    if (this.compress) extents = byCluster(extents, this.cluster);
     // One write per run of the same kind: a target with detect-zeroes judges each write as a whole, as QEMU's block-copy task.
     for (const e of mergeRuns(extents, (a, b) => a.zero === b.zero)) {
       if (e.zero) {
@@ -81,7 +84,8 @@ export class CowState {
       const buf = copyBuffers.get(e.length);
       try {
         await this.source.read(e.offset, buf).catch(markRead);
-        await this.target.write(e.offset, buf);
+        if (this.compress) await this.target.writeCompressed(e.offset, buf);
+        else await this.target.write(e.offset, buf);
       } finally {
         copyBuffers.put(buf);
       }
@@ -108,6 +112,26 @@ function mergeRuns(ext: readonly Extent[], same: (a: Extent, b: Extent) => boole
     const last = out[out.length - 1];
     if (last && last.offset + last.length === e.offset && same(last, e)) out[out.length - 1] = { ...last, length: last.length + e.length };
     else out.push({ ...e });
+  }
+  return out;
+}
+
+/** The extents as whole clusters (the last may be short): zero where every extent in the cluster is. */
+function byCluster(ext: readonly Extent[], cluster: number): Extent[] {
+  const out: Extent[] = [];
+  for (const e of ext) {
+    for (let pos = e.offset; pos < e.offset + e.length;) {
+      const start = pos - (pos % cluster);
+      const end = Math.min(e.offset + e.length, start + cluster);
+      const last = out[out.length - 1];
+      if (last && last.offset === start) {
+        last.length = end - start;
+        last.zero &&= e.zero;
+      } else {
+        out.push({ ...e, offset: start, length: end - start });
+      }
+      pos = end;
+    }
   }
   return out;
 }

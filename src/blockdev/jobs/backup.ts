@@ -27,6 +27,8 @@ export interface BackupJobOptions extends BlockJobOptions {
   source: BlockNode;
   target: BlockNode;
   sync: BackupSync;
+  /** compress=true: data goes to the target as compressed writes (the caller checked the target takes them). */
+  compress?: boolean;
   onSourceError?: BlockdevOnError;
   onTargetError?: BlockdevOnError;
   filterNodeName?: string;
@@ -67,7 +69,7 @@ export class BackupJob extends BlockJob {
     this.onSourceError = opts.onSourceError ?? 'report';
     this.onTargetError = opts.onTargetError ?? 'report';
     this.filterNodeName = opts.filterNodeName;
-    this.state = new CowState(opts.source, opts.target, cowClusterSize(opts.target));
+    this.state = new CowState(opts.source, opts.target, cowClusterSize(opts.target), opts.compress === true);
     this.state.onCopied = (n) => this.progressUpdate(n);
     this.bitmap = opts.bitmap;
     this.bitmapMode = opts.bitmapMode ?? 'on-success';

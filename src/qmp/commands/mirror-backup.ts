@@ -213,12 +213,16 @@ async function backupChecks(a: BackupArgs, ctx: Ctx, target?: BlockNode): Promis
 async function prepareBackup(a: BackupArgs, ctx: Ctx, source: BlockNode, target: BlockNode, created: boolean): Promise<BackupJob> {
   if (source === target) throw new BlockError('EINVAL', 'Source and target cannot be the same');
   if (source.length() !== target.length()) throw new BlockError('EINVAL', 'Source and target image have different sizes');
-  if (a.compress) throw new BlockError('ENOTSUP', `Compression is not supported for this drive ${target.nodeName}`);
+  // QEMU names the drive by its BlockBackend, which a blockdev node does not have: "".
+  if (a.compress && !target.canCompress) throw new BlockError('ENOTSUP', 'Compression is not supported for this drive ');
+  // blockd's own refusal (qsd compresses there): said now rather than as the job's "Operation not supported".
+  const refused = a.compress ? target.compressRefusal() : undefined;
+  if (refused) throw new BlockError('ENOTSUP', refused);
   const id = a['job-id'] ?? '';
   checkJobId(ctx.jobs, id);
   const job = new BackupJob({
     id, graph: ctx.graph, speed: a.speed, autoFinalize: a['auto-finalize'], autoDismiss: a['auto-dismiss'],
-    source, target, sync: (a.sync === 'incremental' || a.sync === 'bitmap' ? 'full' : a.sync) as BackupSync,
+    source, target, compress: a.compress, sync: (a.sync === 'incremental' || a.sync === 'bitmap' ? 'full' : a.sync) as BackupSync,
     bitmap: a.bitmap !== undefined ? bitmapsOf(source).find(a.bitmap) : undefined,
     bitmapMode: a.sync === 'incremental' ? 'on-success' : a['bitmap-mode'] as 'on-success' | 'never' | 'always' | undefined,
     onSourceError: a['on-source-error'], onTargetError: a['on-target-error'],

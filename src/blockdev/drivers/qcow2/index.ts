@@ -288,6 +288,8 @@ async function openImage(options: Record<string, unknown>, ctx: DriverContext, o
     // Writes, write-zeroes and (with discard=unmap) discards mark the bitmaps first, on disk where it matters.
     write: (o, buf) => bitmapStore.guarded(o, buf.length, () => img.write(o, buf)),
     writeZeroes: (o, l, flags) => bitmapStore.guarded(o, l, () => img.writeZeroes(o, l, flags)),
+    compressRefusal: () => img.compressRefusal(),
+    writeCompressed: (o, buf) => bitmapStore.guarded(o, buf.length, () => img.writeCompressed(o, buf)),
     discard: (o, l) => (discardUnmap ? bitmapStore.guarded(o, l, () => img.discard(o, l)) : img.discard(o, l)),
     flush: () => img.flush(),
     blockStatus: (o, l, flags) => img.blockStatus(o, l, flags),
