@@ -1,0 +1,182 @@
+/**
+ * The nbd driver's client against a scripted server (in process, built from
+ * src/nbd-protocol): negotiation (structured replies, one meta context, GO
+ * with block sizes), limits from NBD_INFO_BLOCK_SIZE and the transmission
+ * flags, READ chunks out of order and byte by byte, error chunks as the
+ * block layer's errors, block status of the negotiated context only,
+ * write-zeroes flags, a reply to an unknown cookie ending the client; and
+ * QEMU's NBD filename syntax.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import pino from 'pino';
+import { tempDir } from '../helpers/temp.ts';
+import { ByteQueue } from '../../src/nbd-protocol/byte-queue.ts';
+import { Cmd, CmdFlag, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, Info, Opt, Rep, TxFlag, STATE_HOLE, STATE_ZERO } from '../../src/nbd-protocol/constants.ts';
+import { buildGreeting } from '../../src/nbd-protocol/handshake.ts';
+import { decodeOptionRequest, parseMetaContextRequestData } from '../../src/nbd-protocol/option-requests.ts';
+import { buildInfoPayload, buildMetaContextPayload, buildOptionReply } from '../../src/nbd-protocol/option-replies.ts';
+import { readRequestHeader, type RequestHeader } from '../../src/nbd-protocol/requests.ts';
+import { chunkBlockStatus, chunkDataHeader, chunkError, chunkHole, chunkNone, simpleReply } from '../../src/nbd-protocol/replies.ts';
+import { NbdClient } from '../../src/blockdev/drivers/nbd/client.ts';
+import { nbdOps } from '../../src/blockdev/drivers/nbd/ops.ts';
+import { parseNbdFilename } from '../../src/blockdev/drivers/nbd/filename.ts';
+import { parseNbdOptions } from '../../src/blockdev/drivers/nbd/options.ts';
+import { ReqFlag } from '../../src/blockdev/request.ts';
+
+const SIZE = 1 << 20;
+const FLAGS = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES | TxFlag.SEND_FAST_ZERO;
+type Handler = (r: RequestHeader, data: Buffer | undefined, send: (...b: Buffer[]) => void) => void;
+
+const servers: Server[] = [];
+const clients: NbdClient[] = [];
+afterEach(async () => {
+  for (const c of clients.splice(0)) await c.close();
+  for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
+});
+
+/** A server that negotiates like qsd and hands each request to `handle`; `trickle` sends replies one byte at a time. */
+async function scripted(handle: Handler, opts: { trickle?: boolean; blockSize?: [number, number, number] } = {}): Promise<string> {
+  const path = join(tempDir('blockd-nbdcu-'), 's.sock');
+  const srv = createServer((sock: Socket) => {
+    const q = new ByteQueue();
+    let phase: 'flags' | 'options' | 'transmission' = 'flags';
+    const send = (...bufs: Buffer[]) => {
+      const all = Buffer.concat(bufs);
+      if (!opts.trickle) { sock.write(all); return; }
+      for (let i = 0; i < all.length; i++) sock.write(all.subarray(i, i + 1));
+    };
+    sock.write(buildGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
+    sock.on('error', () => undefined);
+    sock.on('data', (b) => {
+      q.push(b);
+      for (;;) {
+        if (phase === 'flags') {
+          if (q.length < 4) return;
+          q.discard(4);
+          phase = 'options';
+        } else if (phase === 'options') {
+          const o = decodeOptionRequest(q);
+          if (!o) return;
+          if (o.option === Opt.STRUCTURED_REPLY) sock.write(buildOptionReply(o.option, Rep.ACK));
+          else if (o.option === Opt.SET_META_CONTEXT) {
+            const m = parseMetaContextRequestData(o.data, o.option);
+            sock.write(buildOptionReply(o.option, Rep.META_CONTEXT, buildMetaContextPayload(7, m.queries[0]!)));
+            sock.write(buildOptionReply(o.option, Rep.ACK));
+          } else if (o.option === Opt.GO) {
+            sock.write(buildOptionReply(o.option, Rep.INFO, buildInfoPayload({ type: Info.EXPORT, size: SIZE, transmissionFlags: FLAGS })));
+            if (opts.blockSize) {
+              const [minimum, preferred, maximum] = opts.blockSize;
+              sock.write(buildOptionReply(o.option, Rep.INFO, buildInfoPayload({ type: Info.BLOCK_SIZE, minimum, preferred, maximum })));
+            }
+            sock.write(buildOptionReply(o.option, Rep.ACK));
+            phase = 'transmission';
+          } else sock.write(buildOptionReply(o.option, Rep.ERR_UNSUP));
+        } else {
+          if (q.length < 28) return;
+          const h = readRequestHeader(q.peek(28), q.at);
+          const n = h.type === Cmd.WRITE ? h.length : 0;
+          if (q.length < 28 + n) return;
+          q.discard(28);
+          const data = n ? Buffer.from(q.take(n)) : undefined;
+          if (h.type === Cmd.DISC) { sock.end(); return; }
+          handle(h, data, send);
+        }
+      }
+    });
+  });
+  servers.push(srv);
+  await new Promise<void>((r) => srv.listen(path, r));
+  return path;
+}
+
+async function open(path: string) {
+  const c = await NbdClient.open(parseNbdOptions({ server: { type: 'unix', path } }), pino({ level: 'silent' }));
+  clients.push(c);
+  return { c, ops: nbdOps(c, true) };
+}
+
+describe('nbd client driver against a scripted server', () => {
+  it('negotiates limits and capabilities from the server', async () => {
+    const { c, ops } = await open(await scripted(() => undefined, { blockSize: [4096, 65536, 1 << 20] }));
+    expect(c.info).toMatchObject({ size: SIZE, structured: true, contextId: 7, minBlock: 4096, maxBlock: 1 << 20 });
+    expect(ops.limits).toEqual({ alignment: 4096, maxTransfer: 1 << 20, canFua: true, canZero: true, canTrim: true });
+  });
+
+  it('assembles a READ from chunks in any order, sent one byte at a time', async () => {
+    const path = await scripted((h, _d, send) => {
+      const c = { cookieHi: h.cookieHi, cookieLo: h.cookieLo };
+      const half = h.length / 2;
+      send(chunkDataHeader(c, false, h.offset + half, half), Buffer.alloc(half, 0xab), chunkHole(c, false, h.offset, half), chunkNone(c));
+    }, { trickle: true });
+    const { ops } = await open(path);
+    const buf = Buffer.alloc(8192, 0xff);
+    await ops.read!(4096, buf);
+    expect(buf.subarray(0, 4096).equals(Buffer.alloc(4096))).toBe(true);
+    expect(buf.subarray(4096).equals(Buffer.alloc(4096, 0xab))).toBe(true);
+  });
+
+  it('answers many requests in flight, replies in reverse order', async () => {
+    const held: (() => void)[] = [];
+    const path = await scripted((h, _d, send) => {
+      held.push(() => send(simpleReply(h, 0)));
+      if (held.length === 20) for (const f of held.splice(0).reverse()) f();
+    });
+    const { ops } = await open(path);
+    const writes = Array.from({ length: 20 }, (_, i) => ops.write!(i * 512, Buffer.alloc(512, i), 0));
+    await Promise.all(writes);
+  });
+
+  it('turns error chunks into the block layer errors, with the server message', async () => {
+    const path = await scripted((h, _d, send) => send(chunkError(h, 28, 'no room at the inn')));
+    const { ops } = await open(path);
+    await expect(ops.write!(0, Buffer.alloc(512), ReqFlag.FUA)).rejects.toMatchObject({ code: 'ENOSPC', message: 'no room at the inn' });
+  });
+
+  it('maps write-zeroes flags: MAY_UNMAP drops NO_HOLE, NO_FALLBACK sends FAST_ZERO, FUA passes', async () => {
+    const seen: number[] = [];
+    const path = await scripted((h, _d, send) => { seen.push(h.flags); send(simpleReply(h, 0)); });
+    const { ops } = await open(path);
+    await ops.writeZeroes!(0, 4096, 0);
+    await ops.writeZeroes!(0, 4096, ReqFlag.MAY_UNMAP | ReqFlag.FUA);
+    await ops.writeZeroes!(0, 4096, ReqFlag.NO_FALLBACK);
+    expect(seen).toEqual([CmdFlag.NO_HOLE, CmdFlag.FUA, CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO]);
+  });
+
+  it('keeps block status of the negotiated context only, clipped to the request', async () => {
+    const path = await scripted((h, _d, send) => {
+      send(chunkBlockStatus(h, false, 9, [{ length: h.length, flags: 0 }]),
+        chunkBlockStatus(h, true, 7, [{ length: 4096, flags: 0 }, { length: 1 << 20, flags: STATE_HOLE | STATE_ZERO }]));
+    });
+    const { ops } = await open(path);
+    expect(await ops.blockStatus!(0, 65536, 0)).toEqual([
+      { offset: 0, length: 4096, data: true, zero: false, allocated: true, depth: 1 },
+      { offset: 4096, length: 61440, data: false, zero: true, allocated: true, depth: 1 },
+    ]);
+  });
+
+  it('a reply to an unknown cookie ends the client: everything fails with EIO', async () => {
+    const path = await scripted((h, _d, send) => send(simpleReply({ cookieHi: 0, cookieLo: h.cookieLo + 1000 }, 0)));
+    const { ops } = await open(path);
+    await expect(ops.flush!()).rejects.toMatchObject({ code: 'EIO' });
+    await expect(ops.read!(0, Buffer.alloc(512))).rejects.toMatchObject({ code: 'EIO' });
+  });
+});
+
+describe("QEMU's NBD filenames", () => {
+  it('parses URIs and the legacy syntax', () => {
+    expect(parseNbdFilename('nbd://example.org/disk')).toEqual({ export: 'disk', server: { type: 'inet', host: 'example.org', port: '10809' } });
+    expect(parseNbdFilename('nbd+tcp://[::1]:1234')).toEqual({ server: { type: 'inet', host: '::1', port: '1234' } });
+    expect(parseNbdFilename('nbd+unix:///d0?socket=/run/nbd.sock')).toEqual({ export: 'd0', server: { type: 'unix', path: '/run/nbd.sock' } });
+    expect(parseNbdFilename('nbd:unix:/run/nbd.sock:exportname=d0')).toEqual({ export: 'd0', server: { type: 'unix', path: '/run/nbd.sock' } });
+    expect(parseNbdFilename('nbd:localhost:10810')).toEqual({ server: { type: 'inet', host: 'localhost', port: '10810' } });
+  });
+
+  it("refuses what QEMU refuses, with QEMU's texts", () => {
+    for (const bad of ['nbd+unix:///d0', 'nbd+unix://host/d0?socket=/s', 'nbd://h/d?socket=/s', 'nbd+unix:///d?socket=/s&x=1', 'nbd+foo://h/d']) {
+      expect(() => parseNbdFilename(bad), bad).toThrow('No valid URL specified');
+    }
+    expect(() => parseNbdFilename('nbdx:localhost:1')).toThrow("File name string for NBD must start with 'nbd:'");
+  });
+});
