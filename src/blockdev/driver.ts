@@ -41,7 +41,11 @@ export interface CommonOptions {
  * parent's own users share, and follows them as they change (raw's file:
  * QEMU's filtered child of a format without metadata).
  */
-export interface ChildPermission { perm: Perm; shared: Perm; passThrough?: boolean }
+export interface ChildPermission {
+  perm: Perm; shared: Perm; passThrough?: boolean;
+  /** A format's backing edge: shares write and resize only while the parent's own users share write (cowShared()). */
+  cow?: boolean;
+}
 
 /** A reference to a child: the node-name of an existing node, or the options of a new (implicit) one. */
 export type ChildRef = string | Record<string, unknown>;

@@ -11,6 +11,11 @@ import type { Perm } from './driver.ts';
 export interface Parent {
   /** How messages name this user, e.g. "qcow0" or "export 'e1'". */
   describe(): string;
+  /**
+   * How QEMU's permission errors name this user (its get_parent_desc):
+   * "node 'n0'", "an unnamed block device", "stream job 'j0'". Defaults to describe().
+   */
+  permissionUser?(): string;
 }
 
 export interface ChildEdge {
@@ -21,6 +26,29 @@ export interface ChildEdge {
   shared: Perm;
   /** `shared` follows what the parent's own users share (a raw node's file). */
   passThrough?: boolean;
+  /** A format's backing edge: `shared` is cowShared() of what the parent's users share. */
+  cow?: boolean;
+}
+
+/**
+ * What a format's backing edge shares, given what the format's own users
+ * share (QEMU's bdrv_default_perms_for_cow): reads always; writes and resizes
+ * of the backing node only while the users above can bear changing data. So
+ * a job that lets nobody write a layer keeps everything below it from being
+ * written too.
+ */
+export function cowShared(usersShare: Perm): Perm {
+  return { read: true, write: usersShare.write, resize: usersShare.write };
+}
+
+/** Throws QEMU's conflict if `edge` sharing only `shared` would withhold what another user of its child holds. */
+export function checkNewShared(edge: ChildEdge, shared: Perm): void {
+  const node = edge.child;
+  for (const other of [...node.parents].reverse()) {
+    if (other === edge) continue;
+    const m = PERM_NAMES.filter((p) => other.perm[p] && !shared[p]);
+    if (m.length) throw conflict(node, { ...edge, shared }, other, m);
+  }
 }
 
 export const ALL_PERM: Perm = { read: true, write: true, resize: true };
@@ -28,20 +56,33 @@ export const READ_PERM: Perm = { read: true, write: false, resize: false };
 
 const PERM_NAMES: (keyof Perm)[] = ['read', 'write', 'resize'];
 
-/** Throws if `edge` (not yet attached) conflicts with the users `node` already has. */
+const QEMU_PERM_NAMES: Record<keyof Perm, string> = { read: 'consistent read', write: 'write', resize: 'resize' };
+
+const userOf = (e: ChildEdge): string => e.parent.permissionUser?.() ?? e.parent.describe();
+
+/** QEMU's text (bdrv_a_allow_b) for `b` using what `a` does not share on `node`. */
+function conflict(node: BlockNode, a: ChildEdge, b: ChildEdge, perms: (keyof Perm)[]): BlockError {
+  const name = node.nodeName;
+  return new BlockError('EPERM', `Permission conflict on node '${name}': permissions '${perms.map((p) => QEMU_PERM_NAMES[p]).join(', ')}' are both required by `
+    + `${userOf(b)} (uses node '${name}' as '${b.role}' child) and unshared by ${userOf(a)} (uses node '${name}' as '${a.role}' child).`);
+}
+
+/**
+ * Throws if `edge` (not yet attached) conflicts with the users `node`
+ * already has, in QEMU's order: first an existing user needing what the new
+ * edge does not share, then the new edge needing what an existing user does
+ * not share (bdrv_parent_perms_conflict over the parent list, newest first).
+ */
 export function checkPermissions(node: BlockNode, edge: ChildEdge, ignore?: ChildEdge): void {
-  for (const other of node.parents) {
-    if (other === ignore) continue;
-    for (const p of PERM_NAMES) {
-      if (edge.perm[p] && !other.shared[p]) {
-        throw new BlockError('EPERM',
-          `Conflicts with use by ${other.parent.describe()} as '${other.role}', which does not allow '${p === 'read' ? 'consistent read' : p}' on ${node.nodeName}`);
-      }
-      if (other.perm[p] && !edge.shared[p]) {
-        throw new BlockError('EPERM',
-          `Conflicts with use by ${other.parent.describe()} as '${other.role}', which uses '${p === 'read' ? 'consistent read' : p}' on ${node.nodeName}`);
-      }
-    }
+  const others = node.parents.filter((o) => o !== ignore && o !== edge).reverse();
+  const missing = (user: ChildEdge, sharer: ChildEdge) => PERM_NAMES.filter((p) => user.perm[p] && !sharer.shared[p]);
+  for (const other of others) {
+    const m = missing(other, edge);
+    if (m.length) throw conflict(node, edge, other, m);
+  }
+  for (const other of others) {
+    const m = missing(edge, other);
+    if (m.length) throw conflict(node, other, edge, m);
   }
 }
 

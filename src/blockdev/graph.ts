@@ -7,7 +7,7 @@ import { BlockError } from '../util/errors.ts';
 import { VALID_ID } from '../qapi/ids.ts';
 import { BlockNode } from './node.ts';
 import { generateNodeName } from './surgery/node-names.ts';
-import { attachEdge, detachEdge, type ChildEdge, type Parent } from './edge.ts';
+import { attachEdge, cowShared, detachEdge, type ChildEdge, type Parent } from './edge.ts';
 import { pino } from 'pino';
 import { ObjectRegistry } from '../objects/registry.ts';
 import { childPermission } from './perm.ts';
@@ -184,6 +184,9 @@ export class BlockGraph {
     if (p.passThrough) {
       edge.passThrough = true;
       if (parent instanceof BlockNode) edge.shared = parent.usersShare();
+    } else if (p.cow) {
+      edge.cow = true;
+      if (parent instanceof BlockNode) edge.shared = cowShared(parent.usersShare());
     }
     attachEdge(edge);
     if (parent instanceof BlockNode) parent.children.push(edge);
@@ -248,6 +251,7 @@ function childPerm(driver: Driver, readOnly: boolean, role: ChildRole, opts?: Op
     perm: { ...rule.perm, ...opts?.perm },
     shared: { ...rule.shared, ...opts?.shared },
     passThrough: rule.passThrough === true && !opts?.shared,
+    cow: rule.cow === true && !opts?.shared,
   };
 }
 

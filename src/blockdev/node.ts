@@ -9,7 +9,7 @@ import { BlockError, toBlockError } from '../util/errors.ts';
 import { COMPLETED, ReqFlag, DEFAULT_MAX_TRANSFER, type Extent, type Limits } from './request.ts';
 import { RangeLock } from './range-lock.ts';
 import { DetectZeroes, detectZeroesMode, isAllZero, type DetectZeroesMode } from './detect-zeroes.ts';
-import { cumulative, type ChildEdge, type Parent } from './edge.ts';
+import { checkNewShared, cowShared, cumulative, type ChildEdge, type Parent } from './edge.ts';
 import type { CommonOptions, Driver, DriverOps, Perm } from './driver.ts';
 import type { BlkdebugEvent } from './debug-events.ts';
 
@@ -104,6 +104,8 @@ export class BlockNode implements Parent {
   }
 
   describe(): string { return this.nodeName; }
+
+  permissionUser(): string { return `node '${this.nodeName}'`; }
 
   /** The file name QEMU would record for this node (bs->filename): the driver's, else the node name. */
   fileName(): string {
@@ -408,9 +410,17 @@ export class BlockNode implements Parent {
     const together = cumulative(users);
     this.ops.setPermissions?.(users.length ? together : undefined);
     for (const e of this.children) {
-      if (!e.passThrough) continue;
-      e.shared = { ...together.shared };
-      e.child.refreshPermissions();
+      if (e.passThrough) {
+        e.shared = { ...together.shared };
+        e.child.refreshPermissions();
+      } else if (e.cow) {
+        const shared = cowShared(together.shared);
+        if (shared.write === e.shared.write && shared.resize === e.shared.resize) continue;
+        // Sharing less may conflict with what the backing node's other users hold (refused, as in QEMU).
+        checkNewShared(e, shared);
+        e.shared = shared;
+        e.child.refreshPermissions();
+      }
     }
   }
 

@@ -26,5 +26,6 @@ export function defaultChildPerm(kind: DriverKind, role: string, readOnly: boole
   return {
     perm: { read: true, write: writes, resize: writes && owns },
     shared: { read: true, write: !storage, resize: !storage },
+    ...(owns && role === 'backing' ? { cow: true } : {}),
   };
 }

@@ -71,6 +71,9 @@ export abstract class BlockExport implements Parent {
 
   describe(): string { return `block device export '${this.id}'`; }
 
+  /** qsd's exports use a BlockBackend without a name. */
+  permissionUser(): string { return 'an unnamed block device'; }
+
   /** True once shutdown began (QEMU: !user_owned): new users are refused, query-block-exports shows shutting-down. */
   get shuttingDown(): boolean { return !this.userOwned; }
 

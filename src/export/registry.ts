@@ -47,7 +47,7 @@ export class BlockExports extends EventEmitter<{ deleted: [id: string] }> {
       throw new BlockError('EINVAL', `iothread "${options.iothread}" not found`);
     }
     // As QEMU's blk_insert_bs before the driver runs: the node's users must allow what an export uses.
-    const user = { describe: () => `block device export '${id}'` };
+    const user = { describe: () => `block device export '${id}'`, permissionUser: () => 'an unnamed block device' };
     checkPermissions(node, { parent: user, child: node, role: 'root', ...exportPermissions(writable, true) });
     const exp = driver.create({ type: driver.type, id, graph, node, writable, writethrough: options.writethrough === true }, options);
     this.byId.set(id, exp);

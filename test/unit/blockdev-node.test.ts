@@ -190,7 +190,7 @@ describe('BlockGraph', () => {
     graph.register(owner);
     await graph.add({ driver: 'null-co', 'node-name': 'base', size: 4096 });
     await graph.add({ driver: 'fmt', 'node-name': 'f1' });
-    await expect(graph.add({ driver: 'fmt', 'node-name': 'f2' })).rejects.toThrow(/Conflicts with use by f1 as 'file'/);
+    await expect(graph.add({ driver: 'fmt', 'node-name': 'f2' })).rejects.toThrow(/^Permission conflict on node 'base': permissions 'write, resize' are both required by node 'f1' \(uses node 'base' as 'file' child\) and unshared by node 'f2' \(uses node 'base' as 'file' child\)\.$/);
     await expect(graph.del('base')).rejects.toMatchObject({ code: 'EBUSY' });
   });
 });

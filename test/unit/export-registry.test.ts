@@ -130,14 +130,14 @@ describe('add', () => {
     expect(isBlockExport(graph.find('n0'))).toBe(false);
     const resizer = { describe: () => 'a resizer' };
     expect(() => graph.link(resizer, graph.find('n0'), 'x', { perm: { read: true, write: false, resize: true }, shared: { read: true, write: true, resize: true } }))
-      .toThrow(/block device export 'r'.*does not allow 'resize'/);
+      .toThrow("Permission conflict on node 'n0': permissions 'resize' are both required by a resizer (uses node 'n0' as 'x' child) and unshared by an unnamed block device (uses node 'n0' as 'root' child).");
   });
 
   it("refuses an export whose permissions conflict with the node's users, before its driver runs", () => {
     const owner = { describe: () => 'an exclusive user' };
     graph.link(owner, graph.find('n0'), 'file', { perm: { read: true, write: true, resize: false }, shared: { read: true, write: false, resize: false } });
     expect(() => exports.add(graph, opts({ id: 'e0', writable: true, tag: 'refuse' })))
-      .toThrow("Conflicts with use by an exclusive user as 'file', which does not allow 'write' on n0");
+      .toThrow("Permission conflict on node 'n0': permissions 'write' are both required by an unnamed block device (uses node 'n0' as 'root' child) and unshared by an exclusive user (uses node 'n0' as 'file' child).");
     expect(fake.calls).toEqual([]);
     expect(exports.list()).toEqual([]);
     expect(exports.add(graph, opts({ id: 'e1' })).writable).toBe(false);

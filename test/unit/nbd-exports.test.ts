@@ -58,7 +58,7 @@ describe('ExportRegistry.add', () => {
     // A user wanting to resize the node conflicts with the exports.
     const resizer = { describe: () => 'a resizer' };
     expect(() => graph.link(resizer, graph.find('n0'), 'x', { perm: { read: true, write: false, resize: true }, shared: { read: true, write: true, resize: true } }))
-      .toThrow(/block device export 'e0'.*does not allow 'resize'/);
+      .toThrow("Permission conflict on node 'n0': permissions 'resize' are both required by a resizer (uses node 'n0' as 'x' child) and unshared by an unnamed block device (uses node 'n0' as 'root' child).");
   });
 
   it('refuses an export whose write permission conflicts with an exclusive user', () => {

@@ -12,7 +12,7 @@
  * started again. Progress counts the whole length (as qsd does).
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
-import { ALL_PERM, READ_PERM } from '../edge.ts';
+import { READ_PERM } from '../edge.ts';
 import { replaceNode, setBacking } from '../surgery/replace.ts';
 import { removeFilter } from '../surgery/filter.ts';
 import { copyRuns } from '../filters/copy-on-read.ts';
@@ -21,6 +21,10 @@ import { backingDepth } from '../surgery/walk.ts';
 import type { BlockNode } from '../node.ts';
 
 const CHUNK = 512 * 1024;
+const NO_PERM = { read: false, write: false, resize: false };
+
+/** The next layer down (QEMU's bdrv_filter_or_cow_bs). */
+const below = (n: BlockNode): BlockNode | undefined => n.child('backing') ?? (n.isFilter ? n.primaryChild : undefined);
 
 export interface StreamJobOptions extends BlockJobOptions {
   top: BlockNode;
@@ -44,14 +48,30 @@ export class StreamJob extends BlockJob {
     super(o);
   }
 
+  /**
+   * Set-up that may still fail, before start: QEMU's edges of a stream job.
+   * `top` is its 'active node' (others may do anything but resize it); each
+   * layer streamed is an 'intermediate node' that others may only read, so a
+   * writable export of one refuses the job with qsd's permission conflict.
+   * The edges also mark the nodes as the job's (other jobs are refused on them).
+   */
+  setUp(): void {
+    const { top, base } = this.o;
+    this.useNode(top, 'active node', NO_PERM, { read: true, write: true, resize: false });
+    for (let n = below(top); n && n !== base; n = below(n)) this.useNode(n, 'intermediate node', NO_PERM, READ_PERM);
+  }
+
+  /** Undoes setUp after a failure before start. */
+  async tearDown(): Promise<void> {
+    await this.releaseNodes();
+  }
+
   protected async run(): Promise<void> {
     const { top, bottom } = this.o;
     // The base is top's own backing: nothing to copy, and no length is announced (qsd: len 0).
     if (bottom === top) return;
     const len = top.length();
     this.progressSetRemaining(len);
-    // Marks `top` as the job's (other jobs are refused on it) while letting everyone use it.
-    this.useNode(top, 'stream', READ_PERM, ALL_PERM);
     this.filter = await this.graph.add({
       driver: 'copy-on-read', file: top.nodeName,
       ...(this.o.filterNodeName ? { 'node-name': this.o.filterNodeName } : {}),

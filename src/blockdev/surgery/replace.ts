@@ -175,7 +175,7 @@ export async function setBacking(
       }
       if (old?.child !== backing) {
         if (backing) {
-          const perm = old ? { perm: { ...old.perm }, shared: { ...old.shared } } : { perm: { read: true, write: false, resize: false }, shared: { read: true, write: true, resize: true } };
+          const perm = old ? { perm: { ...old.perm }, shared: { ...old.shared }, cow: old.cow } : { perm: { read: true, write: false, resize: false }, shared: { read: true, write: true, resize: true }, cow: node.driver.kind === 'format' };
           graph.link(node, backing, 'backing', perm);
         }
         if (old) await graph.unlink(node, old);

@@ -138,7 +138,7 @@ function applyPermissions(plans: Plan[]): () => void {
         const after = defaultWrite(p.node, e.role, p.readOnly);
         saved.push({ edge: e, perm: { ...e.perm }, shared: { ...e.shared } });
         e.perm = { ...e.perm, ...after.perm };
-        if (!e.passThrough) e.shared = { ...e.shared, ...after.shared };
+        if (!e.passThrough && !e.cow) e.shared = { ...e.shared, ...after.shared };
       }
     }
     const touched = new Set<BlockNode>([...plans.map((p) => p.node), ...saved.map((s) => s.edge.child)]);

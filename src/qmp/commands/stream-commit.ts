@@ -121,6 +121,14 @@ export const streamCommitCommands: CommandDef[] = [
         backingFile: a['backing-file'], filterNodeName: a['filter-node-name'],
         onFinished: async () => { if (wasReadOnly && !top.isClosed) await setReadOnly(graph, top, true).catch(() => undefined); },
       }));
+      try {
+        job.setUp();
+      } catch (e) {
+        await job.tearDown().catch(() => undefined);
+        job.earlyFail();
+        if (wasReadOnly && !top.isClosed) await setReadOnly(graph, top, true).catch(() => undefined);
+        throw e;
+      }
       job.start();
       return {};
     },

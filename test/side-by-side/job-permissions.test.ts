@@ -1,0 +1,79 @@
+/**
+ * Permissions of jobs, side by side with qsd: with an export (writable or
+ * not) on a node of a backing chain or on a job's target, stream and
+ * backup are started with the same commands; the reply (qsd's "Permission conflict on node ..." text, or
+ * success) and, for a refusal, the job's status changes (created, null)
+ * equal qsd's. blockd started block-stream over a writably exported backing
+ * node, and its conflict texts were its own.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { join } from 'node:path';
+import { run } from '../helpers/tools.ts';
+import { startPair, BOTH, type Pair, type Side } from '../helpers/pair.ts';
+import { waitFor } from '../helpers/live.ts';
+import { QmpCommandError } from '../../src/qmp/client/qmp-client.ts';
+
+const SIZE = 4 * 1024 * 1024;
+
+function setup(d: string): void {
+  const img = (n: string) => join(d, n);
+  run('qemu-img', ['create', '-f', 'qcow2', img('base.qcow2'), String(SIZE)]);
+  run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 1M', img('base.qcow2')]);
+  run('qemu-img', ['create', '-f', 'qcow2', '-b', img('base.qcow2'), '-F', 'qcow2', img('mid.qcow2')]);
+  run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 1M 1M', img('mid.qcow2')]);
+  run('qemu-img', ['create', '-f', 'qcow2', '-b', img('mid.qcow2'), '-F', 'qcow2', img('top.qcow2')]);
+  run('qemu-img', ['create', '-f', 'qcow2', img('tgt.qcow2'), String(SIZE)]);
+}
+
+function chainArgs(d: string): string[] {
+  const img = (n: string) => join(d, n);
+  return [
+    '--blockdev', `driver=file,node-name=file_base,filename=${img('base.qcow2')}`,
+    '--blockdev', 'driver=qcow2,node-name=fmt_base,file=file_base',
+    '--blockdev', `driver=file,node-name=file_mid,filename=${img('mid.qcow2')}`,
+    '--blockdev', 'driver=qcow2,node-name=fmt_mid,file=file_mid,backing=fmt_base',
+    '--blockdev', `driver=file,node-name=file_top,filename=${img('top.qcow2')}`,
+    '--blockdev', 'driver=qcow2,node-name=fmt_top,file=file_top,backing=fmt_mid',
+    '--blockdev', `driver=file,node-name=file_tgt,filename=${img('tgt.qcow2')}`,
+    '--blockdev', 'driver=qcow2,node-name=fmt_tgt,file=file_tgt',
+  ];
+}
+
+interface Case { what: string; exported: string; writable: boolean; cmd: string; args: Record<string, unknown> }
+const CASES: Case[] = [
+  { what: 'block-stream of the whole chain, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-stream', args: { device: 'fmt_top' } },
+  { what: 'block-stream of the whole chain, the base exported read-only', exported: 'fmt_base', writable: false, cmd: 'block-stream', args: { device: 'fmt_top' } },
+  { what: 'block-stream down to the base, the middle layer exported writable', exported: 'fmt_mid', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
+  { what: 'block-stream down to the base, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
+  { what: 'blockdev-backup, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-backup', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
+  { what: 'blockdev-backup, the target exported read-only', exported: 'fmt_tgt', writable: false, cmd: 'blockdev-backup', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
+];
+
+/** The command's reply, and the job's status changes when it was refused; a started job is cancelled and waited for. */
+async function attempt(s: Side, c: Case): Promise<unknown> {
+  try {
+    await s.qmp.execute(c.cmd, { 'job-id': 'job0', ...c.args });
+  } catch (e) {
+    if (!(e instanceof QmpCommandError)) throw e;
+    const statuses = s.events.filter((ev) => ev.event === 'JOB_STATUS_CHANGE' && ev.data.id === 'job0').map((ev) => ev.data.status);
+    return { error: e.errorClass, desc: e.desc, statuses };
+  }
+  await s.qmp.execute('job-cancel', { id: 'job0' });
+  await waitFor(s.events, (ev) => ev.event === 'JOB_STATUS_CHANGE' && ev.data.id === 'job0' && ev.data.status === 'null');
+  return { return: {} };
+}
+
+let pair: Pair | undefined;
+afterEach(async () => { await pair?.stop(); pair = undefined; });
+
+describe('permissions of jobs, side by side with qsd', () => {
+  for (const c of CASES) {
+    it(`${c.what}: the same reply as qsd`, async () => {
+      pair = await startPair(setup, (d) => [...chainArgs(d),
+        '--export', `type=nbd,id=export1,node-name=${c.exported},name=export1,writable=${c.writable ? 'on' : 'off'}`]);
+      const out: Record<string, unknown> = {};
+      for (const who of BOTH) out[who] = await attempt(pair[who], c);
+      expect(out.blockd).toEqual(out.qsd);
+    });
+  }
+});
