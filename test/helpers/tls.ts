@@ -6,7 +6,7 @@
  * QEMU's tls-creds-x509 `dir` and libnbd's tls-certificates= want it
  * (ca-cert.pem, server-cert.pem/server-key.pem, client-cert.pem/client-key.pem).
  */
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { run } from './tools.ts';
@@ -22,6 +22,11 @@ export interface TlsFixture {
   wrongCa: string;
   /** A server of the other CA (clients of the right CA must not trust it). */
   otherServer: string;
+  /** A server dir whose certificate expired (our CA). */
+  expiredServer: string;
+  /** A server dir whose key is PKCS#8-encrypted with `keyPassword`. */
+  encryptedServer: string;
+  keyPassword: string;
   /** The distinguished names as QEMU's authz sees them (gnutls_x509_crt_get_dn: certificate order). */
   dn1: string;
   dn2: string;
@@ -73,6 +78,7 @@ export function makeTlsFixture(root: string): TlsFixture {
     server: join(root, 'server'), client1: join(root, 'client1'), client2: join(root, 'client2'), expired: join(root, 'expired'),
     wrongCa: join(root, 'wrong-ca'), otherServer: join(root, 'other-server'),
     dn1: 'C=GB,O=Example Org,CN=client1', dn2: 'C=GB,O=Example Org,CN=client2',
+    expiredServer: join(root, 'expired-server'), encryptedServer: join(root, 'encrypted-server'), keyPassword: 'hunter2',
     pskServer: join(root, 'psk-server'), pskAlice: join(root, 'psk-alice', 'keys.psk'), pskWrong: join(root, 'psk-wrong', 'keys.psk'),
   };
   issue(authority, f.server, 'server', serverLines);
@@ -81,6 +87,12 @@ export function makeTlsFixture(root: string): TlsFixture {
   issue(authority, f.expired, 'client', clientLines('expired', ['activation_date = "2020-01-01 00:00:00 UTC"', 'expiration_date = "2020-02-01 00:00:00 UTC"']));
   issue(other, f.wrongCa, 'client', clientLines('client1'));
   issue(other, f.otherServer, 'server', serverLines);
+  issue(authority, f.expiredServer, 'server', [...serverLines.filter((l) => !l.startsWith('expiration')),
+    'activation_date = "2020-01-01 00:00:00 UTC"', 'expiration_date = "2020-02-01 00:00:00 UTC"']);
+  issue(authority, f.encryptedServer, 'server', serverLines);
+  const plainKey = join(f.encryptedServer, 'server-key.pem');
+  run('certtool', ['--load-privkey', plainKey, '--to-p8', '--password', f.keyPassword, '--outfile', `${plainKey}.enc`]);
+  renameSync(`${plainKey}.enc`, plainKey);
   const alice = randomBytes(32).toString('hex');
   const bob = randomBytes(32).toString('hex');
   for (const d of [f.pskServer, join(root, 'psk-alice'), join(root, 'psk-wrong')]) mkdirSync(d, { recursive: true });

@@ -83,7 +83,9 @@ function loadX509(dir: string | undefined, isServer: boolean, sanityCheck: boole
     try {
       createSecureContext({ cert: m.cert, key: m.key, passphrase: m.passphrase });
     } catch (e) {
-      throw fail(`Cannot load certificate '${certPath}' & key '${keyPath}': ${(e as Error).message}`);
+      // An encrypted key that does not open: GnuTLS's words (OpenSSL's are "bad decrypt" and the like).
+      const why = m.key.includes('ENCRYPTED') ? 'Decryption has failed.' : (e as { reason?: string }).reason ?? (e as Error).message;
+      throw fail(`Cannot load certificate '${certPath}' & key '${keyPath}': ${why}`);
     }
   }
   if (crlPath) {
