@@ -8,6 +8,12 @@
  * job events; the errors for a target that cannot take compressed writes,
  * and for a zstd target (blockd has no zstd compressor: blockdev-backup
  * fails with a clear error, where qsd compresses).
+ *
+ * And the compress filter: NBD writes through driver=compress over a qcow2
+ * node store compressed clusters as on qsd (check, the same compressed
+ * extents and share), a write shorter than a cluster is refused (EINVAL)
+ * and one over an allocated cluster fails with EIO on both, and the open
+ * errors (a raw file under it: qsd's text; zstd for blockd: its reason).
  */
 import { describe, it, expect, afterAll, beforeAll } from 'vitest';
 import { writeFileSync, statSync } from 'node:fs';
@@ -44,6 +50,7 @@ beforeAll(async () => {
     run('qemu-img', ['create', '-q', '-f', 'qcow2', join(d, 'tgt.qcow2'), String(SIZE)]);
     run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compression_type=zstd', join(d, 'zstd.qcow2'), String(SIZE)]);
     writeFileSync(join(d, 'raw.img'), Buffer.alloc(SIZE));
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', join(d, 'cf.qcow2'), '4M']);
   }, (d) => [
     '--blockdev', `driver=raw,node-name=src,file.driver=file,file.filename=${join(d, 'src.img')}`,
     '--blockdev', `driver=qcow2,node-name=tgt,file.driver=file,file.filename=${join(d, 'tgt.qcow2')}`,
@@ -112,3 +119,77 @@ describe('compressed backup, side by side with qsd', () => {
     expect(b.error).toBe("GenericError: blockd cannot write compressed clusters of compression type 'zstd' (it has no zstd compressor; it only reads zstd clusters)");
   }, 60_000);
 });
+
+describe('the compress filter, side by side with qsd', () => {
+  const SCRIPT = `
+h = nbd.NBD()
+h.connect_uri(uri)
+data = bytearray()
+words = [b"block ", b"device ", b"storage ", b"cluster\\n", b"qcow2 ", b"the "]
+i = 7
+while len(data) < (1 << 20):
+    i = (i * 1103515245 + 12345) & 0x7fffffff
+    data += words[i % len(words)]
+data = bytes(data[:1 << 20])
+out = []
+def attempt(what, f):
+    try:
+        f(); out.append([what, "ok"])
+    except nbd.Error as e:
+        out.append([what, e.errno])
+for off in range(0, 1 << 20, 65536):
+    attempt("write", lambda: h.pwrite(data[off:off + 65536], off))
+attempt("short write", lambda: h.pwrite(b"hello", (2 << 20) + 100))
+attempt("overwrite", lambda: h.pwrite(b"x" * 65536, 0))
+attempt("read back", lambda: h.pread(65536, 65536) == data[65536:131072] or 1 / 0)
+h.flush()
+print(json.dumps(out))
+`;
+  it('writes compressed clusters as qsd', async () => {
+    const got: Record<string, unknown> = {};
+    for (const w of BOTH) {
+      const s = pair[w];
+      await s.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'cq', file: { driver: 'file', filename: join(s.dir, 'cf.qcow2') } });
+      await s.qmp.execute('blockdev-add', { driver: 'compress', 'node-name': 'cz', file: 'cq' });
+      await s.qmp.execute('block-export-add', { type: 'nbd', id: 'ec', 'node-name': 'cz', name: 'ec', writable: true });
+      const results = await s.py('ec', SCRIPT);
+      await s.qmp.execute('block-export-del', { id: 'ec' });
+      await waitFor(s.events, (e) => e.event === 'BLOCK_EXPORT_DELETED' && e.data.id === 'ec');
+      await s.qmp.execute('blockdev-del', { 'node-name': 'cz' });
+      await s.qmp.execute('blockdev-del', { 'node-name': 'cq' });
+      const img = join(s.dir, 'cf.qcow2');
+      const check = tryRun('qemu-img', ['check', img]);
+      const pct = /([\d.]+)% compressed clusters/.exec(check.stdout)?.[1];
+      const map = JSON.parse(run('qemu-img', ['map', '--output=json', img])) as { start: number; length: number; data: boolean; offset?: number }[];
+      got[w] = { results, check: check.status, pct, compressed: map.filter((m) => m.data && m.offset === undefined).map((m) => [m.start, m.length]), size: statSync(img).size };
+    }
+    if (process.env.SHOW_SIZES) console.log(JSON.stringify(got));
+    const q = got.qsd as { results: unknown[]; check: number; pct: string; compressed: number[][]; size: number };
+    const b = got.blockd as typeof q;
+    // A write shorter than the filter's 64 KiB cluster alignment is refused (EINVAL) on both.
+    expect(q.results.slice(-3)).toEqual([['short write', 'EINVAL'], ['overwrite', 'EIO'], ['read back', 'ok']]);
+    expect(q.check).toBe(0);
+    expect(Number(q.pct)).toBe(100);
+    expect(b.results).toEqual(q.results);
+    expect(b.check).toBe(0);
+    expect(b.pct).toBe(q.pct);
+    expect(b.compressed).toEqual(q.compressed);
+    expect(Math.abs(b.size - q.size) / q.size).toBeLessThan(0.05);
+  }, 60_000);
+
+  it("refuses a file that cannot take compressed writes as qsd; a zstd qcow2 with blockd's reason", async () => {
+    const r: Record<string, string> = {};
+    for (const w of BOTH) {
+      try {
+        await pair[w].qmp.execute('blockdev-add', { driver: 'compress', 'node-name': 'cr', file: 'rawt' });
+        r[w] = 'added';
+      } catch (e) {
+        r[w] = e instanceof QmpCommandError ? `${e.errorClass}: ${e.desc}` : String(e);
+      }
+    }
+    expect(r.qsd).toBe('GenericError: Compression is not supported for underlying format: raw');
+    expect(r.blockd).toBe(r.qsd);
+    await expect(pair.blockd.qmp.execute('blockdev-add', { driver: 'compress', 'node-name': 'cs', file: 'zstd' })).rejects.toThrow("compression type 'zstd'");
+  });
+});
+

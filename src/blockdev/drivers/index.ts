@@ -10,10 +10,12 @@ import { copyOnReadDriver } from '../filters/copy-on-read.ts';
 import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
 import { throttleDriver } from '../filters/throttle.ts';
 import { blkdebugDriver } from '../filters/blkdebug/index.ts';
+import { compressDriver } from '../filters/compress.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
   for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, copyBeforeWriteDriver]) graph.register(d);
   graph.register(copyOnReadDriver);
   graph.register(throttleDriver);
   graph.register(blkdebugDriver);
+  graph.register(compressDriver);
 }
