@@ -91,6 +91,9 @@ export class NbdClient {
 
   get connected(): boolean { return this.state === 'connected'; }
 
+  /** Requests accepted and not yet answered (multi-conn sends new ones to the least loaded connection). */
+  get load(): number { return this.inflight.size + this.waiting.length; }
+
   /** Sends a request (now, or once the connection allows) and settles when its last reply has arrived. */
   submit(s: NbdSubmit): Promise<void> {
     return this.enqueue(s).then(() => undefined);

@@ -8,11 +8,11 @@ import { BlockError } from '../../../util/errors.ts';
 import { ReqFlag, type Extent } from '../../request.ts';
 import type { DriverOps } from '../../driver.ts';
 import { Cmd, CmdFlag, MAX_PAYLOAD, TxFlag } from './protocol.ts';
-import type { NbdClient } from './client.ts';
+import type { NbdTransport } from './pool.ts';
 
 const roundDown = (n: number, a: number) => n - (n % a);
 
-export function nbdOps(client: NbdClient, writable: boolean): DriverOps {
+export function nbdOps(client: NbdTransport, writable: boolean): DriverOps {
   const info = client.info;
   const f = info.flags;
   // No advertised minimum: byte granularity when the size or block status needs it, else sectors (QEMU's rule).

@@ -15,6 +15,8 @@ export const BlockdevOptionsNbd: ObjectType = obj('BlockdevOptionsNbd', [
   opt('x-dirty-bitmap', 'str', 'a meta context name (qemu:dirty-bitmap:NAME, qemu:allocation-depth) whose block status is reported instead of base:allocation'),
   opt('reconnect-delay', 'uint32', 'on an unexpected disconnect, requests wait this many seconds for a reconnect before failing (default 0)'),
   opt('open-timeout', 'uint32', 'seconds to keep retrying the first connection (default 0: one attempt)'),
+  // Not in qsd 7.2: QEMU's multi-conn RFC. Used only when the server advertises NBD_FLAG_CAN_MULTI_CONN.
+  opt('multi-conn', 'uint32', 'open up to this many connections when the server advertises multi-conn (default 1, at most 16)'),
 ]);
 
 export interface NbdConfig {
@@ -25,6 +27,8 @@ export interface NbdConfig {
   xDirtyBitmap?: string;
   reconnectDelayMs: number;
   openTimeoutMs: number;
+  /** multi-conn: connections wanted when the server advertises it. */
+  multiConn: number;
   /** tls-creds (a client endpoint's) and the name the server's certificate must carry. */
   tls?: { creds: TlsCreds; hostname?: string };
 }
@@ -37,6 +41,7 @@ export function parseNbdOptions(o: Record<string, unknown>): NbdConfig {
     xDirtyBitmap: o['x-dirty-bitmap'] as string | undefined,
     reconnectDelayMs: Number(o['reconnect-delay'] ?? 0) * 1000,
     openTimeoutMs: Number(o['open-timeout'] ?? 0) * 1000,
+    multiConn: Number(o['multi-conn'] ?? 1),
   };
 }
 
