@@ -38,6 +38,10 @@ export const BlkdebugEventType = enm('BlkdebugEvent', [...BLKDEBUG_EVENTS]);
  *   (qcow2: before guest data is read or written, also in a data file);
  * - read_backing_aio, read_compressed, write_compressed: qcow2 on its file, before it reads from
  *   its backing node, reads a compressed cluster or writes one;
+ * - l2_load, refblock_load / l2_update, refblock_update_part: qcow2 on its file as its metadata
+ *   caches read a table in / write one back; cluster_alloc, cluster_alloc_bytes, cluster_free as it
+ *   allocates clusters (any: data, tables), bytes for a compressed cluster, or frees;
+ *   l2_update_compressed before it points an L2 entry at a compressed cluster;
  * - flush_to_os, flush_to_disk: BlockNode on a node's primary child when the node is flushed
  *   (flush_to_disk not with cache.no-flush);
  * - pwritev, pwritev_zero, pwritev_done and the pwritev_rmw_* events: BlockNode on the node
@@ -45,7 +49,9 @@ export const BlkdebugEventType = enm('BlkdebugEvent', [...BLKDEBUG_EVENTS]);
  * - cor_write: copy-on-read on its file child, before it writes copied data there.
  */
 export const RAISED_EVENTS: ReadonlySet<BlkdebugEvent> = new Set<BlkdebugEvent>([
-  'none', 'read_aio', 'write_aio', 'read_backing_aio', 'read_compressed', 'write_compressed', 'flush_to_os', 'flush_to_disk',
+  'none', 'read_aio', 'write_aio', 'read_backing_aio', 'read_compressed', 'write_compressed',
+  'l2_load', 'l2_update', 'l2_update_compressed', 'refblock_load', 'refblock_update_part',
+  'cluster_alloc', 'cluster_alloc_bytes', 'cluster_free', 'flush_to_os', 'flush_to_disk',
   'pwritev', 'pwritev_zero', 'pwritev_done',
   'pwritev_rmw_head', 'pwritev_rmw_after_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_tail',
   'cor_write',

@@ -232,3 +232,50 @@ print(json.dumps(out))
     expect(got.blockd).toEqual(got.qsd);
   }, 60_000);
 });
+
+describe('qcow2 metadata events over blkdebug, as QEMU\'s qcow2 raises them', () => {
+  const SCRIPT = `
+import json
+out = []
+def attempt(what, f):
+    try:
+        f(); out.append([what, "ok"])
+    except nbd.Error as e:
+        out.append([what, e.errno])
+h = nbd.NBD()
+h.set_request_structured_replies(False)
+h.connect_uri(uri)
+attempt("read (L2 table load)", lambda: h.pread(4096, 0))
+attempt("read again (cached)", lambda: h.pread(4096, 0))
+attempt("allocating write", lambda: h.pwrite(b"z" * 65536, 1 << 20))
+attempt("allocating write again", lambda: h.pwrite(b"z" * 65536, 1 << 20))
+attempt("flush (L2 write-back)", lambda: h.flush())
+attempt("flush again", lambda: h.flush())
+attempt("read written", lambda: h.pread(65536, 1 << 20) == b"z" * 65536 or 1 / 0)
+print(json.dumps(out))
+`;
+  it('l2_load, cluster_alloc and l2_update fail the same requests as on qsd', async () => {
+    const got: Record<string, unknown> = {};
+    for (const which of ['qsd', 'blockd'] as const) {
+      const dir = tempDir();
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'a.qcow2'), '4M']);
+      run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 7 0 64k', join(dir, 'a.qcow2')]);
+      const sock = join(dir, 'nbd.sock');
+      const rules = [
+        'file.inject-error.0.event=l2_load,file.inject-error.0.once=on,file.inject-error.0.errno=5',
+        'file.inject-error.1.event=cluster_alloc,file.inject-error.1.once=on,file.inject-error.1.errno=28',
+        'file.inject-error.2.event=l2_update,file.inject-error.2.once=on,file.inject-error.2.errno=1',
+      ].join(',');
+      const d = await startDaemon(which, [
+        '--blockdev', `driver=qcow2,node-name=fmt,file.driver=blkdebug,file.image.driver=file,file.image.filename=${join(dir, 'a.qcow2')},${rules}`,
+        '--nbd-server', `addr.type=unix,addr.path=${sock}`,
+        '--export', 'type=nbd,id=e,node-name=fmt,name=x,writable=on',
+      ], sock);
+      running.push(d);
+      got[which] = JSON.parse(await nbdshUri(`nbd+unix:///x?socket=${sock}`, SCRIPT));
+    }
+    if (process.env.SHOW_REPLIES) console.log(JSON.stringify(got));
+    expect((got.qsd as unknown[][]).filter((r) => r[1] !== 'ok').length).toBeGreaterThan(1);
+    expect(got.blockd).toEqual(got.qsd);
+  }, 60_000);
+});

@@ -7,6 +7,7 @@ import { BlockError } from '../../../util/errors.ts';
 import { RangeLock } from '../../range-lock.ts';
 import { ReqFlag, type Extent } from '../../request.ts';
 import type { BlockNode } from '../../node.ts';
+import type { BlkdebugEvent } from '../../debug-events.ts';
 import { MetaCache } from './cache.ts';
 import { decompressCluster } from './compress.ts';
 import { HeaderField, Incompat, type Qcow2Header } from './header.ts';
@@ -130,8 +131,15 @@ export abstract class Qcow2Base {
       barrier: () => this.barrier(),
     };
     const slice = settings.l2SliceSize;
-    this.l2Cache = new MetaCache('l2', slice, Math.max(2, Math.floor(settings.l2CacheBytes / slice)), io);
-    const rcCache = new MetaCache('refcount', this.cs, Math.max(4, Math.floor(settings.refcountCacheBytes / this.cs)), io);
+    // QEMU's qcow2 cache raises l2_load / refblock_load as it reads a table in and l2_update /
+    // refblock_update_part as it writes one back (blkdebug listens on the file).
+    const cacheIo = (load: BlkdebugEvent, update: BlkdebugEvent) => ({
+      read: (o: number, b: Buffer) => { file.debugEvent(load); return this.readMeta(o, b); },
+      write: (o: number, b: Buffer) => { file.debugEvent(update); return this.writeMeta(o, b); },
+      barrier: io.barrier,
+    });
+    this.l2Cache = new MetaCache('l2', slice, Math.max(2, Math.floor(settings.l2CacheBytes / slice)), cacheIo('l2_load', 'l2_update'));
+    const rcCache = new MetaCache('refcount', this.cs, Math.max(4, Math.floor(settings.refcountCacheBytes / this.cs)), cacheIo('refblock_load', 'refblock_update_part'));
     this.refcounts = new Refcounts({
       clusterSize: this.cs,
       clusterBits: this.clusterBits,
@@ -142,6 +150,7 @@ export abstract class Qcow2Base {
       corrupt: (m) => this.signalCorruption(m),
       onFreed: (o, l) => this.onFreed(o, l),
       checkAllocation: (o, l) => this.checkOverlap(o, l, 'allocation'),
+      debugEvent: (e) => file.debugEvent(e),
     }, h.refcountOrder, rcCache);
   }
 

@@ -99,6 +99,7 @@ export class Qcow2Image extends Qcow2Base {
         if (e.type === 'compressed' || e.host !== 0) throw new BlockError('EIO', 'Input/output error');
         await this.markDirtyForLazy();
         const host = await this.meta.run(async () => {
+          this.file.debugEvent('cluster_alloc_bytes');
           const r = await allocBytes(allocator, this.freeByteOffset, out.length);
           this.freeByteOffset = r.next;
           return r.offset;
@@ -111,6 +112,7 @@ export class Qcow2Image extends Qcow2Base {
           // The refcounts of the bytes reach the disk before the entry that uses them.
           if (!this.settings.lazyRefcounts) await this.l2Cache.setDependency(this.refcounts.cache);
           this.l2Cache.needsBarrier = true;
+          this.file.debugEvent('l2_update_compressed');
           await this.setEntry(c, ent.hi, ent.lo, 0, 0);
         });
         this.lastCompressed = undefined;
@@ -410,6 +412,7 @@ export class Qcow2Image extends Qcow2Base {
 
   /** Decrements refcounts; anything that may still point at the clusters is written first. */
   async free(offset: number, n: number, reason: FreeReason): Promise<void> {
+    this.file.debugEvent('cluster_free');
     await this.refcounts.cache.setDependency(this.l2Cache);
     this.freeReason = reason;
     await this.refcounts.update(offset / this.cs, n, -1);

@@ -10,6 +10,7 @@ import { BlockError } from '../../../util/errors.ts';
 import { MetaCache } from './cache.ts';
 import { entryOffset } from './l2.ts';
 import { HeaderField } from './header.ts';
+import type { BlkdebugEvent } from '../../debug-events.ts';
 
 export interface RefcountHost {
   readonly clusterSize: number;
@@ -26,6 +27,8 @@ export interface RefcountHost {
   onFreed?(offset: number, length: number): Promise<void>;
   /** Refuses allocations over known metadata (QEMU's overlap check). */
   checkAllocation?(offset: number, length: number): void;
+  /** QEMU's BLKDBG_EVENT on the image file (cluster_alloc). */
+  debugEvent?(event: BlkdebugEvent): void;
 }
 
 export function refcountMax(bits: number): number {
@@ -147,6 +150,7 @@ export class Refcounts {
 
   /** Allocates `n` contiguous clusters (refcount 1 each); returns the host offset. */
   async alloc(n: number): Promise<number> {
+    this.host.debugEvent?.('cluster_alloc');
     const cs = this.host.clusterSize;
     let start = this.freeHint;
     for (let attempts = 0; ; attempts++) {
