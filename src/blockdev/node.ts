@@ -15,7 +15,11 @@ import type { BlkdebugEvent } from './debug-events.ts';
 
 export interface NodeStats {
   rdBytes: number; wrBytes: number; rdOps: number; wrOps: number;
-  zeroOps: number; discardOps: number; flushOps: number; failedOps: number;
+  zeroOps: number; zeroBytes: number; discardOps: number; discardBytes: number; flushOps: number;
+  /** Failures of any kind, and by kind (QEMU's failed_*_operations). */
+  failedOps: number; failedRd: number; failedWr: number; failedUnmap: number; failedFlush: number;
+  /** End of the highest write, write-zeroes or effective discard (QEMU's wr_highest_offset). */
+  wrHighestOffset: number;
 }
 
 /** Called after a write, write-zeroes or discard has changed [offset, offset+length). */
@@ -38,7 +42,14 @@ export class BlockNode implements Parent {
   readonly children: ChildEdge[] = [];
   readonly parents: ChildEdge[] = [];
   readonly writeObservers = new Set<WriteObserver>();
-  readonly stats: NodeStats = { rdBytes: 0, wrBytes: 0, rdOps: 0, wrOps: 0, zeroOps: 0, discardOps: 0, flushOps: 0, failedOps: 0 };
+  /** block-set-write-threshold's offset, 0 when none (write-threshold.ts). */
+  writeThreshold = 0;
+  /** Told once when a write-type request ends past writeThreshold, before the request runs (QEMU's prepare step). */
+  onWriteThreshold?: (end: number) => void;
+  readonly stats: NodeStats = {
+    rdBytes: 0, wrBytes: 0, rdOps: 0, wrOps: 0, zeroOps: 0, zeroBytes: 0, discardOps: 0, discardBytes: 0, flushOps: 0,
+    failedOps: 0, failedRd: 0, failedWr: 0, failedUnmap: 0, failedFlush: 0, wrHighestOffset: 0,
+  };
   ops: DriverOps = {};
   limits: Limits = { alignment: 1, maxTransfer: DEFAULT_MAX_TRANSFER, canFua: false, canZero: false, canTrim: false };
   private inflight = 0;
@@ -194,6 +205,7 @@ export class BlockNode implements Parent {
   }
 
   write(offset: number, buf: Buffer, flags = 0): Promise<void> {
+    if (this.writeThreshold > 0) this.checkThreshold(offset + buf.length);
     // As for reads, but only on nodes without an alignment: elsewhere even an
     // aligned write must take the read-modify-write lock.
     const write = this.ops.write;
@@ -279,6 +291,7 @@ export class BlockNode implements Parent {
       throw new BlockError('ENOTSUP', `Cannot zero a misaligned range of node '${this.nodeName}' fast`);
     }
     if (length === 0) return;
+    if (this.writeThreshold > 0) this.checkThreshold(offset + length);
     await this.enter();
     try {
       const start = roundUp(offset, a);
@@ -292,6 +305,7 @@ export class BlockNode implements Parent {
       if (offset + length > end && end >= start) await this.zeroWrite(end, offset + length - end, flags);
       if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
       this.stats.zeroOps++;
+      this.stats.zeroBytes += length;
       this.notify(offset, length);
     } catch (e) {
       throw this.fail(e, 'write-zeroes');
@@ -333,6 +347,8 @@ export class BlockNode implements Parent {
     this.checkWritable();
     this.checkRange(offset, length);
     if (length === 0) return;
+    // A discard the node ignores (QEMU: no BDRV_O_UNMAP) never reaches the threshold check.
+    if (this.writeThreshold > 0 && this.options.discard === 'unmap') this.checkThreshold(offset + length);
     await this.enter();
     try {
       const a = this.limits.alignment;
@@ -344,7 +360,9 @@ export class BlockNode implements Parent {
         else if (this.isFilter && this.primaryChild) await this.primaryChild.discard(start, end - start);
       }
       this.stats.discardOps++;
-      this.notify(offset, length);
+      this.stats.discardBytes += length;
+      // A discard the node ignores (QEMU: no BDRV_O_UNMAP) is no write: it moves no highest offset.
+      this.notify(offset, length, this.options.discard === 'unmap');
     } catch (e) {
       throw this.fail(e, 'discard');
     } finally {
@@ -543,10 +561,23 @@ export class BlockNode implements Parent {
 
   private fail(e: unknown, what: string): BlockError {
     this.stats.failedOps++;
+    if (what === 'read') this.stats.failedRd++;
+    else if (what === 'write' || what === 'write-zeroes') this.stats.failedWr++;
+    else if (what === 'discard') this.stats.failedUnmap++;
+    else if (what === 'flush') this.stats.failedFlush++;
     return toBlockError(e, `${this.nodeName}: ${what}`);
   }
 
-  private notify(offset: number, length: number): void {
+  private checkThreshold(end: number): void {
+    const t = this.writeThreshold;
+    if (end <= t) return;
+    // One shot, as QEMU: the threshold is disabled before anyone is told.
+    this.writeThreshold = 0;
+    this.onWriteThreshold?.(end);
+  }
+
+  private notify(offset: number, length: number, write = true): void {
+    if (write && offset + length > this.stats.wrHighestOffset) this.stats.wrHighestOffset = offset + length;
     for (const o of this.writeObservers) o(offset, length);
   }
 

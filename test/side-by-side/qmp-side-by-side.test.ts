@@ -221,7 +221,7 @@ function canon(schema: Schema, name: string): unknown {
 /** Commands whose types are, on purpose, a subset of qsd's (fewer drivers, export types, object types; format-specific untyped). */
 const SCHEMA_SUBSETS = new Set([
   'blockdev-add', 'blockdev-reopen', 'blockdev-create', 'block-export-add', 'query-block-exports', 'object-add',
-  'query-qmp-schema', 'query-named-block-nodes',
+  'query-qmp-schema', 'query-named-block-nodes', 'query-block', 'x-blockdev-amend', 'query-blockstats',
 ]);
 
 async function schemaOf(path: string): Promise<Schema> {

@@ -32,15 +32,8 @@ import type { CreateContext, ImageCreator } from './types.ts';
 import { QCRYPTO_LUKS_CREATE_MEMBERS, luksCreateOptions, type LuksCreateMembers } from './luks-options.ts';
 import { createLuks1, luks1HeaderSize, type Luks1CreateOptions } from '../../crypto/luks1-create.ts';
 import { lookupPassword } from '../drivers/luks/index.ts';
+import { QSD_BLOCKDEV_DRIVERS } from '../../qapi/block-drivers.ts';
 
-/** qemu-storage-daemon 7.2's BlockdevDriver values (what 'backing-fmt' accepts). */
-const QSD_BLOCKDEV_DRIVERS: readonly string[] = [
-  'blkdebug', 'blklogwrites', 'blkreplay', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
-  'copy-on-read', 'dmg', 'file', 'snapshot-access', 'ftp', 'ftps', 'gluster', 'host_cdrom', 'host_device',
-  'http', 'https', 'iscsi', 'luks', 'nbd', 'nfs', 'null-aio', 'null-co', 'nvme', 'parallels', 'preallocate',
-  'qcow', 'qcow2', 'qed', 'quorum', 'raw', 'rbd', 'replication', 'ssh', 'throttle', 'vdi', 'vhdx', 'vmdk',
-  'vpc', 'vvfat',
-];
 
 /**
  * Inline node definitions in 'file' / 'data-file' are checked against the

@@ -213,7 +213,7 @@ export function blockDeviceInfo(node: BlockNode, flat: boolean): Record<string, 
     bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0,
     image,
     cache: { writeback: true, direct: cache.direct === true, 'no-flush': cache['no-flush'] === true },
-    write_threshold: 0,
+    write_threshold: node.writeThreshold,
   };
   // The live backing node's filename (QEMU's bdrv_cow_bs), whatever the header says.
   const backing = node.isFilter ? undefined : node.child('backing');

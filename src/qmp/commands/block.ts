@@ -37,7 +37,7 @@ const THROTTLE_MAX = ['bps_max', 'bps_rd_max', 'bps_wr_max', 'iops_max', 'iops_r
 
 const BlockdevCacheInfo = obj('BlockdevCacheInfo', [req('writeback', 'bool'), req('direct', 'bool'), req('no-flush', 'bool')]);
 
-const BlockDeviceInfo = obj('BlockDeviceInfo', [
+export const BlockDeviceInfo = obj('BlockDeviceInfo', [
   req('file', 'str'), opt('node-name', 'str'), req('ro', 'bool'), req('drv', 'str'), opt('backing_file', 'str'),
   req('backing_file_depth', 'int'), req('encrypted', 'bool'), req('detect_zeroes', BlockdevDetectZeroesOptions),
   req('bps', 'int'), req('bps_rd', 'int'), req('bps_wr', 'int'), req('iops', 'int'), req('iops_rd', 'int'), req('iops_wr', 'int'),

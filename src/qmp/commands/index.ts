@@ -18,13 +18,15 @@ import { snapshotInternalCommands } from './snapshots-internal.ts';
 import { snapshotExternalCommands } from './snapshots-external.ts';
 import { streamCommitCommands } from './stream-commit.ts';
 import { transactionCommand } from './transaction.ts';
+import { statsCommands, statsEvents } from './stats.ts';
 
-export const allEvents: EventDef[] = [...jobEvents, ...exportEvents];
+export const allEvents: EventDef[] = [...jobEvents, ...exportEvents, ...statsEvents];
 
 /** The table for a daemon serving the export types in `exportDrivers` (block-export-add's types come from it). */
 export function commandTable(exportDrivers: ExportDriverTable): CommandTable {
   const commands = [
     ...blockCommands,
+    ...statsCommands,
     ...bitmapCommands,
     ...snapshotInternalCommands,
     ...jobCommands,

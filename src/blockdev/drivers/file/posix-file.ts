@@ -93,6 +93,7 @@ export class PosixFile {
       close: () => this.close(),
       limits: { alignment: this.alignment, canFua: true, canZero: this.writable, canTrim: true },
       info: () => this.info(),
+      blockStats: () => ({ 'discard-nb-ok': this.discardStats.ok, 'discard-nb-failed': this.discardStats.failed, 'discard-bytes-ok': this.discardStats.bytesOk }),
       filename: () => this.filename,
       setPermissions: (users) => this.setPermissions(users),
       prepareReopen: (_options, readOnly) => this.prepareReopen(readOnly),
@@ -271,8 +272,18 @@ export class PosixFile {
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
     // Discard is advisory: with discard=ignore, or where holes cannot be punched, it does nothing.
-    if (this.unmap) await this.punch(offset, length);
+    if (!this.unmap) return;
+    // QEMU's raw_account_discard: a discard the file system cannot do (ENOTSUP) counts as failed.
+    let ok = false;
+    try {
+      ok = await this.punch(offset, length);
+    } finally {
+      if (ok) { this.discardStats.ok++; this.discardStats.bytesOk += length; } else this.discardStats.failed++;
+    }
   }
+
+  /** BlockStatsSpecificFile (query-blockstats' driver-specific member). */
+  readonly discardStats = { ok: 0, failed: 0, bytesOk: 0 };
 
   /** Punches a hole; false if the file system cannot. */
   private async punch(offset: number, length: number): Promise<boolean> {
