@@ -142,3 +142,36 @@ describe('driver=nbd with real clients', () => {
     });
   }
 });
+
+describe('driver=nbd x-dirty-bitmap as qsd', () => {
+  it("a node on a dirty bitmap context reports its extents as base:allocation, the same through blockd and qsd", async () => {
+    const dir = tempDir('blockd-nbdc-');
+    const img = join(dir, 'src.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', img, '8M']);
+    run('qemu-io', ['-c', 'write -P 1 0 2M', img]);
+    const srvSock = join(dir, 'srv.sock');
+    const server = await daemon('qsd', dir, [
+      '--blockdev', `driver=file,node-name=f,filename=${img}`, '--blockdev', 'driver=qcow2,node-name=d,file=f',
+      '--nbd-server', `addr.type=unix,addr.path=${srvSock}`,
+    ]);
+    await server.qmp.execute('block-dirty-bitmap-add', { node: 'd', name: 'b0' });
+    await server.qmp.execute('block-export-add', { type: 'nbd', id: 'w', 'node-name': 'd', name: 'w', writable: true });
+    run('qemu-io', ['-f', 'raw', '-c', 'write -P 2 1M 512k', '-c', 'write -P 3 5M 64k', `nbd+unix:///w?socket=${srvSock}`]);
+    await server.qmp.execute('block-dirty-bitmap-disable', { node: 'd', name: 'b0' });
+    await server.qmp.execute('block-export-add', { type: 'nbd', id: 'r', 'node-name': 'd', name: 'r', bitmaps: ['b0'], 'allocation-depth': true });
+    const maps: Record<Who, unknown> = { qsd: undefined, blockd: undefined };
+    for (const who of BOTH) {
+      const frontSock = join(dir, `${who}-front.sock`);
+      const d = await daemon(who, dir, ['--nbd-server', `addr.type=unix,addr.path=${frontSock}`]);
+      for (const [name, ctx] of [['bm', 'qemu:dirty-bitmap:b0'], ['depth', 'qemu:allocation-depth']]) {
+        await d.qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': name, server: { type: 'unix', path: srvSock }, export: 'r', 'x-dirty-bitmap': ctx, 'read-only': true });
+        await d.qmp.execute('block-export-add', { type: 'nbd', id: name, 'node-name': name, name });
+      }
+      maps[who] = ['bm', 'depth'].map((n) => JSON.parse(run('nbdinfo', ['--map', '--json', `nbd+unix:///${n}?socket=${frontSock}`])));
+    }
+    expect(maps.blockd).toEqual(maps.qsd);
+    // The dirty runs (bit 0: "hole" to a base:allocation reader) are the two writes made after the bitmap was added.
+    const bm = (maps.qsd as { offset: number; length: number; type: number }[][])[0]!;
+    expect(bm.filter((e) => e.type & 1).map((e) => [e.offset, e.length])).toEqual([[1 << 20, 512 << 10], [5 << 20, 64 << 10]]);
+  });
+});
