@@ -34,6 +34,8 @@ export interface TlsFixture {
   pskServer: string;
   pskAlice: string;
   pskWrong: string;
+  /** A client keys file for the default username, "qemu". */
+  pskDefault: string;
 }
 
 const KEY = ['--generate-privkey', '--key-type=ecdsa', '--curve=secp256r1'];
@@ -79,7 +81,7 @@ export function makeTlsFixture(root: string): TlsFixture {
     wrongCa: join(root, 'wrong-ca'), otherServer: join(root, 'other-server'),
     dn1: 'C=GB,O=Example Org,CN=client1', dn2: 'C=GB,O=Example Org,CN=client2',
     expiredServer: join(root, 'expired-server'), encryptedServer: join(root, 'encrypted-server'), keyPassword: 'hunter2',
-    pskServer: join(root, 'psk-server'), pskAlice: join(root, 'psk-alice', 'keys.psk'), pskWrong: join(root, 'psk-wrong', 'keys.psk'),
+    pskServer: join(root, 'psk-server'), pskAlice: join(root, 'psk-alice', 'keys.psk'), pskWrong: join(root, 'psk-wrong', 'keys.psk'), pskDefault: join(root, 'psk-qemu', 'keys.psk'),
   };
   issue(authority, f.server, 'server', serverLines);
   issue(authority, f.client1, 'client', clientLines('client1'));
@@ -95,7 +97,8 @@ export function makeTlsFixture(root: string): TlsFixture {
   renameSync(`${plainKey}.enc`, plainKey);
   const alice = randomBytes(32).toString('hex');
   const bob = randomBytes(32).toString('hex');
-  for (const d of [f.pskServer, join(root, 'psk-alice'), join(root, 'psk-wrong')]) mkdirSync(d, { recursive: true });
+  for (const d of [f.pskServer, join(root, 'psk-alice'), join(root, 'psk-wrong'), join(root, 'psk-qemu')]) mkdirSync(d, { recursive: true });
+  writeFileSync(f.pskDefault, `qemu:${randomBytes(32).toString('hex')}\n`);
   writeFileSync(join(f.pskServer, 'keys.psk'), `alice:${alice}\nbob:${bob}\n`);
   writeFileSync(f.pskAlice, `alice:${alice}\n`);
   writeFileSync(f.pskWrong, `alice:${randomBytes(32).toString('hex')}\n`);

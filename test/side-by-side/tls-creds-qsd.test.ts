@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { BLOCKD, tempDir } from '../helpers/daemons.ts';
 import { qmpDaemon } from '../helpers/live.ts';
 import { getPort } from '../helpers/port.ts';
@@ -61,6 +61,34 @@ describe('TLS credentials objects, side by side with qsd', () => {
       expect(b, args.join(' ')).toEqual(q);
       expect(q.status, args.join(' ')).toBe(1);
     }
+  });
+
+  it('qom-get of the credentials and authz objects\' properties is qsd\'s', async () => {
+    const got: Record<string, unknown>[] = [];
+    for (const who of BOTH) {
+      const dir = join(root, `qom-${who}`);
+      mkdirSync(dir);
+      const d = await qmpDaemon(who, dir, [
+        '--object', `tls-creds-x509,id=x,endpoint=server,dir=${fx.server},verify-peer=off,priority=NORMAL`,
+        '--object', `tls-creds-x509,id=xc,dir=${fx.client1},sanity-check=off`,
+        '--object', `tls-creds-psk,id=p,endpoint=client,dir=${fx.pskServer},username=alice`,
+        '--object', `tls-creds-psk,id=pq,endpoint=client,dir=${dirname(fx.pskDefault)}`,
+        '--object', 'tls-creds-anon,id=a,endpoint=server',
+        '--object', 'authz-simple,id=s,identity=alice',
+        '--object', 'authz-list,id=l,policy=allow,rules.0.match=bob,rules.0.policy=deny,rules.0.format=glob']);
+      stops.push(async () => { d.qmp.close(); await d.proc.stop(); });
+      const values: Record<string, unknown> = {};
+      for (const [id, props] of [['x', ['endpoint', 'verify-peer', 'dir', 'priority', 'sanity-check', 'passwordid']],
+        ['xc', ['endpoint', 'verify-peer', 'sanity-check']], ['p', ['username', 'endpoint']], ['pq', ['username']],
+        ['a', ['endpoint', 'dir', 'priority']], ['s', ['identity']], ['l', ['policy', 'rules']]] as [string, string[]][]) {
+        for (const prop of props) {
+          values[`${id}.${prop}`] = await d.qmp.execute('qom-get', { path: `/objects/${id}`, property: prop }).catch((e: Error) => e.message);
+        }
+      }
+      got.push(values);
+    }
+    expect(got[1]).toEqual(got[0]);
+    expect(got[0]).toMatchObject({ 'x.endpoint': 'server', 'x.verify-peer': false, 'x.priority': 'NORMAL', 'p.username': 'alice', 'pq.username': '', 's.identity': 'alice' });
   });
 
   it('an encrypted key with passwordid serves clients', async () => {

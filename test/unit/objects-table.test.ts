@@ -93,8 +93,9 @@ describe('object registry', () => {
 
   it('the object-add schema is built from the table: one variant per type, in table order', () => {
     expect(ObjectTypeEnum.values).toEqual(OBJECT_TYPES.map((t) => t.qomType));
-    expect(ObjectTypeEnum.values).toEqual(['iothread', 'secret', 'throttle-group']);
-    expect(Object.keys(ObjectOptions.union!.variants)).toEqual(['iothread', 'secret', 'throttle-group']);
+    const all = ['authz-list', 'authz-list-file', 'authz-simple', 'iothread', 'secret', 'throttle-group', 'tls-creds-anon', 'tls-creds-psk', 'tls-creds-x509'];
+    expect(ObjectTypeEnum.values).toEqual(all);
+    expect(Object.keys(ObjectOptions.union!.variants)).toEqual(all);
     const { options } = objectOptionsType([groupType([]), secretType]);
     expect(fromJson(options, { 'qom-type': 'fake-group', id: 'g', limit: 3 })).toEqual({ 'qom-type': 'fake-group', id: 'g', limit: 3 });
     expect(() => fromJson(options, { 'qom-type': 'iothread', id: 'g' })).toThrow(/qom-type/);

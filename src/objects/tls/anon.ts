@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { obj } from '../../qapi/types.ts';
 import type { ObjectTypeDef } from '../object-type.ts';
-import { LOADED_MEMBER, TLS_CREDS_MEMBERS, baseOf, credsPath, type TlsCreds } from './creds.ts';
+import { LOADED_MEMBER, TLS_CREDS_MEMBERS, baseOf, baseProperty, credsPath, type TlsCreds } from './creds.ts';
 
 const TlsCredsAnonProperties = obj('TlsCredsAnonProperties', [...TLS_CREDS_MEMBERS, LOADED_MEMBER]);
 
@@ -20,12 +20,5 @@ export const tlsCredsAnonType: ObjectTypeDef<TlsCreds> = {
     const dh = base.endpoint === 'server' ? credsPath(base.dir, 'dh-params.pem', false) : undefined;
     return { type: 'tls-creds-anon', ...base, dhparam: dh ? readFileSync(dh) : undefined };
   },
-  getProperty(c, name) {
-    if (name === 'endpoint') return { value: c.endpoint };
-    if (name === 'dir') return { value: c.dir ?? '' };
-    if (name === 'priority') return { value: c.priority ?? '' };
-    if (name === 'verify-peer') return { value: c.verifyPeer };
-    if (name === 'loaded') return { value: true };
-    return undefined;
-  },
+  getProperty: baseProperty,
 };

@@ -48,6 +48,21 @@ export interface TlsCreds {
   readonly psk?: { file: string; username?: string; key?: Buffer };
   /** anon: a dh-params.pem from dir, if there is one. */
   readonly dhparam?: Buffer;
+  /** x509's own options, for qom-get. */
+  readonly sanityCheck?: boolean;
+  readonly passwordid?: string;
+}
+
+/** qom-get of the members every tls-creds type has (QEMU's tlscreds.c properties). */
+export function baseProperty(c: TlsCreds, name: string): { value: unknown } | undefined {
+  switch (name) {
+    case 'endpoint': return { value: c.endpoint };
+    case 'verify-peer': return { value: c.verifyPeer };
+    case 'dir': return { value: c.dir ?? '' };
+    case 'priority': return { value: c.priority ?? '' };
+    case 'loaded': return { value: true };
+    default: return undefined;
+  }
 }
 
 export const TLS_CREDS_TYPES: readonly TlsCredsType[] = ['tls-creds-anon', 'tls-creds-psk', 'tls-creds-x509'];

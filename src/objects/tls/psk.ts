@@ -11,7 +11,7 @@ import { BlockError } from '../../util/errors.ts';
 import { errorText } from '../../platform/native.ts';
 import { obj, opt } from '../../qapi/types.ts';
 import type { ObjectTypeDef } from '../object-type.ts';
-import { LOADED_MEMBER, TLS_CREDS_MEMBERS, baseOf, credsPath, type TlsCreds } from './creds.ts';
+import { LOADED_MEMBER, TLS_CREDS_MEMBERS, baseOf, baseProperty, credsPath, type TlsCreds } from './creds.ts';
 
 const TlsCredsPskProperties = obj('TlsCredsPskProperties', [
   ...TLS_CREDS_MEMBERS,
@@ -40,13 +40,9 @@ export const tlsCredsPskType: ObjectTypeDef<TlsCreds> = {
     return { type: 'tls-creds-psk', ...base, psk: { file, username: user, key: hexKey(hex, file) } };
   },
   getProperty(c, name) {
+    // QEMU reads back an empty string when the default "qemu" is used.
     if (name === 'username') return { value: c.endpoint === 'client' && c.psk?.username !== 'qemu' ? c.psk?.username ?? '' : '' };
-    if (name === 'endpoint') return { value: c.endpoint };
-    if (name === 'dir') return { value: c.dir ?? '' };
-    if (name === 'priority') return { value: c.priority ?? '' };
-    if (name === 'verify-peer') return { value: c.verifyPeer };
-    if (name === 'loaded') return { value: true };
-    return undefined;
+    return baseProperty(c, name);
   },
 };
 

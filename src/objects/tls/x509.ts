@@ -18,7 +18,7 @@ import { errorText } from '../../platform/native.ts';
 import { obj, opt } from '../../qapi/types.ts';
 import type { ObjectTypeDef } from '../object-type.ts';
 import type { ObjectLookup } from '../lookup.ts';
-import { LOADED_MEMBER, TLS_CREDS_MEMBERS, baseOf, credsPath, type TlsCreds, type X509Material } from './creds.ts';
+import { LOADED_MEMBER, TLS_CREDS_MEMBERS, baseOf, baseProperty, credsPath, type TlsCreds, type X509Material } from './creds.ts';
 
 const TlsCredsX509Properties = obj('TlsCredsX509Properties', [
   ...TLS_CREDS_MEMBERS,
@@ -39,15 +39,12 @@ export const tlsCredsX509Type: ObjectTypeDef<TlsCreds> = {
   create(options, objects) {
     const base = baseOf(options);
     const x509 = loadX509(base.dir, base.endpoint === 'server', options['sanity-check'] !== false, options.passwordid as string | undefined, objects);
-    return { type: 'tls-creds-x509', ...base, x509 };
+    return { type: 'tls-creds-x509', ...base, x509, sanityCheck: options['sanity-check'] !== false, passwordid: options.passwordid as string | undefined };
   },
   getProperty(c, name) {
-    if (name === 'endpoint') return { value: c.endpoint };
-    if (name === 'verify-peer') return { value: c.verifyPeer };
-    if (name === 'dir') return { value: c.dir ?? '' };
-    if (name === 'priority') return { value: c.priority ?? '' };
-    if (name === 'loaded') return { value: true };
-    return undefined;
+    if (name === 'sanity-check') return { value: c.sanityCheck };
+    if (name === 'passwordid') return { value: c.passwordid ?? '' };
+    return baseProperty(c, name);
   },
 };
 
