@@ -110,6 +110,22 @@ describe('NBD over TLS: x509', () => {
     expect(await logged(up, 'authz check')).toContain(`TLS x509 authz check for ${fx.dn2} is denied`);
   });
 
+  it('authz-list-file: edited while the server runs, the next client sees the new rules', async () => {
+    const acl = join(tempDir('blockd-tls-acl-'), 'acl.json');
+    writeFileSync(acl, JSON.stringify({ policy: 'deny', rules: [{ match: fx.dn1, policy: 'allow' }] }));
+    const up = await blockd([x509(fx.server), `authz-list-file,id=az,filename=${acl}`], 'tls-creds=tls0,tls-authz=az');
+    expect(size(certUri(up.port, fx.client1)).status).toBe(0);
+    expect(size(certUri(up.port, fx.client2)).status).not.toBe(0);
+    writeFileSync(acl, JSON.stringify({ policy: 'deny', rules: [{ match: '*CN=client2', policy: 'allow', format: 'glob' }] }));
+    let ok = false;
+    for (let i = 0; i < 50 && !ok; i++) {
+      ok = size(certUri(up.port, fx.client2)).status === 0;
+      if (!ok) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(ok).toBe(true);
+    expect(size(certUri(up.port, fx.client1)).status).not.toBe(0);
+  });
+
   it('an unusable priority string: the server runs, every handshake fails, the log says why', async () => {
     const up = await blockd([x509(fx.server, ',priority=NORMAL:+BOGUS')], 'tls-creds=tls0');
     expect(await logged(up, 'every TLS handshake will fail')).toContain("Unable to set TLS session priority NORMAL:+BOGUS: unknown priority element '+BOGUS'");
