@@ -426,6 +426,17 @@ export class BlockNode implements Parent {
   refreshPermissions(arriving: readonly ChildEdge[] = []): void {
     const users = arriving.length ? [...this.parents, ...arriving] : this.parents;
     const together = cumulative(users);
+    // QEMU's bdrv_node_refresh_perm: requests are aligned up to the node's alignment, and without
+    // resize nothing may be written past the end, so writers of a node (e.g. a direct-I/O file)
+    // whose size in sectors is no multiple of its alignment are refused. The writers counted are
+    // the graph's users (exports, jobs): a node's own edges take their permissions when opened,
+    // where QEMU's follow what the users above need.
+    if (this.limits.alignment > 512 && !this.isClosed) {
+      const outer = cumulative([...users.filter((e) => !(e.parent instanceof BlockNode)), ...this.usersThrough()]);
+      if (outer.perm.write && !outer.perm.resize && (Math.ceil(this.length() / 512) * 512) % this.limits.alignment !== 0) {
+        throw new BlockError('EPERM', "Cannot get 'write' permission without 'resize': Image size is not a multiple of request alignment");
+      }
+    }
     this.ops.setPermissions?.(users.length ? together : undefined);
     for (const e of this.children) {
       if (e.passThrough) {
@@ -440,6 +451,17 @@ export class BlockNode implements Parent {
         e.child.refreshPermissions();
       }
     }
+  }
+
+  /** The graph's users (exports, jobs) of the nodes above that pass this node's requests through unchanged (raw's file). */
+  private usersThrough(): ChildEdge[] {
+    const out: ChildEdge[] = [];
+    for (const e of this.parents) {
+      if (!e.passThrough || !(e.parent instanceof BlockNode)) continue;
+      const p = e.parent;
+      out.push(...p.parents.filter((u) => !(u.parent instanceof BlockNode)), ...p.usersThrough());
+    }
+    return out;
   }
 
   /** What this node's users let others do: everything when it has none. */
