@@ -5,7 +5,8 @@
  *   files, QEMU's config-file syntax and its errors, the limit checks, QAPI
  *   errors of the rule structs) gives the same replies, and
  *   query-named-block-nodes names the nodes alike ("blkdebug:CONFIG:FILE",
- *   json: with flattened rules).
+ *   json: with flattened rules), and blockdev-reopen refuses changed or
+ *   dropped rules and limits by their flat keys as qsd.
  * - NBD: an injected error reaches libnbd with its errno (EIO, ENOSPC) and
  *   the connection goes on; a `once` rule fails one request (one rule for
  *   each of two connections); an error
@@ -19,7 +20,8 @@ import { describe, it, expect, afterAll, beforeAll } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemon, tempDir, type Running } from '../helpers/daemons.ts';
-import { nbdsh, run } from '../helpers/tools.ts';
+import { run } from '../helpers/tools.ts';
+import { nbdsh } from '../helpers/nbd.ts';
 import { RawQmpConnection } from '../../src/qmp/raw-connection.ts';
 
 const running: Running[] = [];
@@ -46,6 +48,8 @@ function script(dir: string): string[] {
   const add = (name: string, extra: string, image = img('a.img')) =>
     `{"execute":"blockdev-add","arguments":{"driver":"blkdebug","node-name":"${name}"${extra},"image":${image}}}`;
   const cfg = (n: string) => `,"config":"${join(dir, n)}"`;
+  const reopen = (name: string, extra: string) =>
+    `{"execute":"blockdev-reopen","arguments":{"options":[{"driver":"blkdebug","node-name":"${name}"${extra},"image":"f4"}]}}`;
   return [
     add('b0', ''),
     add('b1', cfg('good.cfg')),
@@ -70,6 +74,13 @@ function script(dir: string): string[] {
     '{"execute":"blockdev-del","arguments":{"node-name":"b3"}}',
     '{"execute":"blockdev-del","arguments":{"node-name":"e23"}}',
     '{"execute":"query-named-block-nodes","arguments":{"flat":true}}',
+    // blockdev-reopen: the same options pass; a rule changed or dropped, or a limit changed, are refused by flat key.
+    add('b4', ',"inject-error":[{"event":"read_aio","errno":5}]', `{"driver":"file","node-name":"f4","filename":"${join(dir, 'a.img')}"}`),
+    reopen('b4', ',"inject-error":[{"event":"read_aio","errno":5}]'),
+    reopen('b4', ',"inject-error":[{"event":"read_aio","errno":28}]'),
+    reopen('b4', ''),
+    reopen('b4', ',"inject-error":[{"event":"read_aio","errno":5}],"align":4096'),
+    reopen('b4', ',"inject-error":[{"event":"read_aio","errno":5},{"event":"none"}]'),
   ];
 }
 
@@ -177,8 +188,9 @@ describe('injected errors reach NBD clients', () => {
   });
 });
 
+/** The script under Debian's python with libnbd, asynchronously (a worker blocked in execFileSync can miss vitest's deadlines). */
 function nbdshUri(uri: string, body: string): Promise<string> {
-  return Promise.resolve(nbdsh(`uri = ${JSON.stringify(uri)}\n${body}`));
+  return nbdsh(uri, body);
 }
 
 describe('qcow2 over blkdebug raises read_aio, write_aio and read_backing_aio as QEMU\'s qcow2', () => {

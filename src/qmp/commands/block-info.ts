@@ -42,7 +42,7 @@ function strongOptions(node: BlockNode): Record<string, unknown> {
 }
 
 /** qdict_flatten of `v` under `key`: a struct's members (in schema order as QAPI's output visitor puts them) walked in hash order. */
-function flattenInto(out: Map<string, unknown>, key: string, v: unknown, type: TypeRef | undefined): void {
+export function flattenInto(out: Map<string, unknown>, key: string, v: unknown, type: TypeRef | undefined): void {
   if (Array.isArray(v)) {
     const element = type && typeof type === 'object' && type.kind === 'array' ? type.element : undefined;
     v.forEach((x, i) => flattenInto(out, `${key}.${i}`, x, element));

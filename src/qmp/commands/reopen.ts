@@ -28,8 +28,11 @@ import type { BlockNode } from '../../blockdev/node.ts';
 import type { Perm, ReopenTransaction } from '../../blockdev/driver.ts';
 import { detectZeroesMode } from '../../blockdev/detect-zeroes.ts';
 import { genericError } from '../errors.ts';
+import { qdictOrder } from '../../qapi/qdict-order.ts';
+import type { TypeRef } from '../../qapi/types.ts';
+import { flattenInto } from './block-info.ts';
 
-const CHILD_ROLES = new Set(['file', 'backing', 'data-file']);
+const CHILD_ROLES = new Set(['file', 'backing', 'data-file', 'image']);
 
 interface Plan {
   node: BlockNode;
@@ -98,6 +101,7 @@ function checkOptions(p: Plan): void {
       continue;
     }
     if (isDeepStrictEqual(neu, old) || node.ops.prepareReopen) continue;
+    if (Array.isArray(old) || Array.isArray(neu)) checkFlat(m.name, old, neu, m.type);
     if (neu === undefined) throw genericError(`Option '${m.name}' cannot be reset to its default value`);
     throw genericError(`Cannot change the option '${m.name}'`);
   }
@@ -109,6 +113,26 @@ function checkOptions(p: Plan): void {
   } catch (e) {
     throw genericError((e as Error).message);
   }
+}
+
+/**
+ * A list option (blkdebug's inject-error) as QEMU compares it: key by flat
+ * key ("inject-error.0.errno"), first the old keys the new options lack,
+ * then the new keys whose value differs, each in the flat dictionary's order.
+ */
+function checkFlat(name: string, old: unknown, neu: unknown, type: TypeRef): void {
+  const flat = (v: unknown): Map<string, unknown> => {
+    const out = new Map<string, unknown>();
+    if (v !== undefined) flattenInto(out, name, v, type);
+    return out;
+  };
+  const a = flat(old);
+  const b = flat(neu);
+  // bs->options is a copy (qdict_clone_shallow) of the flattened options: its keys went in in the
+  // order the flattened dictionary lists them, and the check walks the copy.
+  const walk = (m: Map<string, unknown>) => qdictOrder(qdictOrder([...m.keys()]));
+  for (const k of walk(a)) if (!b.has(k)) throw genericError(`Option '${k}' cannot be reset to its default value`);
+  for (const k of walk(b)) if (!isDeepStrictEqual(a.get(k), b.get(k))) throw genericError(`Cannot change the option '${k}'`);
 }
 
 /** The write and resize bits of an edge as the graph gives them at open (perm.ts's one rule) for a parent in the given mode. */
