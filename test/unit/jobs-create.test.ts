@@ -190,7 +190,7 @@ describe('job commands', () => {
     expect(names.sort()).toEqual([
       'block-job-cancel', 'block-job-complete', 'block-job-dismiss', 'block-job-finalize', 'block-job-pause',
       'block-job-resume', 'block-job-set-speed', 'blockdev-create', 'job-cancel', 'job-complete', 'job-dismiss',
-      'job-finalize', 'job-pause', 'job-resume', 'query-block-jobs', 'query-jobs',
+      'job-finalize', 'job-pause', 'job-resume', 'query-block-jobs', 'query-jobs', 'x-blockdev-amend',
     ]);
     for (const c of jobCommands) {
       expect(argsType(c, new BlockGraph()).kind).toBe('object');

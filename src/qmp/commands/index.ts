@@ -19,6 +19,7 @@ import { snapshotExternalCommands } from './snapshots-external.ts';
 import { streamCommitCommands } from './stream-commit.ts';
 import { transactionCommand } from './transaction.ts';
 import { statsCommands, statsEvents } from './stats.ts';
+import { backingFileCommands } from './backing-file.ts';
 
 export const allEvents: EventDef[] = [...jobEvents, ...exportEvents, ...statsEvents];
 
@@ -33,6 +34,7 @@ export function commandTable(exportDrivers: ExportDriverTable): CommandTable {
     ...mirrorBackupCommands,
     ...snapshotExternalCommands,
     ...streamCommitCommands,
+    ...backingFileCommands,
     ...nbdCommands,
     ...exportCommands(exportDrivers),
     ...controlCommands,
