@@ -22,6 +22,8 @@ export interface TlsFixture {
   wrongCa: string;
   /** A server of the other CA (clients of the right CA must not trust it). */
   otherServer: string;
+  /** A server dir like `server` with ca-crl.pem revoking client2's certificate. */
+  crlServer: string;
   /** A server dir whose certificate expired (our CA). */
   expiredServer: string;
   /** A server dir whose key is PKCS#8-encrypted with `keyPassword`. */
@@ -54,7 +56,7 @@ function ca(dir: string, cn: string): { cert: string; key: string } {
   const c = join(dir, 'ca-cert.pem');
   key(k);
   run('certtool', ['--generate-self-signed', '--load-privkey', k, '--outfile', c,
-    '--template', template(dir, 'ca', [`cn = ${cn}`, 'ca', 'cert_signing_key', 'expiration_days = 30'])]);
+    '--template', template(dir, 'ca', [`cn = ${cn}`, 'ca', 'cert_signing_key', 'crl_signing_key', 'expiration_days = 30'])]);
   return { cert: c, key: k };
 }
 
@@ -80,7 +82,7 @@ export function makeTlsFixture(root: string): TlsFixture {
     server: join(root, 'server'), client1: join(root, 'client1'), client2: join(root, 'client2'), expired: join(root, 'expired'),
     wrongCa: join(root, 'wrong-ca'), otherServer: join(root, 'other-server'),
     dn1: 'C=GB,O=Example Org,CN=client1', dn2: 'C=GB,O=Example Org,CN=client2',
-    expiredServer: join(root, 'expired-server'), encryptedServer: join(root, 'encrypted-server'), keyPassword: 'hunter2',
+    crlServer: join(root, 'crl-server'), expiredServer: join(root, 'expired-server'), encryptedServer: join(root, 'encrypted-server'), keyPassword: 'hunter2',
     pskServer: join(root, 'psk-server'), pskAlice: join(root, 'psk-alice', 'keys.psk'), pskWrong: join(root, 'psk-wrong', 'keys.psk'), pskDefault: join(root, 'psk-qemu', 'keys.psk'),
   };
   issue(authority, f.server, 'server', serverLines);
@@ -92,6 +94,11 @@ export function makeTlsFixture(root: string): TlsFixture {
   issue(authority, f.expiredServer, 'server', [...serverLines.filter((l) => !l.startsWith('expiration')),
     'activation_date = "2020-01-01 00:00:00 UTC"', 'expiration_date = "2020-02-01 00:00:00 UTC"']);
   issue(authority, f.encryptedServer, 'server', serverLines);
+  mkdirSync(f.crlServer);
+  for (const file of ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']) copyFileSync(join(f.server, file), join(f.crlServer, file));
+  run('certtool', ['--generate-crl', '--load-ca-privkey', authority.key, '--load-ca-certificate', authority.cert,
+    '--load-certificate', join(f.client2, 'client-cert.pem'), '--outfile', join(f.crlServer, 'ca-crl.pem'),
+    '--template', template(f.crlServer, 'crl', ['crl_next_update = 30', 'crl_number = 1'])]);
   const plainKey = join(f.encryptedServer, 'server-key.pem');
   run('certtool', ['--load-privkey', plainKey, '--to-p8', '--password', f.keyPassword, '--outfile', `${plainKey}.enc`]);
   renameSync(`${plainKey}.enc`, plainKey);

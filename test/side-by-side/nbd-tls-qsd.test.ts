@@ -25,7 +25,7 @@ import { CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, Opt } from '../../src/nbd-prot
 import { buildInfoRequestData, buildMetaContextRequestData, buildOptionRequest } from '../../src/nbd-protocol/option-requests.ts';
 
 let fx: TlsFixture;
-const ports: Record<Who, { x509: number; psk: number }> = { qsd: { x509: 0, psk: 0 }, blockd: { x509: 0, psk: 0 } };
+const ports: Record<Who, { x509: number; psk: number; crl: number }> = { qsd: { x509: 0, psk: 0, crl: 0 }, blockd: { x509: 0, psk: 0, crl: 0 } };
 const stops: (() => Promise<unknown>)[] = [];
 
 const RULES = 'authz-list,id=az,policy=deny,rules.0.match=*CN=client2,rules.0.policy=deny,rules.0.format=glob,' +
@@ -35,13 +35,14 @@ beforeAll(async () => {
   const root = tempDir('blockd-tls-sbs-');
   fx = makeTlsFixture(root);
   for (const who of BOTH) {
-    for (const kind of ['x509', 'psk'] as const) {
+    for (const kind of ['x509', 'psk', 'crl'] as const) {
       const dir = join(root, `${who}-${kind}`);
       run('mkdir', ['-p', dir]);
       run('qemu-img', ['create', '-f', 'raw', join(dir, 'd.img'), '1M']);
       const port = await getPort();
       const objects = kind === 'x509'
         ? ['--object', `tls-creds-x509,id=tls0,dir=${fx.server},endpoint=server`, '--object', RULES]
+        : kind === 'crl' ? ['--object', `tls-creds-x509,id=tls0,dir=${fx.crlServer},endpoint=server`]
         : ['--object', `tls-creds-psk,id=tls0,dir=${fx.pskServer},endpoint=server`];
       const d = await qmpDaemon(who, dir, [...objects,
         '--blockdev', `driver=file,node-name=f0,filename=${join(dir, 'd.img')}`,
@@ -185,6 +186,13 @@ describe('a TLS-only NBD server, side by side with qsd', () => {
     // A plain URI: the same message from libnbd.
     const plain = BOTH.map((w) => tryRun('nbdinfo', ['--size', `nbd://127.0.0.1:${ports[w].x509}/disk0`]).stderr);
     expect(plain[1]).toBe(plain[0]);
+  });
+
+  it('a CRL (ca-crl.pem): the revoked client is refused, the other served, on both', () => {
+    const outcome = (who: Who, dir: string) =>
+      tryRun('nbdinfo', ['--size', `nbds://127.0.0.1:${ports[who].crl}/disk0?tls-certificates=${dir}`]).status === 0;
+    expect(BOTH.map((w) => outcome(w, fx.client1))).toEqual([true, true]);
+    expect(BOTH.map((w) => outcome(w, fx.client2))).toEqual([false, false]);
   });
 
   it('PSK: the right key is served, a wrong key is not, on both', () => {

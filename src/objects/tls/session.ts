@@ -158,7 +158,14 @@ function checkPeer(creds: TlsCreds, tls: TLSSocket, pskUser: string | undefined)
   const cert = tls.getPeerX509Certificate();
   if (!cert) throw new TlsSessionError('No certificate peers');
   const error = verifyError(tls);
-  if (error !== null) throw new TlsSessionError(verifyReason(error));
+  if (error !== null) {
+    const reason = verifyReason(error);
+    // OpenSSL (unlike GnuTLS) will not use a CRL from a CA whose key usage lacks cRLSign, and says only "unspecified".
+    if (creds.x509?.crl && reason.endsWith('(UNSPECIFIED)')) {
+      throw new TlsSessionError(`${reason}: ca-crl.pem could not be used; is the CA certificate allowed to sign CRLs (key usage cRLSign)?`);
+    }
+    throw new TlsSessionError(reason);
+  }
   return distinguishedName(cert.subject);
 }
 
