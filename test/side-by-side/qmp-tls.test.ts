@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from 'node:net';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BLOCKD, tempDir } from '../helpers/daemons.ts';
 import { qmpDaemon } from '../helpers/live.ts';
@@ -78,6 +79,28 @@ describe('QMP over TLS, side by side with qsd', () => {
         s.on('close', () => resolve(data.includes('QMP') ? 'greeted' : 'closed'));
       });
       expect(got, who).toBe('closed');
+    }
+  });
+
+  it('client mode (no server=on): the daemon connects out over TLS, checks our certificate against the host, and greets', async () => {
+    const { createServer } = await import('node:tls');
+    for (const who of BOTH) {
+      const greetings: string[] = [];
+      const server = createServer({
+        cert: readFileSync(join(fx.server, 'server-cert.pem')), key: readFileSync(join(fx.server, 'server-key.pem')),
+        ca: readFileSync(join(fx.server, 'ca-cert.pem')), requestCert: true, rejectUnauthorized: true,
+      }, (s) => s.once('data', (d: Buffer) => { greetings.push(Object.keys(JSON.parse(d.toString().split('\n')[0]))[0]); s.destroy(); }));
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const port = (server.address() as { port: number }).port;
+      const dir = join(root, `client-${who}`);
+      spawnSync('mkdir', ['-p', dir]);
+      const d = await qmpDaemon(who, dir, ['--object', `tls-creds-x509,id=c1,dir=${fx.client1},endpoint=client`,
+        '--chardev', `socket,id=out,host=127.0.0.1,port=${port},tls-creds=c1`, '--monitor', 'out']);
+      for (let i = 0; i < 100 && greetings.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      d.qmp.close();
+      await d.proc.stop();
+      server.close();
+      expect(greetings, who).toEqual(['QMP']);
     }
   });
 
