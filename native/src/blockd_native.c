@@ -496,6 +496,7 @@ static bool set_int(napi_env env, napi_value exports, const char *name, int64_t 
 }
 
 bool sector_cipher_init(napi_env env, napi_value exports); /* sector_cipher.c */
+bool zstd_compress_init(napi_env env, napi_value exports); /* zstd_compress.c */
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
@@ -518,7 +519,8 @@ static napi_value init(napi_env env, napi_value exports) {
   if (!set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||
       !set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) ||
       !set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) ||
-      !sector_cipher_init(env, exports)) {
+      !sector_cipher_init(env, exports) ||
+      !zstd_compress_init(env, exports)) {
     throw_last_error(env);
     return NULL;
   }

@@ -34,6 +34,12 @@ export interface NativeAddon {
   sendNowait(fd: number, buf: Buffer): number;
   /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */
   sdNotify(socketPath: string, state: string): void;
+  /**
+   * One zstd frame of `src` at `level`, in the thread pool (the system's
+   * libzstd.so.1, opened at first use; rejects with its reason if missing).
+   * Absent from addons built before it (then zstd compression is refused).
+   */
+  zstdCompress?(src: Buffer, level: number): Promise<Buffer>;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

@@ -4,8 +4,8 @@
  * Its request alignment is the file's cluster size, so BlockNode turns any
  * write into whole clusters (read-modify-write) as QEMU's block layer does.
  * A file that cannot take compressed writes is refused at open with QEMU's
- * text; one whose compressed writes blockd cannot do (a zstd qcow2) with
- * that reason.
+ * text; one whose compressed writes blockd cannot do (a zstd qcow2 with an
+ * addon built before its zstd compressor) with that reason.
  */
 import { BlockError } from '../../util/errors.ts';
 import { obj, req } from '../../qapi/types.ts';

@@ -10,7 +10,7 @@ import { ALL_SUBCLUSTERS, compressedDescriptor, isCopied, makeEntry } from './l2
 import { hex } from './refcount.ts';
 import { Qcow2Base, type ClusterEntry, type FreeReason } from './image-base.ts';
 import { repairRefcounts } from './check.ts';
-import { allocBytes, compressedEntry, deflateCluster, type ByteAllocator } from './compress-write.ts';
+import { allocBytes, compressCluster, compressedEntry, compressionRefusal, type ByteAllocator } from './compress-write.ts';
 
 export type { ClusterEntry, ImageSettings, OverlapName, Run } from './image-base.ts';
 
@@ -54,10 +54,9 @@ export class Qcow2Image extends Qcow2Base {
     }
   }
 
-  /** Why compressed writes cannot be done here though qsd's qcow2 does them (zstd: blockd has no compressor). */
+  /** Why compressed writes cannot be done here though qsd's qcow2 does them (zstd with an addon built before its compressor). */
   compressRefusal(): string | undefined {
-    return this.h.compressionType === 0 ? undefined
-      : "blockd cannot write compressed clusters of compression type 'zstd' (it has no zstd compressor; it only reads zstd clusters)";
+    return compressionRefusal(this.h.compressionType);
   }
 
   /** Where the next compressed cluster goes (QEMU's free_byte_offset; 0: a new host cluster). */
@@ -90,7 +89,7 @@ export class Qcow2Image extends Qcow2Base {
       const part = buf.subarray(pos, Math.min(buf.length, pos + cs));
       const at = offset + pos;
       const whole = part.length === cs ? part : Buffer.concat([part, Buffer.alloc(cs - part.length)]);
-      const out = await deflateCluster(whole, cs);
+      const out = await compressCluster(this.h.compressionType, whole, cs);
       if (!out) { await this.write(at, part); continue; }
       const c = at / cs;
       const release = await this.clusterLock.acquire(at, at + cs);
