@@ -179,6 +179,21 @@ describe('TLS configuration errors', () => {
       .rejects.toThrow("tls-authz 'az' cannot be used with tls-creds-x509 'tls0' and verify-peer=off");
   });
 
+  it('object-add and nbd-server-start over QMP make the same TLS-only server', async () => {
+    const dir = tempDir('blockd-tls-q-');
+    run('qemu-img', ['create', '-f', 'raw', join(dir, 'd.img'), '1M']);
+    const up = await qmpDaemon('blockd', dir, ['--blockdev', `driver=file,node-name=f0,filename=${join(dir, 'd.img')}`]);
+    stops.push(async () => { up.qmp.close(); await up.proc.stop(); });
+    await up.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: fx.server, endpoint: 'server' });
+    await up.qmp.execute('object-add', { 'qom-type': 'authz-list', id: 'az', policy: 'deny', rules: [{ match: fx.dn1, policy: 'allow' }] });
+    const port = await getPort();
+    await up.qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: '127.0.0.1', port: String(port) } }, 'tls-creds': 'tls0', 'tls-authz': 'az' });
+    await up.qmp.execute('block-export-add', { type: 'nbd', id: 'e0', 'node-name': 'f0', name: 'disk0' });
+    expect(size(certUri(port, fx.client1)).stdout.trim()).toBe(String(1 << 20));
+    expect(size(certUri(port, fx.client2)).status).not.toBe(0);
+    expect(size(`nbd://127.0.0.1:${port}/disk0`).status).not.toBe(0);
+  });
+
   it('credentials: missing files, client endpoint, not credentials (qsd texts)', () => {
     const dir = tempDir('blockd-tls-e-');
     const sock = `addr.type=unix,addr.path=${join(dir, 'n.sock')}`;
