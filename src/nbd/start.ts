@@ -78,6 +78,10 @@ export async function startNbdServer(exports: NbdExportList, o: NbdServerStart, 
     if (e instanceof BlockError) throw e;
     throw fail(bindErrorText(e, a.type === 'unix' ? a.path : undefined));
   }
+  // As qsd, the authz object is looked up at each client; one that does not exist (yet) refuses them all.
+  if (tls?.authz !== undefined && objects.type(tls.authz) === undefined) {
+    logger.warn(`tls-authz '${tls.authz}' does not exist: every TLS client is refused until it is created`);
+  }
   logger.info({ addr: a, tls: tls ? tls.creds.id : undefined, authz: tls?.authz }, 'NBD server listening');
   return server;
 }

@@ -179,6 +179,15 @@ describe('TLS configuration errors', () => {
       .rejects.toThrow("tls-authz 'az' cannot be used with tls-creds-x509 'tls0' and verify-peer=off");
   });
 
+  it('a tls-authz that does not exist yet: warned at start, clients refused until object-add makes it (looked up per client, as qsd)', async () => {
+    const up = await blockd([x509(fx.server)], 'tls-creds=tls0,tls-authz=later');
+    expect(await logged(up, 'does not exist')).toContain("tls-authz 'later' does not exist: every TLS client is refused until it is created");
+    expect(size(certUri(up.port, fx.client1)).status).not.toBe(0);
+    expect(await logged(up, 'Cannot find QAuthZ')).toContain('Cannot find QAuthZ object ID later');
+    await up.qmp.execute('object-add', { 'qom-type': 'authz-simple', id: 'later', identity: fx.dn1 });
+    expect(size(certUri(up.port, fx.client1)).status).toBe(0);
+  });
+
   it('object-add and nbd-server-start over QMP make the same TLS-only server', async () => {
     const dir = tempDir('blockd-tls-q-');
     run('qemu-img', ['create', '-f', 'raw', join(dir, 'd.img'), '1M']);
