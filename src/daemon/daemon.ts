@@ -74,6 +74,7 @@ export class Daemon {
   }
 
   requestQuit(): Promise<void> | void { return this.onQuit(); }
+  chardevIds(): string[] { return this.qmp.chardevIds(); }
 
   /** Brings up everything in `config`. On failure, tears down what was started and throws StartupError. */
   async start(config: StartupConfig): Promise<void> {

@@ -46,6 +46,9 @@ export class ObjectRegistry implements ObjectLookup {
 
   has(id: string): boolean { return this.objects.has(id); }
 
+  /** Object ids in creation order (the children of /objects). */
+  ids(): string[] { return [...this.objects.keys()]; }
+
   type(id: string): string | undefined { return this.objects.get(id)?.def.qomType; }
 
   lookup<T>(id: string, qomType: string): T | undefined {

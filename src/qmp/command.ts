@@ -25,6 +25,8 @@ export interface QmpHost {
   /** Running NBD servers (--nbd-server and nbd-server-start); nbd-server-stop empties it. */
   readonly nbdServers: NbdServer[];
   readonly objects: ObjectRegistry;
+  /** The chardevs of the monitors (the children of /chardevs; every one is a socket chardev). */
+  chardevIds(): string[];
   readonly events: QmpEventBus;
   readonly log: Logger;
   /** QMP quit: a graceful shutdown, as on SIGTERM; quit replies once the returned promise settles. */

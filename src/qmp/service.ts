@@ -27,6 +27,9 @@ export class QmpService {
     this.dispatcher = new Dispatcher(host, this.table);
   }
 
+  /** The chardevs' ids, in the order given. */
+  chardevIds(): string[] { return [...this.chardevs.keys()]; }
+
   /** Checks and records a --chardev (nothing listens until startMonitors). */
   addChardev(value: string | Record<string, unknown>): void {
     const spec = parseChardev(value);
