@@ -45,8 +45,9 @@ export function startAmendJob(jobs: JobManager, graph: BlockGraph, jobId: string
   const node = graph.nodes.get(nodeName);
   if (!node) throw new JobError('EINVAL', `Cannot find device='' nor node-name='${nodeName}'`);
   const driver = String(options.driver);
-  if (!graph.driver(driver)) throw new JobError('ENOTSUP', `Block driver '${driver}' not found or not supported`);
-  if (node.driver.name !== driver) throw new JobError('EINVAL', "x-blockdev-amend doesn't support changing the block driver");
+  const wanted = graph.driver(driver);
+  if (!wanted) throw new JobError('ENOTSUP', `Block driver '${driver}' not found or not supported`);
+  if (node.driver !== wanted) throw new JobError('EINVAL', "x-blockdev-amend doesn't support changing the block driver");
   if (!node.ops.amend) throw new JobError('ENOTSUP', 'Driver does not support x-blockdev-amend');
   const { driver: _driver, ...members } = options;
   const job = jobs.add(new AmendJob(jobId, node, members, force));
