@@ -45,6 +45,8 @@ export interface ChildPermission {
   perm: Perm; shared: Perm; passThrough?: boolean;
   /** A format's backing edge: shares write and resize only while the parent's own users share write (cowShared()). */
   cow?: boolean;
+  /** How permission errors name the use (ChildEdge.permissionAs). */
+  permissionAs?: { user: string; role: string };
 }
 
 /** A reference to a child: the node-name of an existing node, or the options of a new (implicit) one. */

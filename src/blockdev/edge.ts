@@ -28,6 +28,12 @@ export interface ChildEdge {
   passThrough?: boolean;
   /** A format's backing edge: `shared` is cowShared() of what the parent's users share. */
   cow?: boolean;
+  /**
+   * How permission errors name this use when it is not the parent's own
+   * (QEMU's jobs hold their targets through a BlockBackend of their own: "an
+   * unnamed block device" as 'root', where blockd has one edge of the job).
+   */
+  permissionAs?: { user: string; role: string };
 }
 
 /**
@@ -58,13 +64,14 @@ const PERM_NAMES: (keyof Perm)[] = ['read', 'write', 'resize'];
 
 const QEMU_PERM_NAMES: Record<keyof Perm, string> = { read: 'consistent read', write: 'write', resize: 'resize' };
 
-const userOf = (e: ChildEdge): string => e.parent.permissionUser?.() ?? e.parent.describe();
+const userOf = (e: ChildEdge): string => e.permissionAs?.user ?? e.parent.permissionUser?.() ?? e.parent.describe();
+const roleOf = (e: ChildEdge): string => e.permissionAs?.role ?? e.role;
 
 /** QEMU's text (bdrv_a_allow_b) for `b` using what `a` does not share on `node`. */
 function conflict(node: BlockNode, a: ChildEdge, b: ChildEdge, perms: (keyof Perm)[]): BlockError {
   const name = node.nodeName;
   return new BlockError('EPERM', `Permission conflict on node '${name}': permissions '${perms.map((p) => QEMU_PERM_NAMES[p]).join(', ')}' are both required by `
-    + `${userOf(b)} (uses node '${name}' as '${b.role}' child) and unshared by ${userOf(a)} (uses node '${name}' as '${a.role}' child).`);
+    + `${userOf(b)} (uses node '${name}' as '${roleOf(b)}' child) and unshared by ${userOf(a)} (uses node '${name}' as '${roleOf(a)}' child).`);
 }
 
 /**

@@ -180,7 +180,7 @@ export class BlockGraph {
 
   /** Creates an edge parent → child after checking permissions. */
   link(parent: Parent, child: BlockNode, role: string, p: ChildPermission): ChildEdge {
-    const edge: ChildEdge = { parent, child, role, perm: p.perm, shared: p.shared };
+    const edge: ChildEdge = { parent, child, role, perm: p.perm, shared: p.shared, ...(p.permissionAs ? { permissionAs: p.permissionAs } : {}) };
     if (p.passThrough) {
       edge.passThrough = true;
       if (parent instanceof BlockNode) edge.shared = parent.usersShare();

@@ -1,10 +1,11 @@
 /**
  * Permissions of jobs, side by side with qsd: with an export (writable or
- * not) on a node of a backing chain or on a job's target, stream and
- * backup are started with the same commands; the reply (qsd's "Permission conflict on node ..." text, or
+ * not) on a node of a backing chain or on a job's target, stream,
+ * intermediate commit, mirror and backup are started with the same commands; the reply (qsd's "Permission conflict on node ..." text, or
  * success) and, for a refusal, the job's status changes (created, null)
  * equal qsd's. blockd started block-stream over a writably exported backing
- * node, and its conflict texts were its own.
+ * node, a commit into a writably exported base and a mirror onto an exported
+ * target, and its conflict texts were its own.
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { join } from 'node:path';
@@ -45,6 +46,9 @@ const CASES: Case[] = [
   { what: 'block-stream of the whole chain, the base exported read-only', exported: 'fmt_base', writable: false, cmd: 'block-stream', args: { device: 'fmt_top' } },
   { what: 'block-stream down to the base, the middle layer exported writable', exported: 'fmt_mid', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
   { what: 'block-stream down to the base, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
+  { what: 'intermediate block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base' } },
+  { what: 'blockdev-mirror, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
+  { what: 'blockdev-mirror, the target exported read-only', exported: 'fmt_tgt', writable: false, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
   { what: 'blockdev-backup, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-backup', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
   { what: 'blockdev-backup, the target exported read-only', exported: 'fmt_tgt', writable: false, cmd: 'blockdev-backup', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
 ];

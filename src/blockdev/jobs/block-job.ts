@@ -242,8 +242,8 @@ export abstract class BlockJob extends Job implements Parent {
   }
 
   /** Attaches the job to `node` as a user; conflicts are refused here. */
-  protected useNode(node: BlockNode, role: string, perm: Perm, shared: Perm): ChildEdge {
-    const edge = this.graph.link(this, node, role, { perm, shared });
+  protected useNode(node: BlockNode, role: string, perm: Perm, shared: Perm, permissionAs?: ChildEdge['permissionAs']): ChildEdge {
+    const edge = this.graph.link(this, node, role, { perm, shared, permissionAs });
     this.edges.push(edge);
     return edge;
   }

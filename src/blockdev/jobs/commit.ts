@@ -80,7 +80,12 @@ export class CommitJob extends BlockJob {
     // Holds `top` so layers nobody else uses are dropped when the job ends; an intermediate
     // commit also holds the device (qsd's 'main node': it is no root for another job then).
     this.useNode(top, 'commit-top', READ_PERM, ALL_PERM);
-    if (!this.isActive) this.useNode(device, 'main node', { read: false, write: false, resize: false }, ALL_PERM);
+    if (!this.isActive) {
+      this.useNode(device, 'main node', { read: false, write: false, resize: false }, ALL_PERM);
+      // QEMU's commit writes `base` through a BlockBackend that lets others only read it.
+      const { base } = this.o;
+      this.useNode(base, 'base', { read: true, write: true, resize: base.length() < top.length() }, READ_PERM, { user: 'an unnamed block device', role: 'root' });
+    }
     // qsd opens commit_top without read-write, mirror_top with it; both only pass requests on.
     const readOnly = !this.isActive;
     this.filter = await insertFilter(this.graph, top, {

@@ -32,7 +32,7 @@ import { clusterSizeOf, mirrorPieces, type CopyPiece } from '../zeroes.ts';
 import { BlockError, toBlockError } from '../../util/errors.ts';
 import { ReqFlag } from '../request.ts';
 import type { BlockNode } from '../node.ts';
-import { ALL_PERM } from '../edge.ts';
+import { ALL_PERM, type ChildEdge } from '../edge.ts';
 
 export type MirrorSync = 'full' | 'top' | 'none';
 export type MirrorCopyMode = 'background' | 'write-blocking';
@@ -60,6 +60,9 @@ export interface MirrorJobOptions extends BlockJobOptions {
   /** Runs once the job has concluded (drive-mirror drops an unused target node). */
   onConcluded?: (pivoted: boolean) => Promise<void> | void;
 }
+
+/** How QEMU names the BlockBackend a job writes its target through. */
+const BACKEND = { user: 'an unnamed block device', role: 'root' };
 
 export const DEFAULT_MIRROR_BUF_SIZE = 16 * 1024 * 1024;
 /** Largest single copy operation. */
@@ -97,6 +100,7 @@ export class MirrorJob extends BlockJob {
   private inflightBytes = 0;
   private ioFailure?: unknown;
   private cursor = 0;
+  private targetEdge?: ChildEdge;
   private readonly observer = (offset: number, length: number) => {
     this.dirty.set(offset, length);
     this.enter();
@@ -129,7 +133,9 @@ export class MirrorJob extends BlockJob {
     const len = this.source.length();
     this.useNode(this.source, 'source', { read: true, write: false, resize: false }, ALL_PERM);
     if (this.target.readOnly) throw new BlockError('EPERM', `Node '${this.target.nodeName}' is read only`);
-    this.useNode(this.target, 'target', { read: true, write: true, resize: false }, { read: true, write: true, resize: false });
+    // QEMU's target BlockBackend lets nobody else read, write or resize the target (it shares only
+    // unchanged writes, which blockd does not tell apart).
+    this.targetEdge = this.useNode(this.target, 'target', { read: true, write: true, resize: false }, { read: false, write: false, resize: false }, BACKEND);
     this.dirty = new DirtyMap(len, this.granularity);
     this.filter = await insertFilter(this.graph, this.source, {
       name: this.filterNodeName,
@@ -339,6 +345,9 @@ export class MirrorJob extends BlockJob {
 
   protected override async prepare(): Promise<void> {
     if (!this.shouldComplete || this.cancelRequested) return;
+    // As QEMU's mirror_exit_common drops its target BlockBackend's restrictions before the graph
+    // changes: the users about to move onto the target must be let in.
+    if (this.targetEdge) { this.targetEdge.shared = { ...ALL_PERM }; this.target.refreshPermissions(); }
     const from = this.replaces ?? this.source;
     if (this.replaces && this.replaces !== this.source) {
       // Users of the replaced node go to the target; the filter's users stay on the source.
