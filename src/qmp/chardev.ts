@@ -129,9 +129,9 @@ export function parseChardev(value: string | Record<string, unknown>): ChardevSp
   const client = server ? undefined : { reconnect };
   if (path !== undefined) return { id: id!, addr: { type: 'unix', path }, wait, client, tls };
   if (fd !== undefined) {
-    if (!server) fail('chardev: socket: an inherited fd is a listening socket for blockd (server=on)');
     if (!/^\d+$/.test(fd)) fail(`File descriptor named '${fd}' has not been found`);
-    return { id: id!, addr: { type: 'fd', fd: Number(fd) }, wait, tls };
+    // server=on: a listening socket (e.g. from systemd); otherwise a connected one, served at once (client mode).
+    return { id: id!, addr: { type: 'fd', fd: Number(fd) }, wait, tls, ...(server ? {} : { client }) };
   }
   if (host !== undefined || opts.get('port') !== undefined) {
     const port = opts.get('port') as string | undefined;

@@ -5,7 +5,7 @@
  * many clients can talk to one monitor at once. Events go to every
  * negotiated client of every monitor.
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { Socket, connect, createServer, type Server } from 'node:net';
 import { lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Dispatcher } from './dispatcher.ts';
@@ -117,6 +117,22 @@ export class QmpMonitor {
       });
     };
     tryOnce();
+  }
+
+  /**
+   * Client mode over an inherited, already connected socket (a chardev with
+   * fd=N and no server=on, as qsd takes it): QMP is served on it at once.
+   */
+  async serveConnected(fd: number): Promise<void> {
+    let socket: Socket;
+    try {
+      socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
+    } catch (e) {
+      throw new Error(`Failed to connect to fd ${fd}: ${(e as Error).message}`);
+    }
+    const tls = this.opts.tls;
+    if (tls) socket = await startClientSession(tls.creds, socket, undefined);
+    this.adopt(socket);
   }
 
   /** One connection attempt; rejects with qsd's text. */

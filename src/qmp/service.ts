@@ -70,6 +70,7 @@ export class QmpService {
       try {
         // Client mode: qsd reports a later failure as one plain line on stderr, as its start-up errors.
         if (client) await mon.connectOut(client, chardev.client!.reconnect, (line) => process.stderr.write(`blockd: ${line}\n`));
+        else if (chardev.client && chardev.addr.type === 'fd') await mon.serveConnected(chardev.addr.fd);
         else await mon.listen(chardev.addr);
       } catch (e) {
         const text = this.texts.get(spec.chardev);
@@ -77,7 +78,7 @@ export class QmpService {
         throw new BlockError('EINVAL', `${text !== undefined ? `--chardev ${text}: ` : ''}${message}`);
       }
       this.monitors.push(mon);
-      this.host.log.info({ chardev: spec.chardev, addr: chardev.addr }, client ? 'QMP monitor connecting out' : 'QMP monitor listening');
+      this.host.log.info({ chardev: spec.chardev, addr: chardev.addr }, chardev.client ? 'QMP monitor connecting out' : 'QMP monitor listening');
       if (chardev.wait && chardev.addr.type !== 'stdio') {
         this.host.log.info({ chardev: spec.chardev }, 'waiting for a QMP client to connect (wait=on)');
         await mon.waitForClient();
