@@ -47,6 +47,7 @@ const CASES: Case[] = [
   { what: 'block-stream down to the base, the middle layer exported writable', exported: 'fmt_mid', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
   { what: 'block-stream down to the base, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
   { what: 'intermediate block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base' } },
+  { what: 'active block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
   { what: 'blockdev-mirror, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
   { what: 'blockdev-mirror, the target exported read-only', exported: 'fmt_tgt', writable: false, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
   { what: 'blockdev-backup, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-backup', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
