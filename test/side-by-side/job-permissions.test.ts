@@ -46,8 +46,9 @@ const CASES: Case[] = [
   { what: 'block-stream of the whole chain, the base exported read-only', exported: 'fmt_base', writable: false, cmd: 'block-stream', args: { device: 'fmt_top' } },
   { what: 'block-stream down to the base, the middle layer exported writable', exported: 'fmt_mid', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
   { what: 'block-stream down to the base, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
-  { what: 'intermediate block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base' } },
+  { what: 'intermediate block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base', speed: 1024, 'filter-node-name': 'ct' } },
   { what: 'active block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
+  { what: 'intermediate block-commit, the committed layer exported writable', exported: 'fmt_mid', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base', speed: 1024, 'filter-node-name': 'ct' } },
   { what: 'blockdev-mirror, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
   { what: 'blockdev-mirror, the target exported read-only', exported: 'fmt_tgt', writable: false, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
   { what: 'blockdev-backup, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-backup', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
@@ -63,9 +64,14 @@ async function attempt(s: Side, c: Case): Promise<unknown> {
     const statuses = s.events.filter((ev) => ev.event === 'JOB_STATUS_CHANGE' && ev.data.id === 'job0').map((ev) => ev.data.status);
     return { error: e.errorClass, desc: e.desc, statuses };
   }
+  // The job's filter is read-write exactly when it took over a writer (a writable export of the
+  // committed layer). Its driver name is left out: qsd 7.2 reports 'mirror_top' for an intermediate
+  // commit's filter there, blockd 'commit_top' (not looked into yet).
+  const nodes = await s.qmp.execute<{ 'node-name': string; ro: boolean }[]>('query-named-block-nodes', { flat: true });
+  const filters = nodes.filter((n) => n['node-name'] === 'ct').map((n) => n.ro);
   await s.qmp.execute('job-cancel', { id: 'job0' });
   await waitFor(s.events, (ev) => ev.event === 'JOB_STATUS_CHANGE' && ev.data.id === 'job0' && ev.data.status === 'null');
-  return { return: {} };
+  return { return: {}, filters };
 }
 
 let pair: Pair | undefined;

@@ -87,7 +87,9 @@ export class CommitJob extends BlockJob {
       this.useNode(base, 'base', { read: true, write: true, resize: base.length() < top.length() }, READ_PERM, { user: 'an unnamed block device', role: 'root' });
     }
     // qsd opens commit_top without read-write, mirror_top with it; both only pass requests on.
-    const readOnly = !this.isActive;
+    // A commit_top that takes over writers of `top` (a writable export) is read-write in qsd.
+    const writers = top.parents.some((e) => e.parent !== this && e.perm.write);
+    const readOnly = !this.isActive && !writers;
     this.filter = await insertFilter(this.graph, top, {
       name: this.o.filterNodeName,
       driver: jobFilterDriver(this.isActive ? 'mirror_top' : 'commit_top'),
