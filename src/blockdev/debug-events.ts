@@ -41,7 +41,9 @@ export const BlkdebugEventType = enm('BlkdebugEvent', [...BLKDEBUG_EVENTS]);
  * - l2_load, refblock_load / l2_update, refblock_update_part: qcow2 on its file as its metadata
  *   caches read a table in / write one back; cluster_alloc, cluster_alloc_bytes, cluster_free as it
  *   allocates clusters (any: data, tables), bytes for a compressed cluster, or frees;
- *   l2_update_compressed before it points an L2 entry at a compressed cluster;
+ *   l2_update_compressed before it points an L2 entry at a compressed cluster; l2_alloc_write,
+ *   l2_alloc_cow_read and l1_update as it allocates an L2 table, l1_grow_alloc_table,
+ *   l1_grow_write_table and l1_grow_activate_table as it grows the L1 table;
  * - flush_to_os, flush_to_disk: BlockNode on a node's primary child when the node is flushed
  *   (flush_to_disk not with cache.no-flush);
  * - pwritev, pwritev_zero, pwritev_done and the pwritev_rmw_* events: BlockNode on the node
@@ -51,7 +53,9 @@ export const BlkdebugEventType = enm('BlkdebugEvent', [...BLKDEBUG_EVENTS]);
 export const RAISED_EVENTS: ReadonlySet<BlkdebugEvent> = new Set<BlkdebugEvent>([
   'none', 'read_aio', 'write_aio', 'read_backing_aio', 'read_compressed', 'write_compressed',
   'l2_load', 'l2_update', 'l2_update_compressed', 'refblock_load', 'refblock_update_part',
-  'cluster_alloc', 'cluster_alloc_bytes', 'cluster_free', 'flush_to_os', 'flush_to_disk',
+  'cluster_alloc', 'cluster_alloc_bytes', 'cluster_free',
+  'l1_update', 'l2_alloc_write', 'l2_alloc_cow_read', 'l1_grow_alloc_table', 'l1_grow_write_table', 'l1_grow_activate_table',
+  'flush_to_os', 'flush_to_disk',
   'pwritev', 'pwritev_zero', 'pwritev_done',
   'pwritev_rmw_head', 'pwritev_rmw_after_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_tail',
   'cor_write',

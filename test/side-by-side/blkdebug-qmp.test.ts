@@ -290,4 +290,43 @@ print(json.dumps(out))
     expect((got.qsd as unknown[][]).filter((r) => r[1] !== 'ok').length).toBeGreaterThan(1);
     expect(got.blockd).toEqual(got.qsd);
   }, 60_000);
+  it('l2_alloc_write and l1_update (an L2 table allocated in an empty image) fail the same writes as on qsd', async () => {
+    const WRITES = `
+import json
+out = []
+h = nbd.NBD()
+h.set_request_structured_replies(False)
+h.connect_uri(uri)
+for i in range(4):
+    try:
+        h.pwrite(b"q" * 65536, i * 65536); out.append("ok")
+    except nbd.Error as e:
+        out.append(e.errno)
+try:
+    h.flush(); out.append("ok")
+except nbd.Error as e:
+    out.append(e.errno)
+print(json.dumps(out))
+`;
+    const got: Record<string, unknown> = {};
+    for (const which of ['qsd', 'blockd'] as const) {
+      const results: unknown[] = [];
+      for (const [event, errno] of [['l2_alloc_write', 28], ['l1_update', 1]] as const) {
+        const dir = tempDir();
+        run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'e.qcow2'), '4M']);
+        const sock = join(dir, 'nbd.sock');
+        const d = await startDaemon(which, [
+          '--blockdev', `driver=qcow2,node-name=fmt,file.driver=blkdebug,file.image.driver=file,file.image.filename=${join(dir, 'e.qcow2')},file.inject-error.0.event=${event},file.inject-error.0.once=on,file.inject-error.0.errno=${errno}`,
+          '--nbd-server', `addr.type=unix,addr.path=${sock}`,
+          '--export', 'type=nbd,id=e,node-name=fmt,name=x,writable=on',
+        ], sock);
+        running.push(d);
+        results.push([event, JSON.parse(await nbdshUri(`nbd+unix:///x?socket=${sock}`, WRITES))]);
+      }
+      got[which] = results;
+    }
+    if (process.env.SHOW_REPLIES) console.log(JSON.stringify(got));
+    expect(JSON.stringify(got.qsd)).toMatch(/ENOSPC|EPERM/);
+    expect(got.blockd).toEqual(got.qsd);
+  }, 60_000);
 });

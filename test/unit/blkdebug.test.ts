@@ -129,7 +129,7 @@ describe('blkdebug node', () => {
   it('refuses events blockd never raises and errnos it cannot carry; every QEMU event is known', async () => {
     expect(RAISED_EVENTS.size).toBeGreaterThan(5);
     for (const e of RAISED_EVENTS) expect(BLKDEBUG_EVENTS).toContain(e);
-    await expect(setup({ 'inject-error': [{ event: 'l1_update' }] })).rejects.toThrow("blockd never raises the event 'l1_update'");
+    await expect(setup({ 'inject-error': [{ event: 'reftable_grow' }] })).rejects.toThrow("blockd never raises the event 'reftable_grow'");
     await expect(setup({ 'set-state': [{ event: 'refblock_alloc', new_state: 2 }] })).rejects.toThrow('never raises');
     await expect(setup({ 'inject-error': [{ event: 'none', errno: 7 }] })).rejects.toThrow('errno 7 cannot be passed on');
     await expect(setup({ 'take-child-perms': ['write-unchanged'] })).rejects.toThrow("no 'write-unchanged' permission");

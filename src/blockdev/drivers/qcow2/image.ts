@@ -346,18 +346,21 @@ export class Qcow2Image extends Qcow2Base {
     if (old) {
       // Copy-on-write of a shared table: its cached changes first.
       await this.l2Cache.flush();
+      this.file.debugEvent('l2_alloc_cow_read');
       await this.readMeta(old, table);
     }
     this.l2Set.add(off);
     this.l2Cache.forget(off, cs);
     // The new table and its refcount reach the disk before the L1 entry points to it.
     await this.refcounts.cache.flush();
+    this.file.debugEvent('l2_alloc_write');
     await this.writeMeta(off, table);
     await this.barrier();
     const ent = makeEntry(off, true);
     const b = Buffer.alloc(8);
     b.writeUInt32BE(ent.hi, 0);
     b.writeUInt32BE(ent.lo, 4);
+    this.file.debugEvent('l1_update');
     await this.writeMeta(this.l1Offset + l1i * 8, b);
     b.copy(this.l1, l1i * 8);
     await this.barrier();
@@ -375,15 +378,18 @@ export class Qcow2Image extends Qcow2Base {
     let size = Math.max(min, Math.ceil(this.l1Size * 1.5));
     size = Math.min(Math.ceil((size * 8) / cs) * cs / 8, 4 * 1024 * 1024);
     const clusters = Math.ceil((size * 8) / cs);
+    this.file.debugEvent('l1_grow_alloc_table');
     const off = await this.refcounts.alloc(clusters);
     const table = Buffer.alloc(clusters * cs);
     this.l1.copy(table);
     await this.refcounts.cache.flush();
+    this.file.debugEvent('l1_grow_write_table');
     await this.writeMeta(off, table);
     await this.barrier();
     const hdr = Buffer.alloc(12);
     hdr.writeUInt32BE(size, 0);
     hdr.writeBigUInt64BE(BigInt(off), 4);
+    this.file.debugEvent('l1_grow_activate_table');
     await this.writeMeta(HeaderField.L1_SIZE, hdr);
     await this.barrier();
     const oldOff = this.l1Offset;
