@@ -25,3 +25,20 @@ export async function qemuImgCreateLuks(file: string, passwordFile: string, opts
     }
   }
 }
+
+/**
+ * Any qemu-img command that derives LUKS keys (create or convert of an
+ * encrypted qcow2, qemu-io's writes do not): asynchronous, with the same
+ * retry of qemu-img's "Unable to get accurate CPU usage" calibration failure.
+ */
+export async function qemuImgCalibrating(args: string[]): Promise<string> {
+  requireTool('qemu-img');
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return (await execFileP('qemu-img', args, { timeout: 120_000 })).stdout;
+    } catch (e) {
+      const err = e as { stderr?: string; message: string };
+      if (attempt >= 5 || !/Unable to get accurate CPU usage/.test(err.stderr ?? '')) throw new Error(`qemu-img ${args.join(' ')} failed: ${err.stderr || err.message}`);
+    }
+  }
+}

@@ -14,7 +14,7 @@ import { tempDir, type Running } from '../helpers/daemons.ts';
 import { qmpDaemon } from '../helpers/live.ts';
 import { run, tryRun } from '../helpers/tools.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
-import { qemuImgCreateLuks } from '../helpers/luks.ts';
+import { qemuImgCalibrating, qemuImgCreateLuks } from '../helpers/luks.ts';
 
 /** Runs an amend (or any command that starts a job): the command's error, or the job's. */
 async function amend(qmp: QmpClient, id: string, args: Record<string, unknown>): Promise<string> {
@@ -52,7 +52,7 @@ describe('x-blockdev-amend of LUKS key slots, side by side with qemu-storage-dae
     for (const [n, p] of [['pw0', 'zero'], ['pw1', 'one'], ['pw2', 'two']]) writeFileSync(join(dir, n), p);
     for (const who of BOTH) {
       await qemuImgCreateLuks(luks(who), join(dir, 'pw0'), ['iter-time=10'], '4M');
-      run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${join(dir, 'pw0')}`, '-o', 'encrypt.format=luks,encrypt.key-secret=k,encrypt.iter-time=10', qcow2(who), '4M']);
+      await qemuImgCalibrating(['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${join(dir, 'pw0')}`, '-o', 'encrypt.format=luks,encrypt.key-secret=k,encrypt.iter-time=10', qcow2(who), '4M']);
       run('qemu-img', ['create', '-q', '-f', 'qcow2', plain(who), '4M']);
       const r = await qmpDaemon(who, join(dir), ['--object', `secret,id=s0,file=${join(dir, 'pw0')}`, '--object', `secret,id=s1,file=${join(dir, 'pw1')}`,
         '--object', `secret,id=s2,file=${join(dir, 'pw2')}`,

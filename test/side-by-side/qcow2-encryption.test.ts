@@ -15,6 +15,7 @@ import type { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { tempDir, type Running } from '../helpers/daemons.ts';
 import { qmpDaemon } from '../helpers/live.ts';
 import { run } from '../helpers/tools.ts';
+import { qemuImgCalibrating } from '../helpers/luks.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
 import { parseHeader } from '../../src/blockdev/drivers/qcow2/header.ts';
 import { parseLuks1Header, type Luks1Header } from '../../src/crypto/luks1-header.ts';
@@ -132,14 +133,14 @@ describe('encrypted qcow2 side by side with qemu-storage-daemon', () => {
 
   describe('images qemu-img made', () => {
     const images: Record<'luks' | 'aes', string> = { luks: join(dir, 'ref-luks.qcow2'), aes: join(dir, 'ref-aes.qcow2') };
-    beforeAll(() => {
-      run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${pw}`, '-o', 'encrypt.format=luks,encrypt.key-secret=k,encrypt.iter-time=10', images.luks, '32M']);
-      run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${pw}`, '-o', 'encrypt.format=aes,encrypt.key-secret=k', images.aes, '32M']);
+    beforeAll(async () => {
+      await qemuImgCalibrating(['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${pw}`, '-o', 'encrypt.format=luks,encrypt.key-secret=k,encrypt.iter-time=10', images.luks, '32M']);
+      await qemuImgCalibrating(['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${pw}`, '-o', 'encrypt.format=aes,encrypt.key-secret=k', images.aes, '32M']);
       for (const f of Object.values(images)) {
         const fmt = f === images.aes ? 'aes' : 'luks';
         run('qemu-io', [...imageOpts(f, pw, fmt), '-c', 'write -P 0x5a 0 1M', '-c', 'write -P 0x33 5M 64k']);
       }
-    });
+    }, 120_000);
 
     const OPEN_ERRORS: [string, (file: string) => Record<string, unknown>][] = [
       ['no key-secret', (file) => ({ driver: 'qcow2', file: { driver: 'file', filename: file } })],
@@ -204,7 +205,7 @@ describe('encrypted qcow2 side by side with qemu-storage-daemon', () => {
     it('a chain whose layers have different secrets reads alike', async () => {
       const base = images.luks;
       const top = join(dir, 'top.qcow2');
-      run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${pw2}`, '-o', `encrypt.format=luks,encrypt.key-secret=k,encrypt.iter-time=10,backing_file=${base},backing_fmt=qcow2`, '-u', top, '32M']);
+      await qemuImgCalibrating(['create', '-q', '-f', 'qcow2', '--object', `secret,id=k,file=${pw2}`, '-o', `encrypt.format=luks,encrypt.key-secret=k,encrypt.iter-time=10,backing_file=${base},backing_fmt=qcow2`, '-u', top, '32M']);
       run('qemu-io', ['--object', `secret,id=k,file=${pw2}`, '--object', `secret,id=b,file=${pw}`, '--image-opts',
         `driver=qcow2,file.filename=${top},encrypt.format=luks,encrypt.key-secret=k,backing.driver=qcow2,backing.file.filename=${base},backing.encrypt.format=luks,backing.encrypt.key-secret=b`,
         '-c', 'write -P 0x77 512k 1M']);
