@@ -152,7 +152,8 @@ describe('throttle-group and throttle nodes over QMP, side by side with qsd', ()
       let err = '';
       p.stderr.on('data', (d) => (err += d));
       const t = setTimeout(() => p.kill('SIGKILL'), 20_000);
-      p.once('exit', (code) => { clearTimeout(t); resolve(`${code} ${err.replace(/^blockd:/, 'qemu-storage-daemon:')}`); });
+      // 'close', not 'exit': the process can exit before its stderr has been read to the end (CI saw "1 " alone).
+      p.once('close', (code) => { clearTimeout(t); resolve(`${code} ${err.replace(/^blockd:/, 'qemu-storage-daemon:')}`); });
     });
     // Four at a time: each blockd start costs a second or two of CPU.
     for (let i = 0; i < cases.length; i += 4) {
