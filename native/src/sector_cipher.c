@@ -18,6 +18,9 @@
  *       1) per sector: LUKS2 numbers 4 KiB sectors in 512-byte units (8)
  *   sectorCryptAsync(handle, buf, sector, sectorSize, encrypt[, ivStep]) -> Promise<void>
  *       (in place, on the thread pool; buf must stay untouched until settled)
+ *   Both take an optional last argument `out`, a buffer of buf's length: the
+ *   result goes there and buf is only read (a write's bounce copy then costs
+ *   the event loop nothing).
  *   sectorCipherWipe(handle) -> void: the key material is erased now (or when
  *       the last request in flight ends); later calls throw
  *
@@ -141,9 +144,9 @@ fail:
   return NULL;
 }
 
-/* Encrypts or decrypts `len` bytes (whole sectors) in place. Runs on any
- * thread: no napi calls. Returns false if OpenSSL failed. */
-static bool run(const sector_cipher *c, unsigned char *p, size_t len, uint64_t sector, size_t sector_size, uint64_t iv_step, int enc) {
+/* Encrypts or decrypts `len` bytes (whole sectors) from `p` into `o` (which
+ * may be `p`). Runs on any thread: no napi calls. Returns false if OpenSSL failed. */
+static bool run(const sector_cipher *c, const unsigned char *p, unsigned char *o, size_t len, uint64_t sector, size_t sector_size, uint64_t iv_step, int enc) {
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new(), *ectx = NULL;
   unsigned char iv[MAX_IV], plain[MAX_IV];
   int outl;
@@ -153,7 +156,7 @@ static bool run(const sector_cipher *c, unsigned char *p, size_t len, uint64_t s
     ok = ectx && EVP_CipherInit_ex(ectx, c->essiv_cipher, NULL, c->essiv_key, NULL, 1) == 1 && EVP_CIPHER_CTX_set_padding(ectx, 0) == 1;
   }
   if (ok && c->iv_len == 0) { /* ecb: no IV, the whole run in one call */
-    ok = EVP_CipherUpdate(ctx, p, &outl, p, (int)len) == 1;
+    ok = EVP_CipherUpdate(ctx, o, &outl, p, (int)len) == 1;
     len = 0;
   }
   for (size_t off = 0; ok && off < len; off += sector_size, sector += iv_step) {
@@ -165,7 +168,7 @@ static bool run(const sector_cipher *c, unsigned char *p, size_t len, uint64_t s
     } else {
       memcpy(iv, plain, sizeof iv);
     }
-    ok = ok && EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) == 1 && EVP_CipherUpdate(ctx, p + off, &outl, p + off, (int)sector_size) == 1;
+    ok = ok && EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) == 1 && EVP_CipherUpdate(ctx, o + off, &outl, p + off, (int)sector_size) == 1;
   }
   OPENSSL_cleanse(iv, sizeof iv);
   EVP_CIPHER_CTX_free(ctx);
@@ -176,9 +179,9 @@ static bool run(const sector_cipher *c, unsigned char *p, size_t len, uint64_t s
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref handle_ref, buf_ref;
+  napi_ref handle_ref, buf_ref, out_ref;
   sector_cipher *c;
-  unsigned char *p;
+  unsigned char *p, *o;
   size_t len, sector_size;
   uint64_t sector, iv_step;
   int enc;
@@ -200,9 +203,9 @@ static sector_cipher *get_handle(napi_env env, napi_value v) {
   return c;
 }
 
-/* Parses (handle, buf, sector, sectorSize, encrypt[, ivStep]) into r. */
+/* Parses (handle, buf, sector, sectorSize, encrypt[, ivStep[, out]]) into r. */
 static bool parse(napi_env env, napi_callback_info info, napi_value *argv, crypt_req *r) {
-  size_t argc = 6;
+  size_t argc = 7;
   double sector, ssize, step = 1;
   bool enc;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) return throw_msg(env, "sectorCrypt: too few arguments");
@@ -211,6 +214,13 @@ static bool parse(napi_env env, napi_callback_info info, napi_value *argv, crypt
       napi_get_value_bool(env, argv[4], &enc) != napi_ok)
     return throw_msg(env, "sectorCrypt: bad arguments");
   if (argc >= 6 && napi_get_value_double(env, argv[5], &step) != napi_ok) return throw_msg(env, "sectorCrypt: bad arguments");
+  r->o = r->p;
+  if (argc >= 7) {
+    size_t olen;
+    if (!get_buffer(env, argv[6], &r->o, &olen)) return false;
+    if (olen != r->len) return throw_msg(env, "sectorCrypt: the output buffer's length differs");
+    if (r->o != r->p && r->o < r->p + r->len && r->p < r->o + olen) return throw_msg(env, "sectorCrypt: the output buffer overlaps the input");
+  }
   if (!(step >= 1 && step <= 128 && step == (double)(uint64_t)step)) return throw_msg(env, "sectorCrypt: bad IV step");
   r->iv_step = (uint64_t)step;
   if (!(sector >= 0 && sector <= MAX_SAFE_INTEGER && sector == (double)(uint64_t)sector)) return throw_msg(env, "sectorCrypt: bad sector");
@@ -223,16 +233,16 @@ static bool parse(napi_env env, napi_callback_info info, napi_value *argv, crypt
 }
 
 static napi_value js_crypt(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
+  napi_value argv[7];
   crypt_req r = {0};
   if (!parse(env, info, argv, &r)) return NULL;
-  if (!run(r.c, r.p, r.len, r.sector, r.sector_size, r.iv_step, r.enc)) throw_msg(env, "sectorCrypt: OpenSSL failed");
+  if (!run(r.c, r.p, r.o, r.len, r.sector, r.sector_size, r.iv_step, r.enc)) throw_msg(env, "sectorCrypt: OpenSSL failed");
   return NULL;
 }
 
 static void crypt_execute(napi_env env, void *data) {
   crypt_req *r = data;
-  r->ok = run(r->c, r->p, r->len, r->sector, r->sector_size, r->iv_step, r->enc);
+  r->ok = run(r->c, r->p, r->o, r->len, r->sector, r->sector_size, r->iv_step, r->enc);
 }
 
 static void crypt_complete(napi_env env, napi_status status, void *data) {
@@ -250,12 +260,13 @@ static void crypt_complete(napi_env env, napi_status status, void *data) {
   }
   napi_delete_reference(env, r->handle_ref);
   napi_delete_reference(env, r->buf_ref);
+  if (r->out_ref) napi_delete_reference(env, r->out_ref);
   napi_delete_async_work(env, r->work);
   free(r);
 }
 
 static napi_value js_crypt_async(napi_env env, napi_callback_info info) {
-  napi_value argv[6], promise, name;
+  napi_value argv[7], promise, name;
   crypt_req *r = calloc(1, sizeof *r);
   if (!r) {
     throw_msg(env, "out of memory");
@@ -268,6 +279,7 @@ static napi_value js_crypt_async(napi_env env, napi_callback_info info) {
   if (napi_create_promise(env, &r->deferred, &promise) != napi_ok ||
       napi_create_reference(env, argv[0], 1, &r->handle_ref) != napi_ok ||
       napi_create_reference(env, argv[1], 1, &r->buf_ref) != napi_ok ||
+      (r->o != r->p && napi_create_reference(env, argv[6], 1, &r->out_ref) != napi_ok) ||
       napi_create_string_utf8(env, "sectorCrypt", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_create_async_work(env, NULL, name, crypt_execute, crypt_complete, r, &r->work) != napi_ok ||
       napi_queue_async_work(env, r->work) != napi_ok) {

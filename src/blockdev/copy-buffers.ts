@@ -26,3 +26,11 @@ export class CopyBufferPool {
 
 /** The pool the copying jobs share (1 MiB buffers). */
 export const copyBuffers = new CopyBufferPool(1024 * 1024);
+
+/**
+ * Bounce buffers for encryption (the luks driver and encrypted qcow2): the
+ * caller's data is never encrypted in place, and a fresh 1 MiB buffer per
+ * write costs a copy into new pages plus the collector's time (measured: a
+ * third of the loop's time on qcow2+LUKS write-1m before this pool).
+ */
+export const cryptBuffers = new CopyBufferPool(1024 * 1024);

@@ -52,6 +52,17 @@ export class SectorCipher {
     return undefined;
   }
 
+  /**
+   * As crypt, with the result written into `out` (of buf's length) and `buf`
+   * left unchanged: a write's bounce copy is made by the cipher itself, off
+   * the event loop for large runs.
+   */
+  cryptInto(buf: Buffer, out: Buffer, sector: number, encrypt: boolean): Promise<void> | undefined {
+    if (buf.length >= ASYNC_MIN) return sectorCryptAsync(this.handle, buf, sector, this.sectorSize, encrypt, this.ivStep, out);
+    sectorCrypt(this.handle, buf, sector, this.sectorSize, encrypt, this.ivStep, out);
+    return undefined;
+  }
+
   /** Erases the key now (or when the last run in flight ends); the cipher cannot be used after. */
   wipe(): void {
     sectorCipherWipe(this.handle);

@@ -77,7 +77,17 @@ describe('sector ciphers match one node:crypto cipher per sector', () => {
       expect(buf.equals(reference(spec, key, plain, sector, true))).toBe(true);
       await c.crypt(buf, sector, false);
       expect(buf.equals(plain)).toBe(true);
+      // Out of place (a write's bounce buffer): the same ciphertext, the input untouched.
+      const out = Buffer.alloc(len);
+      const q = c.cryptInto(buf, out, sector, true);
+      expect(q === undefined).toBe(len < ASYNC_MIN);
+      await q;
+      expect(buf.equals(plain)).toBe(true);
+      expect(out.equals(reference(spec, key, plain, sector, true))).toBe(true);
     }
+    expect(() => c.cryptInto(Buffer.alloc(1024), Buffer.alloc(512), 0, true)).toThrow(/length differs/);
+    const shared = Buffer.alloc(2048);
+    expect(() => c.cryptInto(shared.subarray(0, 1024), shared.subarray(512, 1536), 0, true)).toThrow(/overlaps/);
     c.wipe();
     expect(() => c.cryptSync(Buffer.alloc(512), 0, true)).toThrow(/wiped/);
   });

@@ -10,7 +10,7 @@
 import { BlockError } from '../../../util/errors.ts';
 import { obj, opt, req } from '../../../qapi/types.ts';
 import { BlockdevRef } from '../../options.ts';
-import { CopyBufferPool } from '../../copy-buffers.ts';
+import { cryptBuffers as bounce } from '../../copy-buffers.ts';
 import type { Driver, DriverOps } from '../../driver.ts';
 import type { BlockNode } from '../../node.ts';
 import { luks1Info, openLuks1, passwordFromSecret } from '../../../crypto/luks1-open.ts';
@@ -27,8 +27,6 @@ import type { ReadAt } from '../../../crypto/luks1-keyslot.ts';
 /** QEMU's BLOCK_CRYPTO_MAX_IO_SIZE: requests are encrypted in bounce buffers of at most this size. */
 export const LUKS_MAX_IO = 1024 * 1024;
 
-/** Write bounce buffers: the caller's data is never encrypted in place. */
-const bounce = new CopyBufferPool(LUKS_MAX_IO);
 
 /** Reads from a child, past its end as zeroes (QEMU's bdrv_pread on a short file). */
 export function childReader(file: BlockNode, base = 0): ReadAt {
@@ -77,8 +75,7 @@ export const luksDriver: Driver = {
       async write(o, buf, flags) {
         const enc = bounce.get(buf.length);
         try {
-          buf.copy(enc);
-          await cipher.crypt(enc, iv(o), true);
+          await cipher.cryptInto(buf, enc, iv(o), true);
           await file.write(payloadOffset + o, enc, flags);
         } finally {
           bounce.put(enc);

@@ -138,6 +138,7 @@ function openAes(password: Buffer): Qcow2Crypto {
 }
 
 /** Encrypts or decrypts `buf` in place: data at host offset `host`, guest offset `guest`. */
-export function cryptData(c: Qcow2Crypto, buf: Buffer, host: number, guest: number, encrypt: boolean): Promise<void> | undefined {
-  return c.cipher.crypt(buf, (c.physical ? host : guest) / CRYPT_SECTOR, encrypt);
+export function cryptData(c: Qcow2Crypto, buf: Buffer, host: number, guest: number, encrypt: boolean, out?: Buffer): Promise<void> | undefined {
+  const sector = (c.physical ? host : guest) / CRYPT_SECTOR;
+  return out ? c.cipher.cryptInto(buf, out, sector, encrypt) : c.cipher.crypt(buf, sector, encrypt);
 }

@@ -16,6 +16,7 @@ import {
 } from './l2.ts';
 import { Mutex } from './mutex.ts';
 import { cryptData, type Qcow2Crypto } from './encryption.ts';
+import { cryptBuffers } from '../../copy-buffers.ts';
 import { Refcounts, hex } from './refcount.ts';
 import type { Qcow2Snapshot } from './snapshots.ts';
 
@@ -464,15 +465,25 @@ export abstract class Qcow2Base {
     if (this.crypto) await cryptData(this.crypto, buf, host, guest, false);
   }
 
-  /** Writes guest data (at `guest`) to the host, encrypted in a copy when the image is (the caller's buffer is never changed). */
-  protected writeData(host: number, buf: Buffer, guest: number, minEnd = 0): Promise<void> {
+  /**
+   * Writes guest data (at `guest`) to the host. An encrypted image's data is
+   * encrypted in place when the buffer is the driver's own (`owned`: a
+   * copy-on-write buffer), else in a pooled bounce buffer: the caller's buffer
+   * is never changed.
+   */
+  protected writeData(host: number, buf: Buffer, guest: number, minEnd = 0, owned = false): Promise<void> {
     // QEMU's qcow2 raises write_aio on its file (not a data file) before a data write (blkdebug).
     this.file.debugEvent('write_aio');
     const c = this.crypto;
     if (!c) return this.writeTo(this.data, host, buf, minEnd);
-    const enc = Buffer.from(buf);
-    const pending = cryptData(c, enc, host, guest, true);
-    return pending ? pending.then(() => this.writeTo(this.data, host, enc, minEnd)) : this.writeTo(this.data, host, enc, minEnd);
+    if (owned) return this.encryptAndWrite(c, buf, buf, host, guest, minEnd);
+    const enc = cryptBuffers.get(buf.length);
+    return this.encryptAndWrite(c, buf, enc, host, guest, minEnd).finally(() => cryptBuffers.put(enc));
+  }
+
+  private async encryptAndWrite(c: Qcow2Crypto, buf: Buffer, out: Buffer, host: number, guest: number, minEnd: number): Promise<void> {
+    await cryptData(c, buf, host, guest, true, out === buf ? undefined : out);
+    await this.writeTo(this.data, host, out, minEnd);
   }
 
   async readBacking(offset: number, buf: Buffer): Promise<void> {

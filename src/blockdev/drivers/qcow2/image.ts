@@ -258,7 +258,7 @@ export class Qcow2Image extends Qcow2Base {
         }
       }
       // Into never-used clusters, the file is extended over all of them all the same.
-      await this.writeData(at, out, runStart + (at - host), fresh ? host + n * cs : 0);
+      await this.writeData(at, out, runStart + (at - host), fresh ? host + n * cs : 0, out !== buf && out.buffer === data?.buffer);
     } catch (e) {
       if (!this.hasDataFile) await this.meta.run(() => this.free(host, n, 'other')).catch(() => undefined);
       throw e;
@@ -305,7 +305,7 @@ export class Qcow2Image extends Qcow2Base {
     if (wEnd > end) await this.readGuest(end, data.subarray(end - wStart));
     const at = e.host + (wStart - cStart);
     this.checkOverlap(at, data.length, 'write');
-    await this.writeData(at, data, wStart);
+    await this.writeData(at, data, wStart, 0, true);
     await this.meta.run(async () => {
       this.l2Cache.needsBarrier = true;
       const mask = rangeMask((wStart - cStart) / sc, (wEnd - cStart) / sc);
