@@ -2,7 +2,7 @@
  * The layers of blockd as import rules (../README.md "Layout"). Imports only
  * point down:
  *
- *   daemon → qmp → nbd (server; fuse later) → export → blockdev
+ *   daemon → qmp → nbd, fuse (the servers) → export → blockdev
  *          → objects → qapi, nbd-protocol → util, platform
  *   crypto (LUKS headers, PBKDF2, sector ciphers) sits beside util: it
  *   imports util and platform only, and blockdev's drivers use it.
@@ -47,6 +47,20 @@ module.exports = {
       severity: 'error',
       from: { path: layer('nbd') },
       to: { path: layer('fuse') },
+    },
+    {
+      name: 'fuse-is-not-nbd',
+      severity: 'error',
+      comment: 'The FUSE export knows no NBD server or NBD codec.',
+      from: { path: layer('fuse') },
+      to: { path: below('nbd', 'nbd-protocol') },
+    },
+    {
+      name: 'fuse-codecs-are-pure',
+      severity: 'error',
+      comment: 'The FUSE protocol codecs (src/fuse/protocol) know no device, no block layer: util only.',
+      from: { path: '^src/fuse/protocol/' },
+      to: { path: '^src/', pathNot: ['^src/fuse/protocol/', layer('util')] },
     },
     {
       name: 'export-layer-knows-no-server',

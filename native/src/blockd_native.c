@@ -22,6 +22,8 @@
  *                                           the caller hands the rest (and any error) to it
  *   sdNotify(socketPath, state)          -> void: one sd_notify(3) datagram (node:net has
  *                                           no AF_UNIX SOCK_DGRAM)
+ *   fuseOpenDevice/fuseMount/fuseUnmount/fuseReader/fuseReaderStop/fuseReply
+ *                                        -> the FUSE export's device and mount (fuse_device.c)
  *   sectorCipherNew/sectorCrypt/sectorCryptAsync/sectorCipherWipe
  *                                        -> disk-sector encryption (sector_cipher.c)
  *
@@ -99,6 +101,10 @@ static void throw_errno(napi_env env, int err, const char *syscall) {
   if (e) napi_throw(env, e);
   else throw_last_error(env);
 }
+
+/* For the other files of the addon (fuse_device.c). */
+void blockd_throw_errno(napi_env env, int err, const char *syscall) { throw_errno(env, err, syscall); }
+napi_value blockd_errno_error(napi_env env, int err, const char *syscall) { return make_errno_error(env, err, syscall); }
 
 /* ---- argument helpers: each throws a TypeError/RangeError and returns false ---- */
 
@@ -497,6 +503,7 @@ static bool set_int(napi_env env, napi_value exports, const char *name, int64_t 
 
 bool sector_cipher_init(napi_env env, napi_value exports); /* sector_cipher.c */
 bool zstd_compress_init(napi_env env, napi_value exports); /* zstd_compress.c */
+bool fuse_device_init(napi_env env, napi_value exports);   /* fuse_device.c */
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
@@ -520,7 +527,8 @@ static napi_value init(napi_env env, napi_value exports) {
       !set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) ||
       !set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) ||
       !sector_cipher_init(env, exports) ||
-      !zstd_compress_init(env, exports)) {
+      !zstd_compress_init(env, exports) ||
+      !fuse_device_init(env, exports)) {
     throw_last_error(env);
     return NULL;
   }

@@ -11,6 +11,7 @@ import type { TypeRef } from '../qapi/types.ts';
 import { ExportDriverTable } from '../export/drivers.ts';
 import { BlockExports } from '../export/registry.ts';
 import { NbdExportDriver } from '../nbd/exports.ts';
+import { FuseExportDriver } from '../fuse/export.ts';
 import { findBitmapForExport } from '../blockdev/bitmaps/registry.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import { startNbdServer, type NbdServerStart } from '../nbd/start.ts';
@@ -48,7 +49,8 @@ export class Daemon {
   /** The NBD entry of the export table: NBD exports need a running server, as in qsd. */
   readonly nbdExports = new NbdExportDriver({ findBitmap: findBitmapForExport, serverRunning: () => this.nbdServers.length > 0 });
   /** Export types, in the order BlockExportType lists them; a new type is one more entry here. */
-  readonly exports = new BlockExports(new ExportDriverTable([this.nbdExports]), {
+  readonly fuseExports = new FuseExportDriver({ log: () => this.log });
+  readonly exports = new BlockExports(new ExportDriverTable([this.nbdExports, this.fuseExports]), {
     objectType: (id) => this.objects.type(id),
     onError: (err, id) => this.log.error({ err, id }, 'removing export failed'),
   });

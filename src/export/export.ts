@@ -31,10 +31,14 @@ export interface ExportCommon {
   readonly writethrough: boolean;
 }
 
-/** The permissions an export's edge takes: read, write when writable; it lets others do anything but what `shared` withholds. */
-export function exportPermissions(writable: boolean, sharesResize: boolean) {
+/**
+ * The permissions an export's edge takes: read, write when writable, resize
+ * when the type resizes the node (FUSE: writable or growable); it lets
+ * others do anything but what `shared` withholds.
+ */
+export function exportPermissions(writable: boolean, sharesResize: boolean, takesResize = false) {
   return {
-    perm: { read: true, write: writable, resize: false },
+    perm: { read: true, write: writable, resize: takesResize },
     shared: { read: true, write: true, resize: sharesResize },
   };
 }
@@ -55,15 +59,16 @@ export abstract class BlockExport implements Parent {
    * Links the 'root' edge (a conflict throws, leaving nothing behind). A
    * subclass does its own checks before calling this, so a refused export
    * holds nothing. `sharesResize`: whether other users may resize the node
-   * (NBD: no, its size is fixed at creation).
+   * (NBD: no, its size is fixed at creation); `takesResize`: whether the
+   * export itself resizes it (FUSE's truncate and growable writes).
    */
-  protected constructor(common: ExportCommon, sharesResize: boolean) {
+  protected constructor(common: ExportCommon, sharesResize: boolean, takesResize = false) {
     this.type = common.type;
     this.id = common.id;
     this.writable = common.writable;
     this.writethrough = common.writethrough;
     this.graph = common.graph;
-    this.edge = common.graph.link(this, common.node, 'root', exportPermissions(this.writable, sharesResize));
+    this.edge = common.graph.link(this, common.node, 'root', exportPermissions(this.writable, sharesResize, takesResize));
   }
 
   /** The exported node (follows the edge if a job swaps the node under it). */

@@ -40,10 +40,25 @@ export interface NativeAddon {
    * Absent from addons built before it (then zstd compression is refused).
    */
   zstdCompress?(src: Buffer, level: number): Promise<Buffer>;
+  /** /dev/fuse, opened O_RDWR|O_CLOEXEC|O_NONBLOCK. */
+  fuseOpenDevice(): number;
+  /** mount(2); throws its errno. */
+  fuseMount(source: string, target: string, fstype: string, flags: number, data: string): void;
+  /** umount2(2); throws its errno. */
+  fuseUnmount(target: string, flags: number): void;
+  /** Polls the device on the event loop; every request waiting is read and passed on; (null, error) once at the end. */
+  fuseReader(fd: number, bufferSize: number, onRequests: (requests: Buffer[] | null, error?: NativeError) => void): FuseReaderHandle;
+  /** Stops or resumes polling (backpressure); the fd stays open. */
+  fuseReaderActive(reader: FuseReaderHandle, active: boolean): void;
+  /** One writev(2) of a reply: 0, or the errno (ENOENT: the request was interrupted). */
+  fuseReply(fd: number, parts: Buffer[]): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;
 }
+
+/** The addon's FUSE device reader (an opaque handle). */
+export interface FuseReaderHandle { readonly __fuseReader: unique symbol }
 
 /** An error thrown by the addon: message is strerror()'s text. */
 export interface NativeError extends Error {

@@ -52,6 +52,22 @@ export interface BlockExportOptionsNbdValue {
   'allocation-depth'?: boolean;
 }
 
+export const FuseExportAllowOther: EnumType = enm('FuseExportAllowOther', ['off', 'on', 'auto'], 'Possible allow_other modes for FUSE exports.');
+
+/** The FUSE variant of BlockExportOptions. */
+export const BlockExportOptionsFuse: ObjectType = obj('BlockExportOptionsFuse', [
+  req('mountpoint', 'str', 'path on which to export the block device via FUSE; must be an existing regular file'),
+  opt('growable', 'bool', 'whether writes beyond the EOF should grow the block node (default: false)'),
+  opt('allow-other', FuseExportAllowOther, 'whether other users may access the export (mount option allow_other; default: auto)'),
+]);
+
+/** The members of BlockExportOptionsFuse, validated. */
+export interface BlockExportOptionsFuseValue {
+  mountpoint: string;
+  growable?: boolean;
+  'allow-other'?: 'off' | 'on' | 'auto';
+}
+
 /** The export types the daemon serves (qsd 7.2 has nbd, vhost-user-blk, fuse and vduse-blk). */
 export const blockExportType = (types: readonly string[]): EnumType => enm('BlockExportType', [...types]);
 

@@ -14,6 +14,7 @@ import yargs from 'yargs';
 import { BlockGraph } from '../../blockdev/graph.ts';
 import { registerDrivers } from '../../blockdev/drivers/index.ts';
 import { commandTable } from '../commands/index.ts';
+import { FuseExportDriver } from '../../fuse/export.ts';
 import { ExportDriverTable } from '../../export/drivers.ts';
 import { NbdExportDriver } from '../../nbd/exports.ts';
 import { argsType } from '../command.ts';
@@ -35,7 +36,7 @@ const USAGE = `Usage: blockctl [-s SOCKET] [--json] [--watch] COMMAND [key=value
 const DEFAULT_SOCKET = process.env.BLOCKD_QMP ?? './var/qmp.sock';
 
 /** The daemon's command table, for checking arguments: its export types as the daemon composes them (src/daemon/daemon.ts). */
-const daemonTable = () => commandTable(new ExportDriverTable([new NbdExportDriver()]));
+const daemonTable = () => commandTable(new ExportDriverTable([new NbdExportDriver(), new FuseExportDriver()]));
 
 class UsageError extends Error {}
 

@@ -8,6 +8,7 @@
  * when none of its own options matter); otherwise it is shown as
  * "json:{...}" with the options that matter ("strong" options) and its children.
  */
+import { allocatedFileSize } from '../../blockdev/allocated-size.ts';
 import { BlockNode } from '../../blockdev/node.ts';
 import { isBlockExport } from '../../export/export.ts';
 import type { BlockGraph } from '../../blockdev/graph.ts';
@@ -15,9 +16,6 @@ import type { ChildEdge, Parent } from '../../blockdev/edge.ts';
 import { toQmpJson } from '../json-writer.ts';
 import { qdictOrder } from '../../qapi/qdict-order.ts';
 import type { TypeRef } from '../../qapi/types.ts';
-
-/** Children that hold a node's data (not its backing chain). */
-const DATA_ROLES = new Set(['file', 'data-file']);
 
 function strongOptions(node: BlockNode): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -115,22 +113,6 @@ function hasGetInfo(node: BlockNode, info: Record<string, unknown>): boolean {
   return node.driver.getInfo === 'file' && file !== undefined && hasGetInfo(file, driverInfo(file));
 }
 
-/** Bytes allocated on disk for the node (QEMU's bdrv_get_allocated_file_size), if known. */
-function actualSize(node: BlockNode): number | undefined {
-  const own = driverInfo(node)['actual-size'];
-  if (typeof own === 'number') return own;
-  if (node.driver.kind === 'protocol' || node.driver.noAllocatedSize) return undefined;
-  if (node.isFilter) return node.primaryChild ? actualSize(node.primaryChild) : undefined;
-  let sum = 0;
-  for (const e of node.children) {
-    if (!DATA_ROLES.has(e.role)) continue;
-    const s = actualSize(e.child);
-    if (s === undefined) return undefined;
-    sum += s;
-  }
-  return sum;
-}
-
 function driverInfo(node: BlockNode): Record<string, unknown> {
   try {
     return node.ops.info?.() ?? {};
@@ -155,7 +137,7 @@ export function imageInfo(node: BlockNode, flat: boolean): Record<string, unknow
     filename: nodeFilename(node),
     format: node.driver.name,
   };
-  const actual = actualSize(node);
+  const actual = allocatedFileSize(node);
   if (actual !== undefined) info['actual-size'] = actual;
   if (hasGetInfo(node, extra)) info['dirty-flag'] = false;
   for (const [k, v] of Object.entries(extra)) if (k !== 'actual-size' && v !== undefined) info[k] = v;
