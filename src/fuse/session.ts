@@ -12,7 +12,7 @@
 import type { Logger } from 'pino';
 import { decodeRequest, isNoReply, type FuseRequest, type InHeader } from './protocol/requests.ts';
 import { attrOut, errorReply, initOut, lseekOut, okReply, openOut, statfsOut, writeOut, type FuseAttr } from './protocol/replies.ts';
-import { FUSE_KERNEL_VERSION, FUSE_ROOT_ID, InitFlag } from './protocol/constants.ts';
+import { FATTR_ACTIONS, FUSE_KERNEL_VERSION, FUSE_ROOT_ID, InitFlag } from './protocol/constants.ts';
 import { FuseErrno, fuseErr, fuseErrno } from './errors.ts';
 
 /** The file system of one regular file, as the session calls it. Refusals throw a FuseErrno. */
@@ -164,7 +164,7 @@ export class FuseSession {
       case 'getattr':
         return attr(await this.file.getattr());
       case 'setattr':
-        return attr(await this.file.setattr(req.valid, req));
+        return attr(await this.file.setattr(req.valid & FATTR_ACTIONS, req));
       case 'open':
         return okReply(u, openOut(0n, 0));
       case 'release':
