@@ -12,14 +12,46 @@ import { DetectZeroes, detectZeroesMode, isAllZero, type DetectZeroesMode } from
 import { checkNewShared, cowShared, cumulative, type ChildEdge, type Parent } from './edge.ts';
 import type { CommonOptions, Driver, DriverOps, Perm } from './driver.ts';
 import type { BlkdebugEvent } from './debug-events.ts';
+import { LatencyHistogram, nowNs } from '../util/stats/latency-histogram.ts';
 
-export interface NodeStats {
-  rdBytes: number; wrBytes: number; rdOps: number; wrOps: number;
-  zeroOps: number; zeroBytes: number; discardOps: number; discardBytes: number; flushOps: number;
+/**
+ * A node's I/O accounting, in QEMU's terms (block/accounting.c) with
+ * account_failed and account_invalid on: plain fields the data path bumps
+ * (a few increments and one clock read per request, nothing allocated) and
+ * query-blockstats and the metrics endpoint read.
+ */
+export class NodeStats {
+  rdBytes = 0; wrBytes = 0; rdOps = 0; wrOps = 0;
+  zeroOps = 0; zeroBytes = 0; discardOps = 0; discardBytes = 0; flushOps = 0;
   /** Failures of any kind, and by kind (QEMU's failed_*_operations). */
-  failedOps: number; failedRd: number; failedWr: number; failedUnmap: number; failedFlush: number;
+  failedOps = 0; failedRd = 0; failedWr = 0; failedUnmap = 0; failedFlush = 0;
+  /** Requests refused as invalid before they ran (QEMU's invalid_*_operations: an NBD request out of range, say). */
+  invalidRd = 0; invalidWr = 0; invalidUnmap = 0; invalidFlush = 0;
   /** End of the highest write, write-zeroes or effective discard (QEMU's wr_highest_offset). */
-  wrHighestOffset: number;
+  wrHighestOffset = 0;
+  /** Durations of completed and failed requests (their sums are QEMU's *_total_time_ns); write-zeroes count as writes. */
+  readonly rdLatency = new LatencyHistogram();
+  readonly wrLatency = new LatencyHistogram();
+  readonly flushLatency = new LatencyHistogram();
+  readonly unmapLatency = new LatencyHistogram();
+  /** nowNs() when the last request ended (QEMU's last_access_time_ns); 0 = never. */
+  lastAccessNs = 0;
+
+  /** A request that started at `t0` (nowNs()) ended, successfully or not. */
+  ended(h: LatencyHistogram, t0: number): void {
+    const t = nowNs();
+    h.record(t - t0);
+    this.lastAccessNs = t;
+  }
+
+  /** A request refused before it ran (an invalid one), by QEMU's accounting type. */
+  invalid(type: 'read' | 'write' | 'flush' | 'unmap'): void {
+    if (type === 'read') this.invalidRd++;
+    else if (type === 'write') this.invalidWr++;
+    else if (type === 'flush') this.invalidFlush++;
+    else this.invalidUnmap++;
+    this.lastAccessNs = nowNs();
+  }
 }
 
 /** Called after a write, write-zeroes or discard has changed [offset, offset+length). */
@@ -46,10 +78,7 @@ export class BlockNode implements Parent {
   writeThreshold = 0;
   /** Told once when a write-type request ends past writeThreshold, before the request runs (QEMU's prepare step). */
   onWriteThreshold?: (end: number) => void;
-  readonly stats: NodeStats = {
-    rdBytes: 0, wrBytes: 0, rdOps: 0, wrOps: 0, zeroOps: 0, zeroBytes: 0, discardOps: 0, discardBytes: 0, flushOps: 0,
-    failedOps: 0, failedRd: 0, failedWr: 0, failedUnmap: 0, failedFlush: 0, wrHighestOffset: 0,
-  };
+  readonly stats = new NodeStats();
   ops: DriverOps = {};
   limits: Limits = { alignment: 1, maxTransfer: DEFAULT_MAX_TRANSFER, canFua: false, canZero: false, canTrim: false };
   private inflight = 0;
@@ -182,7 +211,8 @@ export class BlockNode implements Parent {
     // promise step: a 4 KiB read from memory is otherwise mostly async frames.
     const read = this.ops.read;
     if (read && this.plainRequest(offset, buf.length)) {
-      return this.direct(attempt(() => read(offset, buf)), false, offset, buf.length);
+      const t0 = nowNs();
+      return this.direct(attempt(() => read(offset, buf)), false, offset, buf.length, t0);
     }
     return this.readAny(offset, buf, flags);
   }
@@ -191,14 +221,16 @@ export class BlockNode implements Parent {
     this.checkRange(offset, buf.length);
     // A zero-length request succeeds without reaching the driver (QEMU's block layer too).
     if (buf.length === 0) return;
+    const t0 = nowNs();
     const waiting = this.enter();
     if (waiting) await waiting;
     try {
       await this.unalignedRead(offset, buf, flags);
+      this.stats.ended(this.stats.rdLatency, t0);
       this.stats.rdOps++;
       this.stats.rdBytes += buf.length;
     } catch (e) {
-      throw this.fail(e, 'read');
+      throw this.fail(e, 'read', t0);
     } finally {
       this.leave();
     }
@@ -211,7 +243,8 @@ export class BlockNode implements Parent {
     const write = this.ops.write;
     if (write && !this.ops.debugEvent && this.detectZeroes === DetectZeroes.OFF && this.limits.alignment === 1 && !this.readOnly && (!(flags & ReqFlag.FUA) || this.limits.canFua) &&
         this.plainRequest(offset, buf.length)) {
-      return this.direct(attempt(() => write(offset, buf, flags & ReqFlag.FUA)), true, offset, buf.length);
+      const t0 = nowNs();
+      return this.direct(attempt(() => write(offset, buf, flags & ReqFlag.FUA)), true, offset, buf.length, t0);
     }
     return this.writeAny(offset, buf, flags);
   }
@@ -228,22 +261,23 @@ export class BlockNode implements Parent {
    * count, stats, write observers, errors. A call that already finished
    * (COMPLETED) is accounted for at once and stays COMPLETED for the caller.
    */
-  private direct(pending: Promise<void>, write: boolean, offset: number, len: number): Promise<void> {
+  private direct(pending: Promise<void>, write: boolean, offset: number, len: number, t0: number): Promise<void> {
     this.inflight++;
     if (pending === COMPLETED) {
-      this.succeeded(write, offset, len);
+      this.succeeded(write, offset, len, t0);
       return COMPLETED;
     }
     return pending.then(
-      () => this.succeeded(write, offset, len),
+      () => this.succeeded(write, offset, len, t0),
       (e: unknown) => {
         this.leave();
-        throw this.fail(e, write ? 'write' : 'read');
+        throw this.fail(e, write ? 'write' : 'read', t0);
       },
     );
   }
 
-  private succeeded(write: boolean, offset: number, len: number): void {
+  private succeeded(write: boolean, offset: number, len: number, t0: number): void {
+    this.stats.ended(write ? this.stats.wrLatency : this.stats.rdLatency, t0);
     if (write) {
       this.stats.wrOps++;
       this.stats.wrBytes += len;
@@ -263,6 +297,7 @@ export class BlockNode implements Parent {
     if (this.detectZeroes !== DetectZeroes.OFF && this.limits.canZero && isAllZero(buf)) {
       return this.writeZeroes(offset, buf.length, (flags & ReqFlag.FUA) | (this.detectZeroes === DetectZeroes.UNMAP ? ReqFlag.MAY_UNMAP : 0));
     }
+    const t0 = nowNs();
     const waiting = this.enter();
     if (waiting) await waiting;
     try {
@@ -271,11 +306,12 @@ export class BlockNode implements Parent {
         else await this.readModifyWrite(offset, buf, flags);
       });
       if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
+      this.stats.ended(this.stats.wrLatency, t0);
       this.stats.wrOps++;
       this.stats.wrBytes += buf.length;
       this.notify(offset, buf.length);
     } catch (e) {
-      throw this.fail(e, 'write');
+      throw this.fail(e, 'write', t0);
     } finally {
       this.leave();
     }
@@ -292,6 +328,7 @@ export class BlockNode implements Parent {
     }
     if (length === 0) return;
     if (this.writeThreshold > 0) this.checkThreshold(offset + length);
+    const t0 = nowNs();
     await this.enter();
     try {
       const start = roundUp(offset, a);
@@ -304,11 +341,12 @@ export class BlockNode implements Parent {
       }
       if (offset + length > end && end >= start) await this.zeroWrite(end, offset + length - end, flags);
       if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
+      this.stats.ended(this.stats.wrLatency, t0);
       this.stats.zeroOps++;
       this.stats.zeroBytes += length;
       this.notify(offset, length);
     } catch (e) {
-      throw this.fail(e, 'write-zeroes');
+      throw this.fail(e, 'write-zeroes', t0);
     } finally {
       this.leave();
     }
@@ -330,14 +368,16 @@ export class BlockNode implements Parent {
     const op = this.ops.writeCompressed;
     if (!op) throw new BlockError('ENOTSUP', `Compression is not supported for this drive ${this.nodeName}`);
     if (buf.length === 0) return;
+    const t0 = nowNs();
     await this.enter();
     try {
       await op(offset, buf);
+      this.stats.ended(this.stats.wrLatency, t0);
       this.stats.wrOps++;
       this.stats.wrBytes += buf.length;
       this.notify(offset, buf.length);
     } catch (e) {
-      throw this.fail(e, 'write');
+      throw this.fail(e, 'write', t0);
     } finally {
       this.leave();
     }
@@ -349,6 +389,7 @@ export class BlockNode implements Parent {
     if (length === 0) return;
     // A discard the node ignores (QEMU: no BDRV_O_UNMAP) never reaches the threshold check.
     if (this.writeThreshold > 0 && this.options.discard === 'unmap') this.checkThreshold(offset + length);
+    const t0 = nowNs();
     await this.enter();
     try {
       const a = this.limits.alignment;
@@ -359,24 +400,27 @@ export class BlockNode implements Parent {
         if (this.ops.discard) await this.splitRange(start, end - start, (o, l) => this.ops.discard!(o, l));
         else if (this.isFilter && this.primaryChild) await this.primaryChild.discard(start, end - start);
       }
+      this.stats.ended(this.stats.unmapLatency, t0);
       this.stats.discardOps++;
       this.stats.discardBytes += length;
       // A discard the node ignores (QEMU: no BDRV_O_UNMAP) is no write: it moves no highest offset.
       this.notify(offset, length, this.options.discard === 'unmap');
     } catch (e) {
-      throw this.fail(e, 'discard');
+      throw this.fail(e, 'discard', t0);
     } finally {
       this.leave();
     }
   }
 
   async flush(): Promise<void> {
+    const t0 = nowNs();
     await this.enter();
     try {
       await this.flushInner();
+      this.stats.ended(this.stats.flushLatency, t0);
       this.stats.flushOps++;
     } catch (e) {
-      throw this.fail(e, 'flush');
+      throw this.fail(e, 'flush', t0);
     } finally {
       this.leave();
     }
@@ -581,12 +625,14 @@ export class BlockNode implements Parent {
     if (this.readOnly) throw new BlockError('EPERM', `Node '${this.nodeName}' is read-only`);
   }
 
-  private fail(e: unknown, what: string): BlockError {
-    this.stats.failedOps++;
-    if (what === 'read') this.stats.failedRd++;
-    else if (what === 'write' || what === 'write-zeroes') this.stats.failedWr++;
-    else if (what === 'discard') this.stats.failedUnmap++;
-    else if (what === 'flush') this.stats.failedFlush++;
+  /** Counts a failure; `t0` (when the request started) for the kinds QEMU times, whose failures count in their latency too (account_failed). */
+  private fail(e: unknown, what: string, t0?: number): BlockError {
+    const s = this.stats;
+    s.failedOps++;
+    if (what === 'read') { s.failedRd++; if (t0 !== undefined) s.ended(s.rdLatency, t0); }
+    else if (what === 'write' || what === 'write-zeroes') { s.failedWr++; if (t0 !== undefined) s.ended(s.wrLatency, t0); }
+    else if (what === 'discard') { s.failedUnmap++; if (t0 !== undefined) s.ended(s.unmapLatency, t0); }
+    else if (what === 'flush') { s.failedFlush++; if (t0 !== undefined) s.ended(s.flushLatency, t0); }
     return toBlockError(e, `${this.nodeName}: ${what}`);
   }
 

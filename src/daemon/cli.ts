@@ -18,6 +18,8 @@ export interface StartupConfig {
   monitors: Item[];
   nbdServers: Item[];
   exports: Item[];
+  /** --metrics: the OpenMetrics/Prometheus endpoint's address (beyond qsd). */
+  metrics?: Item;
   /** QMP commands run once everything above is up (config files only). */
   commands: Record<string, unknown>[];
   pidfile?: string;
@@ -63,6 +65,10 @@ blockd: a qemu-storage-daemon compatible block storage daemon
   --config <file>           read blockdevs, objects, chardevs, monitors, the NBD
                             server, exports and start-up QMP commands from a JSON file
   --log-level <level>       fatal, error, warn (default), info, debug, trace, silent
+  --metrics addr.type=inet,addr.host=<host>,addr.port=<port>
+  --metrics addr.type=unix,addr.path=<path>
+                            serve GET /metrics (Prometheus text format): nodes,
+                            exports, NBD connections, jobs, throttle queues, process
 
 Without any option, blockd serves its embedded default: a qcow2 disk under
 ./var exported as 'disk0' on 127.0.0.1:10809 and ./var/nbd.sock.
@@ -93,6 +99,7 @@ export function parseCli(argv: string[]): ParsedCli {
     .option('pidfile', { type: 'string' })
     .option('config', { type: 'string' })
     .option('log-level', { type: 'string' })
+    .option('metrics', { type: 'string', requiresArg: true })
     .fail((msg) => { failure = msg; });
   for (const o of LIST_OPTIONS) y.option(o, { type: 'string', array: true, requiresArg: true });
   const args = y.parseSync() as Record<string, unknown>;
@@ -110,9 +117,11 @@ export function parseCli(argv: string[]): ParsedCli {
     nbdServers: items('nbd-server'), exports: items('export'), commands: [],
     pidfile: single(args.pidfile, 'pidfile'), daemonize: args.daemonize === true, logLevel,
   };
+  const metrics = single(args.metrics, 'metrics');
+  if (metrics !== undefined) config.metrics = { option: 'metrics', value: metrics };
   const configFile = single(args.config, 'config');
   // Nothing to serve was named (at most a log level): the embedded default.
-  const empty = !configFile && !config.pidfile && !config.daemonize &&
+  const empty = !configFile && !config.pidfile && !config.daemonize && !config.metrics &&
     [config.objects, config.blockdevs, config.chardevs, config.monitors, config.nbdServers, config.exports].every((l) => l.length === 0);
   if (empty) return { kind: 'default', logLevel };
   return { kind: 'run', config, configFile };

@@ -14,7 +14,7 @@ import { CliError, type Item, type StartupConfig } from './cli.ts';
 const LISTS: Record<string, keyof StartupConfig> = {
   object: 'objects', blockdev: 'blockdevs', chardev: 'chardevs', monitor: 'monitors', 'nbd-server': 'nbdServers', export: 'exports',
 };
-const SCALARS = new Set(['pidfile', 'daemonize', 'log-level', 'qmp']);
+const SCALARS = new Set(['pidfile', 'daemonize', 'log-level', 'qmp', 'metrics']);
 
 /** Reads FILE and appends its items to `config` (config-file items come before command-line ones). */
 export function mergeConfigFile(file: string, config: StartupConfig): StartupConfig {
@@ -47,6 +47,12 @@ export function mergeConfigFile(file: string, config: StartupConfig): StartupCon
       if (key === 'pidfile') out.pidfile = config.pidfile ?? expectString(file, key, value);
       if (key === 'daemonize') out.daemonize = config.daemonize || value === true;
       if (key === 'log-level') out.logLevel = expectString(file, key, value);
+      if (key === 'metrics') {
+        if (typeof value !== 'string' && (!value || typeof value !== 'object' || Array.isArray(value))) {
+          throw new CliError(`--config ${file}: 'metrics' must be a key=value string or a JSON object`);
+        }
+        out.metrics = config.metrics ?? { option: 'metrics', value: value as Item['value'] };
+      }
       if (key === 'qmp') {
         if (!Array.isArray(value) || value.some((c) => !c || typeof c !== 'object' || Array.isArray(c))) {
           throw new CliError(`--config ${file}: 'qmp' must be a list of QMP command objects`);

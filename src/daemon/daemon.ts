@@ -22,6 +22,9 @@ import { ObjectRegistry } from '../objects/registry.ts';
 import { ObjectOptions } from '../objects/table.ts';
 import { QmpService } from '../qmp/service.ts';
 import type { Item, StartupConfig } from './cli.ts';
+import { metricsRegistry } from './metrics/collectors.ts';
+import { MetricsOptions, type MetricsOptionsValue } from './metrics/options.ts';
+import { MetricsServer } from './metrics/server.ts';
 import type { Logger } from './logger.ts';
 
 /** An error from one startup item, printed as "blockd: --option value: message". */
@@ -56,6 +59,8 @@ export class Daemon {
   });
   readonly jobs = new JobManager((event, data) => this.events.emit(event, data));
   readonly qmp: QmpService;
+  /** The /metrics endpoint, with --metrics. */
+  metrics?: MetricsServer;
   /**
    * What QMP quit does: main.ts's SIGTERM path, and quit's reply waits until
    * the block side is down, so it follows the shutdown's events as in qsd
@@ -89,6 +94,7 @@ export class Daemon {
       for (const item of config.blockdevs) await this.step(item, () => this.addBlockdev(item));
       for (const item of config.nbdServers) await this.step(item, () => this.startNbdServer(item));
       for (const item of config.exports) await this.step(item, () => this.addExport(item));
+      if (config.metrics) await this.step(config.metrics, () => this.startMetrics(config.metrics!));
       for (const cmd of config.commands) {
         await this.step({ option: 'config qmp', value: cmd }, () => this.qmp.runStartupCommand(cmd));
       }
@@ -119,6 +125,13 @@ export class Daemon {
     this.nbdServers.push(await startNbdServer(this.nbdExports, parseItem<NbdServerStart>(NbdServerOptions, item), this.log, this.objects));
   }
 
+  async startMetrics(item: Item): Promise<void> {
+    const opts = parseItem<MetricsOptionsValue>(MetricsOptions, item);
+    const registry = metricsRegistry({ graph: this.graph, exports: this.exports, nbdServers: this.nbdServers, jobs: this.jobs, objects: this.objects });
+    this.metrics = await MetricsServer.start(opts, registry, (err) => this.log.error({ err }, 'metrics endpoint error'));
+    this.log.info({ addr: opts.addr, port: this.metrics.port }, 'metrics endpoint listening');
+  }
+
   async addExport(item: Item): Promise<void> {
     const exp = this.exports.add(this.graph, parseItem<BlockExportOptionsValue>(this.exports.drivers.optionsType(), item, 'type'));
     this.log.debug({ id: exp.id, type: exp.type, node: exp.node.nodeName }, 'export added');
@@ -131,6 +144,7 @@ export class Daemon {
    */
   shutdown(): Promise<void> {
     this.stopping ??= (async () => {
+      await this.metrics?.close();
       await this.stopBlockSide();
       await this.qmp.close();
     })();

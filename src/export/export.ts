@@ -11,6 +11,7 @@
 import type { BlockGraph } from '../blockdev/graph.ts';
 import type { ChildEdge, Parent } from '../blockdev/edge.ts';
 import type { BlockNode } from '../blockdev/node.ts';
+import { ExportIoStats } from './io-stats.ts';
 
 /** One user of an export (an NBD connection...): counted, and dropped on a hard shutdown. */
 export interface ExportClient {
@@ -50,6 +51,10 @@ export abstract class BlockExport implements Parent {
   /** Every write is made stable before it completes (qsd: the write cache is off). */
   readonly writethrough: boolean;
   readonly edge: ChildEdge;
+  /** Its clients' requests, counted by the server that runs them (io-stats.ts). */
+  readonly ioStats = new ExportIoStats();
+  /** Clients that ever attached. */
+  clientsTotal = 0;
   protected readonly graph: BlockGraph;
   private readonly users = new Set<ExportClient>();
   private ending?: Promise<void>;
@@ -92,6 +97,7 @@ export abstract class BlockExport implements Parent {
   attach(client: ExportClient): boolean {
     if (this.shuttingDown) return false;
     this.users.add(client);
+    this.clientsTotal++;
     return true;
   }
 

@@ -26,8 +26,8 @@ export interface CommandContext {
   pool: BufferPool;
 }
 
-/** A reply: buffers to write corked, and a pooled buffer to give back once they are written. */
-export interface Reply { bufs: Buffer[]; release?: Buffer }
+/** A reply: buffers to write corked, a pooled buffer to give back once they are written, and whether it reports a failure. */
+export interface Reply { bufs: Buffer[]; release?: Buffer; failed?: true }
 
 /** NBD command flags → block-layer request flags (the one translation point). */
 export function toReqFlags(req: RequestHeader, exp: NbdExport): number {
@@ -89,7 +89,7 @@ async function executeAny(ctx: CommandContext, req: RequestHeader, payload?: Buf
 /** The failure reply of a request, its detail logged. */
 function failed(ctx: CommandContext, req: RequestHeader, e: unknown): Reply {
   const { errno } = nbdErrno(e, ctx.log, { cmd: req.type, offset: req.offset, length: req.length });
-  return { bufs: errorReply(ctx, req, errno, WIRE_MESSAGE[req.type] ?? 'request failed') };
+  return { bufs: errorReply(ctx, req, errno, WIRE_MESSAGE[req.type] ?? 'request failed'), failed: true };
 }
 
 /**
@@ -163,7 +163,7 @@ async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): P
     case Cmd.BLOCK_STATUS:
       return { bufs: await blockStatus(ctx, req) };
     default:
-      return { bufs: errorReply(ctx, req, NbdErrno.EINVAL, `invalid request type (${req.type}) received`) };
+      return { bufs: errorReply(ctx, req, NbdErrno.EINVAL, `invalid request type (${req.type}) received`), failed: true };
   }
 }
 

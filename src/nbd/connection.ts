@@ -27,6 +27,8 @@ import type { ExportClient, NbdExport } from './exports.ts';
 import type { Negotiated, NegotiationEnv, OptionHandler } from './options.ts';
 import type { Transport, TransportEvents } from './transport/transport.ts';
 import { checkRequest, type ValidationContext } from './validate.ts';
+import { EXPORT_OP, NODE_KIND } from './op-kinds.ts';
+import { ExportOp } from '../export/io-stats.ts';
 
 export interface ConnectionOptions {
   env: NegotiationEnv;
@@ -308,22 +310,34 @@ export class NbdConnection implements ExportClient {
       this.log.debug({ cmd: cmdName(req.type), offset: req.offset, length: req.length, reason: rejected.reason }, 'NBD request rejected');
       this.send(errorReply(this.cmdCtx!, req, rejected.errno, rejected.reason));
       this.pool.release(f.payload);
+      this.countRefused(req.type);
       return;
     }
     this.runRequest(req, f.payload);
+  }
+
+  /** A request refused by validation: invalid for the export, and for its node as a guest device's invalid request is for its drive. */
+  private countRefused(type: number): void {
+    const op = EXPORT_OP[type];
+    if (op === undefined) return;
+    this.exp!.ioStats.refused(op);
+    const kind = NODE_KIND[op];
+    if (kind) this.exp!.node.stats.invalid(kind);
   }
 
   private runRequest(req: RequestHeader, payload?: Buffer): void {
     const bytes = req.type === Cmd.READ || req.type === Cmd.WRITE ? req.length : 0;
     this.inflight++;
     this.inflightBytes += bytes;
+    const t0 = this.exp!.ioStats.started();
     const reply = execute(this.cmdCtx!, req, payload);
-    if (reply instanceof Promise) void reply.then((r) => this.complete(r, bytes));
-    else this.complete(reply, bytes);
+    if (reply instanceof Promise) void reply.then((r) => this.complete(r, bytes, req, t0));
+    else this.complete(reply, bytes, req, t0);
   }
 
   /** A request's reply goes out; a request that completed inside pump() leaves the taking of the next frame to pump()'s loop. */
-  private complete(reply: Reply, bytes: number): void {
+  private complete(reply: Reply, bytes: number, req: RequestHeader, t0: number): void {
+    this.exp!.ioStats.ended(EXPORT_OP[req.type] ?? ExportOp.READ, req.length, t0, reply.failed === true);
     this.send(reply.bufs, reply.release);
     this.inflight--;
     this.inflightBytes -= bytes;

@@ -54,6 +54,8 @@ export class NbdServer {
   private readonly log: Logger;
   private readonly env: NegotiationEnv;
   private nextId = 1;
+  /** Connections served since start (negotiating or beyond), and clients turned away (no waiting slot left, TLS refused). */
+  readonly counters = { accepted: 0, refused: 0 };
   private readonly pool = new BufferPool();
   private closing?: Promise<void>;
   /** The TLS context every session uses, or why no session can start (an unusable priority string). */
@@ -83,6 +85,12 @@ export class NbdServer {
 
   /** Clients being served (negotiating or in transmission), not counting those waiting for a slot. */
   get connections(): number { return this.active.size; }
+
+  /** Clients connected and waiting for a slot (beyond max-connections). */
+  get waitingClients(): number { return this.waiting.length; }
+
+  /** The listeners, as their log names them ("tcp 127.0.0.1:10809", "unix /run/blockd/nbd.sock"). */
+  listenerNames(): string[] { return this.listeners.map((l) => l.describe); }
 
   /** Bound addresses, e.g. to find the port chosen for port 0. */
   addresses(): (ReturnType<Server['address']>)[] {
@@ -129,6 +137,7 @@ export class NbdServer {
     if (max > 0 && this.active.size >= max) {
       if (this.waiting.length >= MAX_WAITING) {
         this.log.warn('too many NBD clients waiting for a connection slot; turning one away');
+        this.counters.refused++;
         return void socket.destroy();
       }
       socket.on('error', () => undefined);
@@ -144,6 +153,7 @@ export class NbdServer {
 
   private startConnection(accepted: Socket): void {
     const id = this.nextId++;
+    this.counters.accepted++;
     const transport = new PlainSocketTransport(accepted);
     const log = this.log.child({ conn: id, peer: transport.peer });
     const conn = new NbdConnection(transport, {
@@ -179,6 +189,7 @@ export class NbdServer {
         return new TlsTransport(session.socket, current.peer, session.identity);
       } catch (e) {
         current.socket.destroy();
+        this.counters.refused++;
         // One line a user can act on: which credentials, which client, why.
         throw new Error(`${tls.creds.type} '${tls.creds.id}': TLS session with ${current.peer} refused: ${(e as Error).message}`);
       }

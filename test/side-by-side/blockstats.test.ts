@@ -12,18 +12,27 @@ import { join } from 'node:path';
 import type { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { tempDir, type Running } from '../helpers/daemons.ts';
 import { qmpDaemon, type Ev } from '../helpers/live.ts';
-import { run } from '../helpers/tools.ts';
+import { nbdsh, run } from '../helpers/tools.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
 
 type Stats = { 'node-name'?: string; stats: Record<string, unknown>; parent?: Stats; 'driver-specific'?: Record<string, unknown> };
 
 /** Counters qsd 7.2 does not keep at node level (blockd does). */
-const COUNTED = ['rd_bytes', 'wr_bytes', 'unmap_bytes', 'rd_operations', 'wr_operations', 'flush_operations', 'unmap_operations'];
+const COUNTED = ['rd_bytes', 'wr_bytes', 'unmap_bytes', 'rd_operations', 'wr_operations', 'flush_operations', 'unmap_operations',
+  'rd_total_time_ns', 'wr_total_time_ns', 'flush_total_time_ns', 'unmap_total_time_ns',
+  'invalid_rd_operations', 'invalid_wr_operations', 'invalid_flush_operations', 'invalid_unmap_operations'];
+/** What qsd would show of blockd's statistics: its own counters at 0, no idle time or histograms, accounting flags off. */
 function qsdView(s: Stats): Stats {
   const stats = { ...s.stats };
   for (const k of COUNTED) stats[k] = 0;
+  for (const k of ['idle_time_ns', 'rd_latency_histogram', 'wr_latency_histogram', 'flush_latency_histogram']) delete stats[k];
+  stats.account_invalid = false;
+  stats.account_failed = false;
   return { ...s, stats, ...(s.parent ? { parent: qsdView(s.parent) } : {}) };
 }
+
+type Histogram = { boundaries: number[]; bins: number[] };
+const binsTotal = (h: unknown) => (h as Histogram).bins.reduce((a, b) => a + b, 0);
 
 describe('block statistics and write thresholds, side by side with qemu-storage-daemon', () => {
   const dir = tempDir('blockd-stats-');
@@ -88,5 +97,38 @@ describe('block statistics and write thresholds, side by side with qemu-storage-
       unmap_operations: 1, unmap_bytes: 65536, failed_wr_operations: 0,
     });
     expect(d0.flush_operations).toBeGreaterThanOrEqual(1);
+    // Times, idle time and histograms (beyond qsd): each timed request is in its histogram, and took some time.
+    expect(d0).toMatchObject({ account_invalid: true, account_failed: true, timed_stats: [], invalid_rd_operations: 0 });
+    for (const k of ['rd', 'wr', 'flush', 'unmap']) expect(d0[`${k}_total_time_ns`]).toBeGreaterThan(0);
+    expect(binsTotal(d0.rd_latency_histogram)).toBe(1);
+    expect(binsTotal(d0.wr_latency_histogram)).toBe(4);
+    expect(binsTotal(d0.flush_latency_histogram)).toBe(d0.flush_operations);
+    const h = d0.rd_latency_histogram as Histogram;
+    expect(h.bins.length).toBe(h.boundaries.length + 1);
+    expect(h.boundaries.slice(0, 3)).toEqual([1000, 2000, 4000]);
+    expect(d0.idle_time_ns).toBeGreaterThan(0);
+    expect(d0.idle_time_ns).toBeLessThan(60e9);
+  });
+
+  it('requests an NBD client sends out of range count as invalid on the exported node (qsd: no device, no count)', async () => {
+    const { qmp, uri } = d.blockd;
+    const before = ((await qmp.execute('query-blockstats', { 'query-nodes': true })) as Stats[]).find((s) => s['node-name'] === 'd0')!.stats;
+    // libnbd checks ranges itself unless told not to (strict mode off).
+    const sock = uri.split('socket=')[1];
+    nbdsh(`h = nbd.NBD()
+h.set_strict_mode(0)
+h.set_export_name('d0')
+h.connect_unix(${JSON.stringify(sock)})
+for f in (lambda: h.pread(4096, 16 * 1024 * 1024), lambda: h.pwrite(b'x' * 4096, 16 * 1024 * 1024), lambda: h.trim(4096, 16 * 1024 * 1024)):
+    try:
+        f()
+        raise SystemExit('no error')
+    except nbd.Error:
+        pass
+h.shutdown()`);
+    const after = ((await qmp.execute('query-blockstats', { 'query-nodes': true })) as Stats[]).find((s) => s['node-name'] === 'd0')!.stats;
+    expect([after.invalid_rd_operations, after.invalid_wr_operations, after.invalid_unmap_operations].map((v, i) =>
+      (v as number) - ([before.invalid_rd_operations, before.invalid_wr_operations, before.invalid_unmap_operations][i] as number))).toEqual([1, 1, 1]);
+    expect(after.rd_operations).toBe(before.rd_operations);
   });
 });
