@@ -50,6 +50,7 @@ export class FuseExport extends BlockExport {
     this.allowOther = s.allowOther;
     const file = new BlockFile({
       node: () => this.node, writable: this.writable, growable: this.growable, allowOther: this.allowOther, writethrough: this.writethrough,
+      ioStats: this.ioStats,
     }, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
     this.session = new FuseSession(file, {
       reply: (parts) => writeFuseReply(this.fd, parts),

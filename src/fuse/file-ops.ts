@@ -11,6 +11,7 @@ import { Fattr, FallocMode, SEEK_DATA, SEEK_HOLE, S_IFREG } from './protocol/con
 import type { FuseAttr } from './protocol/replies.ts';
 import type { FuseFile } from './session.ts';
 import { fuseErr } from './errors.ts';
+import { ExportOp, type ExportIoStats, type ExportOpIndex } from '../export/io-stats.ts';
 
 /** QEMU's FUSE_MAX_BOUNCE_BYTES: MIN(BDRV_REQUEST_MAX_BYTES, 64 MiB); also the mount's max_read. */
 export const FUSE_MAX_BOUNCE_BYTES = 64 * 1024 * 1024;
@@ -29,6 +30,8 @@ export interface FileExportState {
   /** Whether the mount has allow_other. */
   readonly allowOther: boolean;
   readonly writethrough: boolean;
+  /** The export's request counters (the metrics endpoint's per-export families). */
+  readonly ioStats: ExportIoStats;
 }
 
 export class BlockFile implements FuseFile {
@@ -44,6 +47,20 @@ export class BlockFile implements FuseFile {
   }
 
   private get node(): BlockNode { return this.exp.node(); }
+
+  /** Runs one request of the export's clients, counted in its ioStats (refusals before `run` are not requests that ran). */
+  private async counted<T>(op: ExportOpIndex, length: number, run: () => Promise<T>): Promise<T> {
+    const st = this.exp.ioStats;
+    const t0 = st.started();
+    try {
+      const r = await run();
+      st.ended(op, length, t0, false);
+      return r;
+    } catch (e) {
+      st.ended(op, length, t0, true);
+      throw e;
+    }
+  }
 
   getattr(): FuseAttr {
     const node = this.node;
@@ -87,7 +104,7 @@ export class BlockFile implements FuseFile {
     // Readers expect a short read at EOF.
     const n = Math.max(0, Math.min(size, length - offset));
     const buf = Buffer.allocUnsafe(n);
-    if (n > 0) await this.node.read(offset, buf);
+    if (n > 0) await this.counted(ExportOp.READ, n, () => this.node.read(offset, buf));
     return buf;
   }
 
@@ -101,14 +118,14 @@ export class BlockFile implements FuseFile {
       // Writers expect a short write at EOF.
       else n = Math.max(0, length - offset);
     }
-    if (n > 0) await this.node.write(offset, data.subarray(0, n), this.exp.writethrough ? ReqFlag.FUA : 0);
+    if (n > 0) await this.counted(ExportOp.WRITE, n, () => this.node.write(offset, data.subarray(0, n), this.exp.writethrough ? ReqFlag.FUA : 0));
     return n;
   }
 
-  fsync(): Promise<void> { return this.node.flush(); }
+  fsync(): Promise<void> { return this.counted(ExportOp.FLUSH, 0, () => this.node.flush()); }
 
   /** qsd flushes when a file descriptor is closed. */
-  flush(): Promise<void> { return this.node.flush(); }
+  flush(): Promise<void> { return this.counted(ExportOp.FLUSH, 0, () => this.node.flush()); }
 
   async fallocate(offset: number, length: number, mode: number): Promise<void> {
     if (!this.exp.writable) throw fuseErr('EACCES');
@@ -120,10 +137,10 @@ export class BlockFile implements FuseFile {
       await this.node.truncate(offset + length);
     } else if (mode & FallocMode.PUNCH_HOLE) {
       if (!(mode & FallocMode.KEEP_SIZE)) throw fuseErr('EINVAL');
-      await this.chunks(offset, length, (o, l) => this.node.discard(o, l));
+      await this.counted(ExportOp.TRIM, length, () => this.chunks(offset, length, (o, l) => this.node.discard(o, l)));
     } else if (mode & FallocMode.ZERO_RANGE) {
       if (!(mode & FallocMode.KEEP_SIZE) && offset + length > size) await this.node.truncate(offset + length);
-      await this.chunks(offset, length, (o, l) => this.node.writeZeroes(o, l, 0));
+      await this.counted(ExportOp.WRITE_ZEROES, length, () => this.chunks(offset, length, (o, l) => this.node.writeZeroes(o, l, 0)));
     } else {
       throw fuseErr('EOPNOTSUPP');
     }

@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/temp.ts';
 import { run } from '../helpers/tools.ts';
+import { httpGetUnix, parsePrometheusText, sampleValue } from '../helpers/prometheus.ts';
 import { commandWithEvents, mountpointFile, mountsUnder, runAsync, runOk, startWithQmp, unmountAll, type FuseDaemon } from '../helpers/fuse.ts';
 
 const MiB = 1024 * 1024;
@@ -100,7 +101,8 @@ describe('FUSE export: real programs on the file', () => {
     const dir = scratch();
     const img = rawFile(dir, 32 * MiB);
     const mnt = mountpointFile(dir);
-    await blockd(dir, [...fileNode(img), ...fuseExport(mnt)]);
+    const metrics = join(dir, 'metrics.sock');
+    await blockd(dir, [...fileNode(img), ...fuseExport(mnt), '--metrics', `addr.type=unix,addr.path=${metrics}`]);
     for (const [engine, depth, direct] of [['psync', '1', '0'], ['libaio', '16', '1']]) {
       const out = await runOk('fio', ['--name=v', `--filename=${mnt}`, `--ioengine=${engine}`, `--iodepth=${depth}`, `--direct=${direct}`,
         '--rw=randwrite', '--bs=4k', '--size=8M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--output-format=json'], { timeout: 120_000 });
@@ -109,6 +111,11 @@ describe('FUSE export: real programs on the file', () => {
       expect(job.write.io_bytes, engine).toBe(8 * MiB);
       expect(job.read.io_bytes, engine).toBe(8 * MiB);
     }
+    // The export's counters (/metrics) saw the writes (all of them reach the file) and at least the direct reads.
+    const m = parsePrometheusText((await httpGetUnix(metrics, '/metrics')).body);
+    expect(sampleValue(m, 'blockd_export_bytes_total', 'blockd_export_bytes_total', { export: 'e0', op: 'write' })).toBeGreaterThanOrEqual(16 * MiB);
+    expect(sampleValue(m, 'blockd_export_bytes_total', 'blockd_export_bytes_total', { export: 'e0', op: 'read' })).toBeGreaterThanOrEqual(8 * MiB);
+    expect(sampleValue(m, 'blockd_export_errors_total', 'blockd_export_errors_total', { export: 'e0', op: 'write' })).toBe(0);
   });
 
   it('losetup + mkfs.ext4 + mount + 300 files + fsck.ext4 -fn', async () => {
