@@ -45,6 +45,7 @@ export const Rep = {
   ERR_SHUTDOWN: 2 ** 31 + 7,
   ERR_BLOCK_SIZE_REQD: 2 ** 31 + 8,
   ERR_TOO_BIG: 2 ** 31 + 9,
+  ERR_EXT_HEADER_REQD: 2 ** 31 + 10,
 } as const;
 
 export const Info = {
@@ -68,16 +69,25 @@ export const TxFlag = {
   SEND_RESIZE: 1 << 9,
   SEND_CACHE: 1 << 10,
   SEND_FAST_ZERO: 1 << 11,
+  /** BLOCK_STATUS with a payload of context ids (extended headers only; blockd does not offer it). */
+  BLOCK_STATUS_PAYLOAD: 1 << 12,
 } as const;
 
 // ---- transmission ----
 export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
 export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+/** Extended headers (NBD_OPT_EXTENDED_HEADERS): 32-byte requests and reply chunks. */
+export const EXTENDED_REQUEST_MAGIC = 0x21e41c71;
+export const EXTENDED_REPLY_MAGIC = 0x6e8a278c;
 
 export const REQUEST_SIZE = 28;
 export const SIMPLE_REPLY_SIZE = 16;
 export const CHUNK_HEADER_SIZE = 20;
+/** An extended request: magic, flags, type, cookie, offset, u64 length. */
+export const EXTENDED_REQUEST_SIZE = 32;
+/** An extended reply chunk header: magic, flags, type, cookie, the request's offset, u64 length. */
+export const EXTENDED_CHUNK_HEADER_SIZE = 32;
 
 export const Cmd = {
   READ: 0,
@@ -97,6 +107,8 @@ export const CmdFlag = {
   DF: 1 << 2,
   REQ_ONE: 1 << 3,
   FAST_ZERO: 1 << 4,
+  /** Extended headers: `length` is the payload's length (WRITE always), not an effect length. */
+  PAYLOAD_LEN: 1 << 5,
 } as const;
 
 export const ReplyFlag = { DONE: 1 << 0 } as const;
@@ -106,6 +118,8 @@ export const ReplyType = {
   OFFSET_DATA: 1,
   OFFSET_HOLE: 2,
   BLOCK_STATUS: 5,
+  /** Extended headers only: u32 context id, u32 count, then (u64 length, u64 flags) per extent. */
+  BLOCK_STATUS_EXT: 6,
   ERROR: 2 ** 15 + 1,
   ERROR_OFFSET: 2 ** 15 + 2,
 } as const;
@@ -150,6 +164,7 @@ export function optName(opt: number): string {
     case Opt.STRUCTURED_REPLY: return 'structured reply';
     case Opt.LIST_META_CONTEXT: return 'list meta context';
     case Opt.SET_META_CONTEXT: return 'set meta context';
+    case Opt.EXTENDED_HEADERS: return 'extended headers';
     default: return '<unknown>';
   }
 }

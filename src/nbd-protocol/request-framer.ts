@@ -12,23 +12,32 @@
  * whole request, as clients expect. A bad magic ends framing: the stream cannot be
  * resynchronised.
  *
+ * With `extended` (NBD_OPT_EXTENDED_HEADERS was acknowledged) only 32-byte
+ * extended requests are valid; a payload follows exactly when the flags
+ * have NBD_CMD_FLAG_PAYLOAD_LEN, whatever the command (a WRITE without the
+ * flag carries none and is refused by validation). A payload longer than
+ * `maxPayload` there ends framing too ('payload-too-big'): the spec asks a
+ * server to disconnect rather than read a 64-bit length's worth of bytes.
+ *
  * Pull-based so the connection can stop taking frames (backpressure) and
  * resume later without losing what was already read.
  */
-import { Cmd, MAX_PAYLOAD, REQUEST_MAGIC, REQUEST_SIZE } from './constants.ts';
+import { Cmd, CmdFlag, EXTENDED_REQUEST_MAGIC, EXTENDED_REQUEST_SIZE, MAX_PAYLOAD, REQUEST_MAGIC, REQUEST_SIZE } from './constants.ts';
 import { ByteQueue } from './byte-queue.ts';
-import { readRequestHeader, requestMagic, type RequestHeader } from './requests.ts';
+import { readExtendedRequestHeader, readRequestHeader, requestMagic, type RequestHeader } from './requests.ts';
 
 
 export type Frame =
   | { kind: 'request'; req: RequestHeader; payload?: Buffer; discarded?: boolean }
   /** The header's other fields as read (qsd still answers the bad request, with EINVAL, before closing). */
-  | { kind: 'bad-magic'; magic: number; req: RequestHeader };
+  | { kind: 'bad-magic'; magic: number; req: RequestHeader }
+  /** An extended request whose payload length is over the limit (nothing after its header is taken). */
+  | { kind: 'payload-too-big'; req: RequestHeader };
 
 type State = 'header' | 'payload' | 'discard' | 'dead';
 
 export class RequestFramer {
-  private readonly q = new ByteQueue(REQUEST_SIZE);
+  private readonly q: ByteQueue;
   private state: State = 'header';
   private pending?: RequestHeader;
   private assembling?: Buffer;
@@ -37,16 +46,22 @@ export class RequestFramer {
   private readonly maxPayload: number;
   private readonly alloc: (size: number) => Buffer;
   private readonly transient: boolean;
+  private readonly extended: boolean;
+  private readonly headerSize: number;
 
   /**
    * `alloc` provides the buffer a split payload is assembled in (its contents are all overwritten).
    * With `transient`, pushed chunks are only valid until retainUnconsumed() (the socket reads into
    * one reused buffer): payloads are then always assembled, never views of a chunk.
+   * With `extended`, requests are extended ones (see above).
    */
-  constructor(opts: { maxPayload?: number; alloc?: (size: number) => Buffer; transient?: boolean } = {}) {
+  constructor(opts: { maxPayload?: number; alloc?: (size: number) => Buffer; transient?: boolean; extended?: boolean } = {}) {
     this.maxPayload = opts.maxPayload ?? MAX_PAYLOAD;
     this.alloc = opts.alloc ?? ((n) => Buffer.allocUnsafe(n));
     this.transient = opts.transient ?? false;
+    this.extended = opts.extended ?? false;
+    this.headerSize = this.extended ? EXTENDED_REQUEST_SIZE : REQUEST_SIZE;
+    this.q = new ByteQueue(this.headerSize);
   }
 
   /**
@@ -77,18 +92,23 @@ export class RequestFramer {
         case 'dead':
           return undefined;
         case 'header': {
-          if (this.q.length < REQUEST_SIZE) return undefined;
+          if (this.q.length < this.headerSize) return undefined;
           // Parsed in place when the header lies in one chunk (the usual case), else from a copy.
-          const h = this.q.read(REQUEST_SIZE);
+          const h = this.q.read(this.headerSize);
           const at = this.q.at;
           const magic = requestMagic(h, at);
-          const req = readRequestHeader(h, at);
-          if (magic !== REQUEST_MAGIC) {
+          const req = this.extended ? readExtendedRequestHeader(h, at) : readRequestHeader(h, at);
+          if (magic !== (this.extended ? EXTENDED_REQUEST_MAGIC : REQUEST_MAGIC)) {
             this.state = 'dead';
             this.q.clear();
             return { kind: 'bad-magic', magic, req };
           }
-          if (req.type !== Cmd.WRITE) return { kind: 'request', req };
+          if (this.extended ? !(req.flags & CmdFlag.PAYLOAD_LEN) : req.type !== Cmd.WRITE) return { kind: 'request', req };
+          if (this.extended && req.length > this.maxPayload) {
+            this.state = 'dead';
+            this.q.clear();
+            return { kind: 'payload-too-big', req };
+          }
           if (req.length > this.maxPayload) {
             this.state = 'discard';
             this.pending = req;

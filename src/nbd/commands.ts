@@ -6,6 +6,11 @@
  * Error replies: a structured error chunk when structured replies were
  * negotiated, else a simple reply, as qsd's nbd_send_generic_reply(); the
  * wire message is generic (qsd's texts), the detail goes to the log.
+ *
+ * Extended headers: a request that came in an extended header is answered
+ * with extended chunks (the builders of nbd-protocol/replies.ts follow
+ * `req.extended`), never a simple reply: success without data is a NONE
+ * chunk, block status is BLOCK_STATUS_EXT with 64-bit extent lengths.
  */
 import type { Logger } from 'pino';
 import { COMPLETED, ReqFlag } from '../blockdev/request.ts';
@@ -99,7 +104,7 @@ function failed(ctx: CommandContext, req: RequestHeader, e: unknown): Reply {
  * below costs three more async frames, measurable at queue depth 1.)
  */
 function plainRead(ctx: CommandContext, req: RequestHeader): Reply | Promise<Reply> {
-  const hl = readReplyHeaderSize(ctx.structured);
+  const hl = readReplyHeaderSize(ctx.structured, req.extended);
   const whole = ctx.pool.acquire(hl + req.length);
   return settle(ctx, req, attempt(() => ctx.exp.node.read(req.offset, whole.subarray(hl))), whole, readReply);
 }
@@ -136,9 +141,13 @@ function settle(ctx: CommandContext, req: RequestHeader, pending: Promise<void>,
   );
 }
 
-/** The reply of a request that succeeded without data. (A plain function: tsx names every closure created per request.) */
+/**
+ * The reply of a request that succeeded without data: a simple reply, or a
+ * NONE chunk under extended headers (where simple replies are not allowed).
+ * (A plain function: tsx names every closure created per request.)
+ */
 function ok(req: RequestHeader): Reply {
-  return { bufs: [simpleReply(req, 0)] };
+  return { bufs: [req.extended ? chunkNone(req) : simpleReply(req, 0)] };
 }
 
 async function run(ctx: CommandContext, req: RequestHeader, payload?: Buffer): Promise<Reply> {
@@ -175,7 +184,7 @@ async function read(ctx: CommandContext, req: RequestHeader): Promise<Reply> {
   if (ctx.structured && length === 0) return { bufs: [chunkNone(req)] };
   if (ctx.structured && !(req.flags & CmdFlag.DF) && length >= SPARSE_READ_MIN) return sparseRead(ctx, req);
   // One buffer for header and data: the driver fills the data part in place and the reply leaves as one write.
-  const hl = readReplyHeaderSize(ctx.structured);
+  const hl = readReplyHeaderSize(ctx.structured, req.extended);
   const whole = ctx.pool.acquire(hl + length);
   try {
     if (length > 0) await node.read(offset, whole.subarray(hl));
@@ -227,6 +236,8 @@ async function sparseRead(ctx: CommandContext, req: RequestHeader): Promise<Repl
 
 async function blockStatus(ctx: CommandContext, req: RequestHeader): Promise<Buffer[]> {
   const max = req.flags & CmdFlag.REQ_ONE ? 1 : MAX_EXTENTS;
-  const all = await Promise.all(ctx.contexts.map((c) => c.extents(req.offset, req.length, max)));
+  // BLOCK_STATUS_EXT (extended headers) carries 64-bit extent lengths; BLOCK_STATUS 32-bit ones.
+  const maxLength = req.extended ? Number.MAX_SAFE_INTEGER : 0xffffffff;
+  const all = await Promise.all(ctx.contexts.map((c) => c.extents(req.offset, req.length, max, maxLength)));
   return all.map((extents, i) => chunkBlockStatus(req, i === all.length - 1, ctx.contexts[i].id, extents));
 }

@@ -17,7 +17,7 @@
  * that, and the handshake forgets what was negotiated before.
  */
 import type { Logger } from 'pino';
-import { Cmd, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
+import { Cmd, MAX_PAYLOAD, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
 import { errorReply, execute, type CommandContext, type Reply } from './commands.ts';
 import { RequestFramer, type Frame } from '../nbd-protocol/request-framer.ts';
 import type { RequestHeader } from '../nbd-protocol/requests.ts';
@@ -215,12 +215,13 @@ export class NbdConnection implements ExportClient {
       size: n.exp.size,
       readOnly: !n.exp.writable,
       structured: n.structured,
+      extended: n.extended,
       metaContexts: n.contexts.length,
       specErrnos: this.opts.specErrnos,
     };
-    this.log.debug({ structured: n.structured, contexts: n.contexts.map((c) => c.name) }, 'NBD negotiation done');
+    this.log.debug({ structured: n.structured, extended: n.extended, contexts: n.contexts.map((c) => c.name) }, 'NBD negotiation done');
     const transient = this.transport.transientReads;
-    this.framer = new RequestFramer({ alloc: (n) => this.pool.acquire(n), transient });
+    this.framer = new RequestFramer({ alloc: (n) => this.pool.acquire(n), transient, extended: n.extended });
     this.framer.push(rest);
     this.pump();
     if (transient) this.framer.retainUnconsumed();
@@ -299,6 +300,13 @@ export class NbdConnection implements ExportClient {
       this.log.warn({ reason }, 'NBD protocol violation; disconnecting');
       this.send(errorReply(this.cmdCtx!, f.req, NbdErrno.EINVAL, reason));
       return this.finish('invalid magic');
+    }
+    if (f.kind === 'payload-too-big') {
+      // Extended headers: the spec's hard disconnect rather than reading a 64-bit length's worth of payload.
+      const reason = `payload length (${f.req.length}) is larger than max len (${MAX_PAYLOAD})`;
+      this.log.warn({ reason }, 'NBD protocol violation; disconnecting');
+      this.send(errorReply(this.cmdCtx!, f.req, NbdErrno.EINVAL, reason));
+      return this.finish('payload too big');
     }
     const req = f.req;
     if (req.type === Cmd.DISC) {

@@ -13,7 +13,7 @@
  * sent behind that option (plaintext bytes must never be taken as if they
  * came over the new transport); the connection swaps its transport and calls
  * upgraded(), which forgets what options negotiated before it (structured
- * replies, chosen meta contexts: doc/proto.md's TLS section; CVE-2021-3716
+ * replies, extended headers, chosen meta contexts: doc/proto.md's TLS section; CVE-2021-3716
  * was a server that kept them) and waits for the next option.
  */
 import {
@@ -110,6 +110,7 @@ export class Handshake {
   upgraded(): void {
     if (this.current !== 'upgrading') throw new Error(`handshake: upgraded() in state '${this.current}'`);
     this.session.structured = false;
+    this.session.extended = false;
     this.session.meta = undefined;
     this.go('option-header');
   }

@@ -24,9 +24,10 @@ export interface MetaContext {
   readonly id: number;
   /**
    * Extents from `offset` on, together covering at most `length` bytes, at
-   * most `max` of them (adjacent extents with equal flags merged).
+   * most `max` of them (adjacent extents with equal flags merged while the
+   * sum stays within `maxLength`, default 2^32-1: what BLOCK_STATUS can carry).
    */
-  extents(offset: number, length: number, max: number): Promise<WireExtent[]>;
+  extents(offset: number, length: number, max: number, maxLength?: number): Promise<WireExtent[]>;
 }
 
 /** A dirty bitmap as the NBD server sees it; whoever owns bitmaps supplies these. */
@@ -51,12 +52,12 @@ export interface MetaContextProvider {
 class ExtentList {
   readonly items: WireExtent[] = [];
   total = 0;
-  constructor(private readonly max: number) {}
+  constructor(private readonly max: number, private readonly maxLength = 0xffffffff) {}
   /** Adds a run; false once it had to be refused because the list is full. */
   add(length: number, flags: number): boolean {
     if (length === 0) return true;
     const last = this.items[this.items.length - 1];
-    if (last && last.flags === flags && last.length + length <= 0xffffffff) {
+    if (last && last.flags === flags && last.length + length <= this.maxLength) {
       last.length += length;
     } else {
       if (this.items.length >= this.max) return false;
@@ -68,8 +69,9 @@ class ExtentList {
 }
 
 /** Walks the node's block status over the range, mapping each extent to wire flags. */
-async function fromBlockStatus(node: BlockNode, offset: number, length: number, max: number, flagsOf: (e: Extent) => number): Promise<WireExtent[]> {
-  const list = new ExtentList(max);
+async function fromBlockStatus(node: BlockNode, offset: number, length: number, max: number, maxLength: number | undefined,
+  flagsOf: (e: Extent) => number): Promise<WireExtent[]> {
+  const list = new ExtentList(max, maxLength);
   let pos = offset;
   const end = offset + length;
   while (pos < end) {
@@ -86,7 +88,7 @@ export const baseAllocation: MetaContextProvider = {
   contexts: (exp) => [{
     name: 'base:allocation',
     id: 0,
-    extents: (offset, length, max) => fromBlockStatus(exp.node, offset, length, max,
+    extents: (offset, length, max, maxLength) => fromBlockStatus(exp.node, offset, length, max, maxLength,
       (e) => (e.data ? 0 : STATE_HOLE) | (e.zero ? STATE_ZERO : 0)),
   }],
 };
@@ -95,7 +97,7 @@ export const qemuAllocationDepth: MetaContextProvider = {
   contexts: (exp) => exp.allocationDepth ? [{
     name: 'qemu:allocation-depth',
     id: 1,
-    extents: (offset, length, max) => fromBlockStatus(exp.node, offset, length, max, (e) => e.depth),
+    extents: (offset, length, max, maxLength) => fromBlockStatus(exp.node, offset, length, max, maxLength, (e) => e.depth),
   }] : [],
 };
 
@@ -103,8 +105,8 @@ export const qemuDirtyBitmaps: MetaContextProvider = {
   contexts: (exp) => exp.bitmaps.map((bm, i) => ({
     name: `qemu:dirty-bitmap:${bm.name}`,
     id: 2 + i,
-    async extents(offset: number, length: number, max: number) {
-      const list = new ExtentList(max);
+    async extents(offset: number, length: number, max: number, maxLength?: number) {
+      const list = new ExtentList(max, maxLength);
       let pos = offset;
       const end = offset + length;
       while (pos < end) {

@@ -26,7 +26,10 @@ export interface NegotiationEnv {
 export interface Session {
   fixedNewstyle: boolean;
   clientFlags: number;
+  /** Structured replies (NBD_OPT_STRUCTURED_REPLY, or implied by extended headers). */
   structured: boolean;
+  /** NBD_OPT_EXTENDED_HEADERS was acknowledged: 32-byte requests and replies. */
+  extended?: boolean;
   /** Contexts chosen by the last successful NBD_OPT_SET_META_CONTEXT, and for which export. */
   meta?: { exp: NbdExport; contexts: MetaContext[] };
 }
@@ -35,6 +38,8 @@ export interface Session {
 export interface Negotiated {
   exp: NbdExport;
   structured: boolean;
+  /** Extended headers (structured is then true too). */
+  extended: boolean;
   contexts: MetaContext[];
   /** The client asked for NBD_INFO_BLOCK_SIZE (it will honour the minimum). */
   honoursBlockSize: boolean;
@@ -70,6 +75,8 @@ function contextsFor(s: Session, exp: NbdExport): MetaContext[] {
 }
 
 const exportName: OptionHandler = (env, s, option, data) => {
+  // The spec forbids EXPORT_NAME after extended headers; QEMU 8.2+ disconnects with this text.
+  if (s.extended) return { replies: [], next: 'close', reason: 'Extended headers already negotiated' };
   if (data.length > MAX_STRING) return { replies: [], next: 'close', reason: 'Bad length received' };
   const exp = env.findExport(data.toString('utf8'));
   if (!exp) return { replies: [], next: 'close', reason: 'export not found' };
@@ -78,7 +85,7 @@ const exportName: OptionHandler = (env, s, option, data) => {
   return {
     replies: [buildExportNameReply({ size: exp.size, transmissionFlags: flags }, noZeroes)],
     next: 'transmission',
-    negotiated: { exp, structured: s.structured, contexts: contextsFor(s, exp), honoursBlockSize: false, transmissionFlags: flags },
+    negotiated: { exp, structured: s.structured, extended: false, contexts: contextsFor(s, exp), honoursBlockSize: false, transmissionFlags: flags },
   };
 };
 
@@ -108,7 +115,9 @@ const infoOrGo: OptionHandler = (env, s, option, data) => {
   return {
     replies,
     next: 'transmission',
-    negotiated: { exp, structured: s.structured, contexts: contextsFor(s, exp), honoursBlockSize: blockSize, transmissionFlags: flags },
+    negotiated: {
+      exp, structured: s.structured, extended: s.extended === true, contexts: contextsFor(s, exp), honoursBlockSize: blockSize, transmissionFlags: flags,
+    },
   };
 };
 
@@ -130,7 +139,22 @@ const starttls: OptionHandler = (_env, _s, option, _data, length) =>
 const structuredReply: OptionHandler = (_env, s, option, _data, length) => {
   const bad = noDataAllowed(option, length);
   if (bad) return bad;
+  // Extended headers take precedence; the spec's error for a client that asks to go back (QEMU 8.2+'s text).
+  if (s.extended) return cont(optionError(option, Rep.ERR_EXT_HEADER_REQD, 'extended headers already negotiated'));
   if (s.structured) return cont(optionError(option, Rep.ERR_INVALID, 'structured reply already negotiated'));
+  s.structured = true;
+  return cont(optionReply(option, Rep.ACK));
+};
+
+/**
+ * NBD_OPT_EXTENDED_HEADERS (QEMU 8.2+'s server): no data, once only; it
+ * implies structured replies, before or after NBD_OPT_STRUCTURED_REPLY.
+ */
+const extendedHeaders: OptionHandler = (_env, s, option, _data, length) => {
+  const bad = noDataAllowed(option, length);
+  if (bad) return bad;
+  if (s.extended) return cont(optionError(option, Rep.ERR_INVALID, 'extended headers already negotiated'));
+  s.extended = true;
   s.structured = true;
   return cont(optionReply(option, Rep.ACK));
 };
@@ -170,6 +194,7 @@ export const OPTION_HANDLERS: Readonly<Record<number, OptionHandler>> = {
   [Opt.INFO]: infoOrGo,
   [Opt.GO]: infoOrGo,
   [Opt.STRUCTURED_REPLY]: structuredReply,
+  [Opt.EXTENDED_HEADERS]: extendedHeaders,
   [Opt.LIST_META_CONTEXT]: metaContext,
   [Opt.SET_META_CONTEXT]: metaContext,
 };

@@ -20,6 +20,8 @@ export interface ValidationContext {
   size: number;
   readOnly: boolean;
   structured: boolean;
+  /** Extended headers: requests may carry NBD_CMD_FLAG_PAYLOAD_LEN (WRITE must). */
+  extended?: boolean;
   /** Number of metadata contexts selected with NBD_OPT_SET_META_CONTEXT for this export. */
   metaContexts: number;
   /** Use the spec's preferred errnos rather than qsd's (see above). */
@@ -32,9 +34,16 @@ const KNOWN = new Set<number>([Cmd.READ, Cmd.WRITE, Cmd.DISC, Cmd.FLUSH, Cmd.TRI
 const WRITES = new Set<number>([Cmd.WRITE, Cmd.TRIM, Cmd.WRITE_ZEROES]);
 const LENGTH_LIMITED = new Set<number>([Cmd.READ, Cmd.WRITE, Cmd.CACHE]);
 
-/** Flags each command accepts. FUA is accepted everywhere, as qsd does (it flushes before a FUA read). */
-export function validFlags(type: number, structured: boolean): number {
+/**
+ * Flags each command accepts. FUA is accepted everywhere, as qsd does (it
+ * flushes before a FUA read). With extended headers WRITE carries
+ * PAYLOAD_LEN; no other command has a payload form here (blockd does not
+ * offer NBD_FLAG_BLOCK_STATUS_PAYLOAD), so on them the flag is refused
+ * once the payload has been read.
+ */
+export function validFlags(type: number, structured: boolean, extended = false): number {
   switch (type) {
+    case Cmd.WRITE: return CmdFlag.FUA | (extended ? CmdFlag.PAYLOAD_LEN : 0);
     case Cmd.READ: return CmdFlag.FUA | (structured ? CmdFlag.DF : 0);
     case Cmd.WRITE_ZEROES: return CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO;
     case Cmd.BLOCK_STATUS: return CmdFlag.FUA | CmdFlag.REQ_ONE;
@@ -60,8 +69,11 @@ export function checkRequest(req: RequestHeader, ctx: ValidationContext): Reject
       reason: `operation past EOF; From: ${offset}, Len: ${length}, Size: ${ctx.size}`,
     };
   }
-  if (flags & ~validFlags(type, ctx.structured)) {
+  if (flags & ~validFlags(type, ctx.structured, ctx.extended)) {
     return { errno: NbdErrno.EINVAL, reason: `unsupported flags for command ${name} (got 0x${flags.toString(16)})` };
+  }
+  if (ctx.extended && type === Cmd.WRITE && !(flags & CmdFlag.PAYLOAD_LEN)) {
+    return { errno: NbdErrno.EINVAL, reason: 'write without NBD_CMD_FLAG_PAYLOAD_LEN under extended headers' };
   }
   if (!KNOWN.has(type)) return { errno: NbdErrno.EINVAL, reason: `invalid request type (${type}) received` };
   if (type === Cmd.BLOCK_STATUS) {

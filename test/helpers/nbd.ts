@@ -104,11 +104,14 @@ export async function startHarness(
   nodes: Record<string, unknown>[],
   exports: NbdExportOptions[],
   serverOpts: Partial<NbdServerOptions> = {},
+  /** More drivers the nodes may use (mem and null-co are always there). */
+  drivers: Driver[] = [],
 ): Promise<Harness> {
   const graph = new BlockGraph();
   const mem = memDriver();
   graph.register(mem);
   graph.register(nullDriver);
+  for (const d of drivers) graph.register(d);
   for (const n of nodes) await graph.add(n);
   const registry = new ExportRegistry();
   for (const e of exports) registry.add(graph, e);

@@ -124,7 +124,8 @@ describe('blockd and qemu-storage-daemon side by side', () => {
       option(Opt.SET_META_CONTEXT, meta('nope', [])),
       option(Opt.INFO, info('ro', [Info.DESCRIPTION, Info.EXPORT, 77])),
       option(99, Buffer.from('some data')),
-      option(Opt.EXTENDED_HEADERS),
+      // (NBD_OPT_EXTENDED_HEADERS is left out: qsd 7.2 does not know it, blockd acknowledges it as QEMU 8.2+ does;
+      // test/unit/nbd-handshake.test.ts and test/interop/nbd-extended-headers.test.ts check it.)
       option(Opt.INFO, Buffer.concat([info('n0'), Buffer.from('trailing')])),
       option(Opt.INFO, Buffer.concat([str('n0'), u16(3), u16(1)])),
       option(Opt.GO, info('n\0')),

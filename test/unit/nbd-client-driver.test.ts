@@ -17,7 +17,7 @@ import { Cmd, CmdFlag, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, Info, Opt, Rep, TxFl
 import { buildGreeting } from '../../src/nbd-protocol/handshake.ts';
 import { decodeOptionRequest, parseMetaContextRequestData } from '../../src/nbd-protocol/option-requests.ts';
 import { buildInfoPayload, buildMetaContextPayload, buildOptionReply } from '../../src/nbd-protocol/option-replies.ts';
-import { readRequestHeader, type RequestHeader } from '../../src/nbd-protocol/requests.ts';
+import { readExtendedRequestHeader, readRequestHeader, type RequestHeader } from '../../src/nbd-protocol/requests.ts';
 import { chunkBlockStatus, chunkDataHeader, chunkError, chunkHole, chunkNone, simpleReply } from '../../src/nbd-protocol/replies.ts';
 import { NbdClient } from '../../src/blockdev/drivers/nbd/client.ts';
 import { nbdOps } from '../../src/blockdev/drivers/nbd/ops.ts';
@@ -36,8 +36,14 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
 });
 
-/** A server that negotiates like qsd and hands each request to `handle`; `trickle` sends replies one byte at a time. */
-async function scripted(handle: Handler, opts: { trickle?: boolean; blockSize?: [number, number, number] } = {}): Promise<string> {
+/**
+ * A server that negotiates like qsd and hands each request to `handle`; `trickle` sends replies one byte at a time.
+ * With `extended` it acknowledges NBD_OPT_EXTENDED_HEADERS (as QEMU 8.2+) and frames 32-byte requests; `options`
+ * collects the options the client sent; `goUnsupported` answers GO with ERR_UNSUP.
+ */
+async function scripted(handle: Handler, opts: {
+  trickle?: boolean; blockSize?: [number, number, number]; extended?: boolean; size?: number; options?: number[]; goUnsupported?: boolean;
+} = {}): Promise<string> {
   const path = join(tempDir('blockd-nbdcu-'), 's.sock');
   const srv = createServer((sock: Socket) => {
     const q = new ByteQueue();
@@ -59,13 +65,16 @@ async function scripted(handle: Handler, opts: { trickle?: boolean; blockSize?: 
         } else if (phase === 'options') {
           const o = decodeOptionRequest(q);
           if (!o) return;
+          opts.options?.push(o.option);
           if (o.option === Opt.STRUCTURED_REPLY) sock.write(buildOptionReply(o.option, Rep.ACK));
+          else if (o.option === Opt.EXTENDED_HEADERS && opts.extended) sock.write(buildOptionReply(o.option, Rep.ACK));
+          else if (o.option === Opt.GO && opts.goUnsupported) sock.write(buildOptionReply(o.option, Rep.ERR_UNSUP));
           else if (o.option === Opt.SET_META_CONTEXT) {
             const m = parseMetaContextRequestData(o.data, o.option);
             sock.write(buildOptionReply(o.option, Rep.META_CONTEXT, buildMetaContextPayload(7, m.queries[0]!)));
             sock.write(buildOptionReply(o.option, Rep.ACK));
           } else if (o.option === Opt.GO) {
-            sock.write(buildOptionReply(o.option, Rep.INFO, buildInfoPayload({ type: Info.EXPORT, size: SIZE, transmissionFlags: FLAGS })));
+            sock.write(buildOptionReply(o.option, Rep.INFO, buildInfoPayload({ type: Info.EXPORT, size: opts.size ?? SIZE, transmissionFlags: FLAGS })));
             if (opts.blockSize) {
               const [minimum, preferred, maximum] = opts.blockSize;
               sock.write(buildOptionReply(o.option, Rep.INFO, buildInfoPayload({ type: Info.BLOCK_SIZE, minimum, preferred, maximum })));
@@ -74,11 +83,12 @@ async function scripted(handle: Handler, opts: { trickle?: boolean; blockSize?: 
             phase = 'transmission';
           } else sock.write(buildOptionReply(o.option, Rep.ERR_UNSUP));
         } else {
-          if (q.length < 28) return;
-          const h = readRequestHeader(q.peek(28), q.at);
-          const n = h.type === Cmd.WRITE ? h.length : 0;
-          if (q.length < 28 + n) return;
-          q.discard(28);
+          const hs = opts.extended ? 32 : 28;
+          if (q.length < hs) return;
+          const h = opts.extended ? readExtendedRequestHeader(q.peek(32), q.at) : readRequestHeader(q.peek(28), q.at);
+          const n = (opts.extended ? h.flags & CmdFlag.PAYLOAD_LEN : h.type === Cmd.WRITE) ? h.length : 0;
+          if (q.length < hs + n) return;
+          q.discard(hs);
           const data = n ? Buffer.from(q.take(n)) : undefined;
           if (h.type === Cmd.DISC) { sock.end(); return; }
           handle(h, data, send);
@@ -161,6 +171,87 @@ describe('nbd client driver against a scripted server', () => {
     const { ops } = await open(path);
     await expect(ops.flush!()).rejects.toMatchObject({ code: 'EIO' });
     await expect(ops.read!(0, Buffer.alloc(512))).rejects.toMatchObject({ code: 'EIO' });
+  });
+});
+
+describe('nbd client driver: extended headers (QEMU 8.2+ client behaviour)', () => {
+  const ok = (h: RequestHeader) => chunkNone(h);
+
+  it('asks for extended headers first; a server that refuses them gets STRUCTURED_REPLY, then compact headers', async () => {
+    const options: number[] = [];
+    const { c } = await open(await scripted(() => undefined, { options }));
+    expect(options).toEqual([Opt.EXTENDED_HEADERS, Opt.STRUCTURED_REPLY, Opt.SET_META_CONTEXT, Opt.GO]);
+    expect(c.info).toMatchObject({ extended: false, structured: true });
+  });
+
+  it('a server that acknowledges them: no STRUCTURED_REPLY, 32-byte requests, WRITE with PAYLOAD_LEN', async () => {
+    const options: number[] = [];
+    const seen: { h: RequestHeader; data?: string }[] = [];
+    const path = await scripted((h, data, send) => { seen.push({ h, data: data?.toString() }); send(ok(h)); }, { extended: true, options });
+    const { c, ops } = await open(path);
+    expect(options).toEqual([Opt.EXTENDED_HEADERS, Opt.SET_META_CONTEXT, Opt.GO]);
+    expect(c.info).toMatchObject({ extended: true, structured: true });
+    await ops.write!(4096, Buffer.from('abc'), ReqFlag.FUA);
+    await ops.flush!();
+    expect(seen.map((x) => [x.h.type, x.h.flags, x.h.offset, x.h.length, x.h.extended, x.data])).toEqual([
+      [Cmd.WRITE, CmdFlag.PAYLOAD_LEN | CmdFlag.FUA, 4096, 3, true, 'abc'],
+      [Cmd.FLUSH, 0, 0, 0, true, undefined],
+    ]);
+  });
+
+  it('64-bit lengths: write-zeroes, trim and block status of 6 GiB go out as one request each; 64-bit extents come back', async () => {
+    const G = 2 ** 30;
+    const seen: RequestHeader[] = [];
+    const path = await scripted((h, _d, send) => {
+      seen.push(h);
+      if (h.type === Cmd.BLOCK_STATUS) send(chunkBlockStatus(h, true, 7, [{ length: 5 * G, flags: STATE_HOLE | STATE_ZERO }, { length: 2 * G, flags: 0 }]));
+      else send(ok(h));
+    }, { extended: true, size: 8 * G });
+    const { ops } = await open(path);
+    await ops.writeZeroes!(G, 6 * G, ReqFlag.MAY_UNMAP);
+    await ops.discard!(G, 6 * G);
+    const ext = await ops.blockStatus!(0, 6 * G, 0);
+    expect(seen.map((h) => [h.type, h.offset, h.length])).toEqual([
+      [Cmd.WRITE_ZEROES, G, 6 * G], [Cmd.TRIM, G, 6 * G], [Cmd.BLOCK_STATUS, 0, 6 * G],
+    ]);
+    expect(ext.map((e) => [e.offset, e.length, e.data, e.zero])).toEqual([[0, 5 * G, false, true], [5 * G, G, true, false]]);
+  });
+
+  it('the same without extended headers: write-zeroes split at the transfer limit, block status under 2 GiB', async () => {
+    const G = 2 ** 30;
+    const seen: RequestHeader[] = [];
+    const path = await scripted((h, _d, send) => {
+      seen.push(h);
+      if (h.type === Cmd.BLOCK_STATUS) send(chunkBlockStatus(h, true, 7, [{ length: h.length, flags: 0 }]));
+      else send(simpleReply(h, 0));
+    }, { size: 8 * G });
+    const { ops } = await open(path);
+    await ops.writeZeroes!(0, 256 * 1024 * 1024, 0);
+    expect(seen.filter((h) => h.type === Cmd.WRITE_ZEROES)).toHaveLength(8);
+    const ext = await ops.blockStatus!(0, 6 * G, 0);
+    expect(ext[0].length).toBeLessThan(2 * G);
+  });
+
+  it('a reply that does not echo the request offset ends the client (EIO)', async () => {
+    const path = await scripted((h, _d, send) => send(chunkNone({ ...h, offset: h.offset + 512 })), { extended: true });
+    const { ops } = await open(path);
+    await expect(ops.read!(4096, Buffer.alloc(512))).rejects.toMatchObject({ code: 'EIO' });
+    await expect(ops.flush!()).rejects.toMatchObject({ code: 'EIO' });
+  });
+
+  it('a compact BLOCK_STATUS chunk under extended headers ends the client (EIO)', async () => {
+    const path = await scripted((h, _d, send) => send(chunkBlockStatus({ cookieHi: h.cookieHi, cookieLo: h.cookieLo }, true, 7, [{ length: 4096, flags: 0 }])),
+      { extended: true });
+    const { ops } = await open(path);
+    await expect(ops.blockStatus!(0, 4096, 0)).rejects.toMatchObject({ code: 'EIO' });
+    await expect(ops.read!(0, Buffer.alloc(512))).rejects.toMatchObject({ code: 'EIO' });
+  });
+
+  it('GO refused after extended headers were acknowledged: no EXPORT_NAME fallback, the open fails', async () => {
+    const options: number[] = [];
+    const path = await scripted(() => undefined, { extended: true, goUnsupported: true, options });
+    await expect(open(path)).rejects.toThrow('Server refused NBD_OPT_GO after acknowledging extended headers');
+    expect(options).not.toContain(Opt.EXPORT_NAME);
   });
 });
 

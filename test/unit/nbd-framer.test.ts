@@ -30,6 +30,7 @@ const stream = Buffer.concat([
 function summary(frames: Frame[]): unknown[] {
   return frames.map((f) => {
     if (f.kind === 'bad-magic') return { bad: f.magic, cookie: cookieOf(f.req).toString() };
+    if (f.kind === 'payload-too-big') return { tooBig: f.req.length, cookie: cookieOf(f.req).toString() };
     const { cookieHi: _hi, cookieLo: _lo, ...rest } = f.req;
     return { ...rest, cookie: cookieOf(f.req).toString(), payload: f.payload?.toString('hex'), discarded: f.discarded };
   });

@@ -203,7 +203,7 @@ describe('handshake state machine', () => {
     ['SET_META_CONTEXT before STRUCTURED_REPLY', option(Opt.SET_META_CONTEXT, metaData('disk', [])), Rep.ERR_INVALID,
       "request option 'set meta context' when structured reply is not negotiated"],
     ['LIST_META_CONTEXT for an unknown export', option(Opt.LIST_META_CONTEXT, metaData('nope', [])), Rep.ERR_UNKNOWN, "export 'nope' not present"],
-    ['EXTENDED_HEADERS (not in qsd 7.2)', option(Opt.EXTENDED_HEADERS), Rep.ERR_UNSUP, 'Unsupported option 11 (<unknown>)'],
+    ['EXTENDED_HEADERS with data', option(Opt.EXTENDED_HEADERS, Buffer.from('x')), Rep.ERR_INVALID, "option 'extended headers' has unexpected length"],
     ['an unknown option with data', option(0x1234, Buffer.alloc(1000, 7)), Rep.ERR_UNSUP, 'Unsupported option 4660 (<unknown>)'],
     ['INFO with more than 1 MiB of data', option(Opt.INFO, Buffer.alloc(OPTION_BUFFER_LIMIT + 1)), Rep.ERR_TOO_BIG, "option 'info' too big"],
   ];
@@ -222,6 +222,57 @@ describe('handshake state machine', () => {
     const replies = parseReplies(r.replies);
     expect(replies.map((x) => x.type)).toEqual([Rep.ACK, Rep.ERR_INVALID]);
     expect(replies[1].payload.toString()).toBe('structured reply already negotiated');
+  });
+
+  describe('NBD_OPT_EXTENDED_HEADERS (QEMU 8.2+ server behaviour)', () => {
+    const goRo = option(Opt.GO, infoData('ro'));
+    const negotiated = (r: ReturnType<typeof negotiate>) => (r.done?.kind === 'transmission' ? r.done.negotiated : undefined);
+
+    it('acknowledged; implies structured replies (SEND_DF, meta contexts) without STRUCTURED_REPLY', () => {
+      const r = negotiate(Buffer.concat([FIXED, option(Opt.EXTENDED_HEADERS), option(Opt.SET_META_CONTEXT, metaData('ro', ['base:allocation'])), goRo]));
+      const replies = parseReplies(r.replies);
+      expect(replies[0]).toMatchObject({ opt: Opt.EXTENDED_HEADERS, type: Rep.ACK, payload: Buffer.alloc(0) });
+      expect(replies.filter((x) => x.type === Rep.META_CONTEXT)).toHaveLength(1);
+      const n = negotiated(r)!;
+      expect(n).toMatchObject({ extended: true, structured: true });
+      expect(n.contexts.map((c) => c.name)).toEqual(['base:allocation']);
+      expect(n.transmissionFlags & TxFlag.SEND_DF).toBe(TxFlag.SEND_DF);
+      // NBD_FLAG_BLOCK_STATUS_PAYLOAD is not offered (blockd has no payload form of BLOCK_STATUS)
+      expect(n.transmissionFlags & TxFlag.BLOCK_STATUS_PAYLOAD).toBe(0);
+    });
+
+    it('after STRUCTURED_REPLY it is still acknowledged; STRUCTURED_REPLY after it is EXT_HEADER_REQD', () => {
+      const r = negotiate(Buffer.concat([FIXED, option(Opt.STRUCTURED_REPLY), option(Opt.EXTENDED_HEADERS), option(Opt.STRUCTURED_REPLY), goRo]));
+      const replies = parseReplies(r.replies);
+      expect(replies.slice(0, 3).map((x) => [x.opt, x.type])).toEqual([
+        [Opt.STRUCTURED_REPLY, Rep.ACK], [Opt.EXTENDED_HEADERS, Rep.ACK], [Opt.STRUCTURED_REPLY, Rep.ERR_EXT_HEADER_REQD],
+      ]);
+      expect(replies[2].payload.toString()).toBe('extended headers already negotiated');
+      expect(negotiated(r)).toMatchObject({ extended: true, structured: true });
+    });
+
+    it('twice: the second is refused with ERR_INVALID', () => {
+      const r = negotiate(Buffer.concat([FIXED, option(Opt.EXTENDED_HEADERS), option(Opt.EXTENDED_HEADERS), goRo]));
+      const replies = parseReplies(r.replies);
+      expect(replies.slice(0, 2).map((x) => x.type)).toEqual([Rep.ACK, Rep.ERR_INVALID]);
+      expect(replies[1].payload.toString()).toBe('extended headers already negotiated');
+      expect(negotiated(r)?.extended).toBe(true);
+    });
+
+    it('EXPORT_NAME after it ends the session (the spec forbids it; QEMU 8.2+ disconnects)', () => {
+      const r = negotiate(Buffer.concat([FIXED, option(Opt.EXTENDED_HEADERS), option(Opt.EXPORT_NAME, Buffer.from('ro'))]));
+      expect(parseReplies(r.replies).map((x) => x.type)).toEqual([Rep.ACK]);
+      expect(r.done).toEqual({ kind: 'close', reason: 'Extended headers already negotiated', clean: false });
+    });
+
+    it('not asked for: compact headers, as before', () => {
+      const plain = negotiated(negotiate(Buffer.concat([FIXED, goRo])))!;
+      expect(plain).toMatchObject({ extended: false, structured: false });
+      const structured = negotiated(negotiate(Buffer.concat([FIXED, option(Opt.STRUCTURED_REPLY), goRo])))!;
+      expect(structured).toMatchObject({ extended: false, structured: true });
+      const byName = negotiate(Buffer.concat([FIXED, option(Opt.EXPORT_NAME, Buffer.from('ro'))]));
+      expect(negotiated(byName)).toMatchObject({ extended: false });
+    });
   });
 
   const names = (r: Buffer) => parseReplies(r).filter((x) => x.type === Rep.META_CONTEXT)

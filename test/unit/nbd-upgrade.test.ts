@@ -93,6 +93,17 @@ describe('handshake: upgrade outcome', () => {
     expect(() => hs.upgraded()).toThrow("handshake: upgraded() in state 'transmission'");
   });
 
+  it('upgraded() forgets extended headers too (the spec: they must be renegotiated after STARTTLS)', () => {
+    const hs = new Handshake(env, handlers);
+    const out = hs.push(Buffer.concat([buildClientFlags(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES), buildOptionRequest(Opt.EXTENDED_HEADERS), starttls]));
+    expect(out.upgrade).toBe(true);
+    expect(hs.session).toMatchObject({ extended: true, structured: true });
+    hs.upgraded();
+    expect(hs.session).toMatchObject({ extended: false, structured: false });
+    const done = hs.push(go).done as { negotiated: { extended: boolean; structured: boolean } };
+    expect(done.negotiated).toMatchObject({ extended: false, structured: false });
+  });
+
   it('without the upgrade handler STARTTLS is refused as before (qsd without tls-creds)', () => {
     const out = new Handshake(env).push(Buffer.concat([negotiateBefore, starttls]));
     expect(out.upgrade).toBeUndefined();

@@ -18,7 +18,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { BlockError } from '../../../util/errors.ts';
-import { buildRequest, Cmd, ReplyDecoder, type DecodedReply } from './protocol.ts';
+import { buildRequest, Cmd, CmdFlag, ReplyDecoder, type DecodedReply } from './protocol.ts';
 import { connectSocket } from './connect.ts';
 import { TlsSessionError, startClientSession } from '../../../objects/tls/session.ts';
 import { negotiate, type NegotiatedExport } from './negotiate.ts';
@@ -57,6 +57,8 @@ export class NbdClient {
   private state: State = 'connected';
   private sock!: Socket;
   private decoder!: ReplyDecoder;
+  /** The current connection negotiated extended headers (a reconnect may land on a server that did not). */
+  private extended = false;
   private readonly inflight = new Map<number, NbdRequest>();
   /** Accepted, not on the wire: over MAX_IN_FLIGHT, or waiting for a reconnect. Kept in `seq` order. */
   private waiting: NbdRequest[] = [];
@@ -115,7 +117,11 @@ export class NbdClient {
 
   private attach(sock: Socket, info: NegotiatedExport): void {
     this.sock = sock;
-    this.decoder = new ReplyDecoder({ readLength: (c) => { const r = this.inflight.get(c.cookieLo); return r?.type === Cmd.READ ? r.length : 0; } });
+    this.extended = info.extended;
+    this.decoder = new ReplyDecoder({
+      readLength: (c) => { const r = this.inflight.get(c.cookieLo); return r?.type === Cmd.READ ? r.length : 0; },
+      extended: info.extended,
+    });
     if (info.rest.length > 0) this.decoder.push(info.rest.take(info.rest.length));
     sock.on('data', (b: Buffer) => this.onData(sock, b));
     sock.on('error', (e) => this.log.debug({ err: e.message }, 'nbd: connection error'));
@@ -125,7 +131,10 @@ export class NbdClient {
   private send(r: NbdRequest): void {
     this.cookie = (this.cookie + 1) >>> 0;
     this.inflight.set(this.cookie, r);
-    const header = buildRequest({ cookieHi: 0, cookieLo: this.cookie, flags: r.flags, type: r.type, offset: r.offset, length: r.length });
+    // Extended headers: a WRITE's length is its payload's, which NBD_CMD_FLAG_PAYLOAD_LEN says.
+    const extended = this.extended;
+    const flags = extended && r.data ? r.flags | CmdFlag.PAYLOAD_LEN : r.flags;
+    const header = buildRequest({ cookieHi: 0, cookieLo: this.cookie, flags, type: r.type, offset: r.offset, length: r.length, extended });
     r.error = undefined;
     r.extents = undefined;
     if (r.data) {
@@ -155,6 +164,9 @@ export class NbdClient {
   private onReply(reply: DecodedReply): void {
     const r = reply.cookieHi === 0 ? this.inflight.get(reply.cookieLo) : undefined;
     if (!r) throw eio(`server sent a reply to an unknown cookie ${reply.cookieHi}:${reply.cookieLo}`);
+    if (reply.kind === 'chunk' && reply.offset !== undefined && reply.offset !== r.offset) {
+      throw eio(`server sent a reply for offset ${reply.offset} to a request at ${r.offset}`);
+    }
     if (!applyReply(r, reply)) return;
     this.inflight.delete(reply.cookieLo);
     if (r.error) r.reject(r.error);
@@ -204,6 +216,11 @@ export class NbdClient {
             sock.destroy();
             throw eio(`export size changed from ${this.info.size} to ${info.size}`);
           }
+          if (info.extended !== this.info.extended) {
+            // The node's limits (64-bit lengths or not) were set from the first connection's header style.
+            sock.destroy();
+            throw eio(`the server ${info.extended ? 'now' : 'no longer'} offers extended headers`);
+          }
           clearTimeout(this.delayTimer);
           this.delayTimer = undefined;
           this.state = 'connected';
@@ -241,7 +258,7 @@ export class NbdClient {
     this.failAll(this.waiting.splice(0));
     if (was === 'connected' && !this.sock.destroyed) {
       if (this.inflight.size === 0) {
-        this.sock.write(buildRequest({ cookieHi: 0, cookieLo: 0, flags: 0, type: Cmd.DISC, offset: 0, length: 0 }));
+        this.sock.write(buildRequest({ cookieHi: 0, cookieLo: 0, flags: 0, type: Cmd.DISC, offset: 0, length: 0, extended: this.extended }));
       }
       this.sock.end();
       const sock = this.sock;

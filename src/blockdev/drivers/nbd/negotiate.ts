@@ -1,9 +1,11 @@
 /**
  * The client side of fixed newstyle negotiation, in QEMU's order
  * (nbd/client.c nbd_receive_negotiate): greeting, client flags,
- * STRUCTURED_REPLY, SET_META_CONTEXT with one context (x-dirty-bitmap or
- * base:allocation), then GO asking for block sizes (EXPORT_NAME when the
- * server has no GO). Errors carry QEMU's texts (nbd_handle_reply_err).
+ * EXTENDED_HEADERS and, when the server refuses those, STRUCTURED_REPLY
+ * (QEMU 8.2+: both asked for non-strictly), SET_META_CONTEXT with one
+ * context (x-dirty-bitmap or base:allocation), then GO asking for block
+ * sizes (EXPORT_NAME when the server has no GO, never after extended
+ * headers). Errors carry QEMU's texts (nbd_handle_reply_err).
  */
 import type { Socket } from 'node:net';
 import {
@@ -17,6 +19,8 @@ export interface NegotiatedExport {
   size: number;
   flags: number;
   structured: boolean;
+  /** Extended headers were negotiated (structured is then true too): 32-byte requests and replies, 64-bit lengths. */
+  extended: boolean;
   /** The id of the negotiated meta context; undefined when none was agreed. */
   contextId?: number;
   minBlock: number;
@@ -123,12 +127,17 @@ async function run(at: { sock: Socket; rd: HandshakeReader }, req: NegotiateRequ
     at.rd = rd;
   }
 
-  sock.write(buildOptionRequest(Opt.STRUCTURED_REPLY));
-  let r = await reply();
-  expect(r, Opt.STRUCTURED_REPLY);
-  const structured = r.type === Rep.ACK;
-  // Asked for non-strictly, as QEMU does: any error reply just means simple replies (a TLS-only server's TLS_REQD too).
-  if (!structured && !isErrorReply(r.type)) fail(`Unexpected reply type ${r.type}, expected ${Rep.ACK}`);
+  // Asked for non-strictly, as QEMU does: any error reply just means the next style down (a TLS-only server's TLS_REQD too).
+  const ask = async (option: number): Promise<boolean> => {
+    sock.write(buildOptionRequest(option));
+    const a = await reply();
+    expect(a, option);
+    if (a.type !== Rep.ACK && !isErrorReply(a.type)) fail(`Unexpected reply type ${a.type}, expected ${Rep.ACK}`);
+    return a.type === Rep.ACK;
+  };
+  const extended = await ask(Opt.EXTENDED_HEADERS);
+  const structured = extended || await ask(Opt.STRUCTURED_REPLY);
+  let r: OptionReply;
 
   let contextId: number | undefined;
   if (structured) {
@@ -162,7 +171,10 @@ async function run(at: { sock: Socket; rd: HandshakeReader }, req: NegotiateRequ
     }
   }
   expect(r, Opt.GO);
-  if (r.type === Rep.ERR_UNSUP) {
+  if (r.type === Rep.ERR_UNSUP && extended) {
+    // The spec: a server that acknowledged extended headers must support GO; EXPORT_NAME is then forbidden.
+    fail('Server refused NBD_OPT_GO after acknowledging extended headers');
+  } else if (r.type === Rep.ERR_UNSUP) {
     // An old server: EXPORT_NAME, which cannot fail politely (the server just closes).
     sock.write(buildOptionRequest(Opt.EXPORT_NAME, buildExportNameData(req.exportName)));
     const e = await rd.next((q) => decodeExportNameReply(q, noZeroes));
@@ -173,7 +185,7 @@ async function run(at: { sock: Socket; rd: HandshakeReader }, req: NegotiateRequ
   } else if (size === undefined) fail('broken server omitted NBD_INFO_EXPORT');
   if (minBlock && size! % minBlock !== 0) fail(`export size ${size} is not multiple of minimum block size ${minBlock}`);
   rd.q.retain();
-  return { size: size!, flags, structured, contextId, minBlock, preferredBlock, maxBlock, rest: rd.q, socket: sock };
+  return { size: size!, flags, structured, extended, contextId, minBlock, preferredBlock, maxBlock, rest: rd.q, socket: sock };
 }
 
 /** QEMU's checks of NBD_INFO_BLOCK_SIZE (nbd_opt_info_or_go). */

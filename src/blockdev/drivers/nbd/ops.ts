@@ -18,7 +18,10 @@ export function nbdOps(client: NbdTransport, writable: boolean): DriverOps {
   // No advertised minimum: byte granularity when the size or block status needs it, else sectors (QEMU's rule).
   const alignment = info.minBlock || (info.size % 512 !== 0 || info.contextId !== undefined ? 1 : 512);
   const maxTransfer = roundDown(Math.min(MAX_PAYLOAD, info.maxBlock || MAX_PAYLOAD), alignment);
-  const maxStatus = roundDown(0x7fffffff, alignment);
+  // Extended headers carry 64-bit effect lengths: TRIM, WRITE_ZEROES and BLOCK_STATUS go out whole (QEMU 8.2+).
+  const wide = roundDown(Number.MAX_SAFE_INTEGER, alignment);
+  const maxStatus = info.extended ? wide : roundDown(0x7fffffff, alignment);
+  const maxZeroes = info.extended ? wide : maxTransfer;
   const canFua = (f & TxFlag.SEND_FUA) !== 0;
   const canZero = writable && (f & TxFlag.SEND_WRITE_ZEROES) !== 0;
   const canTrim = writable && (f & TxFlag.SEND_TRIM) !== 0;
@@ -53,7 +56,7 @@ export function nbdOps(client: NbdTransport, writable: boolean): DriverOps {
         if (!(f & TxFlag.SEND_FAST_ZERO)) return Promise.reject(new BlockError('ENOTSUP', 'Operation not supported'));
         cmdFlags |= CmdFlag.FAST_ZERO;
       }
-      return split(offset, length, maxTransfer, (o, l) => client.submit({ type: Cmd.WRITE_ZEROES, flags: cmdFlags, offset: o, length: l }));
+      return split(offset, length, maxZeroes, (o, l) => client.submit({ type: Cmd.WRITE_ZEROES, flags: cmdFlags, offset: o, length: l }));
     };
   }
   if (canTrim) {

@@ -58,7 +58,7 @@ export function applyReply(r: NbdRequest, reply: DecodedReply): boolean {
     const at = c.offset - r.offset;
     if (r.type !== Cmd.READ || at < 0 || at + c.length > r.length) throw new BlockError('EIO', 'server sent an invalid hole chunk');
     r.buf!.fill(0, at, at + c.length);
-  } else if (c.type === ReplyType.BLOCK_STATUS && 'extents' in c) {
+  } else if ((c.type === ReplyType.BLOCK_STATUS || c.type === ReplyType.BLOCK_STATUS_EXT) && 'extents' in c) {
     if (r.type !== Cmd.BLOCK_STATUS) throw new BlockError('EIO', 'server sent block status for another command');
     if (c.contextId === r.contextId && !r.extents) r.extents = toExtents(r.offset, r.length, c.extents);
   } else if (c.type !== ReplyType.NONE) {
