@@ -66,6 +66,31 @@ describe('blockctl', () => {
     expect(existsSync(img)).toBe(true);
   });
 
+  it('--help, -h and help print the usage (exit 0); --help after a command is its help', () => {
+    for (const words of [['--help'], ['-h'], ['help']]) {
+      const r = spawnSync(BLOCKCTL, words, { encoding: 'utf8' });
+      expect([words, r.status, r.stderr]).toEqual([words, 0, '']);
+      expect(r.stdout).toMatch(/^Usage: blockctl /);
+      expect(r.stdout).toMatch(/^\s+top\s+a live view/m);
+    }
+    expect(spawnSync(BLOCKCTL, ['help'], { encoding: 'utf8' }).stdout).toMatch(/^query-blockstats\s/m);
+    const c = spawnSync(BLOCKCTL, ['query-jobs', '--help'], { encoding: 'utf8' });
+    expect([c.status, c.stdout.split('\n')[0]]).toEqual([0, 'query-jobs']);
+  });
+
+  it('stats: query-blockstats of every node, a table or JSON for scripts', () => {
+    const j = ctl('stats', '--json');
+    expect(j.status).toBe(0);
+    const stats = JSON.parse(j.stdout) as { 'node-name': string; stats: Record<string, unknown> }[];
+    const n0 = stats.find((s) => s['node-name'] === 'n0')!;
+    expect(n0.stats).toMatchObject({ rd_operations: 0, wr_operations: 0, account_failed: true, timed_stats: [] });
+    const t = ctl('stats');
+    expect(t.status).toBe(0);
+    expect(t.stdout).toMatch(/^NODE\s+RD OPS\s+RD BYTES\s+RD AVG\s+WR OPS/m);
+    expect(t.stdout).toMatch(/^n0\s+0\s+0 B\s+-\s+0\s/m);
+    expect(ctl('stats', 'x=1').status).toBe(2);
+  });
+
   it('prints help generated from the command table', () => {
     const r = spawnSync(BLOCKCTL, ['help', 'blockdev-add'], { encoding: 'utf8' });
     expect(r.stdout).toMatch(/driver: .*null-co/);

@@ -8,6 +8,8 @@
  *   blockctl -s SOCK blockdev-add driver=file node-name=f1 filename=x.img
  *   blockctl -s SOCK blockdev-create job-id=c0 options.driver=file options.filename=x.img options.size=1073741824 --watch
  *   blockctl -s SOCK events
+ *   blockctl -s SOCK stats [--json]     (query-blockstats of every node)
+ *   blockctl -s SOCK top [--metrics M]  (a live view; q quits)
  *   blockctl help [COMMAND]
  */
 import yargs from 'yargs';
@@ -22,16 +24,27 @@ import { commandHelp, commandList } from '../help.ts';
 import { parseKeyval } from '../../qapi/keyval.ts';
 import { fromJson, fromKeyval } from '../../qapi/visit.ts';
 import { QmpClient, QmpCommandError, type QmpEvent } from './qmp-client.ts';
-import { formatReturn, progress } from './tables.ts';
+import { formatReturn, formatStats, progress } from './tables.ts';
+import { runTop } from './top.ts';
 
 const USAGE = `Usage: blockctl [-s SOCKET] [--json] [--watch] COMMAND [key=value ...|JSON]
        blockctl [-s SOCKET] [--json] events
+       blockctl [-s SOCKET] [--json] stats
+       blockctl [-s SOCKET] [--metrics M] top
        blockctl [-s SOCKET] --watch
        blockctl help [COMMAND]
 
+  COMMAND       a QMP command (blockctl help lists them), its arguments as key=value words or one JSON object
+  events        stream QMP events until the daemon closes the connection
+  stats         query-blockstats of every node: a table, or JSON with --json
+  top           a live view of exports, nodes (IOPS, MiB/s, latency p50/p99) and jobs, every second; q quits
+  help          this text and the command list; help COMMAND: its arguments
+
   -s, --socket  QMP monitor: a Unix socket path or host:port (default $BLOCKD_QMP or ./var/qmp.sock)
   --json        print the raw QMP return value (or events) as JSON
-  --watch       show running jobs with progress bars until they finish`;
+  --watch       show running jobs with progress bars until they finish
+  --metrics     top: the daemon's --metrics endpoint (a Unix socket path or host:port), for clients per export
+  -h, --help    this text`;
 
 const DEFAULT_SOCKET = process.env.BLOCKD_QMP ?? './var/qmp.sock';
 
@@ -93,18 +106,22 @@ export async function blockctl(argv: string[]): Promise<number> {
     .option('s', { alias: 'socket', type: 'string', default: DEFAULT_SOCKET, describe: 'QMP monitor: a Unix socket path or host:port' })
     .option('json', { type: 'boolean', default: false, describe: 'print the raw QMP return value as JSON' })
     .option('watch', { type: 'boolean', default: false, describe: 'after the command, show running jobs with progress until they finish' })
+    .option('metrics', { type: 'string', describe: 'top: the /metrics endpoint, for clients per export' })
     .parserConfiguration({ 'unknown-options-as-args': true, 'dot-notation': false, 'camel-case-expansion': false })
-    .option('h', { type: 'boolean', describe: 'show this help' })
+    .option('h', { alias: 'help', type: 'boolean', describe: 'show this help' })
     .help(false).version(false).strict(false)
     .parseAsync();
   const words = (args._ as (string | number)[]).map(String);
   const out = process.stdout;
   const [command, ...rest] = words;
+  // -h/--help alone is the usage; after a command it is that command's help.
+  if (args.h && (!command || command === 'help')) { out.write(`${USAGE}\n`); return 0; }
+  if (args.h && command !== 'events' && command !== 'stats' && command !== 'top') return blockctl(['help', command]);
   if (args.h) { out.write(`${USAGE}\n`); return 0; }
   if (!command && !args.watch) throw new UsageError('no command given (see: blockctl help)');
   if (command === 'help') {
     const table = daemonTable();
-    if (!rest[0]) { out.write(`${commandList(table)}\n\nevents: streams QMP events\n`); return 0; }
+    if (!rest[0]) { out.write(`${USAGE}\n\nQMP commands:\n${commandList(table)}\n`); return 0; }
     const graph = new BlockGraph();
     registerDrivers(graph);
     const text = commandHelp(table, graph, rest[0]);
@@ -112,7 +129,9 @@ export async function blockctl(argv: string[]): Promise<number> {
     out.write(`${text}\n`);
     return 0;
   }
-  const cmdArgs = command && command !== 'events' ? buildArguments(command, rest) : undefined;
+  const local = command === 'events' || command === 'stats' || command === 'top';
+  if (local && rest.length > 0) throw new UsageError(`${command} takes no arguments (got '${rest[0]}')`);
+  const cmdArgs = command && !local ? buildArguments(command, rest) : undefined;
   const client = await QmpClient.connect(String(args.s)).catch((e: Error) => {
     throw new UsageError(`cannot connect to ${args.s}: ${e.message}`);
   });
@@ -120,6 +139,15 @@ export async function blockctl(argv: string[]): Promise<number> {
     if (command === 'events') {
       client.on('event', (e: QmpEvent) => out.write(`${args.json ? JSON.stringify(e) : formatEvent(e)}\n`));
       await new Promise((r) => client.once('close', r));
+      return 0;
+    }
+    if (command === 'stats') {
+      const ret = await client.execute('query-blockstats', { 'query-nodes': true });
+      out.write(`${args.json ? JSON.stringify(ret) : formatStats(ret)}\n`);
+      return 0;
+    }
+    if (command === 'top') {
+      await runTop(client, { title: `blockctl top: ${args.s}`, metrics: args.metrics });
       return 0;
     }
     if (command) {

@@ -49,6 +49,22 @@ const FORMATTERS: Record<string, (ret: unknown) => string> = {
   'query-commands': (ret) => (ret as Row[]).map((r) => r.name).sort().join('\n'),
 };
 
+const avgLatency = (ns: unknown, ops: unknown) => (typeof ns === 'number' && typeof ops === 'number' && ops > 0 ? `${(ns / ops / 1e3).toFixed(0)}us` : '-');
+
+/** query-blockstats (query-nodes) as a table: one row per node. */
+export function formatStats(ret: unknown): string {
+  const rows = (ret as Row[]).map((r) => ({ name: r['node-name'], ...(r.stats as Row) }) as Row);
+  return table(rows, [
+    ['node', (r) => r.name],
+    ['rd ops', (r) => r.rd_operations], ['rd bytes', (r) => humanSize(r.rd_bytes)], ['rd avg', (r) => avgLatency(r.rd_total_time_ns, r.rd_operations)],
+    ['wr ops', (r) => r.wr_operations], ['wr bytes', (r) => humanSize(r.wr_bytes)], ['wr avg', (r) => avgLatency(r.wr_total_time_ns, r.wr_operations)],
+    ['flush ops', (r) => r.flush_operations], ['unmap ops', (r) => r.unmap_operations],
+    ['failed', (r) => (r.failed_rd_operations as number) + (r.failed_wr_operations as number) + (r.failed_flush_operations as number) + (r.failed_unmap_operations as number)],
+    ['invalid', (r) => (r.invalid_rd_operations as number) + (r.invalid_wr_operations as number) + (r.invalid_flush_operations as number) + (r.invalid_unmap_operations as number)],
+    ['idle', (r) => (typeof r.idle_time_ns === 'number' ? `${(r.idle_time_ns / 1e9).toFixed(1)}s` : '-')],
+  ]);
+}
+
 export function formatReturn(command: string, ret: unknown): string {
   const f = FORMATTERS[command];
   if (f && Array.isArray(ret)) return f(ret);
