@@ -2,15 +2,20 @@
  * The /metrics endpoint (--metrics, beyond qsd): scraped while fio (nbd
  * engine) runs against an export, every scrape parses as strict Prometheus
  * text, every counter only grows, and at the end the export's and the
- * node's counters equal fio's totals (within 1 %); a running job shows its
- * progress and rate, a throttle group the requests it holds back, and the
- * process its memory and event-loop delay.
+ * node's counters equal fio's totals (within 1 %); failed and refused
+ * requests are counted as errors and invalid requests; a running job shows
+ * its progress and rate, a throttle group the requests it holds back, and
+ * the process its memory and event-loop delay. --metrics' refusals, and
+ * "metrics" in a config file on TCP.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import type { QmpClient } from '../../src/qmp/client/qmp-client.ts';
-import { tempDir, type Running } from '../helpers/daemons.ts';
+import { BLOCKD, startDaemon, tempDir, type Running } from '../helpers/daemons.ts';
+import { getPort } from '../helpers/port.ts';
 import { qmpDaemon } from '../helpers/live.ts';
 import { requireTool, run, SYSTEM_PYTHON } from '../helpers/tools.ts';
 import { httpGetUnix, parsePrometheusText, sampleValue, type PromFamily } from '../helpers/prometheus.ts';
@@ -61,6 +66,8 @@ describe('/metrics during fio, a job and a throttled client', () => {
 
   beforeAll(async () => {
     run('qemu-img', ['create', '-q', '-f', 'raw', join(dir, 'disk.raw'), '64M']);
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'bad.qcow2'), '64M']);
+    run('qemu-io', ['-f', 'qcow2', '-c', 'write 0 64k', join(dir, 'bad.qcow2')]);
     d = await qmpDaemon('blockd', dir, [
       '--blockdev', `driver=file,node-name=f0,filename=${join(dir, 'disk.raw')}`,
       '--blockdev', 'driver=raw,node-name=d0,file=f0',
@@ -69,9 +76,14 @@ describe('/metrics during fio, a job and a throttled client', () => {
       '--blockdev', 'driver=throttle,node-name=thr0,throttle-group=tg0,file=slow0',
       '--blockdev', 'driver=null-co,node-name=src0,size=67108864',
       '--blockdev', 'driver=null-co,node-name=tgt0,size=67108864',
+      // qcow2 raises read_aio on its file as it reads a data cluster: from then on blkdebug fails reads with EIO.
+      '--blockdev', `driver=file,node-name=f2,filename=${join(dir, 'bad.qcow2')}`,
+      '--blockdev', 'driver=blkdebug,node-name=bd2,image=f2,inject-error.0.event=read_aio,inject-error.0.errno=5',
+      '--blockdev', 'driver=qcow2,node-name=bad0,file=bd2',
       '--nbd-server', `addr.type=unix,addr.path=${nsock}`,
       '--export', 'type=nbd,id=e0,node-name=d0,writable=on',
       '--export', 'type=nbd,id=e1,node-name=thr0',
+      '--export', 'type=nbd,id=e2,node-name=bad0',
       '--metrics', `addr.type=unix,addr.path=${msock}`,
     ]);
   }, 60_000);
@@ -144,6 +156,34 @@ describe('/metrics during fio, a job and a throttled client', () => {
     expect(val('blockd_node_write_highest_offset_bytes', { node: 'd0' })).toBeGreaterThan(0);
   }, 120_000);
 
+  it('failed and refused requests: errors and invalid requests of the export, failed and invalid operations of the node', async () => {
+    const out = run(SYSTEM_PYTHON, ['-c', `import nbd
+h = nbd.NBD()
+h.set_strict_mode(0)
+h.set_export_name('bad0')
+h.connect_unix(${JSON.stringify(nsock)})
+for f in (lambda: h.pread(4096, 0), lambda: h.pread(4096, 64 * 1024 * 1024), lambda: h.pread(4096, 0)):
+    try:
+        f()
+        print('ok')
+    except nbd.Error as e:
+        print('error', e.errno)
+h.shutdown()`]);
+    expect(out.trim().split('\n')).toEqual(['error EIO', 'error EINVAL', 'error EIO']);
+    const f = await scrape();
+    const v = (fam: string, labels: Record<string, string>) => sampleValue(f, fam, fam, labels);
+    expect(v('blockd_export_errors_total', { export: 'e2', op: 'read' })).toBe(2);
+    expect(v('blockd_export_requests_total', { export: 'e2', op: 'read' })).toBe(2);
+    expect(v('blockd_export_invalid_requests_total', { export: 'e2', op: 'read' })).toBe(1);
+    expect(v('blockd_node_failed_operations_total', { node: 'bad0', op: 'read' })).toBe(2);
+    expect(v('blockd_node_invalid_operations_total', { node: 'bad0', op: 'read' })).toBe(1);
+    expect(v('blockd_node_operations_total', { node: 'bad0', op: 'read' })).toBe(0);
+    expect(v('blockd_node_failed_operations_total', { node: 'bd2', op: 'read' })).toBe(2);
+    // Failed requests are timed too (account_failed).
+    const count = f.get('blockd_node_request_duration_seconds')!.samples.find((s) => s.name.endsWith('_count') && s.labels.node === 'bad0' && s.labels.op === 'read');
+    expect(count?.value).toBe(2);
+  });
+
   it('a running job shows its progress and rate; a throttle group its queued requests', async () => {
     await d.qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'src0', target: 'tgt0', sync: 'full', speed: 4 * MiB });
     // A client with 6 reads in flight against iops-read=2: most wait in the group.
@@ -191,4 +231,45 @@ h.shutdown()`], { stdio: ['ignore', 'pipe', 'pipe'] });
     expect(sampleValue(last, 'blockd_throttle_group_queued_requests', 'blockd_throttle_group_queued_requests', { group: 'tg0', direction: 'read' })).toBe(0);
     expect(sampleValue(last, 'blockd_export_requests_total', 'blockd_export_requests_total', { export: 'e1', op: 'read' })).toBe(6);
   }, 60_000);
+});
+
+describe('--metrics options', () => {
+  it('refuses what it cannot serve, with the option in the message', () => {
+    const cases: [string[], string][] = [
+      [['--metrics', 'addr.type=vsock,addr.cid=1,addr.port=1'], 'blockd: --metrics addr.type=vsock,addr.cid=1,addr.port=1: the metrics endpoint listens on inet or unix addresses, not vsock'],
+      [['--metrics', 'addr.type=unix'], "blockd: --metrics addr.type=unix: Parameter 'addr.path' is missing"],
+      [['--metrics', 'addr.type=unix,addr.path=/nonexistent/dir/m.sock'], 'blockd: --metrics addr.type=unix,addr.path=/nonexistent/dir/m.sock:'],
+      [['--metrics', 'addr.type=unix,addr.path=a', '--metrics', 'addr.type=unix,addr.path=b'], 'blockd: --metrics may be given only once'],
+    ];
+    for (const [args, text] of cases) {
+      const r = spawnSync(BLOCKD, ['--blockdev', 'driver=null-co,node-name=n0', ...args], { encoding: 'utf8', timeout: 30_000 });
+      expect([args, r.status, r.stderr.split('\n')[0].slice(0, text.length)]).toEqual([args, 1, text]);
+    }
+  });
+
+  it('"metrics" in a config file, on TCP', async () => {
+    const dir = tempDir('blockd-metrics-cfg-');
+    const port = await getPort();
+    const cfg = join(dir, 'blockd.json');
+    const qmp = join(dir, 'qmp.sock');
+    writeFileSync(cfg, JSON.stringify({
+      blockdev: ['driver=null-co,node-name=n0'],
+      chardev: [`socket,id=m0,path=${qmp},server=on,wait=off`], monitor: ['chardev=m0'],
+      metrics: { addr: { type: 'inet', host: '127.0.0.1', port: String(port) } },
+    }));
+    const d = await startDaemon('blockd', ['--config', cfg], qmp);
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        request({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
+          let b = '';
+          res.setEncoding('utf8');
+          res.on('data', (x: string) => (b += x));
+          res.on('end', () => resolve(b));
+        }).on('error', reject).end();
+      });
+      expect(sampleValue(parsePrometheusText(body), 'blockd_node_info', 'blockd_node_info', { node: 'n0', driver: 'null-co' })).toBe(1);
+    } finally {
+      await d.stop();
+    }
+  });
 });

@@ -16,6 +16,7 @@ import { qmpDaemon } from '../helpers/live.ts';
 import { getPort } from '../helpers/port.ts';
 import { run, tryRun } from '../helpers/tools.ts';
 import { makeTlsFixture, waitForPort, type TlsFixture } from '../helpers/tls.ts';
+import { httpGetUnix, parsePrometheusText, sampleValue } from '../helpers/prometheus.ts';
 
 let root: string;
 let fx: TlsFixture;
@@ -30,8 +31,8 @@ afterAll(async () => { for (const s of stops.splice(0).reverse()) await s().catc
 
 interface Up { port: number; dir: string; stderr: () => string; qmp: Awaited<ReturnType<typeof qmpDaemon>>['qmp'] }
 
-/** blockd serving a 4 MiB raw image as `disk0` over TCP with `nbd` extra server options, after `objects`. */
-async function blockd(objects: string[], nbd: string): Promise<Up> {
+/** blockd serving a 4 MiB raw image as `disk0` over TCP with `nbd` extra server options, after `objects` (`extra`: more options). */
+async function blockd(objects: string[], nbd: string, extra: (dir: string) => string[] = () => []): Promise<Up> {
   const dir = tempDir('blockd-tls-d-');
   run('qemu-img', ['create', '-f', 'raw', join(dir, 'd.img'), '4M']);
   const port = await getPort();
@@ -41,6 +42,7 @@ async function blockd(objects: string[], nbd: string): Promise<Up> {
     '--blockdev', `driver=file,node-name=f0,filename=${join(dir, 'd.img')}`,
     '--nbd-server', `addr.type=inet,addr.host=127.0.0.1,addr.port=${port},${nbd}`,
     '--export', 'type=nbd,id=e0,node-name=f0,name=disk0,writable=on',
+    ...extra(dir),
   ]);
   stops.push(async () => { d.qmp.close(); await d.proc.stop(); });
   await waitForPort(port);
@@ -63,7 +65,8 @@ async function logged(up: Up, text: string): Promise<string> {
 
 describe('NBD over TLS: x509', () => {
   it('serves the authorized client (TLS 1.2 or later), refuses others with one line naming the credentials and why', async () => {
-    const up = await blockd([x509(fx.server), `authz-simple,id=az,identity=${fx.dn1.replace(/,/g, ',,')}`], 'tls-creds=tls0,tls-authz=az');
+    const up = await blockd([x509(fx.server), `authz-simple,id=az,identity=${fx.dn1.replace(/,/g, ',,')}`], 'tls-creds=tls0,tls-authz=az',
+      (dir) => ['--metrics', `addr.type=unix,addr.path=${join(dir, 'metrics.sock')}`]);
     const ok = size(certUri(up.port, fx.client1));
     expect(ok.stderr).toBe('');
     expect(ok.stdout.trim()).toBe(String(4 << 20));
@@ -83,6 +86,13 @@ describe('NBD over TLS: x509', () => {
     const plain = size(`nbd://127.0.0.1:${up.port}/disk0`);
     expect(plain.status).not.toBe(0);
     expect(plain.stderr).toMatch(/server requires TLS encryption first/);
+
+    // /metrics: seven connections taken on (waitForPort's probe, six clients), the three refused at TLS counted (not the plain client, told TLS_REQD).
+    const m = parsePrometheusText((await httpGetUnix(join(up.dir, 'metrics.sock'), '/metrics')).body);
+    const server = { server: '0', listen: `tcp 127.0.0.1:${up.port}` };
+    expect(sampleValue(m, 'blockd_nbd_server_connections_total', 'blockd_nbd_server_connections_total', server)).toBe(7);
+    expect(sampleValue(m, 'blockd_nbd_server_connections_refused_total', 'blockd_nbd_server_connections_refused_total', server)).toBe(3);
+    expect(sampleValue(m, 'blockd_export_clients_total', 'blockd_export_clients_total', { export: 'e0' })).toBe(2);
   });
 
   it('nbdcopy and qemu-io/qemu-img (tls-creds-x509 endpoint=client, driver=nbd,tls-creds=) read and write through TLS', async () => {
