@@ -236,7 +236,10 @@ h.shutdown()`], { stdio: ['ignore', 'pipe', 'pipe'] });
 describe('--metrics options', () => {
   it('refuses what it cannot serve, with the option in the message', () => {
     const cases: [string[], string][] = [
-      [['--metrics', 'addr.type=vsock,addr.cid=1,addr.port=1'], 'blockd: --metrics addr.type=vsock,addr.cid=1,addr.port=1: the metrics endpoint listens on inet or unix addresses, not vsock'],
+      [['--metrics', 'addr.type=vsock,addr.cid=1,addr.port=1'], "blockd: --metrics addr.type=vsock,addr.cid=1,addr.port=1: Parameter 'type' does not accept value 'vsock'"],
+      // Members of qsd's InetSocketAddress the endpoint would not act on are refused, not ignored.
+      [['--metrics', 'addr.type=inet,addr.host=127.0.0.1,addr.port=0,addr.ipv6=on'], "blockd: --metrics addr.type=inet,addr.host=127.0.0.1,addr.port=0,addr.ipv6=on: Parameter 'addr.ipv6' is unexpected"],
+      [['--metrics', 'addr.type=inet,addr.host=127.0.0.1,addr.port=http'], 'blockd: --metrics addr.type=inet,addr.host=127.0.0.1,addr.port=http: address resolution failed for 127.0.0.1:http'],
       [['--metrics', 'addr.type=unix'], "blockd: --metrics addr.type=unix: Parameter 'addr.path' is missing"],
       [['--metrics', 'addr.type=unix,addr.path=/nonexistent/dir/m.sock'], 'blockd: --metrics addr.type=unix,addr.path=/nonexistent/dir/m.sock:'],
       [['--metrics', 'addr.type=unix,addr.path=a', '--metrics', 'addr.type=unix,addr.path=b'], 'blockd: --metrics may be given only once'],

@@ -16,7 +16,6 @@ export class MetricsServer {
 
   static async start(opts: MetricsOptionsValue, registry: Registry, onError: (err: Error) => void): Promise<MetricsServer> {
     const a = opts.addr;
-    if (a.type !== 'inet' && a.type !== 'unix') throw new Error(`the metrics endpoint listens on inet or unix addresses, not ${a.type}`);
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];
       if (path !== '/metrics') {
@@ -50,7 +49,7 @@ export class MetricsServer {
       if (a.type === 'unix') server.listen(a.path, ready);
       else {
         const port = Number(a.port);
-        if (!Number.isInteger(port) || port < 0 || port > 65535) {
+        if (!/^\d+$/.test(a.port) || port > 65535) {
           reject(new Error(`address resolution failed for ${a.host}:${a.port}: Servname not supported for ai_socktype`));
           return;
         }
