@@ -3,9 +3,14 @@
  * not) on a node of a backing chain or on a job's target, stream,
  * intermediate commit, mirror and backup are started with the same commands; the reply (qsd's "Permission conflict on node ..." text, or
  * success) and, for a refusal, the job's status changes (created, null)
- * equal qsd's. blockd started block-stream over a writably exported backing
- * node, a commit into a writably exported base and a mirror onto an exported
- * target, and its conflict texts were its own.
+ * equal qsd's; for a started job, its filter's read-only flag and driver.
+ * blockd started block-stream over a writably exported backing node, a
+ * commit into a writably exported base and a mirror onto an exported
+ * target, and its conflict texts were its own; it also started an active
+ * commit over an exported middle layer (qsd: 'consistent read' unshared by
+ * the job's 'intermediate node'), and ran a commit of a layer with a writer
+ * as an intermediate one with 'commit_top' (qsd, as QEMU's qmp_block_commit:
+ * an active commit of that layer, 'mirror_top').
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { join } from 'node:path';
@@ -48,6 +53,11 @@ const CASES: Case[] = [
   { what: 'block-stream down to the base, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-stream', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
   { what: 'intermediate block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base', speed: 1024, 'filter-node-name': 'ct' } },
   { what: 'active block-commit, the base exported writable', exported: 'fmt_base', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
+  { what: 'active block-commit, the middle layer exported read-only', exported: 'fmt_mid', writable: false, cmd: 'block-commit', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
+  { what: 'active block-commit, the middle layer exported writable', exported: 'fmt_mid', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'base-node': 'fmt_base' } },
+  { what: 'intermediate block-commit, the committed layer exported read-only', exported: 'fmt_mid', writable: false, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base', speed: 1024, 'filter-node-name': 'ct' } },
+  { what: 'intermediate block-commit, no export in the way', exported: 'fmt_tgt', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base', speed: 1024, 'filter-node-name': 'ct' } },
+  { what: 'active block-commit with a filter name, no export in the way', exported: 'fmt_tgt', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'base-node': 'fmt_base', speed: 1024, 'filter-node-name': 'ct' } },
   { what: 'intermediate block-commit, the committed layer exported writable', exported: 'fmt_mid', writable: true, cmd: 'block-commit', args: { device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base', speed: 1024, 'filter-node-name': 'ct' } },
   { what: 'blockdev-mirror, the target exported writable', exported: 'fmt_tgt', writable: true, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
   { what: 'blockdev-mirror, the target exported read-only', exported: 'fmt_tgt', writable: false, cmd: 'blockdev-mirror', args: { device: 'fmt_top', target: 'fmt_tgt', sync: 'full' } },
@@ -64,11 +74,10 @@ async function attempt(s: Side, c: Case): Promise<unknown> {
     const statuses = s.events.filter((ev) => ev.event === 'JOB_STATUS_CHANGE' && ev.data.id === 'job0').map((ev) => ev.data.status);
     return { error: e.errorClass, desc: e.desc, statuses };
   }
-  // The job's filter is read-write exactly when it took over a writer (a writable export of the
-  // committed layer). Its driver name is left out: qsd 7.2 reports 'mirror_top' for an intermediate
-  // commit's filter there, blockd 'commit_top' (not looked into yet).
-  const nodes = await s.qmp.execute<{ 'node-name': string; ro: boolean }[]>('query-named-block-nodes', { flat: true });
-  const filters = nodes.filter((n) => n['node-name'] === 'ct').map((n) => n.ro);
+  // The job's filter: commit_top (read-only) for an intermediate commit, mirror_top (read-write) for an
+  // active one, which a commit of a layer with a writer (a writable export of it) is.
+  const nodes = await s.qmp.execute<{ 'node-name': string; ro: boolean; drv: string }[]>('query-named-block-nodes', { flat: true });
+  const filters = nodes.filter((n) => n['node-name'] === 'ct').map((n) => ({ ro: n.ro, drv: n.drv }));
   // A small backup can finish (and be dismissed) before the cancel arrives: then it has already ended.
   await s.qmp.execute('job-cancel', { id: 'job0' }).catch((e: unknown) => {
     if (!(e instanceof QmpCommandError && e.desc === 'Job not found')) throw e;

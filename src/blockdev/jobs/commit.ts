@@ -7,21 +7,30 @@
  * names `base`), which drops the committed layers. Progress is the whole
  * length, as in qsd.
  *
- * Active commit (`top` is the device itself): like a mirror. A write
+ * Active commit (`top` is the device itself, or a layer someone writes to:
+ * QEMU's qmp_block_commit takes that path whenever `top` has a writer, e.g.
+ * a writable export of it): like a mirror. A write
  * observer on `top` keeps a dirty set (64 KiB granules); the job copies the
  * dirty granules until none is left, reaches READY, and keeps copying new
- * writes. job-complete moves every user of `top` (exports included) to
+ * writes. job-complete moves every user of `top` (exports included, and an
+ * overlay's backing link, whose header keeps naming `top` as in QEMU) to
  * `base` after a last copy made while they are held at the gate (see
  * surgery/replace.ts). job-cancel leaves the chain as it was: `base` only
  * gained data that `top` hides. Progress counts dirty bytes, as in qsd.
  *
+ * The layers between `top` and `base` are the job's 'intermediate nodes':
+ * an active commit lets others only write them (QEMU's mirror: they are to
+ * disappear), so an export of one (it needs consistent reads) is refused.
+ *
  * While the job runs, qsd's filter sits above `top` (filters/job-filter.ts):
- * 'commit_top' under the overlay, or 'mirror_top' holding the device's users
- * (exports included), named by filter-node-name.
+ * 'commit_top' under the overlay (intermediate commit), or 'mirror_top'
+ * holding all of `top`'s users (active commit), named by filter-node-name.
  */
 import { BlockJob, type BlockJobOptions, type BlockdevOnError } from './block-job.ts';
 import { toBlockError } from '../../util/errors.ts';
 import { ALL_PERM, READ_PERM } from '../edge.ts';
+import type { ChildEdge } from '../edge.ts';
+import type { Perm } from '../driver.ts';
 import { setBacking } from '../surgery/replace.ts';
 import { insertFilter, removeFilter } from '../surgery/filter.ts';
 import { jobFilterDriver } from '../filters/job-filter.ts';
@@ -32,6 +41,11 @@ import { backingDepth } from '../surgery/walk.ts';
 import type { BlockNode, WriteObserver } from '../node.ts';
 
 const GRANULE = 64 * 1024;
+const NO_PERM: Perm = { read: false, write: false, resize: false };
+/** The next layer down: the backing link, or a filter's child. */
+const below = (n: BlockNode): BlockNode | undefined => n.child('backing') ?? (n.isFilter ? n.primaryChild : undefined);
+/** `n` with the filters on top of it skipped. */
+const skipFilters = (n: BlockNode): BlockNode => (n.isFilter && n.primaryChild ? skipFilters(n.primaryChild) : n);
 const CHUNK = 1024 * 1024;
 
 export interface CommitJobOptions extends BlockJobOptions {
@@ -39,8 +53,10 @@ export interface CommitJobOptions extends BlockJobOptions {
   device: BlockNode;
   top: BlockNode;
   base: BlockNode;
-  /** The node whose backing link is `top` (intermediate commit); undefined for active commit. */
+  /** The node whose backing link is `top`; undefined when `top` is the device. */
   overlay?: BlockNode;
+  /** Active commit (mirror-like, READY, job-complete): `top` is the device or has a writer. */
+  active: boolean;
   backingFile?: string;
   /** filter-node-name: the name of the filter put above `top` (see filters/job-filter.ts). */
   filterNodeName?: string;
@@ -63,12 +79,14 @@ export class CommitJob extends BlockJob {
   private succeeded = false;
   private counting = false;
   private filter?: BlockNode;
+  /** Backing links whose consistent read an active commit suspended (see setUp). */
+  private readonly suspendedReads: ChildEdge[] = [];
 
   constructor(private readonly o: CommitJobOptions) {
     super(o);
   }
 
-  get isActive(): boolean { return this.o.overlay === undefined; }
+  get isActive(): boolean { return this.o.active; }
 
   /**
    * Set-up that may still fail, before start: the job's edges and qsd's
@@ -87,9 +105,7 @@ export class CommitJob extends BlockJob {
       this.useNode(base, 'base', { read: true, write: true, resize: base.length() < top.length() }, READ_PERM, { user: 'an unnamed block device', role: 'root' });
     }
     // qsd opens commit_top without read-write, mirror_top with it; both only pass requests on.
-    // A commit_top that takes over writers of `top` (a writable export) is read-write in qsd.
-    const writers = top.parents.some((e) => e.parent !== this && e.perm.write);
-    const readOnly = !this.isActive && !writers;
+    const readOnly = !this.isActive;
     this.filter = await insertFilter(this.graph, top, {
       name: this.o.filterNodeName,
       driver: jobFilterDriver(this.isActive ? 'mirror_top' : 'commit_top'),
@@ -101,13 +117,39 @@ export class CommitJob extends BlockJob {
       shared: ALL_PERM,
     }, 'gate');
     // The job holds its filter too ('main node'), so the filter is no root for another job.
-    if (this.isActive) this.useNode(this.filter, 'main node', { read: false, write: false, resize: false }, ALL_PERM);
+    if (this.isActive) {
+      this.useNode(this.filter, 'main node', NO_PERM, ALL_PERM);
+      const { base } = this.o;
+      // QEMU's mirror_top asks `top` for writes only, so nobody above reads the chain below it
+      // consistently any more: the layers' backing links (whose consistent read follows their
+      // users' in QEMU, bdrv_default_perms_for_cow) hold none while the job runs.
+      for (let n: BlockNode | undefined = top; n && n !== base; n = below(n)) {
+        for (const e of n.children) {
+          if (!e.cow || !e.perm.read) continue;
+          e.perm = { ...e.perm, read: false };
+          this.suspendedReads.push(e);
+        }
+      }
+      // QEMU's mirror_start_job: the layers that disappear may only be written by others (not read
+      // consistently, not resized); from the topmost filter over `base` down, consistent reads too.
+      let shared: Perm = { read: false, write: true, resize: false };
+      for (let n = below(top); n && n !== base; n = below(n)) {
+        if (n.isFilter && skipFilters(n) === base) shared = { ...shared, read: true };
+        this.useNode(n, 'intermediate node', NO_PERM, shared);
+      }
+    }
+  }
+
+  /** Gives the backing links their consistent reads back (after the job's own uses are gone). */
+  private restoreReads(): void {
+    for (const e of this.suspendedReads.splice(0)) e.perm = { ...e.perm, read: true };
   }
 
   /** Undoes setUp after a failure before start. */
   async tearDown(): Promise<void> {
     await this.dropFilter(this.o.top);
     await this.releaseNodes();
+    this.restoreReads();
   }
 
   protected async run(): Promise<void> {
@@ -243,7 +285,7 @@ export class CommitJob extends BlockJob {
 
   protected override async prepare(): Promise<void> {
     const { top, base, overlay } = this.o;
-    if (overlay) {
+    if (!this.isActive && overlay) {
       await this.dropFilter(top);
       // What was copied must be in base's file (its metadata written) before the overlay's header
       // names base: a crash in between would otherwise leave a chain that reads base without it.
@@ -271,6 +313,7 @@ export class CommitJob extends BlockJob {
     // Cancelled, failed, or an active commit ended without a pivot: the users go back to `top`.
     await this.dropFilter(this.o.top);
     await super.clean();
+    this.restoreReads();
     await this.o.onFinished?.(this.succeeded);
   }
 }

@@ -176,19 +176,23 @@ export const streamCommitCommands: CommandDef[] = [
       if (top === base) throw genericError('cannot commit an image into itself');
       if (c.indexOf(base!) < c.indexOf(top)) throw genericError(`'${base!.nodeName}' is not in the backing chain of '${top.nodeName}'`);
       const overlay = top === device ? undefined : above(device, top);
-      if (a['backing-file'] !== undefined && !overlay) throw genericError("'backing-file' specified, but 'top' is the active layer");
+      // QEMU's rule: active commit (mirror-like) when `top` is the device or someone writes to it.
+      const active = !overlay || top.parents.some((e) => e.perm.write);
+      if (a['backing-file'] !== undefined && active) {
+        throw genericError(overlay ? "'backing-file' specified, but 'top' has a writer on it" : "'backing-file' specified, but 'top' is the active layer");
+      }
       checkNotInJob([device, top, base]);
       if (!VALID_ID.test(a['job-id'] ?? '')) throw genericError(`Invalid job ID '${a['job-id'] ?? ''}'`);
       // qsd makes an active commit's filter before its job (a taken name: no job events).
-      if (!overlay) checkFilterName(graph, a['filter-node-name']);
+      if (active) checkFilterName(graph, a['filter-node-name']);
       const wasReadOnly = base!.readOnly;
       await setReadOnly(graph, base!, false);
       const b = base!;
       const job = ctx.jobs.add(new CommitJob({
-        ...jobOptions(a, graph), device, top, base: b, overlay, backingFile: a['backing-file'], filterNodeName: a['filter-node-name'],
+        ...jobOptions(a, graph), device, top, base: b, overlay, active, backingFile: a['backing-file'], filterNodeName: a['filter-node-name'],
         setReadOnly: (n, ro) => setReadOnly(graph, n, ro),
-        // An intermediate base goes back to read-only; after an active commit it may be the active layer.
-        onFinished: async () => { if (wasReadOnly && overlay) await setReadOnly(graph, b, true).catch(() => undefined); },
+        // An intermediate base goes back to read-only; after an active commit it may have top's writers.
+        onFinished: async () => { if (wasReadOnly && !active) await setReadOnly(graph, b, true).catch(() => undefined); },
       }));
       try {
         await job.setUp();
