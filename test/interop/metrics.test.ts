@@ -110,7 +110,8 @@ describe('/metrics during fio, a job and a throttled client', () => {
     const startNode = { read: base('blockd_node_operations_total', { node: 'd0', op: 'read' }), write: base('blockd_node_operations_total', { node: 'd0', op: 'write' }) };
     const startConns = base('blockd_nbd_server_connections_total', { server: '0', listen: `unix ${nsock}` });
 
-    const job = fio(`nbd+unix:///d0?socket=${nsock}`, ['--rw=randrw', '--bs=4k', '--iodepth=8', '--size=64m', `--io_size=${24 * MiB}`]);
+    // Rate-limited (2000 IOPS per direction, about 1.5 s) so that even a fast machine is scraped several times meanwhile.
+    const job = fio(`nbd+unix:///d0?socket=${nsock}`, ['--rw=randrw', '--bs=4k', '--iodepth=8', '--size=64m', `--io_size=${24 * MiB}`, '--rate_iops=2000']);
     let done = false;
     void job.finally(() => { done = true; });
     const scrapes: Map<string, PromFamily>[] = [];
@@ -123,7 +124,7 @@ describe('/metrics during fio, a job and a throttled client', () => {
     }
     const totals = await job;
     scrapes.push(await scrape());
-    expect(scrapes.length).toBeGreaterThanOrEqual(3);
+    expect(scrapes.length).toBeGreaterThanOrEqual(5);
     expect(sawClient).toBe(true);
 
     let prev = counters(before);
