@@ -21,6 +21,7 @@ import type { DriverOps } from '../../src/blockdev/driver.ts';
 import { Cmd, CmdFlag, IHAVEOPT, Info, Opt, Rep } from '../../src/nbd-protocol/constants.ts';
 import { RawClient, nbdsh, runTool, startHarness, type Harness } from '../helpers/nbd.ts';
 import { tempDir } from '../helpers/temp.ts';
+import { startDaemon, type Running } from '../helpers/daemons.ts';
 
 const MB = 1 << 20;
 const G = 2 ** 30;
@@ -268,5 +269,39 @@ describe('compact clients on the same server, unaffected', () => {
     ].join('\n'));
     // 3000 bytes written make the first 4 KiB block data; the next one is a hole (STATE_HOLE | STATE_ZERO)
     expect(JSON.parse(out)).toEqual({ sr: true, data: 'abc', ext: [4096, 0, 4096, 3] });
+  });
+
+  it("qemu-io and qemu-img (QEMU 7.2's NBD client, compact headers): data and map as before", async () => {
+    const uri = h.unixUri('mem');
+    const io = await runTool('qemu-io', ['-f', 'raw', '-c', `write -P 0x5a ${62 * MB} 64k`, '-c', `read -P 0x5a ${62 * MB} 64k`, uri]);
+    expect(io).toContain('read 65536/65536 bytes');
+    expect(io).not.toContain('Pattern verification failed');
+    const map = JSON.parse(await runTool('qemu-img', ['map', '-f', 'raw', '--output=json', '--start-offset', String(62 * MB), '--max-length', String(MB), uri]));
+    expect(map.map((e: { start: number; length: number; data: boolean }) => [e.start - 62 * MB, e.length, e.data])).toEqual([[0, 65536, true], [65536, MB - 65536, false]]);
+  });
+});
+
+describe('two blockd daemons: driver=nbd in one, the export in the other', () => {
+  it('negotiate extended headers (the server logs it); data through the front equals the back; qemu-img alone stays compact', async () => {
+    const d = tempDir('blockd-nbdext2-');
+    await runTool('qemu-img', ['create', '-q', '-f', 'raw', join(d, 'a.raw'), '16M']);
+    const daemons: Running[] = [];
+    try {
+      const back = await startDaemon('blockd', ['--log-level', 'debug', '--blockdev', `driver=file,node-name=f,filename=${join(d, 'a.raw')}`,
+        '--nbd-server', `addr.type=unix,addr.path=${join(d, 'b.sock')}`, '--export', 'type=nbd,id=e,node-name=f,name=disk,writable=on'], join(d, 'b.sock'));
+      daemons.push(back);
+      const front = await startDaemon('blockd', ['--blockdev', `driver=nbd,node-name=n,server.type=unix,server.path=${join(d, 'b.sock')},export=disk`,
+        '--nbd-server', `addr.type=unix,addr.path=${join(d, 'f.sock')}`, '--export', 'type=nbd,id=e,node-name=n,name=front,writable=on'], join(d, 'f.sock'));
+      daemons.push(front);
+      const frontUri = `nbd+unix:///front?socket=${join(d, 'f.sock')}`;
+      const backUri = `nbd+unix:///disk?socket=${join(d, 'b.sock')}`;
+      await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 1M 1M', '-c', 'write -z 4M 4M', '-c', 'discard 8M 1M', '-c', 'flush', frontUri]);
+      expect(await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', frontUri, backUri])).toContain('Images are identical');
+      const done = back.stderr().split('\n').filter((l) => l.includes('NBD negotiation done')).map((l) => JSON.parse(l) as { extended: boolean });
+      // the front's connection (extended), then qemu-img's own connection to the back (compact)
+      expect(done.map((x) => x.extended)).toEqual([true, false]);
+    } finally {
+      for (const x of daemons.reverse()) await x.stop();
+    }
   });
 });
