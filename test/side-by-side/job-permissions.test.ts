@@ -101,3 +101,33 @@ describe('permissions of jobs, side by side with qsd', () => {
     });
   }
 });
+
+describe('a commit of a layer with a writer runs as an active commit, as in qsd', () => {
+  it('READY, a write through the export, job-complete: the export ends on the base, the same events, data and chain as qsd', async () => {
+    pair = await startPair(setup, (d) => [...chainArgs(d), '--export', 'type=nbd,id=export1,node-name=fmt_mid,name=export1,writable=on']);
+    const out: Record<string, unknown> = {};
+    for (const who of BOTH) {
+      const s = pair[who];
+      await s.qmp.execute('block-commit', { 'job-id': 'job0', device: 'fmt_top', 'top-node': 'fmt_mid', 'base-node': 'fmt_base', 'filter-node-name': 'ct' });
+      await waitFor(s.events, (ev) => ev.event === 'BLOCK_JOB_READY');
+      run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 2M 64k', s.uri('export1')]);
+      await s.qmp.execute('job-complete', { id: 'job0' });
+      await waitFor(s.events, (ev) => ev.event === 'JOB_STATUS_CHANGE' && ev.data.id === 'job0' && ev.data.status === 'null');
+      const exportsNow = await s.qmp.execute<{ 'node-name': string }[]>('query-block-exports');
+      const nodes = await s.qmp.execute<{ 'node-name': string; backing_file_depth: number }[]>('query-named-block-nodes', { flat: true });
+      const data = s.py('export1', [
+        'h = nbd.NBD(); h.connect_uri(uri)',
+        'print(json.dumps([h.pread(1, 0).hex(), h.pread(1, 1 << 20).hex(), h.pread(1, 2 << 20).hex(), h.pread(1, (2 << 20) + 65536).hex()]))',
+      ].join('\n'));
+      out[who] = {
+        events: s.events.filter((ev) => ev.event.startsWith('BLOCK_JOB') || ev.event === 'JOB_STATUS_CHANGE')
+          .map((ev) => (ev.event === 'JOB_STATUS_CHANGE' ? ev.data.status : ev.event)),
+        exports: exportsNow.map((e) => e['node-name']),
+        nodes: nodes.map((n) => `${n['node-name']}:${n.backing_file_depth}`).sort(),
+        data: await data,
+      };
+    }
+    expect(out.blockd).toEqual(out.qsd);
+    expect(out.blockd).toMatchObject({ exports: ['fmt_base'], data: ['11', '22', '44', '00'] });
+  });
+});
