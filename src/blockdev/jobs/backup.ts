@@ -16,7 +16,8 @@ import { JobCancelledError, jobFailure } from './errors.ts';
 import { BlockError, toBlockError } from '../../util/errors.ts';
 import { ALL_PERM } from '../edge.ts';
 import { CowState, cowClusterSize, cowFilterOps } from '../filters/copy-before-write.ts';
-import type { BlockNode } from '../node.ts';
+import { BlockNode } from '../node.ts';
+import { reaches } from '../surgery/walk.ts';
 import type { DirtyBitmap } from '../bitmaps/dirty-bitmap.ts';
 import { bitmapChanged, bitmapsOf } from '../bitmaps/registry.ts';
 import type { SparseBitmap } from '../bitmaps/sparse-bitmap.ts';
@@ -86,7 +87,10 @@ export class BackupJob extends BlockJob {
       role: 'file',
       ops: cowFilterOps(this.state),
       readOnly: this.source.readOnly,
-      keep: (e) => e.parent === this,
+      // The job's own edges stay, and so do users the target reaches (QEMU's should_update_child:
+      // a fleecing target's backing link to the source): through the filter they would make a loop
+      // target → filter → target, whose drain waits on itself.
+      keep: (e) => e.parent === this || (e.parent instanceof BlockNode && reaches(this.target, e.parent)),
       perm: { read: true, write: !this.source.readOnly, resize: false },
       shared: ALL_PERM,
     }, 'drain');

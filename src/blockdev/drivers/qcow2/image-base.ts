@@ -187,6 +187,14 @@ export abstract class Qcow2Base {
     return buf.length ? node.write(offset, buf) : Promise.resolve();
   }
 
+  /** As writeTo, for write-zeroes. */
+  protected zeroTo(node: BlockNode, offset: number, length: number, flags: number): Promise<void> {
+    const end = offset + length;
+    if (end > this.usedEnd(node)) this.used.set(node, end);
+    if (end > node.length()) return this.growTo(node, end).then(() => node.writeZeroes(offset, length, flags));
+    return node.writeZeroes(offset, length, flags);
+  }
+
   /** End of everything ever written to a child (past it the file is holes or absent). */
   usedEnd(node: BlockNode): number {
     let v = this.used.get(node);
@@ -518,12 +526,66 @@ export abstract class Qcow2Base {
       const r = await this.mapRun(pos, end - pos);
       if (r.kind === 'unallocated') {
         out.push(...await this.backingStatus(pos, r.length, flags));
+      } else if (r.kind === 'data' && !this.crypto && await this.metadataPreallocated()) {
+        out.push(...await this.dataStatus(pos, r.length, r.host));
       } else {
         out.push({ offset: pos, length: r.length, data: r.kind !== 'zero', zero: r.kind === 'zero', allocated: true, depth: 1 });
       }
       pos += r.length;
       if (flags & ReqFlag.REQ_ONE) break;
     }
+    return out;
+  }
+
+  private metadataPreallocation?: boolean;
+
+  /**
+   * QEMU's qcow2_detect_metadata_preallocation, asked once (at the first
+   * block status): the image looks preallocated with metadata when clearly
+   * more of its file's clusters are in use (refcount > 0) than its file has
+   * allocated on disk. Only then does block status ask the data file (QEMU's
+   * BDRV_BLOCK_RECURSE); a falloc/full image's clusters stay plain data.
+   */
+  private async metadataPreallocated(): Promise<boolean> {
+    if (this.metadataPreallocation !== undefined) return this.metadataPreallocation;
+    const actual = (this.file.ops.info?.() as { 'actual-size'?: unknown } | undefined)?.['actual-size'];
+    let found = false;
+    if (typeof actual === 'number') {
+      const cs = this.cs;
+      const real = Math.floor(actual / cs);
+      const threshold = Math.max(Math.floor(real * 10 / 9), real + 2);
+      const end = Math.ceil(this.file.length() / cs);
+      let count = 0;
+      for (let i = 0; i < end && count < threshold; i++) if (await this.refcounts.get(i) > 0) count++;
+      found = count >= threshold;
+    }
+    this.metadataPreallocation = found;
+    return found;
+  }
+
+  /**
+   * A run of data clusters at `host`: data, reading as zeroes where the data
+   * file has holes or ends (QEMU's bdrv_co_block_status asks the file below
+   * a metadata-preallocated image, so its never-written clusters report zero).
+   */
+  protected async dataStatus(offset: number, length: number, host: number): Promise<Extent[]> {
+    const out: Extent[] = [];
+    const push = (o: number, l: number, zero: boolean) => {
+      const last = out[out.length - 1];
+      if (last && last.zero === zero && last.offset + last.length === o) last.length += l;
+      else out.push({ offset: o, length: l, data: true, zero, allocated: true, depth: 1 });
+    };
+    const inFile = Math.max(0, Math.min(length, this.data.length() - host));
+    for (let pos = 0; pos < inFile;) {
+      const ext = await this.data.blockStatus(host + pos, inFile - pos);
+      if (ext.length === 0) { push(offset + pos, inFile - pos, false); break; }
+      for (const e of ext) {
+        const l = Math.min(e.length, inFile - pos);
+        push(offset + pos, l, e.zero);
+        pos += l;
+      }
+    }
+    if (inFile < length) push(offset + inFile, length - inFile, true);
     return out;
   }
 

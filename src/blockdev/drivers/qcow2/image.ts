@@ -205,10 +205,11 @@ export class Qcow2Image extends Qcow2Base {
     const gTail = this.extL2 && olds[n - 1].type === 'unallocated' ? this.subcluster : cs;
     const wStart = Math.floor((offset - runStart) / gHead) * gHead + runStart;
     const wEnd = Math.min(runEnd, Math.ceil((end - runStart) / gTail) * gTail + runStart);
-    // Copy-on-write regions of clusters that read as zeroes without a backing file need
-    // not be read (QEMU's is_zero_cow): most allocating writes into a fresh image.
+    // Copy-on-write regions that are allocated nowhere in the chain need not be read (QEMU's
+    // is_zero_cow): most allocating writes into a fresh image or over a sparse base.
     // Encrypted clusters hold no plain zeroes: every byte of a new cluster is written, encrypted.
-    const cowZero = !this.crypto && !this.extL2 && !this.backing && (offset === wStart || readsAsZero(olds[0])) && (end === wEnd || readsAsZero(olds[n - 1]));
+    const cowZero = !this.crypto && !this.extL2 &&
+      (offset === wStart || await this.zeroCow(olds[0], wStart, offset)) && (end === wEnd || await this.zeroCow(olds[n - 1], end, wEnd));
     let data: Buffer | undefined;
     if (!cowZero) {
       data = Buffer.alloc(wEnd - wStart);
@@ -234,8 +235,13 @@ export class Qcow2Image extends Qcow2Base {
       let at = host + (wStart - runStart);
       this.checkOverlap(at, wEnd - wStart, 'write');
       let out: Buffer;
-      if (fresh && cowZero) {
-        // Never-used clusters read as zeroes: only the guest's bytes are written.
+      // QEMU's handle_alloc_space: a copy-on-write region that reads as zeroes is not written;
+      // the clusters' space is zeroed fast instead (which also allocates it in the file, as
+      // qcow2's metadata-preallocation heuristic expects of a written image).
+      const cow = offset > wStart || end < wEnd;
+      const zeroed = cowZero && cow && await this.zeroSpace(at, wEnd - wStart);
+      if (cowZero && (fresh || zeroed)) {
+        // Only the guest's bytes are written: the rest reads as zeroes (never used, or zeroed).
         out = buf.subarray(0, end - offset);
         at = host + (offset - runStart);
       } else {
@@ -243,19 +249,9 @@ export class Qcow2Image extends Qcow2Base {
           data = Buffer.alloc(wEnd - wStart);
           buf.copy(data, offset - wStart, 0, end - offset);
         }
+        // Written whole, as QEMU does: the copy-on-write regions hold data of the chain
+        // (also where it reads as zeroes), and the file's allocation shows it.
         out = data;
-        if (fresh && !this.crypto) {
-          // Zero copy-on-write regions need not be written into never-used clusters (QEMU
-          // writes zeroes efficiently there too).
-          const head = offset - wStart;
-          const tail = wEnd - end;
-          let from = 0;
-          let to = data.length;
-          if (head && isZero(data.subarray(0, head))) from = head;
-          if (tail && isZero(data.subarray(data.length - tail))) to = data.length - tail;
-          out = data.subarray(from, to);
-          at += from;
-        }
       }
       // Into never-used clusters, the file is extended over all of them all the same.
       await this.writeData(at, out, runStart + (at - host), fresh ? host + n * cs : 0, out !== buf && out.buffer === data?.buffer);
@@ -265,6 +261,29 @@ export class Qcow2Image extends Qcow2Base {
     }
     await this.linkClusters(c0, n, host, olds, wStart, wEnd);
     return end - offset;
+  }
+
+  /** Whether a copy-on-write region [from, to) of a cluster is allocated nowhere in the chain (QEMU's is_unallocated). */
+  private async zeroCow(e: ClusterEntry, from: number, to: number): Promise<boolean> {
+    if (!this.backing) return readsAsZero(e);
+    if (e.type !== 'unallocated') return false;
+    const b = this.backing;
+    const inBacking = Math.min(to, b.length()) - from;
+    if (inBacking <= 0) return true;
+    return (await b.blockStatus(from, inBacking)).every((x) => x.depth === 0);
+  }
+
+  /** Zeroes data-file space fast (no writing of zeroes); false where the file cannot. */
+  private async zeroSpace(at: number, length: number): Promise<boolean> {
+    if (this.crypto) return false;
+    this.file.debugEvent('cluster_alloc_space');
+    try {
+      await this.zeroTo(this.data, at, length, ReqFlag.NO_FALLBACK);
+      return true;
+    } catch (e) {
+      if (e instanceof BlockError && e.code === 'ENOTSUP') return false;
+      throw e;
+    }
   }
 
   /** After the data of an allocating write is written: points the L2 entries at it and drops the old clusters. */
@@ -681,13 +700,6 @@ function readsAsZero(e: ClusterEntry): boolean {
   return e.type === 'unallocated' || e.type === 'zero-plain' || e.type === 'zero-alloc';
 }
 
-function isZero(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i += 4096) {
-    const part = b.subarray(i, Math.min(b.length, i + 4096));
-    if (!part.equals(ZERO_PAGE.subarray(0, part.length))) return false;
-  }
-  return true;
-}
 const ZERO_PAGE = Buffer.alloc(4096);
 
 /** Bits s0..s1-1 set. */
