@@ -29,8 +29,9 @@ function images(dir: string): void {
 }
 
 async function nodes(qmp: QmpClient, dir: string): Promise<string[]> {
-  const list = (await qmp.execute('query-named-block-nodes', { flat: true })) as { 'node-name': string; drv: string; file: string; ro: boolean }[];
-  return list.map((n) => `${n['node-name'].replace(/^(#block\d+)\d\d$/, '$1')} ${n.drv} ${n.file.split(dir).join('<dir>')} ${n.ro ? 'ro' : 'rw'}`);
+  const list = (await qmp.execute('query-named-block-nodes', { flat: true })) as { 'node-name': string; drv: string; file: string; ro: boolean; backing_file?: string }[];
+  const rel = (f: string) => f.split(dir).join('<dir>');
+  return list.map((n) => `${n['node-name'].replace(/^(#block\d+)\d\d$/, '$1')} ${n.drv} ${rel(n.file)} ${n.ro ? 'ro' : 'rw'}${n.backing_file ? ` backing ${rel(n.backing_file)}` : ''}`);
 }
 
 async function session(which: 'qsd' | 'blockd', top: 'inline' | 'separate', script: (dir: string) => Step[]): Promise<string[]> {
@@ -74,6 +75,11 @@ const cases: [string, 'inline' | 'separate', (dir: string) => Step[]][] = [
   ['blockdev-mirror', 'inline', (d) => [target(d), ['blockdev-mirror', { 'job-id': 'j', device: 'fmt0', target: 'tgt', sync: 'full' }],
     { ready: 'j' }, ['job-complete', { id: 'j' }], { settle: 'j' }]],
   ['blockdev-backup', 'inline', (d) => [target(d), ['blockdev-backup', { 'job-id': 'j', device: 'fmt0', target: 'tgt', sync: 'full' }], { settle: 'j' }]],
+  // Fleecing: the target's backing link stays on the source (not moved onto the job's filter,
+  // which would make a loop target -> filter -> target), while the job runs.
+  ['blockdev-backup sync=none into a fleecing overlay', 'inline', (d) => [
+    ['blockdev-add', { driver: 'qcow2', 'node-name': 'tgt', file: { driver: 'file', filename: join(d, 'tgt.qcow2') }, backing: 'fmt0' }],
+    ['blockdev-backup', { 'job-id': 'j', device: 'fmt0', target: 'tgt', sync: 'none', 'filter-node-name': 'cbw' }]]],
 ];
 
 describe('query-named-block-nodes after live operations, side by side with qsd 7.2', () => {
