@@ -5,8 +5,10 @@
  * 7.2's checks and texts (block/export/fuse.c, fuse_export_create).
  *
  * Like qsd's, a FUSE export lets others do anything with its node, resize
- * included; it takes the resize permission itself when writable or
- * growable. It has no users in the export layer's sense: block-export-del
+ * included. It holds the resize permission when growable; a writable
+ * export takes it only for the duration of a truncate (qsd 7.2 holds it for
+ * every writable export, which keeps block-stream and blockdev-mirror off
+ * the node: see README, differs from qsd). It has no users in the export layer's sense: block-export-del
  * never waits for open files (qsd neither); the unmount detaches the file,
  * and calls on descriptors still open fail with ENOTCONN.
  */
@@ -23,6 +25,7 @@ import { errorText } from '../platform/native.ts';
 import { BlockFile, FUSE_MAX_BOUNCE_BYTES } from './file-ops.ts';
 import { DEFAULT_LIMITS, FuseSession } from './session.ts';
 import { mountFuse, statMountpoint, unmountFuse } from './mount.ts';
+import { fuseErr } from './errors.ts';
 import { FUSE_MIN_READ_BUFFER } from './protocol/constants.ts';
 
 export const FUSE_EXPORT_TYPE = 'fuse';
@@ -44,13 +47,14 @@ export class FuseExport extends BlockExport {
 
   /** `fd`: the device, already mounted on the mountpoint; the export owns it from here. */
   constructor(common: ExportCommon, s: FuseExportSettings, private readonly fd: number, private readonly log?: Logger) {
-    super(common, true, common.writable || s.growable);
+    super(common, true, s.growable);
     this.mountpoint = s.mountpoint;
     this.growable = s.growable;
     this.allowOther = s.allowOther;
     const file = new BlockFile({
       node: () => this.node, writable: this.writable, growable: this.growable, allowOther: this.allowOther, writethrough: this.writethrough,
       ioStats: this.ioStats,
+      resizing: (fn) => this.resizing(fn),
     }, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
     this.session = new FuseSession(file, {
       reply: (parts) => writeFuseReply(this.fd, parts),
@@ -64,6 +68,31 @@ export class FuseExport extends BlockExport {
       if (err.code !== 'ENODEV') log?.error({ export: this.id, err: err.message }, 'FUSE device read failed');
       else log?.info({ export: this.id, mountpoint: this.mountpoint }, 'FUSE export unmounted from outside');
     });
+  }
+
+  /**
+   * Runs `fn` (a truncate) holding the resize permission: held already when
+   * growable; otherwise taken for the call, and refused with EPERM when
+   * another user of the node does not share it (qsd's fuse_do_truncate).
+   */
+  async resizing<T>(fn: () => Promise<T>): Promise<T> {
+    const edge = this.edge;
+    if (edge.perm.resize) return fn();
+    try {
+      checkPermissions(edge.child, { ...edge, perm: { ...edge.perm, resize: true } }, edge);
+    } catch (e) {
+      this.log?.info({ export: this.id, err: (e as Error).message }, 'FUSE truncate refused');
+      throw fuseErr('EPERM');
+    }
+    const node = edge.child;
+    edge.perm = { ...edge.perm, resize: true };
+    try {
+      node.refreshPermissions();
+      return await fn();
+    } finally {
+      edge.perm = { ...edge.perm, resize: false };
+      node.refreshPermissions();
+    }
   }
 
   /** Stops taking requests, lets those in flight finish, then unmounts (QEMU: request_shutdown, then delete). */
@@ -100,8 +129,7 @@ export class FuseExportDriver implements ExportDriver<FuseExport> {
   create(common: ExportCommon, options: BlockExportOptionsValue): FuseExport {
     const o = options as BlockExportOptionsValue & BlockExportOptionsFuseValue;
     const growable = o.growable === true;
-    const takesResize = common.writable || growable;
-    if (takesResize) {
+    if (growable) {
       const user = { describe: () => `block device export '${common.id}'`, permissionUser: () => 'an unnamed block device' };
       checkPermissions(common.node, { parent: user, child: common.node, role: 'root', ...exportPermissions(common.writable, true, true) });
     }

@@ -32,6 +32,8 @@ export interface FileExportState {
   readonly writethrough: boolean;
   /** The export's request counters (the metrics endpoint's per-export families). */
   readonly ioStats: ExportIoStats;
+  /** Runs a resize of the node with the resize permission (taken for the call when the export does not hold it). */
+  resizing<T>(fn: () => Promise<T>): Promise<T>;
 }
 
 export class BlockFile implements FuseFile {
@@ -90,7 +92,7 @@ export class BlockFile implements FuseFile {
     }
     if (valid & Fattr.SIZE) {
       if (!this.exp.writable) throw fuseErr('EACCES');
-      await this.node.truncate(attr.size);
+      await this.truncate(attr.size);
     }
     if (valid & Fattr.MODE) this.mode = (attr.mode & 0o7777) | S_IFREG;
     if (valid & Fattr.UID) this.uid = attr.uid;
@@ -114,7 +116,7 @@ export class BlockFile implements FuseFile {
     const length = this.node.length();
     let n = data.length;
     if (offset + n > length) {
-      if (this.exp.growable) await this.node.truncate(offset + n);
+      if (this.exp.growable) await this.truncate(offset + n);
       // Writers expect a short write at EOF.
       else n = Math.max(0, length - offset);
     }
@@ -134,12 +136,12 @@ export class BlockFile implements FuseFile {
     if (mode === 0) {
       // Plain allocation only at the end, as a truncate (the new range reads as zeroes).
       if (offset < size) throw fuseErr('EOPNOTSUPP');
-      await this.node.truncate(offset + length);
+      await this.truncate(offset + length);
     } else if (mode & FallocMode.PUNCH_HOLE) {
       if (!(mode & FallocMode.KEEP_SIZE)) throw fuseErr('EINVAL');
       await this.counted(ExportOp.TRIM, length, () => this.chunks(offset, length, (o, l) => this.node.discard(o, l)));
     } else if (mode & FallocMode.ZERO_RANGE) {
-      if (!(mode & FallocMode.KEEP_SIZE) && offset + length > size) await this.node.truncate(offset + length);
+      if (!(mode & FallocMode.KEEP_SIZE) && offset + length > size) await this.truncate(offset + length);
       await this.counted(ExportOp.WRITE_ZEROES, length, () => this.chunks(offset, length, (o, l) => this.node.writeZeroes(o, l, 0)));
     } else {
       throw fuseErr('EOPNOTSUPP');
@@ -163,6 +165,10 @@ export class BlockFile implements FuseFile {
     // At or past EOF: a hole runs from the end of the data to the end of the file; no data follows.
     if (offset > length || whence === SEEK_DATA) throw fuseErr('ENXIO');
     return offset;
+  }
+
+  private truncate(size: number): Promise<void> {
+    return this.exp.resizing(() => this.node.truncate(size));
   }
 
   private async chunks(offset: number, length: number, fn: (o: number, l: number) => Promise<void>): Promise<void> {
