@@ -21,6 +21,7 @@ import { QmpEventBus } from '../qmp/events.ts';
 import { ObjectRegistry } from '../objects/registry.ts';
 import { ObjectOptions } from '../objects/table.ts';
 import { QmpService } from '../qmp/service.ts';
+import type { ChardevRegistry } from '../qmp/chardevs/registry.ts';
 import type { Item, StartupConfig } from './cli.ts';
 import { metricsRegistry } from './metrics/collectors.ts';
 import { MetricsOptions, type MetricsOptionsValue } from './metrics/options.ts';
@@ -81,7 +82,7 @@ export class Daemon {
   }
 
   requestQuit(): Promise<void> | void { return this.onQuit(); }
-  chardevIds(): string[] { return this.qmp.chardevIds(); }
+  chardevs(): ChardevRegistry { return this.qmp.chardevs; }
 
   /** Brings up everything in `config`. On failure, tears down what was started and throws StartupError. */
   async start(config: StartupConfig): Promise<void> {

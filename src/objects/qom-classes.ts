@@ -48,6 +48,14 @@ export const QOM_CLASSES: readonly QomClass[] = [
   { name: 'tls-creds-x509', parent: 'tls-creds', interfaces: USER, properties: [...TLS_COMMON, ['sanity-check', 'bool'], ['passwordid', 'string'], ['loaded', 'bool']] },
   { name: 'chardev', parent: 'object', abstract: true, properties: [] },
   { name: 'chardev-socket', parent: 'chardev', properties: [['connected', 'bool'], ['addr', 'SocketAddress']] },
+  // The other chardev types blockd opens (qsd lists no properties for them).
+  { name: 'chardev-fd', parent: 'chardev', abstract: true, properties: [] },
+  { name: 'chardev-file', parent: 'chardev-fd', properties: [] },
+  { name: 'chardev-pipe', parent: 'chardev-fd', properties: [] },
+  { name: 'chardev-stdio', parent: 'chardev-fd', properties: [] },
+  { name: 'chardev-null', parent: 'chardev', properties: [] },
+  { name: 'chardev-ringbuf', parent: 'chardev', properties: [] },
+  { name: 'chardev-memory', parent: 'chardev-ringbuf', properties: [] },
 ];
 
 const byName = new Map(QOM_CLASSES.map((c) => [c.name, c]));

@@ -13,6 +13,7 @@ import type { NbdServer } from '../nbd/server.ts';
 import type { ObjectType, TypeRef } from '../qapi/types.ts';
 import type { QmpEventBus } from './events.ts';
 import type { ObjectRegistry } from '../objects/registry.ts';
+import type { ChardevRegistry } from './chardevs/registry.ts';
 
 /** What commands need from the daemon (src/daemon/daemon.ts's Daemon is one). */
 export interface QmpHost {
@@ -25,8 +26,8 @@ export interface QmpHost {
   /** Running NBD servers (--nbd-server and nbd-server-start); nbd-server-stop empties it. */
   readonly nbdServers: NbdServer[];
   readonly objects: ObjectRegistry;
-  /** The chardevs of the monitors (the children of /chardevs; every one is a socket chardev). */
-  chardevIds(): string[];
+  /** Every chardev (the children of /chardevs): the monitors', the other --chardev ones, chardev-add's. */
+  chardevs(): ChardevRegistry;
   readonly events: QmpEventBus;
   readonly log: Logger;
   /** QMP quit: a graceful shutdown, as on SIGTERM; quit replies once the returned promise settles. */

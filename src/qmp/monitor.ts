@@ -36,6 +36,8 @@ export class QmpMonitor {
   private server?: Server;
   private unixPath?: string;
   private readonly sessions = new Set<QmpSession>();
+  /** The connected sockets, oldest first (query-chardev names the chardev after the first). */
+  private readonly sockets = new Set<Socket>();
   private readonly unsubscribe: () => void;
   private closing?: Promise<void>;
   private firstClient?: () => void;
@@ -52,6 +54,12 @@ export class QmpMonitor {
   /** Each client's buffered bytes (see QmpSession.buffers). */
   buffers(): { pendingOutput: number; bufferedInput: number }[] {
     return [...this.sessions].map((s) => s.buffers);
+  }
+
+  /** The longest-connected client's socket, if one is connected over a socket. */
+  firstSocket(): Socket | undefined {
+    for (const s of this.sockets) return s;
+    return undefined;
   }
 
   /** Where it listens (for port 0). */
@@ -187,6 +195,8 @@ export class QmpMonitor {
   /** Serves QMP on a connected socket (accepted, or connected out in client mode). */
   private adopt(socket: Socket): QmpSession {
     socket.setNoDelay?.(true);
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     // Once our last bytes are out the socket is closed, as qsd closes its chardev: a client that
     // keeps its end open (most do, until they read EOF) does not hold the daemon's shutdown.
     return this.addSession({ input: socket, output: socket, end: () => socket.end(() => socket.destroy()), destroy: () => socket.destroy() });

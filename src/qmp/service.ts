@@ -11,13 +11,19 @@ import { QmpMonitor } from './monitor.ts';
 import { parseChardev, parseMonitor, type ChardevSpec, type MonitorSpec } from './chardev.ts';
 import { commandTable } from './commands/index.ts';
 import { greeting } from './version.ts';
+import { ChardevRegistry } from './chardevs/registry.ts';
+import { MonitorChardev } from './chardevs/monitor-chardev.ts';
+import { FileChardev } from './chardevs/chardev.ts';
+import { SocketChardev, type SocketTarget } from './chardevs/socket-chardev.ts';
 import type { QmpHost, CommandTable } from './command.ts';
 
 export class QmpService {
   readonly table: CommandTable;
   readonly dispatcher: Dispatcher;
   readonly monitors: QmpMonitor[] = [];
-  private readonly chardevs = new Map<string, ChardevSpec>();
+  /** Every chardev, once started (monitors' and others'), and the ones chardev-add makes. */
+  readonly chardevs = new ChardevRegistry();
+  private readonly specs = new Map<string, ChardevSpec>();
   private readonly pending: MonitorSpec[] = [];
   /** Each chardev's option text, for error messages. */
   private readonly texts = new Map<string, string>();
@@ -28,16 +34,16 @@ export class QmpService {
   }
 
   /** The chardevs' ids, in the order given. */
-  chardevIds(): string[] { return [...this.chardevs.keys()]; }
+  chardevIds(): string[] { return this.chardevs.ids(); }
 
   /** Checks and records a --chardev (nothing listens until startMonitors). */
   addChardev(value: string | Record<string, unknown>): void {
     const spec = parseChardev(value);
     this.texts.set(spec.id, typeof value === 'string' ? value : JSON.stringify(value));
-    if (this.chardevs.has(spec.id)) throw new BlockError('EINVAL', 'duplicate yank instance');
+    if (this.specs.has(spec.id)) throw new BlockError('EINVAL', 'duplicate yank instance');
     // As qsd: the credentials must exist, be TLS credentials, and suit the mode, when the chardev is made.
     if (spec.tls) checkAuthzUsable(findTlsCreds(this.host.objects, spec.tls.creds, spec.client ? 'client' : 'server'), spec.tls.authz);
-    this.chardevs.set(spec.id, spec);
+    this.specs.set(spec.id, spec);
   }
 
   /** Checks and records a --monitor. */
@@ -45,8 +51,8 @@ export class QmpService {
     const spec = parseMonitor(value);
     const fd = /^fd:(\d+)$/.exec(spec.chardev);
     if (fd) {
-      this.chardevs.set(spec.chardev, { id: spec.chardev, addr: { type: 'fd', fd: Number(fd[1]) }, wait: false });
-    } else if (!this.chardevs.has(spec.chardev)) {
+      this.specs.set(spec.chardev, { id: spec.chardev, addr: { type: 'fd', fd: Number(fd[1]) }, wait: false });
+    } else if (!this.specs.has(spec.chardev)) {
       throw new BlockError('EINVAL', `chardev "${spec.chardev}" not found`);
     }
     if (this.pending.some((m) => m.chardev === spec.chardev)) throw new BlockError('EINVAL', `Device '${spec.chardev}' is in use`);
@@ -58,8 +64,9 @@ export class QmpService {
    * client arrives. Errors name the chardev ("--chardev TEXT: message").
    */
   async startMonitors(): Promise<void> {
+    const monitored = new Set(this.pending.map((m) => m.chardev));
     for (const spec of this.pending.splice(0)) {
-      const chardev = this.chardevs.get(spec.chardev)!;
+      const chardev = this.specs.get(spec.chardev)!;
       const mon = new QmpMonitor(spec.id ?? spec.chardev, this.dispatcher, this.host.events, {
         pretty: spec.pretty, greeting: greeting(), log: this.host.log.child({ component: 'qmp', monitor: spec.chardev }),
         tls: chardev.tls
@@ -78,12 +85,34 @@ export class QmpService {
         throw new BlockError('EINVAL', `${text !== undefined ? `--chardev ${text}: ` : ''}${message}`);
       }
       this.monitors.push(mon);
+      this.chardevs.add(new MonitorChardev(spec.chardev, mon, chardev));
       this.host.log.info({ chardev: spec.chardev, addr: chardev.addr }, chardev.client ? 'QMP monitor connecting out' : 'QMP monitor listening');
       if (chardev.wait && chardev.addr.type !== 'stdio') {
         this.host.log.info({ chardev: spec.chardev }, 'waiting for a QMP client to connect (wait=on)');
         await mon.waitForClient();
       }
     }
+    for (const [id, spec] of this.specs) if (!monitored.has(id) && !this.chardevs.has(id)) await this.startPlainChardev(id, spec);
+  }
+
+  /** A --chardev no --monitor uses: a socket chardev with no frontend, as in qsd (it listens or connects, and that is all). */
+  private async startPlainChardev(id: string, spec: ChardevSpec): Promise<void> {
+    if (spec.addr.type === 'stdio') return void this.chardevs.add(new FileChardev(id, 'chardev-stdio', 'stdio', []));
+    if (spec.addr.type === 'fd') return; // an inherited socket no monitor serves: left alone
+    const addr: SocketTarget = spec.addr.type === 'unix' ? { type: 'unix', path: spec.addr.path } : { type: 'inet', host: spec.addr.host, port: String(spec.addr.port) };
+    const chr = new SocketChardev(id, {
+      addr, listen: !spec.client, wait: spec.wait, nodelay: false, reconnect: spec.client?.reconnect ?? 0,
+      tls: spec.tls ? { creds: findTlsCreds(this.host.objects, spec.tls.creds, spec.client ? 'client' : 'server'), authz: spec.tls.authz, objects: this.host.objects } : undefined,
+      report: (line) => process.stderr.write(`blockd: ${line}\n`),
+    });
+    try {
+      await chr.open();
+    } catch (e) {
+      await chr.close();
+      const text = this.texts.get(id);
+      throw new BlockError('EINVAL', `${text !== undefined ? `--chardev ${text}: ` : ''}${(e as Error).message}`);
+    }
+    this.chardevs.add(chr);
   }
 
   /** Runs a config file's QMP command; throws with the error's desc. */
@@ -95,6 +124,7 @@ export class QmpService {
 
   /** Stops every monitor (after their pending replies). */
   async close(): Promise<void> {
+    await this.chardevs.closeAll();
     await Promise.all(this.monitors.splice(0).map((m) => m.close()));
   }
 }

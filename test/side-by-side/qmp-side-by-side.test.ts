@@ -6,8 +6,8 @@
  * the random part of implicit node names ("#block123").
  *
  * Not compared, on purpose: x-debug-query-block-graph (qsd computes
- * permissions lazily), query-qmp-schema and query-commands (blockd has fewer
- * commands), blockdev-reopen of file nodes, and block_resize of a protocol
+ * permissions lazily), query-qmp-schema and query-commands (compared as
+ * sets in qmp-command-set.test.ts, and type by type below), blockdev-reopen of file nodes, and block_resize of a protocol
  * node under a written raw node (qsd's raw then unshares resize on its file,
  * blockd's raw does not).
  */

@@ -20,8 +20,11 @@ import { streamCommitCommands } from './stream-commit.ts';
 import { transactionCommand } from './transaction.ts';
 import { statsCommands, statsEvents } from './stats.ts';
 import { backingFileCommands } from './backing-file.ts';
+import { chardevCommands } from './chardev.ts';
+import { unraisedEvents } from './unraised-events.ts';
+import { nodeContextCommands } from './node-context.ts';
 
-export const allEvents: EventDef[] = [...jobEvents, ...exportEvents, ...statsEvents];
+export const allEvents: EventDef[] = [...jobEvents, ...exportEvents, ...statsEvents, ...unraisedEvents];
 
 /** The table for a daemon serving the export types in `exportDrivers` (block-export-add's types come from it). */
 export function commandTable(exportDrivers: ExportDriverTable): CommandTable {
@@ -35,11 +38,13 @@ export function commandTable(exportDrivers: ExportDriverTable): CommandTable {
     ...snapshotExternalCommands,
     ...streamCommitCommands,
     ...backingFileCommands,
+    ...nodeContextCommands,
     ...nbdCommands,
     ...exportCommands(exportDrivers),
     ...controlCommands,
     ...objectCommands,
     ...qomCommands,
+    ...chardevCommands,
   ];
   // Its actions are the commands above that have one.
   commands.push(transactionCommand(commands));

@@ -36,11 +36,12 @@ function listPath(host: QmpHost, path: string): { name: string; type: string }[]
   const typeProp = { name: 'type', type: 'string' };
   if (absolute && parts.length === 0) return [typeProp, { name: 'objects', type: child('container') }, { name: 'chardevs', type: child('container') }];
   if (absolute && parts.length === 1 && parts[0] === 'objects') return [typeProp, ...host.objects.ids().map((id) => ({ name: id, type: child(host.objects.type(id)!) }))];
-  if (absolute && parts.length === 1 && parts[0] === 'chardevs') return [typeProp, ...host.chardevIds().map((id) => ({ name: id, type: child('chardev-socket') }))];
+  if (absolute && parts.length === 1 && parts[0] === 'chardevs') return [typeProp, ...host.chardevs().list().map((c) => ({ name: c.id, type: child(c.qomType) }))];
   // An object by /objects/<id> or (a partial path) by its id alone.
   const id = parts.length === 2 && parts[0] === 'objects' && absolute ? parts[1] : !absolute && parts.length === 1 ? parts[0] : undefined;
   if (id !== undefined && host.objects.has(id)) return qomProperties(qomClass(host.objects.type(id)!)!);
-  if (absolute && parts.length === 2 && parts[0] === 'chardevs' && host.chardevIds().includes(parts[1]!)) return qomProperties(qomClass('chardev-socket')!);
+  const chr = absolute && parts.length === 2 && parts[0] === 'chardevs' ? host.chardevs().get(parts[1]!) : undefined;
+  if (chr) return qomProperties(qomClass(chr.qomType)!);
   return notFound(path);
 }
 

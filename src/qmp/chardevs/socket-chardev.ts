@@ -1,0 +1,196 @@
+/**
+ * A socket chardev with no frontend, as chardev-add (or a --chardev no
+ * --monitor uses) makes one in qsd 7.2: it listens (server, the default) or
+ * connects out (with reconnect=SECONDS, in the background and again after a
+ * failure), holds one connection and never reads from it for a frontend.
+ *
+ * What qsd's observable behaviour comes from: with no frontend its chardev
+ * never polls the connection for input, only for G_IO_HUP, so it notices a
+ * Unix peer's close (the kernel raises POLLHUP) but not a TCP peer's FIN (it
+ * stays "connected" to that peer), only a reset; while connected it does not
+ * accept, so later clients wait in the backlog. blockd reads and drops the
+ * bytes (node has no HUP-only watch) and keeps later clients waiting too.
+ */
+import { Socket, connect, createServer, type Server } from 'node:net';
+import { closeSync, unlinkSync } from 'node:fs';
+import { bindErrorText } from '../../platform/bind-error.ts';
+import { errorText } from '../../platform/native.ts';
+import type { TlsCreds } from '../../objects/tls/creds.ts';
+import type { ObjectLookup } from '../../objects/lookup.ts';
+import { startClientSession, startServerSession } from '../../objects/tls/session.ts';
+import type { Chardev } from './chardev.ts';
+import { connectedFilename, disconnectedFilename, type ChardevAddress } from './socket-filename.ts';
+
+export type SocketTarget = Extract<ChardevAddress, { type: 'unix' | 'inet' }>;
+
+export interface SocketChardevOptions {
+  addr: SocketTarget;
+  listen: boolean;
+  /** server: the command (or start-up) waits for the first client. */
+  wait: boolean;
+  nodelay: boolean;
+  /** client: seconds between connection attempts; 0: one attempt, which must succeed. */
+  reconnect: number;
+  tls?: { creds: TlsCreds; authz?: string; objects: ObjectLookup };
+  /** A background connection failure, as qsd prints it ("Unable to connect character device ID: ..."). */
+  report(line: string): void;
+}
+
+export class SocketChardev implements Chardev {
+  readonly qomType = 'chardev-socket';
+  readonly frontend = false;
+  private server?: Server;
+  /** The bound address (for port 0, the port given). */
+  private bound?: SocketTarget;
+  private current?: Socket;
+  private readonly waiting: Socket[] = [];
+  private closed = false;
+  private retryTimer?: NodeJS.Timeout;
+  private firstClient?: () => void;
+  private logFd?: number;
+
+  constructor(readonly id: string, private readonly o: SocketChardevOptions) {}
+
+  filename(): string {
+    if (this.current) return connectedFilename(this.current, this.o.listen, this.o.listen && this.o.addr.type === 'unix' && !this.o.addr.abstract ? this.o.addr.path : '');
+    return disconnectedFilename(this.bound ?? this.o.addr, this.o.listen);
+  }
+
+  /** The chardev's log file, closed with it (nothing is ever written to it: there is no frontend). */
+  holdLog(fd: number | undefined): void { this.logFd = fd; }
+
+  /** Listens or connects; rejects with qsd's text. */
+  async open(): Promise<void> {
+    if (this.o.listen) {
+      await this.listen();
+      if (this.o.wait && !this.current) await new Promise<void>((r) => (this.firstClient = r));
+      return;
+    }
+    if (this.o.reconnect <= 0) {
+      this.adopt(await this.attempt());
+      return;
+    }
+    this.connectInBackground();
+  }
+
+  private path(a: Extract<SocketTarget, { type: 'unix' }>): string {
+    return a.abstract ? `\0${a.path}` : a.path;
+  }
+
+  private async listen(): Promise<void> {
+    const a = this.o.addr;
+    if (a.type === 'unix' && !a.abstract) {
+      // As QEMU's socket_listen: whatever is at the path goes.
+      try { unlinkSync(a.path); } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`Failed to unlink socket ${a.path}: ${errorText(e)}`);
+      }
+    }
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.accepted(s));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e) => reject(new Error(bindErrorText(e, a.type === 'unix' ? a.path : undefined))));
+      if (a.type === 'unix') server.listen(this.path(a), () => resolve());
+      else server.listen({ host: a.host || undefined, port: Number(a.port) & 0xffff }, () => resolve());
+    });
+    server.removeAllListeners('error');
+    server.on('error', () => undefined);
+    this.server = server;
+    const where = server.address();
+    if (a.type === 'inet' && where && typeof where === 'object') this.bound = { type: 'inet', host: where.address, port: String(where.port) };
+  }
+
+  private accepted(s: Socket): void {
+    if (this.closed) return void s.destroy();
+    s.on('error', () => undefined);
+    if (this.current) {
+      // qsd does not accept while it has a peer: this one waits, as in a backlog.
+      this.waiting.push(s);
+      s.once('close', () => { const i = this.waiting.indexOf(s); if (i >= 0) this.waiting.splice(i, 1); });
+      return;
+    }
+    void this.secure(s, true).then((t) => (t ? this.adopt(t) : this.next()));
+  }
+
+  /** TLS first, when configured; undefined if the handshake failed (the peer is dropped, as qsd does). */
+  private async secure(s: Socket, server: boolean): Promise<Socket | undefined> {
+    const tls = this.o.tls;
+    if (!tls) return s;
+    s.resume();
+    try {
+      if (server) return (await startServerSession(tls.creds, s, { authz: tls.authz, objects: tls.objects })).socket;
+      return await startClientSession(tls.creds, s, this.o.addr.type === 'inet' ? this.o.addr.host || 'localhost' : undefined);
+    } catch {
+      s.destroy();
+      return undefined;
+    }
+  }
+
+  private adopt(s: Socket): void {
+    if (this.closed) return void s.destroy();
+    this.current = s;
+    if (this.o.nodelay) s.setNoDelay?.(true);
+    s.on('error', () => undefined);
+    s.on('data', () => undefined);
+    const unix = this.o.addr.type === 'unix';
+    // A Unix peer's close raises POLLHUP, which qsd hears; a TCP peer's FIN it does not, only a reset.
+    if (unix) s.once('end', () => this.lost(s));
+    s.once('close', (hadError) => { if (unix || hadError) this.lost(s); });
+    s.resume();
+    this.firstClient?.();
+    this.firstClient = undefined;
+  }
+
+  private lost(s: Socket): void {
+    if (this.current !== s) return;
+    this.current = undefined;
+    s.destroy();
+    if (this.o.listen) this.next();
+    else if (this.o.reconnect > 0 && !this.closed) this.retryTimer = setTimeout(() => this.connectInBackground(), this.o.reconnect * 1000);
+  }
+
+  private next(): void {
+    const s = this.waiting.shift();
+    if (s) void this.secure(s, true).then((t) => (t ? this.adopt(t) : this.next()));
+  }
+
+  private connectInBackground(): void {
+    let reported = false;
+    const tryOnce = () => {
+      this.retryTimer = undefined;
+      if (this.closed) return;
+      this.attempt().then((s) => this.adopt(s), (e: Error) => {
+        if (!reported) this.o.report(`Unable to connect character device ${this.id}: ${e.message}`);
+        reported = true;
+        if (!this.closed) this.retryTimer = setTimeout(tryOnce, this.o.reconnect * 1000);
+      });
+    };
+    tryOnce();
+  }
+
+  /** One connection attempt (and the TLS handshake); rejects with qsd's text. */
+  private attempt(): Promise<Socket> {
+    const a = this.o.addr;
+    const where = a.type === 'unix' ? a.path : `${a.host}:${a.port}`;
+    return new Promise((resolve, reject) => {
+      const s = a.type === 'unix' ? connect({ path: this.path(a), allowHalfOpen: true }) : connect({ host: a.host || 'localhost', port: Number(a.port) & 0xffff, allowHalfOpen: true });
+      s.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`Failed to connect to '${where}': ${errorText(e)}`)));
+      s.once('connect', () => {
+        s.removeAllListeners('error');
+        s.on('error', () => undefined);
+        void this.secure(s, false).then((t) => (t ? resolve(t) : reject(new Error(`TLS handshake with '${where}' failed`))));
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    this.current?.destroy();
+    for (const s of this.waiting.splice(0)) s.destroy();
+    this.firstClient?.();
+    if (this.logFd !== undefined) closeSync(this.logFd);
+    const server = this.server;
+    // node removes a Unix listener's socket file when it closes, as QEMU does.
+    return server ? new Promise((r) => server.close(() => r())) : Promise.resolve();
+  }
+}
