@@ -1,6 +1,6 @@
 /** Every driver blockd has, registered into a graph at start-up. */
 import type { BlockGraph } from '../graph.ts';
-import { nullDriver } from './null.ts';
+import { nullAioDriver, nullDriver } from './null.ts';
 import { rawDriver } from './raw.ts';
 import { fileDriver, hostDeviceDriver } from './file/index.ts';
 import { qcow2Driver } from './qcow2/index.ts';
@@ -13,7 +13,7 @@ import { blkdebugDriver } from '../filters/blkdebug/index.ts';
 import { compressDriver } from '../filters/compress.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
-  for (const d of [fileDriver, hostDeviceDriver, nullDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, copyBeforeWriteDriver]) graph.register(d);
+  for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, copyBeforeWriteDriver]) graph.register(d);
   graph.register(copyOnReadDriver);
   graph.register(throttleDriver);
   graph.register(blkdebugDriver);
