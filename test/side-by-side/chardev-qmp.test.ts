@@ -270,6 +270,59 @@ describe('chardev and node-context commands side by side with qemu-storage-daemo
     for (const p of peers) p.destroy();
   });
 
+  it('qom-get and qom-set of the chardevs and the containers: the same values and texts', async () => {
+    const seen = await script([
+      ['chardev-add', { id: 'q1', backend: { type: 'null', data: {} } }],
+      ['chardev-add', { id: 'io0', backend: { type: 'null', data: {} } }], // the iothread's id too
+      ['chardev-add', { id: 'q2', backend: sock('DIR/q2.sock') }],
+      ['chardev-add', { id: 'q3', backend: inet('localhost', '1', { server: false, reconnect: 100 }) }],
+      ['qom-get', { path: '/chardevs/m', property: 'connected' }],
+      ['qom-get', { path: '/chardevs/m', property: 'addr' }],
+      ['qom-get', { path: '/chardevs/m', property: 'type' }],
+      ['qom-get', { path: 'm', property: 'type' }],
+      ['qom-get', { path: '/chardevs/q1', property: 'type' }],
+      ['qom-get', { path: '/chardevs/q1', property: 'nope' }],
+      ['qom-get', { path: '/chardevs/q1', property: 'connected' }],
+      ['qom-get', { path: '/chardevs/q2', property: 'addr' }],
+      ['qom-get', { path: '/chardevs/q2', property: 'connected' }],
+      ['qom-get', { path: '/chardevs/q3', property: 'addr' }],
+      ['qom-get', { path: '/chardevs/cli', property: 'addr' }],
+      ['qom-set', { path: '/chardevs/m', property: 'connected', value: false }],
+      ['qom-set', { path: '/chardevs/m', property: 'nope', value: false }],
+      ['qom-set', { path: '/chardevs/q1', property: 'type', value: 'x' }],
+      ['qom-set', { path: '/chardevs/q1', property: 'nope', value: 'x' }],
+      ['qom-set', { path: '/chardevs/q2', property: 'addr', value: {} }],
+      ['qom-get', { path: '/chardevs', property: 'type' }],
+      ['qom-get', { path: '/chardevs/', property: 'type' }],
+      ['qom-get', { path: '/chardevs', property: 'q1' }],
+      ['qom-get', { path: '/chardevs', property: 'nope' }],
+      ['qom-set', { path: '/chardevs', property: 'q1', value: 1 }],
+      ['qom-get', { path: 'q1', property: 'type' }],
+      ['qom-get', { path: 'io0', property: 'type' }], // an object and a chardev: ambiguous
+      ['qom-list', { path: 'io0' }],
+      ['qom-list', { path: 'q1' }],
+      ['qom-get', { path: '/chardevs/nope', property: 'type' }],
+      ['qom-get', { path: '/', property: 'type' }],
+      ['qom-get', { path: '/', property: 'chardevs' }],
+      ['qom-get', { path: '/', property: 'objects' }],
+      ['qom-set', { path: '/', property: 'objects', value: 1 }],
+      ['qom-get', { path: '/', property: 'nope' }],
+      ['chardev-remove', { id: 'q1' }],
+      ['chardev-remove', { id: 'io0' }],
+      ['chardev-remove', { id: 'q2' }],
+      ['chardev-remove', { id: 'q3' }],
+    ]);
+    expect(seen.blockd).toEqual(seen.qsd);
+    // A listening TCP chardev's addr is the address bound, numeric, with ipv4 set.
+    for (const who of BOTH) {
+      expect(await ask(who, 'chardev-add', { id: 'q4', backend: inet('127.0.0.1', '0') })).toEqual({ return: {} });
+      const r = (await ask(who, 'qom-get', { path: '/chardevs/q4', property: 'addr' })) as { return: { port: string } };
+      expect(r.return, who).toEqual({ type: 'inet', host: '127.0.0.1', port: r.return.port, ipv4: true });
+      expect(Number(r.return.port), who).toBeGreaterThan(0);
+      expect(await ask(who, 'chardev-remove', { id: 'q4' })).toEqual({ return: {} });
+    }
+  });
+
   it('a server chardev with wait=on: chardev-add replies once a client connects', async () => {
     for (const who of BOTH) {
       const path = join(side(who).dir, 'w.sock');

@@ -17,6 +17,8 @@ export interface Chardev {
   filename(): string;
   /** A monitor is attached (query-chardev's frontend-open). */
   readonly frontend: boolean;
+  /** A socket chardev's QOM properties `connected` and `addr` (its SocketAddress: the one bound when listening). */
+  socketProperties?(): { connected: boolean; addr: Record<string, unknown> } | undefined;
   /** The ring of a ringbuf or memory chardev. */
   readonly ring?: RingBuffer;
   /** Releases what it holds (sockets, listeners, files). Idempotent. */

@@ -19,7 +19,7 @@ import type { TlsCreds } from '../../objects/tls/creds.ts';
 import type { ObjectLookup } from '../../objects/lookup.ts';
 import { startClientSession, startServerSession } from '../../objects/tls/session.ts';
 import type { Chardev } from './chardev.ts';
-import { connectedFilename, disconnectedFilename, type ChardevAddress } from './socket-filename.ts';
+import { addressProperty, connectedFilename, disconnectedFilename, type ChardevAddress } from './socket-filename.ts';
 
 export type SocketTarget = Extract<ChardevAddress, { type: 'unix' | 'inet' }>;
 
@@ -58,6 +58,10 @@ export class SocketChardev implements Chardev {
 
   /** The chardev's log file, closed with it (nothing is ever written to it: there is no frontend). */
   holdLog(fd: number | undefined): void { this.logFd = fd; }
+
+  socketProperties(): { connected: boolean; addr: Record<string, unknown> } {
+    return { connected: this.current !== undefined, addr: addressProperty(this.bound ?? this.o.addr, this.bound !== undefined) };
+  }
 
   /** Listens or connects; rejects with qsd's text. */
   async open(): Promise<void> {

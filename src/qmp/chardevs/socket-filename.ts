@@ -41,3 +41,19 @@ export function connectedFilename(socket: Socket, listen: boolean, localPath: st
   const host = (a: string | undefined) => (a?.includes(':') ? `[${a}]` : a ?? '');
   return `tcp:${host(socket.localAddress)}:${socket.localPort}${server} <-> ${host(socket.remoteAddress)}:${socket.remotePort}`;
 }
+
+/**
+ * A socket chardev's `addr` QOM property: the SocketAddress QEMU keeps (the
+ * bound one when listening, numeric with ipv4/ipv6 set, as
+ * socket_local_address gives it; the one given when connecting), in the
+ * member order qsd's qom-get prints.
+ */
+export function addressProperty(addr: ChardevAddress, bound: boolean): Record<string, unknown> {
+  switch (addr.type) {
+    case 'unix': return addr.abstract ? { path: addr.path, abstract: true, tight: addr.tight !== false, type: 'unix' } : { path: addr.path, type: 'unix' };
+    case 'fd': return { str: addr.str, type: 'fd' };
+    case 'inet':
+      if (!bound) return { port: addr.port, host: addr.host, type: 'inet' };
+      return { port: addr.port, ...(addr.host.includes(':') ? { ipv6: true } : { ipv4: true }), host: addr.host, type: 'inet' };
+  }
+}

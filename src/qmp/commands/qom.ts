@@ -12,6 +12,7 @@ import type { QomPath } from '../../objects/registry.ts';
 import { QOM_CLASSES, qomClass, qomImplements, qomProperties } from '../../objects/qom-classes.ts';
 import { arr, opt } from '../../qapi/types.ts';
 import type { QmpHost } from '../command.ts';
+import { resolveTree, treeGet, treeSet } from './qom-chardevs.ts';
 
 const ObjectPropertyInfo = obj('ObjectPropertyInfo', [
   req('name', 'str', 'the name of the property'),
@@ -39,6 +40,10 @@ function listPath(host: QmpHost, path: string): { name: string; type: string }[]
   if (absolute && parts.length === 1 && parts[0] === 'chardevs') return [typeProp, ...host.chardevs().list().map((c) => ({ name: c.id, type: child(c.qomType) }))];
   // An object by /objects/<id> or (a partial path) by its id alone.
   const id = parts.length === 2 && parts[0] === 'objects' && absolute ? parts[1] : !absolute && parts.length === 1 ? parts[0] : undefined;
+  // A partial path naming a chardev (and no object: both is ambiguous).
+  const partial = !absolute && parts.length === 1 ? host.chardevs().get(parts[0]!) : undefined;
+  if (partial && host.objects.has(parts[0]!)) throw new QmpError('GenericError', `Path '${path}' is ambiguous`);
+  if (partial) return qomProperties(qomClass(partial.qomType)!);
   if (id !== undefined && host.objects.has(id)) return qomProperties(qomClass(host.objects.type(id)!)!);
   const chr = absolute && parts.length === 2 && parts[0] === 'chardevs' ? host.chardevs().get(parts[1]!) : undefined;
   if (chr) return qomProperties(qomClass(chr.qomType)!);
@@ -98,8 +103,10 @@ export const qomCommands: CommandDef[] = [
       req('property', 'str', 'The property name to read'),
     ]),
     returns: 'any',
-    doc: 'Get the value of a property of an object (blockd: the user-created objects; e.g. a throttle-group\'s limits).',
+    doc: 'Get the value of a property of an object (blockd: the user-created objects, e.g. a throttle-group\'s limits; the chardevs; the containers).',
     handler({ path, property }: { path: string; property: string }, ctx) {
+      const tree = resolveTree(ctx.host, path);
+      if (tree) return treeGet(ctx.host, tree, property);
       const got = ctx.host.objects.getProperty(resolve(path), property);
       return got ? got.value : notFound(path);
     },
@@ -113,6 +120,8 @@ export const qomCommands: CommandDef[] = [
     ]),
     doc: 'Set a property of an object (blockd: the user-created objects; e.g. a throttle-group\'s limits, applied at once).',
     handler({ path, property, value }: { path: string; property: string; value: unknown }, ctx) {
+      const tree = resolveTree(ctx.host, path);
+      if (tree) treeSet(ctx.host, tree, property);
       if (!ctx.host.objects.setProperty(resolve(path), property, value)) notFound(path);
     },
   },
