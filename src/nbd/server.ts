@@ -21,6 +21,7 @@ import type { SecureContext } from 'node:tls';
 import type { NbdExportList } from './exports.ts';
 import type { NegotiationEnv } from './options.ts';
 import { BufferPool } from '../util/buffer-pool.ts';
+import { listenInet, type InetListenAddress } from '../platform/inet-listen.ts';
 
 export interface NbdServerOptions {
   /** Most clients served at once; 0 = unlimited; unset = DEFAULT_MAX_CONNECTIONS. */
@@ -58,6 +59,8 @@ export class NbdServer {
   readonly counters = { accepted: 0, refused: 0 };
   private readonly pool = new BufferPool();
   private closing?: Promise<void>;
+  /** TCP keep-alive on client connections (an inet listener's `keep-alive`). */
+  private keepAlive = false;
   /** The TLS context every session uses, or why no session can start (an unusable priority string). */
   private tlsContext?: SecureContext | TlsSessionError;
 
@@ -98,41 +101,50 @@ export class NbdServer {
   }
 
   listenTcp(host: string, port: number): Promise<void> {
-    return this.listen({ host: host || undefined, port }, `tcp ${host}:${port}`);
+    return this.listenInet({ host, port: String(port) });
   }
 
-  listenUnix(path: string): Promise<void> {
+  /**
+   * A TCP listener for an InetSocketAddress (QEMU's rules for ipv4/ipv6,
+   * numeric and a port range `to`: src/platform/inet-listen.ts); with
+   * `keep-alive`, every client connection gets TCP keep-alive.
+   */
+  listenInet(a: InetListenAddress): Promise<void> {
+    if (a['keep-alive']) this.keepAlive = true;
+    return this.listen((server) => listenInet(server, a), () => {
+      const addr = this.listeners.at(-1)?.server.address();
+      return typeof addr === 'object' && addr ? `tcp ${addr.address}:${addr.port}` : `tcp ${a.host ?? ''}:${a.port ?? ''}`;
+    });
+  }
+
+  /** A Unix socket listener; `abstract` binds in the abstract namespace (no file), the name padded with NULs to the whole sun_path. */
+  listenUnix(path: string, abstract = false): Promise<void> {
+    if (abstract) return this.listen((server) => bindWith(server, `\0${path}`), () => `unix @${path}`);
     // Like qsd, a stale socket file at the path is replaced.
     try {
       if (lstatSync(path).isSocket()) unlinkSync(path);
     } catch { /* absent */ }
-    return this.listen({ path }, `unix ${path}`, path);
+    return this.listen((server) => bindWith(server, path), () => `unix ${path}`, path);
   }
 
   /** A listening socket inherited from the parent (systemd socket activation). */
   listenFd(fd: number): Promise<void> {
-    return this.listen({ fd }, `fd ${fd}`);
+    return this.listen((server) => bindWith(server, { fd }), () => `fd ${fd}`);
   }
 
-  private listen(where: { host?: string; port?: number; path?: string; fd?: number }, describe: string, unixPath?: string): Promise<void> {
-    if (this.closing) return Promise.reject(new Error('NBD server is shut down'));
+  private async listen(bind: (server: Server) => Promise<void>, describe: () => string, unixPath?: string): Promise<void> {
+    if (this.closing) throw new Error('NBD server is shut down');
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.accept(s));
-    return new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      const ready = () => {
-        server.off('error', reject);
-        server.on('error', (err) => this.log.error({ err, listener: describe }, 'NBD listener error'));
-        this.listeners.push({ server, unixPath, describe });
-        resolve();
-      };
-      if (where.fd !== undefined) server.listen({ fd: where.fd }, ready);
-      else if (where.path !== undefined) server.listen(where.path, ready);
-      else server.listen({ host: where.host, port: where.port }, ready);
-    });
+    await bind(server);
+    const listener = { server, unixPath, describe: '' };
+    this.listeners.push(listener);
+    listener.describe = describe();
+    server.on('error', (err) => this.log.error({ err, listener: listener.describe }, 'NBD listener error'));
   }
 
   private accept(socket: Socket): void {
     if (this.closing) return void socket.destroy();
+    if (this.keepAlive) socket.setKeepAlive(true);
     const max = this.maxConnections;
     if (max > 0 && this.active.size >= max) {
       if (this.waiting.length >= MAX_WAITING) {
@@ -233,4 +245,14 @@ export class NbdServer {
     }
     this.log.debug('NBD server stopped');
   }
+}
+
+/** Binds a server to a path, an abstract name or an inherited descriptor. */
+function bindWith(server: Server, where: string | { fd: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    const ready = () => { server.off('error', reject); resolve(); };
+    if (typeof where === 'string') server.listen(where, ready);
+    else server.listen(where, ready);
+  });
 }

@@ -8,17 +8,18 @@
 import type { Logger } from 'pino';
 import { BlockError } from '../util/errors.ts';
 import { bindErrorText } from '../platform/bind-error.ts';
+import { ListenError, type InetListenAddress } from '../platform/inet-listen.ts';
 import { NbdServer } from './server.ts';
 import type { NbdExportList } from './exports.ts';
 import type { ObjectLookup } from '../objects/lookup.ts';
 import { checkAuthzUsable, findTlsCreds } from '../objects/tls/lookup.ts';
 
 /** SocketAddress, flat (qapi/sockets.json); only the members of its type are set. */
-export interface NbdListenAddress {
+export interface NbdListenAddress extends InetListenAddress {
   type: string;
-  host?: string;
-  port?: string;
   path?: string;
+  abstract?: boolean;
+  tight?: boolean;
   str?: string;
 }
 
@@ -59,13 +60,12 @@ export async function startNbdServer(exports: NbdExportList, o: NbdServerStart, 
   const a = o.addr;
   try {
     if (a.type === 'inet') {
-      const port = Number(a.port);
-      if (!/^\d+$/.test(a.port ?? '') || port > 65535) {
-        throw fail(`address resolution failed for ${a.host ?? ''}:${a.port ?? ''}: Servname not supported for ai_socktype`);
-      }
-      await server.listenTcp(a.host ?? '', port);
+      await server.listenInet(a);
     } else if (a.type === 'unix') {
-      await server.listenUnix(a.path!);
+      // Node (libuv) binds an abstract name padded to the whole sun_path, which is QEMU's
+      // tight=off; the exact-length form (tight=on, the default) it cannot bind.
+      if (a.abstract && a.tight !== false) throw fail('blockd binds abstract socket addresses padded only (tight=off): Node.js cannot bind the exact-length form (tight=on, the default)');
+      await server.listenUnix(a.path!, a.abstract === true);
     } else if (a.type === 'fd') {
       if (!/^\d+$/.test(a.str ?? '')) throw fail(`File descriptor named '${a.str}' has not been found`);
       await server.listenFd(Number(a.str));
@@ -76,6 +76,7 @@ export async function startNbdServer(exports: NbdExportList, o: NbdServerStart, 
   } catch (e) {
     await server.destroy();
     if (e instanceof BlockError) throw e;
+    if (e instanceof ListenError) throw fail(e.message);
     throw fail(bindErrorText(e, a.type === 'unix' ? a.path : undefined));
   }
   // As qsd, the authz object is looked up at each client; one that does not exist (yet) refuses them all.

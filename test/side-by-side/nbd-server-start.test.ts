@@ -23,7 +23,9 @@ function startFails(who: Who, args: string[]): { status: number | null; text: st
 /** SocketAddress (flat, the command line's form) -> SocketAddressLegacy (nbd-server-start's). */
 function legacy(addr: Record<string, string>): Record<string, unknown> {
   const { type, ...data } = addr;
-  return { type, data };
+  // The command line's on/off are JSON booleans over QMP.
+  const json = Object.fromEntries(Object.entries(data).map(([k, v]) => [k, v === 'on' ? true : v === 'off' ? false : v]));
+  return { type, data: json };
 }
 
 const stops: (() => Promise<void>)[] = [];
@@ -35,6 +37,12 @@ describe('NBD server start: command line and QMP alike, as qsd', () => {
     { what: 'a port that is not a number', addr: { type: 'inet', host: '127.0.0.1', port: 'abc' } },
     { what: 'unknown TLS credentials', addr: { type: 'unix', path: join(dir, 'tls.sock') }, extra: { 'tls-creds': 'tls0' } },
     { what: 'unknown TLS credentials behind a bad path', addr: { type: 'unix', path: join(dir, 'missing', 'x.sock') }, extra: { 'tls-creds': 'tls0' } },
+    // InetSocketAddress's members (QEMU's inet_listen_saddr): each refusal as qsd words it.
+    { what: 'an IPv4 address with ipv6=on', addr: { type: 'inet', host: '127.0.0.1', port: '0', ipv6: 'on' } },
+    { what: 'an IPv6 address with ipv4=on', addr: { type: 'inet', host: '::1', port: '0', ipv4: 'on' } },
+    { what: 'a host name with numeric=on', addr: { type: 'inet', host: 'localhost', port: '0', numeric: 'on' } },
+    { what: 'ipv4=off and ipv6=off', addr: { type: 'inet', host: '127.0.0.1', port: '0', ipv4: 'off', ipv6: 'off' } },
+    { what: 'a host that does not resolve', addr: { type: 'inet', host: 'no-such-host.invalid', port: '0' } },
   ];
 
   it('--nbd-server fails with the same message and status', () => {
@@ -62,6 +70,6 @@ describe('NBD server start: command line and QMP alike, as qsd', () => {
     expect(replies.qsd.slice(-2)).toEqual(['ok', 'GenericError: NBD server already running']);
     // The command line says what QMP says (the start-up message is the QMP desc).
     const cli = cases(dir).map((c) => startFails('blockd', ['--nbd-server', [...Object.entries(c.addr).map(([k, v]) => `addr.${k}=${v}`), ...Object.entries(c.extra ?? {}).map(([k, v]) => `${k}=${v}`)].join(',')]).text);
-    expect(cli.map((t) => t.replace(/^--nbd-server [^:]*: /, ''))).toEqual(replies.blockd.slice(0, cli.length).map((r) => String(r).replace(/^GenericError: /, '')));
+    expect(cli.map((t) => t.replace(/^--nbd-server \S+: /, ''))).toEqual(replies.blockd.slice(0, cli.length).map((r) => String(r).replace(/^GenericError: /, '')));
   });
 });
