@@ -182,21 +182,7 @@ export abstract class BlockJob extends Job implements Parent {
       for (let o = off, k = this.speedValue > 0 ? 1 : COPY_PARALLEL; k > 0 && o < length; k--, o += chunk) {
         batch.push({ off: o, n: Math.min(chunk, length - o) });
       }
-      const results = await Promise.allSettled(batch.map((c) => copyChunk(c.off, c.n)));
-      let copied = 0;
-      for (let i = 0; i < batch.length; i++) {
-        const r = results[i]!;
-        if (r.status === 'rejected') {
-          const action = this.errorAction(onError, true, toBlockError(r.reason));
-          if (action === 'report') throw r.reason;
-          if (action === 'stop') break;
-        } else {
-          copied += r.value;
-        }
-        off += batch[i]!.n;
-        this.progressUpdate(batch[i]!.n);
-      }
-      await this.throttle(copied);
+      off = await this.settleBatch(batch, await Promise.allSettled(batch.map((c) => copyChunk(c.off, c.n))), off, onError);
     }
     return true;
   }
@@ -223,22 +209,33 @@ export abstract class BlockJob extends Job implements Parent {
         if (p.copy) k--;
       }
       const results = await Promise.allSettled(batch.map(async (c) => { if (c.copy) await copy(c.off, c.n); return c.copy ? c.n : 0; }));
-      let copied = 0;
-      for (let i = 0; i < batch.length; i++) {
-        const r = results[i]!;
-        if (r.status === 'rejected') {
-          const action = this.errorAction(onError, true, toBlockError(r.reason));
-          if (action === 'report') throw r.reason;
-          if (action === 'stop') break;
-        } else {
-          copied += r.value;
-        }
-        off += batch[i]!.n;
-        this.progressUpdate(batch[i]!.n);
-      }
-      await this.throttle(copied);
+      off = await this.settleBatch(batch, results, off, onError);
     }
     return true;
+  }
+
+  /**
+   * Takes a batch's results in order (the copy loops' common tail): progress
+   * for each piece done, the on-error policy at the first failure (a stopped
+   * batch resumes at the failed piece), then the speed limit for the bytes
+   * copied. Returns the offset the next batch starts at.
+   */
+  private async settleBatch(batch: readonly { n: number }[], results: PromiseSettledResult<number>[], off: number, onError: BlockdevOnError): Promise<number> {
+    let copied = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const r = results[i]!;
+      if (r.status === 'rejected') {
+        const action = this.errorAction(onError, true, toBlockError(r.reason));
+        if (action === 'report') throw r.reason;
+        if (action === 'stop') break;
+      } else {
+        copied += r.value;
+      }
+      off += batch[i]!.n;
+      this.progressUpdate(batch[i]!.n);
+    }
+    await this.throttle(copied);
+    return off;
   }
 
   /** Attaches the job to `node` as a user; conflicts are refused here. */
