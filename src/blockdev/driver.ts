@@ -177,6 +177,12 @@ export interface DriverOps {
   drainEnd?(): void;
   /** Persistent dirty bitmaps kept in the image (qcow2); the bitmap registry hands out its nodeBitmaps. */
   readonly bitmapStore?: BitmapStore;
+  /**
+   * The point-in-time view a copy-before-write filter keeps (QEMU's
+   * bdrv_co_preadv_snapshot and friends), which a snapshot-access node
+   * above it serves.
+   */
+  readonly snapshotAccess?: SnapshotAccess;
   /** Internal snapshots kept in the image (qcow2), for the blockdev-snapshot-*-internal-sync commands. */
   readonly internalSnapshots?: InternalSnapshots;
   /**
@@ -186,6 +192,20 @@ export interface DriverOps {
    * unsafe (erasing the last LUKS key slot).
    */
   amend?(options: Record<string, unknown>, force: boolean): Promise<void>;
+}
+
+/**
+ * Reads of a point-in-time snapshot of a node (DriverOps.snapshotAccess):
+ * what the node held when the snapshot began, whatever was written since.
+ * A range the snapshot does not cover (discarded, or outside a bitmap's
+ * ranges) fails with EINVAL (QEMU's EACCES, which NBD sends as EINVAL).
+ */
+export interface SnapshotAccess {
+  read(offset: number, buf: Buffer): Promise<void>;
+  /** Extents covering a prefix of [offset, offset+length) of the snapshot. */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /** The range is no longer needed: it is not copied any more and reads of it fail. */
+  discard(offset: number, length: number): Promise<void>;
 }
 
 /** A prepared reopen (see DriverOps.prepareReopen). */

@@ -11,6 +11,7 @@ import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
 import { throttleDriver } from '../filters/throttle.ts';
 import { blkdebugDriver } from '../filters/blkdebug/index.ts';
 import { compressDriver } from '../filters/compress.ts';
+import { snapshotAccessDriver } from '../filters/snapshot-access.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
   for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, copyBeforeWriteDriver]) graph.register(d);
@@ -18,4 +19,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(throttleDriver);
   graph.register(blkdebugDriver);
   graph.register(compressDriver);
+  graph.register(snapshotAccessDriver);
 }

@@ -16,6 +16,7 @@ import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import { DirtyMap } from '../bitmaps/dirty-map.ts';
 import { copyBuffers } from '../copy-buffers.ts';
+import { cowSnapshotAccess } from './cbw-snapshot.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';
 import type { Extent } from '../request.ts';
@@ -29,6 +30,8 @@ export class CowState {
   readonly lock = new RangeLock();
   /** Copying on write is on (between activate() and deactivate()). */
   active = false;
+  /** What the snapshot covers (QEMU's access_bitmap): what was to be copied at activate(), less what was discarded since. */
+  access?: DirtyMap;
   /** Bytes copied so far, by either path (the backup's progress). */
   onCopied?: (bytes: number) => void;
 
@@ -39,8 +42,11 @@ export class CowState {
 
   /** Starts the snapshot: everything (or only the `only` ranges) must be copied before it is overwritten. */
   activate(only?: Iterable<[number, number]>): void {
-    if (only) for (const [a, b] of only) this.map.set(a, b - a);
-    else this.map.set(0, this.map.length);
+    this.access = new DirtyMap(this.map.length, this.cluster);
+    for (const m of [this.map, this.access]) {
+      if (only) for (const [a, b] of only) m.set(a, b - a);
+      else m.set(0, m.length);
+    }
     this.active = true;
   }
 
@@ -156,6 +162,7 @@ export function cowFilterOps(state: CowState): DriverOps {
     blockStatus: (o, l, flags) => src.blockStatus(o, l, flags),
     async truncate() { throw new BlockError('EPERM', 'Cannot resize a node under copy-before-write'); },
     limits: { canFua: true, canZero: src.limits.canZero, canTrim: src.limits.canTrim },
+    snapshotAccess: cowSnapshotAccess(state),
   };
 }
 
