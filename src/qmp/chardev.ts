@@ -2,7 +2,9 @@
  * --chardev and --monitor, as qemu-storage-daemon parses them, for the
  * character devices a QMP monitor can use: socket (Unix path or TCP
  * host/port; listening with server=on, else connecting out to a listening
- * peer, with reconnect=SECONDS to retry) and stdio.
+ * peer, with reconnect=SECONDS to retry) and stdio; and the chardevs no
+ * monitor can use, opened as chardev-add opens them: null, ringbuf and memory
+ * (size=), file (path=, append=), pipe (path=), each with logfile=.
  *
  * --chardev is QemuOpts syntax (not keyval): "socket,id=m,path=/x,server=on,wait=off",
  * backend first, ",," for a comma, bare "server" meaning server=on and
@@ -15,8 +17,9 @@
  */
 import { BlockError } from '../util/errors.ts';
 import { VALID_ID } from '../blockdev/graph.ts';
-import { fromJson, fromOptionText } from '../qapi/visit.ts';
+import { fromJson, fromOptionText, strtosz } from '../qapi/visit.ts';
 import { enm, obj, opt, req } from '../qapi/types.ts';
+import type { ChardevBackendValue } from './chardevs/schema.ts';
 import type { ListenAddress } from './monitor.ts';
 
 export interface ChardevSpec {
@@ -43,7 +46,7 @@ export interface MonitorSpec {
 
 const fail = (msg: string): never => { throw new BlockError('EINVAL', msg); };
 
-const BOOL_KEYS = new Set(['server', 'wait', 'telnet', 'tn3270', 'websocket', 'ipv4', 'ipv6', 'nodelay', 'delay', 'abstract', 'tight', 'mux', 'logappend', 'signal']);
+const BOOL_KEYS = new Set(['server', 'wait', 'telnet', 'tn3270', 'websocket', 'ipv4', 'ipv6', 'nodelay', 'delay', 'abstract', 'tight', 'mux', 'logappend', 'signal', 'append']);
 const STRING_KEYS = new Set(['id', 'backend', 'path', 'host', 'port', 'to', 'fd', 'tls-creds', 'tls-authz', 'reconnect', 'logfile', 'local', 'localaddr', 'localport', 'name', 'size', 'chardev']);
 /** Accepted but meaningless for a listening QMP socket, or only in their default state. */
 const UNSUPPORTED_ON = ['telnet', 'tn3270', 'websocket', 'mux'];
@@ -72,8 +75,42 @@ function parseBool(key: string, v: string): boolean {
   return fail(`Parameter '${key}' expects 'on' or 'off'`);
 }
 
+/** A --chardev that is not a socket or stdio: the backend chardev-add would get (qemu_chr_parse_*). */
+export interface BackendChardevSpec {
+  id: string;
+  backend: ChardevBackendValue;
+}
+
+const FILE_BACKENDS = new Set(['null', 'ringbuf', 'memory', 'file', 'pipe']);
+
+function fileBackend(backend: string, opts: Map<string, string | boolean>): ChardevBackendValue {
+  const path = opts.get('path') as string | undefined;
+  const data: Record<string, unknown> = {};
+  if (opts.get('logfile') !== undefined) data.logfile = opts.get('logfile');
+  data.logappend = opts.get('logappend') === true;
+  switch (backend) {
+    case 'file':
+      if (path === undefined) fail('chardev: file: no filename given');
+      return { type: 'file', data: { ...data, out: path, append: opts.get('append') === true } as ChardevBackendValue['data'] };
+    case 'pipe':
+      if (path === undefined) fail('chardev: pipe: no device path given');
+      return { type: 'pipe', data: { ...data, device: path } as ChardevBackendValue['data'] };
+    case 'ringbuf':
+    case 'memory': {
+      const text = opts.get('size') as string | undefined;
+      const big = text === undefined ? 0n : strtosz(text);
+      if (big === undefined) fail("Parameter 'size' expects a non-negative number below 2^64");
+      // qemu_chr_parse_ringbuf keeps the size in an int: 0 there (or none) means the default.
+      const size = Number(BigInt.asIntN(32, big!));
+      return { type: backend, data: size !== 0 ? { ...data, size } : data };
+    }
+    default:
+      return { type: 'null', data };
+  }
+}
+
 /** Parses one --chardev (text or config-file object). */
-export function parseChardev(value: string | Record<string, unknown>): ChardevSpec {
+export function parseChardev(value: string | Record<string, unknown>): ChardevSpec | BackendChardevSpec {
   const opts = new Map<string, string | boolean>();
   if (typeof value === 'string') {
     splitOpts(value).forEach((part, i) => {
@@ -106,7 +143,8 @@ export function parseChardev(value: string | Record<string, unknown>): ChardevSp
   if (backend === undefined) fail(`chardev: "${id}" missing backend`);
   if (!KNOWN_BACKENDS.has(backend!)) fail(`'${backend}' is not a valid char driver name`);
   if (backend === 'stdio') return { id: id!, addr: { type: 'stdio' }, wait: false };
-  if (backend !== 'socket') fail(`chardev backend '${backend}' is not supported by blockd (QMP monitors use socket or stdio)`);
+  if (FILE_BACKENDS.has(backend!)) return { id: id!, backend: fileBackend(backend!, opts) };
+  if (backend !== 'socket') fail(`chardev backend '${backend}' is not supported by blockd`);
   for (const k of UNSUPPORTED_ON) if (opts.get(k) === true) fail(`chardev: socket: '${k}' is not supported by blockd`);
   const tlsCreds = opts.get('tls-creds') as string | undefined;
   const tlsAuthz = opts.get('tls-authz') as string | undefined;

@@ -15,6 +15,7 @@ import { ChardevRegistry } from './chardevs/registry.ts';
 import { MonitorChardev } from './chardevs/monitor-chardev.ts';
 import { FileChardev } from './chardevs/chardev.ts';
 import { SocketChardev, type SocketTarget } from './chardevs/socket-chardev.ts';
+import { openChardev } from './chardevs/open.ts';
 import type { QmpHost, CommandTable } from './command.ts';
 
 export class QmpService {
@@ -37,10 +38,17 @@ export class QmpService {
   chardevIds(): string[] { return this.chardevs.ids(); }
 
   /** Checks and records a --chardev (nothing listens until startMonitors). */
-  addChardev(value: string | Record<string, unknown>): void {
+  async addChardev(value: string | Record<string, unknown>): Promise<void> {
     const spec = parseChardev(value);
+    // qsd's texts: a second socket of an id fails on its yank instance, anything else on the /chardevs child.
+    if (this.specs.has(spec.id) && !('backend' in spec)) throw new BlockError('EINVAL', 'duplicate yank instance');
+    if (this.specs.has(spec.id) || this.chardevs.has(spec.id)) throw new BlockError('EINVAL', `attempt to add duplicate property '${spec.id}' to object (type 'container')`);
     this.texts.set(spec.id, typeof value === 'string' ? value : JSON.stringify(value));
-    if (this.specs.has(spec.id)) throw new BlockError('EINVAL', 'duplicate yank instance');
+    if ('backend' in spec) {
+      // Opened at once, as qsd opens them (a file chardev's file exists from here on).
+      this.chardevs.add(await openChardev(spec.id, spec.backend, { objects: this.host.objects, report: (line) => process.stderr.write(`blockd: ${line}\n`) }));
+      return;
+    }
     // As qsd: the credentials must exist, be TLS credentials, and suit the mode, when the chardev is made.
     if (spec.tls) checkAuthzUsable(findTlsCreds(this.host.objects, spec.tls.creds, spec.client ? 'client' : 'server'), spec.tls.authz);
     this.specs.set(spec.id, spec);
@@ -52,6 +60,8 @@ export class QmpService {
     const fd = /^fd:(\d+)$/.exec(spec.chardev);
     if (fd) {
       this.specs.set(spec.chardev, { id: spec.chardev, addr: { type: 'fd', fd: Number(fd[1]) }, wait: false });
+    } else if (this.chardevs.has(spec.chardev)) {
+      throw new BlockError('EINVAL', `a QMP monitor needs a socket or stdio chardev; blockd does not serve one on '${this.chardevs.get(spec.chardev)!.qomType}'`);
     } else if (!this.specs.has(spec.chardev)) {
       throw new BlockError('EINVAL', `chardev "${spec.chardev}" not found`);
     }
