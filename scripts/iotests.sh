@@ -5,6 +5,8 @@
 # version of the installed qemu-storage-daemon) with blockd as the storage
 # daemon under test (QSD_PROG=bin/blockd); qemu-img, qemu-io and qemu-nbd are
 # the installed ones. Example: npm run iotests -- -qcow2 qsd-jobs graph-changes-while-io
+# FUSE mode (every test image exported through --export type=fuse by QSD_PROG):
+#   npm run iotests -- -fuse -qcow2 025 028 ...   (as root)
 #
 # The tree is fetched at run time, never vendored: `apt-get source
 # --download-only qemu` through a private deb-src list (the machine's own
@@ -52,7 +54,21 @@ if [ ! -x "$iotests/check" ]; then
 fi
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/blockd-iotests.XXXXXX")
-trap 'rm -rf "$scratch"' EXIT
+# A test that fails half-way can leave its storage daemons running and, in
+# -fuse mode, their mounts (a later test then finds the image locked): at exit
+# the daemons started on this scratch are stopped and its mounts removed.
+cleanup() {
+  local pids
+  pids=$(pgrep -f -- "$scratch/" || true)
+  [ -n "$pids" ] && kill $pids 2>/dev/null && sleep 1
+  pids=$(pgrep -f -- "$scratch/" || true)
+  [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+  awk -v d="$scratch/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || true
+  done
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
 mkdir -p "$scratch/test" "$scratch/sock"
 
 # IOTESTS_QSD_PROG=qemu-storage-daemon runs the same tests against qsd itself, for comparison.
@@ -65,7 +81,24 @@ export QEMU_NBD_PROG=${QEMU_NBD_PROG:-$(command -v qemu-nbd)}
 export QEMU_PROG=${QEMU_PROG:-$root/scripts/iotests-qemu.sh}
 export TEST_DIR=$scratch/test SOCK_DIR=$scratch/sock
 
-cd "$iotests"
+run_dir=$iotests
+case " $* " in
+  *" -fuse "*)
+    # FUSE mode: common.rc starts the daemon in the background and goes on as
+    # soon as the daemon's pid is known, before it has mounted the export; qsd
+    # usually wins that race, a node process does not. The tests run from a
+    # copy of the test directory (in the scratch, the cached tree untouched)
+    # whose common.rc also waits until the export is mounted (or the daemon died).
+    mkdir -p "$scratch/tree/tests"
+    cp -r "$iotests" "$scratch/tree/tests/"
+    ln -s "$tree/python" "$scratch/tree/python"
+    rc=$scratch/tree/tests/qemu-iotests/common.rc
+    grep -q 'FUSE_EXPORTS+=("$export_mp")' "$rc" || { echo "iotests: common.rc has changed; cannot add the FUSE mount wait" >&2; exit 1; }
+    sed -i 's|^\( *\)FUSE_EXPORTS+=("$export_mp")|&\n\1while ! grep -qF " $export_mp " /proc/self/mountinfo \&\& kill -0 "$pid" 2>/dev/null; do sleep 0.1; done|' "$rc"
+    run_dir=$scratch/tree/tests/qemu-iotests
+    ;;
+esac
+cd "$run_dir"
 # Not exec: the trap removes the scratch afterwards.
 status=0
 python3 ./check "$@" || status=$?
