@@ -112,6 +112,8 @@ export class FuseExport extends BlockExport {
 export interface FuseExportDriverOptions {
   /** The daemon's logger (read when needed: the daemon makes its table before its logger is set). */
   log?: () => Logger | undefined;
+  /** How to mount (tests replace it to see allow-other=auto fall back). */
+  mount?: typeof mountFuse;
 }
 
 /** The FUSE entry of the export-driver table. */
@@ -152,16 +154,17 @@ export class FuseExportDriver implements ExportDriver<FuseExport> {
 
     const mode = o['allow-other'] ?? 'auto';
     const base = { maxRead: FUSE_MAX_BOUNCE_BYTES, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+    const mountFn = this.opts.mount ?? mountFuse;
     let fd: number | undefined;
     let allowOther = mode !== 'off';
     try {
-      fd = mountFuse(o.mountpoint, { ...base, allowOther });
+      fd = mountFn(o.mountpoint, { ...base, allowOther });
     } catch (e) {
       this.log?.debug({ mountpoint: o.mountpoint, allowOther, err: errorText(e) }, 'FUSE mount failed');
       if (mode === 'auto') {
         allowOther = false;
         try {
-          fd = mountFuse(o.mountpoint, { ...base, allowOther });
+          fd = mountFn(o.mountpoint, { ...base, allowOther });
         } catch (e2) {
           this.log?.warn({ mountpoint: o.mountpoint, err: errorText(e2) }, 'FUSE mount failed');
         }
