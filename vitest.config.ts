@@ -1,11 +1,12 @@
 import { defineConfig } from 'vitest/config';
 
-// Three kinds of test, one project each, so a developer can run the fast one
+// Four kinds of test, one project each, so a developer can run the fast one
 // alone (`npm run test:unit`, seconds) while `npm test` runs everything:
 //   unit          in-process, no external tool, no child daemon
 //   interop       blockd driven by real clients (qemu-img, qemu-io, nbdinfo, nbdfuse, fio, ...)
 //   side-by-side  blockd and qemu-storage-daemon 7.2 run with the same arguments and compared
-const kinds = ['unit', 'interop', 'side-by-side'] as const;
+//   fuzz          seeded property runs of every parser, and the corpus of shrunk failures (test/fuzz)
+const kinds = ['unit', 'interop', 'side-by-side', 'fuzz'] as const;
 
 export default defineConfig({
   test: {

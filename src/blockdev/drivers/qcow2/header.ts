@@ -194,7 +194,8 @@ function parseExtensions(h: Qcow2Header, buf: Buffer, start: number, end: number
     switch (type) {
       case ExtType.BACKING_FORMAT:
         if (len >= 16) throw invalid(`ERROR: ext_backing_format: len=${len} too large (>=16)`);
-        h.backingFormat = data.toString('utf8');
+        // A C string to QEMU (read up to its NUL); bytes kept as they are (latin1), so a rewrite of the header keeps them.
+        h.backingFormat = data.toString('latin1', 0, data.indexOf(0) < 0 ? len : data.indexOf(0));
         break;
       case ExtType.FEATURE_TABLE:
         for (let i = 0; i + 48 <= len; i += 48) {
@@ -306,12 +307,12 @@ export function serializeHeader(h: Qcow2Header): Buffer {
   const seen = new Set<number>();
   for (const e of h.extensions) {
     let data = e.data;
-    if (e.type === ExtType.BACKING_FORMAT) { if (h.backingFormat === undefined) continue; data = Buffer.from(h.backingFormat); }
+    if (e.type === ExtType.BACKING_FORMAT) { if (h.backingFormat === undefined) continue; data = Buffer.from(h.backingFormat, 'latin1'); }
     if (e.type === ExtType.DATA_FILE) { if (h.dataFile === undefined) continue; data = Buffer.from(h.dataFile); }
     seen.add(e.type);
     put(e.type, data);
   }
-  if (!seen.has(ExtType.BACKING_FORMAT) && h.backingFormat !== undefined) put(ExtType.BACKING_FORMAT, Buffer.from(h.backingFormat));
+  if (!seen.has(ExtType.BACKING_FORMAT) && h.backingFormat !== undefined) put(ExtType.BACKING_FORMAT, Buffer.from(h.backingFormat, 'latin1'));
   if (!seen.has(ExtType.DATA_FILE) && h.dataFile !== undefined) put(ExtType.DATA_FILE, Buffer.from(h.dataFile));
   if (off + 8 > clusterSize) throw invalid('qcow2 header extensions do not fit in the first cluster');
   off += 8; // end marker (zeroes)
