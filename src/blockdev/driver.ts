@@ -57,6 +57,8 @@ export interface OpenChildOptions {
   perm?: Partial<Perm>;
   /** What the parent lets other users of the child do. Defaults: everything but write and resize for formats. */
   shared?: Partial<Perm>;
+  /** A new child (inline options) whose driver the parent found by probing (DriverContext.probed). */
+  probed?: boolean;
 }
 
 /**
@@ -89,6 +91,14 @@ export interface DriverContext {
   openChild(role: ChildRole, ref: ChildRef, opts?: OpenChildOptions): Promise<BlockNode>;
   /** The format of the image in `filename`, by the registered drivers' probe() hooks ('raw' if none claims it). */
   probeFormat(filename: string): Promise<string>;
+  /** The format the registered drivers' probe() hooks give an image starting with `head` ('raw' if none claims it). */
+  probeBytes(head: Buffer): string;
+  /**
+   * The node's driver was found by probing, not named (QEMU's bs->probed:
+   * a backing file without a recorded format, a drive-mirror target without
+   * `format`). A probed raw node keeps block 0 from becoming another format.
+   */
+  readonly probed: boolean;
   /**
    * User-created objects by id: `objects.secret(id)` for a key or password
    * (QEMU's texts when it is missing or not a secret), `objects.lookup(id,
@@ -230,8 +240,8 @@ export interface Driver {
   childPerm?(role: string, readOnly: boolean): ChildPermission;
   /**
    * Format probing (QEMU's BlockDriver.bdrv_probe): how surely `head`, the
-   * first bytes of `filename` (up to probe.ts's PROBE_BYTES; fewer for a
-   * short file), is an image of this format: 0 not at all, 100 certain. Raw
+   * first PROBE_BYTES (probe.ts) of `filename`, zeroes after the end of a
+   * short file, is an image of this format: 0 not at all, 100 certain. Raw
    * has none: it is what is left when nothing claims a file.
    */
   probe?(head: Buffer, filename: string): number;
@@ -306,6 +316,13 @@ export interface Driver {
    */
   readonly noAllocatedSize?: boolean;
   setBackingFile?(node: BlockNode, backingFile: string | undefined, backingFormat: string | undefined): Promise<void>;
+  /**
+   * What the daemon warns (its log, QEMU's stderr) when a node of this driver
+   * is opened read-write with its format probed (QEMU's raw: "Image format
+   * was not specified for 'x' and probing guessed raw..."), given the node's
+   * file's filename.
+   */
+  probedWarning?(filename: string): string;
   /** The driver's members of x-blockdev-amend's BlockdevAmendOptions; drivers without it cannot amend. */
   readonly amendOptions?: ObjectType;
 }

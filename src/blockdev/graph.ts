@@ -11,7 +11,7 @@ import { attachEdge, cowShared, detachEdge, type ChildEdge, type Parent } from '
 import { pino } from 'pino';
 import { ObjectRegistry } from '../objects/registry.ts';
 import { childPermission } from './perm.ts';
-import { probeFile } from './probe.ts';
+import { probeBytes, probeFile } from './probe.ts';
 import type { BlockEnvironment, ChildPermission, ChildRef, ChildRole, CommonOptions, Driver, DriverContext, OpenChildOptions } from './driver.ts';
 
 export { VALID_ID };
@@ -76,7 +76,7 @@ export class BlockGraph {
   }
 
   /** Opens a node (and any inline children) from validated blockdev options. */
-  async add(options: Record<string, unknown>, implicit = false): Promise<BlockNode> {
+  async add(options: Record<string, unknown>, implicit = false, probed = false): Promise<BlockNode> {
     const common = options as unknown as CommonOptions;
     const driver = this.drivers.get(common.driver);
     if (!driver) throw new BlockError('EINVAL', `Parameter 'driver' does not accept value '${common.driver}'`);
@@ -87,6 +87,7 @@ export class BlockGraph {
     }
     const readOnly = common['read-only'] === true;
     const node = new BlockNode(given ?? '', driver, { ...options, 'node-name': given } as never, readOnly, implicit);
+    node.probed = probed;
     // QEMU names a node (bdrv_open_common) once its file child is open and before any other child
     // (backing, data file) opens: generated names are numbered, and nodes listed, in that order.
     let named = false;
@@ -105,13 +106,15 @@ export class BlockGraph {
       get log() { nameNode(); return graph.env.log.child({ node: node.nodeName }); },
       events: this.env.events,
       probeFormat: (filename) => this.probeFormat(filename),
+      probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
+      probed,
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
         if (role !== 'file') nameNode();
         let child: BlockNode;
         if (typeof ref === 'string') {
           child = this.findReference(ref);
         } else {
-          child = await this.add(inheritOptions(ref, common), true);
+          child = await this.add(inheritOptions(ref, common), true, opts?.probed === true);
           child.readOnlyInherited = ref['read-only'] === undefined;
         }
         try {
@@ -133,6 +136,9 @@ export class BlockGraph {
       throw e;
     }
     nameNode();
+    if (probed && !node.readOnly && driver.probedWarning) {
+      graph.env.log.child({ node: node.nodeName }).warn(driver.probedWarning(node.child('file')?.ops.filename?.() ?? ''));
+    }
     this.nodes.set(node.nodeName, node);
     if (driver.options.members.some((m) => m.name === 'backing')) node.autoBacking = autoBackingAtOpen(node);
     return node;
@@ -160,6 +166,8 @@ export class BlockGraph {
       log: this.env.log.child({ node: node.nodeName }),
       events: this.env.events,
       probeFormat: (filename) => this.probeFormat(filename),
+      probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
+      probed: node.probed,
       openChild: async (role) => {
         const c = node.child(role);
         if (!c) throw new BlockError('EINVAL', `Node '${node.nodeName}' has no '${role}' child`);

@@ -105,6 +105,8 @@ export class BlockNode implements Parent {
    * node added by itself has its own (blockdev-add defaults it to off).
    */
   readOnlyInherited = false;
+  /** Its driver was found by probing (DriverContext.probed). */
+  probed = false;
   private name: string;
   private nameSeqValue: number;
 

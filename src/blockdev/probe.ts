@@ -9,7 +9,7 @@ import { BlockError } from '../util/errors.ts';
 import type { Driver } from './driver.ts';
 
 /** QEMU's BLOCK_PROBE_BUF_SIZE: how much of the file the hooks see. */
-export const PROBE_BYTES = 2048;
+export const PROBE_BYTES = 512;
 
 /** The format of an image's first bytes: the driver with the best score, 'raw' when none claims them. */
 export function probeBytes(drivers: Iterable<Driver>, head: Buffer, filename: string): string {
@@ -33,7 +33,9 @@ export async function probeFile(drivers: Iterable<Driver>, filename: string): Pr
   try {
     const head = Buffer.alloc(PROBE_BYTES);
     const { bytesRead } = await fh.read(head, 0, PROBE_BYTES, 0);
-    return probeBytes(drivers, head.subarray(0, bytesRead), filename);
+    // QEMU: an empty file is raw; a shorter one is probed with zeroes after its end.
+    if (bytesRead === 0) return 'raw';
+    return probeBytes(drivers, head, filename);
   } finally {
     await fh.close();
   }

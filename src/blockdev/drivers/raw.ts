@@ -1,12 +1,15 @@
 /**
  * raw: the format driver for images without metadata. It forwards to its
  * 'file' child, optionally exposing only the window [offset, offset+size).
+ * Opened with its format probed (a drive-mirror target without `format`),
+ * it warns and guards block 0 as QEMU does.
  */
 import { BlockError } from '../../util/errors.ts';
 import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import { createFile } from '../create/file.ts';
-import type { Driver, DriverOps } from '../driver.ts';
+import { PROBE_BYTES } from '../probe.ts';
+import type { Driver, DriverContext, DriverOps } from '../driver.ts';
 import type { BlockNode } from '../node.ts';
 
 export const rawDriver: Driver = {
@@ -26,6 +29,9 @@ export const rawDriver: Driver = {
     shared: { read: true, write: true, resize: true },
     passThrough: role === 'file',
   }),
+  probedWarning: (filename) => `Image format was not specified for '${filename}' and probing guessed raw.\n`
+    + '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n'
+    + "         Specify the 'raw' format explicitly to remove the restrictions.",
   createImage: (filename, o) => createFile({ filename, size: o.size } as never),
   async open(options, ctx): Promise<DriverOps> {
     const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
@@ -33,12 +39,19 @@ export const rawDriver: Driver = {
     const fixedSize = options.size as number | undefined;
     checkWindow(file, offset, fixedSize);
     const length = () => fixedSize ?? Math.max(0, file.length() - offset);
+    // A probed raw node (QEMU's bs->probed) keeps its first sector from turning into another format's header.
+    const guard = ctx.probed;
+    const write = (o: number, buf: Buffer, flags: number) => { file.debugEvent('write_aio'); return file.write(o + offset, buf, flags); };
     return {
       length,
-      limits: { canFua: file.limits.canFua, canZero: file.limits.canZero, canTrim: file.limits.canTrim },
+      limits: {
+        canFua: file.limits.canFua, canZero: file.limits.canZero, canTrim: file.limits.canTrim,
+        // Whole sectors only, so that block 0 is always written whole (raw_refresh_limits).
+        ...(guard ? { alignment: Math.max(PROBE_BYTES, file.limits.alignment) } : {}),
+      },
       // read_aio and write_aio: QEMU's raw raises them on its file before each request (blkdebug listens).
       read: (o, buf) => { file.debugEvent('read_aio'); return file.read(o + offset, buf); },
-      write: (o, buf, flags) => { file.debugEvent('write_aio'); return file.write(o + offset, buf, flags); },
+      write: guard ? (o, buf, flags) => (o < PROBE_BYTES ? guardedWrite(ctx, o, buf, flags, write) : write(o, buf, flags)) : write,
       writeZeroes: (o, l, flags) => file.writeZeroes(o + offset, l, flags),
       discard: (o, l) => file.discard(o + offset, l),
       async blockStatus(o, l, flags) {
@@ -55,6 +68,18 @@ export const rawDriver: Driver = {
     };
   },
 };
+
+/**
+ * A write of block 0 of a probed raw node (QEMU's raw_co_pwritev): refused
+ * with EPERM if the new first sector would probe as another format; the
+ * sector written is a checked copy, so a writer changing its buffer
+ * meanwhile cannot slip a header through.
+ */
+function guardedWrite(ctx: DriverContext, o: number, buf: Buffer, flags: number, write: (o: number, buf: Buffer, flags: number) => Promise<void>): Promise<void> {
+  const head = Buffer.from(buf.subarray(0, PROBE_BYTES));
+  if (ctx.probeBytes(head) !== 'raw') return Promise.reject(new BlockError('EPERM', 'Operation not permitted'));
+  return write(o, buf.length === PROBE_BYTES ? head : Buffer.concat([head, buf.subarray(PROBE_BYTES)]), flags);
+}
 
 function checkWindow(file: BlockNode, offset: number, size: number | undefined): void {
   const real = file.length();

@@ -162,7 +162,8 @@ async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, form
   const created = mode !== 'existing';
   if (remote && created) throw new BlockError('ENOTSUP', `blockd cannot create an image on a '${String(file.driver)}' target: use mode=existing`);
   if (remote && format === undefined) throw new BlockError('ENOTSUP', `blockd does not probe the format of a '${String(file.driver)}' target: give 'format'`);
-  const fmt = format ?? (mode === 'existing' ? await ctx.graph.probeFormat(filename) : source.driver.createImage ? source.driver.name : 'raw');
+  const probed = format === undefined && mode === 'existing';
+  const fmt = format ?? (probed ? await ctx.graph.probeFormat(filename) : source.driver.createImage ? source.driver.name : 'raw');
   const driver = ctx.graph.driver(fmt);
   if (!driver?.createImage) throw new BlockError('EINVAL', `Unknown driver '${fmt}'`);
   const size = source.length();
@@ -176,7 +177,7 @@ async function openNewTarget(ctx: Ctx, source: BlockNode, filename: string, form
   if (forBackup) Object.assign(opts, { discard: 'unmap', 'detect-zeroes': 'unmap' });
   // The new image's backing file is the source's backing node, which is open already.
   if (created && driver.options.members.some((m) => m.name === 'backing')) opts.backing = backing ? backing.nodeName : null;
-  const node = await ctx.graph.add(opts, true);
+  const node = await ctx.graph.add(opts, true, probed);
   // A zeroed target matters only without a backing file (holes then read as the backing's data).
   return { node, created: created && !backing };
 }

@@ -21,7 +21,7 @@ import type { CipherSpec } from '../../../crypto/cipher-spec.ts';
 import type { Luks1Header } from '../../../crypto/luks1-header.ts';
 import type { Luks1AmendOptions } from '../../../crypto/luks1-amend.ts';
 import { QCRYPTO_LUKS_AMEND_MEMBERS, amendVolume } from './amend.ts';
-import { LUKS_SECTOR_SIZE } from '../../../crypto/luks1-header.ts';
+import { LUKS_SECTOR_SIZE, hasLuks1Format } from '../../../crypto/luks1-header.ts';
 import type { ReadAt } from '../../../crypto/luks1-keyslot.ts';
 
 /** QEMU's BLOCK_CRYPTO_MAX_IO_SIZE: requests are encrypted in bounce buffers of at most this size. */
@@ -49,6 +49,8 @@ export const luksDriver: Driver = {
   kind: 'format',
   // QEMU's block_crypto_strong_runtime_opts: the json: filename names the secret.
   strongOptions: ['key-secret'],
+  // QEMU's block_crypto_probe_luks: a LUKS1 header (its qcrypto has_format knows version 1 only).
+  probe: (head) => (hasLuks1Format(head) ? 100 : 0),
   options: obj('BlockdevOptionsLUKS', [
     req('file', BlockdevRef, 'reference to or definition of the data source block device'),
     opt('key-secret', 'str', 'the ID of a QCryptoSecret object providing the decryption key'),
