@@ -13,6 +13,10 @@
  *                                             file system was unmounted) or fails
  *   fuseReaderActive(handle, active)       -> void: stops (false) or resumes (true) polling:
  *                                             backpressure, and the end; the fd stays open
+ *   fuseSocketPair()                       -> [fd, fd]: an AF_UNIX stream pair (close-on-exec) for
+ *                                             fusermount3's _FUSE_COMMFD
+ *   fuseReceiveFd(sock)                    -> the /dev/fuse fd fusermount3 sent (SCM_RIGHTS), made
+ *                                             O_NONBLOCK and close-on-exec
  *   fuseReply(fd, buffers)                 -> 0 or an errno: one writev(2) of a reply (the
  *                                             kernel takes a reply whole or not at all;
  *                                             ENOENT means the request was interrupted)
@@ -31,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -343,6 +348,53 @@ static napi_value js_reply(napi_env env, napi_callback_info info) {
   return r;
 }
 
+static napi_value js_socket_pair(napi_env env, napi_callback_info info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+    blockd_throw_errno(env, errno, "socketpair");
+    return NULL;
+  }
+  napi_value arr, a, b;
+  TRY(env, napi_create_array_with_length(env, 2, &arr));
+  TRY(env, napi_create_int32(env, sv[0], &a));
+  TRY(env, napi_create_int32(env, sv[1], &b));
+  TRY(env, napi_set_element(env, arr, 0, a));
+  TRY(env, napi_set_element(env, arr, 1, b));
+  return arr;
+}
+
+static napi_value js_receive_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t sock;
+  if (argc < 1 || !arg_int(env, argv[0], &sock)) return NULL;
+  char byte;
+  struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+  ssize_t n;
+  do {
+    n = recvmsg((int)sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    blockd_throw_errno(env, errno, "recvmsg");
+    return NULL;
+  }
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  if (n == 0 || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) {
+    blockd_throw_errno(env, EPROTO, "recvmsg");
+    return NULL;
+  }
+  int fd;
+  memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  napi_value r;
+  TRY(env, napi_create_int32(env, fd, &r));
+  return r;
+}
+
 bool fuse_device_init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
     { "fuseOpenDevice", NULL, js_open_device, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -350,6 +402,8 @@ bool fuse_device_init(napi_env env, napi_value exports) {
     { "fuseUnmount", NULL, js_unmount, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fuseReader", NULL, js_reader, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fuseReaderActive", NULL, js_reader_active, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "fuseSocketPair", NULL, js_socket_pair, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "fuseReceiveFd", NULL, js_receive_fd, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fuseReply", NULL, js_reply, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   return napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) == napi_ok;

@@ -18,6 +18,9 @@ export const mount = (source: string, target: string, fstype: string, flags: num
   native().fuseMount(source, target, fstype, flags, data);
 export const umount2 = (target: string, flags: number): void => native().fuseUnmount(target, flags);
 
+export const socketPair = (): [number, number] => native().fuseSocketPair();
+export const receiveFd = (sock: number): number => native().fuseReceiveFd(sock);
+
 export interface FuseDeviceReader {
   /** Stop (false) or resume (true) reading: backpressure. */
   setActive(active: boolean): void;

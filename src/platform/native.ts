@@ -50,6 +50,10 @@ export interface NativeAddon {
   fuseReader(fd: number, bufferSize: number, onRequests: (requests: Buffer[] | null, error?: NativeError) => void): FuseReaderHandle;
   /** Stops or resumes polling (backpressure); the fd stays open. */
   fuseReaderActive(reader: FuseReaderHandle, active: boolean): void;
+  /** An AF_UNIX stream socket pair (close-on-exec), for fusermount3's _FUSE_COMMFD. */
+  fuseSocketPair(): [number, number];
+  /** The fd sent over `sock` with SCM_RIGHTS (fusermount3's /dev/fuse), made non-blocking. */
+  fuseReceiveFd(sock: number): number;
   /** One writev(2) of a reply: 0, or the errno (ENOENT: the request was interrupted). */
   fuseReply(fd: number, parts: Buffer[]): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
