@@ -17,6 +17,12 @@ import { ExportIoStats } from './io-stats.ts';
 export interface ExportClient {
   /** Hard close: drop the client now; resolves once its in-flight requests are done. */
   destroy(): Promise<void>;
+  /**
+   * The client has said goodbye (NBD_CMD_DISC, or closed its end): it sends
+   * nothing more and only its socket is still to close. A 'safe' removal
+   * does not count it as a user (a script's qemu-io has exited by then).
+   */
+  readonly leaving?: boolean;
 }
 
 /** block-export-del's mode: 'safe' refuses while users are connected, 'hard' drops them. */
@@ -89,6 +95,13 @@ export abstract class BlockExport implements Parent {
 
   /** Users being served. */
   connections(): number { return this.users.size; }
+
+  /** Users being served that have not said goodbye (see ExportClient.leaving). */
+  activeConnections(): number {
+    let n = 0;
+    for (const u of this.users) if (!u.leaving) n++;
+    return n;
+  }
 
   /** The users being served, for a driver's requestShutdown. */
   clients(): ExportClient[] { return [...this.users]; }

@@ -64,8 +64,9 @@ export class BlockExports extends EventEmitter<{ deleted: [id: string] }> {
     const exp = this.byId.get(id);
     if (!exp) throw new BlockError('ENOENT', `Export '${id}' is not found`);
     if (exp.shuttingDown) throw new BlockError('EINVAL', `Export '${id}' is already shutting down`);
-    if (mode === 'safe' && exp.connections() > 0) throw new BlockError('EBUSY', `export '${id}' still in use`);
-    const idle = exp.connections() === 0;
+    if (mode === 'safe' && exp.activeConnections() > 0) throw new BlockError('EBUSY', `export '${id}' still in use`);
+    // Clients that said goodbye are waited for as for an idle export: gone before the reply.
+    const idle = exp.activeConnections() === 0;
     const done = this.shutDown(exp);
     if (idle) return done;
     done.catch((err: unknown) => this.opts.onError(err, id));

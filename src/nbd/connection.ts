@@ -406,6 +406,9 @@ export class NbdConnection implements ExportClient {
   // ---- ending ----
 
   /** Stops taking requests; once those in flight have replied, closes the socket. */
+  /** Said goodbye (DISC, end of input) or closed: nothing more will be read (ExportClient.leaving). */
+  get leaving(): boolean { return this.phase === 'closing' || this.phase === 'closed'; }
+
   private finish(why: string): void {
     if (this.phase === 'closing' || this.phase === 'closed') return;
     this.log.debug({ why }, 'NBD connection finishing');

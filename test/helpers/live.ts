@@ -126,3 +126,21 @@ export function cleanupsAfterEach(): (() => Promise<void>)[] {
   });
   return list;
 }
+
+/**
+ * Polls query-jobs until job `id` has concluded, dismisses it and returns it
+ * (its `type`, and `error` if it failed). For jobs started by a command
+ * (blockdev-create, x-blockdev-amend) whose events the test does not follow.
+ */
+export async function concludedJob(qmp: QmpClient, id: string, pollMs = 20): Promise<{ type: string; error?: string }> {
+  for (;;) {
+    const jobs = (await qmp.execute('query-jobs')) as { id: string; type: string; status: string; error?: string }[];
+    const j = jobs.find((x) => x.id === id);
+    if (!j) throw new Error(`job '${id}' is not in query-jobs`);
+    if (j.status === 'concluded') {
+      await qmp.execute('job-dismiss', { id });
+      return j;
+    }
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+}

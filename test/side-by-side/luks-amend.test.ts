@@ -11,7 +11,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { tempDir, type Running } from '../helpers/daemons.ts';
-import { qmpDaemon } from '../helpers/live.ts';
+import { concludedJob, qmpDaemon } from '../helpers/live.ts';
 import { run, tryRun } from '../helpers/tools.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
 import { qemuImgCalibrating, qemuImgCreateLuks } from '../helpers/luks.ts';
@@ -23,15 +23,8 @@ async function amend(qmp: QmpClient, id: string, args: Record<string, unknown>):
   } catch (e) {
     return `command: ${(e as Error).message}`;
   }
-  for (;;) {
-    const jobs = (await qmp.execute('query-jobs')) as { id: string; type: string; status: string; error?: string }[];
-    const j = jobs.find((x) => x.id === id)!;
-    if (j.status === 'concluded') {
-      await qmp.execute('job-dismiss', { id });
-      return j.error === undefined ? `ok (${j.type})` : `job: ${j.error}`;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const j = await concludedJob(qmp, id);
+  return j.error === undefined ? `ok (${j.type})` : `job: ${j.error}`;
 }
 
 const slots = async (qmp: QmpClient, node: string) => {

@@ -13,7 +13,7 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { tempDir, type Running } from '../helpers/daemons.ts';
-import { qmpDaemon } from '../helpers/live.ts';
+import { concludedJob, qmpDaemon } from '../helpers/live.ts';
 import { run } from '../helpers/tools.ts';
 import { parseLuks1Header, type Luks1Header } from '../../src/crypto/luks1-header.ts';
 import { parseCipherSpec } from '../../src/crypto/cipher-spec.ts';
@@ -37,15 +37,7 @@ const CASES: [string, Record<string, unknown>, string?][] = [
 
 async function job(qmp: QmpClient, id: string, options: Record<string, unknown>): Promise<string | undefined> {
   await qmp.execute('blockdev-create', { 'job-id': id, options });
-  for (;;) {
-    const jobs = (await qmp.execute('query-jobs')) as { id: string; status: string; error?: string }[];
-    const j = jobs.find((x) => x.id === id)!;
-    if (j.status === 'concluded') {
-      await qmp.execute('job-dismiss', { id });
-      return j.error;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  return (await concludedJob(qmp, id)).error;
 }
 
 /** The header without what is random or time-calibrated. */

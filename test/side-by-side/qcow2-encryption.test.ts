@@ -13,7 +13,7 @@ import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { tempDir, type Running } from '../helpers/daemons.ts';
-import { qmpDaemon } from '../helpers/live.ts';
+import { concludedJob, qmpDaemon } from '../helpers/live.ts';
 import { run } from '../helpers/tools.ts';
 import { qemuImgCalibrating } from '../helpers/luks.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
@@ -24,15 +24,7 @@ const MiB = 1024 * 1024;
 
 async function job(qmp: QmpClient, id: string, options: Record<string, unknown>): Promise<string | undefined> {
   await qmp.execute('blockdev-create', { 'job-id': id, options });
-  for (;;) {
-    const jobs = (await qmp.execute('query-jobs')) as { id: string; status: string; error?: string }[];
-    const j = jobs.find((x) => x.id === id)!;
-    if (j.status === 'concluded') {
-      await qmp.execute('job-dismiss', { id });
-      return j.error;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  return (await concludedJob(qmp, id)).error;
 }
 
 /** What must agree in a LUKS header: everything but what is random or time-calibrated. */

@@ -155,6 +155,15 @@ describe('del and shutdown', () => {
     expect(fake.calls).toEqual(['create e0']);
   });
 
+  it('mode=safe with only clients that said goodbye (DISC sent, socket still closing): deleted, as an idle export', async () => {
+    const e = exports.add(graph, opts({}));
+    const c: ExportClient = { destroy: async () => e.detach(c), leaving: true };
+    expect(e.attach(c)).toBe(true);
+    await exports.del('e0');
+    expect(deleted).toEqual(['e0']);
+    expect(e.connections()).toBe(0);
+  });
+
   it('an idle export: del resolves once it is gone, after the driver shut it down; deleted is emitted; the id is free again', async () => {
     exports.add(graph, opts({ writable: true }));
     await exports.del('e0');
