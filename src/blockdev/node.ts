@@ -279,16 +279,22 @@ export class BlockNode implements Parent {
   }
 
   private succeeded(write: boolean, offset: number, len: number, t0: number): void {
-    this.stats.ended(write ? this.stats.wrLatency : this.stats.rdLatency, t0);
     if (write) {
-      this.stats.wrOps++;
-      this.stats.wrBytes += len;
-      this.notify(offset, len);
+      this.wrote(offset, len, t0);
     } else {
+      this.stats.ended(this.stats.rdLatency, t0);
       this.stats.rdOps++;
       this.stats.rdBytes += len;
     }
     this.leave();
+  }
+
+  /** A write (of any kind that counts as one) has succeeded: statistics, then the write observers (bitmaps, jobs). */
+  private wrote(offset: number, len: number, t0: number): void {
+    this.stats.ended(this.stats.wrLatency, t0);
+    this.stats.wrOps++;
+    this.stats.wrBytes += len;
+    this.notify(offset, len);
   }
 
   private async writeAny(offset: number, buf: Buffer, flags: number): Promise<void> {
@@ -308,10 +314,7 @@ export class BlockNode implements Parent {
         else await this.readModifyWrite(offset, buf, flags);
       });
       if (flags & ReqFlag.FUA && !this.limits.canFua) await this.flushInner();
-      this.stats.ended(this.stats.wrLatency, t0);
-      this.stats.wrOps++;
-      this.stats.wrBytes += buf.length;
-      this.notify(offset, buf.length);
+      this.wrote(offset, buf.length, t0);
     } catch (e) {
       throw this.fail(e, 'write', t0);
     } finally {
@@ -374,10 +377,7 @@ export class BlockNode implements Parent {
     await this.enter();
     try {
       await op(offset, buf);
-      this.stats.ended(this.stats.wrLatency, t0);
-      this.stats.wrOps++;
-      this.stats.wrBytes += buf.length;
-      this.notify(offset, buf.length);
+      this.wrote(offset, buf.length, t0);
     } catch (e) {
       throw this.fail(e, 'write', t0);
     } finally {
