@@ -16,10 +16,10 @@ export interface Running {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Spawns `cmd args` and resolves once `readyPath` (a Unix socket) accepts connections. */
-export async function startDaemon(which: 'blockd' | 'qsd', args: string[], readyPath: string, timeoutMs = 20_000): Promise<Running> {
+/** Spawns `cmd args` (with `env` added to the environment) and resolves once `readyPath` (a Unix socket) accepts connections. */
+export async function startDaemon(which: 'blockd' | 'qsd', args: string[], readyPath: string, timeoutMs = 20_000, env?: NodeJS.ProcessEnv): Promise<Running> {
   const cmd = which === 'blockd' ? BLOCKD : requireTool('qemu-storage-daemon');
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ? { ...process.env, ...env } : process.env });
   let err = '';
   proc.stderr!.on('data', (d) => (err += d));
   proc.stdout!.resume();

@@ -6,6 +6,7 @@ import { fileDriver, hostDeviceDriver } from './file/index.ts';
 import { qcow2Driver } from './qcow2/index.ts';
 import { luksDriver } from './luks/index.ts';
 import { nbdDriver } from './nbd/index.ts';
+import { httpDriver, httpsDriver } from './http/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
 import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
 import { throttleDriver } from '../filters/throttle.ts';
@@ -14,7 +15,7 @@ import { compressDriver } from '../filters/compress.ts';
 import { snapshotAccessDriver } from '../filters/snapshot-access.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
-  for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, copyBeforeWriteDriver]) graph.register(d);
+  for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, httpDriver, httpsDriver, copyBeforeWriteDriver]) graph.register(d);
   graph.register(copyOnReadDriver);
   graph.register(throttleDriver);
   graph.register(blkdebugDriver);
