@@ -89,9 +89,9 @@ export async function flush(c: RawClient): Promise<void> {
   expect(err).toBe(0);
 }
 
-export async function qmpDaemon(which: 'blockd' | 'qsd', dir: string, extra: string[], env?: NodeJS.ProcessEnv): Promise<{ proc: Running; qmp: QmpClient; events: Ev[] }> {
+export async function qmpDaemon(which: 'blockd' | 'qsd', dir: string, extra: string[]): Promise<{ proc: Running; qmp: QmpClient; events: Ev[] }> {
   const sock = join(dir, `qmp-${which}.sock`);
-  const proc = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm', ...extra], sock, undefined, env);
+  const proc = await startDaemon(which, ['--chardev', `socket,id=m,path=${sock},server=on,wait=off`, '--monitor', 'm', ...extra], sock);
   const qmp = await QmpClient.connect(sock);
   const events: Ev[] = [];
   qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => events.push({ event: e.event, data: e.data ?? {} }));

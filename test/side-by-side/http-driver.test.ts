@@ -14,8 +14,9 @@ import { describe, expect, it } from 'vitest';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { tempDir } from '../helpers/daemons.ts';
-import { qmpDaemon, cleanupsAfterEach, waitFor } from '../helpers/live.ts';
+import { startDaemon, tempDir } from '../helpers/daemons.ts';
+import { cleanupsAfterEach } from '../helpers/live.ts';
+import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
 import { nbdsh, runTool } from '../helpers/nbd.ts';
 import { getPort } from '../helpers/port.ts';
@@ -30,9 +31,12 @@ async function daemon(who: Who, dir: string, extra: string[] = [], env?: NodeJS.
   const own = join(dir, `d${seq++}`);
   mkdirSync(own);
   const sock = join(own, 'nbd.sock');
-  const d = await qmpDaemon(who, own, ['--nbd-server', `addr.type=unix,addr.path=${sock}`, ...extra], env);
-  cleanups.push(async () => { d.qmp.close(); await d.proc.stop(); });
-  return { ...d, uri: (name: string) => `nbd+unix:///${name}?socket=${sock}` };
+  const qmpSock = join(own, 'qmp.sock');
+  const proc = await startDaemon(who, ['--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
+    '--nbd-server', `addr.type=unix,addr.path=${sock}`, ...extra], qmpSock, undefined, env);
+  const qmp = await QmpClient.connect(qmpSock);
+  cleanups.push(async () => { qmp.close(); await proc.stop(); });
+  return { proc, qmp, uri: (name: string) => `nbd+unix:///${name}?socket=${sock}` };
 }
 type Daemon = Awaited<ReturnType<typeof daemon>>;
 
