@@ -13,6 +13,7 @@ import { throttleDriver } from '../filters/throttle.ts';
 import { blkdebugDriver } from '../filters/blkdebug/index.ts';
 import { compressDriver } from '../filters/compress.ts';
 import { snapshotAccessDriver } from '../filters/snapshot-access.ts';
+import { preallocateDriver } from '../filters/preallocate.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
   for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, httpDriver, httpsDriver, copyBeforeWriteDriver]) graph.register(d);
@@ -21,4 +22,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(blkdebugDriver);
   graph.register(compressDriver);
   graph.register(snapshotAccessDriver);
+  graph.register(preallocateDriver);
 }
