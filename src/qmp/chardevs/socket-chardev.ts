@@ -43,6 +43,10 @@ export class SocketChardev implements Chardev {
   /** The bound address (for port 0, the port given). */
   private bound?: SocketTarget;
   private current?: Socket;
+  /** Its filename while connected, taken when the peer came (as QEMU's tcp_chr_connect). */
+  private currentName?: string;
+  /** A peer is connected or in its TLS handshake (listening). */
+  private serving = false;
   private readonly waiting: Socket[] = [];
   private closed = false;
   private retryTimer?: NodeJS.Timeout;
@@ -52,7 +56,7 @@ export class SocketChardev implements Chardev {
   constructor(readonly id: string, private readonly o: SocketChardevOptions) {}
 
   filename(): string {
-    if (this.current) return connectedFilename(this.current, this.o.listen, this.o.listen && this.o.addr.type === 'unix' && !this.o.addr.abstract ? this.o.addr.path : '');
+    if (this.current) return this.currentName!;
     return disconnectedFilename(this.bound ?? this.o.addr, this.o.listen);
   }
 
@@ -89,7 +93,9 @@ export class SocketChardev implements Chardev {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`Failed to unlink socket ${a.path}: ${errorText(e)}`);
       }
     }
-    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.accepted(s));
+    // Half-open, so a TCP peer's FIN leaves the connection as qsd leaves it; with TLS, a peer that
+    // hangs up in its handshake must end it (qsd's handshake fails at EOF).
+    const server = createServer({ allowHalfOpen: !this.o.tls }, (s) => this.accepted(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e) => reject(new Error(bindErrorText(e, a.type === 'unix' ? a.path : undefined))));
       if (a.type === 'unix') server.listen(this.path(a), () => resolve());
@@ -105,20 +111,31 @@ export class SocketChardev implements Chardev {
   private accepted(s: Socket): void {
     if (this.closed) return void s.destroy();
     s.on('error', () => undefined);
-    if (this.current) {
-      // qsd does not accept while it has a peer: this one waits, as in a backlog.
+    if (this.serving) {
+      // qsd does not accept while it has a peer (or is in a TLS handshake with one): this one waits, as in a backlog.
+      s.pause();
       this.waiting.push(s);
       s.once('close', () => { const i = this.waiting.indexOf(s); if (i >= 0) this.waiting.splice(i, 1); });
       return;
     }
-    void this.secure(s, true).then((t) => (t ? this.adopt(t) : this.next()));
+    this.serve(s);
+  }
+
+  /** Takes an accepted peer: the TLS handshake first, if any; a peer whose handshake fails goes, and the next is taken. */
+  private serve(s: Socket): void {
+    this.serving = true;
+    s.resume();
+    void this.secure(s, true).then((t) => {
+      if (t) return this.adopt(t);
+      this.serving = false;
+      this.next();
+    });
   }
 
   /** TLS first, when configured; undefined if the handshake failed (the peer is dropped, as qsd does). */
   private async secure(s: Socket, server: boolean): Promise<Socket | undefined> {
     const tls = this.o.tls;
     if (!tls) return s;
-    s.resume();
     try {
       if (server) return (await startServerSession(tls.creds, s, { authz: tls.authz, objects: tls.objects })).socket;
       return await startClientSession(tls.creds, s, this.o.addr.type === 'inet' ? this.o.addr.host || 'localhost' : undefined);
@@ -131,6 +148,7 @@ export class SocketChardev implements Chardev {
   private adopt(s: Socket): void {
     if (this.closed) return void s.destroy();
     this.current = s;
+    this.currentName = connectedFilename(s, this.o.listen, this.o.listen && this.o.addr.type === 'unix' && !this.o.addr.abstract ? this.o.addr.path : '');
     if (this.o.nodelay) s.setNoDelay?.(true);
     s.on('error', () => undefined);
     s.on('data', () => undefined);
@@ -146,6 +164,7 @@ export class SocketChardev implements Chardev {
   private lost(s: Socket): void {
     if (this.current !== s) return;
     this.current = undefined;
+    this.serving = false;
     s.destroy();
     if (this.o.listen) this.next();
     else if (this.o.reconnect > 0 && !this.closed) this.retryTimer = setTimeout(() => this.connectInBackground(), this.o.reconnect * 1000);
@@ -153,7 +172,7 @@ export class SocketChardev implements Chardev {
 
   private next(): void {
     const s = this.waiting.shift();
-    if (s) void this.secure(s, true).then((t) => (t ? this.adopt(t) : this.next()));
+    if (s) this.serve(s);
   }
 
   private connectInBackground(): void {
