@@ -91,6 +91,8 @@ export interface DriverContext {
   openChild(role: ChildRole, ref: ChildRef, opts?: OpenChildOptions): Promise<BlockNode>;
   /** The format of the image in `filename`, by the registered drivers' probe() hooks ('raw' if none claims it). */
   probeFormat(filename: string): Promise<string>;
+  /** The protocol node's options for a filename (BlockGraph.protocolOptions: 'http://...' is an http node, a path a file). */
+  protocolOptions(filename: string): Record<string, unknown>;
   /** The format the registered drivers' probe() hooks give an image starting with `head` ('raw' if none claims it). */
   probeBytes(head: Buffer): string;
   /**

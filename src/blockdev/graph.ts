@@ -106,6 +106,7 @@ export class BlockGraph {
       get log() { nameNode(); return graph.env.log.child({ node: node.nodeName }); },
       events: this.env.events,
       probeFormat: (filename) => this.probeFormat(filename),
+      protocolOptions: (filename) => this.protocolOptions(filename),
       probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
       probed,
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
@@ -166,6 +167,7 @@ export class BlockGraph {
       log: this.env.log.child({ node: node.nodeName }),
       events: this.env.events,
       probeFormat: (filename) => this.probeFormat(filename),
+      protocolOptions: (filename) => this.protocolOptions(filename),
       probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
       probed: node.probed,
       openChild: async (role) => {

@@ -10,12 +10,12 @@
  * that block-stream makes local; a server that stalls mid-read or is killed:
  * EIO after the timeout while the daemon keeps serving another export.
  */
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { startDaemon, tempDir } from '../helpers/daemons.ts';
-import { cleanupsAfterEach } from '../helpers/live.ts';
+import { cleanupsAfterEach, waitFor, type Ev } from '../helpers/live.ts';
 import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
 import { nbdsh, runTool } from '../helpers/nbd.ts';
@@ -35,8 +35,10 @@ async function daemon(who: Who, dir: string, extra: string[] = [], env?: NodeJS.
   const proc = await startDaemon(who, ['--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
     '--nbd-server', `addr.type=unix,addr.path=${sock}`, ...extra], qmpSock, undefined, env);
   const qmp = await QmpClient.connect(qmpSock);
+  const events: Ev[] = [];
+  qmp.on('event', (e: { event: string; data?: Record<string, unknown> }) => events.push({ event: e.event, data: e.data ?? {} }));
   cleanups.push(async () => { qmp.close(); await proc.stop(); });
-  return { proc, qmp, uri: (name: string) => `nbd+unix:///${name}?socket=${sock}` };
+  return { proc, qmp, events, dir: own, uri: (name: string) => `nbd+unix:///${name}?socket=${sock}` };
 }
 type Daemon = Awaited<ReturnType<typeof daemon>>;
 
@@ -185,5 +187,142 @@ describe('driver=http as qsd', () => {
     expect(nodes[0]!.file).toBe(url);
     await trusted.qmp.execute('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'on', name: 'on' });
     expect((await exportBytes(dir, trusted.uri('on'))).equals(readFileSync(img))).toBe(true);
+  });
+});
+
+let tlsDir: string;
+let serverTls: { cert: string; key: string };
+beforeAll(() => {
+  tlsDir = tempDir('blockd-http-tls-');
+  const tls = makeTlsFixture(tlsDir);
+  serverTls = { cert: readFileSync(join(tls.server, 'server-cert.pem'), 'utf8'), key: readFileSync(join(tls.server, 'server-key.pem'), 'utf8') };
+});
+
+/** A 16 MiB qcow2 template with data in some clusters, holes elsewhere. */
+async function template(dir: string): Promise<string> {
+  const t = join(dir, 'tmpl.qcow2');
+  run('qemu-img', ['create', '-q', '-f', 'qcow2', t, '16M']);
+  run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 1M', '-c', 'write -P 0x33 3M 2M', '-c', 'write -P 0x77 15M 1M', t]);
+  return t;
+}
+
+/** The guest view of a qcow2 (qemu-img convert, async: servers may run in this process). */
+async function contents(dir: string, image: string, opts: string[] = []): Promise<Buffer> {
+  const out = join(dir, `view-${seq++}.raw`);
+  await runTool('qemu-img', ['convert', ...opts, '-O', 'raw', image, out]);
+  return readFileSync(out);
+}
+
+describe('a qcow2 template on a web server', () => {
+  it('https template under a local overlay, written, then block-stream makes it local: same events, nodes and bytes as qsd', async () => {
+    const dir = tempDir('blockd-http-tmpl-');
+    const tmpl = await template(dir);
+    const s = await server({ files: { '/tmpl.qcow2': tmpl }, tls: serverTls });
+    const url = s.url('/tmpl.qcow2');
+    const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    const views: Record<Who, Buffer> = { qsd: Buffer.alloc(0), blockd: Buffer.alloc(0) };
+    for (const who of BOTH) {
+      const own = join(dir, who);
+      mkdirSync(own);
+      const ov = join(own, 'vm1.qcow2');
+      run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', url, '-F', 'qcow2', ov, '16M']);
+      const d = await daemon(who, own, [
+        '--blockdev', `driver=https,node-name=web,url=${url},sslverify=off,read-only=on`,
+        '--blockdev', 'driver=qcow2,node-name=tmpl,file=web,read-only=on',
+        '--blockdev', `driver=file,node-name=ovf,filename=${ov}`,
+        '--blockdev', 'driver=qcow2,node-name=vm1,file=ovf,backing=tmpl',
+        '--export', 'type=nbd,id=e,node-name=vm1,name=vm1,writable=on',
+      ]);
+      await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0xee 512k 1M', '-c', 'write -P 0x11 8M 64k', d.uri('vm1')]);
+      await d.qmp.execute('block-stream', { 'job-id': 's0', device: 'vm1' });
+      await waitFor(d.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === 's0' && e.data.status === 'null');
+      const done = d.events.find((e) => e.event === 'BLOCK_JOB_COMPLETED')!;
+      seen[who].push(d.events.filter((e) => e.event === 'JOB_STATUS_CHANGE').map((e) => e.data.status), done.data.error ?? null, done.data.len);
+      // The template node is no longer below vm1: nothing of it is needed to read the disk.
+      const nodes = (await d.qmp.execute('query-named-block-nodes')) as { 'node-name': string; backing_file?: string; image: { 'backing-filename'?: string } }[];
+      const vm1 = nodes.find((n) => n['node-name'] === 'vm1')!;
+      seen[who].push(vm1.backing_file ?? null, vm1.image['backing-filename'] ?? null);
+      await d.qmp.execute('blockdev-del', { 'node-name': 'tmpl' });
+      await d.qmp.execute('blockdev-del', { 'node-name': 'web' });
+      views[who] = await exportBytes(own, d.uri('vm1'), who);
+      await d.qmp.execute('block-export-del', { id: 'e' });
+      await d.qmp.execute('blockdev-del', { 'node-name': 'vm1' });
+      await d.qmp.execute('blockdev-del', { 'node-name': 'ovf' });
+      seen[who].push(JSON.parse(run('qemu-img', ['info', '--output=json', ov]))['backing-filename'] ?? null);
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+    expect(seen.qsd).toEqual([['created', 'running', 'waiting', 'pending', 'concluded', 'null'], null, 16 * 1024 * 1024, null, null, null]);
+    const want = await contents(dir, tmpl);
+    Buffer.alloc(1024 * 1024, 0xee).copy(want, 512 * 1024);
+    Buffer.alloc(64 * 1024, 0x11).copy(want, 8 * 1024 * 1024);
+    expect(views.qsd.equals(want)).toBe(true);
+    expect(views.blockd.equals(want)).toBe(true);
+    // With the server gone, the streamed overlays alone hold the disk.
+    await s.kill();
+    for (const who of BOTH) expect((await contents(dir, join(dir, who, 'vm1.qcow2'))).equals(want)).toBe(true);
+  });
+
+  it('an http:// backing file name in the overlay opens through driver=http, as in qsd', async () => {
+    const dir = tempDir('blockd-http-name-');
+    const tmpl = await template(dir);
+    const s = await server({ files: { '/tmpl.qcow2': tmpl } });
+    const url = s.url('/tmpl.qcow2');
+    const ov = join(dir, 'vm1.qcow2');
+    await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', url, '-F', 'qcow2', ov]);
+    const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    for (const who of BOTH) {
+      const d = await daemon(who, dir, ['--blockdev', `driver=qcow2,node-name=vm1,file.driver=file,file.filename=${ov},read-only=on`,
+        '--export', 'type=nbd,id=e,node-name=vm1,name=vm1']);
+      const nodes = (await d.qmp.execute('query-named-block-nodes')) as { drv: string; file: string; ro: boolean }[];
+      seen[who].push(nodes.map((n) => [n.drv, n.file, n.ro]).sort(), (await exportBytes(dir, d.uri('vm1'), who)).equals(await contents(dir, tmpl)));
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+    expect(seen.qsd[0]).toContainEqual(['http', url, true]);
+    expect(seen.qsd[1]).toBe(true);
+  });
+});
+
+describe('a web server that fails mid-read', () => {
+  it('stalled: EIO after the timeout, as qsd; killed: EIO (blockd after retrying for the timeout); the other export keeps serving', async () => {
+    const dir = tempDir('blockd-http-fail-');
+    const img = join(dir, 'disk.raw');
+    writeFileSync(img, randomBytes(8 * 1024 * 1024));
+    const out: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    const logs: Record<Who, string> = { qsd: '', blockd: '' };
+    for (const who of BOTH) {
+      const s = await server({ files: { '/disk.raw': img } });
+      const d = await daemon(who, dir, [
+        '--blockdev', `driver=http,node-name=web,url=${s.url('/disk.raw')},timeout=2,readahead=0,read-only=on`,
+        '--blockdev', 'driver=null-co,node-name=local,size=1048576,read-zeroes=on',
+        '--export', 'type=nbd,id=e1,node-name=web,name=web', '--export', 'type=nbd,id=e2,node-name=local,name=local',
+      ]);
+      expect((await timedRead(d.uri('web'), 0, 65536)).r).toBe('ok');
+      s.stall();
+      const stalled = timedRead(d.uri('web'), 4 * 1024 * 1024, 65536);
+      // While that read hangs, the other export answers at once.
+      await new Promise((r) => setTimeout(r, 500));
+      const other = await timedRead(d.uri('local'), 0, 65536);
+      const st = await stalled;
+      await s.kill();
+      const killed = await timedRead(d.uri('web'), 6 * 1024 * 1024, 65536);
+      const after = await timedRead(d.uri('local'), 4096, 65536);
+      const alive = ((await d.qmp.execute('query-named-block-nodes')) as unknown[]).length;
+      out[who].push(st.r, other.r, killed.r, after.r, alive);
+      logs[who] = d.proc.stderr();
+      expect(st.s).toBeGreaterThan(1.8);
+      expect(st.s).toBeLessThan(6);
+      expect(other.s).toBeLessThan(1);
+      if (who === 'blockd') {
+        expect(killed.s).toBeGreaterThan(1.5);
+        expect(killed.s).toBeLessThan(6);
+      }
+    }
+    // qsd 7.2's NBD server drops the connection when a structured read fails ("Disconnect client, due to: Failed
+    // to send reply: reading from file failed: Input/output error"); blockd answers the request with EIO.
+    expect(out.qsd).toEqual(['ENOTCONN', 'ok', 'ENOTCONN', 'ok', 2]);
+    expect(out.blockd).toEqual(['EIO', 'ok', 'EIO', 'ok', 2]);
+    expect(logs.qsd).toMatch(/curl: Operation timed out after \d+ milliseconds/);
+    expect(logs.blockd).toMatch(/curl: Operation timed out after 2000 milliseconds/);
+    expect(logs.blockd).toContain("curl: Failed to connect to 127.0.0.1 port");
   });
 });

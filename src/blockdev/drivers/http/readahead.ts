@@ -10,7 +10,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockError } from '../../../util/errors.ts';
 import type { Logger } from 'pino';
-import { CONNECTIONS, HttpError, type CurlTransport } from './transport.ts';
+import { CONNECTIONS, describe, type CurlTransport } from './transport.ts';
 
 /** Attempts after the first when there is no time limit. */
 const RETRIES = 4;
@@ -58,7 +58,7 @@ export class ReadAhead {
         await this.t.getRange(offset, buf);
         return;
       } catch (e) {
-        const err = e instanceof HttpError ? e : new HttpError(String(e), false);
+        const err = describe(e, this.t.cfg.timeoutMs, this.t.url);
         const pause = FIRST_PAUSE_MS * 2 ** Math.min(attempt, 5);
         const again = err.transient && (limit > 0 ? Date.now() + pause < deadline : attempt < RETRIES);
         if (!again) {

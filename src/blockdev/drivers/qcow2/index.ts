@@ -266,7 +266,8 @@ async function openImage(options: Record<string, unknown>, ctx: DriverContext, o
   } else if (h.backingFile !== undefined) {
     const filename = resolveBacking(h.backingFile, file);
     const fmt = h.backingFormat ?? await probeBacking(ctx, filename);
-    img.backing = await ctx.openChild('backing', { driver: fmt, file: { driver: 'file', filename }, 'read-only': true }, { probed: h.backingFormat === undefined });
+    // A name with a protocol prefix ('https://...') opens that protocol's node, as QEMU's bdrv_find_protocol.
+    img.backing = await ctx.openChild('backing', { driver: fmt, file: ctx.protocolOptions(filename), 'read-only': true }, { probed: h.backingFormat === undefined });
   }
 
   if (!readOnly) {
