@@ -92,6 +92,21 @@ describe('TLS socket chardevs side by side with qemu-storage-daemon', () => {
     }
   });
 
+  it('blockd shuts down promptly with a client stalled in a chardev\'s handshake', async () => {
+    const dir = tempDir('blockd-chardev-tls-stall-');
+    const b = await qmpDaemon('blockd', dir, ['--object', `tls-creds-x509,id=tls0,dir=${fx.server},endpoint=server`]);
+    await b.qmp.execute('chardev-add', { id: 't', backend: inet('0', { 'tls-creds': 'tls0' }) });
+    const listening = ((await b.qmp.execute('query-chardev')) as { label: string; filename: string }[]).find((c) => c.label === 't')!.filename;
+    const port = Number(/:(\d+),server=on$/.exec(listening)![1]);
+    const plain: Socket = await new Promise((r) => { const s = connect(port, '127.0.0.1', () => r(s)); });
+    await pause(200);
+    b.qmp.close();
+    const t0 = Date.now();
+    expect(await b.proc.stop('SIGTERM')).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(3000);
+    plain.destroy();
+  });
+
   it('a connecting chardev completes the handshake with the server it names', async () => {
     for (const who of BOTH) {
       let secured = 0;

@@ -48,6 +48,8 @@ export class SocketChardev implements Chardev {
   /** A peer is connected or in its TLS handshake (listening). */
   private serving = false;
   private readonly waiting: Socket[] = [];
+  /** Every socket it has (peers, waiting ones, ones in a handshake or connecting), destroyed at close. */
+  private readonly sockets = new Set<Socket>();
   private closed = false;
   private retryTimer?: NodeJS.Timeout;
   private firstClient?: () => void;
@@ -108,8 +110,14 @@ export class SocketChardev implements Chardev {
     if (a.type === 'inet' && where && typeof where === 'object') this.bound = { type: 'inet', host: where.address, port: String(where.port) };
   }
 
+  private track(s: Socket): void {
+    this.sockets.add(s);
+    s.once('close', () => this.sockets.delete(s));
+  }
+
   private accepted(s: Socket): void {
     if (this.closed) return void s.destroy();
+    this.track(s);
     s.on('error', () => undefined);
     if (this.serving) {
       // qsd does not accept while it has a peer (or is in a TLS handshake with one): this one waits, as in a backlog.
@@ -195,6 +203,7 @@ export class SocketChardev implements Chardev {
     const where = a.type === 'unix' ? a.path : `${a.host}:${a.port}`;
     return new Promise((resolve, reject) => {
       const s = a.type === 'unix' ? connect({ path: this.path(a), allowHalfOpen: true }) : connect({ host: a.host || 'localhost', port: Number(a.port) & 0xffff, allowHalfOpen: true });
+      this.track(s);
       s.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`Failed to connect to '${where}': ${errorText(e)}`)));
       s.once('connect', () => {
         s.removeAllListeners('error');
@@ -209,7 +218,8 @@ export class SocketChardev implements Chardev {
     this.closed = true;
     clearTimeout(this.retryTimer);
     this.current?.destroy();
-    for (const s of this.waiting.splice(0)) s.destroy();
+    this.waiting.splice(0);
+    for (const s of this.sockets) s.destroy();
     this.firstClient?.();
     if (this.logFd !== undefined) closeSync(this.logFd);
     const server = this.server;
