@@ -88,8 +88,14 @@ describe('NBD over TLS: x509', () => {
     expect(plain.stderr).toMatch(/server requires TLS encryption first/);
 
     // /metrics: seven connections taken on (waitForPort's probe, six clients), the three refused at TLS counted (not the plain client, told TLS_REQD).
-    const m = parsePrometheusText((await httpGetUnix(join(up.dir, 'metrics.sock'), '/metrics')).body);
+    // A refusal is counted when the server's side of the session ends, which can be just after the client gave up.
     const server = { server: '0', listen: `tcp 127.0.0.1:${up.port}` };
+    const scrape = async () => parsePrometheusText((await httpGetUnix(join(up.dir, 'metrics.sock'), '/metrics')).body);
+    let m = await scrape();
+    for (let i = 0; i < 50 && (sampleValue(m, 'blockd_nbd_server_connections_refused_total', 'blockd_nbd_server_connections_refused_total', server) ?? 0) < 3; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      m = await scrape();
+    }
     expect(sampleValue(m, 'blockd_nbd_server_connections_total', 'blockd_nbd_server_connections_total', server)).toBe(7);
     expect(sampleValue(m, 'blockd_nbd_server_connections_refused_total', 'blockd_nbd_server_connections_refused_total', server)).toBe(3);
     expect(sampleValue(m, 'blockd_export_clients_total', 'blockd_export_clients_total', { export: 'e0' })).toBe(2);

@@ -18,79 +18,39 @@
  */
 import { Socket as NetSocket, type Socket } from 'node:net';
 import { native } from '../../platform/native.ts';
-import type { Transport, TransportEvents } from './transport.ts';
+import { SocketTransport } from './socket-transport.ts';
 
 /** Size of the one buffer each connection's socket reads into. */
 const READ_BUFFER_SIZE = 256 * 1024;
 
-export class PlainSocketTransport implements Transport {
+export class PlainSocketTransport extends SocketTransport {
   readonly transientReads: boolean;
   readonly fastPath: boolean;
   readonly peer: string;
-  readonly socket: Socket;
-  private events?: TransportEvents;
   private readonly fd: number;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- node:events listener type
-  private readonly listeners: [string, (...args: any[]) => void][];
 
   /** Takes over an accepted socket, still paused (the server listens with pauseOnConnect). */
   constructor(accepted: Socket) {
     const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    let self: PlainSocketTransport | undefined;
+    const adopted = adoptWithReadBuffer(accepted, (n, buf) => self?.events?.data(buf.subarray(0, n)) ?? false);
+    super(adopted ?? accepted);
+    self = this;
     this.fd = typeof fd === 'number' && fd >= 0 ? fd : -1;
-    const adopted = adoptWithReadBuffer(accepted, (n, buf) => this.events?.data(buf.subarray(0, n)) ?? false);
-    this.socket = adopted ?? accepted;
     this.transientReads = adopted !== undefined;
     this.fastPath = this.fd >= 0;
     this.peer = this.socket.remoteAddress ? `${this.socket.remoteAddress}:${this.socket.remotePort}` : 'unix';
     this.socket.setNoDelay?.(true);
-    this.listeners = [
-      ['data', (chunk: Buffer) => void this.events?.data(chunk)],
-      ['end', () => this.events?.end()],
-      ['error', (err: Error) => this.events?.error(err)],
-      ['close', () => this.events?.close()],
-      ['drain', () => this.events?.drain()],
-    ];
   }
 
-  get writableLength(): number { return this.socket.writableLength; }
-  get writable(): boolean { return !this.socket.destroyed && !this.socket.writableEnded; }
-  get destroyed(): boolean { return this.socket.destroyed; }
-
-  attach(events: TransportEvents): void {
-    this.events = events;
-    for (const [name, fn] of this.listeners) this.socket.on(name, fn);
-  }
-
-  detach(): void {
-    this.socket.pause();
-    for (const [name, fn] of this.listeners) this.socket.off(name, fn);
-    // An 'error' with no listener would throw; whoever takes the socket over listens for its own.
-    if (this.socket.listenerCount('error') === 0) this.socket.on('error', ignore);
-    this.events = undefined;
-  }
-
-  pause(): void { this.socket.pause(); }
-  resume(): void { this.socket.resume(); }
-
-  write(buf: Buffer, done?: () => void): void {
-    if (done) this.socket.write(buf, done);
-    else this.socket.write(buf);
-  }
-
-  cork(): void { this.socket.cork(); }
-  uncork(): void { if (!this.socket.destroyed) this.socket.uncork(); }
+  protected onData(chunk: Buffer): void { void this.events?.data(chunk); }
 
   trySend(buf: Buffer): number {
     if (this.fd < 0) return 0;
     const sent = native().sendNowait(this.fd, buf);
     return sent > 0 ? sent : 0;
   }
-
-  end(): void { if (!this.socket.writableEnded) this.socket.end(); }
-  destroy(): void { this.socket.destroy(); }
 }
-
-function ignore(): void {}
 
 /** Moves an accepted socket's handle into a socket reading into one reused buffer; undefined if it cannot. */
 function adoptWithReadBuffer(accepted: Socket, onRead: (nread: number, buf: Buffer) => boolean): Socket | undefined {
