@@ -326,3 +326,78 @@ describe('a web server that fails mid-read', () => {
     expect(logs.blockd).toContain("curl: Failed to connect to 127.0.0.1 port");
   });
 });
+
+/** A forward proxy in this process: absolute-form requests and CONNECT, each logged with its Proxy-Authorization. */
+async function startProxy(login?: string) {
+  const { createServer, request } = await import('node:http');
+  const { connect } = await import('node:net');
+  const seen: { how: string; target: string; auth?: string }[] = [];
+  const want = login === undefined ? undefined : `Basic ${Buffer.from(login).toString('base64')}`;
+  const sockets = new Set<import('node:net').Socket>();
+  const p = createServer((req, res) => {
+    seen.push({ how: req.method ?? '', target: req.url ?? '', auth: req.headers['proxy-authorization'] });
+    if (want !== undefined && req.headers['proxy-authorization'] !== want) { res.writeHead(407, { 'proxy-authenticate': 'Basic' }).end(); return; }
+    const headers = { ...req.headers };
+    delete headers['proxy-authorization'];
+    const up = request(req.url!, { method: req.method, headers }, (r) => { res.writeHead(r.statusCode!, r.headers); r.pipe(res); });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  p.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  p.on('connect', (req, client, head) => {
+    seen.push({ how: 'CONNECT', target: req.url ?? '', auth: req.headers['proxy-authorization'] });
+    if (want !== undefined && req.headers['proxy-authorization'] !== want) { client.end('HTTP/1.1 407 Proxy Authentication Required\r\n\r\n'); return; }
+    const [host, port] = (req.url ?? '').split(':');
+    const up = connect(Number(port), host, () => { client.write('HTTP/1.1 200 Connection Established\r\n\r\n'); up.write(head); up.pipe(client); client.pipe(up); });
+    up.on('error', () => client.destroy());
+    client.on('error', () => up.destroy());
+    sockets.add(up);
+  });
+  await new Promise<void>((r) => p.listen(0, '127.0.0.1', r));
+  const port = (p.address() as { port: number }).port;
+  const stop = async () => { for (const s of sockets) s.destroy(); await new Promise<void>((r) => p.close(() => r())); };
+  cleanups.push(stop);
+  return { url: `http://127.0.0.1:${port}`, seen };
+}
+
+describe('through a proxy from the environment', () => {
+  it('http_proxy and https_proxy with proxy-username/proxy-password-secret, no_proxy, as qsd', async () => {
+    const dir = tempDir('blockd-http-proxy-');
+    const img = join(dir, 'disk.raw');
+    writeFileSync(img, randomBytes(1024 * 1024));
+    const plain = await server({ files: { '/disk.raw': img } });
+    const tlsd = await server({ files: { '/disk.raw': img }, tls: serverTls });
+    const proxy = await startProxy('bob:pr0xy');
+    const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    const auth = `Basic ${Buffer.from('bob:pr0xy').toString('base64')}`;
+    for (const who of BOTH) {
+      const d = await daemon(who, dir, ['--object', 'secret,id=pp,data=pr0xy'], { http_proxy: proxy.url, https_proxy: proxy.url, no_proxy: 'localhost' });
+      const creds = { 'proxy-username': 'bob', 'proxy-password-secret': 'pp' };
+      const results = [
+        await ask(d, 'blockdev-add', { driver: 'http', 'node-name': 'p', url: plain.url('/disk.raw'), 'read-only': true, ...creds }),
+        await ask(d, 'blockdev-add', { driver: 'https', 'node-name': 's', url: tlsd.url('/disk.raw'), 'read-only': true, sslverify: false, ...creds }),
+        await ask(d, 'blockdev-add', { driver: 'http', 'node-name': 'noauth', url: plain.url('/disk.raw'), 'read-only': true }),
+      ];
+      await d.qmp.execute('block-export-add', { type: 'nbd', id: 'e1', 'node-name': 'p', name: 'p' });
+      await d.qmp.execute('block-export-add', { type: 'nbd', id: 'e2', 'node-name': 's', name: 's' });
+      const same = [(await exportBytes(dir, d.uri('p'), who)).equals(readFileSync(img)), (await exportBytes(dir, d.uri('s'), who)).equals(readFileSync(img))];
+      const through = proxy.seen.splice(0);
+      seen[who].push(results, same,
+        through.some((r) => r.how === 'GET' && r.target === plain.url('/disk.raw') && r.auth === auth),
+        through.some((r) => r.how === 'CONNECT' && r.target === `127.0.0.1:${tlsd.port}` && r.auth === auth),
+        through.some((r) => r.auth === undefined));
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+    expect(seen.qsd).toEqual([[{ ok: {} }, { ok: {} }, { error: 'GenericError', desc: 'CURL: Error opening file: The requested URL returned error: 407' }], [true, true], true, true, true]);
+    // no_proxy: the proxy sees nothing.
+    for (const who of BOTH) {
+      const d = await daemon(who, dir, [], { http_proxy: proxy.url, no_proxy: '127.0.0.1' });
+      expect(await ask(d, 'blockdev-add', { driver: 'http', 'node-name': 'p', url: plain.url('/disk.raw'), 'read-only': true })).toEqual({ ok: {} });
+    }
+    expect(proxy.seen).toEqual([]);
+    // blockd refuses proxy credentials it would have no proxy to give to.
+    const b = await daemon('blockd', dir, ['--object', 'secret,id=pp,data=pr0xy']);
+    const r = await ask(b, 'blockdev-add', { driver: 'http', 'node-name': 'p', url: plain.url('/disk.raw'), 'read-only': true, 'proxy-username': 'bob' });
+    expect(r).toEqual({ error: 'GenericError', desc: expect.stringContaining('proxy-username and proxy-password-secret need a proxy') });
+  });
+});

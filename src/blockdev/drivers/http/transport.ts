@@ -120,6 +120,9 @@ export function describe(e: unknown, timeoutMs: number, url: URL): HttpError {
   if (e instanceof HttpError) return e;
   const err = e as { name?: string; code?: string; message?: string; cause?: { code?: string; message?: string } };
   const code = err.code ?? err.cause?.code;
+  // undici's ProxyAgent throws for the proxy's own refusal ("Proxy Authentication Required (407)"); libcurl reports the status.
+  const proxyStatus = /^Proxy .*\((\d{3})\)$/.exec(err.message ?? '');
+  if (proxyStatus) return new HttpError(`The requested URL returned error: ${proxyStatus[1]}`, Number(proxyStatus[1]) >= 500);
   if (err.name === 'TimeoutError' || err.name === 'AbortError') return new HttpError(`Operation timed out after ${timeoutMs} milliseconds`, false);
   if (code === 'ECONNREFUSED') {
     const port = url.port || (url.protocol === 'https:' ? '443' : '80');
