@@ -38,6 +38,8 @@ export class QmpMonitor {
   private readonly sessions = new Set<QmpSession>();
   /** The connected sockets, oldest first (query-chardev names the chardev after the first). */
   private readonly sockets = new Set<Socket>();
+  /** Clients still in their TLS handshake (no session yet): close() drops them. */
+  private readonly handshakes = new Set<Socket>();
   private readonly unsubscribe: () => void;
   private closing?: Promise<void>;
   private firstClient?: () => void;
@@ -182,7 +184,9 @@ export class QmpMonitor {
     const tls = this.opts.tls;
     if (!tls) return void this.adopt(socket);
     const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
-    startServerSession(tls.creds, socket, { authz: tls.authz, objects: tls.objects }).then((s) => {
+    this.handshakes.add(socket);
+    const settled = () => this.handshakes.delete(socket);
+    startServerSession(tls.creds, socket, { authz: tls.authz, objects: tls.objects }).finally(settled).then((s) => {
       if (this.closing) return void s.socket.destroy();
       this.opts.log.info({ monitor: this.id, identity: s.identity }, 'QMP client connected over TLS');
       this.adopt(s.socket);
@@ -228,6 +232,8 @@ export class QmpMonitor {
       const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
       const sessions = [...this.sessions];
       for (const s of sessions) s.close();
+      // A client that never finishes its handshake would hold the listener's close forever.
+      for (const s of this.handshakes) s.destroy();
       // A client that does not hang up after our FIN is dropped after a grace period.
       const timer = setTimeout(() => { for (const s of sessions) s.destroy(); }, 1000);
       await Promise.all(sessions.map((s) => s.finished));

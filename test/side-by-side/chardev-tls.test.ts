@@ -4,7 +4,8 @@
  * listening one is connected once a client's handshake (and tls-authz)
  * passes, holds no one while a plain client stalls its handshake (and no one
  * else meanwhile), drops a client authz refuses; a connecting one
- * completes the handshake with the server it names.
+ * completes the handshake with the server it names; a client stalled in a
+ * handshake (a chardev's or a TLS monitor's) does not hold blockd's shutdown.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
@@ -16,6 +17,7 @@ import { tempDir, type Running } from '../helpers/daemons.ts';
 import { qmpDaemon } from '../helpers/live.ts';
 import { makeTlsFixture, type TlsFixture } from '../helpers/tls.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
+import { getPort } from '../helpers/port.ts';
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -98,6 +100,20 @@ describe('TLS socket chardevs side by side with qemu-storage-daemon', () => {
     await b.qmp.execute('chardev-add', { id: 't', backend: inet('0', { 'tls-creds': 'tls0' }) });
     const listening = ((await b.qmp.execute('query-chardev')) as { label: string; filename: string }[]).find((c) => c.label === 't')!.filename;
     const port = Number(/:(\d+),server=on$/.exec(listening)![1]);
+    const plain: Socket = await new Promise((r) => { const s = connect(port, '127.0.0.1', () => r(s)); });
+    await pause(200);
+    b.qmp.close();
+    const t0 = Date.now();
+    expect(await b.proc.stop('SIGTERM')).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(3000);
+    plain.destroy();
+  });
+
+  it('blockd shuts down promptly with a client stalled in a TLS monitor\'s handshake', async () => {
+    const dir = tempDir('blockd-monitor-tls-stall-');
+    const port = await getPort();
+    const b = await qmpDaemon('blockd', dir, ['--object', `tls-creds-x509,id=tls0,dir=${fx.server},endpoint=server`,
+      '--chardev', `socket,id=t,host=127.0.0.1,port=${port},server=on,wait=off,tls-creds=tls0`, '--monitor', 't']);
     const plain: Socket = await new Promise((r) => { const s = connect(port, '127.0.0.1', () => r(s)); });
     await pause(200);
     b.qmp.close();
