@@ -6,6 +6,7 @@ import { fileDriver, hostDeviceDriver } from './file/index.ts';
 import { qcow2Driver } from './qcow2/index.ts';
 import { luksDriver } from './luks/index.ts';
 import { nbdDriver } from './nbd/index.ts';
+import { vdiDriver } from './vdi/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
 import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
@@ -23,4 +24,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(compressDriver);
   graph.register(snapshotAccessDriver);
   graph.register(preallocateDriver);
+  graph.register(vdiDriver);
 }
