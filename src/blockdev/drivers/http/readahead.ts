@@ -21,6 +21,9 @@ interface Window { start: number; buf: Buffer; done: Promise<void>; ok: boolean 
 export class ReadAhead {
   private windows: Window[] = [];
   private failures = 0;
+  /** Transfers in flight, and reads waiting for one to end. */
+  private busy = 0;
+  private readonly waiting: (() => void)[] = [];
 
   constructor(private readonly t: CurlTransport, private readonly size: number, private readonly readahead: number, private readonly log: Logger) {}
 
@@ -31,23 +34,47 @@ export class ReadAhead {
     if (inside === 0) return;
     const out = whole.subarray(0, inside);
     const end = offset + out.length;
-    let w = this.windows.find((x) => offset >= x.start && end <= x.start + x.buf.length);
-    if (w) {
-      await w.done;
-    } else {
-      const len = Math.min(out.length + this.readahead, this.size - offset);
-      const buf = Buffer.allocUnsafe(len);
-      const win: Window = { start: offset, buf, ok: false, done: Promise.resolve() };
-      win.done = this.fetch(offset, buf).then(() => { win.ok = true; }, (e) => {
-        this.windows = this.windows.filter((x) => x !== win);
-        throw e;
-      });
-      this.windows.push(win);
-      if (this.windows.length > CONNECTIONS) this.windows.shift();
-      w = win;
-      await w.done;
+    let w = this.find(offset, end);
+    if (!w) {
+      // As QEMU's free_state_waitq: at most CONNECTIONS transfers; a read waiting for one looks again when it has it.
+      await this.acquire();
+      w = this.find(offset, end);
+      if (w) this.release();
+      else w = this.start(offset, Math.min(out.length + this.readahead, this.size - offset));
     }
+    await w.done;
     w.buf.copy(out, 0, offset - w.start, end - w.start);
+  }
+
+  private find(offset: number, end: number): Window | undefined {
+    return this.windows.find((x) => offset >= x.start && end <= x.start + x.buf.length);
+  }
+
+  /** A new window fetching [offset, offset+len); it holds a transfer slot until its bytes are in. */
+  private start(offset: number, len: number): Window {
+    const win: Window = { start: offset, buf: Buffer.allocUnsafe(len), ok: false, done: Promise.resolve() };
+    win.done = this.fetch(offset, win.buf).then(() => {
+      win.ok = true;
+      // Keep the last CONNECTIONS windows that arrived (and every one still arriving).
+      const arrived = this.windows.filter((x) => x.ok);
+      if (arrived.length > CONNECTIONS) this.windows = this.windows.filter((x) => x !== arrived[0]);
+    }, (e) => {
+      this.windows = this.windows.filter((x) => x !== win);
+      throw e;
+    }).finally(() => this.release());
+    this.windows.push(win);
+    return win;
+  }
+
+  private acquire(): Promise<void> {
+    if (this.busy < CONNECTIONS) { this.busy++; return Promise.resolve(); }
+    return new Promise((r) => this.waiting.push(r));
+  }
+
+  private release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.busy--;
   }
 
   private async fetch(offset: number, buf: Buffer): Promise<void> {
