@@ -401,3 +401,32 @@ describe('through a proxy from the environment', () => {
     expect(r).toEqual({ error: 'GenericError', desc: expect.stringContaining('proxy-username and proxy-password-secret need a proxy') });
   });
 });
+
+describe('read-ahead', () => {
+  it('64 KiB reads one after another: a range request per 256 KiB window by default, one per read with readahead=0, as qsd', async () => {
+    const dir = tempDir('blockd-http-ra-');
+    const img = join(dir, 'disk.raw');
+    writeFileSync(img, randomBytes(2 * 1024 * 1024));
+    const counts: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    for (const who of BOTH) {
+      for (const readahead of [undefined, 0, 1024 * 1024]) {
+        const s = await server({ files: { '/disk.raw': img } });
+        const d = await daemon(who, dir, ['--blockdev', `driver=http,node-name=web,url=${s.url('/disk.raw')},read-only=on${readahead === undefined ? '' : `,readahead=${readahead}`}`,
+          '--export', 'type=nbd,id=e,node-name=web,name=web']);
+        const got = JSON.parse(await nbdsh(d.uri('web'), `h = nbd.NBD(); h.connect_uri(uri)
+buf = b''.join(h.pread(65536, off) for off in range(0, 1024 * 1024, 65536))
+print(json.dumps(buf == open(${JSON.stringify(img)}, 'rb').read(1024 * 1024)))`)) as boolean;
+        const ranges = s.requests.filter((r) => r.method === 'GET').map((r) => r.headers.range);
+        counts[who].push(got, ranges);
+      }
+    }
+    expect(counts.blockd).toEqual(counts.qsd);
+    const w = (a: number, b: number) => `bytes=${a}-${b - 1}`;
+    const K = 1024;
+    expect(counts.qsd).toEqual([
+      true, [w(0, 320 * K), w(320 * K, 640 * K), w(640 * K, 960 * K), w(960 * K, 1280 * K)],
+      true, Array.from({ length: 16 }, (_, i) => w(i * 64 * K, (i + 1) * 64 * K)),
+      true, [w(0, 1088 * K)],
+    ]);
+  });
+});
