@@ -2,7 +2,9 @@
  * --chardev backends no monitor uses, side by side with qemu-storage-daemon
  * 7.2: ringbuf, memory, null, file and pipe open at start-up as qsd opens
  * them (and then answer query-chardev and the ringbuf commands alike), and
- * bad ones fail start-up with qsd's message.
+ * bad ones fail start-up with qsd's message. Also (at run time) a connecting
+ * chardev with reconnect: its first failure reported once on stderr, and
+ * the connection made when the peer comes, as qsd.
  */
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
@@ -12,6 +14,8 @@ import { BLOCKD, tempDir } from '../helpers/daemons.ts';
 import { qmpDaemon } from '../helpers/live.ts';
 import { requireTool, run } from '../helpers/tools.ts';
 import { BOTH, type Who } from '../helpers/pair.ts';
+import { getPort } from '../helpers/port.ts';
+import { createServer, type Socket } from 'node:net';
 
 /** The first line a daemon prints when start-up fails, without its name. */
 function startupError(who: Who, args: string[]): string {
@@ -66,6 +70,36 @@ describe('--chardev backends without a monitor, side by side with qemu-storage-d
         seen[who].push(await ask('ringbuf-write', { device: 'n', data: 'x' }));
         for (const f of ['n.log', 'f.out']) expect(existsSync(join(dir, f)), `${who} ${f}`).toBe(true);
       } finally {
+        d.qmp.close();
+        await d.proc.stop();
+      }
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+  });
+
+  it('a connecting chardev with reconnect: reports the first failure once, and connects when its peer comes', async () => {
+    const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    for (const who of BOTH) {
+      const dir = tempDir(`blockd-chardev-reconnect-${who}-`);
+      const port = await getPort();
+      const d = await qmpDaemon(who, dir, []);
+      const peers: Socket[] = [];
+      const server = createServer((s) => peers.push(s));
+      try {
+        const name = async () => ((await d.qmp.execute('query-chardev')) as { label: string; filename: string }[]).find((c) => c.label === 'rc')?.filename;
+        await d.qmp.execute('chardev-add', { id: 'rc', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: '127.0.0.1', port: String(port) } }, server: false, reconnect: 1 } } });
+        await new Promise((r) => setTimeout(r, 2500));
+        seen[who].push(await name());
+        seen[who].push(d.proc.stderr().split('\n').filter((l) => l.includes('Unable to connect')).map((l) => l.replace(/^(qemu-storage-daemon|blockd): /, '')));
+        await new Promise<void>((r) => server.listen(port, '127.0.0.1', () => r()));
+        for (let i = 0; i < 40 && peers.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+        await new Promise((r) => setTimeout(r, 200));
+        seen[who].push(peers.length, (await name())?.replace(/^tcp:127\.0\.0\.1:\d+ /, 'tcp:127.0.0.1:LOCAL '));
+        await d.qmp.execute('chardev-remove', { id: 'rc' });
+        seen[who] = JSON.parse(JSON.stringify(seen[who]).replaceAll(`:${port}`, ':PORT'));
+      } finally {
+        for (const p of peers) p.destroy();
+        await new Promise((r) => server.close(r));
         d.qmp.close();
         await d.proc.stop();
       }
