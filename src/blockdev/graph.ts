@@ -213,10 +213,19 @@ export class BlockGraph {
     if (edge.child.implicit && edge.child.parents.length === 0) await this.closeNode(edge.child);
   }
 
+  /**
+   * Closes a node, then lets go of its children. A driver whose close fails
+   * (a qcow2 image whose last metadata flush cannot be written) still lets
+   * go of them, as QEMU's bdrv_close does: otherwise its file stays open and
+   * locked with no node left to delete. The close error is still thrown.
+   */
   private async closeNode(node: BlockNode): Promise<void> {
     this.nodes.delete(node.nodeName);
-    await node.close();
-    for (const edge of [...node.children]) await this.unlink(node, edge);
+    try {
+      await node.close();
+    } finally {
+      for (const edge of [...node.children]) await this.unlink(node, edge);
+    }
   }
 
   /** Flushes every writable node (shutdown, quit). Errors are collected, not thrown early. */

@@ -134,13 +134,15 @@ export abstract class Qcow2Base {
     const slice = settings.l2SliceSize;
     // QEMU's qcow2 cache raises l2_load / refblock_load as it reads a table in and l2_update /
     // refblock_update_part as it writes one back (blkdebug listens on the file).
-    const cacheIo = (load: BlkdebugEvent, update: BlkdebugEvent) => ({
+    const cacheIo = (load: BlkdebugEvent, update: BlkdebugEvent, own: OverlapName) => ({
       read: (o: number, b: Buffer) => { file.debugEvent(load); return this.readMeta(o, b); },
-      write: (o: number, b: Buffer) => { file.debugEvent(update); return this.writeMeta(o, b); },
+      // A table written back is checked against the other metadata first (an L1 entry pointing at a
+      // refcount block makes one cluster two tables: QEMU refuses the write and marks the image corrupt).
+      write: (o: number, b: Buffer) => { this.checkOverlap(o, b.length, 'write', own, true); file.debugEvent(update); return this.writeMeta(o, b); },
       barrier: io.barrier,
     });
-    this.l2Cache = new MetaCache('l2', slice, Math.max(2, Math.floor(settings.l2CacheBytes / slice)), cacheIo('l2_load', 'l2_update'));
-    const rcCache = new MetaCache('refcount', this.cs, Math.max(4, Math.floor(settings.refcountCacheBytes / this.cs)), cacheIo('refblock_load', 'refblock_update_part'));
+    this.l2Cache = new MetaCache('l2', slice, Math.max(2, Math.floor(settings.l2CacheBytes / slice)), cacheIo('l2_load', 'l2_update', 'active-l2'));
+    const rcCache = new MetaCache('refcount', this.cs, Math.max(4, Math.floor(settings.refcountCacheBytes / this.cs)), cacheIo('refblock_load', 'refblock_update_part', 'refcount-block'));
     this.refcounts = new Refcounts({
       clusterSize: this.cs,
       clusterBits: this.clusterBits,
@@ -277,10 +279,15 @@ export abstract class Qcow2Base {
     if (this.readOnly) throw new BlockError('EPERM', 'qcow2: image is read-only');
   }
 
-  /** QEMU's overlap check: refuses data writes and allocations that would land on metadata. */
-  checkOverlap(offset: number, length: number, what: 'write' | 'allocation'): void {
-    if (this.hasDataFile && what === 'write') return;
-    const ov = this.settings.overlap;
+  /**
+   * QEMU's overlap check: refuses data writes, metadata write-backs and allocations that would land on
+   * metadata. `ignore`: the kind being written (a cached L2 table or refcount block written back), as
+   * QEMU's qcow2_cache_entry_flush passes its own type.
+   */
+  checkOverlap(offset: number, length: number, what: 'write' | 'allocation', ignore?: OverlapName, metadata = false): void {
+    if (this.hasDataFile && what === 'write' && !metadata) return;
+    const all = this.settings.overlap;
+    const ov = { has: (k: OverlapName) => k !== ignore && all.has(k) };
     const cs = this.cs;
     const end = offset + length;
     let found: OverlapName | undefined;
