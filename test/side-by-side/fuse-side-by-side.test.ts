@@ -11,6 +11,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/temp.ts';
+import { BLOCKD } from '../helpers/daemons.ts';
 import { run } from '../helpers/tools.ts';
 import { commandWithEvents, mountpointFile, runAsync, startWithQmp, unmountAll, type FuseDaemon } from '../helpers/fuse.ts';
 
@@ -69,6 +70,32 @@ async function both(fn: (s: Side) => Promise<string>, setUp: (dir: string) => st
 }
 
 describe('FUSE export side by side with qsd', () => {
+  it('the same start-up refusals on the command line (one line, exit status 1)', async () => {
+    const dir = tempDir('fuse-sbs-cli-');
+    dirs.push(dir);
+    mkdirSync(join(dir, 'adir'));
+    const mp = mountpointFile(dir, 'mp');
+    const node = ['--blockdev', 'driver=null-co,node-name=n0,size=1048576'];
+    const cases = [
+      [...node, '--export', `type=fuse,id=e,node-name=n0,mountpoint=${join(dir, 'nonexistent')}`],
+      [...node, '--export', `type=fuse,id=e,node-name=n0,mountpoint=${join(dir, 'adir')}`],
+      [...node, '--export', `type=fuse,id=e,node-name=n0,mountpoint=${mp}`, '--export', `type=fuse,id=f,node-name=n0,mountpoint=${mp}`],
+      [...node, '--export', 'type=fuse,id=e,node-name=n0'],
+      [...node, '--export', `type=fuse,id=e,node-name=n0,mountpoint=${mp},allow-other=maybe`],
+      [...node, '--export', `type=fuse,id=e,node-name=n0,mountpoint=${mp},growable=x`],
+    ];
+    for (const args of cases) {
+      const out: Record<Which, { status: number | null; line: string }> = {} as never;
+      for (const which of ['qsd', 'blockd'] as const) {
+        const r = await runAsync(which === 'qsd' ? 'qemu-storage-daemon' : BLOCKD, args, { timeout: 30_000 });
+        out[which] = { status: r.status, line: r.stderr.trim().replace(/^(qemu-storage-daemon|blockd): /, 'DAEMON: ') };
+        unmountAll(dir);
+      }
+      expect(out.blockd, args.join(' ')).toEqual(out.qsd);
+      expect(out.qsd.status).toBe(1);
+    }
+  });
+
   it('the same stat and statfs results, for a writable and a read-only export', async () => {
     // Times are "now" (whole seconds) on both sides: atime = mtime = ctime, within a minute of the clock.
     const times = (s: Side) => sh(s, `cd ${s.dir} && for f in rw ro; do stat -c '%X %Y %Z' $f; done; date +%s`);
