@@ -33,6 +33,9 @@ describe('layer rules', () => {
     ['src/export/g.ts', "import '../nbd/g.ts';", 'src/nbd/g.ts', 'export-layer-knows-no-server'],
     ['src/util/h.ts', "import './i.ts';", 'src/util/i.ts', 'no-circular'],
     ['src/crypto/j.ts', "import '../blockdev/j.ts';", 'src/blockdev/j.ts', 'crypto-beside-util'],
+    ['src/fuse/k.ts', "import '../nbd-protocol/k.ts';", 'src/nbd-protocol/k.ts', 'fuse-is-not-nbd'],
+    ['src/fuse/protocol/l.ts', "import '../../platform/l.ts';", 'src/platform/l.ts', 'fuse-codecs-are-pure'],
+    ['src/nbd/m.ts', "import '../fuse/m.ts';", 'src/fuse/m.ts', 'servers-are-separate'],
   ];
 
   it('report a forbidden import of each kind', () => {
