@@ -245,6 +245,45 @@ describe('chardev and node-context commands side by side with qemu-storage-daemo
     for (const who of BOTH) expect(existsSync(join(side(who).dir, 's1.sock')), who).toBe(false);
   });
 
+  it('socket addresses: QEMU\'s resolution, families, port ranges, path limits and texts', async () => {
+    const long = `DIR/${'x'.repeat(120)}`;
+    const seen = await script([
+      ['chardev-add', { id: 'a1', backend: sock(long) }],
+      ['chardev-add', { id: 'a2', backend: sock(long, { server: false }) }],
+      ['chardev-add', { id: 'a3', backend: inet('nonexistent.invalid', '1') }],
+      ['chardev-add', { id: 'a4', backend: inet('', '0') }],
+      ['chardev-add', { id: 'a5', backend: inet('127.0.0.1', '0', { server: false }) }],
+      ['chardev-add', { id: 'a6', backend: sock('DIR') }],
+      ['chardev-add', { id: 'a7', backend: { type: 'file', data: { out: 'DIR' } } }],
+      ['chardev-add', { id: 'a8', backend: { type: 'pipe', data: { device: 'DIR' } } }],
+      ['chardev-add', { id: 'b1', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0', to: 5 } } } } }],
+      ['chardev-add', { id: 'b2', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0', ipv6: true } } } } }],
+      ['chardev-add', { id: 'b3', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0', ipv4: false, ipv6: false } } } } }],
+      ['chardev-add', { id: 'b4', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: 'localhost', port: '0', numeric: true } } } } }],
+      ['chardev-add', { id: 'b5', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0', numeric: true, 'keep-alive': true } } } } }],
+      ['chardev-add', { id: 'b6', backend: inet('localhost', '0') }],
+      ['chardev-add', { id: 'b7', backend: inet('::1', '0') }],
+      ['chardev-add', { id: 'c1', backend: inet('nonexistent.invalid', '1', { server: false }) }],
+      ['chardev-add', { id: 'c2', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: '127.0.0.1', port: '1', ipv6: true } }, server: false } } }],
+      ['chardev-add', { id: 'c3', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: '::1', port: '1', ipv4: true } }, server: false } } }],
+      ['chardev-add', { id: 'c4', backend: { type: 'socket', data: { addr: { type: 'inet', data: { host: 'localhost', port: '1', numeric: true } }, server: false } } }],
+      ['chardev-add', { id: 'c5', backend: inet('', '1', { server: false }) }],
+      ['chardev-add', { id: 'c6', backend: inet('127.0.0.1', 'x', { server: false }) }],
+      ['chardev-add', { id: 'c7', backend: sock('', { server: false }) }],
+    ]);
+    expect(seen.blockd).toEqual(seen.qsd);
+    const names = async (who: Who) => (await chardevs(who)).filter((c) => /^[ab]\d$/.test(c.label))
+      .map((c) => [c.label, c.filename.replace(/:\d+,server=on$/, ':PORT,server=on')]);
+    expect(await names('blockd')).toEqual(await names('qsd'));
+    // An empty Unix path listens on a fresh name in $TMPDIR, as QEMU's mkstemp.
+    for (const who of BOTH) {
+      expect(await ask(who, 'chardev-add', { id: 'e1', backend: sock('') })).toEqual({ return: {} });
+      const name = (await chardevs(who)).find((c) => c.label === 'e1')!.filename;
+      expect(name, who).toMatch(/^disconnected:unix:.*\/qemu-socket-\w{6},server=on$/);
+    }
+    for (const id of ['a4', 'b1', 'b5', 'b6', 'b7', 'e1']) for (const who of BOTH) expect(await ask(who, 'chardev-remove', { id })).toEqual({ return: {} });
+  });
+
   it('a TCP socket chardev: the bound port in its name, and a peer that closes stays connected (qsd hears only a reset)', async () => {
     const tcpName = async (who: Who) => (await chardevs(who)).find((c) => c.label === 't1')!.filename;
     const ports: Record<Who, string> = { qsd: '', blockd: '' };

@@ -15,6 +15,7 @@ import { flattenSocketAddress, type SocketAddressValue } from '../../qapi/socket
 import { FileChardev, type Chardev } from './chardev.ts';
 import { RingBuffer } from './ring-buffer.ts';
 import { SocketChardev, type SocketTarget } from './socket-chardev.ts';
+import type { InetListenAddress } from '../../platform/inet-listen.ts';
 import type { BackendKind, ChardevBackendValue, ChardevCommonValue, ChardevFileValue, ChardevHostdevValue, ChardevRingbufValue, ChardevSocketValue } from './schema.ts';
 
 /** The backends qsd 7.2 is built with, in query-chardev-backends' order. */
@@ -124,11 +125,10 @@ async function openSocketLogged(id: string, s: ChardevSocketValue, ctx: OpenCont
     if (u.abstract && u.tight === false) fail('chardev: socket: an abstract address with tight=off is not supported by blockd');
     target = { type: 'unix', path: u.path, abstract: u.abstract === true, tight: u.abstract ? true : undefined };
   } else {
-    if (!/^\d+$/.test(addr.port)) fail(`address resolution failed for ${addr.host}:${addr.port}: Servname not supported for ai_socktype`);
     target = { type: 'inet', host: addr.host, port: addr.port };
   }
   const chr = new SocketChardev(id, {
-    addr: target, listen, wait: listen && s.wait === true, nodelay: s.nodelay === true,
+    addr: target, inet: addr.type === 'inet' ? addr as InetListenAddress : undefined, listen, wait: listen && s.wait === true, nodelay: s.nodelay === true,
     reconnect: s.reconnect !== undefined && s.reconnect > 0 ? s.reconnect : 0, tls, report: ctx.report,
   });
   try {

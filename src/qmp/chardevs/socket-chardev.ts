@@ -14,6 +14,12 @@
 import { Socket, connect, createServer, type Server } from 'node:net';
 import { closeSync, unlinkSync } from 'node:fs';
 import { bindErrorText } from '../../platform/bind-error.ts';
+import { ListenError, listenInet, type InetListenAddress } from '../../platform/inet-listen.ts';
+import { lookup } from 'node:dns/promises';
+import { ADDRCONFIG, V4MAPPED } from 'node:dns';
+import { isIP } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import { errorText } from '../../platform/native.ts';
 import type { TlsCreds } from '../../objects/tls/creds.ts';
 import type { ObjectLookup } from '../../objects/lookup.ts';
@@ -25,6 +31,8 @@ export type SocketTarget = Extract<ChardevAddress, { type: 'unix' | 'inet' }>;
 
 export interface SocketChardevOptions {
   addr: SocketTarget;
+  /** The whole InetSocketAddress of a TCP one (ipv4/ipv6, numeric, to, keep-alive, mptcp), as QEMU reads it. */
+  inet?: InetListenAddress;
   listen: boolean;
   /** server: the command (or start-up) waits for the first client. */
   wait: boolean;
@@ -89,20 +97,35 @@ export class SocketChardev implements Chardev {
 
   private async listen(): Promise<void> {
     const a = this.o.addr;
-    if (a.type === 'unix' && !a.abstract) {
-      // As QEMU's socket_listen: whatever is at the path goes.
-      try { unlinkSync(a.path); } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`Failed to unlink socket ${a.path}: ${errorText(e)}`);
+    if (a.type === 'unix') {
+      if (a.path === '' && !a.abstract) a.path = tempSocketPath();
+      checkPathLength(a);
+      if (!a.abstract) {
+        // As QEMU's socket_listen: whatever is at the path goes.
+        try { unlinkSync(a.path); } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`Failed to unlink socket ${a.path}: ${errorText(e)}`);
+        }
       }
     }
     // Half-open, so a TCP peer's FIN leaves the connection as qsd leaves it; with TLS, a peer that
     // hangs up in its handshake must end it (qsd's handshake fails at EOF).
     const server = createServer({ allowHalfOpen: !this.o.tls }, (s) => this.accepted(s));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (e) => reject(new Error(bindErrorText(e, a.type === 'unix' ? a.path : undefined))));
-      if (a.type === 'unix') server.listen(this.path(a), () => resolve());
-      else server.listen({ host: a.host || undefined, port: Number(a.port) & 0xffff }, () => resolve());
-    });
+    try {
+      if (a.type === 'unix') {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(this.path(a), () => resolve());
+        });
+      } else {
+        const inet = this.o.inet ?? { host: a.host, port: a.port };
+        // No host and no family: qsd binds getaddrinfo's first passive answer, 0.0.0.0 (IPv4 only).
+        const unspec = inet.ipv4 === inet.ipv6 && inet.ipv4 !== false;
+        await listenInet(server, !inet.host && unspec ? { ...inet, host: '0.0.0.0' } : inet);
+      }
+    } catch (e) {
+      if (e instanceof ListenError) throw e;
+      throw new Error(bindErrorText(e, a.type === 'unix' ? a.path : undefined));
+    }
     server.removeAllListeners('error');
     server.on('error', () => undefined);
     this.server = server;
@@ -158,6 +181,7 @@ export class SocketChardev implements Chardev {
     this.current = s;
     this.currentName = connectedFilename(s, this.o.listen, this.o.listen && this.o.addr.type === 'unix' && !this.o.addr.abstract ? this.o.addr.path : '');
     if (this.o.nodelay) s.setNoDelay?.(true);
+    if (this.o.inet?.['keep-alive']) s.setKeepAlive?.(true);
     s.on('error', () => undefined);
     s.on('data', () => undefined);
     const unix = this.o.addr.type === 'unix';
@@ -198,11 +222,13 @@ export class SocketChardev implements Chardev {
   }
 
   /** One connection attempt (and the TLS handshake); rejects with qsd's text. */
-  private attempt(): Promise<Socket> {
+  private async attempt(): Promise<Socket> {
     const a = this.o.addr;
     const where = a.type === 'unix' ? a.path : `${a.host}:${a.port}`;
+    if (a.type === 'unix') checkPathLength(a);
+    const host = a.type === 'inet' ? await resolveConnect(this.o.inet ?? { host: a.host, port: a.port }) : undefined;
     return new Promise((resolve, reject) => {
-      const s = a.type === 'unix' ? connect({ path: this.path(a), allowHalfOpen: true }) : connect({ host: a.host || 'localhost', port: Number(a.port) & 0xffff, allowHalfOpen: true });
+      const s = a.type === 'unix' ? connect({ path: this.path(a), allowHalfOpen: true }) : connect({ host, port: Number(a.port), allowHalfOpen: true });
       this.track(s);
       s.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`Failed to connect to '${where}': ${errorText(e)}`)));
       s.once('connect', () => {
@@ -212,6 +238,7 @@ export class SocketChardev implements Chardev {
       });
     });
   }
+
 
   close(): Promise<void> {
     if (this.closed) return Promise.resolve();
@@ -225,5 +252,44 @@ export class SocketChardev implements Chardev {
     const server = this.server;
     // node removes a Unix listener's socket file when it closes, as QEMU does.
     return server ? new Promise((r) => server.close(() => r())) : Promise.resolve();
+  }
+}
+
+/** QEMU's check of a Unix socket path against sun_path (108 bytes; 107 for an abstract name). */
+function checkPathLength(a: Extract<SocketTarget, { type: 'unix' }>): void {
+  if (Buffer.byteLength(a.path) > (a.abstract ? 107 : 108)) throw new Error(`UNIX socket path '${a.path}' is too long`);
+}
+
+/** What QEMU listens on for an empty Unix path: a fresh name in $TMPDIR (mkstemp's qemu-socket-XXXXXX). */
+function tempSocketPath(): string {
+  const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  const tail = [...randomBytes(6)].map((b) => chars[b % chars.length]).join('');
+  return `${process.env.TMPDIR || tmpdir()}/qemu-socket-${tail}`;
+}
+
+/**
+ * The address a connecting TCP chardev connects to, as QEMU's
+ * inet_parse_connect_saddr resolves it: the family from ipv4/ipv6 with
+ * AI_V4MAPPED (an IPv4 address for an IPv6-only client becomes
+ * ::ffff:a.b.c.d), no numeric-only lookup; its texts.
+ */
+async function resolveConnect(a: InetListenAddress): Promise<string> {
+  const host = a.host ?? '';
+  const port = a.port ?? '';
+  const failed = (why: string) => new Error(`address resolution failed for ${host}:${port}: ${why}`);
+  if (a.ipv4 === false && a.ipv6 === false) throw new Error('Cannot disable IPv4 and IPv6 at same time');
+  if (!/^\d+$/.test(port) || Number(port) > 65535) throw failed('Servname not supported for ai_socktype');
+  const fam = a.ipv4 === true && a.ipv6 === true ? 0 : a.ipv6 === true || a.ipv4 === false ? 6 : a.ipv4 === true || a.ipv6 === false ? 4 : 0;
+  if (host === '') throw failed('Name or service not known');
+  const literal = isIP(host);
+  if (literal) {
+    if (fam === 4 && literal === 6) throw failed('Address family for hostname not supported');
+    return fam === 6 && literal === 4 ? `::ffff:${host}` : host;
+  }
+  try {
+    return (await lookup(host, { family: fam, hints: ADDRCONFIG | (fam === 6 ? V4MAPPED : 0) })).address;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw failed(code === 'EAI_AGAIN' ? 'Temporary failure in name resolution' : code === 'ENODATA' ? 'No address associated with hostname' : 'Name or service not known');
   }
 }
