@@ -7,6 +7,7 @@ import { qcow2Driver } from './qcow2/index.ts';
 import { luksDriver } from './luks/index.ts';
 import { nbdDriver } from './nbd/index.ts';
 import { vdiDriver } from './vdi/index.ts';
+import { vpcDriver } from './vpc/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
 import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
@@ -25,4 +26,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(snapshotAccessDriver);
   graph.register(preallocateDriver);
   graph.register(vdiDriver);
+  graph.register(vpcDriver);
 }

@@ -11,23 +11,11 @@ import { writeFile } from 'node:fs/promises';
 import { obj, req } from '../../../qapi/types.ts';
 import { BlockdevRef } from '../../options.ts';
 import { Mutex } from '../qcow2/mutex.ts';
+import { readClipped, writeGrowing } from '../../child-io.ts';
 import type { Driver, DriverOps } from '../../driver.ts';
 import type { BlockNode } from '../../node.ts';
 import type { Extent } from '../../request.ts';
 import { HEADER_SIZE, SECTOR, VDI_TYPE_STATIC, headerSector, isAllocated, parseVdiHeader, probeVdi, vdiLayout, type VdiHeader } from './header.ts';
-
-/** Reads [offset, offset+buf.length) of `file`; what lies past its end reads as zeroes (QEMU's block layer). */
-async function readClipped(file: BlockNode, offset: number, buf: Buffer): Promise<void> {
-  const n = Math.max(0, Math.min(buf.length, file.length() - offset));
-  if (n > 0) await file.read(offset, buf.subarray(0, n));
-  buf.fill(0, n);
-}
-
-/** Writes to `file`, growing it first when the write ends past its end (QEMU writes past the end). */
-async function writeGrowing(file: BlockNode, offset: number, buf: Buffer): Promise<void> {
-  if (offset + buf.length > file.length()) await file.truncate(offset + buf.length);
-  await file.write(offset, buf);
-}
 
 class VdiImage {
   private readonly alloc = new Mutex();
