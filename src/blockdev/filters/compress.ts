@@ -10,7 +10,7 @@
 import { BlockError } from '../../util/errors.ts';
 import { obj, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
-import { BlockNode } from '../node.ts';
+import { followEdge } from './follow-edge.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 
 export const compressDriver: Driver = {
@@ -26,9 +26,7 @@ export const compressDriver: Driver = {
     }
     const refused = file.compressRefusal();
     if (refused) throw new BlockError('ENOTSUP', refused);
-    const edge = file.parents.find((e) => e.role === 'file' && e.parent instanceof BlockNode && e.parent.nodeName === ctx.nodeName);
-    if (!edge) throw new Error('assertion failed: compress node without its file edge');
-    const child = () => edge.child;
+    const child = followEdge(ctx, file, 'file');
     const cluster = (file.ops.info?.() as { 'cluster-size'?: number } | undefined)?.['cluster-size'];
     return {
       read: (o, buf) => child().read(o, buf),

@@ -14,6 +14,7 @@ import { RangeLock } from '../range-lock.ts';
 import { obj, opt, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import type { Driver, DriverOps } from '../driver.ts';
+import { followEdge } from './follow-edge.ts';
 import type { BlockNode } from '../node.ts';
 import type { Extent } from '../request.ts';
 import { clusterSizeOf, isZero } from '../zeroes.ts';
@@ -93,7 +94,8 @@ export const copyOnReadDriver: Driver = {
       if (!bottom) throw new BlockError('EINVAL', `Cannot find device='' nor node-name='${bottomName}'`);
     }
     const lock = new RangeLock();
-    const child = () => file;
+    // Requests go to whatever the edge points at now (a snapshot under the filter moves it).
+    const child = followEdge(ctx, file, 'file');
     return {
       async read(offset, buf) {
         const f = child();
@@ -130,7 +132,7 @@ export const copyOnReadDriver: Driver = {
         try { await child().discard(offset, length); } finally { release(); }
       },
       limits: { canFua: file.limits.canFua },
-      filename: () => file.ops.filename?.() ?? file.nodeName,
+      filename: () => child().fileName(),
     };
   },
 };

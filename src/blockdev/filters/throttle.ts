@@ -14,7 +14,7 @@ import { obj, req } from '../../qapi/types.ts';
 import { BlockdevRef } from '../options.ts';
 import type { ObjectLookup } from '../../objects/lookup.ts';
 import type { ThrottleGroup, ThrottleMember } from '../../util/throttle/group.ts';
-import { BlockNode } from '../node.ts';
+import { followEdge } from './follow-edge.ts';
 import type { Driver, DriverOps } from '../driver.ts';
 
 /** The group named `id`; QEMU's text when there is none (another object type by that id is none either). */
@@ -35,11 +35,8 @@ export const throttleDriver: Driver = {
   async open(options, ctx): Promise<DriverOps> {
     const group = findGroup(ctx.objects, options['throttle-group'] as string);
     const first = await ctx.openChild('file', options.file as string | Record<string, unknown>);
-    // Requests go to whatever the edge points at now: graph surgery (a snapshot
-    // under the filter) moves the edge, and filters are not reopened for it.
-    const edge = first.parents.find((e) => e.role === 'file' && e.parent instanceof BlockNode && e.parent.nodeName === ctx.nodeName);
-    if (!edge) throw new Error('assertion failed: throttle node without its file edge');
-    const child = () => edge.child;
+    // Requests go to whatever the edge points at now (graph surgery moves it).
+    const child = followEdge(ctx, first, 'file');
     let member: ThrottleMember = group.join();
     return {
       read(offset, buf) {

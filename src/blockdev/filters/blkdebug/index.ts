@@ -12,7 +12,7 @@
  */
 import { BlockError } from '../../../util/errors.ts';
 import { ReqFlag } from '../../request.ts';
-import { BlockNode } from '../../node.ts';
+import { followEdge } from '../follow-edge.ts';
 import type { Driver, DriverOps, Perm } from '../../driver.ts';
 import type { BlkdebugIoType } from '../../debug-events.ts';
 import { BlockdevOptionsBlkdebug } from './options.ts';
@@ -60,9 +60,7 @@ export const blkdebugDriver: Driver = {
     });
     const lim = checkLimits(options, image.limits.alignment);
     // Requests go to whatever the edge points at now (graph surgery may move it).
-    const edge = image.parents.find((e) => e.role === 'image' && e.parent instanceof BlockNode && e.parent.nodeName === ctx.nodeName);
-    if (!edge) throw new Error('assertion failed: blkdebug node without its image edge');
-    const child = () => edge.child;
+    const child = followEdge(ctx, image, 'image');
 
     /** QEMU's rule_check: the injected error as a rejected promise, after one turn of the loop unless `immediately`. */
     const check = (offset: number, bytes: number, io: BlkdebugIoType): Promise<void> | undefined => {
