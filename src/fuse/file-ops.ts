@@ -134,9 +134,18 @@ export class BlockFile implements FuseFile {
     const size = this.node.length();
     if (mode & FallocMode.KEEP_SIZE) length = Math.max(0, Math.min(length, size - offset));
     if (mode === 0) {
-      // Plain allocation only at the end, as a truncate (the new range reads as zeroes).
+      // Plain allocation only at the end: a truncate that preallocates the new
+      // range (QEMU: PREALLOC_MODE_FALLOC; here a write-zeroes that must not
+      // fall back to writing buffers, as the preallocate filter allocates).
       if (offset < size) throw fuseErr('EOPNOTSUPP');
       await this.truncate(offset + length);
+      if (length > 0) {
+        try {
+          await this.node.writeZeroes(offset, length, ReqFlag.NO_FALLBACK);
+        } catch {
+          // The node cannot allocate quickly: the file is longer and reads as zeroes all the same.
+        }
+      }
     } else if (mode & FallocMode.PUNCH_HOLE) {
       if (!(mode & FallocMode.KEEP_SIZE)) throw fuseErr('EINVAL');
       await this.counted(ExportOp.TRIM, length, () => this.chunks(offset, length, (o, l) => this.node.discard(o, l)));

@@ -126,7 +126,7 @@ describe('FUSE export side by side with qsd', () => {
       fallocate -z -l 4096 ro; echo "fallocate ro: $?"
       truncate -s 12M rw; echo "truncate rw: $?"; stat -c %s rw disk.img
       dd if=/dev/zero of=rw bs=4k count=1 seek=4000 conv=notrunc status=none; echo "write past EOF: $?"; stat -c %s rw
-      fallocate -l 4096 rw; echo "fallocate inside: $?"; fallocate -o 12M -l 1M rw; echo "fallocate at EOF: $?"; stat -c %s rw
+      fallocate -l 4096 rw; echo "fallocate inside: $?"; stat -c %b disk.img; fallocate -o 12M -l 1M rw; echo "fallocate at EOF: $?"; stat -c %s rw; stat -c %b disk.img
       fallocate -p -o 1M -l 4096 rw; echo "punch: $?"; od -An -tx1 -j 1048576 -N 4 rw
       dd if=rw bs=1M skip=1 count=1 status=none | od -An -tx1 -N 4
       python3 -c "
