@@ -54,6 +54,7 @@ export const QOM_CLASSES: readonly QomClass[] = [
   { name: 'chardev-pipe', parent: 'chardev-fd', properties: [] },
   { name: 'chardev-stdio', parent: 'chardev-fd', properties: [] },
   { name: 'chardev-null', parent: 'chardev', properties: [] },
+  { name: 'chardev-udp', parent: 'chardev', properties: [] },
   { name: 'chardev-ringbuf', parent: 'chardev', properties: [] },
   { name: 'chardev-memory', parent: 'chardev-ringbuf', properties: [] },
 ];

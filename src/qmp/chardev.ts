@@ -4,7 +4,8 @@
  * host/port; listening with server=on, else connecting out to a listening
  * peer, with reconnect=SECONDS to retry) and stdio; and the chardevs no
  * monitor can use, opened as chardev-add opens them: null, ringbuf and memory
- * (size=), file (path=, append=), pipe (path=), each with logfile=.
+ * (size=), file (path=, append=), pipe (path=), udp (host=, port=,
+ * localaddr=, localport=, ipv4=, ipv6=), each with logfile=.
  *
  * --chardev is QemuOpts syntax (not keyval): "socket,id=m,path=/x,server=on,wait=off",
  * backend first, ",," for a comma, bare "server" meaning server=on and
@@ -81,7 +82,7 @@ export interface BackendChardevSpec {
   backend: ChardevBackendValue;
 }
 
-const FILE_BACKENDS = new Set(['null', 'ringbuf', 'memory', 'file', 'pipe']);
+const FILE_BACKENDS = new Set(['null', 'ringbuf', 'memory', 'file', 'pipe', 'udp']);
 
 function fileBackend(backend: string, opts: Map<string, string | boolean>): ChardevBackendValue {
   const path = opts.get('path') as string | undefined;
@@ -103,6 +104,19 @@ function fileBackend(backend: string, opts: Map<string, string | boolean>): Char
       // qemu_chr_parse_ringbuf keeps the size in an int: 0 there (or none) means the default.
       const size = Number(BigInt.asIntN(32, big!));
       return { type: backend, data: size !== 0 ? { ...data, size } : data };
+    }
+    case 'udp': {
+      // qemu_chr_parse_udp: remote host (default localhost) and port, local address and port if given.
+      const host = (opts.get('host') as string | undefined) || 'localhost';
+      const port = opts.get('port') as string | undefined;
+      if (!port) fail('chardev: udp: remote port not specified');
+      const localaddr = (opts.get('localaddr') as string | undefined) || '';
+      const localport = (opts.get('localport') as string | undefined) || '';
+      const remote: Record<string, unknown> = { host, port };
+      if (opts.has('ipv4')) remote.ipv4 = opts.get('ipv4') === true;
+      if (opts.has('ipv6')) remote.ipv6 = opts.get('ipv6') === true;
+      const local = localaddr !== '' || localport !== '' ? { type: 'inet', data: { host: localaddr, port: localport || '0' } } : undefined;
+      return { type: 'udp', data: { ...data, remote: { type: 'inet', data: remote }, ...(local ? { local } : {}) } as ChardevBackendValue['data'] };
     }
     default:
       return { type: 'null', data };

@@ -41,6 +41,10 @@ describe('--chardev backends without a monitor, side by side with qemu-storage-d
       ['--chardev', 'null,id=r,nope=1'],
       ['--chardev', 'null,id=r,logfile=/nonexistent/l'],
       ['--chardev', 'null'],
+      ['--chardev', 'udp,id=u'],
+      ['--chardev', 'udp,id=u,host=nonexistent.invalid,port=9'],
+      ['--chardev', 'udp,id=u,port=9,ipv4=off,ipv6=off'],
+      ['--chardev', 'udp,id=u,port=9,localaddr=192.0.2.1'],
     ];
     for (const args of cases) expect(startupError('blockd', args), args.join(' ')).toBe(startupError('qsd', args));
   });
@@ -56,6 +60,7 @@ describe('--chardev backends without a monitor, side by side with qemu-storage-d
         '--chardev', `null,id=n,logfile=${join(dir, 'n.log')}`,
         '--chardev', `file,id=f,path=${join(dir, 'f.out')},append=on`,
         '--chardev', `pipe,id=p,path=${join(dir, 'fifo')}`,
+        '--chardev', 'udp,id=u,port=9,localaddr=127.0.0.1,localport=0',
       ]);
       try {
         const ask = (c: string, a?: Record<string, unknown>) => d.qmp.execute(c, a).catch((e: Error) => e.message);

@@ -284,6 +284,30 @@ describe('chardev and node-context commands side by side with qemu-storage-daemo
     for (const id of ['a4', 'b1', 'b5', 'b6', 'b7', 'e1']) for (const who of BOTH) expect(await ask(who, 'chardev-remove', { id })).toEqual({ return: {} });
   });
 
+  it('udp chardevs: the same resolution, checks and texts', async () => {
+    const udp = (remote: Record<string, unknown>, local?: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
+      ({ type: 'udp', data: { remote: { type: 'inet', data: remote }, ...(local ? { local: { type: 'inet', data: local } } : {}), ...extra } });
+    const seen = await script([
+      ['chardev-add', { id: 'u1', backend: udp({ host: '127.0.0.1', port: '9' }) }],
+      ['chardev-add', { id: 'u2', backend: udp({ host: '', port: '9' }, { host: '127.0.0.1', port: '0' }, { logfile: 'DIR/u2.log' }) }],
+      ['chardev-add', { id: 'u3', backend: udp({ host: '127.0.0.1', port: '' }) }],
+      ['chardev-add', { id: 'u3', backend: udp({ host: 'nonexistent.invalid', port: '9' }) }],
+      ['chardev-add', { id: 'u3', backend: udp({ host: '127.0.0.1', port: 'x' }) }],
+      ['chardev-add', { id: 'u3', backend: udp({ host: '127.0.0.1', port: '9', ipv4: false, ipv6: false }) }],
+      ['chardev-add', { id: 'u3', backend: udp({ host: '::1', port: '9', ipv4: true }) }],
+      ['chardev-add', { id: 'u3', backend: udp({ host: '127.0.0.1', port: '9' }, { host: 'nonexistent.invalid', port: '0' }) }],
+      ['chardev-add', { id: 'u3', backend: udp({ host: '127.0.0.1', port: '9' }, { host: '192.0.2.1', port: '0' }) }],
+      ['chardev-add', { id: 'u3', backend: { type: 'udp', data: { remote: { type: 'unix', data: { path: 'DIR/x' } } } } }],
+      ['qom-list', { path: '/chardevs/u1' }],
+    ]);
+    expect(seen.blockd).toEqual(seen.qsd);
+    const names = async (who: Who) => (await chardevs(who)).filter((c) => c.label.startsWith('u')).map((c) => [c.label, c.filename]);
+    expect(await names('blockd')).toEqual(await names('qsd'));
+    expect(await names('qsd')).toEqual([['u1', 'udp'], ['u2', 'udp']]);
+    for (const id of ['u1', 'u2']) for (const who of BOTH) expect(await ask(who, 'chardev-remove', { id })).toEqual({ return: {} });
+    for (const who of BOTH) expect(existsSync(join(side(who).dir, 'u2.log')), who).toBe(true);
+  });
+
   it('a TCP socket chardev: the bound port in its name, and a peer that closes stays connected (qsd hears only a reset)', async () => {
     const tcpName = async (who: Who) => (await chardevs(who)).find((c) => c.label === 't1')!.filename;
     const ports: Record<Who, string> = { qsd: '', blockd: '' };
@@ -382,8 +406,8 @@ describe('chardev and node-context commands side by side with qemu-storage-daemo
     const names = async (who: Who) => ((await ask(who, 'query-chardev-backends')) as { return: { name: string }[] }).return.map((b) => b.name);
     const q = await names('qsd');
     const b = await names('blockd');
-    expect(b).toEqual(q.filter((n) => ['pipe', 'null', 'ringbuf', 'socket', 'file', 'memory'].includes(n)));
-    expect(b).toHaveLength(6);
+    expect(b).toEqual(q.filter((n) => ['pipe', 'null', 'ringbuf', 'socket', 'file', 'memory', 'udp'].includes(n)));
+    expect(b).toHaveLength(7);
     // The ones qsd has and blockd does not open are refused with a reason.
     for (const type of q.filter((n) => !b.includes(n))) {
       expect(await ask('blockd', 'chardev-add', { id: 'u', backend: { type, data: type === 'mux' ? { chardev: 'x' } : type === 'serial' || type === 'parallel' ? { device: '/dev/null' } : type === 'udp' ? { remote: { type: 'inet', data: { host: '127.0.0.1', port: '9' } } } : {} } }))

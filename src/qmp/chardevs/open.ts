@@ -1,10 +1,10 @@
 /**
  * chardev-add's backends: what blockd opens, with qsd 7.2's checks and texts
  * (chardev/char*.c). Opened: null, ringbuf and memory, file, pipe, socket
- * (Unix and TCP, listening or connecting, TLS, nodelay, reconnect), each
- * with its logfile. The backends qsd is built without are refused with its
+ * (Unix and TCP, listening or connecting, TLS, nodelay, reconnect), udp,
+ * each with its logfile. The backends qsd is built without are refused with its
  * text ("'vc' is not a valid char driver name"); those qsd has and blockd
- * does not (serial, parallel, pty, udp, mux, stdio, and telnet, tn3270,
+ * does not (serial, parallel, pty, mux, stdio, and telnet, tn3270,
  * websocket and vsock sockets) with a message that says so.
  */
 import { closeSync, constants, openSync } from 'node:fs';
@@ -14,14 +14,15 @@ import type { ObjectLookup } from '../../objects/lookup.ts';
 import { flattenSocketAddress, type SocketAddressValue } from '../../qapi/sockets.ts';
 import { FileChardev, type Chardev } from './chardev.ts';
 import { RingBuffer } from './ring-buffer.ts';
+import { UdpChardev } from './udp-chardev.ts';
 import { SocketChardev, type SocketTarget } from './socket-chardev.ts';
 import type { InetListenAddress } from '../../platform/inet-listen.ts';
-import type { BackendKind, ChardevBackendValue, ChardevCommonValue, ChardevFileValue, ChardevHostdevValue, ChardevRingbufValue, ChardevSocketValue } from './schema.ts';
+import type { BackendKind, ChardevBackendValue, ChardevCommonValue, ChardevUdpValue, ChardevFileValue, ChardevHostdevValue, ChardevRingbufValue, ChardevSocketValue } from './schema.ts';
 
 /** The backends qsd 7.2 is built with, in query-chardev-backends' order. */
 export const QSD_BACKENDS: readonly BackendKind[] = ['serial', 'mux', 'pipe', 'parallel', 'null', 'ringbuf', 'stdio', 'socket', 'file', 'memory', 'udp', 'pty'];
 /** The ones blockd opens. */
-export const BLOCKD_BACKENDS: ReadonlySet<BackendKind> = new Set(['pipe', 'null', 'ringbuf', 'socket', 'file', 'memory']);
+export const BLOCKD_BACKENDS: ReadonlySet<BackendKind> = new Set(['pipe', 'null', 'ringbuf', 'socket', 'file', 'memory', 'udp']);
 
 export interface OpenContext {
   objects: ObjectLookup;
@@ -51,6 +52,7 @@ export async function openChardev(id: string, b: ChardevBackendValue, ctx: OpenC
   if (!(QSD_BACKENDS as readonly string[]).includes(b.type)) fail(`'${b.type}' is not a valid char driver name`);
   if (!BLOCKD_BACKENDS.has(b.type)) fail(`chardev backend '${b.type}' is not supported by blockd`);
   if (b.type === 'socket') return openSocket(id, b.data as ChardevSocketValue, ctx);
+  if (b.type === 'udp') return openUdp(id, b.data as ChardevUdpValue);
   const fds: number[] = [];
   const log = openLog(b.data);
   if (log !== undefined) fds.push(log);
@@ -155,5 +157,19 @@ function validate(s: ChardevSocketValue, addr: SocketAddressValue, listen: boole
   } else {
     if (s.websocket) fail('Websocket client is not implemented');
     if (s.wait !== undefined) fail("'wait' option is incompatible with socket in client connect mode");
+  }
+}
+
+async function openUdp(id: string, u: ChardevUdpValue): Promise<Chardev> {
+  const logFd = openLog(u);
+  try {
+    const remote = flattenSocketAddress(u.remote);
+    const local = u.local ? flattenSocketAddress(u.local) : undefined;
+    if (remote.type !== 'inet') throw new Error('socket type unsupported for datagram');
+    if (local && local.type !== 'inet') throw new Error('socket type unsupported for datagram');
+    return await UdpChardev.open(id, remote as InetListenAddress, local as InetListenAddress | undefined, logFd);
+  } catch (e) {
+    if (logFd !== undefined) closeFd(logFd);
+    throw e;
   }
 }

@@ -94,6 +94,7 @@ export interface ChardevSocketValue extends ChardevCommonValue {
 export interface ChardevFileValue extends ChardevCommonValue { in?: string; out: string; append?: boolean }
 export interface ChardevHostdevValue extends ChardevCommonValue { device: string }
 export interface ChardevRingbufValue extends ChardevCommonValue { size?: number }
+export interface ChardevUdpValue extends ChardevCommonValue { remote: SocketAddressLegacyValue; local?: SocketAddressLegacyValue }
 
 /** A validated ChardevBackend. */
 export interface ChardevBackendValue { type: BackendKind; data: ChardevCommonValue }

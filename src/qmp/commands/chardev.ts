@@ -5,7 +5,7 @@
  * qsd, a chardev added at run time has no frontend: a socket one listens
  * (or connects) and holds its peer, and that is all; only --monitor makes a
  * monitor. query-chardev-backends lists the backends blockd opens (qsd's,
- * less serial, parallel, pty, udp, mux and stdio), in qsd's order.
+ * less serial, parallel, pty, mux and stdio), in qsd's order.
  */
 import { obj, opt, req } from '../../qapi/types.ts';
 import { genericError } from '../errors.ts';
@@ -100,7 +100,7 @@ export const chardevCommands: CommandDef[] = [
     name: 'chardev-add',
     args: addArgs('q_obj_chardev-add-arg'),
     returns: ChardevReturn,
-    doc: 'Add a character device backend (blockd: null, ringbuf, memory, file, pipe, socket; no frontend is attached).',
+    doc: 'Add a character device backend (blockd: null, ringbuf, memory, file, pipe, socket, udp; no frontend is attached).',
     handler: ({ id, backend }: { id: string; backend: ChardevBackendValue }, ctx) => add(ctx.host, id, backend),
   },
   {
