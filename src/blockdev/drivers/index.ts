@@ -8,6 +8,7 @@ import { luksDriver } from './luks/index.ts';
 import { nbdDriver } from './nbd/index.ts';
 import { vdiDriver } from './vdi/index.ts';
 import { vpcDriver } from './vpc/index.ts';
+import { qcowDriver } from './qcow/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
 import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
@@ -27,4 +28,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(preallocateDriver);
   graph.register(vdiDriver);
   graph.register(vpcDriver);
+  graph.register(qcowDriver);
 }

@@ -124,7 +124,7 @@ function nodeFilename(n: BlockNode): string | undefined {
 }
 
 /** The backing file name resolved against the image's directory, as QEMU does for relative names. */
-function resolveBacking(name: string, image: BlockNode): string {
+export function resolveBacking(name: string, image: BlockNode): string {
   if (path.isAbsolute(name) || /^[a-z0-9+.-]+:/i.test(name) && !name.startsWith('./')) return name;
   const base = nodeFilename(image);
   if (!base || base.startsWith('json:')) throw new BlockError('EINVAL', `Cannot use relative backing file names for '${base ?? image.nodeName}'`);
