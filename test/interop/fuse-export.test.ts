@@ -215,6 +215,26 @@ function readWhole(p: string): Buffer {
   }
 }
 
+describe('FUSE export: writes are block requests', () => {
+  it('a dirty bitmap on the node records what is written through the file; a throttle group paces it', async () => {
+    const dir = scratch();
+    const img = rawFile(dir, 8 * MiB);
+    const mnt = mountpointFile(dir);
+    const d = await blockd(dir, [...fileNode(img),
+      '--object', 'throttle-group,id=tg0,x-bps-write=4194304',
+      '--blockdev', 'driver=throttle,node-name=t0,throttle-group=tg0,file=f0',
+      '--export', `type=fuse,id=e0,node-name=t0,mountpoint=${mnt},writable=on`]);
+    expect(await d.qmp.command('block-dirty-bitmap-add', { node: 'f0', name: 'b0', granularity: 65536 })).toEqual({ return: {} });
+    const t0 = Date.now();
+    // 6 MiB at 4 MiB/s: the throttle filter must hold the writes back (its first second is a burst).
+    await runOk('dd', ['if=/dev/zero', `of=${mnt}`, 'bs=64k', 'count=96', 'seek=16', 'conv=notrunc,fsync', 'status=none']);
+    expect(Date.now() - t0).toBeGreaterThan(400);
+    const nodes = (await d.qmp.command('query-named-block-nodes', { flat: true })).return as { 'node-name': string; 'dirty-bitmaps'?: { name: string; count: number }[] }[];
+    const bm = nodes.find((n) => n['node-name'] === 'f0')!['dirty-bitmaps']!.find((b) => b.name === 'b0')!;
+    expect(bm.count).toBe(96 * 65536);
+  });
+});
+
 describe('FUSE export: life', () => {
   it('block-export-del unmounts (BLOCK_EXPORT_DELETED), shutdown unmounts, a stale mount after SIGKILL is cleaned at the next start', async () => {
     const dir = scratch();
