@@ -504,6 +504,9 @@ static bool set_int(napi_env env, napi_value exports, const char *name, int64_t 
 bool sector_cipher_init(napi_env env, napi_value exports); /* sector_cipher.c */
 bool zstd_compress_init(napi_env env, napi_value exports); /* zstd_compress.c */
 bool fuse_device_init(napi_env env, napi_value exports);   /* fuse_device.c */
+#ifdef BLOCKD_HAVE_RBD
+bool rbd_init(napi_env env, napi_value exports);           /* rbd.c, where librbd's headers are */
+#endif
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
@@ -528,7 +531,11 @@ static napi_value init(napi_env env, napi_value exports) {
       !set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) ||
       !sector_cipher_init(env, exports) ||
       !zstd_compress_init(env, exports) ||
-      !fuse_device_init(env, exports)) {
+      !fuse_device_init(env, exports)
+#ifdef BLOCKD_HAVE_RBD
+      || !rbd_init(env, exports)
+#endif
+      ) {
     throw_last_error(env);
     return NULL;
   }

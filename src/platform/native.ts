@@ -61,6 +61,21 @@ export interface NativeAddon {
   readonly FALLOC_FL_ZERO_RANGE: number;
 }
 
+/** An open librbd image in the addon (an opaque handle). */
+export interface RbdHandle { readonly __rbdImage: unique symbol }
+
+/** librbd in the addon (native/src/rbd.c): present only in builds made where librbd's headers are. */
+export interface RbdAddon {
+  /** Connects and opens an image in the thread pool. Errors carry `errno`, `stage` (what failed) and `reason` (strerror). */
+  rbdOpen(o: Record<string, unknown>): Promise<{ handle: RbdHandle; size: number; objectSize: number }>;
+  /** Creates an image (connect, rbd_create with `order`, 0 for librbd's default) in the thread pool. */
+  rbdCreate(o: Record<string, unknown>, order: number): Promise<void>;
+  /** An aio request: 0 read into, 1 write from a Buffer; 2 flush; 3 discard, 4 write-zeroes of a length. */
+  rbdAio(h: RbdHandle, op: number, offset: number, arg?: Buffer | number): Promise<number>;
+  /** In the thread pool: 1 close, 2 resize (resolves the new size), 4 block status (resolves [0 data | 1 zero, bytes]). */
+  rbdHandleOp(h: RbdHandle, op: number, a?: number, b?: number): Promise<unknown>;
+}
+
 /** The addon's FUSE device reader (an opaque handle). */
 export interface FuseReaderHandle { readonly __fuseReader: unique symbol }
 

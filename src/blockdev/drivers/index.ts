@@ -10,6 +10,7 @@ import { vdiDriver } from './vdi/index.ts';
 import { vpcDriver } from './vpc/index.ts';
 import { qcowDriver } from './qcow/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
+import { rbdDriver } from './rbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
 import { copyBeforeWriteDriver } from '../filters/copy-before-write.ts';
 import { throttleDriver } from '../filters/throttle.ts';
@@ -19,7 +20,7 @@ import { snapshotAccessDriver } from '../filters/snapshot-access.ts';
 import { preallocateDriver } from '../filters/preallocate.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
-  for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, httpDriver, httpsDriver, copyBeforeWriteDriver]) graph.register(d);
+  for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, httpDriver, httpsDriver, rbdDriver, copyBeforeWriteDriver]) graph.register(d);
   graph.register(copyOnReadDriver);
   graph.register(throttleDriver);
   graph.register(blkdebugDriver);

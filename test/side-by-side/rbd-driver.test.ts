@@ -1,0 +1,123 @@
+/**
+ * driver=rbd beside qsd 7.2 on one real Ceph cluster (test/helpers/ceph.ts:
+ * a monitor and a memstore OSD): an image exported by both daemons reads the
+ * same bytes; a seeded write sequence through blockd read through qsd, and
+ * the reverse, matches the model; nbdinfo --map agrees; `rbd export` sees
+ * what blockd wrote; a snapshot made by `rbd snap create` reads through
+ * snapshot=; block_resize reaches the image; open errors are qsd's.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDaemon, tempDir } from '../helpers/daemons.ts';
+import { cleanupsAfterEach } from '../helpers/live.ts';
+import { BOTH, type Who } from '../helpers/pair.ts';
+import { runTool } from '../helpers/nbd.ts';
+import { QmpClient } from '../../src/qmp/client/qmp-client.ts';
+import { startCephCluster, type CephCluster } from '../helpers/ceph.ts';
+
+const cleanups = cleanupsAfterEach();
+let ceph: CephCluster;
+let root: string;
+beforeAll(async () => {
+  root = tempDir('blockd-rbd-');
+  ceph = await startCephCluster(join(root, 'ceph'));
+}, 120_000);
+afterAll(async () => { await ceph?.stop(); });
+
+let seq = 0;
+async function daemon(who: Who, extra: string[] = []) {
+  const own = join(root, `d${seq++}`);
+  mkdirSync(own);
+  const sock = join(own, 'nbd.sock');
+  const qmpSock = join(own, 'qmp.sock');
+  const proc = await startDaemon(who, ['--chardev', `socket,id=m,path=${qmpSock},server=on,wait=off`, '--monitor', 'm',
+    '--nbd-server', `addr.type=unix,addr.path=${sock}`, ...extra], qmpSock);
+  const qmp = await QmpClient.connect(qmpSock);
+  cleanups.push(async () => { qmp.close(); await proc.stop(); });
+  return { proc, qmp, dir: own, uri: (name: string) => `nbd+unix:///${name}?socket=${sock}` };
+}
+type Daemon = Awaited<ReturnType<typeof daemon>>;
+const ask = (d: Daemon, cmd: string, args?: Record<string, unknown>) =>
+  d.qmp.execute(cmd, args).then((r) => ({ ok: r }), (e: { errorClass?: string; desc?: string; message: string }) => ({ error: e.errorClass, desc: e.desc ?? e.message }));
+
+const MiB = 1024 * 1024;
+async function exportBytes(d: Daemon, name: string): Promise<Buffer> {
+  const out = join(d.dir, `copy-${seq++}.raw`);
+  await runTool('nbdcopy', [d.uri(name), out]);
+  return readFileSync(out);
+}
+
+/** A seeded write sequence (writes, zeroes, discards) as qemu-io commands, applied to the model too. */
+function sequence(seed: number, model: Buffer): string[] {
+  let x = seed;
+  const rnd = (n: number) => { x = (x * 1103515245 + 12345) & 0x7fffffff; return x % n; };
+  const cmds: string[] = [];
+  for (let i = 0; i < 24; i++) {
+    const off = rnd(model.length / 65536) * 65536;
+    const len = Math.min((1 + rnd(16)) * 65536, model.length - off);
+    const kind = rnd(4);
+    if (kind === 3) { cmds.push('-c', `write -z ${off} ${len}`); model.fill(0, off, off + len); }
+    else { const p = 1 + rnd(250); cmds.push('-c', `write -P ${p} ${off} ${len}`); model.fill(p, off, off + len); }
+  }
+  return cmds;
+}
+
+const map = async (uri: string) => JSON.parse(await runTool('nbdinfo', ['--map', '--json', uri])) as unknown[];
+
+describe('driver=rbd as qsd, on one cluster', () => {
+  it('both daemons export one image: blockd writes, qsd reads, and the reverse; maps, rbd export, snapshots, resize', async () => {
+    await ceph.rbd(['create', '--size', '32M', 'rbd/disk0']);
+    const node = (ro = false) => `driver=rbd,node-name=r,pool=rbd,image=disk0,conf=${ceph.conf},cache.direct=on${ro ? ',read-only=on' : ''}`;
+    const model = Buffer.alloc(32 * MiB);
+    const b = await daemon('blockd', ['--blockdev', node(), '--export', 'type=nbd,id=e,node-name=r,name=r,writable=on']);
+    await runTool('qemu-io', ['-f', 'raw', ...sequence(1, model), b.uri('r')]);
+    const q = await daemon('qsd', ['--blockdev', node(), '--export', 'type=nbd,id=e,node-name=r,name=r,writable=on']);
+    expect((await exportBytes(q, 'r')).equals(model)).toBe(true);
+    await runTool('qemu-io', ['-f', 'raw', ...sequence(2, model), q.uri('r')]);
+    expect((await exportBytes(b, 'r')).equals(model)).toBe(true);
+    expect(await map(b.uri('r'))).toEqual(await map(q.uri('r')));
+    // The rbd CLI sees the same image.
+    const exported = join(root, `export-${seq++}.raw`);
+    await ceph.rbd(['export', 'rbd/disk0', exported]);
+    expect(readFileSync(exported).equals(model)).toBe(true);
+    // A snapshot taken now reads through snapshot= in both, whatever is written after it.
+    await ceph.rbd(['snap', 'create', 'rbd/disk0@s1']);
+    const atSnap = Buffer.from(model);
+    await runTool('qemu-io', ['-f', 'raw', ...sequence(3, model), b.uri('r')]);
+    for (const d of [b, q]) {
+      expect(await ask(d, 'blockdev-add', { driver: 'rbd', 'node-name': 'snap', pool: 'rbd', image: 'disk0', snapshot: 's1', conf: ceph.conf, 'read-only': true })).toEqual({ ok: {} });
+      await d.qmp.execute('block-export-add', { type: 'nbd', id: 'es', 'node-name': 'snap', name: 'snap' });
+      expect((await exportBytes(d, 'snap')).equals(atSnap)).toBe(true);
+      expect((await exportBytes(d, 'r')).equals(model)).toBe(true);
+    }
+    // block_resize through blockd reaches the image (with no export holding the node's size).
+    await b.qmp.execute('block-export-del', { id: 'e' });
+    await new Promise((r) => setTimeout(r, 200));
+    await b.qmp.execute('block_resize', { 'node-name': 'r', size: 48 * MiB });
+    expect(JSON.parse(await ceph.rbd(['info', '--format', 'json', 'rbd/disk0'])).size).toBe(48 * MiB);
+  });
+
+  it('fails to open as qsd does', async () => {
+    await ceph.rbd(['create', '--size', '4M', 'rbd/disk1']);
+    await ceph.rbd(['snap', 'create', 'rbd/disk1@s']);
+    const cases: Record<string, unknown>[] = [
+      { pool: 'rbd', image: 'disk1' },
+      { pool: 'rbd', image: 'nope' },
+      { pool: 'nopool', image: 'disk1' },
+      { pool: 'rbd', image: 'disk1', namespace: 'nons' },
+      { pool: 'rbd', image: 'disk1', snapshot: 's' },
+      { pool: 'rbd', image: 'disk1', snapshot: 's', 'auto-read-only': true },
+      { pool: 'rbd', image: 'disk1', snapshot: 'nosnap', 'read-only': true },
+    ];
+    const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    for (const who of BOTH) {
+      const d = await daemon(who);
+      for (const [i, c] of cases.entries()) seen[who].push(await ask(d, 'blockdev-add', { driver: 'rbd', 'node-name': `n${i}`, conf: ceph.conf, ...c }));
+      const nodes = (await d.qmp.execute('query-named-block-nodes')) as { 'node-name': string; ro: boolean; image: { 'virtual-size': number } }[];
+      seen[who].push(nodes.map((n) => [n['node-name'], n.ro, n.image['virtual-size']]).sort());
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+    expect(seen.qsd.slice(0, -1).filter((r) => 'error' in (r as object)).length).toBe(5);
+  });
+});
