@@ -70,6 +70,34 @@ export function parseDirectory(buf: Buffer, count: number): DirEntry[] {
   return out;
 }
 
+/** QEMU's limits on a bitmap directory entry (block/qcow2-bitmap.c). */
+const BME_MAX_TABLE_SIZE = 0x8000000;
+const BME_MAX_PHYS_SIZE = 0x20000000;
+const BME_RESERVED_FLAGS = 0xfffffffc;
+
+/**
+ * QEMU's check_dir_entry: a table that exists, is aligned and bounded,
+ * granularity 2^9..2^31, no reserved flag, a dirty-tracking bitmap, and
+ * (unless in use) a table big enough for the disk. An image with an entry
+ * that fails it does not open (a huge table size would otherwise be read
+ * cluster by cluster for minutes, or a huge table allocated).
+ */
+export function dirEntryValid(e: Omit<DirEntry, 'raw'>, clusterSize: number, diskSize: number): boolean {
+  if (e.tableSize === 0 || e.tableOffset === 0 || e.tableOffset % clusterSize !== 0 || e.tableSize > BME_MAX_TABLE_SIZE
+      || e.granularityBits > 31 || e.granularityBits < 9 || (e.flags & BME_RESERVED_FLAGS) !== 0
+      || Buffer.byteLength(e.name) > 1023 || e.type !== 1) return false;
+  const phys = e.tableSize * clusterSize;
+  if (phys > BME_MAX_PHYS_SIZE) return false;
+  return (e.flags & IN_USE) !== 0 || diskSize <= phys * 8 * 2 ** e.granularityBits;
+}
+
+/** QEMU's check_table_entry: no reserved bit; an offset is aligned and has no all-ones flag. */
+export function tableEntryValid(v: bigint, clusterSize: number): boolean {
+  if (v & 0xff000000000001fen) return false;
+  const off = v & ENTRY_OFFSET_MASK;
+  return off === 0n || ((v & 1n) === 0n && off % BigInt(clusterSize) === 0n);
+}
+
 export function serializeEntry(e: Omit<DirEntry, 'raw'>): Buffer {
   const name = Buffer.from(e.name);
   const len = Math.ceil((24 + e.extra.length + name.length) / 8) * 8;
@@ -113,6 +141,9 @@ export class Qcow2BitmapStore implements BitmapStore {
     this.onDisk = parseDirectory(dir, h.bitmaps.nbBitmaps);
     const cs = this.img.cs;
     for (const e of this.onDisk) {
+      if (!dirEntryValid(e, cs, this.img.size)) throw new BlockError('EINVAL', `Bitmap '${e.name}' doesn't satisfy the constraints`);
+    }
+    for (const e of this.onDisk) {
       const bm = new DirtyBitmap(e.name, 2 ** e.granularityBits, this.img.size);
       bm.persistent = true;
       bm.recording = (e.flags & AUTO) !== 0;
@@ -125,6 +156,11 @@ export class Qcow2BitmapStore implements BitmapStore {
       } else {
         const table = Buffer.alloc(e.tableSize * 8);
         await this.img.readMeta(e.tableOffset, table);
+        for (let i = 0; i < e.tableSize; i++) {
+          if (!tableEntryValid(table.readBigUInt64BE(i * 8), cs)) {
+            throw new BlockError('EINVAL', `Could not read bitmap_table table from image for bitmap '${e.name}': Invalid argument`);
+          }
+        }
         const perCluster = cs * 8;
         for (let i = 0; i < e.tableSize; i++) {
           const v = table.readBigUInt64BE(i * 8);
