@@ -25,6 +25,8 @@ typedef struct {
 } rbd_handle;
 
 static napi_threadsafe_function done_tsfn;
+/* aio requests in flight; while there are any the completion function keeps the loop alive (loop thread only). */
+static size_t in_flight;
 
 static napi_value throw_msg(napi_env env, const char *m) {
   napi_throw_error(env, NULL, m);
@@ -66,6 +68,7 @@ static void aio_done(rbd_completion_t c, void *arg) {
 static void aio_settle(napi_env env, napi_value js_cb, void *context, void *data) {
   aio_req *r = data;
   if (env != NULL) {
+    if (--in_flight == 0) napi_unref_threadsafe_function(env, done_tsfn);
     if (r->ret < 0) napi_reject_deferred(env, r->deferred, make_error(env, (int)r->ret, r->what));
     else {
       napi_value v;
@@ -114,6 +117,7 @@ static napi_value js_aio(napi_env env, napi_callback_info info) {
   napi_create_promise(env, &r->deferred, &promise);
   if (buf) napi_create_reference(env, argv[3], 1, &r->buf_ref);
   rbd_completion_t c;
+  if (in_flight++ == 0) napi_ref_threadsafe_function(env, done_tsfn);
   int ret = rbd_aio_create_completion(r, aio_done, &c);
   if (ret == 0) {
     switch (op) {
@@ -127,6 +131,7 @@ static napi_value js_aio(napi_env env, napi_callback_info info) {
     if (ret < 0) rbd_aio_release(c);
   }
   if (ret < 0) {
+    if (--in_flight == 0) napi_unref_threadsafe_function(env, done_tsfn);
     napi_reject_deferred(env, r->deferred, make_error(env, ret, r->what));
     if (r->buf_ref) napi_delete_reference(env, r->buf_ref);
     free(r);
@@ -420,7 +425,7 @@ bool rbd_init(napi_env env, napi_value exports) {
   napi_value name;
   napi_create_string_utf8(env, "rbdCompletion", NAPI_AUTO_LENGTH, &name);
   if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, aio_settle, &done_tsfn) != napi_ok) return false;
-  /* Completions keep nothing alive: an idle daemon exits when it should. */
+  /* Kept alive only while aio requests are in flight: an idle process exits when it should. */
   napi_unref_threadsafe_function(env, done_tsfn);
   napi_property_descriptor fns[] = {
     { "rbdOpen", NULL, js_open, NULL, NULL, NULL, napi_enumerable, NULL },

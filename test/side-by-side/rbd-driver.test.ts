@@ -121,3 +121,54 @@ describe('driver=rbd as qsd, on one cluster', () => {
     expect(seen.qsd.slice(0, -1).filter((r) => 'error' in (r as object)).length).toBe(5);
   });
 });
+
+/** Runs blockdev-create to its end: the job's error, or null. */
+async function create(d: Daemon, id: string, options: Record<string, unknown>): Promise<string | null> {
+  await d.qmp.execute('blockdev-create', { 'job-id': id, options });
+  for (;;) {
+    const jobs = (await d.qmp.execute('query-jobs')) as { id: string; status: string; error?: string }[];
+    const j = jobs.find((x) => x.id === id)!;
+    if (j.status === 'concluded') { await d.qmp.execute('job-dismiss', { id }); return j.error ?? null; }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('blockdev-create driver=rbd as qsd', () => {
+  it('creates images with the object size asked for, refuses what qsd refuses, and a qcow2 on rbd works across both', async () => {
+    const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    for (const who of BOTH) {
+      const d = await daemon(who);
+      const loc = (image: string, extra: Record<string, unknown> = {}) => ({ pool: 'rbd', image, conf: ceph.conf, ...extra });
+      const img = `new-${who}`;
+      seen[who].push(
+        await create(d, 'c0', { driver: 'rbd', location: loc(img), size: 16 * MiB, 'cluster-size': MiB }),
+        await create(d, 'c1', { driver: 'rbd', location: loc(img), size: 16 * MiB }),
+        await create(d, 'c2', { driver: 'rbd', location: loc('x', { snapshot: 's' }), size: MiB }),
+        await create(d, 'c3', { driver: 'rbd', location: loc('x'), size: MiB, 'cluster-size': 1000 }),
+        await create(d, 'c4', { driver: 'rbd', location: loc('x'), size: MiB, 'cluster-size': 2048 }),
+        await create(d, 'c5', { driver: 'rbd', location: loc('x', { pool: 'nopool' }), size: MiB }),
+      );
+      const info = JSON.parse(await ceph.rbd(['info', '--format', 'json', `rbd/${img}`])) as { size: number; order: number };
+      seen[who].push(info.size, info.order);
+      // A qcow2 made on an rbd image, then opened on it.
+      await create(d, 'c6', { driver: 'rbd', location: loc(`q-${who}`), size: 32 * MiB });
+      await d.qmp.execute('blockdev-add', { driver: 'rbd', ...loc(`q-${who}`), 'node-name': 'qf' });
+      seen[who].push(await create(d, 'c7', { driver: 'qcow2', file: 'qf', size: 24 * MiB }));
+      await d.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'q', file: 'qf' });
+      await d.qmp.execute('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'q', name: 'q', writable: true });
+      await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 1M 2M', '-c', 'write -P 0x62 20M 64k', d.uri('q')]);
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+    expect(seen.qsd).toEqual([null, 'error rbd create: File exists', "Can't use snapshot name for image creation",
+      'obj size needs to be power of 2', 'obj size too small', 'error opening pool nopool: No such file or directory', 16 * MiB, 20, null]);
+    // Each daemon's qcow2 on rbd reads the same through the other.
+    const want = Buffer.alloc(24 * MiB);
+    want.fill(0x61, MiB, 3 * MiB);
+    want.fill(0x62, 20 * MiB, 20 * MiB + 65536);
+    for (const [who, other] of [['qsd', 'blockd'], ['blockd', 'qsd']] as const) {
+      const d = await daemon(other, ['--blockdev', `driver=rbd,node-name=qf,pool=rbd,image=q-${who},conf=${ceph.conf},read-only=on`,
+        '--blockdev', 'driver=qcow2,node-name=q,file=qf,read-only=on', '--export', 'type=nbd,id=e,node-name=q,name=q']);
+      expect((await exportBytes(d, 'q')).equals(want)).toBe(true);
+    }
+  });
+});
