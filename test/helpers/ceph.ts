@@ -14,6 +14,8 @@ import { getPort } from './port.ts';
 
 export interface CephCluster {
   conf: string;
+  /** The monitor's address (v1 protocol). */
+  mon: { host: string; port: number };
   pool: string;
   /** `rbd` CLI against this cluster. */
   rbd(args: string[]): Promise<string>;
@@ -87,5 +89,5 @@ ms bind ipv6 = false
     await stop();
     throw e;
   }
-  return { conf, pool: 'rbd', rbd: (args) => runTool('rbd', [...c, ...args], { timeoutMs: 60_000 }), stop };
+  return { conf, mon: { host: '127.0.0.1', port }, pool: 'rbd', rbd: (args) => runTool('rbd', [...c, ...args], { timeoutMs: 60_000 }), stop };
 }

@@ -109,11 +109,17 @@ describe('driver=rbd as qsd, on one cluster', () => {
       { pool: 'rbd', image: 'disk1', snapshot: 's' },
       { pool: 'rbd', image: 'disk1', snapshot: 's', 'auto-read-only': true },
       { pool: 'rbd', image: 'disk1', snapshot: 'nosnap', 'read-only': true },
+      // No conf: the monitor from server, no cephx (the default search path finds no ceph.conf).
+      { pool: 'rbd', image: 'disk1', conf: undefined, server: [{ host: ceph.mon.host, port: String(ceph.mon.port) }], 'auth-client-required': ['none'], 'read-only': true },
     ];
     const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
     for (const who of BOTH) {
       const d = await daemon(who);
-      for (const [i, c] of cases.entries()) seen[who].push(await ask(d, 'blockdev-add', { driver: 'rbd', 'node-name': `n${i}`, conf: ceph.conf, ...c }));
+      for (const [i, c] of cases.entries()) {
+        const args: Record<string, unknown> = { driver: 'rbd', 'node-name': `n${i}`, conf: ceph.conf, ...c };
+        if (args.conf === undefined) delete args.conf;
+        seen[who].push(await ask(d, 'blockdev-add', args));
+      }
       const nodes = (await d.qmp.execute('query-named-block-nodes')) as { 'node-name': string; ro: boolean; image: { 'virtual-size': number } }[];
       seen[who].push(nodes.map((n) => [n['node-name'], n.ro, n.image['virtual-size']]).sort());
     }
@@ -170,5 +176,48 @@ describe('blockdev-create driver=rbd as qsd', () => {
         '--blockdev', 'driver=qcow2,node-name=q,file=qf,read-only=on', '--export', 'type=nbd,id=e,node-name=q,name=q']);
       expect((await exportBytes(d, 'q')).equals(want)).toBe(true);
     }
+  });
+});
+
+describe('mirror into rbd', () => {
+  it('a local qcow2 mirrored into an rbd image while a client writes, then job-complete pivots: same events as qsd, rbd holds the disk', async () => {
+    const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
+    for (const who of BOTH) {
+      const own = join(root, `mirror-${who}`);
+      mkdirSync(own);
+      const src = join(own, 'src.qcow2');
+      await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', src, '32M']);
+      const model = Buffer.alloc(32 * MiB);
+      await runTool('qemu-io', ['-f', 'qcow2', ...sequence(10, model), src]);
+      await ceph.rbd(['create', '--size', '32M', `rbd/mirror-${who}`]);
+      const d = await daemon(who, ['--blockdev', `driver=file,node-name=sf,filename=${src}`, '--blockdev', 'driver=qcow2,node-name=disk,file=sf',
+        '--blockdev', `driver=rbd,node-name=tgt,pool=rbd,image=mirror-${who},conf=${ceph.conf}`,
+        '--export', 'type=nbd,id=e,node-name=disk,name=disk,writable=on']);
+      const events: string[] = [];
+      d.qmp.on('event', (e: { event: string; data?: { status?: string } }) => events.push(e.event === 'JOB_STATUS_CHANGE' ? String(e.data?.status) : e.event));
+      await d.qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'disk', target: 'tgt', sync: 'full' });
+      // A client writes while the job copies.
+      await runTool('qemu-io', ['-f', 'raw', ...sequence(11, model), d.uri('disk')]);
+      for (let i = 0; !events.includes('BLOCK_JOB_READY'); i++) {
+        if (i > 600) throw new Error(`no READY: ${events.join(' ')}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await runTool('qemu-io', ['-f', 'raw', ...sequence(12, model), d.uri('disk')]);
+      await d.qmp.execute('job-complete', { id: 'm0' });
+      for (let i = 0; !events.includes('null'); i++) {
+        if (i > 600) throw new Error(`no end: ${events.join(' ')}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const exp = (await d.qmp.execute('query-block-exports')) as { 'node-name': string }[];
+      seen[who].push(events, exp.map((e) => e['node-name']));
+      expect((await exportBytes(d, 'disk')).equals(model)).toBe(true);
+      await d.qmp.execute('block-export-del', { id: 'e' });
+      await new Promise((r) => setTimeout(r, 200));
+      const out = join(own, 'rbd.raw');
+      await ceph.rbd(['export', `rbd/mirror-${who}`, out]);
+      expect(readFileSync(out).equals(model)).toBe(true);
+    }
+    expect(seen.blockd).toEqual(seen.qsd);
+    expect(seen.qsd[1]).toEqual(['tgt']);
   });
 });
