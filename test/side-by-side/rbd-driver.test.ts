@@ -109,6 +109,7 @@ describe('driver=rbd as qsd, on one cluster', () => {
       { pool: 'rbd', image: 'disk1', snapshot: 's' },
       { pool: 'rbd', image: 'disk1', snapshot: 's', 'auto-read-only': true },
       { pool: 'rbd', image: 'disk1', snapshot: 'nosnap', 'read-only': true },
+      { pool: 'rbd', image: 'disk1', 'key-secret': 'nosuch', 'read-only': true },
       // No conf: the monitor from server, no cephx (the default search path finds no ceph.conf).
       { pool: 'rbd', image: 'disk1', conf: undefined, server: [{ host: ceph.mon.host, port: String(ceph.mon.port) }], 'auth-client-required': ['none'], 'read-only': true },
     ];
@@ -124,7 +125,7 @@ describe('driver=rbd as qsd, on one cluster', () => {
       seen[who].push(nodes.map((n) => [n['node-name'], n.ro, n.image['virtual-size']]).sort());
     }
     expect(seen.blockd).toEqual(seen.qsd);
-    expect(seen.qsd.slice(0, -1).filter((r) => 'error' in (r as object)).length).toBe(5);
+    expect(seen.qsd.slice(0, -1).filter((r) => 'error' in (r as object)).length).toBe(6);
   });
 });
 
