@@ -21,7 +21,7 @@ import type { SecureContext } from 'node:tls';
 import type { NbdExportList } from './exports.ts';
 import type { NegotiationEnv } from './options.ts';
 import { BufferPool } from '../util/buffer-pool.ts';
-import { listenInet, type InetListenAddress } from '../platform/inet-listen.ts';
+import { inetListenTargets, type InetListenAddress } from '../platform/inet-listen.ts';
 
 export interface NbdServerOptions {
   /** Most clients served at once; 0 = unlimited; unset = DEFAULT_MAX_CONNECTIONS. */
@@ -109,12 +109,22 @@ export class NbdServer {
    * numeric and a port range `to`: src/platform/inet-listen.ts); with
    * `keep-alive`, every client connection gets TCP keep-alive.
    */
-  listenInet(a: InetListenAddress): Promise<void> {
+  async listenInet(a: InetListenAddress): Promise<void> {
     if (a['keep-alive']) this.keepAlive = true;
-    return this.listen((server) => listenInet(server, a), () => {
-      const addr = this.listeners.at(-1)?.server.address();
-      return typeof addr === 'object' && addr ? `tcp ${addr.address}:${addr.port}` : `tcp ${a.host ?? ''}:${a.port ?? ''}`;
-    });
+    const binds = await inetListenTargets(a);
+    const before = this.listeners.length;
+    try {
+      for (const bind of binds) {
+        await this.listen(bind, () => {
+          const addr = this.listeners.at(-1)?.server.address();
+          return typeof addr === 'object' && addr ? `tcp ${addr.address}:${addr.port}` : `tcp ${a.host ?? ''}:${a.port ?? ''}`;
+        });
+      }
+    } catch (e) {
+      // All of the address or none of it.
+      for (const l of this.listeners.splice(before)) l.server.close();
+      throw e;
+    }
   }
 
   /** A Unix socket listener; `abstract` binds in the abstract namespace (no file), the name padded with NULs to the whole sun_path. */

@@ -38,30 +38,41 @@ function family(a: InetListenAddress): { family: Family; dualStack: boolean } {
   return { family: 0, dualStack: true };
 }
 
-/** The host to bind: resolved in the chosen family (getaddrinfo's first answer), with QEMU's texts. */
-async function resolve(a: InetListenAddress, fam: Family, port: string): Promise<string | undefined> {
+interface Target { host: string; ipv6Only: boolean }
+
+/**
+ * The addresses to bind, as QEMU's NBD server resolves them (qio_net_listener:
+ * one listener per getaddrinfo answer, each IPv6 one v6only), with QEMU's
+ * texts. No host: 0.0.0.0 and ::, or the one of the family asked for
+ * (ipv4=on,ipv6=on: one IPv6 socket that also takes IPv4).
+ */
+async function resolveAll(a: InetListenAddress, fam: { family: Family; dualStack: boolean }, port: string): Promise<Target[]> {
   const host = a.host ?? '';
   const failed = (why: string) => new ListenError(`address resolution failed for ${host}:${port}: ${why}`);
-  if (host === '') return fam === 4 ? '0.0.0.0' : fam === 6 ? '::' : undefined;
+  const target = (h: string): Target => ({ host: h, ipv6Only: isIP(h) === 6 && !(a.ipv4 === true && a.ipv6 === true) });
+  if (host === '') {
+    if (a.ipv4 === true && a.ipv6 === true) return [{ host: '::', ipv6Only: false }];
+    if (fam.family === 4) return [target('0.0.0.0')];
+    if (fam.family === 6) return [target('::')];
+    return [target('0.0.0.0'), target('::')];
+  }
   const literal = isIP(host);
   if (literal) {
-    if (fam !== 0 && literal !== fam) throw failed('Address family for hostname not supported');
-    return host;
+    if (fam.family !== 0 && literal !== fam.family) throw failed('Address family for hostname not supported');
+    return [target(host)];
   }
   if (a.numeric) throw failed('Name or service not known');
   try {
-    return (await lookup(host, { family: fam })).address;
+    const found = await lookup(host, { family: fam.family, all: true });
+    const seen = new Set<string>();
+    return found.filter((f) => !seen.has(f.address) && seen.add(f.address)).map((f) => target(f.address));
   } catch {
     throw failed('Name or service not known');
   }
 }
 
-/**
- * Listens `server` on the address: the port, or the first free one of
- * `port`..`to`. Other bind errors are thrown as they come (the caller words
- * them, as for a single port).
- */
-export async function listenInet(server: Server, a: InetListenAddress): Promise<void> {
+/** The checks before any lookup, and the port range. */
+function prepare(a: InetListenAddress): { fam: { family: Family; dualStack: boolean }; first: number; last: number; port: string } {
   if (a.mptcp) throw new ListenError('blockd cannot listen with mptcp=on: Node.js opens plain TCP sockets only');
   const port = a.port ?? '';
   const fam = family(a);
@@ -69,23 +80,41 @@ export async function listenInet(server: Server, a: InetListenAddress): Promise<
   if (!/^\d+$/.test(port) || first > 65535) {
     throw new ListenError(`address resolution failed for ${a.host ?? ''}:${port}: Servname not supported for ai_socktype`);
   }
-  const host = await resolve(a, fam.family, port);
-  const last = a.to !== undefined ? a.to : first;
-  // IPV6_V6ONLY as QEMU's try_bind: off only for "neither or both" (one socket for both families).
-  const ipv6Only = !fam.dualStack && (host === undefined || isIP(host) === 6);
+  return { fam, first, last: a.to !== undefined ? a.to : first, port };
+}
+
+/** Binds `server` to `t` on the port, or the first free one of first..last (`ranged`: a `to` was given). */
+async function bindRange(server: Server, t: Target, first: number, last: number, ranged: boolean): Promise<void> {
   for (let p = first; p <= Math.max(first, last); p++) {
     try {
-      await bindOnce(server, { host, port: p, ipv6Only });
+      await bindOnce(server, { host: t.host, port: p, ipv6Only: t.ipv6Only });
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || p >= last) {
-        if (a.to !== undefined && (e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+        if (ranged && (e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
           throw new ListenError('Failed to find an available port: Address already in use');
         }
         throw e;
       }
     }
   }
+}
+
+/**
+ * Listens `server` on the address's first answer: the port, or the first
+ * free one of `port`..`to`. Other bind errors are thrown as they come (the
+ * caller words them, as for a single port).
+ */
+export async function listenInet(server: Server, a: InetListenAddress): Promise<void> {
+  const { fam, first, last, port } = prepare(a);
+  const [t] = await resolveAll(a, fam, port);
+  await bindRange(server, t!, first, last, a.to !== undefined);
+}
+
+/** One bind step per address to listen on (the NBD server's listeners: one server each). */
+export async function inetListenTargets(a: InetListenAddress): Promise<((server: Server) => Promise<void>)[]> {
+  const { fam, first, last, port } = prepare(a);
+  return (await resolveAll(a, fam, port)).map((t) => (server: Server) => bindRange(server, t, first, last, a.to !== undefined));
 }
 
 function bindOnce(server: Server, where: ListenOptions): Promise<void> {

@@ -60,8 +60,8 @@ describe('--nbd-server inet and unix members, side by side with qsd', () => {
     expect(seen.blockd.length).toBe(1);
   });
 
-  it('ipv4=on and ipv6=on without a host bind what qsd binds', async () => {
-    for (const fam of [{ ipv4: true }, { ipv6: true }, { ipv4: true, ipv6: true }]) {
+  it('without a host, neither, ipv4=on, ipv6=on or both bind what qsd binds', async () => {
+    for (const fam of [{}, { ipv4: true }, { ipv6: true }, { ipv4: true, ipv6: true }]) {
       const seen: Record<Who, string[]> = { qsd: [], blockd: [] };
       for (const who of BOTH) {
         const port = await getPort();

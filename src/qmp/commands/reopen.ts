@@ -50,10 +50,23 @@ export async function reopenNodes(graph: BlockGraph, list: Record<string, unknow
     if (!node) throw genericError(`Failed to find node with node-name='${name}'`);
     byNode.set(node, { node, options, readOnly: options['read-only'] === true });
   }
+  // QEMU's reopen queue takes in the children a node opened inline (its 'file' and 'data-file'
+  // without a read-only option of their own): they follow the node's read-only flag, their other
+  // options unchanged. (A backing node stays read-only whatever its parent does.) They are not
+  // drained themselves: their only user is drained, and its own reopen (prepared first: a
+  // qcow2 writes its metadata back) still writes to them.
+  const drainedNodes = [...byNode.keys()];
+  for (const p of byNode.values()) {
+    for (const e of p.node.children) {
+      const c = e.child;
+      if ((e.role !== 'file' && e.role !== 'data-file') || !c.readOnlyInherited || c.parents.length !== 1 || byNode.has(c)) continue;
+      byNode.set(c, { node: c, options: { ...c.options }, readOnly: p.readOnly });
+    }
+  }
   const plans = [...byNode.values()];
   for (const p of plans) checkOptions(p);
 
-  await drainedAll(plans.map((p) => p.node), async () => {
+  await drainedAll(drainedNodes, async () => {
     const revertPerms = applyPermissions(plans);
     try {
       for (const p of plans) {
