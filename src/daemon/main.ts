@@ -57,6 +57,36 @@ export async function main(argv: string[]): Promise<void> {
 
   const log = createLogger(config.logLevel);
   const daemon = new Daemon(log);
+  // As qsd, the daemon runs until a signal or QMP quit even when nothing
+  // listens (only --blockdev given): node would exit once its loop is empty.
+  const keepAlive = setInterval(() => undefined, 2 ** 31 - 1);
+  const stop = (signal: string) => {
+    clearInterval(keepAlive);
+    log.info({ signal }, 'shutting down');
+    sdNotify('STOPPING=1');
+    daemon.shutdown().then(
+      () => {
+        if (config.pidfile) removePidfile(config.pidfile);
+        log.info('bye');
+        process.exit(0);
+      },
+      (err) => { log.error({ err }, 'shutdown failed'); process.exit(1); },
+    );
+  };
+  // As qsd (its signal handlers are set before its options are processed):
+  // a SIGINT or SIGTERM during start-up is kept and acted on once the start
+  // has finished, so what the start made (a FUSE mount) is taken down
+  // rather than left behind by a process killed half-way.
+  let signalled: string | undefined;
+  let started = false;
+  const onSignal = (signal: string) => {
+    if (signalled) return;
+    signalled = signal;
+    if (started) stop(signal);
+  };
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+
   try {
     await daemon.start(config);
   } catch (e) {
@@ -73,26 +103,6 @@ export async function main(argv: string[]): Promise<void> {
   log.info({ version: pkg.version }, 'blockd started');
   if (isDaemonChild()) reportToParent('ready');
   sdNotify(`READY=1\nMAINPID=${process.pid}`);
-
-  // As qsd, the daemon runs until a signal or QMP quit even when nothing
-  // listens (only --blockdev given): node would exit once its loop is empty.
-  const keepAlive = setInterval(() => undefined, 2 ** 31 - 1);
-  let signalled = false;
-  const stop = (signal: string) => {
-    if (signalled) return;
-    signalled = true;
-    clearInterval(keepAlive);
-    log.info({ signal }, 'shutting down');
-    sdNotify('STOPPING=1');
-    daemon.shutdown().then(
-      () => {
-        if (config.pidfile) removePidfile(config.pidfile);
-        log.info('bye');
-        process.exit(0);
-      },
-      (err) => { log.error({ err }, 'shutdown failed'); process.exit(1); },
-    );
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  started = true;
+  if (signalled) stop(signalled);
 }

@@ -13,11 +13,12 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { connect, type Socket } from 'node:net';
-import { existsSync, openSync, readSync, closeSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
+import { existsSync, openSync, readSync, closeSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BLOCKD, tempDir } from '../helpers/daemons.ts';
 import { requireTool, run, tryRun, SYSTEM_PYTHON } from '../helpers/tools.ts';
+import { startNbdkit } from '../helpers/nbdkit.ts';
 
 type Who = 'qsd' | 'blockd';
 const procs: ChildProcess[] = [];
@@ -213,5 +214,57 @@ describe('quit and SIGTERM with exports and running jobs', () => {
       expect(qsd.seen).toContain('BLOCK_EXPORT_DELETED {"id":"e0"}');
       expect(blockd).toEqual(qsd);
     });
+  }
+});
+
+/**
+ * A signal while the start is still under way (iotests' FUSE mode kills a
+ * daemon it has just started): the daemon finishes its start, then shuts
+ * down as for any signal, so its FUSE mount is taken down; before the fix
+ * blockd died of the signal with the mount left behind (stale, ENOTCONN).
+ * The start is held at a --blockdev driver=nbd whose server answers only
+ * after the signal has been sent: a proxy that forwards to nbdkit once it
+ * has signalled the daemon.
+ */
+async function signalledDuringStart(who: Who, signal: 'SIGINT' | 'SIGTERM') {
+  const dir = tempDir();
+  const image = join(dir, 'img');
+  const mountpoint = join(dir, 'mnt');
+  run('truncate', ['-s', '1M', image]);
+  run('touch', [mountpoint]);
+  const kit = await startNbdkit(join(dir, 'kit.sock'), ['memory', '1M']);
+  let proc: ChildProcess | undefined;
+  let signalledAt = 0;
+  const proxy = createServer((c) => {
+    signalledAt = Date.now();
+    proc!.kill(signal);
+    setTimeout(() => { const up = connect(kit.sock); c.pipe(up).pipe(c); up.on('error', () => c.destroy()); c.on('error', () => up.destroy()); }, 300);
+  });
+  const proxyPath = join(dir, 'proxy.sock');
+  await new Promise<void>((r) => proxy.listen(proxyPath, r));
+  try {
+    proc = spawn(who === 'qsd' ? requireTool('qemu-storage-daemon') : BLOCKD, [
+      '--blockdev', `driver=nbd,node-name=slow,server.type=unix,server.path=${proxyPath}`,
+      '--blockdev', `driver=file,node-name=f0,filename=${image}`,
+      '--export', `type=fuse,id=e0,node-name=f0,mountpoint=${mountpoint},writable=on`,
+    ], { stdio: ['ignore', 'ignore', 'inherit'] });
+    procs.push(proc);
+    const exit = await new Promise<{ code: number | null; signal: string | null }>((r) => proc!.once('exit', (code, sig) => r({ code, signal: sig })));
+    return { ...exit, reachedTheProxy: signalledAt > 0, mountLeft: readFileSync('/proc/mounts', 'utf8').includes(` ${mountpoint} `) };
+  } finally {
+    if (readFileSync('/proc/mounts', 'utf8').includes(` ${mountpoint} `)) tryRun('umount', ['-l', mountpoint]);
+    proxy.close();
+    await kit.stop();
+  }
+}
+
+describe('a signal during start-up', () => {
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    it(`${signal} while a --blockdev is still opening: the start completes, then the daemon exits 0 with its FUSE mount gone, as qsd`, async () => {
+      const qsd = await signalledDuringStart('qsd', signal);
+      const ours = await signalledDuringStart('blockd', signal);
+      expect(qsd).toEqual({ code: 0, signal: null, reachedTheProxy: true, mountLeft: false });
+      expect(ours).toEqual(qsd);
+    }, 60_000);
   }
 });
