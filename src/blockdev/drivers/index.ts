@@ -9,6 +9,7 @@ import { nbdDriver } from './nbd/index.ts';
 import { vdiDriver } from './vdi/index.ts';
 import { vpcDriver } from './vpc/index.ts';
 import { qcowDriver } from './qcow/index.ts';
+import { dmgDriver } from './dmg/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { rbdDriver } from './rbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
@@ -30,4 +31,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(vdiDriver);
   graph.register(vpcDriver);
   graph.register(qcowDriver);
+  graph.register(dmgDriver);
 }
