@@ -385,10 +385,13 @@ export class NbdConnection implements ExportClient {
       if (sent === bufs[0].length) return this.pool.release(release);
       if (sent > 0) bufs = [bufs[0].subarray(sent)];
     } else if (!this.corked) {
-      // Replies completing together in this tick leave in one writev.
+      // Replies completing in this turn of the event loop leave in one
+      // writev: file I/O completions each run in a tick of their own, so
+      // the uncork waits for the check phase, after the poll phase has run
+      // every completion that was ready (one send per batch, not per reply).
       this.corked = true;
       t.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     for (let i = 0; i < bufs.length; i++) {
       if (bufs[i].length === 0) continue;
