@@ -18,12 +18,13 @@ import { qcow2Creator } from './qcow2.ts';
 import { luksCreator } from './luks.ts';
 import { vdiCreator } from './vdi.ts';
 import { vpcCreator } from './vpc.ts';
+import { qedCreator } from './qed.ts';
 import { rbdCreator } from './rbd.ts';
 import type { ImageCreator } from './types.ts';
 
 export type { ImageCreator, CreateContext } from './types.ts';
 
-export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator];
+export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator, qedCreator];
 
 export function findCreator(driver: string): ImageCreator | undefined {
   return CREATORS.find((c) => c.driver === driver);

@@ -10,6 +10,7 @@ import { vdiDriver } from './vdi/index.ts';
 import { vpcDriver } from './vpc/index.ts';
 import { qcowDriver } from './qcow/index.ts';
 import { dmgDriver } from './dmg/index.ts';
+import { qedDriver } from './qed/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { rbdDriver } from './rbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
@@ -32,4 +33,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(vpcDriver);
   graph.register(qcowDriver);
   graph.register(dmgDriver);
+  graph.register(qedDriver);
 }
