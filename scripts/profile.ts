@@ -1,5 +1,5 @@
 /**
- * `npm run profile -- <job> [--target raw|null|qcow2] [--runtime S] [--tcp] [--servers blockd,qsd,nbdkit] [--size 1G] [--blockd DIR]`
+ * `npm run profile -- <job> [--target raw|null|qcow2] [--runtime S] [--tcp] [--servers blockd,qsd,nbdkit] [--size 1G] [--blockd DIR] [--top N]`
  *
  * Where the time of one fio job goes (#18), blockd beside qsd and nbdkit on
  * the same image over the same transport:
@@ -20,7 +20,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { breakdown, formatBreakdown, type CpuProfile } from './profile/breakdown.ts';
+import { breakdown, formatBreakdown, topFunctions, type CpuProfile } from './profile/breakdown.ts';
 
 const JOBS: Record<string, { rw: string; bs: string; qd: number }> = {
   'randread-4k-qd1': { rw: 'randread', bs: '4k', qd: 1 },
@@ -35,7 +35,7 @@ const argv = process.argv.slice(2);
 const opt = (name: string, d: string) => { const i = argv.indexOf(`--${name}`); return i >= 0 ? argv[i + 1]! : d; };
 const jobName = argv.find((a, i) => !a.startsWith('--') && (i === 0 || !argv[i - 1]!.startsWith('--') || argv[i - 1] === '--tcp'));
 if (!jobName || !JOBS[jobName]) {
-  console.error(`usage: npm run profile -- <${Object.keys(JOBS).join('|')}> [--target raw|null|qcow2] [--runtime S] [--tcp] [--servers blockd,qsd,nbdkit] [--size 1G] [--blockd DIR]`);
+  console.error(`usage: npm run profile -- <${Object.keys(JOBS).join('|')}> [--target raw|null|qcow2] [--runtime S] [--tcp] [--servers blockd,qsd,nbdkit] [--size 1G] [--blockd DIR] [--top N]`);
   process.exit(2);
 }
 const job = JOBS[jobName]!;
@@ -44,6 +44,7 @@ const runtime = Number(opt('runtime', '5'));
 const tcp = argv.includes('--tcp');
 const servers = opt('servers', 'blockd,qsd,nbdkit').split(',');
 const size = opt('size', '1G');
+const top = Number(opt('top', '15'));
 // --blockd DIR: the blockd tree to run (another checkout, to compare builds); default this one.
 const root = opt('blockd', join(dirname(fileURLToPath(import.meta.url)), '..'));
 const dir = mkdtempSync(join(tmpdir(), 'blockd-profile-'));
@@ -192,6 +193,8 @@ async function main(): Promise<void> {
     const p = JSON.parse(readFileSync(join(profDir, file), 'utf8')) as CpuProfile;
     console.log(`\n# blockd main thread, V8 CPU profile of a run at ${r.iops.toFixed(0)} req/s (${r.ops} requests; profiling slows it)`);
     console.log(formatBreakdown(breakdown(p, { from, to }), r.ops));
+    console.log(`\n# the ${top} functions with the most self time (µs per request, stage, function, file)`);
+    console.log(topFunctions(p, r.ops, top, { from, to }));
   }
 }
 

@@ -3,7 +3,7 @@
  *
  *   fallocate(fd, mode, offset, length)  -> Promise<void>      (thread pool)
  *   seekData(fd, offset), seekHole(fd, offset)
- *                                        -> Promise<number>    (-1 for ENXIO)
+ *                                        -> number (-1 for ENXIO), on the calling thread
  *   ofdLock(fd, 'r'|'w'|'u', start, len) -> void, throws EAGAIN/EACCES on conflict
  *   ofdTest(fd, 'r'|'w', start, len)     -> boolean: another open file
  *                                           description holds a conflicting lock
@@ -151,9 +151,9 @@ static bool get_fd(napi_env env, napi_value v, int *fd) {
   return true;
 }
 
-/* ---- async work: fallocate, lseek(SEEK_DATA/SEEK_HOLE) ---- */
+/* ---- async work: fallocate ---- */
 
-typedef enum { OP_FALLOCATE, OP_SEEK_DATA, OP_SEEK_HOLE } op_kind;
+typedef enum { OP_FALLOCATE } op_kind;
 
 typedef struct {
   napi_async_work work;
@@ -168,7 +168,8 @@ typedef struct {
 } async_req;
 
 static const char *op_syscall(op_kind k) {
-  return k == OP_FALLOCATE ? "fallocate" : "lseek";
+  (void)k;
+  return "fallocate";
 }
 
 /* Runs on a thread-pool thread: no napi calls here. */
@@ -180,18 +181,6 @@ static void async_execute(napi_env env, void *data) {
       if (fallocate(r->fd, r->mode, (off_t)r->offset, (off_t)r->length) < 0) r->err = errno;
       r->result = 0;
       break;
-    case OP_SEEK_DATA:
-    case OP_SEEK_HOLE: {
-      off_t o = lseek(r->fd, (off_t)r->offset, r->kind == OP_SEEK_DATA ? SEEK_DATA : SEEK_HOLE);
-      if (o < 0) {
-        /* ENXIO: no data (or hole) at or after the offset, i.e. at/after EOF. */
-        if (errno == ENXIO) r->result = -1;
-        else r->err = errno;
-      } else {
-        r->result = (int64_t)o;
-      }
-      break;
-    }
   }
 }
 
@@ -207,8 +196,7 @@ static void async_complete(napi_env env, napi_status status, void *data) {
     value = make_errno_error(env, r->err, op_syscall(r->kind));
     napi_reject_deferred(env, r->deferred, value);
   } else {
-    if (r->kind == OP_FALLOCATE) napi_get_undefined(env, &value);
-    else napi_create_int64(env, r->result, &value);
+    napi_get_undefined(env, &value);
     napi_resolve_deferred(env, r->deferred, value);
   }
   napi_delete_async_work(env, r->work);
@@ -250,22 +238,27 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   return queue(env, r);
 }
 
-static napi_value seek_common(napi_env env, napi_callback_info info, op_kind kind) {
-  napi_value argv[2];
+/* lseek(SEEK_DATA or SEEK_HOLE) on the calling thread, as QEMU's
+ * file-posix does it in its coroutine: an extent-tree lookup on a local
+ * file system, far cheaper than the thread-pool round trip around it.
+ * Returns the offset, -1 for ENXIO; throws other errors. */
+static napi_value seek_sync_common(napi_env env, napi_callback_info info, int whence) {
+  napi_value argv[2], result;
   int fd;
   int64_t offset;
   if (!get_args(env, info, 2, argv)) return NULL;
   if (!get_fd(env, argv[0], &fd) || !get_i64(env, argv[1], "offset", 0, &offset)) return NULL;
-  async_req *r = calloc(1, sizeof *r);
-  if (!r) { throw_errno(env, ENOMEM, "calloc"); return NULL; }
-  r->kind = kind;
-  r->fd = fd;
-  r->offset = offset;
-  return queue(env, r);
+  off_t o = lseek(fd, (off_t)offset, whence);
+  if (o < 0 && errno != ENXIO) {
+    throw_errno(env, errno, "lseek");
+    return NULL;
+  }
+  CHECK(env, napi_create_int64(env, o < 0 ? -1 : (int64_t)o, &result));
+  return result;
 }
 
-static napi_value js_seek_data(napi_env env, napi_callback_info info) { return seek_common(env, info, OP_SEEK_DATA); }
-static napi_value js_seek_hole(napi_env env, napi_callback_info info) { return seek_common(env, info, OP_SEEK_HOLE); }
+static napi_value js_seek_data(napi_env env, napi_callback_info info) { return seek_sync_common(env, info, SEEK_DATA); }
+static napi_value js_seek_hole(napi_env env, napi_callback_info info) { return seek_sync_common(env, info, SEEK_HOLE); }
 
 /* ---- OFD locks (sync: F_OFD_SETLK never blocks) ---- */
 

@@ -72,6 +72,26 @@ export function breakdown(p: CpuProfile, window?: { from: number; to: number }):
   return STAGES.filter((r) => us.has(r.stage)).map((r) => ({ stage: r.stage, us: us.get(r.stage)! }));
 }
 
+/** The `n` functions with the most self time in the window: "µs/req stage function file:line". */
+export function topFunctions(p: CpuProfile, requests: number, n: number, window?: { from: number; to: number }): string {
+  const byId = new Map(p.nodes.map((x) => [x.id, x]));
+  const self = new Map<string, { us: number; stage: string }>();
+  let at = p.startTime;
+  for (let i = 0; i < p.samples.length; i++) {
+    at += p.timeDeltas[i] ?? 0;
+    if (window && (at < window.from || at > window.to)) continue;
+    const node = byId.get(p.samples[i]!)!;
+    const { functionName, url } = node.callFrame;
+    if (functionName === '(idle)') continue;
+    const key = `${functionName || '(anonymous)'} ${url.replace(/^file:\/\/.*?\/(src|node_modules)\//, '$1/')}`;
+    const e = self.get(key) ?? { us: 0, stage: STAGES.find((r) => r.test(url, functionName))!.stage.split(' (')[0]! };
+    e.us += p.timeDeltas[i + 1] ?? 0;
+    self.set(key, e);
+  }
+  return [...self].sort((a, b) => b[1].us - a[1].us).slice(0, n)
+    .map(([k, v]) => `${(v.us / requests).toFixed(2).padStart(9)}  ${v.stage.padEnd(28)} ${k}`).join('\n');
+}
+
 /** The table: stage, ms, share of the busy (non-idle) time, µs per request. */
 export function formatBreakdown(rows: StageTime[], requests: number): string {
   const busy = rows.filter((r) => !r.stage.startsWith('idle')).reduce((a, r) => a + r.us, 0);

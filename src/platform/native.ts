@@ -10,10 +10,13 @@ import path from 'node:path';
 
 export interface NativeAddon {
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
-  /** The offset of the next data at or after `offset`, or -1 if there is none (ENXIO). */
-  seekData(fd: number, offset: number): Promise<number>;
-  /** The offset of the next hole at or after `offset` (EOF counts as one), or -1 past EOF (ENXIO). */
-  seekHole(fd: number, offset: number): Promise<number>;
+  /**
+   * The offset of the next data at or after `offset`, or -1 if there is none
+   * (ENXIO). On the calling thread, as QEMU's file-posix does its lseeks.
+   */
+  seekData(fd: number, offset: number): number;
+  /** The offset of the next hole at or after `offset` (EOF counts as one), or -1 past EOF (ENXIO). On the calling thread. */
+  seekHole(fd: number, offset: number): number;
   /** F_OFD_SETLK: 'r' shared, 'w' exclusive, 'u' unlock. Never blocks; throws EAGAIN/EACCES on conflict. */
   ofdLock(fd: number, type: 'r' | 'w' | 'u', start: number, len: number): void;
   /** F_OFD_GETLK: whether another open file description holds a lock conflicting with `type`. */
@@ -118,8 +121,6 @@ export function isNativeError(e: unknown): e is NativeError {
 
 export const fallocate = (fd: number, mode: number, offset: number, length: number): Promise<void> =>
   native().fallocate(fd, mode, offset, length);
-export const seekData = (fd: number, offset: number): Promise<number> => native().seekData(fd, offset);
-export const seekHole = (fd: number, offset: number): Promise<number> => native().seekHole(fd, offset);
 export const ofdLock = (fd: number, type: 'r' | 'w' | 'u', start: number, len: number): void =>
   native().ofdLock(fd, type, start, len);
 export const ofdTest = (fd: number, type: 'r' | 'w', start: number, len: number): boolean =>

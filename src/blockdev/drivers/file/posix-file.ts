@@ -12,9 +12,9 @@ import type { DriverOps, Perm, ReopenTransaction } from '../../driver.ts';
 import { BouncePool, BOUNCE_MAX } from './bounce.ts';
 import { closeFd, fdatasync, ftruncate, openFd, preadFull, pwriteFull } from './io.ts';
 import { ImageLock, PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, permBits, sharedBits } from './locking.ts';
-import { allocAligned, errorText, fallocate, isAligned, native, seekData, seekHole } from '../../../platform/native.ts';
+import { allocAligned, errorText, fallocate, isAligned, native } from '../../../platform/native.ts';
 
-/** Most extents one blockStatus call gathers (each costs one or two lseek round trips). */
+/** Most extents one blockStatus call gathers (each costs one or two lseeks). */
 const MAX_EXTENTS = 64;
 const ZERO_FILL_CHUNK = 1024 * 1024;
 
@@ -353,10 +353,12 @@ export class PosixFile {
     const max = flags & ReqFlag.REQ_ONE ? 1 : MAX_EXTENTS;
     const out: Extent[] = [];
     if (!this.canSeek) return [extent(offset, length, true)];
+    // On this thread, as QEMU's file-posix: an extent lookup costs less than a thread-pool round trip.
+    const n = native();
     let pos = offset;
     try {
       while (pos < end && out.length < max) {
-        const data = await seekData(this.fd, pos);
+        const data = n.seekData(this.fd, pos);
         if (data < 0 || data >= end) {
           // In a hole that runs to the end of the request (or the trailing hole of the file).
           out.push(extent(pos, end - pos, false));
@@ -367,7 +369,7 @@ export class PosixFile {
           pos = data;
           continue;
         }
-        let hole = await seekHole(this.fd, pos);
+        let hole = n.seekHole(this.fd, pos);
         if (hole < 0 || hole > end) hole = end;
         if (hole <= pos) hole = end; // the file shrank under us: call the rest data
         out.push(extent(pos, hole - pos, true));
