@@ -6,7 +6,9 @@
 # byte ranges streamed from the file) on 127.0.0.1, the same for all three.
 # Cells are MB/s, medians of the runs, the three interleaved run by run.
 # Usage: bench/http.sh [size-MiB] [runs]
+# Smoke run: sh bench/http.sh 8 1
 set -eu
+case "${1:-}" in -h|--help) sed -n '2,/^set -eu/{/^set -eu/d;s/^# \{0,1\}//;p}' "$0"; exit 0;; esac
 SIZE_MB=${1:-1024}
 RUNS=${2:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -4,12 +4,18 @@
 # started here (ceph-mon + a memstore ceph-osd, auth none, pool size 1, as test/helpers/ceph.ts).
 # Each daemon gets its own image, filled with the same random data (rbd import). The OSD keeps
 # everything in memory: about 3x BENCH_SIZE of RAM. Scratch files and the cluster go at exit.
-# Env: BENCH_SIZE (default 1G), BENCH_DIR (kept if given).
+# Env: BENCH_SIZE (default 1G; also fio's --size unless one is given), BENCH_DIR (kept if given),
+#      FIO_NBD (default ../shared/bench/fio-nbd.py next to the project).
+# Smoke run: BENCH_SIZE=64M bash bench/rbd.sh --runtime 1 --repeat 1
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-fio_nbd="$root/../shared/bench/fio-nbd.py"
-extra=("$@")
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0;; esac
+fio_nbd=${FIO_NBD:-$root/../shared/bench/fio-nbd.py}
+# Checked before a cluster is started for nothing.
+[ -f "$fio_nbd" ] || { echo "bench/rbd.sh: no fio matrix at $fio_nbd (set FIO_NBD)" >&2; exit 1; }
 size=${BENCH_SIZE:-1G}
+# fio's --size follows the image's (fio-nbd.py's own default is 1G); a later --size wins.
+extra=(--size "$size" "$@")
 dir=${BENCH_DIR:-$(mktemp -d /tmp/bench-rbd.XXXXXX)}
 cleanup() {
   local pids=() f p i

@@ -146,6 +146,12 @@ typedef struct {
   uint64_t size;
   bool read_only;
   bool cache;
+  /* encrypt: format (-1 none, else rbd_encryption_format_t), cipher (rbd_encryption_algorithm_t), passphrase. */
+  int enc_format, enc_alg;
+  char *enc_pass;
+  size_t enc_pass_len;
+  /* The caller could not build the options (no such secret, an unknown cipher): fail at the encryption step. */
+  bool enc_refused;
 } conn_opts;
 
 typedef struct {
@@ -175,6 +181,41 @@ static void free_opts(conn_opts *o) {
   free(o->conf); free(o->user); free(o->pool); free(o->ns); free(o->image); free(o->snap); free(o->mon_host);
   if (o->key) { memset(o->key, 0, strlen(o->key)); free(o->key); }
   free(o->auth);
+  if (o->enc_pass) { memset(o->enc_pass, 0, o->enc_pass_len); free(o->enc_pass); }
+}
+
+/*
+ * librbd's LUKS options for format or load (QEMU's qemu_rbd_encryption_format
+ * and _load build the same structs); both LUKS versions have one layout.
+ */
+static int encryption_step(work_req *r, rbd_image_t img, bool format) {
+  conn_opts *o = &r->o;
+  uint64_t raw = 0, effective;
+  int ret;
+  r->what = "cannot get raw image size";
+  if (format && (ret = rbd_get_size(img, &raw)) < 0) return ret;
+  if (o->enc_refused) { r->what = "encryption options"; return -EINVAL; }
+  rbd_encryption_luks1_format_options_t l1;
+  rbd_encryption_luks2_format_options_t l2;
+  memset(&l1, 0, sizeof l1);
+  memset(&l2, 0, sizeof l2);
+  l1.alg = l2.alg = (rbd_encryption_algorithm_t)o->enc_alg;
+  l1.passphrase = l2.passphrase = o->enc_pass ? o->enc_pass : "";
+  l1.passphrase_size = l2.passphrase_size = o->enc_pass_len;
+  rbd_encryption_format_t fmt = (rbd_encryption_format_t)o->enc_format;
+  rbd_encryption_options_t opts = fmt == RBD_ENCRYPTION_FORMAT_LUKS1 ? (void *)&l1 : (void *)&l2;
+  size_t size = fmt == RBD_ENCRYPTION_FORMAT_LUKS1 ? sizeof l1 : sizeof l2;
+  if (!format) {
+    r->what = "encryption load fail";
+    return rbd_encryption_load(img, fmt, opts, size);
+  }
+  /* As QEMU: format, then grow the image by the header so the effective size is the one asked for. */
+  r->what = "encryption format fail";
+  if ((ret = rbd_encryption_format(img, fmt, opts, size)) < 0) return ret;
+  r->what = "cannot get effective image size";
+  if ((ret = rbd_get_size(img, &effective)) < 0) return ret;
+  r->what = "cannot resize image after format";
+  return rbd_resize(img, raw + (raw - effective));
 }
 
 static int connect_cluster(work_req *r, rados_t *cluster, rados_ioctx_t *ioctx) {
@@ -268,6 +309,9 @@ static void work_execute(napi_env env, void *data) {
       /* As QEMU: rbd_open, with the snapshot if any (which librbd then keeps read-only). */
       ret = rbd_open(h->ioctx, r->o.image, &h->image, r->o.snap);
       if (ret < 0) { rados_ioctx_destroy(h->ioctx); rados_shutdown(h->cluster); free(h); break; }
+      if (r->o.enc_format >= 0 && (ret = encryption_step(r, h->image, false)) < 0) {
+        rbd_close(h->image); rados_ioctx_destroy(h->ioctx); rados_shutdown(h->cluster); free(h); break;
+      }
       r->what = "error getting image info";
       rbd_image_info_t st;
       if ((ret = rbd_stat(h->image, &st, sizeof st)) < 0) { rbd_close(h->image); rados_ioctx_destroy(h->ioctx); rados_shutdown(h->cluster); free(h); break; }
@@ -295,6 +339,16 @@ static void work_execute(napi_env env, void *data) {
       r->what = "error rbd create";
       int order = (int)r->a;
       ret = rbd_create(ioctx, r->o.image, r->o.size, &order);
+      if (ret == 0 && r->o.enc_format >= 0) {
+        rbd_image_t img;
+        r->what = "error opening image for encryption format";
+        if ((ret = rbd_open(ioctx, r->o.image, &img, NULL)) == 0) {
+          ret = encryption_step(r, img, true);
+          rbd_close(img);
+          /* As QEMU: a failed format removes the image it made. */
+          if (ret < 0) rbd_remove(ioctx, r->o.image);
+        }
+      }
       rados_ioctx_destroy(ioctx);
       rados_shutdown(cluster);
       break;
@@ -374,6 +428,26 @@ static void read_opts(napi_env env, napi_value o, conn_opts *c) {
   double size = 0;
   if (napi_get_named_property(env, o, "size", &v) == napi_ok) napi_get_value_double(env, v, &size);
   c->size = (uint64_t)size;
+  /* encrypt: { format: 0 luks1 | 1 luks2, alg, passphrase: Buffer } or { refused: true } */
+  c->enc_format = -1;
+  napi_value e;
+  napi_valuetype t;
+  if (napi_get_named_property(env, o, "encrypt", &e) != napi_ok || napi_typeof(env, e, &t) != napi_ok || t != napi_object) return;
+  int32_t n = 0;
+  if (napi_get_named_property(env, e, "format", &v) == napi_ok) napi_get_value_int32(env, v, &n);
+  c->enc_format = n;
+  n = RBD_ENCRYPTION_ALGORITHM_AES256;
+  if (napi_get_named_property(env, e, "alg", &v) == napi_ok) napi_get_value_int32(env, v, &n);
+  c->enc_alg = n;
+  b = false;
+  if (napi_get_named_property(env, e, "refused", &v) == napi_ok) napi_get_value_bool(env, v, &b);
+  c->enc_refused = b;
+  void *data;
+  size_t len;
+  if (napi_get_named_property(env, e, "passphrase", &v) == napi_ok && napi_get_buffer_info(env, v, &data, &len) == napi_ok) {
+    c->enc_pass = malloc(len + 1);
+    if (c->enc_pass) { memcpy(c->enc_pass, data, len); c->enc_pass[len] = 0; c->enc_pass_len = len; }
+  }
 }
 
 /* rbdOpen(opts) -> { handle, size, objectSize } */

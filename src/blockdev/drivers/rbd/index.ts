@@ -4,7 +4,10 @@
  * where librbd's headers are). Connecting, opening, resizing and block
  * status run in the thread pool; reads, writes, flushes, discards and
  * write-zeroes are librbd aio requests whose completions come back to the
- * event loop. Files: options.ts (BlockdevOptionsRbd, mon_host, key, texts).
+ * event loop. With encrypt, the addon loads librbd's LUKS1/LUKS2 encryption
+ * (rbd_encryption_load) right after rbd_open, as QEMU does; the size is then
+ * the one seen through it. Files: options.ts (BlockdevOptionsRbd, mon_host,
+ * key, the encryption options, texts).
  */
 import { BlockError } from '../../../util/errors.ts';
 import { native } from '../../../platform/native.ts';
