@@ -497,6 +497,7 @@ static bool set_int(napi_env env, napi_value exports, const char *name, int64_t 
 bool sector_cipher_init(napi_env env, napi_value exports); /* sector_cipher.c */
 bool zstd_compress_init(napi_env env, napi_value exports); /* zstd_compress.c */
 bool fuse_device_init(napi_env env, napi_value exports);   /* fuse_device.c */
+bool write_batch_init(napi_env env, napi_value exports);   /* write_batch.c */
 #ifdef BLOCKD_HAVE_RBD
 bool rbd_init(napi_env env, napi_value exports);           /* rbd.c, where librbd's headers are */
 #endif
@@ -524,7 +525,8 @@ static napi_value init(napi_env env, napi_value exports) {
       !set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) ||
       !sector_cipher_init(env, exports) ||
       !zstd_compress_init(env, exports) ||
-      !fuse_device_init(env, exports)
+      !fuse_device_init(env, exports) ||
+      !write_batch_init(env, exports)
 #ifdef BLOCKD_HAVE_RBD
       || !rbd_init(env, exports)
 #endif

@@ -33,6 +33,11 @@ export interface NativeAddon {
   preadNowait(fd: number, buf: Buffer, position: number): number;
   /** pwritev2(RWF_NOWAIT): bytes written (maybe short), or -1 if it would block. */
   pwriteNowait(fd: number, buf: Buffer, position: number): number;
+  /**
+   * pwrite(2) of each buffer at its position, in order, in one thread-pool
+   * job: per write the bytes written (all, or short) or -errno.
+   */
+  pwriteBatch(fd: number, bufs: Buffer[], positions: number[]): Promise<number[]>;
   /** send(MSG_DONTWAIT): bytes sent (maybe short), or -1 if nothing could be sent or the socket failed. */
   sendNowait(fd: number, buf: Buffer): number;
   /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */

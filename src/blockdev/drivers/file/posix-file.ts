@@ -11,6 +11,7 @@ import { COMPLETED, ReqFlag, type Extent } from '../../request.ts';
 import type { DriverOps, Perm, ReopenTransaction } from '../../driver.ts';
 import { BouncePool, BOUNCE_MAX } from './bounce.ts';
 import { closeFd, fdatasync, ftruncate, openFd, preadFull, pwriteFull } from './io.ts';
+import { WriteBatcher } from './write-batch.ts';
 import { ImageLock, PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, permBits, sharedBits } from './locking.ts';
 import { allocAligned, errorText, fallocate, isAligned, native } from '../../../platform/native.ts';
 
@@ -65,6 +66,8 @@ export class PosixFile {
   /** errno of a failed fdatasync: dirty pages may have been dropped, so later flushes must fail too. */
   private flushError?: NodeJS.ErrnoException;
   private closed = false;
+  /** Small writes of one tick leave in one thread-pool job (write-batch.ts). */
+  private readonly writes = new WriteBatcher();
 
   constructor(c: PosixFileConfig) {
     this.filename = c.filename;
@@ -192,7 +195,7 @@ export class PosixFile {
       return this.bouncedWrite(offset, buf, fua);
     }
     if (fua) return this.dsyncFd().then((fd) => pwriteFull(fd, buf, offset));
-    return pwriteFull(this.fd, buf, offset);
+    return this.writes.write(this.fd, buf, offset);
   }
 
   private async bouncedRead(offset: number, buf: Buffer): Promise<void> {
