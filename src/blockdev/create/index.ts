@@ -19,12 +19,13 @@ import { luksCreator } from './luks.ts';
 import { vdiCreator } from './vdi.ts';
 import { vpcCreator } from './vpc.ts';
 import { qedCreator } from './qed.ts';
+import { vhdxCreator } from './vhdx.ts';
 import { rbdCreator } from './rbd.ts';
 import type { ImageCreator } from './types.ts';
 
 export type { ImageCreator, CreateContext } from './types.ts';
 
-export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator, qedCreator];
+export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator, qedCreator, vhdxCreator];
 
 export function findCreator(driver: string): ImageCreator | undefined {
   return CREATORS.find((c) => c.driver === driver);

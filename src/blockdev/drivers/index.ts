@@ -11,6 +11,7 @@ import { vpcDriver } from './vpc/index.ts';
 import { qcowDriver } from './qcow/index.ts';
 import { dmgDriver } from './dmg/index.ts';
 import { qedDriver } from './qed/index.ts';
+import { vhdxDriver } from './vhdx/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { rbdDriver } from './rbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
@@ -34,4 +35,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(qcowDriver);
   graph.register(dmgDriver);
   graph.register(qedDriver);
+  graph.register(vhdxDriver);
 }
