@@ -19,7 +19,8 @@ export type DriverKind = 'protocol' | 'format' | 'filter';
 
 /** Roles a child can have under its parent (QEMU's names). */
 /** 'image': blkdebug's child, its file child under QEMU's name for it. */
-export type ChildRole = 'file' | 'backing' | 'data-file' | 'target' | 'image';
+/** 'children.N': quorum's children (QEMU names them so, numbered as they are added). */
+export type ChildRole = 'file' | 'backing' | 'data-file' | 'target' | 'image' | `children.${number}`;
 
 export interface Perm { read: boolean; write: boolean; resize: boolean }
 
@@ -112,6 +113,13 @@ export interface DriverContext {
   readonly log: Logger;
   /** Events for the control plane; data as in QMP (e.g. BLOCK_IMAGE_CORRUPTED's device, node-name, msg, fatal). */
   readonly events: BlockEventSink;
+  /**
+   * The roles of the edges the node has already, in order: none at a first
+   * open; when graph surgery opens the driver again on moved children
+   * (BlockGraph.openOnChildren), the ones it has now, which for a driver
+   * whose children change at run time (quorum) are no longer its options'.
+   */
+  readonly currentChildren: readonly string[];
 }
 
 /**
@@ -204,6 +212,20 @@ export interface DriverOps {
    * unsafe (erasing the last LUKS key slot).
    */
   amend?(options: Record<string, unknown>, force: boolean): Promise<void>;
+  /**
+   * x-blockdev-change with node= (QEMU's bdrv_add_child; quorum): takes
+   * `child`, a node nobody uses, as a new child, with the node drained.
+   * `attach(role)` makes the edge (throwing on a permission refusal, which
+   * the driver lets through after undoing its own step). Throws QEMU's
+   * refusal (blkverify mode) before attaching anything.
+   */
+  addChild?(child: BlockNode, attach: (role: ChildRole) => void): void;
+  /**
+   * x-blockdev-change with child= (QEMU's bdrv_del_child): lets go of the
+   * child edge `role`, with the node drained; `detach()` removes the edge (an
+   * inline child closes with it). Throws QEMU's refusal before detaching.
+   */
+  delChild?(role: string, detach: () => Promise<void>): Promise<void>;
 }
 
 /**
@@ -327,4 +349,11 @@ export interface Driver {
   probedWarning?(filename: string): string;
   /** The driver's members of x-blockdev-amend's BlockdevAmendOptions; drivers without it cannot amend. */
   readonly amendOptions?: ObjectType;
+  /**
+   * Its children are a list option (quorum's `children`, edges 'children.N'
+   * with gaps once some were removed): a json:{...} filename lists them
+   * under this name, gap-less, in edge order (QEMU's
+   * bdrv_gather_child_options hook).
+   */
+  readonly childList?: string;
 }

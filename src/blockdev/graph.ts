@@ -109,6 +109,7 @@ export class BlockGraph {
       protocolOptions: (filename) => this.protocolOptions(filename),
       probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
       probed,
+      currentChildren: [],
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
         if (role !== 'file') nameNode();
         let child: BlockNode;
@@ -170,6 +171,7 @@ export class BlockGraph {
       protocolOptions: (filename) => this.protocolOptions(filename),
       probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
       probed: node.probed,
+      currentChildren: node.children.map((e) => e.role),
       openChild: async (role) => {
         const c = node.child(role);
         if (!c) throw new BlockError('EINVAL', `Node '${node.nodeName}' has no '${role}' child`);
@@ -186,6 +188,31 @@ export class BlockGraph {
     if (node.implicit) throw new BlockError('EINVAL', `Node ${name} is not owned by the monitor`);
     if (node.parents.length > 0) throw new BlockError('EBUSY', `Node '${name}' is busy: ${describeUse(node.parents[0])}`);
     await this.closeNode(node);
+  }
+
+  /**
+   * x-blockdev-change node= (QEMU's bdrv_add_child): `child` becomes a new
+   * child of `parent`, whose driver names the edge (DriverOps.addChild).
+   */
+  async addChild(parent: BlockNode, child: BlockNode): Promise<void> {
+    const add = parent.ops.addChild;
+    if (!add) throw new BlockError('ENOTSUP', `The node ${parent.nodeName} does not support adding a child`);
+    if (child.parents.length > 0) throw new BlockError('EBUSY', `The node ${child.nodeName} already has a parent`);
+    await parent.drained(() => add(child, (role) => {
+      const p = childPermission(parent.driver, role, parent.readOnly);
+      // QEMU's bdrv_attach_child refuses write permission on a read-only node.
+      if (p.perm.write && child.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
+      this.link(parent, child, role, p);
+    }));
+  }
+
+  /** x-blockdev-change child= (QEMU's bdrv_del_child): drops the edge `role` of `parent` (DriverOps.delChild). */
+  async delChild(parent: BlockNode, role: string): Promise<void> {
+    const edge = parent.children.find((e) => e.role === role);
+    if (!edge) throw new BlockError('ENOENT', `Node '${parent.nodeName}' does not have child '${role}'`);
+    const del = parent.ops.delChild;
+    if (!del) throw new BlockError('ENOTSUP', `The node ${parent.nodeName} does not support removing a child`);
+    await parent.drained(() => del(role, () => this.unlink(parent, edge)));
   }
 
   /** Creates an edge parent → child after checking permissions. */

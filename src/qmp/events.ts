@@ -1,7 +1,10 @@
 /**
  * QMP events: one bus per daemon. Anything (exports, jobs) emits through it;
  * every QMP monitor subscribes and broadcasts to its negotiated clients.
+ * The kinds QEMU rate-limits (QUORUM_*) pass through its limits
+ * (event-throttle.ts) first.
  */
+import { EventThrottle } from './event-throttle.ts';
 
 export interface QmpEvent {
   event: string;
@@ -26,8 +29,9 @@ export class QmpEventBus {
     return () => this.listeners.delete(fn);
   }
 
+  private readonly throttle = new EventThrottle((e) => { for (const fn of [...this.listeners]) fn(e); });
+
   emit(event: string, data?: Record<string, unknown>): void {
-    const e: QmpEvent = { timestamp: eventTimestamp(), event, data };
-    for (const fn of [...this.listeners]) fn(e);
+    this.throttle.push({ timestamp: eventTimestamp(), event, data });
   }
 }

@@ -12,6 +12,7 @@ import { qcowDriver } from './qcow/index.ts';
 import { dmgDriver } from './dmg/index.ts';
 import { qedDriver } from './qed/index.ts';
 import { vhdxDriver } from './vhdx/index.ts';
+import { quorumDriver } from './quorum/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { rbdDriver } from './rbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
@@ -36,4 +37,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(dmgDriver);
   graph.register(qedDriver);
   graph.register(vhdxDriver);
+  graph.register(quorumDriver);
 }

@@ -74,9 +74,12 @@ function backingOverridden(node: BlockNode): boolean {
 function fullOptions(node: BlockNode): Record<string, unknown> {
   const out: Record<string, unknown> = { driver: node.driver.name, ...strongOptions(node) };
   const overridden = backingOverridden(node);
+  const list = node.driver.childList;
   for (const e of node.children) {
     if (e.role === 'backing' && !overridden) continue;
-    out[e.role] = fullOptions(e.child);
+    // A list of children (quorum's) is shown gap-less in edge order (bdrv_gather_child_options).
+    if (list !== undefined && e.role.startsWith(`${list}.`)) ((out[list] ??= []) as unknown[]).push(fullOptions(e.child));
+    else out[e.role] = fullOptions(e.child);
   }
   if (overridden && !node.child('backing')) out.backing = null;
   return out;

@@ -22,9 +22,10 @@ import { statsCommands, statsEvents } from './stats.ts';
 import { backingFileCommands } from './backing-file.ts';
 import { chardevCommands } from './chardev.ts';
 import { unraisedEvents } from './unraised-events.ts';
+import { quorumEvents } from './quorum-events.ts';
 import { nodeContextCommands } from './node-context.ts';
 
-export const allEvents: EventDef[] = [...jobEvents, ...exportEvents, ...statsEvents, ...unraisedEvents];
+export const allEvents: EventDef[] = [...jobEvents, ...exportEvents, ...statsEvents, ...quorumEvents, ...unraisedEvents];
 
 /** The table for a daemon serving the export types in `exportDrivers` (block-export-add's types come from it). */
 export function commandTable(exportDrivers: ExportDriverTable): CommandTable {

@@ -2,10 +2,9 @@
  * x-blockdev-change and x-blockdev-set-iothread (unstable in qsd 7.2), with
  * qsd's checks in qsd's order and its texts.
  *
- * x-blockdev-change adds or removes a child of a quorum node in QEMU; blockd
- * has no driver that takes children at run time (no quorum yet), so once the
- * arguments check out the reply is qsd's for any other driver: "The node X
- * does not support adding a child" (or removing).
+ * x-blockdev-change adds or removes a child of a quorum node (the graph's
+ * addChild/delChild, through the driver's hooks); for any other driver the
+ * reply is qsd's: "The node X does not support adding a child" (or removing).
  *
  * x-blockdev-set-iothread moves a node (with what it is connected to) to an
  * iothread's AioContext. blockd runs every node in its one event loop, so a
@@ -29,18 +28,21 @@ export const nodeContextCommands: CommandDef[] = [
       opt('node', 'str', 'the name of the node that will be added.'),
     ]),
     features: ['unstable'],
-    doc: 'Dynamically reconfigure the block driver state graph (QEMU: quorum\'s children; blockd has no driver that takes children at run time).',
-    handler({ parent, child, node }: { parent: string; child?: string; node?: string }, ctx) {
+    doc: 'Dynamically reconfigure the block driver state graph: add (node) or remove (child) a child of a quorum node.',
+    async handler({ parent, child, node }: { parent: string; child?: string; node?: string }, ctx) {
       const p = ctx.graph.findReference(parent);
       if ((child === undefined) === (node === undefined)) {
         throw genericError(child !== undefined ? 'The parameters child and node are in conflict' : 'Either child or node must be specified');
       }
       if (child !== undefined) {
+        // QEMU names the parent as given (a device name or a node name).
         if (!p.children.some((e) => e.role === child)) throw genericError(`Node '${parent}' does not have child '${child}'`);
-        throw genericError(`The node ${p.nodeName} does not support removing a child`);
+        await ctx.graph.delChild(p, child);
+        return;
       }
-      if (!ctx.graph.nodes.has(node!)) throw genericError(`Node '${node}' not found`);
-      throw genericError(`The node ${p.nodeName} does not support adding a child`);
+      const n = ctx.graph.nodes.get(node!);
+      if (!n) throw genericError(`Node '${node}' not found`);
+      await ctx.graph.addChild(p, n);
     },
   },
   {

@@ -2,8 +2,7 @@
  * Events qsd 7.2's schema declares that blockd never raises, declared all
  * the same so that query-qmp-schema's events are qsd's (a client may
  * subscribe to them): BLOCK_IO_ERROR, which qsd raises only for a guest
- * device's error policy (an export has none, so neither raises it), the
- * QUORUM_* events of the quorum driver blockd does not have yet, and
+ * device's error policy (an export has none, so neither raises it), and
  * VSERPORT_CHANGE, a virtio-serial port's (no such device in either).
  */
 import { enm, obj, opt, req } from '../../qapi/types.ts';
@@ -21,26 +20,6 @@ export const unraisedEvents: EventDef[] = [
       req('reason', 'str', 'human readable string describing the error cause.'),
     ]),
     doc: 'Emitted when a disk I/O error occurs (QEMU: by a guest device; never by blockd or qsd, which have none).',
-  },
-  {
-    name: 'QUORUM_FAILURE',
-    data: obj('q_obj_QUORUM_FAILURE-arg', [
-      req('reference', 'str', 'device name if defined else node name'),
-      req('sector-num', 'int', 'number of the first sector of the failed read operation'),
-      req('sectors-count', 'int', 'failed read operation sector count'),
-    ]),
-    doc: 'Emitted by the Quorum block driver if it fails to establish a quorum (blockd has no quorum driver yet).',
-  },
-  {
-    name: 'QUORUM_REPORT_BAD',
-    data: obj('q_obj_QUORUM_REPORT_BAD-arg', [
-      req('type', enm('QuorumOpType', ['read', 'write', 'flush']), 'quorum operation type (Since 2.6)'),
-      opt('error', 'str', 'error message. Only present on failure.'),
-      req('node-name', 'str', 'the graph name of the bad node'),
-      req('sector-num', 'int', 'number of the first sector of the failed read operation'),
-      req('sectors-count', 'int', 'failed read operation sector count'),
-    ]),
-    doc: 'Emitted to report a corruption of a Quorum file (blockd has no quorum driver yet).',
   },
   {
     name: 'VSERPORT_CHANGE',
