@@ -241,15 +241,20 @@ export class BlockGraph {
   }
 
   /**
-   * Closes a node, then lets go of its children. A driver whose close fails
-   * (a qcow2 image whose last metadata flush cannot be written) still lets
-   * go of them, as QEMU's bdrv_close does: otherwise its file stays open and
-   * locked with no node left to delete. The close error is still thrown.
+   * Closes a node, then lets go of its children. As QEMU's bdrv_close, which
+   * returns nothing: a driver whose close fails (a qcow2 image whose last
+   * metadata write-back cannot be written) is logged (qsd prints "Failed to
+   * flush the L2 table cache: ...") and still lets go of its children, or
+   * its file would stay open and locked with no node left to delete. So
+   * blockdev-del answers {} as qsd does, and a shutdown goes on closing the
+   * other nodes.
    */
   private async closeNode(node: BlockNode): Promise<void> {
     this.nodes.delete(node.nodeName);
     try {
       await node.close();
+    } catch (err) {
+      this.env.log.child({ node: node.nodeName }).error({ err }, `closing node '${node.nodeName}' failed: ${(err as Error).message}`);
     } finally {
       for (const edge of [...node.children]) await this.unlink(node, edge);
     }
