@@ -195,6 +195,9 @@ export class PosixFile {
       return this.bouncedWrite(offset, buf, fua);
     }
     if (fua) return this.dsyncFd().then((fd) => pwriteFull(fd, buf, offset));
+    // O_DIRECT writes wait for the device: one job doing them one after another would
+    // serialise what the pool's threads keep in flight together, so they go alone.
+    if (this.direct) return pwriteFull(this.fd, buf, offset);
     return this.writes.write(this.fd, buf, offset);
   }
 
