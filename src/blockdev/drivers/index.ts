@@ -22,6 +22,7 @@ import { blkdebugDriver } from '../filters/blkdebug/index.ts';
 import { compressDriver } from '../filters/compress.ts';
 import { snapshotAccessDriver } from '../filters/snapshot-access.ts';
 import { preallocateDriver } from '../filters/preallocate.ts';
+import { blklogwritesDriver } from '../filters/blklogwrites/index.ts';
 
 export function registerDrivers(graph: BlockGraph): void {
   for (const d of [fileDriver, hostDeviceDriver, nullDriver, nullAioDriver, rawDriver, qcow2Driver, luksDriver, nbdDriver, httpDriver, httpsDriver, rbdDriver, copyBeforeWriteDriver]) graph.register(d);
@@ -31,6 +32,7 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(compressDriver);
   graph.register(snapshotAccessDriver);
   graph.register(preallocateDriver);
+  graph.register(blklogwritesDriver);
   graph.register(vdiDriver);
   graph.register(vpcDriver);
   graph.register(qcowDriver);
