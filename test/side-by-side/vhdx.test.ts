@@ -10,8 +10,12 @@
  * GUIDs, sequence numbers and checksums, the page 83 GUID, log entries'
  * GUIDs and checksums). A dirty log (QEMU's own, left by a BAT replay that
  * blkdebug failed): refused read-only with qsd's text, replayed on a
- * writable open as qsd replays it. blockdev-create: the files (size and
- * masked bytes) and errors of qsd. Qemu-img makes no differencing vhdx
+ * writable open as qsd replays it; a log built here (two entries across the
+ * end of the ring, data and zero descriptors, file growth; also with its
+ * second entry broken) replayed as qsd replays it. drive-backup onto a new
+ * vhdx and onto an existing one probed as vhdx: clean targets equal to the
+ * source, of qsd's sizes. blockdev-create: the files (size and masked
+ * bytes) and errors of qsd. Qemu-img makes no differencing vhdx
  * (no backing option) and QEMU 7.2 opens none; constructed ones are in the
  * mutated corpus, which blockdev-add refuses or opens as qsd, with its text.
  */
@@ -97,6 +101,68 @@ function dirty(d: string, name = 'd.vhdx'): void {
   if (!r.stdout.includes('Input/output error')) throw new Error(`no dirty log made: ${r.stdout}${r.stderr}`);
 }
 
+interface Desc { at: number; data?: Buffer; zero?: number }
+
+/** A log entry built here from the specification (not the driver's encoder): header, descriptors, data sectors, CRC-32C. */
+function logEntry(seq: bigint, guid: Buffer, descs: Desc[], flushed: number, last: number): Buffer {
+  const dataSectors = descs.filter((d) => d.data).length;
+  const descSectors = Math.ceil((descs.length + 2) / 128);
+  const b = Buffer.alloc((descSectors + dataSectors) * 4096);
+  b.write('loge', 0, 'latin1');
+  b.writeUInt32LE(b.length, 8);
+  b.writeBigUInt64LE(seq, 16);
+  b.writeUInt32LE(descs.length, 24);
+  guid.copy(b, 32);
+  b.writeBigUInt64LE(BigInt(flushed), 48);
+  b.writeBigUInt64LE(BigInt(last), 56);
+  let data = descSectors * 4096;
+  descs.forEach((d, i) => {
+    const at = 64 + 32 * i;
+    if (d.data) {
+      b.write('desc', at, 'latin1');
+      d.data.copy(b, at + 4, 4092, 4096);
+      d.data.copy(b, at + 8, 0, 8);
+      b.write('data', data, 'latin1');
+      b.writeUInt32LE(Number(seq >> 32n), data + 4);
+      d.data.copy(b, data + 8, 8, 4092);
+      b.writeUInt32LE(Number(seq & 0xffffffffn), data + 4092);
+      data += 4096;
+    } else {
+      b.write('zero', at, 'latin1');
+      b.writeBigUInt64LE(BigInt(d.zero!), at + 8);
+    }
+    b.writeBigUInt64LE(BigInt(d.at), at + 16);
+    b.writeBigUInt64LE(seq, at + 24);
+  });
+  fixCrc(b, 0, b.length);
+  return b;
+}
+
+/**
+ * A log of two entries written across the end of the ring (1 MiB at 1 MiB): the first maps block 1 in the BAT sector
+ * and writes past the end of the file (its last_file_offset unaligned, so the file is grown), the second zeroes 8 KiB
+ * of block 0 and writes into block 1. `badSecond` spoils the second one's checksum.
+ */
+function constructedLog(d: string, name: string, badSecond: boolean): void {
+  run('qemu-img', ['create', '-q', '-f', 'vhdx', join(d, name), String(SIZE)]);
+  run('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x11 0 1M', join(d, name)]);
+  const b = readFileSync(join(d, name));
+  const guid = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
+  const bat = Buffer.from(b.subarray(2 * MiB, 2 * MiB + 4096));
+  bat.writeBigUInt64LE(BigInt(16 * MiB) | 6n, 8);
+  const a = logEntry(5n, guid, [{ at: 2 * MiB, data: bat }, { at: 16 * MiB + 4096, data: Buffer.alloc(4096, 0x99) }], b.length, 24 * MiB + 12345);
+  const e = logEntry(6n, guid, [{ at: 8 * MiB, zero: 8192 }, { at: 16 * MiB + 8192, data: Buffer.alloc(4096, 0x5a) }], b.length, b.length);
+  const ring = Buffer.alloc(MiB);
+  a.copy(ring, MiB - 4096, 0, 4096);
+  a.copy(ring, 0, 4096, 8192);
+  a.copy(ring, 4096, 8192);
+  if (badSecond) e[100] ^= 1;
+  e.copy(ring, 4096 + a.length - 8192);
+  ring.copy(b, MiB);
+  for (const h of [65536, 2 * 65536]) { guid.copy(b, h + 48); fixCrc(b, h, 4096); }
+  writeFileSync(join(d, name), b);
+}
+
 let pair: Pair | undefined;
 afterEach(async () => { await pair?.stop(); pair = undefined; });
 
@@ -164,6 +230,77 @@ describe('vhdx, side by side with qsd', () => {
     expect(readFileSync(raw).subarray(10 * MiB, 10 * MiB + 65536).every((x) => x === 0x77)).toBe(true);
   }, 120_000);
 
+  it('a constructed log of two entries across the end of the ring (data and zero descriptors, file growth): replayed as qsd, also with its second entry broken', async () => {
+    pair = await startPair((d) => {
+      constructedLog(d, 'd.vhdx', false);
+      constructedLog(d, 'broken.vhdx', true);
+      copyFileSync(join(d, 'd.vhdx'), join(d, 'ro.vhdx'));
+    }, args);
+    const out: Record<string, unknown> = {};
+    for (const who of BOTH) {
+      const side = pair[who];
+      const add = (n: string, ro: boolean) => side.qmp.execute('blockdev-add', { driver: 'vhdx', 'node-name': n, 'read-only': ro,
+        file: { driver: 'file', filename: join(side.dir, `${n}.vhdx`) } }).then(() => 'ok', (e: Error) => e.message.split(side.dir).join('<d>'));
+      out[who] = { ro: await add('ro', true), broken: await add('broken', false), ...(await snapshot(side)) };
+    }
+    expect(out.blockd).toEqual(out.qsd);
+    await pair.stopDaemons();
+    for (const who of BOTH) {
+      for (const n of ['d', 'broken']) {
+        const img = join(pair[who].dir, `${n}.vhdx`);
+        expect(run('qemu-img', ['check', '-f', 'vhdx', img])).toContain('No errors were found on the image.');
+      }
+    }
+    for (const n of ['d', 'broken']) {
+      const [a, b] = BOTH.map((who) => masked(readFileSync(join(pair![who].dir, `${n}.vhdx`))));
+      expect(a.length).toBe(b.length);
+      expect(b.equals(a)).toBe(true);
+    }
+    const bytes = (n: string) => {
+      const raw = join(pair!.blockd.dir, `${n}.raw`);
+      run('qemu-img', ['convert', '-f', 'vhdx', '-O', 'raw', join(pair!.blockd.dir, `${n}.vhdx`), raw]);
+      const r = readFileSync(raw);
+      return [r[0], r[8192], r[8 * MiB + 4096], r[8 * MiB + 8192]];
+    };
+    // QEMU's search keeps the run with the highest first sequence number, so of the run 5, 6 it is the entry 6 alone
+    // that is replayed (block 0 zeroed, block 1 still unmapped); with entry 6 broken, entry 5 maps block 1.
+    expect(bytes('d')).toEqual([0, 0x11, 0, 0]);
+    expect(bytes('broken')).toEqual([0x11, 0x11, 0x99, 0]);
+    expect(statSync(join(pair.blockd.dir, 'broken.vhdx')).size).toBe(25 * MiB);
+  }, 120_000);
+
+  it('drive-backup onto a new vhdx (format vhdx) and onto an existing one without format (probed vhdx): the targets qsd makes', async () => {
+    pair = await startPair((d) => { create(d, ''); W(d); run('qemu-img', ['create', '-q', '-f', 'vhdx', join(d, 'old.vhdx'), String(SIZE)]); },
+      (d) => ['--blockdev', `driver=file,node-name=f0,filename=${join(d, 'd.vhdx')}`, '--blockdev', 'driver=vhdx,node-name=d0,file=f0']);
+    const out: Record<string, unknown> = {};
+    for (const who of BOTH) {
+      const side = pair[who];
+      const rows: unknown[] = [];
+      for (const [id, target, extra] of [['b1', 'new.vhdx', { format: 'vhdx' }], ['b2', 'old.vhdx', { mode: 'existing' }]] as const) {
+        await side.qmp.execute('drive-backup', { 'job-id': id, device: 'd0', target: join(side.dir, target), sync: 'full', ...extra });
+        await waitFor(side.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === id && e.data.status === 'null');
+        const done = side.events.find((e) => e.event === 'BLOCK_JOB_COMPLETED' && e.data.device === id);
+        // Not `len`: qsd counts the last 8 MiB block whole (24 MiB for the 20 MiB disk), blockd's backup the disk's bytes.
+        rows.push({ done: done !== undefined, error: done?.data.error ?? null });
+      }
+      const withFormat = await side.qmp.execute('drive-backup', { 'job-id': 'b3', device: 'd0', target: join(side.dir, 'x.vhdx'), sync: 'top', format: 'vhdx' })
+        .then(() => 'ok', (e: Error) => e.message);
+      out[who] = { rows, withFormat };
+    }
+    expect(out.blockd).toEqual(out.qsd);
+    await pair.stopDaemons();
+    for (const who of BOTH) {
+      for (const t of ['new.vhdx', 'old.vhdx']) {
+        const img = join(pair[who].dir, t);
+        expect(run('qemu-img', ['check', '-f', 'vhdx', img])).toContain('No errors were found on the image.');
+        run('qemu-img', ['compare', '-f', 'vhdx', '-F', 'vhdx', img, join(pair[who].dir, 'd.vhdx')]);
+      }
+    }
+    // The same file sizes; not the same bytes: QEMU's backup copies blocks in parallel, so its target's blocks lie in the
+    // order its workers allocated them.
+    for (const t of ['new.vhdx', 'old.vhdx']) expect(statSync(join(pair.blockd.dir, t)).size).toBe(statSync(join(pair.qsd.dir, t)).size);
+  }, 120_000);
+
   it('blockdev-create (dynamic, fixed, block and log sizes, block-state-zero, bad sizes): the files and errors of qsd', async () => {
     pair = await startPair(() => undefined, () => []);
     const cases: Record<string, unknown>[] = [
@@ -200,6 +337,7 @@ describe('vhdx, side by side with qsd', () => {
 
   it('a corpus of mutated headers, region tables, metadata, BATs and logs (seeded): blockdev-add refuses or opens as qsd, with its text', async () => {
     const N = 90;
+    // Every fifth image (a mutated dirty log) is opened writable, the others read-only.
     pair = await startPair((d) => {
       run('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', join(d, 'base.vhdx'), String(SIZE)]);
       run('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x11 0 64k', '-c', 'write -P 0x22 3M 64k', join(d, 'base.vhdx')]);
@@ -234,14 +372,22 @@ describe('vhdx, side by side with qsd', () => {
       p2.writeUInt32LE(65536 + 40, mdAt + 32 * 6 + 16); p2.writeUInt32LE(20, mdAt + 32 * 6 + 20); p2.writeUInt32LE(4, mdAt + 32 * 6 + 24);
       p2.writeUInt32LE(2, mdAt + 65536 + 4);
       writeFileSync(join(d, 'diff2.vhdx'), p2);
+      // Both headers broken; no file identifier; the dirty image opened read-only.
+      const h = Buffer.from(base);
+      h[65536 + 20] ^= 1; h[2 * 65536 + 20] ^= 1;
+      writeFileSync(join(d, 'nohdr.vhdx'), h);
+      const sig = Buffer.from(base);
+      sig[3] ^= 1;
+      writeFileSync(join(d, 'nosig.vhdx'), sig);
+      writeFileSync(join(d, 'dirtyro.vhdx'), dirtyImg);
     }, () => []);
-    const names = [...Array.from({ length: N }, (_, i) => `m${i}`), 'diff1', 'diff2'];
+    const names = [...Array.from({ length: N }, (_, i) => `m${i}`), 'diff1', 'diff2', 'nohdr', 'nosig', 'dirtyro'];
     const out: Record<string, unknown[]> = {};
     for (const who of BOTH) {
       const side = pair[who];
       out[who] = [];
       for (const [i, n] of names.entries()) {
-        const writable = i % 5 === 4;
+        const writable = i < N && i % 5 === 4;
         const r = await side.qmp.execute('blockdev-add', { driver: 'vhdx', 'node-name': n, 'read-only': !writable,
           file: { driver: 'file', filename: join(side.dir, `${n}.vhdx`) } }).then(() => 'ok', (e: Error) => e.message.split(side.dir).join('<d>'));
         if (r === 'ok') await side.qmp.execute('blockdev-del', { 'node-name': n });
@@ -249,6 +395,6 @@ describe('vhdx, side by side with qsd', () => {
       }
     }
     expect(out.blockd).toEqual(out.qsd);
-    expect(new Set(out.blockd.map((x) => String(x).replace(/^\w+: /, ''))).size).toBeGreaterThanOrEqual(4);
+    expect(new Set(out.blockd.map((x) => String(x).replace(/^\w+: /, '').replace(/'[^']*'/g, "''"))).size).toBeGreaterThanOrEqual(5);
   }, 180_000);
 });

@@ -7,6 +7,7 @@
  * images are refused as QEMU 7.2 refuses them (it parses no parent
  * locator). I/O: image.ts; layout: header.ts; the log: log.ts.
  */
+import { open } from 'node:fs/promises';
 import { obj, req } from '../../../qapi/types.ts';
 import { BlockError } from '../../../util/errors.ts';
 import { BlockdevRef } from '../../options.ts';
@@ -15,7 +16,7 @@ import type { BlockNode } from '../../node.ts';
 import {
   BAT_OFFSET_MASK, BAT_STATE_MASK, HEADER1_OFFSET, HEADER2_OFFSET, HEADER_BLOCK, HEADER_SIZE, METADATA_TABLE_MAX, MiB,
   PARAMS_HAS_PARENT, PAYLOAD_FULLY_PRESENT, REGION_TABLE_OFFSET, Regions, ZERO_GUID, parseGeometry, parseMetadataTable, parseRegionTable,
-  pickHeader, probeVhdx, type VhdxGeometry,
+  DEFAULT_LOG_SIZE, defaultBlockSize, pickHeader, probeVhdx, vhdxLayout, type VhdxGeometry,
 } from './header.ts';
 import { replayLog, searchLog, type LogFile } from './log.ts';
 import { HeaderPair, VhdxImage, logFile } from './image.ts';
@@ -98,6 +99,20 @@ export const vhdxDriver: Driver = {
     req('file', BlockdevRef, 'reference to or definition of the data source block device'),
   ]),
   probe: probeVhdx,
+  async createImage(filename, o) {
+    // drive-mirror/drive-backup targets: qemu-img's way (vhdx_co_create_opts), the size rounded up to whole sectors,
+    // QEMU's defaults; vhdx takes no backing file.
+    if (o.backingFile !== undefined) throw new BlockError('EINVAL', "Backing file not supported for file format 'vhdx'");
+    const size = Math.ceil(o.size / 512) * 512;
+    const { writes, fileLength } = vhdxLayout({ size, logSize: DEFAULT_LOG_SIZE, blockSize: defaultBlockSize(size), fixed: false, zeroBlocks: true });
+    const fh = await open(filename, 'w');
+    try {
+      await fh.truncate(fileLength);
+      for (const [at, b] of writes) await fh.write(b, 0, b.length, at);
+    } finally {
+      await fh.close();
+    }
+  },
   async open(options, ctx): Promise<DriverOps> {
     const file = await ctx.openChild('file', options.file as string | Record<string, unknown>);
     const filename = file.ops.filename?.() ?? file.nodeName;
