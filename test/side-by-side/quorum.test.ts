@@ -12,7 +12,10 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPair, BOTH, type Pair, type Side } from '../helpers/pair.ts';
-import type { Ev } from '../helpers/live.ts';
+import { qmpDaemon, type Ev } from '../helpers/live.ts';
+import { tempDir } from '../helpers/temp.ts';
+import { nbdsh } from '../helpers/nbd.ts';
+import type { Running } from '../helpers/daemons.ts';
 
 const MiB = 1024 * 1024;
 const GOOD = 0x5a;
@@ -155,7 +158,7 @@ print(json.dumps(sorted(set(h.pread(8192, 65536)))))
     expect(out.blockd).toEqual(out.qsd);
   }, 120_000);
 
-  it('reports failing children with their error, in quorum and fifo mode, on reads and writes', async () => {
+  it('reports failing children with their error, in quorum and fifo mode, on reads, writes and flushes', async () => {
     pair = await start();
     // raw raises read_aio and write_aio on its file (the blkdebug node) before it reads or writes there.
     const bad = (errno: number, event: string) => ({ driver: 'raw', 'node-name': 'bad', file: { driver: 'blkdebug', 'node-name': 'dbg', image: 'f2', 'inject-error': [{ event, errno }] } });
@@ -191,9 +194,28 @@ except nbd.Error as e:
     print(json.dumps(e.errno))
 `);
       await settle();
-      out[who] = { r1, e1, r2, e2, w, e3: quorumEvents(side.events) };
+      const e3 = quorumEvents(side.events);
+      side.events.length = 0;
+      await side.qmp.execute('block-export-del', { id: 'e0' });
+      await settle();
+      await side.qmp.execute('blockdev-del', { 'node-name': 'q0' });
+      // Flush: the third child fails it once written (flush_to_disk is raised only on a written node).
+      const flushBad = { driver: 'raw', 'node-name': 'bad', file: { driver: 'blkdebug', 'node-name': 'dbg', image: 'f2', 'inject-error': [{ event: 'flush_to_disk', errno: 5, iotype: 'flush' }] } };
+      await addExport(side, {}, ['f0', 'f1', flushBad]);
+      const f = await side.py('q', `h = nbd.NBD()
+h.connect_uri(uri)
+h.pwrite(b"y" * 4096, 0)
+try:
+    h.flush()
+    print(json.dumps("ok"))
+except nbd.Error as e:
+    print(json.dumps(e.errno))
+`);
+      await settle();
+      out[who] = { r1, e1, r2, e2, w, e3, f, e4: quorumEvents(side.events) };
     }
     expect((out.qsd as { e1: unknown[] }).e1.length).toBe(1);
+    expect((out.qsd as { e4: unknown[] }).e4.length).toBe(1);
     expect(out.blockd).toEqual(out.qsd);
   }, 120_000);
 
@@ -239,6 +261,35 @@ except nbd.Error as e:
       replies.push(await side.py('q', READS([[0, 65536]])));
       out[who] = replies;
     }
+    expect(out.blockd).toEqual(out.qsd);
+  }, 120_000);
+
+  it('blkverify: two children that differ stop the daemon with QEMU\'s message, as qsd', async () => {
+    const out: Record<string, unknown> = {};
+    for (const who of BOTH) {
+      const d = tempDir('blockd-blkverify-');
+      setup(d);
+      const sock = join(d, 'nbd.sock');
+      let running: Running | undefined;
+      try {
+        const { proc, qmp } = await qmpDaemon(who, d, [
+          '--nbd-server', `addr.type=unix,addr.path=${sock}`,
+          '--blockdev', `driver=file,node-name=f0,filename=${join(d, 'c0.raw')}`,
+          '--blockdev', `driver=file,node-name=f1,filename=${join(d, 'c1.raw')}`,
+        ]);
+        running = proc;
+        await qmp.execute('blockdev-add', quorum({ blkverify: true }, ['f0', 'f1']));
+        await qmp.execute('block-export-add', { type: 'nbd', id: 'e0', 'node-name': 'q0', name: 'q' });
+        const same = await nbdsh(`nbd+unix:///q?socket=${sock}`, READS([[0, 4096]]));
+        await nbdsh(`nbd+unix:///q?socket=${sock}`, READS([[0, 8192]])).catch(() => 'gone');
+        const exited = proc.proc.exitCode ?? await new Promise((r) => proc.proc.once('exit', (code) => r(code)));
+        qmp.close();
+        out[who] = { same: JSON.parse(same), exited, message: proc.stderr().split('\n').filter((l) => l.startsWith('quorum:')) };
+      } finally {
+        await running?.stop();
+      }
+    }
+    expect(out.qsd).toMatchObject({ exited: 1, message: ['quorum: offset=0 bytes=8192 contents mismatch at offset 4096'] });
     expect(out.blockd).toEqual(out.qsd);
   }, 120_000);
 });
