@@ -20,12 +20,13 @@ import { vdiCreator } from './vdi.ts';
 import { vpcCreator } from './vpc.ts';
 import { qedCreator } from './qed.ts';
 import { vhdxCreator } from './vhdx.ts';
+import { parallelsCreator } from './parallels.ts';
 import { rbdCreator } from './rbd.ts';
 import type { ImageCreator } from './types.ts';
 
 export type { ImageCreator, CreateContext } from './types.ts';
 
-export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator, qedCreator, vhdxCreator];
+export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator, qedCreator, vhdxCreator, parallelsCreator];
 
 export function findCreator(driver: string): ImageCreator | undefined {
   return CREATORS.find((c) => c.driver === driver);

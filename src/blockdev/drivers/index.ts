@@ -13,6 +13,7 @@ import { dmgDriver } from './dmg/index.ts';
 import { qedDriver } from './qed/index.ts';
 import { vhdxDriver } from './vhdx/index.ts';
 import { quorumDriver } from './quorum/index.ts';
+import { parallelsDriver } from './parallels/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { rbdDriver } from './rbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
@@ -40,4 +41,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(qedDriver);
   graph.register(vhdxDriver);
   graph.register(quorumDriver);
+  graph.register(parallelsDriver);
 }

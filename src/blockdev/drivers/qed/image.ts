@@ -217,21 +217,14 @@ export class QedImage {
   }
 
   /**
-   * QEMU's bdrv_qed_co_block_status, with the block layer's look at the file
-   * for allocated clusters (a hole there reads as zeroes); unallocated runs
-   * are the backing file's, or zero.
+   * QEMU's bdrv_qed_co_block_status: allocated clusters are data, zero
+   * clusters zero; unallocated runs are the backing file's, or zero.
    */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     const f = await this.find(offset, length);
     if (f.kind === 'zero') return [{ offset, length: f.len, data: false, zero: true, allocated: true, depth: 1 }];
-    if (f.kind === 'found') {
-      const data: Extent = { offset, length: f.len, data: true, zero: false, allocated: true, depth: 1 };
-      const at = f.offset + (offset % this.g.cs);
-      const flen = this.file.length();
-      if (at >= flen) return [{ ...data, zero: true }];
-      const [x] = await this.file.blockStatus(at, Math.min(f.len, flen - at));
-      return [{ ...data, length: x.length, zero: x.zero }];
-    }
+    // Without BDRV_BLOCK_RECURSE the block layer does not ask the file whether allocated clusters read as zeroes.
+    if (f.kind === 'found') return [{ offset, length: f.len, data: true, zero: false, allocated: true, depth: 1 }];
     const b = this.backing();
     if (b && offset < b.length()) {
       const [x] = await b.blockStatus(offset, Math.min(f.len, b.length() - offset));
