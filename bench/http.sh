@@ -16,6 +16,9 @@ DIR=$(mktemp -d "${TMPDIR:-/tmp}/blockd-bench-http-XXXXXX")
 SERVER=
 cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$DIR"; }
 trap cleanup EXIT
+# sh runs the EXIT trap on a signal only through exit.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 head -c "$((SIZE_MB * 1024 * 1024))" /dev/urandom > "$DIR/disk.raw"
 node "$ROOT/bench/http-serve.mjs" "$DIR/disk.raw" "$DIR/port" &
@@ -24,7 +27,9 @@ for _ in $(seq 100); do [ -s "$DIR/port" ] && break; sleep 0.05; done
 URL="http://127.0.0.1:$(cat "$DIR/port")/disk.raw"
 
 python3 - "$ROOT" "$DIR" "$URL" "$SIZE_MB" "$RUNS" <<'PY'
-import os, statistics, subprocess, sys, time
+import os, signal, statistics, subprocess, sys, time
+# A signal ends the run through the finally below, which stops the daemon it started.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 root, d, url, mb, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 BLOCKD = os.environ.get('BLOCKD_CMD', f'{root}/bin/blockd').split()
 
@@ -53,7 +58,9 @@ def one(which):
         subprocess.run(['nbdcopy', f'nbd+unix:///web?socket={sock}', 'null:'], check=True)
         return mb * 1048576 / (time.monotonic() - t0) / 1e6
     finally:
-        p.terminate(); p.wait()
+        p.terminate()
+        try: p.wait(10)
+        except subprocess.TimeoutExpired: p.kill(); p.wait()
 
 names = ['blockd', 'qsd', 'nbdkit']
 res = {n: [] for n in names}
