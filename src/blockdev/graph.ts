@@ -198,12 +198,7 @@ export class BlockGraph {
     const add = parent.ops.addChild;
     if (!add) throw new BlockError('ENOTSUP', `The node ${parent.nodeName} does not support adding a child`);
     if (child.parents.length > 0) throw new BlockError('EBUSY', `The node ${child.nodeName} already has a parent`);
-    await parent.drained(() => add(child, (role) => {
-      const p = childPermission(parent.driver, role, parent.readOnly);
-      // QEMU's bdrv_attach_child refuses write permission on a read-only node.
-      if (p.perm.write && child.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
-      this.link(parent, child, role, p);
-    }));
+    await parent.drained(() => add(child, (role) => { this.link(parent, child, role, childPermission(parent.driver, role, parent.readOnly)); }));
   }
 
   /** x-blockdev-change child= (QEMU's bdrv_del_child): drops the edge `role` of `parent` (DriverOps.delChild). */

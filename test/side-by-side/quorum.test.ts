@@ -93,6 +93,15 @@ describe('quorum, side by side with qsd', () => {
       const side = pair[who];
       const replies: unknown[] = [];
       for (const b of bad) replies.push(await side.qmp.execute('blockdev-add', b).then(() => 'ok', (e: Error) => e.message));
+      // A read-only child: refused once a user above wants to write, or at once with rewrite-corrupted.
+      await side.qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'ro', filename: join(side.dir, 'c6.raw'), 'read-only': true });
+      replies.push(await side.qmp.execute('blockdev-add', quorum({ 'node-name': 'qr', 'vote-threshold': 1 }, ['ro'])).then(() => 'ok', (e: Error) => e.message));
+      for (const writable of [true, false]) {
+        replies.push(await side.qmp.execute('block-export-add', { type: 'nbd', id: 'er', 'node-name': 'qr', name: 'qr', writable }).then(() => 'ok', (e: Error) => e.message));
+      }
+      replies.push(await side.qmp.execute('blockdev-add', quorum({ 'node-name': 'qt', 'vote-threshold': 1, 'rewrite-corrupted': true, 'read-only': true },
+        [{ driver: 'file', filename: join(side.dir, 'c5.raw') }])).then(() => 'ok', (e: Error) => e.message));
+      replies.push(await side.qmp.execute('blockdev-add', quorum({ 'node-name': 'qu', 'vote-threshold': 1, 'rewrite-corrupted': true, 'read-only': true }, ['f3'])).then(() => 'ok', (e: Error) => e.message));
       // qsd does not check rewrite-corrupted in fifo mode.
       replies.push(await side.qmp.execute('blockdev-add', quorum({ 'read-pattern': 'fifo', 'rewrite-corrupted': true })).then(() => 'ok', (e: Error) => e.message));
       const nodes = (await side.qmp.execute('query-named-block-nodes', { flat: true })) as Record<string, unknown>[];

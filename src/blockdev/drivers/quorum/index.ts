@@ -64,10 +64,11 @@ export const quorumDriver: Driver = {
     const settings = quorumSettings(options, roles.length);
     const children: Child[] = [];
     for (const [i, role] of roles.entries()) {
-      // rewrite-corrupted writes its children even when the node is read-only (quorum_child_perm).
+      // rewrite-corrupted writes its children even when the node is read-only (quorum_child_perm);
+      // otherwise a read-only child is refused only once a user above wants to write (setPermissions).
       const write = !ctx.readOnly || settings.rewrite;
       const node = await ctx.openChild(role as ChildRole, reopened.length > 0 ? role : refs[i]!, { perm: { write } });
-      if (write && node.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
+      if (settings.rewrite && node.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
       children.push({ role, node });
     }
     try {
@@ -82,6 +83,9 @@ export const quorumDriver: Driver = {
 
 function quorumOps(ctx: DriverContext, s: QuorumSettings, children: Child[], nextIndex: number): DriverOps {
   const events = ctx.events;
+  // Whether a user above writes: QEMU's quorum then needs write on every child, which a read-only one refuses.
+  let usersWrite = false;
+  const readOnlyRefusal = () => new BlockError('EPERM', 'Block node is read-only');
 
   /** Every child's part of a write-type request; a failed child is reported, too few successes fail it. */
   async function writeAll(offset: number, bytes: number, op: (c: BlockNode) => Promise<void>): Promise<void> {
@@ -185,8 +189,14 @@ function quorumOps(ctx: DriverContext, s: QuorumSettings, children: Child[], nex
       if (dataLen > 0) return [{ offset, length: dataLen, data: true, zero: false, allocated: true, depth: 1 }];
       return [{ offset, length: zeroLen, data: false, zero: true, allocated: true, depth: 1 }];
     },
+    setPermissions(users) {
+      const write = users?.perm.write === true;
+      if (write && children.some((c) => c.node.readOnly)) throw readOnlyRefusal();
+      usersWrite = write;
+    },
     addChild(child, attach) {
       if (s.blkverify) throw new BlockError('EINVAL', 'Cannot add a child to a quorum in blkverify mode');
+      if (child.readOnly && (usersWrite || s.rewrite)) throw readOnlyRefusal();
       const role = `children.${nextIndex}` as const;
       attach(role);
       nextIndex++;
