@@ -37,6 +37,8 @@ export interface Dmg {
   bzip2: [number, number][];
   /** Disk size in bytes. */
   size: number;
+  /** Where things are in the image: the trailer, the XML, the resource fork and (in it) each mish block [offset, length]. */
+  at: { koly: number; xml: [number, number]; rsrc: [number, number]; mish: [number, number][] };
 }
 
 export function rng(seed: number): () => number {
@@ -85,7 +87,9 @@ function plist(blocks: Buffer[], extra: Buffer): Buffer {
 }
 
 /** A classic resource fork: 16-byte header, data (each resource a 32-bit length and its bytes), a map QEMU ignores. */
-function resourceFork(blocks: Buffer[]): Buffer {
+function resourceFork(blocks: Buffer[], where: [number, number][], base: number): Buffer {
+  let at = base + 256;
+  for (const b of blocks) { where.push([at + 4, b.length]); at += 4 + b.length; }
   const data = Buffer.concat(blocks.flatMap((b) => { const l = Buffer.alloc(4); l.writeUInt32BE(b.length); return [l, b]; }));
   const map = Buffer.alloc(50, 0);
   const head = Buffer.alloc(256);
@@ -146,7 +150,8 @@ export function makeDmg(o: DmgOptions): Dmg {
   }
   const dataFork = Buffer.concat(fork);
   const xml = plist(blocks, Buffer.from('not a mish block, as the plst resource of real images'));
-  const rsrc = o.layout === 'rsrc' ? resourceFork(blocks) : Buffer.alloc(0);
+  const mishAt: [number, number][] = [];
+  const rsrc = o.layout === 'rsrc' ? resourceFork(blocks, mishAt, dataFork.length) : Buffer.alloc(0);
   const koly = Buffer.alloc(512);
   koly.write('koly', 0, 'latin1');
   koly.writeUInt32BE(4, 4);
@@ -162,5 +167,7 @@ export function makeDmg(o: DmgOptions): Dmg {
   u64(koly, 0xe0, xml.length);
   koly.writeUInt32BE(1, 0x1e8);
   u64(koly, 0x1ec, sector);
-  return { image: Buffer.concat([dataFork, rsrc, xml, koly]), expected: Buffer.concat(disk), bzip2, size: sector * 512 };
+  const at = { koly: dataFork.length + rsrc.length + xml.length, xml: [dataFork.length + rsrc.length, xml.length] as [number, number],
+    rsrc: [dataFork.length, rsrc.length] as [number, number], mish: mishAt };
+  return { image: Buffer.concat([dataFork, rsrc, xml, koly]), expected: Buffer.concat(disk), bzip2, size: sector * 512, at };
 }

@@ -173,24 +173,30 @@ const RANK = new Uint8Array(256).fill(0xff);
 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'.split('').forEach((c, i) => { RANK[c.charCodeAt(0)] = i; });
 RANK[0x3d] = 0;
 
-/** g_base64_decode: characters outside the alphabet are skipped; up to two trailing '=' drop a byte each. */
+/**
+ * g_base64_decode (glib 2.74): characters outside the alphabet are
+ * skipped; each quantum of four gives its first byte, its second unless
+ * its third character is '=', its third unless its fourth is '='; a
+ * partial quantum at the end gives nothing.
+ */
 export function glibBase64(s: Buffer): Buffer {
   const out = Buffer.alloc(Math.floor((s.length * 3) / 4) + 3);
   let n = 0;
   let v = 0;
-  let bits = 0;
+  let i = 0;
+  let last0 = 0;
+  let last1 = 0;
   for (const c of s) {
     const r = RANK[c];
     if (r === 0xff) continue;
+    last1 = last0;
+    last0 = c;
     v = ((v << 6) | r) & 0xffffff;
-    bits += 6;
-    if (bits >= 8) { bits -= 8; out[n++] = (v >> bits) & 0xff; }
-  }
-  for (let i = s.length, left = 2; i > 0 && left > 0;) {
-    i--;
-    if (RANK[s[i]] !== 0xff) {
-      if (s[i] === 0x3d && n > 0) n--;
-      left--;
+    if (++i === 4) {
+      out[n++] = v >> 16;
+      if (last1 !== 0x3d) out[n++] = (v >> 8) & 0xff;
+      if (last0 !== 0x3d) out[n++] = v & 0xff;
+      i = 0;
     }
   }
   return out.subarray(0, n);
