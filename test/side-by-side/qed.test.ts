@@ -152,6 +152,30 @@ print(json.dumps([before.count(0), after.count(0x22)]))
     expect(out.blockd).toEqual([4096, 4096]);
   }, 60_000);
 
+  it('change-backing-file on a qed image below the top: the header qsd writes, and its refusal when the name does not fit', async () => {
+    pair = await startPair((d) => {
+      run('qemu-img', ['create', '-q', '-f', 'raw', join(d, 'base.raw'), String(SIZE)]);
+      run('qemu-img', ['create', '-q', '-f', 'qed', '-b', 'base.raw', '-F', 'raw', join(d, 'mid.qed'), String(SIZE)]);
+      run('qemu-img', ['create', '-q', '-f', 'qed', '-b', 'mid.qed', '-F', 'qed', join(d, 'top.qed'), String(SIZE)]);
+    }, (d) => [
+      '--blockdev', `driver=raw,node-name=b,read-only=on,file.driver=file,file.filename=${join(d, 'base.raw')}`,
+      '--blockdev', `driver=qed,node-name=m,read-only=on,backing=b,file.driver=file,file.filename=${join(d, 'mid.qed')}`,
+      '--blockdev', `driver=qed,node-name=t,backing=m,file.driver=file,file.filename=${join(d, 'top.qed')}`,
+    ]);
+    const out: Record<string, unknown[]> = {};
+    for (const who of BOTH) {
+      const side = pair[who];
+      out[who] = [];
+      for (const name of ['renamed-base.raw', 'x'.repeat(70000), 'base.raw']) {
+        out[who].push(await side.qmp.execute('change-backing-file', { device: 't', 'image-node-name': 'm', 'backing-file': name })
+          .then(() => 'ok', (e: Error) => e.message.replace(name, '<name>')));
+        out[who].push(sha(readFileSync(join(side.dir, 'mid.qed')).subarray(0, 4096)), (await rows(side)).filter((r) => (r as unknown[])[0] === 'm'));
+      }
+    }
+    expect(out.blockd).toEqual(out.qsd);
+    expect(out.blockd.filter((r) => r === 'ok').length).toBe(2);
+  }, 60_000);
+
   it('blockdev-create (defaults, geometry, backing files, refused sizes and geometry): the files and errors of qsd', async () => {
     pair = await startPair(() => undefined, () => []);
     const cases: Record<string, unknown>[] = [

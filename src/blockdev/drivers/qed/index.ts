@@ -24,6 +24,14 @@ import { checkAndRepair } from './check.ts';
 
 interface Backing { node?: BlockNode; name?: string; format?: string }
 
+/**
+ * The backing format change-backing-file (or stream, commit) gave, by the
+ * image's file node: QEMU's block layer keeps it as the node's
+ * backing_format (what query-named-block-nodes shows) though QED records
+ * only "raw or probe"; the node's image is opened again after the change.
+ */
+const changedFormat = new WeakMap<BlockNode, { format?: string }>();
+
 async function openBacking(options: Record<string, unknown>, h: QedHeader, file: BlockNode, ctx: DriverContext): Promise<Backing> {
   let name: string | undefined;
   let format: string | undefined;
@@ -73,6 +81,8 @@ export const qedDriver: Driver = {
     const l1 = Buffer.alloc(h.clusterSize * h.tableSize);
     await readClipped(file, h.l1TableOffset, l1);
     const backing = await openBacking(options, h, file, ctx);
+    const changed = changedFormat.get(file);
+    if (changed) backing.format = changed.format;
     const img = new QedImage(file, h, fileSize, l1, () => backing.node);
     if ((h.features & F_NEED_CHECK) && !file.readOnly) {
       try { await checkAndRepair(img); } catch { throw new BlockError('EIO', 'Image corrupted'); }
@@ -111,6 +121,33 @@ export const qedDriver: Driver = {
         ...(backing.format !== undefined ? { 'backing-filename-format': backing.format } : {}),
       }),
     };
+  },
+  /**
+   * QEMU's bdrv_qed_change_backing_file: a new header with the name right
+   * after it (QED_F_BACKING_FORMAT_NO_PROBE for raw), written through the
+   * file child while the node's image is closed; refused with ENOSPC when
+   * it does not fit in the header clusters, and for a name when unknown
+   * compat features may own the space after the header.
+   */
+  async setBackingFile(node, backingFile, backingFormat) {
+    const file = node.child('file');
+    if (!file) return;
+    const head = Buffer.alloc(HEADER_SIZE);
+    await readClipped(file, 0, head);
+    if (backingFile !== undefined && head.readBigUInt64LE(24) !== 0n) throw new BlockError('ENOTSUP', 'Operation not supported');
+    let features = head.readBigUInt64LE(16) & ~(F_BACKING_FILE | F_BACKING_FORMAT_NO_PROBE);
+    const name = Buffer.from(backingFile ?? '', 'utf8');
+    if (backingFile !== undefined) {
+      features |= F_BACKING_FILE;
+      if (backingFormat === 'raw') features |= F_BACKING_FORMAT_NO_PROBE;
+    }
+    head.writeBigUInt64LE(features, 16);
+    head.writeUInt32LE(HEADER_SIZE, 56);
+    head.writeUInt32LE(name.length, 60);
+    if (HEADER_SIZE + name.length > head.readUInt32LE(12) * head.readUInt32LE(4)) throw new BlockError('ENOSPC', 'No space left on device');
+    await file.write(0, Buffer.concat([head, name]));
+    await file.flush();
+    changedFormat.set(file, { format: backingFile === undefined ? undefined : backingFormat });
   },
   async createImage(filename, o) {
     // qemu-img's way (bdrv_qed_co_create_opts): the size rounded up to whole sectors, default geometry.
