@@ -20,7 +20,8 @@ export type DriverKind = 'protocol' | 'format' | 'filter';
 /** Roles a child can have under its parent (QEMU's names). */
 /** 'image': blkdebug's child, its file child under QEMU's name for it. */
 /** 'children.N': quorum's children (QEMU names them so, numbered as they are added); 'log': blklogwrites' log. */
-export type ChildRole = 'file' | 'backing' | 'data-file' | 'target' | 'image' | 'log' | `children.${number}`;
+/** 'extents.N': vmdk's extent files (QEMU's names for them). */
+export type ChildRole = 'file' | 'backing' | 'data-file' | 'target' | 'image' | 'log' | `children.${number}` | `extents.${number}`;
 
 export interface Perm { read: boolean; write: boolean; resize: boolean }
 

@@ -14,6 +14,7 @@ import { qedDriver } from './qed/index.ts';
 import { vhdxDriver } from './vhdx/index.ts';
 import { quorumDriver } from './quorum/index.ts';
 import { parallelsDriver } from './parallels/index.ts';
+import { vmdkDriver } from './vmdk/index.ts';
 import { httpDriver, httpsDriver } from './http/index.ts';
 import { rbdDriver } from './rbd/index.ts';
 import { copyOnReadDriver } from '../filters/copy-on-read.ts';
@@ -42,4 +43,5 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(vhdxDriver);
   graph.register(quorumDriver);
   graph.register(parallelsDriver);
+  graph.register(vmdkDriver);
 }
