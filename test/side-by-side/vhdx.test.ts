@@ -14,7 +14,9 @@
  * end of the ring, data and zero descriptors, file growth; also with its
  * second entry broken) replayed as qsd replays it. drive-backup onto a new
  * vhdx and onto an existing one probed as vhdx: clean targets equal to the
- * source, of qsd's sizes. blockdev-create: the files (size and masked
+ * source, of qsd's sizes. QEMU's sample images (test/fixtures/vhdx: a
+ * Hyper-V dynamic image, a Hyper-V dirty log, Disk2VHD's twin headers) as
+ * qsd reads, writes and replays them. blockdev-create: the files (size and masked
  * bytes) and errors of qsd. Qemu-img makes no differencing vhdx
  * (no backing option) and QEMU 7.2 opens none; constructed ones are in the
  * mutated corpus, which blockdev-add refuses or opens as qsd, with its text.
@@ -22,7 +24,8 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync, statSync, copyFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { run, tryRun } from '../helpers/tools.ts';
 import { startPair, BOTH, type Pair } from '../helpers/pair.ts';
 import { waitFor } from '../helpers/live.ts';
@@ -163,6 +166,13 @@ function constructedLog(d: string, name: string, badSecond: boolean): void {
   writeFileSync(join(d, name), b);
 }
 
+const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'vhdx');
+/** QEMU's sample image `name` (test/fixtures/vhdx) decompressed into `d`. */
+function sample(d: string, name: string, as: string): void {
+  copyFileSync(join(FIXTURES, `${name}.vhdx.bz2`), join(d, `${as}.bz2`));
+  run('bzip2', ['-d', join(d, `${as}.bz2`)]);
+}
+
 let pair: Pair | undefined;
 afterEach(async () => { await pair?.stop(); pair = undefined; });
 
@@ -300,6 +310,57 @@ describe('vhdx, side by side with qsd', () => {
     // order its workers allocated them.
     for (const t of ['new.vhdx', 'old.vhdx']) expect(statSync(join(pair.blockd.dir, t)).size).toBe(statSync(join(pair.qsd.dir, t)).size);
   }, 120_000);
+
+  it("QEMU's sample images (iotests 064, 070): Hyper-V's dynamic image read and written, its dirty log refused read-only and replayed, Disk2VHD's twin headers", async () => {
+    pair = await startPair((d) => {
+      sample(d, 'iotest-dynamic-1G', 'd.vhdx');
+      sample(d, 'iotest-dirtylog-10G-4M', 'dirty.vhdx');
+      copyFileSync(join(d, 'dirty.vhdx'), join(d, 'dirtyro.vhdx'));
+      sample(d, 'test-disk2vhd', 'd2v.vhdx');
+    }, args);
+    const READS = `import hashlib
+h = nbd.NBD()
+h.connect_uri(uri)
+M = 1024 * 1024
+def digest(o, n):
+    s = hashlib.sha256()
+    for k in range(o, o + n, 16):
+        s.update(h.pread(min(16, o + n - k) * M, k * M))
+    return s.hexdigest()[:16]
+def sums(ranges):
+    return [digest(o, n) for o, n in ranges]
+out = {"size": h.get_size(), "before": sums([(0, 33), (33, 33), (66, 62)])}
+for k in range(99, 157, 16):
+    h.pwrite(bytes([0xc3]) * (min(16, 157 - k) * M), k * M)
+h.flush()
+out["after"] = sums([(0, 33), (33, 33), (66, 33), (99, 58), (157, 99)])
+print(json.dumps(out))
+`;
+    const out: Record<string, unknown> = {};
+    for (const who of BOTH) {
+      const side = pair[who];
+      const add = (n: string, ro: boolean) => side.qmp.execute('blockdev-add', { driver: 'vhdx', 'node-name': n, 'read-only': ro,
+        file: { driver: 'file', filename: join(side.dir, `${n}.vhdx`) } }).then(() => 'ok', (e: Error) => e.message.split(side.dir).join('<d>'));
+      const opened = [await add('dirtyro', true), await add('dirty', false), await add('d2v', true)];
+      await side.qmp.execute('nbd-server-add', { device: 'dirty', name: 'dirty' });
+      await side.qmp.execute('nbd-server-add', { device: 'd2v', name: 'd2v' });
+      const peek = `h = nbd.NBD()\nh.connect_uri(uri)\nimport hashlib\nprint(json.dumps([h.get_size(), hashlib.sha256(h.pread(20 * 1024 * 1024, 0)).hexdigest()]))\n`;
+      out[who] = { opened, rw: await side.py('disk', READS, 120_000), dirty: await side.py('dirty', peek), d2v: await side.py('d2v', peek) };
+    }
+    expect(out.blockd).toEqual(out.qsd);
+    expect((out.blockd as { opened: string[] }).opened[0]).toContain('contains a log that needs to be replayed');
+    await pair.stopDaemons();
+    for (const who of BOTH) {
+      for (const n of ['d', 'dirty']) expect(run('qemu-img', ['check', '-f', 'vhdx', join(pair[who].dir, `${n}.vhdx`)])).toContain('No errors were found on the image.');
+      run('qemu-io', ['-f', 'vhdx', '-c', 'read -P 0xa5 0 18M', join(pair[who].dir, 'dirty.vhdx')]);
+      run('qemu-io', ['-f', 'vhdx', '-c', 'read -P 0xa5 0 33M', '-c', 'read -P 0x96 33M 33M', '-c', 'read -P 0xc3 99M 58M', join(pair[who].dir, 'd.vhdx')]);
+    }
+    for (const n of ['d', 'dirty']) {
+      const [a, b] = BOTH.map((who) => masked(readFileSync(join(pair![who].dir, `${n}.vhdx`))));
+      expect(a.length).toBe(b.length);
+      expect(b.equals(a)).toBe(true);
+    }
+  }, 180_000);
 
   it('blockdev-create (dynamic, fixed, block and log sizes, block-state-zero, bad sizes): the files and errors of qsd', async () => {
     pair = await startPair(() => undefined, () => []);
