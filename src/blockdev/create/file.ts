@@ -118,6 +118,8 @@ async function grow(fh: fsp.FileHandle, size: number, mode: string, signal?: Abo
         } catch (e) {
           throw sysError(e, 'Could not preallocate new data');
         }
+        // As QEMU after posix_fallocate from nothing: the first block written, for alignment probing.
+        if (current === 0) await fh.write(Buffer.alloc(Math.min(size, FIRST_BLOCK)), 0, Math.min(size, FIRST_BLOCK), 0).catch(() => undefined);
       }
     } else {
       if (size !== current) await truncate(fh, size);

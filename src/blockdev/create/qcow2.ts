@@ -308,8 +308,9 @@ async function sizeDataFile(node: BlockNode, d: NonNullable<Qcow2Layout['dataFil
   if (d.length > cur) {
     await node.truncate(d.length);
     if (d.mode !== 'off') await preallocate(node, cur, d.length, d.mode, signal);
-    // QEMU's file driver allocates the first block of a file it grows from nothing (for alignment probing).
-    else if (cur === 0) await node.write(0, Buffer.alloc(d.length < FIRST_BLOCK ? 512 : FIRST_BLOCK));
+    // QEMU's file driver allocates the first block of a file it grows from nothing (for alignment
+    // probing): after a plain truncate, and after fallocate (whose blocks read as zeroes unwritten).
+    if (cur === 0 && d.mode !== 'full') await node.write(0, Buffer.alloc(d.length < FIRST_BLOCK ? 512 : FIRST_BLOCK));
   } else if (d.length < cur && !d.growOnly) {
     await node.truncate(d.length);
   }
