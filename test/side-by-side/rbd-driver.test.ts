@@ -126,8 +126,8 @@ describe('driver=rbd as qsd, on one cluster', () => {
         if (args.conf === undefined) delete args.conf;
         seen[who].push(await ask(d, 'blockdev-add', args));
       }
-      const nodes = (await d.qmp.execute('query-named-block-nodes')) as { 'node-name': string; ro: boolean; image: { 'virtual-size': number } }[];
-      seen[who].push(nodes.map((n) => [n['node-name'], n.ro, n.image['virtual-size']]).sort());
+      const nodes = (await d.qmp.execute('query-named-block-nodes')) as { 'node-name': string; ro: boolean; image: { 'virtual-size': number; 'format-specific'?: unknown } }[];
+      seen[who].push(nodes.map((n) => [n['node-name'], n.ro, n.image['virtual-size'], n.image['format-specific']]).sort());
     }
     expect(seen.blockd).toEqual(seen.qsd);
     expect(seen.qsd.slice(0, -1).filter((r) => 'error' in (r as object)).length).toBe(6);
@@ -233,8 +233,8 @@ describe('encrypt (librbd LUKS) as qsd', () => {
   const loc = (image: string) => ({ pool: 'rbd', image, conf: ceph.conf });
   const rbdImages = async () => (JSON.parse(await ceph.rbd(['ls', '--format', 'json', 'rbd'])) as string[]).sort();
   // Every LUKS format and load runs librbd's key derivation (seconds each, more under load): long timeouts.
-  const nodes = async (d: Daemon) => ((await d.qmp.execute('query-named-block-nodes')) as { 'node-name': string; ro: boolean; image: { 'virtual-size': number } }[])
-    .map((n) => [n['node-name'], n.ro, n.image['virtual-size']]).sort();
+  const nodes = async (d: Daemon) => ((await d.qmp.execute('query-named-block-nodes')) as { 'node-name': string; ro: boolean; image: { 'virtual-size': number; 'format-specific'?: unknown } }[])
+    .map((n) => [n['node-name'], n.ro, n.image['virtual-size'], n.image['format-specific']]).sort();
 
   it('blockdev-create with encrypt: the same results, sizes and refusals as qsd; a refused format removes the image', async () => {
     const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
@@ -324,6 +324,9 @@ describe('encrypt (librbd LUKS) as qsd', () => {
       { image: 'enc-by-qsd', encrypt: { format: 'luks', 'key-secret': 'nosuch' } },
       { image: 'nope', encrypt: { format: 'luks', 'key-secret': 'nosuch' } },
       { image: 'enc-by-qsd', encrypt: { format: 'luks', 'key-secret': 'pw' }, 'read-only': true },
+      // Without encrypt: the raw image, whose first bytes name its LUKS version (format-specific).
+      { image: 'enc-by-qsd', 'read-only': true },
+      { image: 'enc-cli', 'read-only': true },
     ];
     const seen: Record<Who, unknown[]> = { qsd: [], blockd: [] };
     for (const who of BOTH) {
@@ -333,6 +336,9 @@ describe('encrypt (librbd LUKS) as qsd', () => {
     }
     expect(seen.blockd).toEqual(seen.qsd);
     expect(seen.qsd.slice(0, 2)).toEqual([{ error: 'GenericError', desc: 'encryption load fail: Operation not permitted' }, { error: 'GenericError', desc: 'encryption load fail: Operation not permitted' }]);
-    expect(seen.qsd.slice(0, -2).every((r) => 'error' in (r as object))).toBe(true);
+    expect(seen.qsd.slice(0, 7).every((r) => 'error' in (r as object))).toBe(true);
+    // Through the encryption nothing names it; the raw images are larger by the header.
+    expect(seen.qsd.at(-1)).toEqual([['n7', true, 8 * MiB, { type: 'rbd', data: {} }],
+      ['n8', true, 12 * MiB, { type: 'rbd', data: { 'encryption-format': 'luks' } }], ['n9', true, 24 * MiB, { type: 'rbd', data: { 'encryption-format': 'luks2' } }]]);
     }, 300_000);
 });

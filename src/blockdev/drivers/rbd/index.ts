@@ -16,6 +16,10 @@ import type { Driver, DriverOps } from '../../driver.ts';
 import { BlockdevOptionsRbd, RBD_STRONG_OPTIONS, connectOptions, rbdErrorText } from './options.ts';
 
 const enum Aio { READ = 0, WRITE = 1, FLUSH = 2, DISCARD = 3, WRITE_ZEROES = 4 }
+
+/** block/rbd.c's rbd_luks_header_verification and rbd_luks2_header_verification. */
+const LUKS_MAGIC: Record<string, string> = { '4c554b53babe0001': 'luks', '4c554b53babe0002': 'luks2' };
+const VERIFY_LEN = 8;
 const enum Op { CLOSE = 1, RESIZE = 2, STATUS = 4 }
 
 /** The addon's librbd functions, or why there are none. */
@@ -59,7 +63,18 @@ export const rbdDriver: Driver = {
       writable = false;
     }
     const aio = (op: Aio, offset: number, arg?: Buffer | number) => rbd.rbdAio(h, op, offset, arg).then(() => undefined, (e) => { throw asEio(e); });
-    const resize = async (n: number) => { size = await rbd.rbdHandleOp(h, Op.RESIZE, n) as number; };
+    const resize = async (n: number) => { size = await rbd.rbdHandleOp(h, Op.RESIZE, n) as number; if (size < VERIFY_LEN) encryptionFormat = undefined; };
+    // QEMU's get_specific_info reads the image's first 8 bytes for the LUKS
+    // magic at each query; queries here are synchronous, so they are read at
+    // open and again after each request of this node that touches them.
+    let encryptionFormat: string | undefined;
+    const readHead = async () => {
+      const head = Buffer.alloc(VERIFY_LEN);
+      if (size >= VERIFY_LEN) await rbd.rbdAio(h, Aio.READ, 0, head).catch(() => undefined);
+      encryptionFormat = LUKS_MAGIC[head.toString('hex')];
+    };
+    const touchesHead = async (offset: number) => { if (offset < VERIFY_LEN) await readHead(); };
+    await readHead();
     return {
       length: () => size,
       openedReadOnly: !ctx.readOnly && !writable,
@@ -69,12 +84,17 @@ export const rbdDriver: Driver = {
         // As QEMU: a write past the end grows the image first.
         if (offset + buf.length > size) await resize(offset + buf.length);
         await aio(Aio.WRITE, offset, buf);
+        await touchesHead(offset);
       },
       async writeZeroes(offset, length) {
         if (offset + length > size) await resize(offset + length);
         await aio(Aio.WRITE_ZEROES, offset, length);
+        await touchesHead(offset);
       },
-      discard: (offset, length) => aio(Aio.DISCARD, offset, length),
+      async discard(offset, length) {
+        await aio(Aio.DISCARD, offset, length);
+        await touchesHead(offset);
+      },
       flush: () => aio(Aio.FLUSH, 0),
       async blockStatus(offset, length) {
         const [zero, n] = await rbd.rbdHandleOp(h, Op.STATUS, offset, length) as [number, number];
@@ -82,7 +102,8 @@ export const rbdDriver: Driver = {
         return [{ offset, length: len, data: zero === 0, zero: zero === 1, allocated: true, depth: 1 }];
       },
       truncate: (n) => resize(n).catch((e) => { throw new BlockError('EIO', `Failed to resize file: ${(e as { reason?: string }).reason ?? (e as Error).message}`); }),
-      info: () => ({ 'cluster-size': opened.objectSize }),
+      info: () => ({ 'cluster-size': opened.objectSize,
+        'format-specific': { type: 'rbd', data: encryptionFormat === undefined ? {} : { 'encryption-format': encryptionFormat } } }),
       async close() { await rbd.rbdHandleOp(h, Op.CLOSE); },
     };
   },
