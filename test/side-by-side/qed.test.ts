@@ -176,6 +176,24 @@ print(json.dumps([before.count(0), after.count(0x22)]))
     expect(out.blockd.filter((r) => r === 'ok').length).toBe(2);
   }, 60_000);
 
+  it('block_resize: grows as qsd (header size), refuses shrinking and sizes that are not whole sectors with its texts', async () => {
+    pair = await startPair((d) => {
+      run('qemu-img', ['create', '-q', '-f', 'qed', join(d, 'd.qed'), String(SIZE)]);
+      qemuIo(d, 'qed', 'write -P 0x44 1M 8k');
+    }, (d) => args(d).slice(0, 4));
+    const out: Record<string, unknown[]> = {};
+    for (const who of BOTH) {
+      const side = pair[who];
+      out[who] = [];
+      for (const size of [SIZE + 1024 * 1024, SIZE, SIZE * 2 + 100, 2 ** 47]) {
+        out[who].push(await side.qmp.execute('block_resize', { 'node-name': 'd0', size }).then(() => 'ok', (e: Error) => e.message));
+        out[who].push(sha(readFileSync(join(side.dir, 'd.qed')).subarray(0, 64)), (await rows(side)).filter((r) => (r as unknown[])[0] === 'd0'));
+      }
+    }
+    expect(out.blockd).toEqual(out.qsd);
+    expect(out.blockd.filter((r) => r === 'ok').length).toBe(1);
+  }, 60_000);
+
   it('blockdev-create (defaults, geometry, backing files, refused sizes and geometry): the files and errors of qsd', async () => {
     pair = await startPair(() => undefined, () => []);
     const cases: Record<string, unknown>[] = [
