@@ -162,8 +162,10 @@ export async function replayLog(f: LogFile, logs: LogSequence, logGuid: Buffer):
         const sector = Buffer.concat([d.leading, data.subarray(8, 4092), d.trailing]);
         await f.writeSync(checkedOffset(d.fileOffset), sector);
       } else {
-        // QEMU writes the zeroes one 4 KiB sector at a time; the same bytes in larger pieces.
+        // QEMU writes the zeroes one 4 KiB sector at a time; the same bytes in larger pieces. A run past what a file
+        // can hold is an I/O error (QEMU would write until the file system is full).
         let at = checkedOffset(d.fileOffset);
+        if (d.zeroLength > BigInt(Number.MAX_SAFE_INTEGER - at)) throw new BlockError('EIO', 'Input/output error');
         for (let left = Number(d.zeroLength); left > 0;) {
           const n = Math.min(left, 1024 * 1024);
           await f.writeSync(at, Buffer.alloc(n));
