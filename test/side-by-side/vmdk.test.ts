@@ -15,6 +15,7 @@ import { readFileSync, writeFileSync, copyFileSync, readdirSync, mkdirSync } fro
 import { join } from 'node:path';
 import { run } from '../helpers/tools.ts';
 import { startPair, BOTH, type Pair, type Side } from '../helpers/pair.ts';
+import { waitFor } from '../helpers/live.ts';
 
 const SIZE = 6 * 1024 * 1024;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -127,16 +128,17 @@ async function rows(side: Side): Promise<unknown[]> {
  * The image's files, the random CID masked: QEMU rewrites the descriptor as a C string, so after the CID's
  * NUL come stale bytes whose position depends on the new CID's width; those count by length only.
  */
-function files(dir: string): Record<string, string> {
+function files(dir: string, only?: (f: string) => boolean): Record<string, string> {
   const out: Record<string, string> = {};
   for (const f of readdirSync(dir).filter((x) => x.endsWith('.vmdk') || x.endsWith('.raw')).sort()) {
-    if (['served.raw', 'expected.raw', 'model.raw', 'src.raw'].includes(f)) continue;
+    if (['served.raw', 'expected.raw', 'model.raw', 'src.raw'].includes(f) || (only && !only(f))) continue;
     const b = readFileSync(join(dir, f));
     const sparse = b.length >= 4 && b.readUInt32BE(0) === 0x4b444d56;
     if (!sparse && !b.toString('latin1', 0, 6).startsWith('# Disk')) { out[f] = sha(b); continue; }
     const text = sparse ? b.subarray(512, 512 + 10240) : b;
     const nul = text.indexOf(0);
-    const desc = text.toString('latin1', 0, nul < 0 ? text.length : nul).replace(/\nCID=[0-9a-f]+\n/, '\nCID=x\n');
+    const desc = text.toString('latin1', 0, nul < 0 ? text.length : nul).replace(/\nCID=[0-9a-f]+\n/, '\nCID=x\n')
+      .replace(/\nparentCID=(?!ffffffff\n)[0-9a-f]+\n/, '\nparentCID=x\n');
     const rest = sparse ? Buffer.concat([b.subarray(0, 512), b.subarray(512 + 10240)]) : Buffer.alloc(0);
     out[f] = `${b.length} ${sha(Buffer.from(desc, 'latin1'))} ${sha(rest)}`;
   }
@@ -177,4 +179,59 @@ describe('vmdk, side by side with qsd', () => {
       expect(files(pair.blockd.dir)).toEqual(files(pair.qsd.dir));
     }, 180_000);
   }
+
+  it('blockdev-create in every subformat, with extents, options and a backing file; refusals: the files and errors of qsd', async () => {
+    pair = await startPair(() => undefined, () => []);
+    const cases: { opts: Record<string, unknown>; extents?: number }[] = [
+      { opts: { size: SIZE } },
+      { opts: { size: SIZE, subformat: 'streamOptimized' } },
+      { opts: { size: SIZE, 'zeroed-grain': true, 'adapter-type': 'lsilogic', hwversion: '6', toolsversion: '1' } },
+      { opts: { size: SIZE, subformat: 'monolithicFlat' }, extents: 1 },
+      { opts: { size: SIZE, subformat: 'twoGbMaxExtentSparse', 'adapter-type': 'buslogic' }, extents: 1 },
+      { opts: { size: SIZE, subformat: 'twoGbMaxExtentFlat' }, extents: 1 },
+      { opts: { size: SIZE, 'backing-file': 'new0.vmdk' } },
+      { opts: { size: 1000 } },
+      { opts: { size: SIZE, subformat: 'monolithicFlat' } },
+      { opts: { size: SIZE, subformat: 'monolithicFlat' }, extents: 2 },
+      { opts: { size: SIZE, subformat: 'monolithicFlat', 'zeroed-grain': true }, extents: 1 },
+      { opts: { size: SIZE, subformat: 'twoGbMaxExtentFlat', 'backing-file': 'new0.vmdk' }, extents: 1 },
+      { opts: { size: 0 } },
+    ];
+    const out: Record<string, unknown[]> = {};
+    for (const who of BOTH) {
+      const side = pair[who];
+      out[who] = [];
+      const job = async (id: string, options: Record<string, unknown>) => {
+        await side.qmp.execute('blockdev-create', { 'job-id': id, options });
+        await waitFor(side.events, (e) => e.event === 'JOB_STATUS_CHANGE' && e.data.id === id && e.data.status === 'concluded');
+        const [j] = (await side.qmp.execute('query-jobs', {}) as { id: string; error?: string }[]).filter((x) => x.id === id);
+        await side.qmp.execute('job-dismiss', { id });
+        return j.error ?? 'ok';
+      };
+      const fileNode = async (id: string, path: string) => {
+        await job(`f-${id}`, { driver: 'file', filename: path, size: 0 });
+        await side.qmp.execute('blockdev-add', { driver: 'file', 'node-name': id, filename: path });
+      };
+      for (const [i, c] of cases.entries()) {
+        const path = join(side.dir, `new${i}.vmdk`);
+        await fileNode(`n${i}`, path);
+        const extents: string[] = [];
+        for (let k = 0; k < (c.extents ?? 0); k++) {
+          await fileNode(`n${i}e${k}`, join(side.dir, `new${i}-e${k}.vmdk`));
+          extents.push(`n${i}e${k}`);
+        }
+        const result = await job(`v${i}`, { driver: 'vmdk', file: `n${i}`, ...c.opts, ...(extents.length ? { extents } : {}) });
+        for (const n of [`n${i}`, ...extents]) await side.qmp.execute('blockdev-del', { 'node-name': n });
+        // A 0-byte sparse image has capacity 0: QEMU then reads it as a descriptor and cannot open it.
+        if (result === 'ok' && c.opts.size !== 0) expect(run('qemu-img', ['check', path])).toContain('No errors were found');
+        out[who].push({ result, files: files(side.dir, (f) => f.startsWith(`new${i}.`) || f.startsWith(`new${i}-`)) });
+        // The parent CID (masked above, the parent's CID being random) is the backing file's CID.
+        if (c.opts['backing-file'] && result === 'ok') {
+          const cid = (f: string, key: string) => new RegExp(`\\n${key}=([0-9a-f]+)\\n`).exec(readFileSync(join(side.dir, f)).toString('latin1'))![1];
+          expect(cid(`new${i}.vmdk`, 'parentCID')).toBe(cid('new0.vmdk', 'CID'));
+        }
+      }
+    }
+    expect(out.blockd).toEqual(out.qsd);
+  }, 120_000);
 });

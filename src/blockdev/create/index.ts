@@ -22,11 +22,12 @@ import { qedCreator } from './qed.ts';
 import { vhdxCreator } from './vhdx.ts';
 import { parallelsCreator } from './parallels.ts';
 import { rbdCreator } from './rbd.ts';
+import { vmdkCreator } from './vmdk.ts';
 import type { ImageCreator } from './types.ts';
 
 export type { ImageCreator, CreateContext } from './types.ts';
 
-export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator, qedCreator, vhdxCreator, parallelsCreator];
+export const CREATORS: readonly ImageCreator[] = [fileCreator, qcow2Creator, luksCreator, vdiCreator, vpcCreator, rbdCreator, qedCreator, vhdxCreator, parallelsCreator, vmdkCreator];
 
 export function findCreator(driver: string): ImageCreator | undefined {
   return CREATORS.find((c) => c.driver === driver);
