@@ -47,6 +47,8 @@ export class QmpSession implements SessionState {
   oob = false;
   private readonly parser: JsonStreamParser;
   private pumping = false;
+  /** pump() was called while the loop ran. */
+  private pumpAgain = false;
   private inputEnded = false;
   private closed = false;
   /** A command is being executed (its reply not yet sent). */
@@ -129,11 +131,26 @@ export class QmpSession implements SessionState {
     }
   }
 
-  /** Processes buffered input one message at a time while output is not backed up. */
+  /**
+   * Processes buffered input one message at a time while output is not
+   * backed up. A call while the loop runs is remembered and the loop runs
+   * again once it has ended: the loop can end (input resumed, nothing left
+   * to parse) inside a 'drain' handler, and the resumed stream then hands
+   * over what it had buffered in a tick that comes before the loop's
+   * ending is seen; that data would otherwise wait for input that the
+   * client, having sent everything, never sends.
+   */
   private pump(): void {
-    if (this.pumping || this.closed) return;
+    if (this.closed) return;
+    if (this.pumping) { this.pumpAgain = true; return; }
     this.pumping = true;
-    void this.loop().finally(() => { this.pumping = false; });
+    void this.loop().finally(() => {
+      this.pumping = false;
+      if (this.pumpAgain) {
+        this.pumpAgain = false;
+        this.pump();
+      }
+    });
   }
 
   private async loop(): Promise<void> {
