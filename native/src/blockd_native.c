@@ -8,6 +8,8 @@
  *   ofdTest(fd, 'r'|'w', start, len)     -> boolean: another open file
  *                                           description holds a conflicting lock
  *   blockDeviceSize(fd), blockDeviceSectorSize(fd) -> number  (BLKGETSIZE64, BLKSSZGET)
+ *   blockDeviceReadOnly(fd) -> boolean  (BLKROGET)
+ *   cdromDriveStatus(fd) -> number  (CDROM_DRIVE_STATUS, CDSL_CURRENT: the status, or -errno)
  *   allocAligned(size, alignment)        -> Buffer over posix_memalign'd memory
  *   isAligned(buf, alignment)            -> boolean: buf's memory starts on the boundary
  *   strerror(errno)                      -> glibc's text (node:fs only has libuv's)
@@ -41,6 +43,7 @@
 #include <limits.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/cdrom.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -337,6 +340,26 @@ static napi_value js_block_device_sector_size(napi_env env, napi_callback_info i
   return result;
 }
 
+/* QEMU's check_hdev_writable: a block device set read-only (blockdev --setro, losetup -r) opens O_RDWR but refuses writes. */
+static napi_value js_block_device_read_only(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  int fd, ro = 0;
+  if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+  if (ioctl(fd, BLKROGET, &ro) < 0) { throw_errno(env, errno, "ioctl"); return NULL; }
+  CHECK(env, napi_get_boolean(env, ro != 0, &result));
+  return result;
+}
+
+/* QEMU's cdrom_is_inserted asks the drive each time; a device that is no CD-ROM fails the ioctl. */
+static napi_value js_cdrom_drive_status(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  int fd;
+  if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+  int ret = ioctl(fd, CDROM_DRIVE_STATUS, CDSL_CURRENT);
+  CHECK(env, napi_create_int32(env, ret < 0 ? -errno : ret, &result));
+  return result;
+}
+
 /* ---- aligned buffers ---- */
 
 static void free_aligned(napi_env env, void *data, void *hint) {
@@ -511,6 +534,8 @@ static napi_value init(napi_env env, napi_value exports) {
     { "ofdTest", NULL, js_ofd_test, NULL, NULL, NULL, napi_enumerable, NULL },
     { "blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_enumerable, NULL },
     { "blockDeviceSectorSize", NULL, js_block_device_sector_size, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "blockDeviceReadOnly", NULL, js_block_device_read_only, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "cdromDriveStatus", NULL, js_cdrom_drive_status, NULL, NULL, NULL, napi_enumerable, NULL },
     { "allocAligned", NULL, js_alloc_aligned, NULL, NULL, NULL, napi_enumerable, NULL },
     { "isAligned", NULL, js_is_aligned, NULL, NULL, NULL, napi_enumerable, NULL },
     { "strerror", NULL, js_strerror, NULL, NULL, NULL, napi_enumerable, NULL },

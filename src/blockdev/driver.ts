@@ -159,6 +159,8 @@ export interface DriverOps {
   limits?: Partial<Limits>;
   /** Driver-specific information for query-named-block-nodes (QEMU's image info). */
   info?(): Record<string, unknown>;
+  /** Whether the node's medium is there (QEMU's bdrv_is_inserted hook: host_cdrom); without it, as its children's. */
+  inserted?(): boolean;
   /** Driver-specific statistics (query-blockstats' BlockStatsSpecific members, QEMU's bdrv_get_specific_stats). */
   blockStats?(): Record<string, unknown>;
   /** Filename as QEMU reports it in query-named-block-nodes ("file" member); see Driver.filenameIsExact. */

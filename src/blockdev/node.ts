@@ -185,6 +185,12 @@ export class BlockNode implements Parent {
 
   get isFilter(): boolean { return this.driver.kind === 'filter'; }
 
+  /** QEMU's bdrv_is_inserted: the driver's answer (host_cdrom), else whether every child's medium is there. */
+  inserted(): boolean {
+    if (this.ops.inserted) return this.ops.inserted();
+    return this.children.every((e) => e.child.inserted());
+  }
+
   /** A blkdebug event happened to this node (DriverOps.debugEvent); nothing unless its driver listens. */
   debugEvent(event: BlkdebugEvent): void {
     this.ops.debugEvent?.(event);

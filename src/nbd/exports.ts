@@ -107,6 +107,8 @@ export class NbdExportDriver implements ExportDriver<NbdExport>, NbdExportList {
       throw new BlockError('EINVAL', `description '${s.description}' too long`);
     }
     if (this.byName(s.name)) throw new BlockError('EINVAL', `NBD server already has export named '${s.name}'`);
+    // blk_getlength fails with ENOMEDIUM when the medium is not there (host_cdrom without a disc).
+    if (!common.node.inserted()) throw new BlockError('EINVAL', "Failed to determine the NBD export's length: No medium found");
     const bitmaps: DirtyBitmapView[] = [];
     for (const b of s.bitmaps) {
       const bm = this.opts.findBitmap?.(common.node, b, common.writable);

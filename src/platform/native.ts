@@ -23,6 +23,8 @@ export interface NativeAddon {
   ofdTest(fd: number, type: 'r' | 'w', start: number, len: number): boolean;
   blockDeviceSize(fd: number): number;
   blockDeviceSectorSize(fd: number): number;
+  cdromDriveStatus(fd: number): number;
+  blockDeviceReadOnly(fd: number): boolean;
   /** A zero-filled Buffer whose memory starts on an `alignment` boundary (for O_DIRECT). */
   allocAligned(size: number, alignment: number): Buffer;
   /** Whether the memory of `buf` starts on an `alignment` boundary. */
@@ -132,6 +134,10 @@ export const ofdTest = (fd: number, type: 'r' | 'w', start: number, len: number)
   native().ofdTest(fd, type, start, len);
 export const blockDeviceSize = (fd: number): number => native().blockDeviceSize(fd);
 export const blockDeviceSectorSize = (fd: number): number => native().blockDeviceSectorSize(fd);
+/** CDROM_DRIVE_STATUS (CDSL_CURRENT): CDS_* (CDS_DISC_OK = 4), or -errno when the device is no CD-ROM drive. */
+/** BLKROGET: the block device is set read-only. */
+export const blockDeviceReadOnly = (fd: number): boolean => native().blockDeviceReadOnly(fd);
+export const cdromDriveStatus = (fd: number): number => native().cdromDriveStatus(fd);
 export const allocAligned = (size: number, alignment: number): Buffer => native().allocAligned(size, alignment);
 export const isAligned = (buf: Buffer, alignment: number): boolean => native().isAligned(buf, alignment);
 

@@ -2,7 +2,7 @@
 import type { BlockGraph } from '../graph.ts';
 import { nullAioDriver, nullDriver } from './null.ts';
 import { rawDriver } from './raw.ts';
-import { fileDriver, hostDeviceDriver } from './file/index.ts';
+import { fileDriver, hostCdromDriver, hostDeviceDriver } from './file/index.ts';
 import { qcow2Driver } from './qcow2/index.ts';
 import { luksDriver } from './luks/index.ts';
 import { nbdDriver } from './nbd/index.ts';
@@ -39,6 +39,7 @@ export function registerDrivers(graph: BlockGraph): void {
   graph.register(vpcDriver);
   graph.register(qcowDriver);
   graph.register(dmgDriver);
+  graph.register(hostCdromDriver);
   graph.register(qedDriver);
   graph.register(vhdxDriver);
   graph.register(quorumDriver);

@@ -22,7 +22,7 @@ import { enm, obj, opt, req, type ObjectType } from '../../../qapi/types.ts';
 import type { Driver, DriverContext, DriverOps } from '../../driver.ts';
 import { closeFd, openFd } from './io.ts';
 import { ImageLock } from './locking.ts';
-import { allocAligned, blockDeviceSectorSize, blockDeviceSize, errorText } from '../../../platform/native.ts';
+import { allocAligned, blockDeviceReadOnly, blockDeviceSectorSize, blockDeviceSize, cdromDriveStatus, errorText } from '../../../platform/native.ts';
 import { PosixFile } from './posix-file.ts';
 
 export type { FileOps } from './posix-file.ts';
@@ -48,7 +48,14 @@ export interface FileOptions {
   'x-check-cache-dropped'?: boolean;
 }
 
-async function openPosix(options: Record<string, unknown>, ctx: DriverContext, device: boolean): Promise<DriverOps> {
+/** Which of file-posix's drivers: a regular file, a host device, or a host CD-ROM (QEMU's FTYPE_CD: O_NONBLOCK, the medium asked of the drive). */
+type PosixKind = 'file' | 'host_device' | 'host_cdrom';
+
+/** linux/cdrom.h's CDS_DISC_OK: CDROM_DRIVE_STATUS's answer when a disc is in the drive. */
+const CDS_DISC_OK = 4;
+
+async function openPosix(options: Record<string, unknown>, ctx: DriverContext, kind: PosixKind): Promise<DriverOps> {
+  const device = kind !== 'file';
   const o = options as unknown as FileOptions;
   const filename = o.filename;
   const direct = ctx.options.cache?.direct === true;
@@ -56,7 +63,8 @@ async function openPosix(options: Record<string, unknown>, ctx: DriverContext, d
     throw new BlockError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
   }
 
-  const { fd, flags, writable } = await openImage(filename, ctx, direct);
+  // QEMU's cdrom_open: "open will not fail even if no CD is inserted, so add O_NONBLOCK".
+  const { fd, flags, writable } = await openImage(filename, ctx, direct, kind === 'host_cdrom' ? fs.constants.O_NONBLOCK : 0);
   try {
     const st = fs.fstatSync(fd);
     const isDev = st.isBlockDevice() || st.isCharacterDevice();
@@ -64,7 +72,11 @@ async function openPosix(options: Record<string, unknown>, ctx: DriverContext, d
       throw new BlockError('EINVAL', `'file' driver requires '${filename}' to be a regular file`);
     }
     if (device && !isDev) {
-      throw new BlockError('EINVAL', `'host_device' driver requires '${filename}' to be either a character or block device`);
+      throw new BlockError('EINVAL', `'${kind}' driver requires '${filename}' to be either a character or block device`);
+    }
+    // QEMU's check_hdev_writable (auto-read-only leaves QEMU's fd read-only until a writer comes, so it is not asked then).
+    if (writable && ctx.options['auto-read-only'] !== true && st.isBlockDevice() && blockDeviceReadOnly(fd)) {
+      throw new BlockError('EPERM', 'The device is not writable: Permission denied');
     }
     const size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
     const alignment = direct ? probeAlignment(fd, st.isBlockDevice()) : 1;
@@ -77,6 +89,8 @@ async function openPosix(options: Record<string, unknown>, ctx: DriverContext, d
     const ops = file.ops();
     // The locks of a node nobody uses yet; the graph moves them as users come and go.
     ops.setPermissions(undefined);
+    // QEMU's cdrom_is_inserted: the drive is asked each time (a device that is no CD-ROM has no medium).
+    if (kind === 'host_cdrom') return { ...ops, inserted: () => cdromDriveStatus(fd) === CDS_DISC_OK };
     return ops;
   } catch (e) {
     await closeFd(fd).catch(() => undefined);
@@ -85,8 +99,8 @@ async function openPosix(options: Record<string, unknown>, ctx: DriverContext, d
 }
 
 /** Opens like QEMU's raw_open_common: errors read "Could not open 'x': No such file or directory". */
-async function openImage(filename: string, ctx: DriverContext, direct: boolean): Promise<{ fd: number; flags: number; writable: boolean }> {
-  const extra = direct ? fs.constants.O_DIRECT : 0;
+async function openImage(filename: string, ctx: DriverContext, direct: boolean, more = 0): Promise<{ fd: number; flags: number; writable: boolean }> {
+  const extra = (direct ? fs.constants.O_DIRECT : 0) | more;
   let writable = !ctx.readOnly;
   let flags = (writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY) | extra;
   try {
@@ -143,7 +157,7 @@ export const fileDriver: Driver = {
   options: BlockdevOptionsFile,
   strongOptions: ['filename'],
   getInfo: 'own',
-  open: (options, ctx) => openPosix(options, ctx, false),
+  open: (options, ctx) => openPosix(options, ctx, 'file'),
 };
 
 export const hostDeviceDriver: Driver = {
@@ -152,5 +166,21 @@ export const hostDeviceDriver: Driver = {
   options: BlockdevOptionsFile,
   strongOptions: ['filename'],
   getInfo: 'own',
-  open: (options, ctx) => openPosix(options, ctx, true),
+  open: (options, ctx) => openPosix(options, ctx, 'host_device'),
+};
+
+/**
+ * QEMU's host_cdrom (Linux): host_device's options and I/O, opened
+ * O_NONBLOCK; its medium is there when the drive says CDS_DISC_OK, so a
+ * device that is no CD-ROM drive (a loop device) opens but has no medium:
+ * an NBD export of it is refused ("No medium found"). Eject and door
+ * locking are not reachable from qsd.
+ */
+export const hostCdromDriver: Driver = {
+  name: 'host_cdrom',
+  kind: 'protocol',
+  options: BlockdevOptionsFile,
+  strongOptions: ['filename'],
+  // QEMU's host_cdrom has no bdrv_get_info: no dirty-flag in its rows (nor in a raw node's above it).
+  open: (options, ctx) => openPosix(options, ctx, 'host_cdrom'),
 };
