@@ -92,7 +92,7 @@ describe('NBD over TLS: x509', () => {
     const server = { server: '0', listen: `tcp 127.0.0.1:${up.port}` };
     const scrape = async () => parsePrometheusText((await httpGetUnix(join(up.dir, 'metrics.sock'), '/metrics')).body);
     let m = await scrape();
-    for (let i = 0; i < 50 && (sampleValue(m, 'blockd_nbd_server_connections_refused_total', 'blockd_nbd_server_connections_refused_total', server) ?? 0) < 3; i++) {
+    for (let i = 0; i < 200 && (sampleValue(m, 'blockd_nbd_server_connections_refused_total', 'blockd_nbd_server_connections_refused_total', server) ?? 0) < 3; i++) {
       await new Promise((r) => setTimeout(r, 100));
       m = await scrape();
     }

@@ -169,11 +169,14 @@ for _ in range(2):
     const dir = tempDir();
     const d = spawn(BLOCKD, [], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
+    let err = '';
     d.stdout!.on('data', (x) => (out += x));
+    d.stderr!.on('data', (x) => (err += x));
     try {
       const sock = join(dir, 'var/nbd.sock');
-      for (let i = 0; i < 200 && !out.includes('Stop with'); i++) await new Promise((r) => setTimeout(r, 50));
-      expect(out).toMatch(/nbdinfo nbd:\/\/127\.0\.0\.1:10809\/disk0/);
+      // Up to 30 s: on a loaded machine the start (it creates a 1 GiB qcow2 first) can take a while.
+      for (let i = 0; i < 600 && !out.includes('Stop with') && d.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(out, `stderr: ${err}`).toMatch(/nbdinfo nbd:\/\/127\.0\.0\.1:10809\/disk0/);
       expect(run('nbdinfo', ['--size', `nbd+unix:///disk0?socket=${sock}`]).trim()).toBe(String(1 << 30));
       expect(run('nbdinfo', ['--size', 'nbd://127.0.0.1:10809/disk0']).trim()).toBe(String(1 << 30));
       run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 65536', `nbd+unix:///disk0?socket=${sock}`]);
