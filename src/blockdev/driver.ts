@@ -14,6 +14,7 @@ import type { ObjectLookup } from '../objects/lookup.ts';
 import type { BitmapStore } from './bitmaps/node-bitmaps.ts';
 import type { InternalSnapshots } from './internal-snapshots.ts';
 import type { BlkdebugEvent } from './debug-events.ts';
+import type { ChildEdge } from './edge.ts';
 
 export type DriverKind = 'protocol' | 'format' | 'filter';
 
@@ -121,6 +122,12 @@ export interface DriverContext {
    * whose children change at run time (quorum) are no longer its options'.
    */
   readonly currentChildren: readonly string[];
+  /**
+   * The edge openChild() made for `role`. Graph surgery that moves a node's
+   * users (a mirror's replaces) changes the edge's child in place, so a
+   * driver that keeps the edge rather than the child node follows it.
+   */
+  childEdge(role: string): ChildEdge | undefined;
 }
 
 /**
@@ -222,7 +229,7 @@ export interface DriverOps {
    * the driver lets through after undoing its own step). Throws QEMU's
    * refusal (blkverify mode) before attaching anything.
    */
-  addChild?(child: BlockNode, attach: (role: ChildRole) => void): void;
+  addChild?(child: BlockNode, attach: (role: ChildRole) => ChildEdge): void;
   /**
    * x-blockdev-change with child= (QEMU's bdrv_del_child): lets go of the
    * child edge `role`, with the node drained; `detach()` removes the edge (an

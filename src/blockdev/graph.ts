@@ -110,6 +110,7 @@ export class BlockGraph {
       probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
       probed,
       currentChildren: [],
+      childEdge: (role) => opened.find((e) => e.role === role),
       openChild: async (role: ChildRole, ref: ChildRef, opts?: OpenChildOptions) => {
         if (role !== 'file') nameNode();
         let child: BlockNode;
@@ -172,6 +173,7 @@ export class BlockGraph {
       probeBytes: (head) => probeBytes(this.drivers.values(), head, ''),
       probed: node.probed,
       currentChildren: node.children.map((e) => e.role),
+      childEdge: (role) => node.children.find((e) => e.role === role),
       openChild: async (role) => {
         const c = node.child(role);
         if (!c) throw new BlockError('EINVAL', `Node '${node.nodeName}' has no '${role}' child`);
@@ -198,7 +200,7 @@ export class BlockGraph {
     const add = parent.ops.addChild;
     if (!add) throw new BlockError('ENOTSUP', `The node ${parent.nodeName} does not support adding a child`);
     if (child.parents.length > 0) throw new BlockError('EBUSY', `The node ${child.nodeName} already has a parent`);
-    await parent.drained(() => add(child, (role) => { this.link(parent, child, role, childPermission(parent.driver, role, parent.readOnly)); }));
+    await parent.drained(() => add(child, (role) => this.link(parent, child, role, childPermission(parent.driver, role, parent.readOnly))));
   }
 
   /** x-blockdev-change child= (QEMU's bdrv_del_child): drops the edge `role` of `parent` (DriverOps.delChild). */

@@ -12,7 +12,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPair, BOTH, type Pair, type Side } from '../helpers/pair.ts';
-import { qmpDaemon, type Ev } from '../helpers/live.ts';
+import { qmpDaemon, waitFor, type Ev } from '../helpers/live.ts';
 import { tempDir } from '../helpers/temp.ts';
 import { nbdsh } from '../helpers/nbd.ts';
 import type { Running } from '../helpers/daemons.ts';
@@ -269,6 +269,28 @@ except nbd.Error as e:
       replies.push(nodes.map((n) => [n['node-name'], String(n.file).split(dir).join('<d>'), (n.image as Record<string, unknown>)['actual-size']]));
       replies.push(await side.py('q', READS([[0, 65536]])));
       out[who] = replies;
+    }
+    expect(out.blockd).toEqual(out.qsd);
+  }, 120_000);
+
+  it('a mirror with replaces swaps the corrupted child for a good copy, as qsd', async () => {
+    pair = await start();
+    const out: Record<string, unknown> = {};
+    for (const who of BOTH) {
+      const side = pair[who];
+      await addExport(side);
+      await side.qmp.execute('blockdev-add', { driver: 'file', 'node-name': 't0', filename: join(side.dir, 'c5.raw') });
+      await side.qmp.execute('blockdev-mirror', { 'job-id': 'j0', device: 'q0', target: 't0', sync: 'full', replaces: 'f1' });
+      await waitFor(side.events, (e) => e.event === 'BLOCK_JOB_READY');
+      await side.qmp.execute('job-complete', { id: 'j0' });
+      await waitFor(side.events, (e) => e.event === 'BLOCK_JOB_COMPLETED');
+      const g = (await side.qmp.execute('x-debug-query-block-graph')) as { nodes: { id: number; name: string }[]; edges: { parent: number; child: number; name: string }[] };
+      const name = (id: number) => g.nodes.find((n) => n.id === id)?.name;
+      const edges = g.edges.filter((e) => name(e.parent) === 'q0').map((e) => `${e.name}=${name(e.child)}`).sort();
+      side.events.length = 0;
+      const reads = await side.py('q', READS([[0, 65536]]));
+      await settle();
+      out[who] = { edges, reads, events: quorumEvents(side.events), c5: readFileSync(join(side.dir, 'c5.raw')).subarray(0, 65536).equals(readFileSync(join(side.dir, 'c0.raw')).subarray(0, 65536)) };
     }
     expect(out.blockd).toEqual(out.qsd);
   }, 120_000);

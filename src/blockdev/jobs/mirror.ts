@@ -347,7 +347,9 @@ export class MirrorJob extends BlockJob {
     if (!this.shouldComplete || this.cancelRequested) return;
     // As QEMU's mirror_exit_common drops its target BlockBackend's restrictions before the graph
     // changes: the users about to move onto the target must be let in.
-    if (this.targetEdge) { this.targetEdge.shared = { ...ALL_PERM }; this.target.refreshPermissions(); }
+    // (blk_set_perm(s->target, 0, BLK_PERM_ALL): it takes nothing any more either, so a node
+    // that shares no writes (a quorum getting the target as its child) can move onto it.)
+    if (this.targetEdge) { this.targetEdge.shared = { ...ALL_PERM }; this.targetEdge.perm = { read: false, write: false, resize: false }; this.target.refreshPermissions(); }
     const from = this.replaces ?? this.source;
     if (this.replaces && this.replaces !== this.source) {
       // Users of the replaced node go to the target; the filter's users stay on the source.

@@ -15,12 +15,17 @@
 import { BlockError } from '../../../util/errors.ts';
 import { ReqFlag, type Extent } from '../../request.ts';
 import type { BlockNode } from '../../node.ts';
+import type { ChildEdge } from '../../edge.ts';
 import type { ChildRef, ChildRole, Driver, DriverContext, DriverOps } from '../../driver.ts';
 import { BlockdevOptionsQuorum, quorumSettings, type QuorumSettings } from './options.ts';
 import { errorCode, reportBad, reportFailure } from './events.ts';
 import { voteError, voteRead } from './vote.ts';
 
-interface Child { role: string; node: BlockNode }
+/** A child by its edge, whose child node follows graph surgery (a mirror's replaces swaps it in place). */
+class Child {
+  constructor(readonly role: string, private readonly edge: ChildEdge) {}
+  get node(): BlockNode { return this.edge.child; }
+}
 
 const ROLE = /^children\.(\d+)$/;
 
@@ -69,7 +74,7 @@ export const quorumDriver: Driver = {
       const write = !ctx.readOnly || settings.rewrite;
       const node = await ctx.openChild(role as ChildRole, reopened.length > 0 ? role : refs[i]!, { perm: { write } });
       if (settings.rewrite && node.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
-      children.push({ role, node });
+      children.push(new Child(role, ctx.childEdge(role)!));
     }
     try {
       commonLength(children);
@@ -198,9 +203,9 @@ function quorumOps(ctx: DriverContext, s: QuorumSettings, children: Child[], nex
       if (s.blkverify) throw new BlockError('EINVAL', 'Cannot add a child to a quorum in blkverify mode');
       if (child.readOnly && (usersWrite || s.rewrite)) throw readOnlyRefusal();
       const role = `children.${nextIndex}` as const;
-      attach(role);
+      const edge = attach(role);
       nextIndex++;
-      children.push({ role, node: child });
+      children.push(new Child(role, edge));
     },
     async delChild(role, detach) {
       const i = children.findIndex((c) => c.role === role);
