@@ -18,6 +18,8 @@ import { SECTOR, type SparseGeometry } from './header.ts';
 export const GTE_ZEROED = 1;
 const MAX_EXTENT_SECTORS = 2 ** 32;
 const L2_CACHE_SIZE = 16;
+/** QEMU's BDRV_MAX_LENGTH (INT64_MAX aligned down to its largest alignment). */
+const MAX_LENGTH = (1n << 63n) - (1n << 30n);
 
 export type Lookup =
   | { kind: 'ok'; clusterOffset: number; meta?: L2Meta; fresh?: boolean }
@@ -63,10 +65,11 @@ export class VmdkExtent {
     const g = this.g!;
     const read = async (offset: bigint, what: string): Promise<Uint32Array> => {
       const raw = Buffer.alloc(g.l1Size * 4);
-      if (offset < 0n || offset + BigInt(raw.length) > BigInt(Number.MAX_SAFE_INTEGER)) {
+      // QEMU's request checks: a negative offset or one past BDRV_MAX_LENGTH fails; past the end of the file reads zeroes.
+      if (offset < 0n || offset + BigInt(raw.length) > MAX_LENGTH) {
         throw new BlockError('EIO', `Could not read ${what} from extent '${fileName(this.file)}': Input/output error`);
       }
-      await readClipped(this.file, Number(offset), raw);
+      if (offset < BigInt(this.file.length())) await readClipped(this.file, Number(offset), raw);
       const t = new Uint32Array(g.l1Size);
       for (let i = 0; i < g.l1Size; i++) t[i] = raw.readUInt32LE(i * 4);
       return t;

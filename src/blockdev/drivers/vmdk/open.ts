@@ -41,8 +41,8 @@ class Opener {
     const size = file.length();
     if (size < 4) throw new BlockError('EINVAL', 'File is too small, not a valid image');
     const buf = Buffer.alloc(Math.min(size, MAX_DESC));
-    if (offset < 0n || offset + BigInt(buf.length) > BigInt(Number.MAX_SAFE_INTEGER)) throw new BlockError('EIO', 'Could not read from file: Input/output error');
-    await readClipped(file, Number(offset), buf);
+    if (offset < 0n || offset + BigInt(buf.length) > (1n << 63n) - (1n << 30n)) throw new BlockError('EIO', 'Could not read from file: Input/output error');
+    if (offset < BigInt(file.length())) await readClipped(file, Number(offset), buf);
     return buf;
   }
 
