@@ -7,7 +7,8 @@
  * both daemons (streamOptimized: whole new grains in order, and the
  * refused rewrite): `qemu-img check` clean, `qemu-img compare` equal to a
  * raw model, and the files equal to qsd's but for the random CIDs. A
- * backing chain through parentFileNameHint, and the CID check.
+ * backing chain through parentFileNameHint (reads, copy-on-write). blockdev-create in
+ * every subformat and a seeded corpus of mutated headers and descriptors.
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { createHash } from 'node:crypto';
@@ -55,6 +56,13 @@ for (const sub of SUBFORMATS) {
 }
 IMAGES['create monolithicSparse, zeroed-grain'] = { make: create('monolithicSparse', ['-o', 'zeroed_grain=on']) };
 IMAGES['multi-extent descriptor'] = { make: multiExtent };
+IMAGES['backing chain (parentFileNameHint)'] = {
+  make: (d) => {
+    run('qemu-img', ['convert', '-O', 'vmdk', source(d), join(d, 'base.vmdk')]);
+    run('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', join(d, 'd.vmdk'), String(SIZE)]);
+    run('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x55 2100k 70k', join(d, 'd.vmdk')]);
+  },
+};
 
 // Writes inside and across grains, into allocated and unallocated ones, zeroes (some whole grains); the same into a model.
 const WRITES = `import random
@@ -137,10 +145,12 @@ function files(dir: string, only?: (f: string) => boolean): Record<string, strin
     if (!sparse && !b.toString('latin1', 0, 6).startsWith('# Disk')) { out[f] = sha(b); continue; }
     const text = sparse ? b.subarray(512, 512 + 10240) : b;
     const nul = text.indexOf(0);
-    const desc = text.toString('latin1', 0, nul < 0 ? text.length : nul).replace(/\nCID=[0-9a-f]+\n/, '\nCID=x\n')
-      .replace(/\nparentCID=(?!ffffffff\n)[0-9a-f]+\n/, '\nparentCID=x\n');
+    const raw = text.toString('latin1', 0, nul < 0 ? text.length : nul);
+    const desc = raw.replace(/\nCID=[0-9a-f]+\n/, '\nCID=x\n').replace(/\nparentCID=(?!ffffffff\n)[0-9a-f]+\n/, '\nparentCID=x\n');
+    // A descriptor file that is only its text is as long as its (random-width) CIDs make it.
+    const length = !sparse && nul < 0 ? `text+${b.length - raw.length}` : b.length;
     const rest = sparse ? Buffer.concat([b.subarray(0, 512), b.subarray(512 + 10240)]) : Buffer.alloc(0);
-    out[f] = `${b.length} ${sha(Buffer.from(desc, 'latin1'))} ${sha(rest)}`;
+    out[f] = `${length} ${sha(Buffer.from(desc, 'latin1'))} ${sha(rest)}`;
   }
   return out;
 }
