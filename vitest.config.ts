@@ -5,7 +5,8 @@ import { defineConfig } from 'vitest/config';
 //   unit          in-process, no external tool, no child daemon
 //   interop       blockd driven by real clients (qemu-img, qemu-io, nbdinfo, nbdfuse, fio, ...)
 //   side-by-side  blockd and qemu-storage-daemon 7.2 run with the same arguments and compared
-//   fuzz          seeded property runs of every parser, and the corpus of shrunk failures (test/fuzz)
+//   fuzz          seeded property runs of every parser, and the corpus of shrunk failures (test/fuzz),
+//                 and the block-layer model test (test/model)
 const kinds = ['unit', 'interop', 'side-by-side', 'fuzz'] as const;
 
 export default defineConfig({
@@ -23,7 +24,8 @@ export default defineConfig({
     minWorkers: 1,
     projects: kinds.map((name) => ({
       extends: true,
-      test: { name, include: [`test/${name}/**/*.test.ts`] },
+      // The block-layer model test (test/model) is a seeded property run like the fuzz targets.
+      test: { name, include: [`test/${name}/**/*.test.ts`, ...(name === 'fuzz' ? ['test/model/**/*.test.ts'] : [])] },
     })),
   },
 });

@@ -9,7 +9,8 @@
  */
 import fc from 'fast-check';
 import { TARGETS, ASYNC_TARGETS } from '../test/fuzz/targets/index.ts';
-import { keepCase, propertyOf } from '../test/fuzz/harness.ts';
+import { keepCase, propertyOf, type FuzzTarget } from '../test/fuzz/harness.ts';
+import { modelTarget } from '../test/model/target.ts';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -19,8 +20,11 @@ function arg(name: string): string | undefined {
 const minutes = Number(arg('minutes') ?? 1);
 const only = arg('target');
 let seed = Number(arg('seed') ?? Date.now() % 2 ** 31);
-const targets = TARGETS.filter((t) => !only || t.name === only);
-if (targets.length === 0) { console.error(`no target ${only}; targets: ${TARGETS.map((t) => t.name).join(', ')}`); process.exit(2); }
+// The block-layer model test (test/model) runs a daemon per input: a target of its own, async.
+const ALL = [...TARGETS, modelTarget as unknown as FuzzTarget<never>];
+const ASYNC = new Set([...ASYNC_TARGETS, 'model']);
+const targets = ALL.filter((t) => !only || t.name === only);
+if (targets.length === 0) { console.error(`no target ${only}; targets: ${ALL.map((t) => t.name).join(', ')}`); process.exit(2); }
 
 const stats = new Map(targets.map((t) => [t.name, { runs: 0, failures: 0, ms: 0 }]));
 const failed = new Set<string>();
@@ -35,7 +39,7 @@ while (Date.now() < deadline && failed.size < targets.length) {
     const s = stats.get(t.name)!;
     const start = Date.now();
     const params = { seed, numRuns: 1_000_000, interruptAfterTimeLimit: Math.min(sliceMs, deadline - Date.now()), markInterruptAsFailure: false };
-    const details = ASYNC_TARGETS.has(t.name)
+    const details = ASYNC.has(t.name)
       ? await fc.check(propertyOf(t, true) as fc.IAsyncProperty<[never]>, params)
       : fc.check(propertyOf(t, false) as fc.IProperty<[never]>, params);
     s.runs += details.numRuns;
@@ -58,5 +62,6 @@ for (const t of targets) {
   console.log(`${t.name.padEnd(20)}${String(s.runs).padStart(12)}${String(s.failures).padStart(11)}${String(Math.round(s.runs / Math.max(1, s.ms / 1000))).padStart(11)}`);
 }
 const total = [...stats.values()].reduce((a, s) => a + s.runs, 0);
+for (const t of targets) if (t.report) console.log(`${t.name}: ${t.report()}`);
 console.log(`total ${total} inputs, ${failed.size} target(s) failed`);
 process.exit(failed.size ? 1 : 0);

@@ -29,6 +29,8 @@ export interface FuzzTarget<T = unknown> {
   /** Once before any run / after the last one (a daemon, a server). */
   setup?: () => Promise<void>;
   teardown?: () => Promise<void>;
+  /** A line of figures beyond the inputs tried (the model target: sequences, steps, jobs). */
+  report?: () => string;
 }
 
 export const CORPUS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'corpus');
