@@ -228,13 +228,22 @@ export class BlockGraph {
   }
 
   /** Removes an edge; an implicit child left without users is closed with it. */
-  async unlink(parent: Parent, edge: ChildEdge): Promise<void> {
+  async unlink(parent: Parent, edge: ChildEdge, keepOpen = false): Promise<void> {
     detachEdge(edge);
     if (parent instanceof BlockNode) {
       const i = parent.children.indexOf(edge);
       if (i >= 0) parent.children.splice(i, 1);
     }
-    if (edge.child.implicit && edge.child.parents.length === 0) await this.closeNode(edge.child);
+    if (!keepOpen) await this.closeIfUnused(edge.child);
+  }
+
+  /**
+   * Closes an implicit node that nothing uses any more: what unlink does at
+   * once, for a caller whose users of the node are away for a moment (held at
+   * replaceNode's gate) and only the end tells whether it is still used.
+   */
+  async closeIfUnused(node: BlockNode): Promise<void> {
+    if (node.implicit && node.parents.length === 0 && !node.isClosed) await this.closeNode(node);
   }
 
   /**

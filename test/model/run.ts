@@ -232,7 +232,8 @@ export async function runScenario(s: Scenario, opts: { which: Which; dir: string
         await verify(where);
         if (jobError) throw jobError;
       } catch (e) {
-        throw new Error(`${which}: ${where}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+        const log = d.stderr().trim();
+        throw new Error(`${which}: ${where}: ${e instanceof Error ? e.message : String(e)}${log ? `\n${which} stderr: ${log.slice(-1500)}` : ''}`, { cause: e });
       }
     }
     await settle();

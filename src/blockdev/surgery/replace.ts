@@ -100,13 +100,17 @@ export async function replaceNode(
       for (const p of new Set(nodeEdges.map((e) => e.parent as BlockNode))) await reopenOnChildren(graph, p);
       const l = link!;
       link = undefined;
-      await graph.unlink(gate, l);
+      // Not closed yet when it is implicit and now unused: the users held at the gate (exports)
+      // have not moved, and closing it would close what lies below it (a copy-on-read filter
+      // taken out from over a blockdev-snapshot-sync overlay closed the overlay under its export).
+      await graph.unlink(gate, l, true);
       await hooks.afterSwitch?.();
       // Other users (exports) call the node their edge points at: they move last, with no await
       // before the gate opens, so what waited at the gate reaches `to` before anything newer.
       for (const e of edges) if (!(e.parent instanceof BlockNode)) moveEdge(e, to, false);
       target = to;
     });
+    await graph.closeIfUnused(from);
   } catch (err) {
     if (link) {
       // Give the users back to `from`.
