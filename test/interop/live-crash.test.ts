@@ -32,8 +32,13 @@ import type { QmpClient } from '../../src/qmp/client/qmp-client.ts';
 const SIZE = 8 * 1024 * 1024;
 const CLUSTER = 64 * 1024;
 const SECTOR = 512;
-/** Slow enough that a job over this chain runs for a few seconds. */
-const SPEED = 3 * 1024 * 1024;
+/**
+ * Slow enough that a job over this chain runs for several seconds: at a
+ * kill point 90 % through, the last chunks (512 KiB each) still take about
+ * a second, which the test's query-jobs polling must not miss on a loaded
+ * machine (at 3 MiB/s a CI run once saw the job done before it looked).
+ */
+const SPEED = 1.5 * 1024 * 1024;
 const CMD_WRITE = 1;
 const CMD_FLUSH = 3;
 const FLAG_FUA = 1;
