@@ -198,10 +198,6 @@ export async function runScenario(s: Scenario, opts: { which: Which; dir: string
           case 'internal': {
             await settle();
             if (top().fmt !== 'qcow2') { skipped = true; break; }
-            // OPEN BUG (not fixed yet): on an overlay made by blockdev-snapshot-sync, a write after
-            // blockdev-snapshot-internal-sync fails with EIO (qsd: fine). Repro: qcow2 base, steps
-            // [snapshot (sync), internal, write at 0]. Skipped, and counted as skipped, until fixed.
-            if (!top().owned) { skipped = true; break; }
             const name = `i${serial++}`;
             await d.qmp.execute('blockdev-snapshot-internal-sync', { device: top().node, name });
             if (chain.length === 1) internals.push({ file: top().file, name, data: model.snapshot() });

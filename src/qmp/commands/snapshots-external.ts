@@ -93,10 +93,28 @@ export async function setReadOnly(graph: BlockGraph, node: BlockNode, readOnly: 
       && e.child.readOnlyInherited && e.child.parents.length === 1)
     .map((e) => e.child);
   // Users above are held meanwhile: reopen drains the node with everything above it.
-  const one = (n: BlockNode) => withUsersHeld(n, () => reopenNodes(graph, [{ ...n.options, 'read-only': readOnly }]));
+  const one = (n: BlockNode) => withUsersHeld(n, () => reopenNodes(graph, [{ ...currentOptions(n), 'read-only': readOnly }]));
   if (!readOnly) for (const f of files) await one(f);
   await one(node);
   if (readOnly) for (const f of files) await one(f);
+}
+
+/**
+ * A node's options with each child named by reference naming the child it
+ * has now: a job (commit's overlay, block-stream's top) may have moved the
+ * backing link since blockdev-add, and QEMU's keep-old-options reopen keeps
+ * the current children (bdrv_reopen_commit drops the child references from
+ * bs->options) rather than going back to the ones first named.
+ */
+function currentOptions(n: BlockNode): Record<string, unknown> {
+  const o: Record<string, unknown> = { ...n.options };
+  for (const [k, v] of Object.entries(o)) {
+    if (typeof v !== 'string' || k === 'node-name') continue;
+    const child = n.children.find((e) => e.role === k)?.child;
+    if (child) o[k] = child.nodeName;
+    else if (k === 'backing' && n.children.every((e) => e.role !== 'backing')) o[k] = null;
+  }
+  return o;
 }
 
 /**
