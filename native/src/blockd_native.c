@@ -26,6 +26,7 @@
  *                                           no AF_UNIX SOCK_DGRAM)
  *   fuseOpenDevice/fuseMount/fuseUnmount/fuseReader/fuseReaderStop/fuseReply
  *                                        -> the FUSE export's device and mount (fuse_device.c)
+ *   loopPollSet/loopPollStats      -> adaptive polling of the event loop (loop_poll.c)
  *   sectorCipherNew/sectorCrypt/sectorCryptAsync/sectorCipherWipe
  *                                        -> disk-sector encryption (sector_cipher.c)
  *
@@ -521,6 +522,7 @@ bool sector_cipher_init(napi_env env, napi_value exports); /* sector_cipher.c */
 bool zstd_compress_init(napi_env env, napi_value exports); /* zstd_compress.c */
 bool fuse_device_init(napi_env env, napi_value exports);   /* fuse_device.c */
 bool write_batch_init(napi_env env, napi_value exports);   /* write_batch.c */
+bool loop_poll_init(napi_env env, napi_value exports);     /* loop_poll.c */
 #ifdef BLOCKD_HAVE_RBD
 bool rbd_init(napi_env env, napi_value exports);           /* rbd.c, where librbd's headers are */
 #endif
@@ -551,7 +553,8 @@ static napi_value init(napi_env env, napi_value exports) {
       !sector_cipher_init(env, exports) ||
       !zstd_compress_init(env, exports) ||
       !fuse_device_init(env, exports) ||
-      !write_batch_init(env, exports)
+      !write_batch_init(env, exports) ||
+      !loop_poll_init(env, exports)
 #ifdef BLOCKD_HAVE_RBD
       || !rbd_init(env, exports)
 #endif

@@ -10,6 +10,7 @@ import { daemonizeParent, isDaemonChild, reportToParent } from './daemonize.ts';
 import { takeInheritedSockets } from './socket-activation.ts';
 import { sdNotify } from './sd-notify.ts';
 import { objectHelp } from './object-help.ts';
+import { loopPollingFromEnv, startLoopPolling, type LoopPolling } from './loop-polling.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -22,7 +23,9 @@ function fail(line: string): never {
 export async function main(argv: string[]): Promise<void> {
   let config: StartupConfig;
   let banner: string | undefined;
+  let polling: LoopPolling;
   try {
+    polling = loopPollingFromEnv(process.env);
     const cli = parseCli(argv);
     if (cli.kind === 'help') { process.stdout.write(USAGE); return; }
     if (cli.kind === 'version') {
@@ -36,6 +39,7 @@ export async function main(argv: string[]): Promise<void> {
     }
   } catch (e) {
     if (e instanceof CliError) fail(`blockd: ${e.message}`);
+    if (e instanceof Error && /^BLOCKD_POLL_/.test(e.message)) fail(`blockd: ${e.message}`);
     throw e;
   }
 
@@ -56,6 +60,7 @@ export async function main(argv: string[]): Promise<void> {
   }
 
   const log = createLogger(config.logLevel);
+  startLoopPolling(polling);
   const daemon = new Daemon(log);
   // As qsd, the daemon runs until a signal or QMP quit even when nothing
   // listens (only --blockdev given): node would exit once its loop is empty.

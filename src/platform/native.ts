@@ -42,6 +42,14 @@ export interface NativeAddon {
   pwriteBatch(fd: number, bufs: Buffer[], positions: number[]): Promise<number[]>;
   /** send(MSG_DONTWAIT): bytes sent (maybe short), or -1 if nothing could be sent or the socket failed. */
   sendNowait(fd: number, buf: Buffer): number;
+  /**
+   * Adaptive polling of this (the main) thread's event loop before it sleeps
+   * (native/src/loop_poll.c): at most maxNs per wait, the window growing by
+   * `grow` (0: 2) and shrinking by `shrink` (0: to nothing). maxNs 0: off.
+   */
+  loopPollSet(maxNs: number): void;
+  /** The current window, the limit, and how often the loop polled and how often an event came in the window. */
+  loopPollStats(): { pollNs: number; maxNs: number; polls: number; hits: number };
   /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */
   sdNotify(socketPath: string, state: string): void;
   /**
