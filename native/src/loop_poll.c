@@ -44,7 +44,9 @@
 static uv_loop_t *poll_loop;
 static uv_prepare_t poll_prepare;
 static uv_check_t poll_check;
-static int64_t max_ns, poll_ns;
+static int64_t max_ns;
+/* The window: open (maxNs) or closed. */
+static bool open_window;
 static int64_t miss_run, rest, backoff = 1;
 static int64_t block_start;
 static double polls, hits;
@@ -62,12 +64,12 @@ static void on_prepare(uv_prepare_t *h) {
    * Such a wait says nothing about the clients either, so it is not measured. */
   if (max_ns == 0 || uv_backend_timeout(h->loop) == 0 || h->loop->active_reqs.count > 0) return;
   block_start = now_ns();
-  if (poll_ns == 0) return;
+  if (!open_window) return;
   polls++;
   struct pollfd p = { .fd = uv_backend_fd(h->loop), .events = POLLIN };
   for (;;) {
     if (poll(&p, 1, 0) > 0) { hits++; return; }
-    if (now_ns() - block_start >= poll_ns) return;
+    if (now_ns() - block_start >= max_ns) return;
   }
 }
 
@@ -75,11 +77,11 @@ static void on_check(uv_check_t *h) {
   if (block_start == 0) return;
   int64_t block_ns = now_ns() - block_start;
   block_start = 0;
-  if (poll_ns > 0) {
-    if (block_ns <= poll_ns) { miss_run = 0; backoff = 1; return; }
+  if (open_window) {
+    if (block_ns <= max_ns) { miss_run = 0; backoff = 1; return; }
     /* Two waits in a row longer than the window: events come too seldom to be caught; rest. */
     if (++miss_run < 2) return;
-    poll_ns = 0;
+    open_window = false;
     rest = backoff;
     if (backoff < BACKOFF_MAX) backoff *= 2;
     return;
@@ -87,7 +89,7 @@ static void on_check(uv_check_t *h) {
   /* Resting: a wait short enough that, without the sleep's own cost, polling could have caught it. */
   if (block_ns >= PROBE_FACTOR * max_ns) return;
   if (rest > 0) { rest--; return; }
-  poll_ns = max_ns;
+  open_window = true;
   miss_run = 0;
 }
 
@@ -124,7 +126,7 @@ static napi_value js_loop_poll_set(napi_env env, napi_callback_info info) {
     uv_unref((uv_handle_t *)&poll_check);
   }
   max_ns = m;
-  if (poll_ns > max_ns || poll_ns > 0) poll_ns = max_ns;
+  if (m == 0) open_window = false;
   return NULL;
 }
 
@@ -136,7 +138,7 @@ static bool set_num(napi_env env, napi_value obj, const char *name, double v) {
 static napi_value js_loop_poll_stats(napi_env env, napi_callback_info info) {
   napi_value out;
   if (napi_create_object(env, &out) != napi_ok) return NULL;
-  if (!set_num(env, out, "pollNs", (double)poll_ns) || !set_num(env, out, "maxNs", (double)max_ns) ||
+  if (!set_num(env, out, "pollNs", open_window ? (double)max_ns : 0) || !set_num(env, out, "maxNs", (double)max_ns) ||
       !set_num(env, out, "polls", polls) || !set_num(env, out, "hits", hits)) return NULL;
   return out;
 }

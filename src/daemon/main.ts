@@ -39,7 +39,6 @@ export async function main(argv: string[]): Promise<void> {
     }
   } catch (e) {
     if (e instanceof CliError) fail(`blockd: ${e.message}`);
-    if (e instanceof Error && /^BLOCKD_POLL_/.test(e.message)) fail(`blockd: ${e.message}`);
     throw e;
   }
 

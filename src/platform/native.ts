@@ -44,11 +44,11 @@ export interface NativeAddon {
   sendNowait(fd: number, buf: Buffer): number;
   /**
    * Adaptive polling of this (the main) thread's event loop before it sleeps
-   * (native/src/loop_poll.c): at most maxNs per wait, the window growing by
-   * `grow` (0: 2) and shrinking by `shrink` (0: to nothing). maxNs 0: off.
+   * (native/src/loop_poll.c): a window of maxNs, opened and closed by how
+   * long the loop's waits take. maxNs 0: off.
    */
   loopPollSet(maxNs: number): void;
-  /** The current window, the limit, and how often the loop polled and how often an event came in the window. */
+  /** The current window (maxNs when open, 0 when closed), the limit, and how often the loop polled and how often an event came in the window. */
   loopPollStats(): { pollNs: number; maxNs: number; polls: number; hits: number };
   /** One sd_notify(3) datagram to `socketPath` (a leading NUL means the abstract namespace). */
   sdNotify(socketPath: string, state: string): void;

@@ -112,7 +112,7 @@ function currentOptions(n: BlockNode): Record<string, unknown> {
     if (typeof v !== 'string' || k === 'node-name') continue;
     const child = n.children.find((e) => e.role === k)?.child;
     if (child) o[k] = child.nodeName;
-    else if (k === 'backing' && n.children.every((e) => e.role !== 'backing')) o[k] = null;
+    else if (k === 'backing') o[k] = null;
   }
   return o;
 }
