@@ -36,6 +36,19 @@ module.exports = {
       to: { path: '^src/', pathNot: [layer('qmp'), below('nbd', 'fuse', 'export', 'blockdev', 'objects', 'qapi', 'nbd-protocol', 'crypto', 'util', 'platform')] },
     },
     {
+      name: 'iothreads-serve-below-the-control-plane',
+      severity: 'error',
+      comment: 'src/iothread runs exports in worker threads: it uses the NBD server, exports and the block layer; only the daemon uses it (QMP reaches it through QmpHost.commandGate).',
+      from: { path: layer('iothread') },
+      to: { path: '^src/', pathNot: [layer('iothread'), below('nbd', 'export', 'blockdev', 'objects', 'qapi', 'nbd-protocol', 'crypto', 'util', 'platform')] },
+    },
+    {
+      name: 'only-the-daemon-knows-iothreads',
+      severity: 'error',
+      from: { path: '^src/', pathNot: [layer('daemon'), layer('iothread')] },
+      to: { path: layer('iothread') },
+    },
+    {
       name: 'servers-know-no-control-plane',
       severity: 'error',
       comment: 'The NBD server (and the FUSE export) never call QMP or the daemon.',

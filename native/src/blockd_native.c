@@ -479,6 +479,23 @@ static napi_value js_send_nowait(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* fcntl(F_DUPFD_CLOEXEC): a second descriptor for the same open file
+ * description. A socket moves between event loops (an iothread's and the
+ * main one) as a duplicate: the old owner then closes its own descriptor
+ * without ending the connection. */
+static napi_value js_dup_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  int fd;
+  if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) {
+    throw_errno(env, errno, "dup");
+    return NULL;
+  }
+  CHECK(env, napi_create_int32(env, copy, &result));
+  return result;
+}
+
 /* sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET. The path
  * may start with a NUL byte (abstract namespace), so its length is explicit. */
 static napi_value js_sd_notify(napi_env env, napi_callback_info info) {
@@ -545,6 +562,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "preadNowait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
     { "pwriteNowait", NULL, js_pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendNowait", NULL, js_send_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "dupFd", NULL, js_dup_fd, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   CHECK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||

@@ -26,6 +26,7 @@ import type { Item, StartupConfig } from './cli.ts';
 import { metricsRegistry } from './metrics/collectors.ts';
 import { MetricsOptions, type MetricsOptionsValue } from './metrics/options.ts';
 import { MetricsServer } from './metrics/server.ts';
+import { Iothreads } from '../iothread/iothreads.ts';
 import type { Logger } from './logger.ts';
 
 /** An error from one startup item, printed as "blockd: --option value: message". */
@@ -56,8 +57,12 @@ export class Daemon {
   readonly fuseExports = new FuseExportDriver({ log: () => this.log });
   readonly exports = new BlockExports(new ExportDriverTable([this.nbdExports, this.fuseExports]), {
     objectType: (id) => this.objects.type(id),
+    placementRefusal: (exp) => this.iothreads.placementRefusal(exp),
     onError: (err, id) => this.log.error({ err, id }, 'removing export failed'),
   });
+  /** The iothreads' worker threads, and which exports they serve (the QMP command gate). */
+  readonly iothreads: Iothreads;
+  get commandGate(): Iothreads { return this.iothreads; }
   readonly jobs = new JobManager((event, data) => this.events.emit(event, data));
   readonly qmp: QmpService;
   /** The /metrics endpoint, with --metrics. */
@@ -76,6 +81,11 @@ export class Daemon {
 
   constructor(readonly log: Logger) {
     this.graph = new BlockGraph({ objects: this.objects, log, events: this.events });
+    this.iothreads = new Iothreads({ log, exports: () => this.exports.list(), objectType: (id) => this.objects.type(id) });
+    // A job that ended gave its nodes back: their exports may go to their iothreads again.
+    this.events.subscribe((e) => {
+      if (e.event === 'JOB_STATUS_CHANGE' && e.data?.status === 'null') this.iothreads.after();
+    });
     registerDrivers(this.graph);
     this.exports.on('deleted', (id) => this.events.emit('BLOCK_EXPORT_DELETED', { id }));
     this.qmp = new QmpService(this);
@@ -99,6 +109,7 @@ export class Daemon {
       for (const cmd of config.commands) {
         await this.step({ option: 'config qmp', value: cmd }, () => this.qmp.runStartupCommand(cmd));
       }
+      await this.iothreads.reconsider();
       // Monitors come up last, so a client that can connect sees everything above.
       await this.qmp.startMonitors().catch((e: Error) => { throw new StartupError(undefined, e.message); });
     } catch (e) {
@@ -129,7 +140,7 @@ export class Daemon {
   async startMetrics(item: Item): Promise<void> {
     const opts = parseItem<MetricsOptionsValue>(MetricsOptions, item);
     const registry = metricsRegistry({ graph: this.graph, exports: this.exports, nbdServers: this.nbdServers, jobs: this.jobs, objects: this.objects });
-    this.metrics = await MetricsServer.start(opts, registry, (err) => this.log.error({ err }, 'metrics endpoint error'));
+    this.metrics = await MetricsServer.start(opts, registry, (err) => this.log.error({ err }, 'metrics endpoint error'), () => this.iothreads.syncStats());
     this.log.info({ addr: opts.addr, port: this.metrics.port }, 'metrics endpoint listening');
   }
 
@@ -163,6 +174,8 @@ export class Daemon {
    */
   stopBlockSide(): Promise<void> {
     this.blockSideStopping ??= (async () => {
+      // Every export back in the main loop first: what follows runs there.
+      await this.iothreads.stop();
       await Promise.all(this.nbdServers.map((s) => s.destroy()));
       await this.exports.closeAll();
       // As qsd: running jobs are cancelled (and end consistently) before their nodes close.

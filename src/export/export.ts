@@ -36,6 +36,10 @@ export interface ExportCommon {
   readonly node: BlockNode;
   readonly writable: boolean;
   readonly writethrough: boolean;
+  /** The iothread object the export asked to run in (iothread=), if any. */
+  readonly iothread?: string;
+  /** fixed-iothread: refuse the export rather than serve it elsewhere when it cannot run in its iothread. */
+  readonly fixedIothread?: boolean;
 }
 
 /**
@@ -57,6 +61,9 @@ export abstract class BlockExport implements Parent {
   /** Every write is made stable before it completes (qsd: the write cache is off). */
   readonly writethrough: boolean;
   readonly edge: ChildEdge;
+  /** The iothread asked for (iothread=), and whether it is fixed (see ExportCommon). */
+  readonly iothread?: string;
+  readonly fixedIothread: boolean;
   /** Its clients' requests, counted by the server that runs them (io-stats.ts). */
   readonly ioStats = new ExportIoStats();
   /** Clients that ever attached. */
@@ -78,6 +85,8 @@ export abstract class BlockExport implements Parent {
     this.id = common.id;
     this.writable = common.writable;
     this.writethrough = common.writethrough;
+    this.iothread = common.iothread;
+    this.fixedIothread = common.fixedIothread === true;
     this.graph = common.graph;
     this.edge = common.graph.link(this, common.node, 'root', exportPermissions(this.writable, sharesResize, takesResize));
   }

@@ -21,6 +21,11 @@ import { exportPermissions, type BlockExport, type CloseMode } from './export.ts
 export interface BlockExportsOptions {
   /** The type of the object with this id ('iothread', 'secret'...); without it no iothread exists. */
   objectType?: (id: string) => string | undefined;
+  /**
+   * Why a new export cannot run where it asked (an iothread=, fixed-iothread
+   * export whose nodes cannot move there), or undefined. Without it, none is refused.
+   */
+  placementRefusal?: (exp: BlockExport) => string | undefined;
   /** A shutdown nobody waits for failed (del() of an export with users, closeAll()). */
   onError: (err: unknown, id: string) => void;
 }
@@ -49,7 +54,18 @@ export class BlockExports extends EventEmitter<{ deleted: [id: string] }> {
     // As QEMU's blk_insert_bs before the driver runs: the node's users must allow what an export uses.
     const user = { describe: () => `block device export '${id}'`, permissionUser: () => 'an unnamed block device' };
     checkPermissions(node, { parent: user, child: node, role: 'root', ...exportPermissions(writable, true) });
-    const exp = driver.create({ type: driver.type, id, graph, node, writable, writethrough: options.writethrough === true }, options);
+    const common = {
+      type: driver.type, id, graph, node, writable, writethrough: options.writethrough === true,
+      iothread: options.iothread, fixedIothread: options['fixed-iothread'] === true,
+    };
+    const exp = driver.create(common, options);
+    // An export that must run in its iothread and cannot is refused (fixed-iothread), leaving nothing behind.
+    const refusal = this.opts.placementRefusal?.(exp);
+    if (refusal !== undefined) {
+      void exp.unlink();
+      driver.deleted?.(exp);
+      throw new BlockError('EINVAL', refusal);
+    }
     this.byId.set(id, exp);
     return exp;
   }

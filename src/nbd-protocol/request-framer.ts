@@ -80,6 +80,21 @@ export class RequestFramer {
   /** True while a frame is partly received (a client that vanishes now did so mid-request). */
   get midFrame(): boolean { return this.state === 'payload' || this.state === 'discard' || this.q.length > 0; }
 
+  /**
+   * Between frames: nothing of a request's payload is held, so what is
+   * buffered (takeBuffered) is the raw bytes of whole or partial headers
+   * and payloads still to come, which another framer can start from.
+   */
+  get atBoundary(): boolean { return this.state === 'header'; }
+
+  /** The bytes received and not yet handed out, as one buffer of their own; the framer is then empty (see atBoundary). */
+  takeBuffered(): Buffer {
+    const out = Buffer.allocUnsafe(this.q.length);
+    let got = 0;
+    while (got < out.length) got += this.q.copyTo(out, got);
+    return out;
+  }
+
   push(chunk: Buffer): void {
     if (this.state === 'dead') return;
     this.q.push(chunk);

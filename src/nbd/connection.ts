@@ -15,6 +15,15 @@
  * once its acknowledgement is written, the old transport is detached, the
  * `upgrade` function turns it into the new one, the connection attaches to
  * that, and the handshake forgets what was negotiated before.
+ *
+ * A connection in transmission can also move to another event loop (an
+ * iothread serving its export, src/iothread): release() stops taking
+ * requests at the next request boundary, waits for those in flight to reply
+ * and their replies to be handed to the kernel, then gives up the socket
+ * (a duplicate descriptor) with the bytes read but not yet framed. The
+ * connection on the other side starts from there (resumed()); here it stays
+ * as a stand-in ('remote': counted by its server and export, closed through
+ * its RemoteEnd) until it ends there or comes back (returned()).
  */
 import type { Logger } from 'pino';
 import { Cmd, MAX_PAYLOAD, NbdErrno, cmdName } from '../nbd-protocol/constants.ts';
@@ -25,6 +34,8 @@ import { Handshake, type HandshakeStep } from './handshake.ts';
 import type { BufferPool } from '../util/buffer-pool.ts';
 import type { ExportClient, NbdExport } from './exports.ts';
 import type { Negotiated, NegotiationEnv, OptionHandler } from './options.ts';
+import type { MovedConnection, RemoteEnd } from './moved-connection.ts';
+import { negotiatedState } from './moved-connection.ts';
 import type { Transport, TransportEvents } from './transport/transport.ts';
 import { checkRequest, type ValidationContext } from './validate.ts';
 import { EXPORT_OP, NODE_KIND } from './op-kinds.ts';
@@ -57,7 +68,8 @@ const WRITE_BUFFER_LIMIT = 4 * 1024 * 1024;
 /** How long a closing connection waits for the client to take its last replies. */
 const END_GRACE_MS = 10_000;
 
-type Phase = 'handshake' | 'transmission' | 'closing' | 'closed';
+/** 'moved': released, nothing left here; 'remote': a stand-in for the connection served in another event loop. */
+type Phase = 'handshake' | 'transmission' | 'closing' | 'closed' | 'moved' | 'remote';
 
 export class NbdConnection implements ExportClient {
   private phase: Phase = 'handshake';
@@ -80,6 +92,10 @@ export class NbdConnection implements ExportClient {
   private pumping = false;
   private socketClosed = false;
   private done = false;
+  /** A release() in progress: resolves with the moved state, or undefined if the connection ends first. */
+  private releasing?: (m: MovedConnection | undefined) => void;
+  private released?: Promise<MovedConnection | undefined>;
+  private remote?: RemoteEnd;
   private readonly maxRequests: number;
   private readonly maxBytes: number;
   private finishedResolve!: () => void;
@@ -114,6 +130,10 @@ export class NbdConnection implements ExportClient {
   get export(): NbdExport | undefined { return this.exp; }
   get state(): Phase { return this.phase; }
   get requestsInFlight(): number { return this.inflight; }
+  /** The per-request server settings, for the side a moved connection goes to. */
+  get limits(): { maxInflightRequests: number; maxInflightBytes: number; specErrnos?: boolean } {
+    return { maxInflightRequests: this.maxRequests, maxInflightBytes: this.maxBytes, specErrnos: this.opts.specErrnos };
+  }
 
   start(): void {
     this.transport.attach(this.events);
@@ -129,8 +149,20 @@ export class NbdConnection implements ExportClient {
     this.updateReading();
   }
 
+  /**
+   * A connection moved here from another event loop (its release() there):
+   * transmission goes on from `rest`, the bytes read there and not framed.
+   */
+  static resumed(transport: Transport, opts: ConnectionOptions, n: Negotiated, rest: Buffer): NbdConnection {
+    const conn = new NbdConnection(transport, opts);
+    conn.transport.attach(conn.events);
+    conn.endHandshake({ kind: 'transmission', negotiated: n, rest } as NonNullable<HandshakeStep['done']>);
+    return conn;
+  }
+
   /** Graceful: take no more requests, let those in flight reply, then close. */
   close(): Promise<void> {
+    if (this.phase === 'remote') return this.remote!.close(), this.finished;
     if (this.phase === 'handshake') this.abort();
     else if (this.phase === 'transmission') this.finish('server closing');
     return this.finished;
@@ -138,8 +170,80 @@ export class NbdConnection implements ExportClient {
 
   /** Forced: close the socket now; resolves once the requests still running in the block layer are done. */
   destroy(): Promise<void> {
+    if (this.phase === 'remote') return this.remote!.destroy(), this.finished;
+    if (this.phase === 'moved') return this.finished;
     this.abort();
     return this.finished;
+  }
+
+  // ---- moving to another event loop ----
+
+  /**
+   * Stops at the next request boundary and gives the connection up (see the
+   * header comment); undefined if it cannot move (a TLS session, not in
+   * transmission) or ends first. The caller then either forgets it (forget)
+   * or keeps it as a stand-in (goRemote).
+   */
+  release(): Promise<MovedConnection | undefined> {
+    if (this.released) return this.released;
+    const released = new Promise<MovedConnection | undefined>((r) => (this.releasing = r));
+    this.released = released;
+    if (this.phase !== 'transmission' || !this.transport.moveOut) this.endRelease(undefined);
+    else this.pump();
+    return released;
+  }
+
+  private endRelease(m: MovedConnection | undefined): void {
+    const r = this.releasing;
+    this.releasing = undefined;
+    this.released = undefined;
+    r?.(m);
+  }
+
+  /** Gives up the socket once nothing of this connection is left in this event loop but the unframed bytes. */
+  private checkReleased(): void {
+    if (!this.releasing || this.phase !== 'transmission') return;
+    if (!this.framer!.atBoundary || this.inflight > 0 || this.corked || this.transport.writableLength > 0) return;
+    const rest = this.framer!.takeBuffered();
+    const fd = this.transport.moveOut!();
+    this.phase = 'moved';
+    this.endRelease({ fd, rest, negotiated: negotiatedState(this.negotiated!) });
+  }
+
+  /** After a release: this side is done with the connection (it lives on elsewhere). */
+  forget(): void {
+    if (this.phase !== 'moved') throw new Error(`assertion failed: forget() in phase ${this.phase}`);
+    this.socketClosed = true;
+    this.maybeFinished();
+  }
+
+  /** After a release: this side stands in for the connection served elsewhere, which `end` closes. */
+  goRemote(end: RemoteEnd): void {
+    if (this.phase !== 'moved') throw new Error(`assertion failed: goRemote() in phase ${this.phase}`);
+    this.phase = 'remote';
+    this.remote = end;
+  }
+
+  /** The connection served elsewhere has closed. */
+  remoteEnded(): void {
+    if (this.phase !== 'remote') return;
+    this.remote = undefined;
+    this.phase = 'moved';
+    this.forget();
+  }
+
+  /** The connection served elsewhere came back (released there): transmission goes on here, from `m.rest`. */
+  returned(transport: Transport, rest: Buffer): void {
+    if (this.phase !== 'remote' && this.phase !== 'moved') throw new Error(`assertion failed: returned() in phase ${this.phase}`);
+    this.remote = undefined;
+    this.transport = transport;
+    this.phase = 'transmission';
+    this.writeBlocked = false;
+    transport.attach(this.events);
+    this.framer = new RequestFramer({ alloc: (n) => this.pool.acquire(n), transient: transport.transientReads, extended: this.negotiated!.extended });
+    this.framer.push(rest);
+    this.pump();
+    if (transport.transientReads) this.framer.retainUnconsumed();
   }
 
   // ---- input ----
@@ -225,6 +329,8 @@ export class NbdConnection implements ExportClient {
     this.framer.push(rest);
     this.pump();
     if (transient) this.framer.retainUnconsumed();
+    // An export an iothread serves takes its connections there.
+    n.exp.placement?.(this);
   }
 
   /**
@@ -233,6 +339,8 @@ export class NbdConnection implements ExportClient {
    */
   private readingBlocked(): boolean {
     if (this.phase !== 'transmission') return this.phase === 'handshake' && (this.writeBlocked || this.upgradeState !== undefined);
+    // Releasing: the frame being received is finished, nothing after it taken.
+    if (this.releasing && this.framer!.atBoundary) return true;
     return this.writeBlocked || this.inflight >= this.maxRequests || this.inflightBytes >= this.maxBytes;
   }
 
@@ -288,9 +396,10 @@ export class NbdConnection implements ExportClient {
   }
 
   private updateReading(): void {
-    if (this.socketClosed) return;
+    if (this.socketClosed || this.phase === 'moved' || this.phase === 'remote') return;
     if (this.readingBlocked()) this.transport.pause();
     else this.transport.resume();
+    this.checkReleased();
   }
 
   private dispatch(f: Frame): void {
@@ -403,7 +512,10 @@ export class NbdConnection implements ExportClient {
 
   private readonly uncork = (): void => {
     this.corked = false;
+    if (this.phase === 'moved' || this.phase === 'remote') return;
     this.transport.uncork();
+    // Written to the kernel now, or left queued until 'drain'.
+    this.checkReleased();
   };
 
   // ---- ending ----
@@ -413,7 +525,8 @@ export class NbdConnection implements ExportClient {
   get leaving(): boolean { return this.phase === 'closing' || this.phase === 'closed'; }
 
   private finish(why: string): void {
-    if (this.phase === 'closing' || this.phase === 'closed') return;
+    if (this.phase === 'closing' || this.phase === 'closed' || this.phase === 'moved' || this.phase === 'remote') return;
+    this.endRelease(undefined);
     this.log.debug({ why }, 'NBD connection finishing');
     this.phase = 'closing';
     this.updateReading();
@@ -423,6 +536,8 @@ export class NbdConnection implements ExportClient {
   /** Closes the socket now; replies of requests still running are dropped. */
   private abort(): void {
     clearTimeout(this.timer);
+    if (this.phase === 'moved' || this.phase === 'remote') return;
+    this.endRelease(undefined);
     if (this.phase !== 'closed') this.phase = 'closing';
     this.transport.destroy();
     // A detached transport (mid-upgrade) reports no close: the connection is closed now.
@@ -455,6 +570,7 @@ export class NbdConnection implements ExportClient {
   }
 
   private onClose(): void {
+    this.endRelease(undefined);
     this.socketClosed = true;
     clearTimeout(this.timer);
     clearTimeout(this.endTimer);

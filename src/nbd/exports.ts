@@ -12,6 +12,7 @@ import { BlockExport, type ExportClient, type ExportCommon, type CloseMode } fro
 import type { ExportDriver } from '../export/drivers.ts';
 import { BlockExportOptionsNbd, type BlockExportOptionsNbdValue, type BlockExportOptionsValue } from '../qapi/block-export.ts';
 import { MAX_PAYLOAD, MAX_STRING, PREFERRED_BLOCK_SIZE, TxFlag } from '../nbd-protocol/constants.ts';
+import type { NbdConnection } from './connection.ts';
 import { DEFAULT_PROVIDERS, type DirtyBitmapView, type MetaContext, type MetaContextProvider } from './meta.ts';
 
 export type { ExportClient, CloseMode };
@@ -46,6 +47,11 @@ export class NbdExport extends BlockExport {
   /** Size in bytes, fixed at creation as in qsd (the export forbids resizing the node). */
   readonly size: number;
   readonly metaContexts: readonly MetaContext[];
+  /**
+   * Set while another event loop (an iothread, src/iothread) serves the
+   * export: each connection that enters transmission here is offered to it.
+   */
+  placement?: (conn: NbdConnection) => void;
 
   constructor(common: ExportCommon, s: NbdExportSettings, bitmaps: DirtyBitmapView[], providers: readonly MetaContextProvider[]) {
     super(common, false);

@@ -42,6 +42,8 @@ export interface NativeAddon {
   pwriteBatch(fd: number, bufs: Buffer[], positions: number[]): Promise<number[]>;
   /** send(MSG_DONTWAIT): bytes sent (maybe short), or -1 if nothing could be sent or the socket failed. */
   sendNowait(fd: number, buf: Buffer): number;
+  /** fcntl(F_DUPFD_CLOEXEC): a new descriptor for the same open file (a socket handed to another event loop). */
+  dupFd(fd: number): number;
   /**
    * Adaptive polling of this (the main) thread's event loop before it sleeps
    * (native/src/loop_poll.c): a window of maxNs, opened and closed by how

@@ -30,8 +30,19 @@ export interface QmpHost {
   chardevs(): ChardevRegistry;
   readonly events: QmpEventBus;
   readonly log: Logger;
+  /**
+   * Runs around every command, in the dispatcher's one-at-a-time section:
+   * the iothreads take their exports back to the main loop before a command
+   * that may change the graph, and serve them again after it.
+   */
+  readonly commandGate?: CommandGate;
   /** QMP quit: a graceful shutdown, as on SIGTERM; quit replies once the returned promise settles. */
   requestQuit(): Promise<void> | void;
+}
+
+export interface CommandGate {
+  before(command: string): Promise<void>;
+  after(command: string): void;
 }
 
 /** Per-client protocol state. */

@@ -38,7 +38,15 @@ export class Dispatcher {
       }
       if (!def) throw new QmpError('CommandNotFound', `The command ${name} has not been found`);
       if (oob && !def.allowOob) throw genericError(`The command ${name} does not support OOB`);
-      const value = await this.exclusive(() => this.run(name, args, session));
+      const value = await this.exclusive(async () => {
+        const gate = this.host.commandGate;
+        await gate?.before(name);
+        try {
+          return await this.run(name, args, session);
+        } finally {
+          gate?.after(name);
+        }
+      });
       return reply({ return: value });
     } catch (e) {
       if (!isUserError(e)) this.host.log.error({ err: e }, 'QMP command failed unexpectedly');

@@ -118,3 +118,15 @@ export function findBitmapForExport(node: BlockNode, name: string, exportWritabl
   }
   return undefined;
 }
+
+/**
+ * Whether anything other than an empty bitmap list watches the node's
+ * writes: a bitmap, or a write observer of its own (a job's). Writes made
+ * where the node's observers do not run (an iothread's copy of the node)
+ * would be missed by such a watcher.
+ */
+export function writesAreWatched(node: BlockNode): boolean {
+  const own = byNode.get(node);
+  if (node.ops.bitmapStore || (own && own.bitmaps.length > 0)) return true;
+  return node.writeObservers.size > (own ? 1 : 0);
+}

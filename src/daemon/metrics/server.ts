@@ -14,7 +14,8 @@ import type { MetricsOptionsValue } from './options.ts';
 export class MetricsServer {
   private constructor(private readonly server: Server, private readonly unixPath?: string) {}
 
-  static async start(opts: MetricsOptionsValue, registry: Registry, onError: (err: Error) => void): Promise<MetricsServer> {
+  /** `beforeScrape` brings the sources up to date first (what the iothreads counted). */
+  static async start(opts: MetricsOptionsValue, registry: Registry, onError: (err: Error) => void, beforeScrape?: () => void): Promise<MetricsServer> {
     const a = opts.addr;
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];
@@ -26,6 +27,7 @@ export class MetricsServer {
         res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('method not allowed\n');
         return;
       }
+      beforeScrape?.();
       registry.metrics().then((text) => {
         res.writeHead(200, { 'content-type': registry.contentType });
         res.end(req.method === 'HEAD' ? undefined : text);

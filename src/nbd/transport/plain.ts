@@ -15,6 +15,10 @@
  * (the native addon's sendNowait): node:net's write path (stream state,
  * write request, after-write callbacks) costs several times the syscall
  * itself, which at queue depth 1 is the whole latency.
+ *
+ * Moves: a connection served in another event loop (an iothread) goes there
+ * as a duplicate of its descriptor (moveOut), and is taken up there with
+ * fromDescriptor.
  */
 import { Socket as NetSocket, type Socket } from 'node:net';
 import { native } from '../../platform/native.ts';
@@ -41,6 +45,21 @@ export class PlainSocketTransport extends SocketTransport {
     this.fastPath = this.fd >= 0;
     this.peer = this.socket.remoteAddress ? `${this.socket.remoteAddress}:${this.socket.remotePort}` : 'unix';
     this.socket.setNoDelay?.(true);
+  }
+
+  /** A connection handed over from another event loop (moveOut there), not reading until resumed. */
+  static fromDescriptor(fd: number): PlainSocketTransport {
+    const socket = new NetSocket({ fd, readable: true, writable: true, allowHalfOpen: true, pauseOnCreate: true } as ConstructorParameters<typeof NetSocket>[0]);
+    return new PlainSocketTransport(socket);
+  }
+
+  moveOut(): number {
+    if (this.fd < 0) throw new Error('assertion failed: moving a socket without a descriptor');
+    if (this.writableLength > 0) throw new Error('assertion failed: moving a socket with writes queued');
+    const copy = native().dupFd(this.fd);
+    this.detach();
+    this.destroy();
+    return copy;
   }
 
   protected onData(chunk: Buffer): void { void this.events?.data(chunk); }

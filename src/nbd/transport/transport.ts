@@ -55,6 +55,15 @@ export interface Transport {
    */
   trySend(buf: Buffer): number;
 
+  /**
+   * Hands the connection on to another event loop: a duplicate of the
+   * socket's descriptor, after which this transport is detached and closed
+   * (the connection stays open through the duplicate). Only with nothing
+   * queued (writableLength 0). Absent where the connection's state is more
+   * than a descriptor (a TLS session).
+   */
+  moveOut?(): number;
+
   /** Ends our side once queued writes are out. */
   end(): void;
   /** Closes now; queued writes are dropped. */
