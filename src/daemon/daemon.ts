@@ -139,7 +139,10 @@ export class Daemon {
 
   async startMetrics(item: Item): Promise<void> {
     const opts = parseItem<MetricsOptionsValue>(MetricsOptions, item);
-    const registry = metricsRegistry({ graph: this.graph, exports: this.exports, nbdServers: this.nbdServers, jobs: this.jobs, objects: this.objects });
+    const registry = metricsRegistry({
+      graph: this.graph, exports: this.exports, nbdServers: this.nbdServers, jobs: this.jobs, objects: this.objects,
+      servedBy: (id) => this.iothreads.servedBy(id),
+    });
     this.metrics = await MetricsServer.start(opts, registry, (err) => this.log.error({ err }, 'metrics endpoint error'), () => this.iothreads.syncStats());
     this.log.info({ addr: opts.addr, port: this.metrics.port }, 'metrics endpoint listening');
   }

@@ -99,8 +99,6 @@ export class Iothread {
     return l !== undefined && !l.recalling;
   }
 
-  get exportsServed(): number { return this.leases.size; }
-
   /** Starts serving the export here; false (logged) if the worker could not open its nodes. */
   async lease(exp: NbdExport): Promise<boolean> {
     await this.ready;

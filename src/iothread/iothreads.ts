@@ -103,9 +103,10 @@ export class Iothreads {
     for (const t of this.threads.values()) t.syncStats();
   }
 
-  /** How many exports iothreads serve now (by iothread id). */
-  served(): Record<string, number> {
-    return Object.fromEntries([...this.threads].map(([id, t]) => [id, t.exportsServed]));
+  /** The iothread serving the export now, or undefined (the main loop). */
+  servedBy(exportId: string): string | undefined {
+    for (const [id, t] of this.threads) if (t.serves(exportId)) return id;
+    return undefined;
   }
 
   /** Shutdown: every export back, every worker ended. */

@@ -4,13 +4,15 @@
  * (NodeStats, ExportIoStats) is flattened into numbers in a fixed order
  * (its own fields: numbers, Float64Arrays, latency histograms); the
  * iothread sends what changed since its last report, and the main loop
- * adds that to its copy. Times (lastAccessNs) are not summed: the later
- * one wins, moved onto the main thread's clock (each thread's
- * performance.now() counts from its own start).
+ * adds that to its copy. Two fields are not sums: a time (lastAccessNs),
+ * where the later one wins, moved onto the main thread's clock (each
+ * thread's performance.now() counts from its own start), and a high-water
+ * mark (wrHighestOffset), where the higher one does; both travel as they are.
  */
 import { LatencyHistogram } from '../util/stats/latency-histogram.ts';
 
 const TIME_FIELDS: ReadonlySet<string> = new Set(['lastAccessNs']);
+const MAX_FIELDS: ReadonlySet<string> = new Set(['wrHighestOffset']);
 
 /** The object's counters, in field order. */
 export function flatten(o: object, out: number[] = []): number[] {
@@ -27,10 +29,10 @@ export function flatten(o: object, out: number[] = []): number[] {
   return out;
 }
 
-/** `cur` minus `prev` (an earlier flatten of the same object; missing: all zero), times as they are. */
+/** `cur` minus `prev` (an earlier flatten of the same object; missing: all zero), times and high-water marks as they are. */
 export function delta(cur: readonly number[], prev: readonly number[] | undefined, o: object): number[] {
-  const times = timeSlots(o);
-  return cur.map((v, i) => (times.has(i) || !prev ? v : v - prev[i]!));
+  const asIs = absoluteSlots(o);
+  return cur.map((v, i) => (asIs.has(i) || !prev ? v : v - prev[i]!));
 }
 
 /** Adds a delta (of an object of the same class) into `o`; `clockShiftNs` moves its times onto this thread's clock. */
@@ -42,6 +44,8 @@ export function addDelta(o: object, d: readonly number[], clockShiftNs: number):
       if (TIME_FIELDS.has(k)) {
         const t = d[i++]!;
         if (t > 0) rec[k] = Math.max(v, t + clockShiftNs);
+      } else if (MAX_FIELDS.has(k)) {
+        rec[k] = Math.max(v, d[i++]!);
       } else {
         rec[k] = v + d[i++]!;
       }
@@ -62,13 +66,13 @@ function addHistogram(h: LatencyHistogram, d: readonly number[], i: number): num
   return i;
 }
 
-/** The positions of the time fields in the flattened form. */
-function timeSlots(o: object): Set<number> {
+/** The positions of the fields sent as they are (times, high-water marks) in the flattened form. */
+function absoluteSlots(o: object): Set<number> {
   const slots = new Set<number>();
   let i = 0;
   for (const [k, v] of Object.entries(o)) {
     if (typeof v === 'number') {
-      if (TIME_FIELDS.has(k)) slots.add(i);
+      if (TIME_FIELDS.has(k) || MAX_FIELDS.has(k)) slots.add(i);
       i++;
     } else if (v instanceof Float64Array) i += v.length;
     else if (v instanceof LatencyHistogram) i += 1 + v.counts.length;

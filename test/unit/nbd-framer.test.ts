@@ -74,6 +74,36 @@ describe('RequestFramer', () => {
     }
   });
 
+  it('moves to a new framer at any point (a connection going to another event loop): taken only at a boundary, the frames are the same', () => {
+    // Fed in two pieces split at i; the first framer hands over after its first `k` frames and
+    // whatever it completes while a payload is half in (never inside one); the second takes the rest.
+    for (let i = 0; i <= stream.length; i++) {
+      for (let k = 0; k <= 5; k++) {
+        for (const transient of [false, true]) {
+          const a = new RequestFramer({ transient });
+          const out: Frame[] = [];
+          const pieces = [stream.subarray(0, i), stream.subarray(i)];
+          let moved: RequestFramer | undefined;
+          for (const p of pieces) {
+            const fr = moved ?? a;
+            fr.push(p);
+            for (let f = fr.next(); f; f = fr.atBoundary && !moved && out.length + 1 > k ? undefined : fr.next()) out.push(f);
+            if (transient && fr === a) a.retainUnconsumed();
+            if (!moved && a.atBoundary && out.length >= k) {
+              const b = new RequestFramer({ transient });
+              b.push(a.takeBuffered());
+              expect(a.buffered).toBe(0);
+              moved = b;
+              drain(b, out);
+            }
+          }
+          if (!moved) drain(a, out);
+          expect(summary(out), `split at ${i}, move after ${k} frames, transient ${transient}`).toEqual(whole);
+        }
+      }
+    }
+  });
+
   it('gives the same frames fed one byte at a time', () => {
     const pieces = [...stream].map((b) => Buffer.from([b]));
     expect(summary(feed(pieces))).toEqual(whole);

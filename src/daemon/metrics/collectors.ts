@@ -27,6 +27,8 @@ export interface MetricsSources {
   nbdServers: readonly NbdServer[];
   jobs: JobManager;
   objects: ObjectRegistry;
+  /** Which iothread serves an export now (undefined: the main loop). */
+  servedBy?: (exportId: string) => string | undefined;
 }
 
 type NodeOp = 'read' | 'write' | 'flush' | 'unmap';
@@ -81,7 +83,7 @@ function registerNodes(r: Registry, graph: BlockGraph): void {
     [...graph.nodes.values()].map((n) => ({ labels: { node: n.nodeName, driver: n.driver.name }, value: 1 })));
 }
 
-function registerExports(r: Registry, exports: BlockExports): void {
+function registerExports(r: Registry, exports: BlockExports, servedBy?: (exportId: string) => string | undefined): void {
   const perOp = (pick: (e: ReturnType<BlockExports['list']>[number], i: number) => number | undefined) => (): Sample[] => {
     const out: Sample[] = [];
     for (const e of exports.list()) {
@@ -94,6 +96,10 @@ function registerExports(r: Registry, exports: BlockExports): void {
   };
   collected(r, 'gauge', 'blockd_export_info', 'An export (value 1): its type and the node it serves.', () =>
     exports.list().map((e) => ({ labels: { export: e.id, type: e.type, node: e.node.nodeName }, value: 1 })));
+  collected(r, 'gauge', 'blockd_export_iothread', "An export with iothread=: 1 while its iothread serves it, 0 while the main loop does (its nodes cannot move, or a command or job has it back).", () =>
+    exports.list().filter((e) => e.iothread !== undefined).map((e) => ({
+      labels: { export: e.id, iothread: e.iothread! }, value: servedBy?.(e.id) === e.iothread ? 1 : 0,
+    })));
   collected(r, 'counter', 'blockd_export_requests_total', "Requests of an export's clients that ran (successfully or not), by kind.", perOp((e, i) => e.ioStats.ops[i]));
   collected(r, 'counter', 'blockd_export_bytes_total', "Bytes of an export's successful read, write, write-zeroes and trim requests.", perOp((e, i) => (i <= 3 ? e.ioStats.bytes[i] : undefined)));
   collected(r, 'counter', 'blockd_export_errors_total', "Requests of an export's clients that ran and failed.", perOp((e, i) => e.ioStats.errors[i]));
@@ -167,7 +173,7 @@ function registerThrottleGroups(r: Registry, objects: ObjectRegistry): void {
 export function metricsRegistry(src: MetricsSources): Registry {
   const r = new Registry();
   registerNodes(r, src.graph);
-  registerExports(r, src.exports);
+  registerExports(r, src.exports, src.servedBy);
   registerNbdServers(r, src.nbdServers);
   registerJobs(r, src.jobs);
   registerThrottleGroups(r, src.objects);

@@ -30,7 +30,8 @@ export class MetricsServer {
       beforeScrape?.();
       registry.metrics().then((text) => {
         res.writeHead(200, { 'content-type': registry.contentType });
-        res.end(req.method === 'HEAD' ? undefined : text);
+        // prom-client 15 writes NaN as "Nan" (an event-loop lag mean with no sample since the last scrape); the text format says "NaN".
+        res.end(req.method === 'HEAD' ? undefined : text.replace(/ Nan$/gm, ' NaN'));
       }, (err: Error) => {
         onError(err);
         res.writeHead(500, { 'content-type': 'text/plain' }).end('collecting metrics failed\n');
