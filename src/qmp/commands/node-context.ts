@@ -7,10 +7,11 @@
  * reply is qsd's: "The node X does not support adding a child" (or removing).
  *
  * x-blockdev-set-iothread moves a node (with what it is connected to) to an
- * iothread's AioContext. blockd runs every node in its one event loop, so a
- * move to the main context (iothread: null) is what every node already has,
- * and a move to an iothread, once qsd's checks pass, is refused: blockd
- * cannot do it.
+ * iothread's AioContext. blockd's graph lives in the main loop; an iothread
+ * serves exports (iothread= on the export, src/iothread) with copies of
+ * their nodes, never a node on its own. So a move to the main context
+ * (iothread: null) is what every node already has, and a move to an
+ * iothread, once qsd's checks pass, is refused.
  */
 import { BlockNode } from '../../blockdev/node.ts';
 import { alt, obj, opt, req } from '../../qapi/types.ts';

@@ -7,7 +7,7 @@ export const objectCommands: CommandDef[] = [
   {
     name: 'object-add',
     args: ObjectOptions,
-    doc: 'Create a QOM object. blockd has secret (for encrypted images) and iothread (accepted, a no-op: blockd runs one event loop).',
+    doc: 'Create a QOM object. blockd has secret (for encrypted images), iothread (a worker thread serving the exports that name it), throttle-group, tls-creds and authz objects.',
     handler(o: Record<string, unknown>, ctx) {
       ctx.host.objects.add(o);
       ctx.host.log.info({ id: o.id, type: o['qom-type'] }, 'object added');
