@@ -28,28 +28,33 @@
  * immediate, an expired timer), nor while thread-pool work is in flight
  * (libuv's active requests): the event it waits for then comes from a
  * thread of this process, which needs the core the spinning would take.
- * The handles are unreferenced: they never keep the loop alive. One loop
- * per process (the main thread's).
+ * The handles are unreferenced: they never keep the loop alive. Each event
+ * loop (the main thread's, an iothread worker's) has its own state, kept as
+ * the addon's instance data of that thread's environment; the handles are
+ * closed by an environment cleanup hook, before the loop is.
  */
 #include <node_api.h>
 #include <uv.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 
 #define PROBE_FACTOR 4
 #define BACKOFF_MAX 1024
 
-static uv_loop_t *poll_loop;
-static uv_prepare_t poll_prepare;
-static uv_check_t poll_check;
-static int64_t max_ns;
-/* The window: open (maxNs) or closed. */
-static bool open_window;
-static int64_t miss_run, rest, backoff = 1;
-static int64_t block_start;
-static double polls, hits;
+typedef struct {
+  uv_prepare_t prepare;
+  uv_check_t check;
+  int64_t max_ns;
+  /* The window: open (maxNs) or closed. */
+  bool open_window;
+  int64_t miss_run, rest, backoff;
+  int64_t block_start;
+  double polls, hits;
+  int open_handles;
+} poller;
 
 static int64_t now_ns(void) {
   struct timespec t;
@@ -58,39 +63,77 @@ static int64_t now_ns(void) {
 }
 
 static void on_prepare(uv_prepare_t *h) {
-  block_start = 0;
+  poller *p = h->data;
+  p->block_start = 0;
   /* Thread-pool work (file I/O, async napi work) in flight: the event awaited is a
    * local thread's completion, and spinning would take the core that thread needs.
    * Such a wait says nothing about the clients either, so it is not measured. */
-  if (max_ns == 0 || uv_backend_timeout(h->loop) == 0 || h->loop->active_reqs.count > 0) return;
-  block_start = now_ns();
-  if (!open_window) return;
-  polls++;
-  struct pollfd p = { .fd = uv_backend_fd(h->loop), .events = POLLIN };
+  if (p->max_ns == 0 || uv_backend_timeout(h->loop) == 0 || h->loop->active_reqs.count > 0) return;
+  p->block_start = now_ns();
+  if (!p->open_window) return;
+  p->polls++;
+  struct pollfd pfd = { .fd = uv_backend_fd(h->loop), .events = POLLIN };
   for (;;) {
-    if (poll(&p, 1, 0) > 0) { hits++; return; }
-    if (now_ns() - block_start >= max_ns) return;
+    if (poll(&pfd, 1, 0) > 0) { p->hits++; return; }
+    if (now_ns() - p->block_start >= p->max_ns) return;
   }
 }
 
 static void on_check(uv_check_t *h) {
-  if (block_start == 0) return;
-  int64_t block_ns = now_ns() - block_start;
-  block_start = 0;
-  if (open_window) {
-    if (block_ns <= max_ns) { miss_run = 0; backoff = 1; return; }
+  poller *p = h->data;
+  if (p->block_start == 0) return;
+  int64_t block_ns = now_ns() - p->block_start;
+  p->block_start = 0;
+  if (p->open_window) {
+    if (block_ns <= p->max_ns) { p->miss_run = 0; p->backoff = 1; return; }
     /* Two waits in a row longer than the window: events come too seldom to be caught; rest. */
-    if (++miss_run < 2) return;
-    open_window = false;
-    rest = backoff;
-    if (backoff < BACKOFF_MAX) backoff *= 2;
+    if (++p->miss_run < 2) return;
+    p->open_window = false;
+    p->rest = p->backoff;
+    if (p->backoff < BACKOFF_MAX) p->backoff *= 2;
     return;
   }
   /* Resting: a wait short enough that, without the sleep's own cost, polling could have caught it. */
-  if (block_ns >= PROBE_FACTOR * max_ns) return;
-  if (rest > 0) { rest--; return; }
-  open_window = true;
-  miss_run = 0;
+  if (block_ns >= PROBE_FACTOR * p->max_ns) return;
+  if (p->rest > 0) { p->rest--; return; }
+  p->open_window = true;
+  p->miss_run = 0;
+}
+
+static void on_closed(uv_handle_t *h) {
+  poller *p = h->data;
+  if (--p->open_handles == 0) free(p);
+}
+
+/* The environment is going away (a worker ending): close the handles while its loop still runs. */
+static void cleanup(void *arg) {
+  poller *p = arg;
+  uv_close((uv_handle_t *)&p->prepare, on_closed);
+  uv_close((uv_handle_t *)&p->check, on_closed);
+}
+
+/* This thread's poller, made (and its handles started) on first use. */
+static poller *poller_of(napi_env env) {
+  poller *p = NULL;
+  if (napi_get_instance_data(env, (void **)&p) == napi_ok && p) return p;
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return NULL;
+  p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->backoff = 1;
+  if (napi_set_instance_data(env, p, NULL, NULL) != napi_ok || napi_add_env_cleanup_hook(env, cleanup, p) != napi_ok) {
+    free(p);
+    return NULL;
+  }
+  uv_prepare_init(loop, &p->prepare);
+  uv_check_init(loop, &p->check);
+  p->prepare.data = p->check.data = p;
+  p->open_handles = 2;
+  uv_prepare_start(&p->prepare, on_prepare);
+  uv_check_start(&p->check, on_check);
+  uv_unref((uv_handle_t *)&p->prepare);
+  uv_unref((uv_handle_t *)&p->check);
+  return p;
 }
 
 static bool get_nonneg(napi_env env, napi_value v, int64_t *out) {
@@ -110,23 +153,13 @@ static napi_value js_loop_poll_set(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (!get_nonneg(env, argv[0], &m)) return NULL;
-  uv_loop_t *loop;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return NULL;
-  if (poll_loop && poll_loop != loop) {
-    napi_throw_error(env, NULL, "loopPollSet: the event loop of another thread polls already");
+  poller *p = poller_of(env);
+  if (!p) {
+    napi_throw_error(env, NULL, "loopPollSet: cannot watch this thread's event loop");
     return NULL;
   }
-  if (!poll_loop) {
-    poll_loop = loop;
-    uv_prepare_init(loop, &poll_prepare);
-    uv_check_init(loop, &poll_check);
-    uv_prepare_start(&poll_prepare, on_prepare);
-    uv_check_start(&poll_check, on_check);
-    uv_unref((uv_handle_t *)&poll_prepare);
-    uv_unref((uv_handle_t *)&poll_check);
-  }
-  max_ns = m;
-  if (m == 0) open_window = false;
+  p->max_ns = m;
+  if (m == 0) p->open_window = false;
   return NULL;
 }
 
@@ -136,10 +169,14 @@ static bool set_num(napi_env env, napi_value obj, const char *name, double v) {
 }
 
 static napi_value js_loop_poll_stats(napi_env env, napi_callback_info info) {
+  poller *p = NULL;
+  napi_get_instance_data(env, (void **)&p);
+  poller none = { .max_ns = 0 };
+  if (!p) p = &none;
   napi_value out;
   if (napi_create_object(env, &out) != napi_ok) return NULL;
-  if (!set_num(env, out, "pollNs", open_window ? (double)max_ns : 0) || !set_num(env, out, "maxNs", (double)max_ns) ||
-      !set_num(env, out, "polls", polls) || !set_num(env, out, "hits", hits)) return NULL;
+  if (!set_num(env, out, "pollNs", p->open_window ? (double)p->max_ns : 0) || !set_num(env, out, "maxNs", (double)p->max_ns) ||
+      !set_num(env, out, "polls", p->polls) || !set_num(env, out, "hits", p->hits)) return NULL;
   return out;
 }
 

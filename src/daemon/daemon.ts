@@ -27,6 +27,7 @@ import { metricsRegistry } from './metrics/collectors.ts';
 import { MetricsOptions, type MetricsOptionsValue } from './metrics/options.ts';
 import { MetricsServer } from './metrics/server.ts';
 import { Iothreads } from '../iothread/iothreads.ts';
+import { native } from '../platform/native.ts';
 import type { Logger } from './logger.ts';
 
 /** An error from one startup item, printed as "blockd: --option value: message". */
@@ -81,7 +82,10 @@ export class Daemon {
 
   constructor(readonly log: Logger) {
     this.graph = new BlockGraph({ objects: this.objects, log, events: this.events });
-    this.iothreads = new Iothreads({ log, exports: () => this.exports.list(), objectType: (id) => this.objects.type(id) });
+    this.iothreads = new Iothreads({
+      log, exports: () => this.exports.list(), objectType: (id) => this.objects.type(id),
+      iothreadProperties: (id) => this.objects.lookup<Record<string, unknown>>(id, 'iothread'),
+    });
     // A job that ended gave its nodes back: their exports may go to their iothreads again.
     this.events.subscribe((e) => {
       if (e.event === 'JOB_STATUS_CHANGE' && e.data?.status === 'null') this.iothreads.after();
@@ -142,6 +146,10 @@ export class Daemon {
     const registry = metricsRegistry({
       graph: this.graph, exports: this.exports, nbdServers: this.nbdServers, jobs: this.jobs, objects: this.objects,
       servedBy: (id) => this.iothreads.servedBy(id),
+      polling: () => {
+        const { polls, hits } = native().loopPollStats();
+        return [{ loop: 'main', polls, hits }, ...this.iothreads.polling()];
+      },
     });
     this.metrics = await MetricsServer.start(opts, registry, (err) => this.log.error({ err }, 'metrics endpoint error'), () => this.iothreads.syncStats());
     this.log.info({ addr: opts.addr, port: this.metrics.port }, 'metrics endpoint listening');

@@ -62,13 +62,16 @@ export class Iothread {
   private readonly waiting = new Map<string, (m: FromWorker | undefined) => void>();
   private readonly log: Logger;
   private exited?: Error;
+  /** The worker loop's polling counters, as of its last statistics answer. */
+  poll = { polls: 0, hits: 0 };
 
-  constructor(readonly id: string, log: Logger) {
+  /** `pollMaxNs`: the worker's event loop busy-waits up to this long before it sleeps (0: never), as the main loop does. */
+  constructor(readonly id: string, log: Logger, pollMaxNs: number) {
     this.log = log.child({ iothread: id });
     const { port1, port2 } = new MessageChannel();
     this.statsPort = port1;
     this.statsPort.unref();
-    const workerData: IothreadWorkerData = { id, logLevel: log.level, statsPort: port2, statsFlag: this.statsFlag.buffer as SharedArrayBuffer };
+    const workerData: IothreadWorkerData = { id, logLevel: log.level, pollMaxNs, statsPort: port2, statsFlag: this.statsFlag.buffer as SharedArrayBuffer };
     this.worker = new Worker(new URL('./worker/entry.mjs', import.meta.url), { workerData, transferList: [port2], name: `iothread ${id}` });
     this.worker.unref();
     let started!: () => void;
@@ -139,7 +142,7 @@ export class Iothread {
 
   /** Brings the main loop's counters up to date with what the worker counted (blocks for the answer). */
   syncStats(): void {
-    if (this.leases.size === 0 || this.exited) return;
+    if (this.exited) return;
     Atomics.store(this.statsFlag, 0, 0);
     this.statsPort.postMessage(null);
     if (Atomics.wait(this.statsFlag, 0, 0, STATS_WAIT_MS) === 'timed-out') {
@@ -147,7 +150,9 @@ export class Iothread {
     }
     // Every answer is a difference since the one before: a late one from an earlier wait counts too.
     for (let m = receiveMessageOnPort(this.statsPort); m; m = receiveMessageOnPort(this.statsPort)) {
-      for (const [exportId, report] of Object.entries(m.message as StatsAnswer)) {
+      const answer = m.message as StatsAnswer;
+      this.poll = answer.poll;
+      for (const [exportId, report] of Object.entries(answer.exports)) {
         const lease = this.leases.get(exportId);
         if (lease) this.merge(lease, report);
       }

@@ -25,7 +25,12 @@ export interface IothreadsOptions {
   exports: () => BlockExport[];
   /** The qom-type of the object with this id. */
   objectType: (id: string) => string | undefined;
+  /** An iothread object's properties (poll-max-ns...). */
+  iothreadProperties: (id: string) => Record<string, unknown> | undefined;
 }
+
+/** QEMU's default poll-max-ns for an iothread (IOTHREAD_POLL_MAX_NS_DEFAULT). */
+export const DEFAULT_IOTHREAD_POLL_MAX_NS = 32768;
 
 /** Commands that change nothing and read no statistics an iothread keeps: no recall before them. */
 const HARMLESS = new Set(['qmp_capabilities', 'qom-list', 'qom-get', 'qom-list-types', 'qom-list-properties', 'device-list-properties']);
@@ -103,6 +108,11 @@ export class Iothreads {
     for (const t of this.threads.values()) t.syncStats();
   }
 
+  /** Each iothread's event-loop polling counters (as of the last syncStats). */
+  polling(): { loop: string; polls: number; hits: number }[] {
+    return [...this.threads].map(([id, t]) => ({ loop: id, ...t.poll }));
+  }
+
   /** The iothread serving the export now, or undefined (the main loop). */
   servedBy(exportId: string): string | undefined {
     for (const [id, t] of this.threads) if (t.serves(exportId)) return id;
@@ -121,7 +131,8 @@ export class Iothreads {
   private thread(id: string): Iothread {
     let t = this.threads.get(id);
     if (!t) {
-      t = new Iothread(id, this.opts.log);
+      const pollMaxNs = this.opts.iothreadProperties(id)?.['poll-max-ns'];
+      t = new Iothread(id, this.opts.log, typeof pollMaxNs === 'number' ? pollMaxNs : DEFAULT_IOTHREAD_POLL_MAX_NS);
       this.threads.set(id, t);
     }
     return t;

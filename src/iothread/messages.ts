@@ -38,5 +38,8 @@ export type FromWorker =
   /** One log line (pino's JSON) for the main logger. */
   | { type: 'log'; line: string };
 
-/** The synchronous statistics request's answer, by export id. */
-export type StatsAnswer = Record<string, StatsReport>;
+/** The synchronous statistics request's answer: by export id, and the worker loop's polling counters. */
+export interface StatsAnswer {
+  exports: Record<string, StatsReport>;
+  poll: { polls: number; hits: number };
+}

@@ -45,7 +45,7 @@ export interface NativeAddon {
   /** fcntl(F_DUPFD_CLOEXEC): a new descriptor for the same open file (a socket handed to another event loop). */
   dupFd(fd: number): number;
   /**
-   * Adaptive polling of this (the main) thread's event loop before it sleeps
+   * Adaptive polling of this thread's event loop (the main one, an iothread's) before it sleeps
    * (native/src/loop_poll.c): a window of maxNs, opened and closed by how
    * long the loop's waits take. maxNs 0: off.
    */

@@ -37,10 +37,10 @@ afterEach(async () => {
 });
 
 /** blockd with one iothread (io0), `nodes` and an NBD server and metrics endpoint; `exports` as --export values. */
-async function start(dir: string, nodes: string[], exports: string[]): Promise<Daemon> {
+async function start(dir: string, nodes: string[], exports: string[], objects: string[] = []): Promise<Daemon> {
   const nbd = join(dir, 'nbd.sock');
   const metrics = join(dir, 'metrics.sock');
-  const args = ['--object', 'iothread,id=io0', ...nodes.flatMap((n) => ['--blockdev', n]),
+  const args = ['--object', 'iothread,id=io0', ...objects.flatMap((o) => ['--object', o]), ...nodes.flatMap((n) => ['--blockdev', n]),
     '--nbd-server', `addr.type=unix,addr.path=${nbd}`, ...exports.flatMap((e) => ['--export', e]),
     '--metrics', `addr.type=unix,addr.path=${metrics}`];
   const d = await qmpDaemon('blockd', dir, args);
@@ -51,9 +51,9 @@ async function start(dir: string, nodes: string[], exports: string[]): Promise<D
 const uri = (d: Daemon, name: string) => `nbd+unix:///${name}?socket=${d.nbd}`;
 
 /** 1 while the export's iothread serves it, 0 while the main loop does. */
-async function servedByIothread(d: Daemon, exportId: string): Promise<number | undefined> {
+async function servedByIothread(d: Daemon, exportId: string, iothread = 'io0'): Promise<number | undefined> {
   const r = await httpGetUnix(d.metrics, "/metrics");
-  return sampleValue(parsePrometheusText(r.body), 'blockd_export_iothread', 'blockd_export_iothread', { export: exportId, iothread: 'io0' });
+  return sampleValue(parsePrometheusText(r.body), 'blockd_export_iothread', 'blockd_export_iothread', { export: exportId, iothread });
 }
 
 async function until(what: string, pred: () => Promise<boolean>, ms = 10_000): Promise<void> {
@@ -217,6 +217,21 @@ describe('iothreads', () => {
     const ok = run('qemu-io', ['-f', 'raw', '-c', 'read -P 1 0 64k', uri(d, 'f0')]);
     expect(ok).not.toMatch(/fail|error/i);
     expect(d.proc.proc.exitCode).toBe(null);
+  }, 60_000);
+
+  it("an iothread's event loop polls as its poll-max-ns says (0: never)", async () => {
+    const dir = tempDir('blockd-iothread-');
+    const d = await start(dir, [...rawNodes(dir), ...rawNodes(dir, 'd1')],
+      ['type=nbd,id=e0,node-name=d0,iothread=io0', 'type=nbd,id=e1,node-name=d1,iothread=io1'], ['iothread,id=io1,poll-max-ns=0']);
+    await until('the iothreads to serve e0 and e1', async () =>
+      (await servedByIothread(d, 'e0')) === 1 && (await servedByIothread(d, 'e1', 'io1')) === 1);
+    const reads = Array.from({ length: 400 }, (_, i) => ['-c', `read ${(i % 64) * 4}k 4k`]).flat();
+    for (const node of ['d0', 'd1']) run('qemu-io', ['-r', '-f', 'raw', ...reads, uri(d, node)]);
+    const m = parsePrometheusText((await httpGetUnix(d.metrics, '/metrics')).body);
+    const polls = (loop: string) => sampleValue(m, 'blockd_event_loop_polls_total', 'blockd_event_loop_polls_total', { loop });
+    expect(polls('io0')).toBeGreaterThan(0);
+    expect(polls('io1')).toBe(0);
+    expect(polls('main')).toBeDefined();
   }, 60_000);
 
   it('block-export-del: safe refuses while a client is connected in the iothread, hard drops it; SIGTERM with clients there exits cleanly', async () => {

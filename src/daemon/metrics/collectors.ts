@@ -6,6 +6,7 @@
  *   blockd_nbd_server_*    each NBD server: connections open, served, refused, waiting
  *   blockd_job_*           each job: status, progress, rate since the previous scrape
  *   blockd_throttle_*      each throttle group: requests queued by direction, members
+ *   blockd_event_loop_*    each event loop (main, every iothread's): how often it polled before sleeping, and caught an event
  *   process_*, nodejs_*    prom-client's default metrics (memory, CPU, event-loop delay, GC)
  */
 import { collectDefaultMetrics, Registry } from 'prom-client';
@@ -29,6 +30,8 @@ export interface MetricsSources {
   objects: ObjectRegistry;
   /** Which iothread serves an export now (undefined: the main loop). */
   servedBy?: (exportId: string) => string | undefined;
+  /** Every event loop's polling counters ('main', then each iothread by id). */
+  polling?: () => { loop: string; polls: number; hits: number }[];
 }
 
 type NodeOp = 'read' | 'write' | 'flush' | 'unmap';
@@ -169,6 +172,13 @@ function registerThrottleGroups(r: Registry, objects: ObjectRegistry): void {
     groups().map(([id, g]) => ({ labels: { group: id }, value: g.members.length })));
 }
 
+function registerPolling(r: Registry, polling: NonNullable<MetricsSources['polling']>): void {
+  collected(r, 'counter', 'blockd_event_loop_polls_total', 'Times an event loop busy-waited for its next event before sleeping (BLOCKD_POLL_MAX_NS, an iothread\'s poll-max-ns).', () =>
+    polling().map((p) => ({ labels: { loop: p.loop }, value: p.polls })));
+  collected(r, 'counter', 'blockd_event_loop_poll_hits_total', 'Times the event came while the loop busy-waited (the sleep and wake-up saved).', () =>
+    polling().map((p) => ({ labels: { loop: p.loop }, value: p.hits })));
+}
+
 /** A registry with every family; scraping it reads the sources as they are then. */
 export function metricsRegistry(src: MetricsSources): Registry {
   const r = new Registry();
@@ -177,6 +187,7 @@ export function metricsRegistry(src: MetricsSources): Registry {
   registerNbdServers(r, src.nbdServers);
   registerJobs(r, src.jobs);
   registerThrottleGroups(r, src.objects);
+  if (src.polling) registerPolling(r, src.polling);
   collectDefaultMetrics({ register: r });
   return r;
 }

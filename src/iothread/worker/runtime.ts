@@ -17,6 +17,7 @@ import { NbdConnection } from '../../nbd/connection.ts';
 import { PlainSocketTransport } from '../../nbd/transport/plain.ts';
 import { negotiatedFor, type MovedConnection } from '../../nbd/moved-connection.ts';
 import { BufferPool } from '../../util/buffer-pool.ts';
+import { native } from '../../platform/native.ts';
 import { delta, flatten } from '../stats-delta.ts';
 import { subtreeNodes } from '../subtree.ts';
 import type { FromWorker, ServingLimits, StatsAnswer, StatsReport, ToWorker } from '../messages.ts';
@@ -24,6 +25,8 @@ import type { FromWorker, ServingLimits, StatsAnswer, StatsReport, ToWorker } fr
 export interface IothreadWorkerData {
   id: string;
   logLevel: string;
+  /** poll-max-ns: the window this loop busy-waits for its next event (native/src/loop_poll.c); 0: off. */
+  pollMaxNs: number;
   /** Answers the main thread's synchronous statistics requests. */
   statsPort: MessagePort;
   /** Int32Array over it: set to 1 (and notified) once an answer is posted. */
@@ -45,6 +48,7 @@ const log: Logger = pino({ level: data.logLevel, base: undefined, timestamp: fal
   write: (line: string) => post({ type: 'log', line }),
 });
 
+native().loopPollSet(data.pollMaxNs);
 const graph = new BlockGraph({ log });
 registerDrivers(graph);
 const pool = new BufferPool();
@@ -131,8 +135,9 @@ port.on('message', (m: ToWorker) => {
 
 const flag = new Int32Array(data.statsFlag);
 data.statsPort.on('message', () => {
-  const answer: StatsAnswer = {};
-  for (const [id, s] of served) answer[id] = report(s);
+  const { polls, hits } = native().loopPollStats();
+  const answer: StatsAnswer = { exports: {}, poll: { polls, hits } };
+  for (const [id, s] of served) answer.exports[id] = report(s);
   data.statsPort.postMessage(answer);
   Atomics.store(flag, 0, 1);
   Atomics.notify(flag, 0);
