@@ -102,7 +102,11 @@ describe('compressed backup, side by side with qsd', () => {
     expect(Number(got.qsd!.pct)).toBeGreaterThan(90);
     expect(got.blockd!.pct).toBe(got.qsd!.pct);
     expect(got.qsd!.size).toBeLessThan(SIZE / 2);
-    expect(Math.abs(got.blockd!.size - got.qsd!.size) / got.qsd!.size).toBeLessThan(0.05);
+    // The one incompressible cluster is a normal allocation, cluster-aligned: where it lands among the
+    // byte-packed compressed data (qsd packs in completion order of parallel writes) leaves up to one
+    // cluster of gap, so the sizes may differ by a cluster besides the zlib builds' few per cent
+    // (CI saw 6.3 % with a 5 % bound).
+    expect(Math.abs(got.blockd!.size - got.qsd!.size)).toBeLessThan(65536 + 0.03 * got.qsd!.size);
   }, 120_000);
 
   it('a target without compressed writes is refused as qsd refuses it', async () => {
@@ -130,7 +134,8 @@ describe('compressed backup, side by side with qsd', () => {
     expect(b.events).toEqual(q.events);
     expect(Number(q.pct)).toBeGreaterThan(90);
     expect(b.pct).toBe(q.pct);
-    expect(Math.abs(b.size - q.size) / q.size).toBeLessThan(0.05);
+    // As above: the incompressible cluster's place among the packed data can cost a cluster of gap.
+    expect(Math.abs(b.size - q.size)).toBeLessThan(65536 + 0.03 * q.size);
   }, 60_000);
 });
 
